@@ -1,0 +1,71 @@
+"""Ports: the small protocols adapters implement for the runtime.
+
+They are the only way the actors reach the outside world, so the runtime runs
+unchanged on the simulated provider, the Gemini SDKs or a test double.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from tierbatch.policies.articles import Article
+from tierbatch.policies.outcomes import CallOutcome
+from tierbatch.policies.results import ArticleAnswer, TerminalResult
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionRequest:
+    """One model call on a pack of articles of one tier.
+
+    ``timeout_s`` is how long, in real seconds, the adapter may wait for the
+    answer (the runtime also enforces it). ``granted_at`` is the registry's
+    clock reading when quota was granted; adapters may log it.
+    """
+
+    model: str
+    articles: tuple[Article, ...]
+    timeout_s: float
+    est_input_tokens: int
+    grant_id: int = 0
+    granted_at: float = 0.0
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PackAnswer:
+    """The outcome of the call and, when it succeeded, one answer per article.
+
+    An article id absent from ``answers`` after a ``Succeeded`` outcome is
+    treated as missing from the model's answer.
+    """
+
+    outcome: CallOutcome
+    answers: Mapping[str, ArticleAnswer] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Calls a model. ``extract`` must map every provider error onto a
+    ``CallOutcome`` rather than raise; an exception that escapes is treated
+    as a server error, never as a crash of the runtime."""
+
+    async def extract(self, request: ExtractionRequest) -> PackAnswer: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives terminal results, exactly one per article, from one thread.
+
+    ``write`` may buffer; ``flush`` makes everything written so far durable;
+    ``close`` flushes and releases resources.
+    """
+
+    def write(self, results: Sequence[TerminalResult]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

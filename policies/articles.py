@@ -1,0 +1,48 @@
+"""The article: the unit of work that tierbatch schedules and never loses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True, slots=True)
+class Article:
+    """One news article to extract entities from.
+
+    ``id`` is the caller's key and the identity tierbatch deduplicates on;
+    ``metadata`` carries any extra input fields through to the results
+    untouched (it is excluded from equality and hashing).
+    """
+
+    id: str
+    text: str
+    title: str = ""
+    url: str = ""
+    domain: str = ""
+    cluster_id: str | None = None
+    published_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def source_domain(self) -> str:
+        """The domain, or the host of ``url`` when no domain was given."""
+        if self.domain:
+            return normalise_domain(self.domain)
+        if self.url:
+            return normalise_domain(urlsplit(self.url).hostname or "")
+        return ""
+
+
+def normalise_domain(domain: str) -> str:
+    """Lower-case, strip a port, a trailing dot and a leading ``www.``."""
+    host = domain.strip().lower().rstrip(".")
+    if "://" in host:
+        host = urlsplit(host).hostname or ""
+    host = host.split(":", 1)[0]
+    if host.startswith("www."):
+        host = host[4:]
+    return host
