@@ -1,0 +1,354 @@
+"""BatchComposer: the work ledger.
+
+It scores and tiers every submitted article, keeps the per-tier queues, and
+hands out a tier-mixed batch only when an extractor asks for one, so a large
+backlog waits here rather than in flight. It also records which extractor
+holds which article and is the single place where an article becomes
+terminal: results reach the sink from here, once per article, whatever
+crashes or retries happened on the way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+import structlog
+
+from tierbatch.actors.clock import Clock
+from tierbatch.actors.messages import (
+    ExtractorDied,
+    Finished,
+    GetComposerStats,
+    GiveBack,
+    Pause,
+    RequestWork,
+    Submit,
+    TakeUnfinished,
+    WhenDrained,
+    WhenSpace,
+    WorkBatch,
+)
+from tierbatch.actors.ports import Sink
+from tierbatch.policies.articles import Article
+from tierbatch.policies.composition import Composer, Queued
+from tierbatch.policies.config import Config
+from tierbatch.policies.priority import ClusterTracker, article_time, score
+from tierbatch.policies.results import Done, Failed, FailureReason, TerminalResult
+from tierbatch.policies.tiers import TierLadder
+
+_log = structlog.get_logger("tierbatch.composer")
+
+# How many finished ids are remembered to refuse a quick re-submission.
+RECENT_TERMINAL_IDS = 100_000
+# Clusters not seen for this long are forgotten (bounded memory in a daemon).
+CLUSTER_MEMORY_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    """``consumed`` input articles were handled (accepted or refused as
+    duplicates); the rest did not fit in the queue."""
+
+    consumed: int
+    accepted: int
+    duplicates: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ComposerStats:
+    submitted: int
+    queued: int
+    queued_by_tier: dict[str, int]
+    held: int
+    done: int
+    failed: int
+    done_by_tier: dict[str, int]
+    failed_by_tier: dict[str, int]
+    done_by_model: dict[str, int]
+    failed_by_reason: dict[str, int]
+    fallbacks: int
+    requeued_after_crash: int
+    sink_backlog: int
+    paused: str | None
+
+
+class BatchComposer(pykka.ThreadingActor):
+    def __init__(self, config: Config, sink: Sink, clock: Clock) -> None:
+        super().__init__()
+        self._config = config
+        self._sink = sink
+        self._clock = clock
+        self._ladder = TierLadder(config.tiers, config.global_fallback)
+        self._queues = Composer(self._ladder, config.composer.mix, config.composer.aging_s)
+        self._clusters = ClusterTracker(config.priority.velocity_window_s)
+        self._capacity = config.composer.max_queued
+        self._live: set[str] = set()  # queued or held: not yet terminal
+        self._held: dict[str, tuple[int, Queued]] = {}
+        self._by_extractor: dict[int, set[str]] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._crashes: Counter[str] = Counter()
+        self._idle: deque[RequestWork] = deque()
+        self._drain_waiters: list[pykka.ThreadingFuture[bool]] = []
+        self._space_waiters: list[pykka.ThreadingFuture[bool]] = []
+        self._unsunk: list[TerminalResult] = []
+        self._paused: str | None = None
+        self._submitted = 0
+        self._done_by_tier: Counter[str] = Counter()
+        self._failed_by_tier: Counter[str] = Counter()
+        self._done_by_model: Counter[str] = Counter()
+        self._failed_by_reason: Counter[str] = Counter()
+        self._fallbacks = 0
+        self._requeued_after_crash = 0
+        self._last_prune = 0.0
+
+    # ---- messages ------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case RequestWork():
+                self._idle.append(message)
+                self._dispatch()
+            case Finished(extractor, results):
+                self._on_finished(extractor, results)
+            case Submit(articles):
+                return self._on_submit(articles)
+            case GiveBack(extractor, ids):
+                self._on_give_back(extractor, ids)
+            case ExtractorDied(extractor, error):
+                self._on_extractor_died(extractor, error)
+            case WhenDrained():
+                return self._future_when(self._outstanding() == 0, self._drain_waiters)
+            case WhenSpace():
+                return self._future_when(self._has_space(), self._space_waiters)
+            case Pause(reason):
+                self._paused = reason
+                self._resolve(self._drain_waiters, False)
+            case TakeUnfinished():
+                return self._take_unfinished()
+            case GetComposerStats():
+                return self._stats()
+            case _:
+                raise TypeError(f"BatchComposer: unexpected message {message!r}")
+        return None
+
+    def on_stop(self) -> None:
+        self._flush_sink()
+        for fut in self._drain_waiters + self._space_waiters:
+            fut.set(False)
+        self._drain_waiters.clear()
+        self._space_waiters.clear()
+
+    # ---- submission ------------------------------------------------------------
+
+    def _on_submit(self, articles: tuple[Article, ...]) -> SubmitResult:
+        now = self._clock.now()
+        cfg = self._config.priority
+        consumed = accepted = 0
+        duplicates: list[str] = []
+        for article in articles:
+            if article.id in self._live or article.id in self._recent:
+                duplicates.append(article.id)
+                consumed += 1
+                continue
+            if len(self._queues) >= self._capacity:
+                break
+            seen_at = article_time(article, now)
+            stats = None
+            if article.cluster_id is not None:
+                self._clusters.observe(article.cluster_id, min(seen_at, now))
+                stats = self._clusters.stats(article.cluster_id, now)
+            self._queues.push(article, score(article, stats, now, cfg), now)
+            self._live.add(article.id)
+            consumed += 1
+            accepted += 1
+        self._submitted += accepted
+        if now - self._last_prune > 3600.0:
+            self._clusters.prune(now, CLUSTER_MEMORY_S)
+            self._last_prune = now
+        if duplicates:
+            _log.warning(
+                "duplicate article ids refused", count=len(duplicates), first=duplicates[0]
+            )
+        self._dispatch()
+        return SubmitResult(consumed, accepted, tuple(duplicates))
+
+    def _dispatch(self) -> None:
+        if self._paused is not None:
+            return
+        now = self._clock.now()
+        while self._idle and len(self._queues):
+            request = self._idle.popleft()
+            batch = self._queues.next_batch(now)
+            if batch is None:
+                self._idle.appendleft(request)
+                break
+            ids = self._by_extractor.setdefault(request.extractor, set())
+            for item in batch.items:
+                self._held[item.article.id] = (request.extractor, item)
+                ids.add(item.article.id)
+            request.reply(WorkBatch(batch))
+        if self._space_waiters and self._has_space():
+            self._resolve(self._space_waiters, True)
+
+    # ---- results ---------------------------------------------------------------
+
+    def _on_finished(self, extractor: int, results: tuple[TerminalResult, ...]) -> None:
+        accepted: list[TerminalResult] = []
+        for result in results:
+            held = self._held.get(result.article_id)
+            if held is None or held[0] != extractor:
+                _log.warning(
+                    "late or duplicate result ignored",
+                    article=result.article_id,
+                    extractor=extractor,
+                )
+                continue
+            self._release(result.article_id, extractor)
+            accepted.append(result)
+        self._terminal(accepted)
+
+    def _terminal(self, results: list[TerminalResult]) -> None:
+        if not results:
+            return
+        for result in results:
+            self._live.discard(result.article_id)
+            self._remember(result.article_id)
+            self._crashes.pop(result.article_id, None)
+            if isinstance(result, Done):
+                self._done_by_tier[result.tier] += 1
+                self._done_by_model[result.model] += 1
+                self._fallbacks += result.fallback
+            else:
+                self._failed_by_tier[result.tier] += 1
+                self._failed_by_reason[str(result.reason)] += 1
+        self._unsunk.extend(results)
+        self._flush_sink()
+        if self._drain_waiters and self._outstanding() == 0:
+            self._resolve(self._drain_waiters, True)
+
+    def _flush_sink(self) -> None:
+        """Hand results to the sink; on failure keep them and try again later,
+        so a sink hiccup never loses a terminal result."""
+        if not self._unsunk:
+            return
+        pending, self._unsunk = self._unsunk, []
+        try:
+            self._sink.write(pending)
+        except Exception:
+            self._unsunk = pending + self._unsunk
+            _log.exception("sink write failed; results kept for retry", pending=len(pending))
+
+    def _remember(self, article_id: str) -> None:
+        self._recent[article_id] = None
+        if len(self._recent) > RECENT_TERMINAL_IDS:
+            self._recent.popitem(last=False)
+
+    def _release(self, article_id: str, extractor: int) -> Queued:
+        _, item = self._held.pop(article_id)
+        owned = self._by_extractor.get(extractor)
+        if owned is not None:
+            owned.discard(article_id)
+        return item
+
+    # ---- failures ----------------------------------------------------------------
+
+    def _on_give_back(self, extractor: int, ids: tuple[str, ...]) -> None:
+        items = []
+        for article_id in ids:
+            held = self._held.get(article_id)
+            if held is not None and held[0] == extractor:
+                items.append(self._release(article_id, extractor))
+        self._queues.requeue(items)
+        self._dispatch()
+
+    def _on_extractor_died(self, extractor: int, error: str) -> None:
+        ids = self._by_extractor.pop(extractor, set())
+        poison: list[TerminalResult] = []
+        requeue: list[Queued] = []
+        limit = self._config.retry.poison_after
+        for article_id in ids:
+            _, item = self._held.pop(article_id)
+            self._crashes[article_id] += 1
+            if self._crashes[article_id] >= limit:
+                poison.append(
+                    Failed(
+                        article_id=article_id,
+                        reason=FailureReason.POISON,
+                        detail=f"held by {self._crashes[article_id]} crashed extractors; "
+                        f"last error: {error}",
+                        tier=self._ladder.tiers[item.tier].name,
+                        attempts=self._crashes[article_id],
+                        metadata=item.article.metadata,
+                    )
+                )
+            else:
+                requeue.append(item)
+        self._requeued_after_crash += len(requeue)
+        _log.warning(
+            "extractor died; its articles go back to the queue",
+            extractor=extractor,
+            requeued=len(requeue),
+            poisoned=len(poison),
+            error=error,
+        )
+        self._queues.requeue(requeue)
+        self._terminal(poison)
+        self._dispatch()
+
+    def _take_unfinished(self) -> list[Article]:
+        self._paused = "stopping"
+        self._idle.clear()
+        articles = [item.article for item in self._queues.drain_all()]
+        articles.extend(item.article for _, item in self._held.values())
+        self._held.clear()
+        self._by_extractor.clear()
+        self._live.clear()
+        self._flush_sink()
+        self._resolve(self._drain_waiters, False)
+        return articles
+
+    # ---- waiting -----------------------------------------------------------------
+
+    def _outstanding(self) -> int:
+        return len(self._queues) + len(self._held) + len(self._unsunk)
+
+    def _has_space(self) -> bool:
+        return len(self._queues) < self._capacity
+
+    @staticmethod
+    def _future_when(
+        ready: bool, waiters: list[pykka.ThreadingFuture[bool]]
+    ) -> pykka.ThreadingFuture[bool]:
+        future: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
+        if ready:
+            future.set(True)
+        else:
+            waiters.append(future)
+        return future
+
+    @staticmethod
+    def _resolve(waiters: list[pykka.ThreadingFuture[bool]], value: bool) -> None:
+        for future in waiters:
+            future.set(value)
+        waiters.clear()
+
+    def _stats(self) -> ComposerStats:
+        return ComposerStats(
+            submitted=self._submitted,
+            queued=len(self._queues),
+            queued_by_tier=self._queues.depth_by_tier(),
+            held=len(self._held),
+            done=sum(self._done_by_tier.values()),
+            failed=sum(self._failed_by_tier.values()),
+            done_by_tier=dict(self._done_by_tier),
+            failed_by_tier=dict(self._failed_by_tier),
+            done_by_model=dict(self._done_by_model),
+            failed_by_reason=dict(self._failed_by_reason),
+            fallbacks=self._fallbacks,
+            requeued_after_crash=self._requeued_after_crash,
+            sink_backlog=len(self._unsunk),
+            paused=self._paused,
+        )

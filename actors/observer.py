@@ -1,0 +1,34 @@
+"""Hooks for metrics and tests to watch the registry decide, from inside.
+
+An observer is called on the registry's own thread, in decision order, with
+the registry's own clock readings, so what it records is exactly what the
+registry did. Keep the callbacks cheap: they sit on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tierbatch.policies.outcomes import CallOutcome
+from tierbatch.policies.quota import Grant
+
+
+class RegistryObserver(Protocol):
+    def on_grant(self, grant: Grant, tier_rank: int) -> None: ...
+
+    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None: ...
+
+    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None: ...
+
+
+class NullObserver:
+    """Observes nothing."""
+
+    def on_grant(self, grant: Grant, tier_rank: int) -> None:
+        pass
+
+    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
+        pass
+
+    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
+        pass
