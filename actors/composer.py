@@ -10,6 +10,7 @@ crashes or retries happened on the way.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +34,7 @@ from tierbatch.actors.messages import (
 )
 from tierbatch.actors.ports import Sink
 from tierbatch.policies.articles import Article
-from tierbatch.policies.composition import Composer, Queued
+from tierbatch.policies.composition import Batch, Composer, Queued
 from tierbatch.policies.config import Config
 from tierbatch.policies.priority import ClusterTracker, article_time, score
 from tierbatch.policies.results import Done, Failed, FailureReason, TerminalResult
@@ -86,6 +87,11 @@ class BatchComposer(pykka.ThreadingActor):
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
         self._capacity = config.composer.max_queued
         self._live: set[str] = set()  # queued or held: not yet terminal
+        # Articles held by an extractor that crashed. Each goes out alone, so
+        # only a true poison article keeps crashing extractors and its
+        # batch-mates are not blamed with it.
+        self._suspects: deque[Queued] = deque()
+        self._probe_ids = itertools.count(-1, -1)
         self._held: dict[str, tuple[int, Queued]] = {}
         self._by_extractor: dict[int, set[str]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -117,8 +123,8 @@ class BatchComposer(pykka.ThreadingActor):
                 return self._on_submit(articles)
             case GiveBack(extractor, ids):
                 self._on_give_back(extractor, ids)
-            case ExtractorDied(extractor, error):
-                self._on_extractor_died(extractor, error)
+            case ExtractorDied(extractor, error, blamed):
+                self._on_extractor_died(extractor, error, frozenset(blamed))
             case WhenDrained():
                 return self._future_when(self._outstanding() == 0, self._drain_waiters)
             case WhenSpace():
@@ -179,9 +185,12 @@ class BatchComposer(pykka.ThreadingActor):
         if self._paused is not None:
             return
         now = self._clock.now()
-        while self._idle and len(self._queues):
+        while self._idle and (self._suspects or len(self._queues)):
             request = self._idle.popleft()
-            batch = self._queues.next_batch(now)
+            if self._suspects:
+                batch: Batch | None = Batch(next(self._probe_ids), (self._suspects.popleft(),))
+            else:
+                batch = self._queues.next_batch(now)
             if batch is None:
                 self._idle.appendleft(request)
                 break
@@ -264,13 +273,21 @@ class BatchComposer(pykka.ThreadingActor):
         self._queues.requeue(items)
         self._dispatch()
 
-    def _on_extractor_died(self, extractor: int, error: str) -> None:
+    def _on_extractor_died(self, extractor: int, error: str, blamed: frozenset[str]) -> None:
+        """Take back what a dead extractor held. The articles it was handling
+        when it died count a crash and go out alone next time (so a poison
+        article cannot take its batch-mates down with it); the rest were
+        bystanders and simply go back to their queues."""
         ids = self._by_extractor.pop(extractor, set())
         poison: list[TerminalResult] = []
         requeue: list[Queued] = []
+        bystanders: list[Queued] = []
         limit = self._config.retry.poison_after
         for article_id in ids:
             _, item = self._held.pop(article_id)
+            if article_id not in blamed:
+                bystanders.append(item)
+                continue
             self._crashes[article_id] += 1
             if self._crashes[article_id] >= limit:
                 poison.append(
@@ -286,22 +303,27 @@ class BatchComposer(pykka.ThreadingActor):
                 )
             else:
                 requeue.append(item)
-        self._requeued_after_crash += len(requeue)
+        self._requeued_after_crash += len(requeue) + len(bystanders)
+        requeue.sort(key=lambda item: (item.tier, item.seq))
         _log.warning(
             "extractor died; its articles go back to the queue",
             extractor=extractor,
-            requeued=len(requeue),
+            suspects=len(requeue),
+            bystanders=len(bystanders),
             poisoned=len(poison),
             error=error,
         )
-        self._queues.requeue(requeue)
+        self._suspects.extend(requeue)
+        self._queues.requeue(bystanders)
         self._terminal(poison)
         self._dispatch()
 
     def _take_unfinished(self) -> list[Article]:
         self._paused = "stopping"
         self._idle.clear()
-        articles = [item.article for item in self._queues.drain_all()]
+        articles = [item.article for item in self._suspects]
+        self._suspects.clear()
+        articles.extend(item.article for item in self._queues.drain_all())
         articles.extend(item.article for _, item in self._held.values())
         self._held.clear()
         self._by_extractor.clear()
@@ -313,7 +335,7 @@ class BatchComposer(pykka.ThreadingActor):
     # ---- waiting -----------------------------------------------------------------
 
     def _outstanding(self) -> int:
-        return len(self._queues) + len(self._held) + len(self._unsunk)
+        return len(self._queues) + len(self._suspects) + len(self._held) + len(self._unsunk)
 
     def _has_space(self) -> bool:
         return len(self._queues) < self._capacity
@@ -338,7 +360,7 @@ class BatchComposer(pykka.ThreadingActor):
     def _stats(self) -> ComposerStats:
         return ComposerStats(
             submitted=self._submitted,
-            queued=len(self._queues),
+            queued=len(self._queues) + len(self._suspects),
             queued_by_tier=self._queues.depth_by_tier(),
             held=len(self._held),
             done=sum(self._done_by_tier.values()),

@@ -117,7 +117,7 @@ class ExtractorDeps:
     pacer: LaunchPacer
     registry: pykka.ActorRef[Any]
     composer: pykka.ActorRef[Any]
-    on_crash: Callable[[int, str], None]
+    on_crash: Callable[[int, str, tuple[str, ...]], None]
     on_fatal: Callable[[int, Exception], None]
     crash_hook: Callable[[tuple[Queued, ...]], None] | None = None
 
@@ -142,6 +142,8 @@ class Extractor(pykka.ThreadingActor):
         self._halted = False
         self._tell: Callable[[Any], None] = lambda _m: None
         self._log = _log.bind(extractor=extractor_id)
+        # The articles of the message being handled: blamed if it crashes us.
+        self._handling: tuple[str, ...] = ()
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -154,7 +156,9 @@ class Extractor(pykka.ThreadingActor):
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self._cancel_calls()
-        self._deps.on_crash(self.extractor_id, f"{exception_type.__name__}: {exception_value}")
+        self._deps.on_crash(
+            self.extractor_id, f"{exception_type.__name__}: {exception_value}", self._handling
+        )
 
     def _cancel_calls(self) -> None:
         """Cancel calls still out; their grants were spent, as far as anyone
@@ -169,21 +173,29 @@ class Extractor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case WorkBatch(batch):
+                self._handling = tuple(item.article.id for item in batch.items)
                 self._work_requested = False
                 if self._deps.crash_hook is not None:
                     self._deps.crash_hook(batch.items)
                 self._take(batch.items)
                 self._want_work()
             case Granted(pack_id, grant):
+                self._handling = self._pack_articles(pack_id)
                 self._on_granted(pack_id, grant)
             case AcquireFailed(pack_id, reason, detail):
+                self._handling = self._pack_articles(pack_id)
                 self._on_acquire_failed(pack_id, reason, detail)
             case CallDone():
+                self._handling = self._pack_articles(message.pack_id)
                 self._on_call_done(message)
                 self._want_work()
             case _:
                 raise TypeError(f"Extractor: unexpected message {message!r}")
         return None
+
+    def _pack_articles(self, pack_id: int) -> tuple[str, ...]:
+        pack = self._packs.get(pack_id)
+        return () if pack is None else tuple(m.item.article.id for m in pack.members)
 
     def _want_work(self) -> None:
         if self._work_requested or self._halted or len(self._packs) >= self._capacity:

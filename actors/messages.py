@@ -121,8 +121,12 @@ class GiveBack:
 
 @dataclass(frozen=True, slots=True)
 class ExtractorDied:
+    """``blamed`` are the articles the extractor was working on when it
+    died; only they count a crash towards poison."""
+
     extractor: int
     error: str
+    blamed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

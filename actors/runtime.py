@@ -144,7 +144,7 @@ class Runtime:
             provider=self.provider,
             clock=clock,
             loop=loop,
-            pacer=LaunchPacer(config.runtime.launch_stagger_s),
+            pacer=LaunchPacer(clock.to_real(config.runtime.launch_stagger_s)),
             registry=registry,
             composer=composer,
             on_crash=self._on_extractor_crash,
@@ -320,11 +320,11 @@ class Runtime:
         if self._fatal is not None:
             raise FatalProviderError(str(self._fatal)) from self._fatal
 
-    def _on_extractor_crash(self, extractor_id: int, error: str) -> None:
+    def _on_extractor_crash(self, extractor_id: int, error: str, blamed: tuple[str, ...]) -> None:
         supervisor = self._supervisor
         if supervisor is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                supervisor.tell(ExtractorCrashed(extractor_id, error))
+                supervisor.tell(ExtractorCrashed(extractor_id, error, blamed))
 
     def _on_fatal(self, extractor_id: int, error: Exception) -> None:
         with self._fatal_lock:

@@ -29,6 +29,7 @@ _log = structlog.get_logger("tierbatch.supervisor")
 class ExtractorCrashed:
     extractor: int
     error: str
+    blamed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +78,8 @@ class Supervisor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case ExtractorCrashed(extractor, error):
-                self._on_crash(extractor, error)
+            case ExtractorCrashed(extractor, error, blamed):
+                self._on_crash(extractor, error, blamed)
             case StopPool():
                 self._stopping = True
                 refs = list(self._pool.values())
@@ -90,11 +91,11 @@ class Supervisor(pykka.ThreadingActor):
                 raise TypeError(f"Supervisor: unexpected message {message!r}")
         return None
 
-    def _on_crash(self, extractor: int, error: str) -> None:
+    def _on_crash(self, extractor: int, error: str, blamed: tuple[str, ...]) -> None:
         if self._pool.pop(extractor, None) is None:
             return
         self._registry.tell(ReleaseHolder(extractor))
-        self._composer.tell(ExtractorDied(extractor, error))
+        self._composer.tell(ExtractorDied(extractor, error, blamed))
         if self._stopping:
             return
         now = self._clock.now()
