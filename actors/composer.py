@@ -24,6 +24,7 @@ from tierbatch.actors.messages import (
     Finished,
     GetComposerStats,
     GiveBack,
+    ObserveClusters,
     Pause,
     RequestWork,
     Submit,
@@ -119,8 +120,12 @@ class BatchComposer(pykka.ThreadingActor):
                 self._dispatch()
             case Finished(extractor, results):
                 self._on_finished(extractor, results)
-            case Submit(articles):
-                return self._on_submit(articles)
+            case Submit(articles, observe):
+                return self._on_submit(articles, observe)
+            case ObserveClusters(observations):
+                now = self._clock.now()
+                for cluster_id, at in observations:
+                    self._clusters.observe(cluster_id, min(at, now))
             case GiveBack(extractor, ids):
                 self._on_give_back(extractor, ids)
             case ExtractorDied(extractor, error, blamed):
@@ -149,7 +154,7 @@ class BatchComposer(pykka.ThreadingActor):
 
     # ---- submission ------------------------------------------------------------
 
-    def _on_submit(self, articles: tuple[Article, ...]) -> SubmitResult:
+    def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitResult:
         now = self._clock.now()
         cfg = self._config.priority
         consumed = accepted = 0
@@ -164,7 +169,8 @@ class BatchComposer(pykka.ThreadingActor):
             seen_at = article_time(article, now)
             stats = None
             if article.cluster_id is not None:
-                self._clusters.observe(article.cluster_id, min(seen_at, now))
+                if observe:
+                    self._clusters.observe(article.cluster_id, min(seen_at, now))
                 stats = self._clusters.stats(article.cluster_id, now)
             self._queues.push(article, score(article, stats, now, cfg), now)
             self._live.add(article.id)

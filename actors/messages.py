@@ -86,7 +86,19 @@ class GetQuotaSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
+    """``observe`` False: the clusters of these articles were already
+    counted through ``ObserveClusters``."""
+
     articles: tuple[Article, ...]
+    observe: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveClusters:
+    """Count articles towards their clusters' hotness without queueing them
+    (a daemon warms the statistics from its whole backlog this way)."""
+
+    observations: tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from tierbatch.actors.messages import (
     GetComposerStats,
     GetQuotaSnapshot,
     GetQuotaStatus,
+    ObserveClusters,
     Pause,
     ReleaseHolder,
     Submit,
@@ -212,13 +213,20 @@ class Runtime:
     # ---- work ----------------------------------------------------------------------
 
     def submit(
-        self, articles: Iterable[Article], *, block: bool = True, timeout: float | None = None
+        self,
+        articles: Iterable[Article],
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+        clusters_observed: bool = False,
     ) -> SubmitReceipt:
         """Queue articles for extraction.
 
         When the queue is full, ``block`` waits for room (up to ``timeout``
         seconds) and otherwise raises ``QueueFull`` at once; ``QueueFull``
         says how many were accepted, which were the first ones, in order.
+        Pass ``clusters_observed=True`` for articles already counted with
+        ``observe_clusters``.
         """
         composer = self._running_composer()
         pending = tuple(articles)
@@ -231,7 +239,9 @@ class Runtime:
         accepted = 0
         duplicates: list[str] = []
         while pending:
-            result: SubmitResult = composer.ask(Submit(pending), block=True)
+            result: SubmitResult = composer.ask(
+                Submit(pending, observe=not clusters_observed), block=True
+            )
             accepted += result.accepted
             duplicates.extend(result.duplicates)
             pending = pending[result.consumed :]
@@ -251,6 +261,15 @@ class Runtime:
             except pykka.Timeout:
                 raise QueueFull(accepted, len(pending), capacity) from None
         return SubmitReceipt(accepted, tuple(duplicates))
+
+    def observe_clusters(self, observations: Iterable[tuple[str, float]]) -> None:
+        """Count ``(cluster_id, published_at epoch seconds)`` pairs towards
+        cluster hotness without queueing anything. A daemon with a large
+        backlog calls this for the whole backlog, then submits a few batches
+        at a time with ``clusters_observed=True``, so an article's priority
+        reflects its cluster's full size rather than what was leased so far.
+        """
+        self._running_composer().tell(ObserveClusters(tuple(observations)))
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every article submitted so far is terminal. Returns

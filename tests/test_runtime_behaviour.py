@@ -344,3 +344,19 @@ def test_launch_stagger_spaces_first_requests(threads_before):
     gaps = [b - a for a, b in itertools.pairwise(launches)]
     assert len(launches) >= 5
     assert min(gaps) >= 0.019
+
+
+def test_observed_clusters_raise_priority(threads_before):
+    base = small_config()
+    config = replace(base, priority=replace(base.priority, hotness_weight=1.0, goodness_weight=0.0))
+    clock = ScaledClock(1.0)
+    big, small = make_articles(2, prefix="x")
+    big = replace(big, cluster_id="big", published_at=None)
+    small = replace(small, cluster_id="small", published_at=None)
+    sink = CollectingSink()
+    with Runtime(config, ScriptedProvider(), sink, clock=clock) as rt:
+        rt.observe_clusters([("big", clock.now())] * 50 + [("small", clock.now())])
+        rt.submit([big, small], clusters_observed=True)
+        assert rt.drain(timeout=30)
+    tiers = {r.article_id: r.tier for r in sink.results}
+    assert tiers == {big.id: "hot", small.id: "cold"}
