@@ -1,0 +1,498 @@
+"""Plausible entities without a model, for the simulated provider and the
+local fake Gemini server.
+
+Both fakes must answer the same article with the same entities, and a bench
+run must be repeatable, so everything here is a pure function of the text and
+the model name. The little randomness used (salience jitter) is seeded from a
+stable hash (``hashlib``), never from Python's per-process ``hash()``.
+
+The rules are deliberately simple -- runs of capitalised words, classified by
+keywords and a small gazetteer -- yet good enough that the entities look like
+a model's and vary with the article, which is what the runtime's parser,
+validator and sinks need to be exercised on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tierbatch.policies.results import Entity, EntityType
+
+MAX_ENTITIES = 25
+"""No article gets more entities than this, as a model's answer is bounded too."""
+
+LITE_KEEP_FRACTION = 0.75
+"""A "lite" model keeps only this fraction of the entities, most salient first."""
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_STOPWORDS = _words(
+    """
+    a an the in on at by for from to of with and or but nor so yet as if when
+    while after before since until during despite under over into onto about
+    this that these those it its he she his her hers him they them their we our
+    us you your i my me there here then than also however meanwhile according
+    some many most more much few several all any each every both either neither
+    no not yes one two three four five six seven eight nine ten first last next
+    new other such what which who whom whose where why how mr mrs ms dr st
+    monday tuesday wednesday thursday friday saturday sunday january february
+    march april may june july august september october november december
+    today yesterday tomorrow said says say will would could should can may
+    might must do does did is are was were be been being has have had
+    """
+)
+"""Capitalised words that are grammar or dates, not names, when they open a run."""
+
+_CONNECTORS = frozenset({"of", "de", "du", "la", "for", "&"})
+"""Lower-case words allowed inside a name ("Bank of England") -- only after a
+word that heads such names, so "Macron of France" stays two entities."""
+
+_CONNECTOR_HEADS = frozenset(
+    {"gulf", "republic", "kingdom", "city", "state", "states", "bay", "isle", "duke", "house"}
+)
+
+_TITLES = frozenset(
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "sir",
+        "dame",
+        "president",
+        "minister",
+        "prime",
+        "chancellor",
+        "senator",
+        "governor",
+        "mayor",
+        "judge",
+        "king",
+        "queen",
+        "prince",
+        "princess",
+        "pope",
+        "professor",
+        "chief",
+        "secretary",
+        "ceo",
+        "rep",
+        "sen",
+        "gov",
+    }
+)
+"""Words before a person's name; stripped from the name, they mark a person."""
+
+_ORG_WORDS = frozenset(
+    {
+        "inc",
+        "corp",
+        "corporation",
+        "ltd",
+        "llc",
+        "plc",
+        "ag",
+        "sa",
+        "gmbh",
+        "co",
+        "company",
+        "bank",
+        "ministry",
+        "department",
+        "university",
+        "college",
+        "council",
+        "party",
+        "agency",
+        "group",
+        "reuters",
+        "association",
+        "institute",
+        "commission",
+        "committee",
+        "federation",
+        "union",
+        "foundation",
+        "fund",
+        "court",
+        "parliament",
+        "congress",
+        "senate",
+        "police",
+        "army",
+        "navy",
+        "nations",
+        "organisation",
+        "organization",
+        "authority",
+        "board",
+        "bureau",
+        "office",
+        "times",
+        "post",
+        "news",
+        "press",
+        "airlines",
+        "motors",
+        "holdings",
+        "technologies",
+        "systems",
+        "labs",
+        "google",
+        "microsoft",
+        "apple",
+        "amazon",
+        "nato",
+        "un",
+        "eu",
+        "fbi",
+        "cia",
+        "imf",
+        "who",
+        "opec",
+        "fifa",
+        "bbc",
+        "cnn",
+    }
+)
+
+_EVENT_WORDS = frozenset(
+    {
+        "summit",
+        "election",
+        "elections",
+        "olympics",
+        "games",
+        "war",
+        "cup",
+        "championship",
+        "conference",
+        "festival",
+        "referendum",
+        "crisis",
+        "pandemic",
+        "revolution",
+        "forum",
+        "award",
+        "awards",
+        "prix",
+        "open",
+        "marathon",
+        "expo",
+        "week",
+    }
+)
+
+_PRODUCT_WORDS = frozenset(
+    {
+        "iphone",
+        "ipad",
+        "android",
+        "windows",
+        "playstation",
+        "xbox",
+        "chatgpt",
+        "gemini",
+        "galaxy",
+        "pixel",
+        "kindle",
+        "vaccine",
+    }
+)
+
+_OTHER_WORDS = frozenset(
+    {"agreement", "accord", "treaty", "act", "bill", "law", "index", "prize", "report"}
+)
+"""Named things that are neither people nor places ("Paris Agreement")."""
+
+_GAZETTEER = _words(
+    """
+    afghanistan argentina australia austria bangladesh belgium brazil canada
+    chile china colombia cuba denmark egypt ethiopia finland france germany
+    ghana greece hungary india indonesia iran iraq ireland israel italy japan
+    jordan kenya lebanon libya malaysia mexico morocco netherlands nigeria
+    norway pakistan palestine peru philippines poland portugal qatar romania
+    russia rwanda serbia singapore somalia spain sudan sweden switzerland syria
+    taiwan thailand turkey uganda ukraine venezuela vietnam yemen zimbabwe
+    britain england scotland wales gaza europe africa asia america
+    london paris berlin madrid rome moscow kyiv kiev beijing shanghai tokyo
+    delhi mumbai washington york chicago boston brussels geneva vienna warsaw
+    istanbul cairo jerusalem tehran baghdad damascus beirut dubai riyadh
+    sydney melbourne toronto ottawa montreal lagos nairobi johannesburg
+    seoul bangkok jakarta manila singapore hanoi lisbon dublin amsterdam
+    stockholm oslo copenhagen helsinki athens prague budapest frankfurt
+    munich milan barcelona california texas florida ohio georgia
+    us uk usa uae
+    """
+) | frozenset(
+    {
+        "new york",
+        "los angeles",
+        "san francisco",
+        "hong kong",
+        "united states",
+        "united kingdom",
+        "south africa",
+        "south korea",
+        "north korea",
+        "new zealand",
+        "saudi arabia",
+        "new delhi",
+        "washington dc",
+        "west bank",
+        "middle east",
+        "latin america",
+        "european union",
+    }
+)
+"""Countries, regions and big cities. Two of these ("european union") are
+organisations in most tag sets; we accept the error, it is a fake."""
+
+_ORG_OVERRIDES = frozenset({"european union"})
+
+_NAME_HEADS = _CONNECTOR_HEADS | _ORG_WORDS | _EVENT_WORDS
+
+_WORD = re.compile(r"[^\W\d_](?:[\w'’&-]|\.(?=\w))*|\d(?:\w|[.,](?=\d))*|[.!?;:\n]")
+"""Words (letters first, may carry inner apostrophes, dots, hyphens),
+numbers, and the punctuation that ends a sentence or clause."""
+
+_SENTENCE_END = frozenset({".", "!", "?", "\n"})
+_CLAUSE_END = frozenset({";", ":"})
+
+
+def fake_token_count(text: str) -> int:
+    """The fakes' tokenizer: about four characters per token, like Gemini on
+    English prose. Used by both fakes so the runtime's estimator sees one
+    consistent count."""
+    return math.ceil(len(text) / 4)
+
+
+def fake_prompt_token_count(texts: Iterable[str]) -> int:
+    """Tokens of a whole prompt: each part (system instruction, user turns)
+    counted on its own, as the fake server counts the parts it receives."""
+    return sum(fake_token_count(t) for t in texts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    name: str
+    first_pos: int
+    titled: bool
+    sentence_initial: bool
+
+
+def _candidates(text: str) -> list[_Candidate]:
+    """Runs of capitalised words, stripped of leading stopwords and titles."""
+    tokens: list[tuple[str, int]] = []
+    for m in _WORD.finditer(text):
+        word = m.group(0)
+        if word == "." and tokens and _is_abbreviation(tokens[-1][0]):
+            # "Mr. Smith", "J. Smith", "U.S." do not end a sentence.
+            if "." in tokens[-1][0]:
+                tokens[-1] = (tokens[-1][0] + ".", tokens[-1][1])
+            continue
+        tokens.append((word, m.start()))
+    found: list[_Candidate] = []
+    i = 0
+    at_sentence_start = True
+    while i < len(tokens):
+        word = tokens[i][0]
+        if word in _SENTENCE_END or word in _CLAUSE_END:
+            at_sentence_start = word in _SENTENCE_END
+            i += 1
+            continue
+        if not _is_capitalised(word):
+            at_sentence_start = False
+            i += 1
+            continue
+        run: list[tuple[str, int]] = []
+        j = i
+        while j < len(tokens):
+            w, p = tokens[j]
+            if _is_capitalised(w):
+                if w.lower() in _TITLES and any(x.lower() not in _TITLES for x, _ in run):
+                    break  # "Macron and Prime Minister Starmer": a new name starts
+                run.append((w, p))
+                j += 1
+            elif (
+                w.lower() in _CONNECTORS
+                and run
+                and run[-1][0].lower() in _NAME_HEADS
+                and j + 1 < len(tokens)
+                and _is_capitalised(tokens[j + 1][0])
+            ):
+                run.append((w, p))
+                j += 1
+            else:
+                break
+        sentence_initial = at_sentence_start
+        at_sentence_start = False
+        i = j
+        titled = False
+        while run and (_is_stopword(run[0][0]) or run[0][0].lower() in _TITLES):
+            titled = titled or run[0][0].lower() in _TITLES
+            sentence_initial = False
+            run.pop(0)
+        while run and run[-1][0].lower() in _CONNECTORS:
+            run.pop()
+        if not run:
+            continue
+        name = " ".join(w for w, _ in run)
+        if len(name) < 2:
+            continue
+        found.append(_Candidate(name, run[0][1], titled, sentence_initial))
+    return found
+
+
+def _is_abbreviation(word: str) -> bool:
+    return word.lower() in _TITLES or (word.isupper() and (len(word) == 1 or "." in word))
+
+
+def _is_stopword(word: str) -> bool:
+    """Acronyms ("US", "WHO") are names even when their lower case is a word."""
+    return word.lower() in _STOPWORDS and not (len(word) > 1 and word.isupper())
+
+
+def _is_capitalised(word: str) -> bool:
+    return word[:1].isupper() and word not in _SENTENCE_END
+
+
+def _classify(name: str, titled: bool) -> EntityType:
+    lower = name.lower().replace(".", "")
+    words = lower.split()
+    if lower in _ORG_OVERRIDES:
+        return EntityType.ORGANISATION
+    if titled:
+        return EntityType.PERSON
+    if lower in _GAZETTEER:
+        return EntityType.LOCATION
+    if any(w in _ORG_WORDS for w in words) or (name.isupper() and 2 <= len(name) <= 5):
+        return EntityType.ORGANISATION
+    if any(w in _EVENT_WORDS for w in words):
+        return EntityType.EVENT
+    if lower in _PRODUCT_WORDS or words[0] in _PRODUCT_WORDS:
+        return EntityType.PRODUCT
+    if any(w in _OTHER_WORDS for w in words):
+        return EntityType.OTHER
+    if len(words) == 2 and all(w.isalpha() for w in words) and words[0] not in _GAZETTEER:
+        return EntityType.PERSON
+    return EntityType.OTHER
+
+
+def _rng(text: str, model: str) -> random.Random:
+    digest = hashlib.sha256(f"{model}\x00{text}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def extract_entities(text: str, model: str) -> tuple[Entity, ...]:
+    """The entities a model would plausibly name for ``text``, most salient
+    first. Deterministic per (text, model); a model whose name contains
+    "lite" drops the least salient quarter."""
+    candidates = _candidates(text)
+    if not candidates:
+        return ()
+    merged: dict[str, tuple[_Candidate, int, bool, bool]] = {}
+    for cand in candidates:
+        key = cand.name.lower()
+        if key in merged:
+            first, count, titled, only_initial = merged[key]
+            merged[key] = (
+                first,
+                count + 1,
+                titled or cand.titled,
+                only_initial and cand.sentence_initial,
+            )
+        else:
+            merged[key] = (cand, 1, cand.titled, cand.sentence_initial)
+
+    kinds = {key: _classify(first.name, titled) for key, (first, _, titled, _) in merged.items()}
+    # A surname alone ("Starmer said") is a further mention of the person.
+    for key in list(merged):
+        if " " in key:
+            continue
+        owners = [
+            other
+            for other in merged
+            if other != key and kinds[other] is EntityType.PERSON and other.split()[-1] == key
+        ]
+        if len(owners) == 1:
+            first, count, titled, initial = merged[owners[0]]
+            merged[owners[0]] = (first, count + merged[key][1], titled, initial)
+            del merged[key]
+
+    length = max(len(text), 1)
+    max_count = max(count for _, count, _, _ in merged.values())
+    rng = _rng(text, model)
+    scored: list[Entity] = []
+    for key, (first, count, _titled, only_initial) in merged.items():
+        kind = kinds[key]
+        if only_initial and kind is EntityType.OTHER and " " not in key:
+            continue  # a capitalised sentence opener, most likely not a name
+        frequency = count / max_count
+        earliness = 1.0 - first.first_pos / length
+        salience = 0.15 + 0.55 * frequency + 0.3 * earliness + rng.uniform(-0.03, 0.03)
+        scored.append(
+            Entity(
+                name=first.name,
+                type=kind,
+                salience=round(min(1.0, max(0.01, salience)), 3),
+                mentions=count,
+            )
+        )
+    scored.sort(key=lambda e: (-e.salience, e.name))
+    scored = scored[:MAX_ENTITIES]
+    if "lite" in model.lower() and len(scored) > 1:
+        scored = scored[: max(1, math.ceil(len(scored) * LITE_KEEP_FRACTION))]
+    return tuple(scored)
+
+
+def article_text(title: str, text: str) -> str:
+    """What the fakes read of an article: its title as a first sentence."""
+    return f"{title}\n{text}" if title else text
+
+
+def entity_json(entity: Entity) -> dict[str, Any]:
+    """One entity as the response schema spells it."""
+    return {
+        "name": entity.name,
+        "type": entity.type.value,
+        "salience": entity.salience,
+        "mentions": entity.mentions,
+    }
+
+
+def answer_document(
+    articles: Sequence[Mapping[str, str]],
+    model: str,
+) -> dict[str, Any]:
+    """The JSON answer ``{"articles": [{"id", "entities"}]}`` a model in JSON
+    mode would give for ``articles`` (dicts with id, title, text)."""
+    return {
+        "articles": [
+            {
+                "id": a.get("id", ""),
+                "entities": [
+                    entity_json(e)
+                    for e in extract_entities(
+                        article_text(a.get("title", ""), a.get("text", "")), model
+                    )
+                ],
+            }
+            for a in articles
+        ]
+    }
+
+
+def answer_text(document: Mapping[str, Any]) -> str:
+    """The answer document as the model's candidate text (compact JSON)."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))

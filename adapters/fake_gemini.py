@@ -1,0 +1,842 @@
+"""A local Gemini-compatible HTTP server, for testing the SDK adapters and
+rehearsing whole runs without the real API.
+
+It speaks the two routes the runtime uses, ``POST /{v1,v1beta}/models/
+{model}:generateContent`` and ``:countTokens``, the way Gemini does: the same
+request JSON (camelCase, or the legacy SDK's protobuf JSON with integer
+enums), the same answer JSON, quota enforced per (API key, model) by
+``QuotaEmulator`` with Gemini's real 429 body (``QuotaFailure``, ``Help``,
+``RetryInfo``; no ``Retry-After`` header), and Gemini's other error bodies.
+Faults (5xx, hangs, malformed answers, truncation, safety blocks, missing
+articles, outages, retired models) are injected at configurable rates, so a
+client's handling of each can be tested against real HTTP.
+
+How requests are decided, in order (a refused request does not count against
+quota, except faults drawn after admission, as Gemini counts a request that
+failed after it was accepted):
+
+1. route: anything but POST ``/{v1,v1beta,v1alpha}/models/X:{generateContent,
+   countTokens}`` -> 404 ``NOT_FOUND``;
+2. API key, from the ``x-goog-api-key`` header (what both google-genai and
+   google-generativeai send) or the ``?key=`` query parameter: missing -> 403
+   ``PERMISSION_DENIED`` ("unregistered callers", as Gemini); not
+   syntactically a key (characters outside ``[A-Za-z0-9._~-]``) -> 400
+   ``INVALID_ARGUMENT`` with ``ErrorInfo.reason = API_KEY_INVALID`` (Gemini's
+   answer for a bad key); well-formed but not in ``valid_keys`` (when set)
+   -> 403 ``PERMISSION_DENIED``;
+3. body not JSON -> 400 ``INVALID_ARGUMENT``; no contents -> 400;
+4. retired model -> 404 with Gemini's "models/X is not found" body;
+5. outage of the model -> 503 ``UNAVAILABLE``;
+6. input over the model's ``max_input_tokens`` -> 400;
+7. quota -> 429 (countTokens has its own, unlimited, quota);
+8. a fault drawn at the model's rates, then the answer after the latency.
+
+The server runs its own asyncio loop in a background thread; all its state
+(quota, random draws, the log) lives in that thread, so it needs no locks.
+The HTTP plumbing is in ``fake_gemini_http``, Gemini's error bodies in
+``fake_gemini_bodies``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import structlog
+
+from tierbatch.actors.clock import Clock, SystemClock
+from tierbatch.adapters.fake_entities import (
+    answer_document,
+    answer_text,
+    fake_prompt_token_count,
+    fake_token_count,
+)
+from tierbatch.adapters.fake_gemini_bodies import (
+    BAD_GATEWAY_HTML,
+    SERVER_ERRORS,
+    RetryDelayFormat,
+    error_body,
+    forbidden_key_body,
+    format_retry_delay,
+    invalid_key_body,
+    missing_key_body,
+    not_found_model_body,
+    quota_error_body,
+)
+from tierbatch.adapters.fake_gemini_http import (
+    HttpRequest,
+    HttpResponse,
+    serve_connection,
+)
+from tierbatch.adapters.prompt import ARTICLES_MARKER, articles_from_user_text
+from tierbatch.adapters.quota_emulator import QuotaEmulator
+from tierbatch.policies.config import ModelSpec
+
+__all__ = [
+    "FakeGeminiConfig",
+    "FakeGeminiServer",
+    "FaultRates",
+    "GeminiEmulator",
+    "RetryDelayFormat",
+    "ServedRequest",
+    "ServerFault",
+    "ServerNotRunningError",
+    "format_retry_delay",
+    "key_fingerprint",
+    "parse_route",
+    "serve_forever",
+    "summarize",
+]
+
+_log = structlog.get_logger(__name__)
+
+_KEY_SYNTAX = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+_ROUTE = re.compile(r"/(?P<version>v1|v1beta|v1alpha)/(?P<resource>.+):(?P<method>[A-Za-z]+)")
+_METHODS = frozenset({"generateContent", "countTokens"})
+
+# Protobuf enum numbers, for the legacy SDK's ``$alt=json;enum-encoding=int``.
+_FINISH_REASON_INT = {"STOP": 1, "MAX_TOKENS": 2, "SAFETY": 3}
+_BLOCK_REASON_INT = {"SAFETY": 1}
+_HARM_CATEGORY_INT = {"HARM_CATEGORY_DANGEROUS_CONTENT": 10}
+_HARM_PROBABILITY_INT = {"HIGH": 4}
+
+
+class ServerFault(StrEnum):
+    """A fault injected into one generateContent request."""
+
+    NONE = ""
+    SERVER_ERROR = "server_error"
+    HANG = "hang"
+    MALFORMED_JSON_TEXT = "malformed_json_text"
+    MALFORMED_BODY = "malformed_body"
+    MAX_TOKENS = "max_tokens"
+    SAFETY = "safety"
+    PROMPT_BLOCKED = "prompt_blocked"
+    MISSING_ARTICLE = "missing_article"
+    OUTAGE = "outage"
+
+
+_DRAWN_FAULTS = (
+    ServerFault.SERVER_ERROR,
+    ServerFault.HANG,
+    ServerFault.MALFORMED_JSON_TEXT,
+    ServerFault.MALFORMED_BODY,
+    ServerFault.MAX_TOKENS,
+    ServerFault.SAFETY,
+    ServerFault.PROMPT_BLOCKED,
+    ServerFault.MISSING_ARTICLE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRates:
+    """Per-request fault probabilities (exclusive: their sum must be <= 1).
+
+    ``server_error``: 500/502/503/504 (502 with Google's HTML page, the
+    others with Gemini's JSON error body). ``hang``: sleep ``hang_s`` before
+    answering, so the client's timeout must fire. ``malformed_json_text``:
+    200 whose candidate text is not JSON. ``malformed_body``: 200 whose body
+    is not JSON at all. ``max_tokens``: the JSON text cut short, finishReason
+    MAX_TOKENS. ``safety``: a candidate with finishReason SAFETY and no text.
+    ``prompt_blocked``: no candidates, ``promptFeedback.blockReason`` SAFETY.
+    ``missing_article``: one article left out of the answer.
+    """
+
+    server_error: float = 0.0
+    hang: float = 0.0
+    malformed_json_text: float = 0.0
+    malformed_body: float = 0.0
+    max_tokens: float = 0.0
+    safety: float = 0.0
+    prompt_blocked: float = 0.0
+    missing_article: float = 0.0
+
+    def __post_init__(self) -> None:
+        total = 0.0
+        for fault in _DRAWN_FAULTS:
+            rate = self.rate(fault)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate {fault.value} must be in [0, 1], got {rate}")
+            total += rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates must sum to <= 1, got {total}")
+
+    def rate(self, fault: ServerFault) -> float:
+        rate: float = getattr(self, fault.value)
+        return rate
+
+    def draw(self, rng: random.Random) -> ServerFault:
+        u = rng.random()
+        for fault in _DRAWN_FAULTS:
+            u -= self.rate(fault)
+            if u < 0:
+                return fault
+        return ServerFault.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class FakeGeminiConfig:
+    """What the fake server emulates.
+
+    ``models``: quotas per API key (a model not listed is unlimited).
+    ``latency_s``: real seconds before an admitted request is answered (one
+    for all models or per model). ``faults``: one ``FaultRates`` for every
+    model, or a mapping model -> rates (models not in it get none).
+    ``retired``: models answering 404. ``outages``: model -> [start, end)
+    seconds since the server started, answering 503. ``valid_keys``: when
+    set, other well-formed keys get 403. ``include_retry_info``: False sends
+    429s without ``RetryInfo``, to test a client's fallback backoff.
+    ``free_tier``: quota ids carry the ``-FreeTier`` suffix. ``seed`` seeds
+    the fault draws (reproducible for a given request order).
+    """
+
+    models: Mapping[str, ModelSpec] = field(default_factory=dict, hash=False)
+    window_s: float = 60.0
+    timezone: str = "America/Los_Angeles"
+    latency_s: float | Mapping[str, float] = field(default=0.0, hash=False)
+    faults: FaultRates | Mapping[str, FaultRates] = field(default_factory=FaultRates, hash=False)
+    hang_s: float = 120.0
+    retired: AbstractSet[str] = field(default=frozenset(), hash=False)
+    outages: Mapping[str, tuple[float, float]] = field(default_factory=dict, hash=False)
+    valid_keys: AbstractSet[str] | None = field(default=None, hash=False)
+    retry_delay_format: RetryDelayFormat = RetryDelayFormat.FRACTIONAL
+    include_retry_info: bool = True
+    free_tier: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {self.window_s}")
+        if self.hang_s < 0:
+            raise ValueError(f"hang_s must be >= 0, got {self.hang_s}")
+        for model, (start, end) in self.outages.items():
+            if end < start:
+                raise ValueError(f"outage of {model} ends before it starts")
+
+    def faults_for(self, model: str) -> FaultRates:
+        if isinstance(self.faults, FaultRates):
+            return self.faults
+        return self.faults.get(model, _NO_FAULTS)
+
+    def latency_for(self, model: str) -> float:
+        if isinstance(self.latency_s, Mapping):
+            return float(self.latency_s.get(model, 0.0))
+        return float(self.latency_s)
+
+
+_NO_FAULTS = FaultRates()
+
+
+@dataclass(frozen=True, slots=True)
+class ServedRequest:
+    """One request as the server decided it (logged before any latency).
+
+    ``at`` is the arrival time on the server's clock; ``article_ids`` the
+    articles the prompt carried (also when the answer left one out);
+    ``key_fingerprint`` a short hash of the API key (never the key);
+    ``fault`` the injected fault ("" for none); ``finish_reason`` the
+    candidate's, when one was sent.
+    """
+
+    at: float
+    key_fingerprint: str
+    model: str
+    api_version: str
+    method: str
+    status: int
+    article_ids: tuple[str, ...] = ()
+    input_tokens: int = 0
+    output_tokens: int = 0
+    retry_delay_s: float | None = None
+    quota_id: str = ""
+    fault: str = ""
+    finish_reason: str = ""
+
+
+def key_fingerprint(key: str) -> str:
+    """A short, stable, non-reversible name for an API key, for logs."""
+    return hashlib.sha256(key.encode()).hexdigest()[:10] if key else ""
+
+
+# ---------------------------------------------------------------------------
+# The Gemini side
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    version: str
+    model: str
+    method: str
+
+
+def parse_route(method: str, target: str) -> _Route | None:
+    """The API version, model and method of a generateContent/countTokens
+    URL, tolerating an encoded ``:`` or ``/`` and a repeated ``models/``."""
+    if method != "POST":
+        return None
+    match = _ROUTE.fullmatch(unquote(urlsplit(target).path))
+    if match is None or match["method"] not in _METHODS:
+        return None
+    resource = match["resource"]
+    while resource.startswith("models/"):
+        resource = resource[len("models/") :]
+    if not resource or "/" in resource:
+        return None
+    return _Route(match["version"], resource, match["method"])
+
+
+def _content_texts(content: Any) -> list[str]:
+    """Text parts of a Content (dict with parts), a list of them, or a string."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [t for item in content for t in _content_texts(item)]
+    if isinstance(content, dict):
+        if "parts" in content:
+            return _content_texts(content["parts"])
+        text = content.get("text")
+        return [text] if isinstance(text, str) else []
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    system: list[str]
+    user: list[str]
+    max_output_tokens: int | None
+
+    @property
+    def input_tokens(self) -> int:
+        return fake_prompt_token_count([*self.system, *self.user])
+
+    def articles(self) -> list[dict[str, str]]:
+        """The articles of the prompt template; none when there is no such
+        section or it does not parse."""
+        for text in self.user:
+            if ARTICLES_MARKER in text:
+                try:
+                    return articles_from_user_text(text)
+                except ValueError:
+                    return []
+        return []
+
+
+def _parse_prompt(body: Mapping[str, Any]) -> _Prompt:
+    """Texts from a GenerateContentRequest in camelCase or snake_case; a
+    countTokens body may wrap one in ``generateContentRequest``."""
+    inner = body.get("generateContentRequest") or body.get("generate_content_request")
+    if isinstance(inner, dict) and not body.get("contents"):
+        body = inner
+    system = body.get("systemInstruction", body.get("system_instruction"))
+    config = body.get("generationConfig", body.get("generation_config")) or {}
+    max_tokens = None
+    if isinstance(config, dict):
+        raw = config.get("maxOutputTokens", config.get("max_output_tokens"))
+        if isinstance(raw, int | str) and str(raw).isdigit() and int(raw) > 0:
+            max_tokens = int(raw)
+    return _Prompt(_content_texts(system), _content_texts(body.get("contents", [])), max_tokens)
+
+
+class _BadRequestBody(Exception):
+    pass
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _BadRequestBody(f"Invalid JSON payload received. {exc}") from exc
+    if not isinstance(document, dict):
+        raise _BadRequestBody("Invalid JSON payload received. Expected an object.")
+    return document
+
+
+class GeminiEmulator:
+    """Decides and answers requests (routes, keys, quota, faults). Lives in
+    the server's loop thread; also usable directly in tests."""
+
+    def __init__(self, config: FakeGeminiConfig, clock: Clock) -> None:
+        self.config = config
+        self._clock = clock
+        self.quota = QuotaEmulator(
+            config.models, config.window_s, config.timezone, free_tier=config.free_tier
+        )
+        self._rng = random.Random(config.seed)
+        self._started = time.monotonic()
+        self._served = 0
+        self.log: list[ServedRequest] = []
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def restart_clock(self) -> None:
+        """Outages count from here (the server calls it when it starts)."""
+        self._started = time.monotonic()
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        now = self._clock.now()
+        route = parse_route(request.method, request.target)
+        if route is None:
+            return self._refuse(
+                now, "", None, 404, error_body(404, "NOT_FOUND", "Requested entity was not found.")
+            )
+        key = request.headers.get("x-goog-api-key") or _query_key(request.target)
+        auth = self._auth_error(key)
+        if auth is not None:
+            return self._refuse(now, key, route, auth[0], auth[1])
+        try:
+            body = _json_body(request.body)
+        except _BadRequestBody as exc:
+            return self._refuse(now, key, route, 400, error_body(400, "INVALID_ARGUMENT", str(exc)))
+        prompt = _parse_prompt(body)
+        if not prompt.user:
+            message = "* GenerateContentRequest.contents: contents is not specified\n"
+            return self._refuse(now, key, route, 400, error_body(400, "INVALID_ARGUMENT", message))
+        if route.model in self.config.retired:
+            document = not_found_model_body(route.model, route.version, route.method)
+            return self._refuse(now, key, route, 404, document)
+        if route.method == "countTokens":
+            tokens = prompt.input_tokens
+            self._record(now, key, route, 200, input_tokens=tokens)
+            return HttpResponse.of_json(200, {"totalTokens": tokens})
+        return await self._generate(now, key, route, prompt, _int_enums(request.target))
+
+    def _auth_error(self, key: str) -> tuple[int, dict[str, Any]] | None:
+        if not key:
+            return 403, missing_key_body()
+        if not _KEY_SYNTAX.fullmatch(key):
+            return 400, invalid_key_body()
+        valid = self.config.valid_keys
+        if valid is not None and key not in valid:
+            return 403, forbidden_key_body()
+        return None
+
+    async def _generate(
+        self, now: float, key: str, route: _Route, prompt: _Prompt, int_enums: bool
+    ) -> HttpResponse:
+        model = route.model
+        input_tokens = prompt.input_tokens
+        articles = prompt.articles()
+        asked = tuple(a["id"] for a in articles)
+        outage = self.config.outages.get(model)
+        since_start = time.monotonic() - self._started
+        if outage is not None and outage[0] <= since_start < outage[1]:
+            code, message = SERVER_ERRORS[503]
+            self._record(now, key, route, 503, asked, input_tokens, fault="outage")
+            return HttpResponse.of_json(503, error_body(503, code, message))
+        spec = self.config.models.get(model)
+        if spec is not None and 0 < spec.max_input_tokens < input_tokens:
+            message = (
+                f"The input token count ({input_tokens}) exceeds the maximum number of "
+                f"tokens allowed ({spec.max_input_tokens})."
+            )
+            self._record(now, key, route, 400, asked, input_tokens)
+            return HttpResponse.of_json(400, error_body(400, "INVALID_ARGUMENT", message))
+        violation = self.quota.check(key, model, input_tokens, now)
+        if violation is not None:
+            self._record(
+                now,
+                key,
+                route,
+                429,
+                asked,
+                input_tokens,
+                retry_delay_s=violation.retry_delay_s,
+                quota_id=violation.quota_id,
+            )
+            document = quota_error_body(
+                violation,
+                model,
+                fmt=self.config.retry_delay_format,
+                include_retry_info=self.config.include_retry_info,
+            )
+            return HttpResponse.of_json(429, document)
+
+        fault = self.config.faults_for(model).draw(self._rng)
+        if fault is ServerFault.MISSING_ARTICLE and articles:
+            articles.pop(self._rng.randrange(len(articles)))
+        if fault is ServerFault.SERVER_ERROR:
+            status = self._rng.choice((500, 502, 503, 504))
+            self._record(now, key, route, status, asked, input_tokens, fault=fault)
+            await self._latency(model)
+            if status == 502:
+                return HttpResponse(502, BAD_GATEWAY_HTML, "text/html; charset=UTF-8")
+            code, message = SERVER_ERRORS[status]
+            return HttpResponse.of_json(status, error_body(status, code, message))
+
+        response, output_tokens, finish = self._answer(
+            model, articles, input_tokens, prompt.max_output_tokens, fault, int_enums
+        )
+        self._record(
+            now,
+            key,
+            route,
+            200,
+            asked,
+            input_tokens,
+            output_tokens=output_tokens,
+            fault=fault,
+            finish_reason=finish,
+        )
+        if fault is ServerFault.HANG:
+            await asyncio.sleep(self.config.hang_s)
+        await self._latency(model)
+        return response
+
+    def _answer(
+        self,
+        model: str,
+        articles: list[dict[str, str]],
+        input_tokens: int,
+        max_output_tokens: int | None,
+        fault: ServerFault,
+        int_enums: bool,
+    ) -> tuple[HttpResponse, int, str]:
+        """A 200 answer for the drawn fault: (response, output tokens,
+        finish reason)."""
+
+        def enum(table: Mapping[str, int], name: str) -> str | int:
+            return table[name] if int_enums else name
+
+        self._served += 1
+        trailer = {
+            "modelVersion": model,
+            "responseId": _response_id(self.config.seed, self._served),
+        }
+        blocked_usage: dict[str, Any] = {
+            "promptTokenCount": input_tokens,
+            "totalTokenCount": input_tokens,
+        }
+        safety_ratings = [
+            {
+                "category": enum(_HARM_CATEGORY_INT, "HARM_CATEGORY_DANGEROUS_CONTENT"),
+                "probability": enum(_HARM_PROBABILITY_INT, "HIGH"),
+                "blocked": True,
+            }
+        ]
+        if fault is ServerFault.PROMPT_BLOCKED:
+            feedback = {
+                "blockReason": enum(_BLOCK_REASON_INT, "SAFETY"),
+                "safetyRatings": safety_ratings,
+            }
+            blocked = {"promptFeedback": feedback, "usageMetadata": blocked_usage, **trailer}
+            return HttpResponse.of_json(200, blocked), 0, ""
+        if fault is ServerFault.SAFETY:
+            candidate: dict[str, Any] = {
+                "finishReason": enum(_FINISH_REASON_INT, "SAFETY"),
+                "index": 0,
+                "safetyRatings": safety_ratings,
+            }
+            unsafe = {"candidates": [candidate], "usageMetadata": blocked_usage, **trailer}
+            return HttpResponse.of_json(200, unsafe), 0, "SAFETY"
+
+        text = answer_text(answer_document(articles, model))
+        finish = "STOP"
+        if fault is ServerFault.MAX_TOKENS:
+            text = text[: max(1, len(text) // 2)]
+            finish = "MAX_TOKENS"
+        elif fault is ServerFault.MALFORMED_JSON_TEXT:
+            text = "Sure! Here are the entities you asked for:\n" + text.replace('"', "'")
+        if max_output_tokens is not None and fake_token_count(text) > max_output_tokens:
+            text = text[: max_output_tokens * 4]
+            finish = "MAX_TOKENS"
+        output_tokens = fake_token_count(text)
+        candidate = {
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": enum(_FINISH_REASON_INT, finish),
+            "index": 0,
+        }
+        usage: dict[str, Any] = {
+            "promptTokenCount": input_tokens,
+            "candidatesTokenCount": output_tokens,
+            "totalTokenCount": input_tokens + output_tokens,
+        }
+        document: dict[str, Any] = {"candidates": [candidate], "usageMetadata": usage, **trailer}
+        if fault is ServerFault.MALFORMED_BODY:
+            body = json.dumps(document, ensure_ascii=False).encode()
+            return HttpResponse(200, body[: len(body) // 2]), output_tokens, finish
+        return HttpResponse.of_json(200, document), output_tokens, finish
+
+    async def _latency(self, model: str) -> None:
+        latency = self.config.latency_for(model)
+        if latency > 0:
+            await asyncio.sleep(latency)
+
+    def _refuse(
+        self,
+        now: float,
+        key: str,
+        route: _Route | None,
+        status: int,
+        document: Mapping[str, Any],
+    ) -> HttpResponse:
+        self._record(now, key, route, status)
+        return HttpResponse.of_json(status, document)
+
+    def _record(
+        self,
+        now: float,
+        key: str,
+        route: _Route | None,
+        status: int,
+        article_ids: tuple[str, ...] = (),
+        input_tokens: int = 0,
+        *,
+        output_tokens: int = 0,
+        retry_delay_s: float | None = None,
+        quota_id: str = "",
+        fault: str = "",
+        finish_reason: str = "",
+    ) -> None:
+        entry = ServedRequest(
+            at=now,
+            key_fingerprint=key_fingerprint(key),
+            model=route.model if route else "",
+            api_version=route.version if route else "",
+            method=route.method if route else "",
+            status=status,
+            article_ids=article_ids,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            retry_delay_s=retry_delay_s,
+            quota_id=quota_id,
+            fault=str(fault),
+            finish_reason=finish_reason,
+        )
+        self.log.append(entry)
+        _log.debug(
+            "fake gemini request",
+            model=entry.model,
+            method=entry.method,
+            status=status,
+            fault=entry.fault,
+            article_ids=list(article_ids),
+        )
+
+
+def _query_key(target: str) -> str:
+    values = parse_qs(urlsplit(target).query).get("key")
+    return values[0] if values else ""
+
+
+def _int_enums(target: str) -> bool:
+    """The legacy SDK asks for integer enums with ``$alt=json;enum-encoding=int``."""
+    alt = parse_qs(urlsplit(target).query).get("$alt", [""])[0]
+    return "enum-encoding=int" in alt
+
+
+def _response_id(seed: int, n: int) -> str:
+    digest = hashlib.sha256(f"{seed}:{n}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
+
+
+def summarize(log: Sequence[ServedRequest]) -> dict[str, Any]:
+    """Counts over a request log: per model, status, method, fault, quota id,
+    429s per model, tokens per model (answered requests), distinct keys."""
+    answered = [r for r in log if r.status == 200 and r.method == "generateContent"]
+    input_tokens: Counter[str] = Counter()
+    output_tokens: Counter[str] = Counter()
+    for r in answered:
+        input_tokens[r.model] += r.input_tokens
+        output_tokens[r.model] += r.output_tokens
+    return {
+        "requests": len(log),
+        "by_model": dict(Counter(r.model for r in log)),
+        "by_status": dict(Counter(r.status for r in log)),
+        "by_method": dict(Counter(r.method for r in log)),
+        "rate_limited_by_model": dict(Counter(r.model for r in log if r.status == 429)),
+        "rate_limited_by_quota_id": dict(Counter(r.quota_id for r in log if r.status == 429)),
+        "faults": dict(Counter(r.fault for r in log if r.fault)),
+        "articles_in_answered_requests": sum(len(r.article_ids) for r in answered),
+        "input_tokens_by_model": dict(input_tokens),
+        "output_tokens_by_model": dict(output_tokens),
+        "keys": len({r.key_fingerprint for r in log if r.key_fingerprint}),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The server
+
+
+class ServerNotRunningError(RuntimeError):
+    """The operation needs a started server."""
+
+
+class FakeGeminiServer:
+    """The fake Gemini API on ``host:port`` (loopback, ephemeral port by
+    default), served from a background thread with its own event loop.
+
+    Use as a context manager, or ``start()`` / ``stop()``.
+    """
+
+    def __init__(
+        self,
+        config: FakeGeminiConfig,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self._host = host
+        self._port = port
+        self._emulator = GeminiEmulator(config, clock or SystemClock())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._base_url = ""
+
+    @property
+    def base_url(self) -> str:
+        if not self._base_url:
+            raise ServerNotRunningError("the fake Gemini server is not started")
+        return self._base_url
+
+    @property
+    def log(self) -> list[ServedRequest]:
+        """Every request so far, in decision order (a copy)."""
+        return list(self._emulator.log)
+
+    def log_summary(self) -> dict[str, Any]:
+        return summarize(self.log)
+
+    def start(self) -> str:
+        if self._thread is not None:
+            return self.base_url
+        self._ready.clear()
+        self._startup_error = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="fake-gemini", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._startup_error
+        return self._base_url
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._close(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        self._thread = None
+        self._loop = None
+
+    def spend(self, key: str, model: str, requests: int, tokens: int) -> None:
+        """Another client spends ``key``'s quota of ``model`` now."""
+        loop = self._loop
+        if loop is None:
+            raise ServerNotRunningError("spend() needs a started server")
+
+        async def spend() -> None:
+            self._emulator.quota.spend(key, model, requests, tokens, self._emulator.now())
+
+        asyncio.run_coroutine_threadsafe(spend(), loop).result()
+
+    def __enter__(self) -> FakeGeminiServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._open())
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _open(self) -> None:
+        self._server = await asyncio.start_server(
+            self._connection, self._host, self._port, backlog=2048
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._base_url = f"http://{host}:{port}"
+        self._emulator.restart_clock()
+        _log.info("fake gemini listening", base_url=self._base_url)
+
+    async def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await serve_connection(self._emulator.handle, reader, writer)
+        except asyncio.CancelledError:
+            # Only stop() cancels these tasks. Ending normally keeps Python
+            # 3.11's start_server callback from logging the cancellation.
+            pass
+        finally:
+            self._connections.discard(task)
+
+
+def serve_forever(
+    config: FakeGeminiConfig,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    *,
+    on_ready: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set or the process is interrupted (Ctrl-C),
+    for ``tierbatch serve-fake-gemini``. ``on_ready`` receives the base URL.
+    Binds to loopback unless told otherwise: it has no real authentication."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        _log.warning("fake gemini bound beyond loopback", host=host)
+    server = FakeGeminiServer(config, host=host, port=port)
+    base_url = server.start()
+    if on_ready is not None:
+        on_ready(base_url)
+    stop = stop or threading.Event()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()

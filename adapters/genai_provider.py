@@ -1,0 +1,240 @@
+"""The default provider: Gemini through the maintained google-genai SDK.
+
+The runtime owns retries, so the SDK's must stay off. google-genai retries
+only when ``HttpRetryOptions`` are given (without them its tenacity policy is
+``stop_after_attempt(1)``), and we never pass any. Its other, implicit retry
+(sleep 1-10 s, then resend on an aiohttp connection error) only exists on
+its aiohttp path; we hand the SDK our own httpx2 client, which keeps it off
+that path even where aiohttp is installed. Pooled connections belong to the
+event loop that opened them, so there is one SDK client per running loop
+(normally exactly one: the runtime's event-loop thread).
+
+What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
+
+* a 200 whose body is not JSON (or not a response's shape) is a
+  ``ServerError(None)``: the transfer was broken, the model's answer never
+  arrived, and the registry should count it against the endpoint's health
+  rather than against the articles;
+* any timeout -- httpx2's per-call one, or the total deadline of
+  ``request.timeout_s`` enforced around the call -- is ``TimedOut``;
+* ``output_tokens`` includes thinking tokens, which are billed as output;
+  without ``usageMetadata`` the input tokens are the request's estimate.
+
+Nothing escapes ``extract`` except cancellation; unexpected exceptions become
+``ServerError(None)`` with a redacted message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer
+from tierbatch.adapters.answers import analyse_answer, normalise_reason
+from tierbatch.adapters.api_key import require_api_key
+from tierbatch.adapters.call_log import log_answer, log_failure
+from tierbatch.adapters.errors import outcome_for_status, safe_message
+from tierbatch.adapters.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.policies.config import ProviderConfig
+from tierbatch.policies.outcomes import CallOutcome, ServerError, Succeeded, TimedOut, Usage
+
+DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+
+_log = structlog.get_logger(__name__)
+
+
+def _httpx_module() -> Any:
+    """httpx2, which google-genai 3 sends through; httpx for older releases."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:  # pragma: no cover - google-genai 3 depends on httpx2
+        return importlib.import_module("httpx")
+
+
+_HTTPX: Any = _httpx_module()
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, _HTTPX.TimeoutException)
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, _HTTPX.TransportError)
+
+
+def gemini_base_url(config: ProviderConfig) -> str:
+    """The endpoint google-genai will call, for descriptions and logs."""
+    return config.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or DEFAULT_GEMINI_BASE_URL
+
+
+@dataclass(slots=True)
+class _LoopClient:
+    sdk: genai.Client
+    http: Any
+
+
+class GenaiProvider:
+    """``Provider`` over google-genai's async client.
+
+    The key is the explicit ``api_key``, else the first set variable of
+    ``config.api_key_env``; ``MissingApiKey`` names them when none is.
+    ``default_timeout_s`` is the client-wide HTTP timeout; every call also
+    gets ``request.timeout_s`` as its own, and as a total deadline.
+    """
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        api_key: str | None = None,
+        default_timeout_s: float = 60.0,
+    ) -> None:
+        self._config = config
+        self._key = require_api_key(config.api_key_env, api_key)
+        self._default_timeout_s = default_timeout_s
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+        self.base_url = gemini_base_url(config)
+        self.description = f"google-genai at {self.base_url} ({config.api_version})"
+
+    async def extract(self, request: ExtractionRequest) -> PackAnswer:
+        ids = [a.id for a in request.articles]
+        log = _log.bind(
+            provider="genai",
+            model=request.model,
+            article_ids=ids,
+            grant_id=request.grant_id,
+            attempt=request.attempt,
+        )
+        started = time.monotonic()
+        try:
+            client = self._client_for_running_loop()
+            async with asyncio.timeout(request.timeout_s):
+                response = await client.aio.models.generate_content(
+                    model=request.model,
+                    contents=build_user_text(request.articles),
+                    config=self._generation_config(request.timeout_s),
+                )
+            return _answer(response, request, ids, log, time.monotonic() - started)
+        except Exception as exc:
+            elapsed = time.monotonic() - started
+            outcome = self._outcome_for_exception(exc, elapsed)
+            log_failure(log, outcome, exc, elapsed)
+            return PackAnswer(outcome)
+
+    async def aclose(self) -> None:
+        """Close the current loop's clients; other live loops' are scheduled
+        to close there, dead loops' are left to the garbage collector."""
+        with self._lock:
+            self._closed = True
+            entries = list(self._clients.items())
+            self._clients.clear()
+        current = asyncio.get_running_loop()
+        for loop, entry in entries:
+            if loop is current:
+                await _close(entry)
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(_close(entry), loop)
+
+    def _client_for_running_loop(self) -> genai.Client:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("provider is closed")
+            entry = self._clients.get(loop)
+            if entry is None:
+                entry = self._new_client()
+                self._clients[loop] = entry
+            return entry.sdk
+
+    def _new_client(self) -> _LoopClient:
+        http = _HTTPX.AsyncClient(follow_redirects=True)
+        sdk = genai.Client(
+            vertexai=False,
+            api_key=self._key,
+            http_options=types.HttpOptions(
+                base_url=self._config.base_url,
+                api_version=self._config.api_version,
+                timeout=_millis(self._default_timeout_s),
+                httpx_async_client=http,
+            ),
+        )
+        return _LoopClient(sdk, http)
+
+    def _generation_config(self, timeout_s: float) -> types.GenerateContentConfig:
+        return types.GenerateContentConfig(
+            system_instruction=SYSTEM_INSTRUCTION,
+            response_mime_type="application/json",
+            response_schema=RESPONSE_SCHEMA,
+            max_output_tokens=self._config.max_output_tokens,
+            temperature=self._config.temperature,
+            http_options=types.HttpOptions(timeout=_millis(timeout_s)),
+        )
+
+    def _outcome_for_exception(self, exc: Exception, elapsed_s: float) -> CallOutcome:
+        secrets = (self._key,)
+        if isinstance(exc, genai_errors.APIError):
+            detail = safe_message(exc.message or exc.status or exc, secrets)
+            return outcome_for_status(
+                exc.code, exc.details, detail, key_env=self._config.api_key_env
+            )
+        if isinstance(exc, _TIMEOUT_ERRORS):
+            return TimedOut(after_s=elapsed_s)
+        message = safe_message(exc, secrets)
+        if isinstance(exc, _TRANSPORT_ERRORS):
+            return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
+        if isinstance(exc, ValueError):
+            # json.JSONDecodeError, pydantic.ValidationError and the SDK's
+            # UnknownApiResponseError: a 200 whose body is not a response.
+            return ServerError(None, f"unreadable response body: {message}")
+        return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
+
+
+async def _close(entry: _LoopClient) -> None:
+    await entry.sdk.aio.aclose()
+    entry.sdk.close()
+    await entry.http.aclose()
+
+
+def _answer(
+    response: types.GenerateContentResponse,
+    request: ExtractionRequest,
+    ids: list[str],
+    log: Any,
+    elapsed_s: float,
+) -> PackAnswer:
+    candidate = response.candidates[0] if response.candidates else None
+    finish = normalise_reason(candidate.finish_reason) if candidate else None
+    feedback = response.prompt_feedback
+    block = normalise_reason(feedback.block_reason) if feedback else None
+    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
+    usage = _usage(response.usage_metadata, request.est_input_tokens)
+    log_answer(log, parsed, finish=finish, block=block, usage=usage, elapsed_s=elapsed_s)
+    return PackAnswer(Succeeded(usage), parsed.answers)
+
+
+def _candidate_text(candidate: types.Candidate | None) -> str | None:
+    if candidate is None or candidate.content is None or not candidate.content.parts:
+        return None
+    texts = [p.text for p in candidate.content.parts if p.text is not None and not p.thought]
+    return "".join(texts) if texts else None
+
+
+def _usage(metadata: types.GenerateContentResponseUsageMetadata | None, estimate: int) -> Usage:
+    if metadata is None or metadata.prompt_token_count is None:
+        return Usage(input_tokens=estimate, output_tokens=0)
+    output = (metadata.candidates_token_count or 0) + (metadata.thoughts_token_count or 0)
+    return Usage(input_tokens=metadata.prompt_token_count, output_tokens=output)
+
+
+def _millis(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))

@@ -1,0 +1,52 @@
+"""Pick the provider a configuration asks for, and say in words what was picked.
+
+``auto`` means: the real Gemini API (google-genai) when an API key is found
+in the environment variables the config names, else the in-process
+simulation, so a fresh checkout runs without a key and never by accident
+against a paid API. An explicit ``genai`` or ``legacy`` without a key is an
+error (``MissingApiKey``) rather than a silent fallback to the simulation.
+"""
+
+from __future__ import annotations
+
+from tierbatch.actors.clock import Clock
+from tierbatch.actors.ports import Provider
+from tierbatch.adapters.api_key import find_api_key
+from tierbatch.policies.config import Config, ProviderKind
+
+
+def make_provider(
+    config: Config, clock: Clock, *, api_key: str | None = None
+) -> tuple[Provider, str]:
+    """The provider and a one-line description for logs and the CLI."""
+    kind = config.provider.kind
+    if kind is ProviderKind.AUTO:
+        found = find_api_key(config.provider.api_key_env, api_key)
+        if found is None:
+            names = ", ".join(config.provider.api_key_env)
+            return _simulated(config, clock, f"simulated (no API key set in {names})")
+        kind, api_key = ProviderKind.GENAI, found
+    if kind is ProviderKind.GENAI:
+        from tierbatch.adapters.genai_provider import GenaiProvider
+
+        genai_provider = GenaiProvider(
+            config.provider,
+            api_key=api_key,
+            default_timeout_s=config.retry.request_timeout_s,
+        )
+        return genai_provider, genai_provider.description
+    if kind is ProviderKind.LEGACY:
+        from tierbatch.adapters.legacy_provider import LegacyProvider
+
+        legacy_provider = LegacyProvider(config.provider, api_key=api_key)
+        return legacy_provider, legacy_provider.description
+    return _simulated(config, clock, "simulated (provider.kind = simulated)")
+
+
+def _simulated(config: Config, clock: Clock, description: str) -> tuple[Provider, str]:
+    from tierbatch.adapters.simulated import SimulatedProvider
+
+    provider = SimulatedProvider(
+        config.models, clock, window_s=config.quota.window_s, timezone=config.quota.timezone
+    )
+    return provider, description

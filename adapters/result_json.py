@@ -1,0 +1,165 @@
+"""The JSON form of a terminal result, shared by the JSONL sink and the SQLite store.
+
+One flat object per article, the same keys for both outcomes so a reader
+needs no branching to load them into a table:
+
+=================  =========================================================
+key                meaning
+=================  =========================================================
+``article_id``     the article's id
+``status``         ``"done"`` or ``"failed"``
+``entities``       list of ``{"name", "type", "salience", "mentions"}``
+                   (empty when failed)
+``model``          the model that answered; when failed, the last one tried
+                   (or null)
+``tier``           the article's tier
+``attempts``       model calls the article was part of
+``input_tokens``   the article's share of input tokens (null when failed)
+``output_tokens``  the article's share of output tokens (null when failed)
+``latency_s``      seconds from submission to the answer (null when failed)
+``cost_usd``       the article's share of the cost (0 when failed)
+``fallback``       true when a model other than the tier's primary answered
+``reason``         a ``FailureReason`` value (null when done)
+``detail``         what was tried, when failed (null when done)
+``metadata``       the result's metadata (the article's extra input fields)
+=================  =========================================================
+
+Values that JSON cannot hold (in metadata) are written as their ``str()``
+rather than failing the write: a result is never dropped for its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from tierbatch.policies.results import (
+    Done,
+    Entity,
+    EntityType,
+    Failed,
+    FailureReason,
+    TerminalResult,
+)
+
+DONE = "done"
+FAILED = "failed"
+
+
+class InvalidResultRecord(ValueError):
+    """A stored record cannot be turned back into a terminal result."""
+
+
+def entities_to_json(entities: tuple[Entity, ...]) -> list[dict[str, Any]]:
+    return [
+        {"name": e.name, "type": e.type.value, "salience": e.salience, "mentions": e.mentions}
+        for e in entities
+    ]
+
+
+def entities_from_json(items: object) -> tuple[Entity, ...]:
+    if not isinstance(items, list):
+        raise InvalidResultRecord(f"entities: expected a list, got {type(items).__name__}")
+    try:
+        return tuple(
+            Entity(
+                name=str(item["name"]),
+                type=EntityType(item["type"]),
+                salience=float(item["salience"]),
+                mentions=int(item.get("mentions", 1)),
+            )
+            for item in items
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidResultRecord(f"entities: {exc!r}") from None
+
+
+def result_to_json(result: TerminalResult) -> dict[str, Any]:
+    """The flat record of ``result`` (see the module docstring)."""
+    if isinstance(result, Done):
+        return {
+            "article_id": result.article_id,
+            "status": DONE,
+            "entities": entities_to_json(result.entities),
+            "model": result.model,
+            "tier": result.tier,
+            "attempts": result.attempts,
+            "input_tokens": result.input_tokens,
+            "output_tokens": result.output_tokens,
+            "latency_s": result.latency_s,
+            "cost_usd": result.cost_usd,
+            "fallback": result.fallback,
+            "reason": None,
+            "detail": None,
+            "metadata": dict(result.metadata),
+        }
+    return {
+        "article_id": result.article_id,
+        "status": FAILED,
+        "entities": [],
+        "model": result.last_model,
+        "tier": result.tier,
+        "attempts": result.attempts,
+        "input_tokens": None,
+        "output_tokens": None,
+        "latency_s": None,
+        "cost_usd": 0.0,
+        "fallback": False,
+        "reason": result.reason.value,
+        "detail": result.detail,
+        "metadata": dict(result.metadata),
+    }
+
+
+def result_from_json(record: Mapping[str, Any]) -> TerminalResult:
+    """The inverse of ``result_to_json``."""
+    try:
+        status = record["status"]
+        metadata = record.get("metadata") or {}
+        if status == DONE:
+            return Done(
+                article_id=str(record["article_id"]),
+                entities=entities_from_json(record.get("entities") or []),
+                model=str(record["model"]),
+                tier=str(record.get("tier") or ""),
+                attempts=int(record.get("attempts") or 0),
+                input_tokens=int(record.get("input_tokens") or 0),
+                output_tokens=int(record.get("output_tokens") or 0),
+                latency_s=float(record.get("latency_s") or 0.0),
+                cost_usd=float(record.get("cost_usd") or 0.0),
+                fallback=bool(record.get("fallback")),
+                metadata=metadata,
+            )
+        if status == FAILED:
+            return Failed(
+                article_id=str(record["article_id"]),
+                reason=FailureReason(record["reason"]),
+                detail=str(record.get("detail") or ""),
+                tier=str(record.get("tier") or ""),
+                attempts=int(record.get("attempts") or 0),
+                last_model=record.get("model"),
+                metadata=metadata,
+            )
+    except InvalidResultRecord:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidResultRecord(f"result record: {exc!r}") from None
+    raise InvalidResultRecord(f"result record: unknown status {status!r}")
+
+
+_LINE_BREAKS_JSON_KEEPS = str.maketrans(
+    {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+
+
+def dumps(value: object) -> str:
+    """Compact JSON that never fails on an odd metadata value."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def dumps_line(value: object) -> str:
+    """``dumps`` safe for JSON Lines: the characters that ``str.splitlines``
+    and some readers treat as line breaks but JSON leaves raw (U+0085,
+    U+2028, U+2029) are escaped, so one record is always one line."""
+    return dumps(value).translate(_LINE_BREAKS_JSON_KEEPS)

@@ -1,0 +1,113 @@
+"""The google-genai adapter against the local fake Gemini server, plus the
+provider factory."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from provider_contract import KEY, MODEL, ProviderContract, fake_server, request
+
+from tierbatch.actors.clock import SystemClock
+from tierbatch.actors.ports import Provider
+from tierbatch.adapters.api_key import MissingApiKey
+from tierbatch.adapters.genai_provider import GenaiProvider
+from tierbatch.adapters.legacy_provider import LegacyProvider
+from tierbatch.adapters.provider_factory import make_provider
+from tierbatch.adapters.simulated import SimulatedProvider
+from tierbatch.policies.config import (
+    ComposerConfig,
+    Config,
+    ModelSpec,
+    ProviderConfig,
+    ProviderKind,
+    TierSpec,
+)
+from tierbatch.policies.outcomes import Succeeded
+
+
+class TestGenaiProvider(ProviderContract):
+    kind = "genai"
+
+    def make(self, config: ProviderConfig, api_key: str | None = KEY) -> Provider:
+        return GenaiProvider(config, api_key=api_key)
+
+
+def test_api_version_from_config() -> None:
+    with fake_server() as server:
+        provider = GenaiProvider(
+            ProviderConfig(base_url=server.base_url, api_version="v1"), api_key=KEY
+        )
+
+        async def go() -> None:
+            try:
+                await provider.extract(request())
+            finally:
+                await provider.aclose()
+
+        asyncio.run(go())
+        assert [s.api_version for s in server.log] == ["v1"]
+
+
+def test_one_client_per_event_loop() -> None:
+    """Pooled connections belong to their loop: a second loop must still work."""
+    with fake_server() as server:
+        provider = GenaiProvider(ProviderConfig(base_url=server.base_url), api_key=KEY)
+        first = asyncio.run(provider.extract(request()))
+        second = asyncio.run(provider.extract(request()))
+        asyncio.run(provider.aclose())
+    assert isinstance(first.outcome, Succeeded)
+    assert isinstance(second.outcome, Succeeded)
+
+
+def config(kind: ProviderKind, base_url: str | None = None) -> Config:
+    return Config(
+        models={MODEL: ModelSpec(MODEL, rpm=10, tpm=100_000, rpd=100)},
+        tiers=(TierSpec("main", 0.0, MODEL),),
+        global_fallback=MODEL,
+        composer=ComposerConfig(mix={"main": 1}),
+        provider=ProviderConfig(kind=kind, base_url=base_url),
+    )
+
+
+@pytest.fixture
+def no_key_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    return monkeypatch
+
+
+def test_factory_auto_without_key_is_simulated(no_key_env: pytest.MonkeyPatch) -> None:
+    provider, description = make_provider(config(ProviderKind.AUTO), SystemClock())
+    assert isinstance(provider, SimulatedProvider)
+    assert description.startswith("simulated (no API key set")
+
+
+def test_factory_auto_with_key_is_genai(no_key_env: pytest.MonkeyPatch) -> None:
+    no_key_env.setenv("GOOGLE_API_KEY", "env-key")
+    provider, description = make_provider(
+        config(ProviderKind.AUTO, "http://127.0.0.1:9"), SystemClock()
+    )
+    assert isinstance(provider, GenaiProvider)
+    assert description == "google-genai at http://127.0.0.1:9 (v1beta)"
+    asyncio.run(provider.aclose())
+
+
+def test_factory_explicit_kinds(no_key_env: pytest.MonkeyPatch) -> None:
+    for kind in (ProviderKind.GENAI, ProviderKind.LEGACY):
+        with pytest.raises(MissingApiKey):
+            make_provider(config(kind), SystemClock())
+    genai_provider, _ = make_provider(config(ProviderKind.GENAI), SystemClock(), api_key="k")
+    legacy_provider, description = make_provider(
+        config(ProviderKind.LEGACY), SystemClock(), api_key="k"
+    )
+    assert isinstance(genai_provider, GenaiProvider)
+    assert isinstance(legacy_provider, LegacyProvider)
+    assert "end of life" in description
+    simulated, description = make_provider(
+        config(ProviderKind.SIMULATED), SystemClock(), api_key="k"
+    )
+    assert isinstance(simulated, SimulatedProvider)
+    assert description == "simulated (provider.kind = simulated)"
+    asyncio.run(genai_provider.aclose())
+    asyncio.run(legacy_provider.aclose())
