@@ -92,6 +92,7 @@ class _Pack:
     pack_id: int
     tier: int
     members: list[_Progress]
+    batch: int = 0
     excluded: frozenset[str] = frozenset()
     grant: Grant | None = None
     future: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
@@ -177,7 +178,8 @@ class Extractor(pykka.ThreadingActor):
                 self._work_requested = False
                 if self._deps.crash_hook is not None:
                     self._deps.crash_hook(batch.items)
-                self._take(batch.items)
+                self._log.debug("batch received", batch=batch.batch_id, articles=len(batch.items))
+                self._take(batch.batch_id, batch.items)
                 self._want_work()
             case Granted(pack_id, grant):
                 self._handling = self._pack_articles(pack_id)
@@ -205,14 +207,14 @@ class Extractor(pykka.ThreadingActor):
 
     # ---- packing -----------------------------------------------------------------
 
-    def _take(self, items: Iterable[Queued]) -> None:
+    def _take(self, batch_id: int, items: Iterable[Queued]) -> None:
         by_tier: dict[int, list[_Progress]] = {}
         for item in items:
             est = self._article_tokens(item)
             by_tier.setdefault(item.tier, []).append(_Progress(item, est))
         for tier, members in sorted(by_tier.items()):
             for chunk in self._chunks(tier, members):
-                self._acquire(_Pack(next(self._pack_ids), tier, chunk))
+                self._acquire(_Pack(next(self._pack_ids), tier, chunk, batch_id))
 
     def _chunks(self, tier: int, members: list[_Progress]) -> Iterable[list[_Progress]]:
         """Packs of at most the tier's articles-per-request and the token budget."""
@@ -308,7 +310,12 @@ class Extractor(pykka.ThreadingActor):
         if pack is None:
             return
         model = done.grant.model
-        log = self._log.bind(model=model, tier=self._ladder.tiers[pack.tier].name)
+        log = self._log.bind(
+            model=model,
+            tier=self._ladder.tiers[pack.tier].name,
+            batch=pack.batch,
+            article=[m.item.article.id for m in pack.members],
+        )
         match outcome:
             case Succeeded(usage):
                 self._estimator.calibrate(done.grant.est_tokens, usage.input_tokens)
@@ -390,7 +397,9 @@ class Extractor(pykka.ThreadingActor):
                 groups = [survivors]
                 next_excluded = excluded
             for group in groups:
-                self._acquire(_Pack(next(self._pack_ids), pack.tier, group, next_excluded))
+                self._acquire(
+                    _Pack(next(self._pack_ids), pack.tier, group, pack.batch, next_excluded)
+                )
 
     def _retry(
         self,
@@ -405,7 +414,9 @@ class Extractor(pykka.ThreadingActor):
                 member.failures += count_failure
         survivors = self._within_budget(pack.members, pack.tier)
         if survivors:
-            self._acquire(_Pack(next(self._pack_ids), pack.tier, survivors, pack.excluded))
+            self._acquire(
+                _Pack(next(self._pack_ids), pack.tier, survivors, pack.batch, pack.excluded)
+            )
 
     def _within_budget(self, members: list[_Progress], tier: int) -> list[_Progress]:
         retry = self._cfg.retry
