@@ -96,6 +96,20 @@ class SnapshotFile:
                 )
                 return None
 
+    def set_aside(self, problem: str) -> Path:
+        """Move the file aside as unusable (see the module docstring) and log
+        why: for a snapshot whose bytes decode but whose content the caller
+        found unusable (say, a quota state of another version)."""
+        with self._lock:
+            aside = self._set_aside()
+        log.warning(
+            "snapshot_unusable_starting_fresh",
+            path=str(self.path),
+            problem=problem,
+            moved_to=str(aside),
+        )
+        return aside
+
     def _set_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")

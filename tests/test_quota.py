@@ -370,6 +370,14 @@ def test_no_route(chain: list[str], tokens: int, fragment: str) -> None:
     assert fragment in result.reason
 
 
+def test_wait_names_the_soonest_model_of_the_chain_not_the_first() -> None:
+    p = policy(spec("slow"), spec("soon"), spec("later"))
+    for model, delay in (("slow", 30.0), ("soon", 10.25), ("later", 20.0)):
+        p.report(grant(p, [model], 1, T0).grant_id, rate_limited(delay), T0)
+    assert p.acquire(["slow", "soon", "later"], 1, T0 + 1) == Wait(T0 + 10.25)
+    assert grant(p, ["slow", "soon", "later"], 1, T0 + 10.25).model == "soon"
+
+
 def test_a_hopeless_model_does_not_hide_a_waitable_one() -> None:
     p = policy(spec("small", tpm=10), spec("busy", rpm=1))
     grant(p, ["busy"], 50, T0)

@@ -318,15 +318,21 @@ class QuotaMachine(RuleBasedStateMachine):
         offset=st.floats(min_value=-4 * 3600.0, max_value=4 * 3600.0, allow_nan=False),
     )
     def setup(self, data: st.DataObject, count: int, start: float, offset: float) -> None:
-        for name in NAMES[:count]:
+        for index, name in enumerate(NAMES[:count]):
+            # The first model is roomy (several grants in flight and in one
+            # window); the others are tight, so limits bind within a few steps.
+            roomy = index == 0
             self.specs[name] = ModelSpec(
                 name=name,
-                rpm=data.draw(st.integers(0, 3), label=f"{name}.rpm"),
-                tpm=data.draw(st.sampled_from([0, 10, 25, 40]), label=f"{name}.tpm"),
-                rpd=data.draw(st.integers(0, 4), label=f"{name}.rpd"),
-                max_in_flight=data.draw(st.integers(0, 2), label=f"{name}.max_in_flight"),
+                rpm=data.draw(st.sampled_from([0, 4, 6] if roomy else [0, 1, 2, 3]), label="rpm"),
+                tpm=data.draw(st.sampled_from([0, 40] if roomy else [0, 10, 25, 40]), label="tpm"),
+                rpd=data.draw(st.sampled_from([0, 8] if roomy else [0, 1, 2, 3, 4]), label="rpd"),
+                max_in_flight=data.draw(
+                    st.sampled_from([0, 4] if roomy else [0, 1, 2]), label="max_in_flight"
+                ),
                 max_input_tokens=data.draw(
-                    st.sampled_from([1_000_000, 1_000_000, 8]), label="max_input"
+                    st.sampled_from([1_000_000] if roomy else [1_000_000, 1_000_000, 8]),
+                    label="max_input",
                 ),
             )
         self.quota = QuotaConfig(
@@ -436,41 +442,43 @@ class QuotaMachine(RuleBasedStateMachine):
         if cooling_before is not None:  # never shortened by a later, shorter 429
             assert cooling_after is not None and cooling_after >= cooling_before
 
-    @precondition(lambda self: self.model_with_two_in_flight() is not None)
     @rule(
+        data=st.data(),
         long=st.floats(min_value=20.0, max_value=120.0, allow_nan=False),
         short=st.one_of(st.none(), st.floats(min_value=0.0, max_value=19.0, allow_nan=False)),
         gap=st.floats(min_value=0.0, max_value=5.0, allow_nan=False),
         long_scope=st.sampled_from([RateLimitScope.REQUESTS_PER_MINUTE, RateLimitScope.UNKNOWN]),
     )
     def overlapping_429s(
-        self, long: float, short: float | None, gap: float, long_scope: RateLimitScope
+        self,
+        data: st.DataObject,
+        long: float,
+        short: float | None,
+        gap: float,
+        long_scope: RateLimitScope,
     ) -> None:
         """Two requests of one model hit 429s: the one with the longer delay
-        reports first, the shorter one after it. The deadline must stay."""
-        model = self.model_with_two_in_flight()
-        assert model is not None
-        first, second = sorted(
+        reports first, the shorter one after it. The deadline must stay.
+        Takes the two grants itself when the model has room for them."""
+        model = data.draw(st.sampled_from(self.names), label="model")
+        while self.ref.in_flight(model) < 2 and self.ref.grantable(model, 0, self.now):
+            self.acquire_and_compare([model], 0)
+        held = sorted(
             g.gid for g in self.ref.grants.values() if g.model == model and not g.reported
-        )[:2]
-        for gid, outcome in (
-            (first, RateLimited(long_scope, long)),
-            (second, RateLimited(RateLimitScope.TOKENS_PER_MINUTE, short)),
-        ):
-            assert self.policy.report(gid, outcome, self.now)
-            self.ref.report(gid, outcome, self.now)
-            if gid == first:
-                deadline = self.now + long
-                self.now += gap
+        )
+        if len(held) < 2:
+            return
+        first, second = held[:2]
+        assert self.policy.report(first, RateLimited(long_scope, long), self.now)
+        self.ref.report(first, RateLimited(long_scope, long), self.now)
+        deadline = self.now + long
+        self.now += gap
+        shorter = RateLimited(RateLimitScope.TOKENS_PER_MINUTE, short)
+        assert self.policy.report(second, shorter, self.now)
+        self.ref.report(second, shorter, self.now)
         status = self.policy.status(self.now)[self.names.index(model)]
         assert status.cooldown_until is not None and status.cooldown_until >= deadline
         self.pending = None
-
-    def model_with_two_in_flight(self) -> str | None:
-        for name in self.names:
-            if self.ref.in_flight(name) >= 2:
-                return name
-        return None
 
     @rule(data=st.data())
     def report_twice_or_unknown(self, data: st.DataObject) -> None:

@@ -1,0 +1,589 @@
+"""The ``tierbatch`` command line.
+
+    tierbatch run ARTICLES.jsonl --db results.sqlite     # one-shot
+    tierbatch run --sample --db tierbatch-demo.sqlite    # the shipped sample
+    tierbatch daemon --db ingest.sqlite                  # long-running
+    tierbatch enqueue ARTICLES.jsonl --db ingest.sqlite
+    tierbatch status --db ingest.sqlite [--json]
+    tierbatch config check tierbatch.toml
+    tierbatch serve-fake-gemini --port 8765
+
+This module only parses arguments, wires the adapters together and turns
+outcomes into messages and exit codes; the work happens in ``daemon``,
+``sqlite_store`` and the runtime. It is also the only place that configures
+logging. ``main`` returns the exit code instead of exiting, so it can be
+called in-process (tests) as well as by the console script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from tierbatch.actors.clock import SystemClock
+from tierbatch.actors.ports import Provider
+from tierbatch.adapters.api_key import MissingApiKey
+from tierbatch.adapters.config_file import load_config, render_config
+from tierbatch.adapters.daemon import (
+    Daemon,
+    DaemonOptions,
+    DaemonReport,
+    StopReason,
+    default_snapshot_path,
+    signals_stop,
+)
+from tierbatch.adapters.jsonl_input import Rejected, read_articles
+from tierbatch.adapters.logging_setup import (
+    LEVEL_NAMES,
+    configure_logging,
+    restore_configuration,
+    saved_configuration,
+)
+from tierbatch.adapters.metrics import Metrics, MetricsServer
+from tierbatch.adapters.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
+from tierbatch.adapters.provider_factory import make_provider
+from tierbatch.adapters.snapshot_file import SnapshotFile
+from tierbatch.adapters.sqlite_store import (
+    IngestReport,
+    SqliteStore,
+    StorageError,
+    default_owner,
+    ingest_jsonl,
+)
+from tierbatch.adapters.status_report import StatusError, read_status, render_status
+from tierbatch.adapters.summary import build_summary, provider_line, render_summary
+from tierbatch.policies.articles import Article
+from tierbatch.policies.config import Config, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_PROVIDER_REFUSED = 4
+EXIT_INTERRUPTED = 5
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  every article is terminal and none failed
+  1  some articles failed (the summary says why; their result rows say so too)
+  2  bad usage, configuration or database (the message names the problem)
+  3  some input lines were rejected (line numbers and reasons are in the
+     database's rejects table; every valid line was processed)
+  4  the provider refused the configuration (HTTP 401/403): check the API key
+     and that its project may use the configured models; queued articles stay
+     queued in the database
+  5  run only: stopped by a signal before every article was terminal (the rest
+     stay queued; run again to finish them)
+  When several apply, the first of 4, 5, 3, 1 wins. daemon exits 0 on
+  SIGTERM/SIGINT (and 4 when the provider refuses the configuration).
+"""
+
+SAMPLE_NAME = "sample_articles.jsonl"
+_SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
+_log = structlog.get_logger("tierbatch.cli")
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs: exit code 2."""
+
+
+# ---- entry point -------------------------------------------------------------------
+
+
+def main(
+    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Run the ``tierbatch`` command line; returns the exit code."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or argparse's own usage error
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    saved = saved_configuration()
+    try:
+        command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
+        return command(args, out, err)
+    except (UsageError, ConfigError, MissingApiKey) as exc:
+        print(f"tierbatch: error: {exc}", file=err)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("tierbatch: interrupted", file=err)
+        return 130
+    finally:
+        restore_configuration(saved)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tierbatch",
+        description="Quota-aware, priority-tiered entity extraction over news articles "
+        "with Gemini models.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="enqueue a JSONL file and process it to the end, then print a summary",
+        description="Validate and enqueue ARTICLES.jsonl (or the shipped sample), process "
+        "every queued article of the database, and print a summary per tier and model. "
+        "Without an API key the simulated provider runs, and the output says so.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("articles", nargs="?", metavar="ARTICLES.jsonl", help="input file")
+    source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
+    _add_db(run)
+    _add_processing(run)
+    run.set_defaults(command=_cmd_run)
+
+    daemon = commands.add_parser(
+        "daemon",
+        help="process the database's queue continuously",
+        description="Lease articles other processes insert into the queue table, process "
+        "them, and write results back, until SIGTERM/SIGINT (drain, save state, exit 0; a "
+        "second signal stops at once).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_db(daemon)
+    _add_processing(daemon, json_default=True)
+    daemon.set_defaults(command=_cmd_daemon)
+
+    enqueue = commands.add_parser(
+        "enqueue", help="validate a JSONL file and add its articles to the queue"
+    )
+    enqueue.add_argument("articles", metavar="ARTICLES.jsonl", help="input file ('-': stdin)")
+    _add_db(enqueue)
+    enqueue.set_defaults(command=_cmd_enqueue)
+
+    status = commands.add_parser(
+        "status", help="articles per state, tier and model, and the quota state (read-only)"
+    )
+    _add_db(status)
+    status.add_argument("--config", metavar="FILE", help="config with the model limits")
+    status.add_argument(
+        "--snapshot", metavar="PATH", help="quota snapshot (default: DB.quota.msgpack)"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.set_defaults(command=_cmd_status)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(title="config commands", required=True, metavar="CMD")
+    check = config_commands.add_parser(
+        "check", help="validate a config file and print the resolved settings as TOML"
+    )
+    check.add_argument("file", nargs="?", metavar="FILE", help="default: the built-in config")
+    check.set_defaults(command=_cmd_config_check)
+
+    fake = commands.add_parser(
+        "serve-fake-gemini",
+        help="serve a local Gemini-compatible API (loopback only) for rehearsals",
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
+    fake.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
+    fake.add_argument(
+        "--config", metavar="FILE", help="tierbatch config whose model limits to enforce"
+    )
+    fake.add_argument("--window-s", type=float, default=60.0, help="rate-limit window (default 60)")
+    fake.add_argument("--latency-s", type=float, default=0.0, help="answer latency in seconds")
+    fake.add_argument(
+        "--server-error-rate", type=float, default=0.0, help="share of requests answered 5xx"
+    )
+    fake.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
+    fake.add_argument(
+        "--valid-key",
+        action="append",
+        default=None,
+        metavar="KEY",
+        help="accept only these API keys (repeatable); default: any well-formed key",
+    )
+    fake.add_argument("--free-tier", action="store_true", help="free-tier quota ids in 429s")
+    fake.set_defaults(command=_cmd_serve_fake_gemini)
+    return parser
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, metavar="PATH", help="SQLite database file")
+
+
+def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = False) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML config (default: built-in)")
+    if json_default:
+        parser.add_argument(
+            "--log-console", action="store_true", help="human console logs instead of JSON lines"
+        )
+    else:
+        parser.add_argument("--log-json", action="store_true", help="log JSON lines")
+    parser.add_argument("--log-level", default="info", choices=LEVEL_NAMES)
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no live display nor progress log lines"
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between progress log lines outside a terminal (default 10)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N"
+    )
+    parser.add_argument(
+        "--snapshot", metavar="PATH", help="quota state file (default: DB.quota.msgpack)"
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, seconds to finish in-flight work (default 30)",
+    )
+    parser.add_argument(
+        "--lease-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="lease duration of a taken article, renewed while working (default 60)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds between looks for new rows when idle (default 0.5)",
+    )
+
+
+# ---- run and daemon ----------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    return _process(args, out, err, one_shot=True)
+
+
+def _cmd_daemon(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    return _process(args, out, err, one_shot=False)
+
+
+def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bool) -> int:
+    config = load_config(args.config)
+    json_logs = args.log_json if one_shot else not args.log_console
+    configure_logging(
+        json_lines=json_logs,
+        level=args.log_level,
+        secrets=_secret_values(config),
+    )
+    options = _daemon_options(args, exit_when_done=one_shot)
+    clock = SystemClock()
+    provider, description = make_provider(config, clock)
+    synthetic = _is_simulated(provider)
+    print(provider_line(description, synthetic), file=out, flush=True)
+    with ExitStack() as stack:
+        store = _open_store(args.db)
+        stack.callback(store.close)
+        ingest: IngestReport | None = None
+        if one_shot:
+            ingest = _ingest_input(store, args)
+            print(
+                _ingest_line(ingest, _SAMPLE_LABEL if args.sample else args.articles),
+                file=out,
+                flush=True,
+            )
+        metrics = Metrics() if args.metrics_port is not None else None
+        if metrics is not None:
+            server = _serve_metrics(metrics, args.metrics_port)
+            stack.callback(server.close)
+            print(f"metrics: {server.url}", file=out, flush=True)
+        daemon = Daemon(
+            config,
+            store,
+            provider=provider,
+            snapshot=SnapshotFile(args.snapshot or default_snapshot_path(args.db)),
+            options=options,
+            provider_description=description,
+            clock=clock,
+            metrics=metrics,
+            progress=_progress(args, json_logs, err, description),
+        )
+        with signals_stop(daemon):
+            report = daemon.run()
+        if report.quota_state.problem:
+            print(
+                f"warning: the quota snapshot could not be used ({report.quota_state.problem}); "
+                f"it was moved to {report.quota_state.moved_to} and quota counting started fresh",
+                file=err,
+            )
+        left = store.pending()
+        if one_shot:
+            assert ingest is not None
+            _print_summary(config, report, ingest, left, description, synthetic, out)
+        return _exit_code(report, ingest, left, args.db, one_shot, err)
+
+
+def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> DaemonOptions:
+    try:
+        return DaemonOptions(
+            lease_s=args.lease_s,
+            poll_interval_s=args.poll_interval,
+            drain_timeout_s=args.drain_timeout,
+            exit_when_done=exit_when_done,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _open_store(db: str) -> SqliteStore:
+    parent = Path(db).resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"--db {db}: directory {parent} does not exist")
+    try:
+        return SqliteStore(db, owner=default_owner())
+    except StorageError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _ingest_input(store: SqliteStore, args: argparse.Namespace) -> IngestReport:
+    if args.sample:
+        return _ingest_sample(store, datetime.now(UTC))
+    return _ingest_path(store, args.articles)
+
+
+def _ingest_sample(store: SqliteStore, now: datetime) -> IngestReport:
+    """Enqueue the shipped sample as a replay: its publication times are
+    shifted so the newest article is from ``now``. Hotness decays with age,
+    so the sample's fixed dates would otherwise make every story cold and
+    the demo would show one tier only."""
+    sample = resources.files("tierbatch.adapters") / "data" / SAMPLE_NAME
+    with sample.open("rb") as stream:
+        items = list(read_articles(stream))
+    articles = [item for item in items if isinstance(item, Article)]
+    rejects = [item for item in items if isinstance(item, Rejected)]
+    dates = [a.published_at for a in articles if a.published_at is not None]
+    if dates:
+        shift = now - max(dates)
+        articles = [
+            replace(a, published_at=a.published_at + shift) if a.published_at else a
+            for a in articles
+        ]
+    report = store.enqueue(articles)
+    rejected = store.add_rejects("sample", rejects)
+    return IngestReport(report.inserted, report.duplicates, rejected)
+
+
+def _ingest_path(store: SqliteStore, path: str) -> IngestReport:
+    if path == "-":
+        return ingest_jsonl(store, sys.stdin.buffer, source_name="<stdin>")
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    try:
+        return ingest_jsonl(store, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _ingest_line(report: IngestReport, name: str) -> str:
+    line = f"input {name}: {report.inserted} article(s) queued"
+    if report.duplicates:
+        line += f", {report.duplicates} already in the database"
+    if report.rejected:
+        line += f", {report.rejected} line(s) rejected (see the rejects table)"
+    return line
+
+
+def _progress(
+    args: argparse.Namespace, json_logs: bool, err: TextIO, description: str
+) -> ProgressReporter:
+    if args.no_progress:
+        return NoProgress()
+    if err.isatty() and not json_logs:
+        return LiveProgress(err, title=f"tierbatch ({description})")
+    return LogProgress(args.progress_interval)
+
+
+def _serve_metrics(metrics: Metrics, port: int) -> MetricsServer:
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--metrics-port {port}: expected 0..65535")
+    try:
+        return metrics.serve(port)
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {port}: cannot listen: {exc.strerror or exc}") from None
+
+
+def _print_summary(
+    config: Config,
+    report: DaemonReport,
+    ingest: IngestReport,
+    left: int,
+    description: str,
+    synthetic: bool,
+    out: TextIO,
+) -> None:
+    notes = []
+    if report.fatal_error:
+        notes.append(f"stopped: the provider refused the configuration ({report.fatal_error})")
+    elif report.reason in (StopReason.SIGNAL, StopReason.IMMEDIATE) and left:
+        notes.append("stopped by a signal before the queue was empty")
+    summary = build_summary(
+        config,
+        provider=description,
+        synthetic=synthetic,
+        elapsed_s=report.elapsed_s,
+        tally=report.tally,
+        usage=report.usage,
+        enqueued=ingest.inserted,
+        already_known=ingest.duplicates,
+        rejected=ingest.rejected,
+        left_queued=left,
+        notes=notes,
+    )
+    render_summary(summary, out)
+    out.flush()
+
+
+def _exit_code(
+    report: DaemonReport,
+    ingest: IngestReport | None,
+    left: int,
+    db: str,
+    one_shot: bool,
+    err: TextIO,
+) -> int:
+    if report.fatal_error is not None:
+        print(
+            f"tierbatch: error: the provider refused the configuration ({report.fatal_error}).\n"
+            "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
+            "provider.api_key_env) and that its project may use the configured models. "
+            f"{left} article(s) stay queued in {db}; run again once fixed.",
+            file=err,
+        )
+        return EXIT_PROVIDER_REFUSED
+    if not one_shot:
+        return EXIT_OK
+    if left and report.reason is not StopReason.FINISHED:
+        return EXIT_INTERRUPTED
+    if ingest is not None and ingest.rejected:
+        return EXIT_REJECTED
+    if report.tally.failed_total:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _is_simulated(provider: Provider) -> bool:
+    from tierbatch.adapters.simulated import SimulatedProvider
+
+    return isinstance(provider, SimulatedProvider)
+
+
+def _secret_values(config: Config) -> list[str]:
+    """The API key values in the environment, to scrub from log lines."""
+    return [v.strip() for name in config.provider.api_key_env if (v := os.environ.get(name, ""))]
+
+
+# ---- enqueue, status, config check ---------------------------------------------------
+
+
+def _cmd_enqueue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    configure_logging(json_lines=False, level="warning")
+    store = _open_store(args.db)
+    try:
+        report = _ingest_path(store, args.articles)
+    finally:
+        store.close()
+    print(_ingest_line(report, args.articles), file=out)
+    return EXIT_REJECTED if report.rejected else EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load_config(args.config)
+    try:
+        status = read_status(args.db, args.snapshot or default_snapshot_path(args.db), config)
+    except StatusError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        json.dump(status.to_json(), out, indent=2, sort_keys=True)
+        out.write("\n")
+    else:
+        render_status(status, out)
+    return EXIT_OK
+
+
+def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"tierbatch: invalid config:\n{exc}", file=err)
+        return EXIT_USAGE
+    where = args.file or "the built-in config"
+    out.write(f"# {where}: valid. Resolved settings:\n")
+    out.write(render_config(config))
+    return EXIT_OK
+
+
+# ---- serve-fake-gemini ---------------------------------------------------------------
+
+
+def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FaultRates, serve_forever
+
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        raise UsageError(
+            f"--host {args.host}: the fake server has no real authentication and only "
+            "listens on loopback (127.0.0.1, localhost, ::1)"
+        )
+    configure_logging(json_lines=False, level="info")
+    models = load_config(args.config).models if args.config else {}
+    try:
+        fake_config = FakeGeminiConfig(
+            models=models,
+            window_s=args.window_s,
+            latency_s=args.latency_s,
+            faults=FaultRates(server_error=args.server_error_rate),
+            valid_keys=frozenset(args.valid_key) if args.valid_key else None,
+            free_tier=args.free_tier,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    stop = threading.Event()
+
+    def on_ready(base_url: str) -> None:
+        print(
+            f"fake Gemini listening on {base_url}\n"
+            f'point tierbatch at it: [provider] kind = "genai", base_url = "{base_url}" '
+            "and any GEMINI_API_KEY; Ctrl-C stops it",
+            file=out,
+            flush=True,
+        )
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve_forever(fake_config, args.host, args.port, on_ready=on_ready, stop=stop)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,547 @@
+"""The long-running loop behind ``tierbatch run`` and ``tierbatch daemon``.
+
+It moves articles from the SQLite queue through an embedded ``Runtime`` and
+back into the results table, and it is built to be killed:
+
+* **Bounded memory.** Articles are leased in chunks that keep the runtime's
+  queue a few composer batches deep, never the whole backlog, so a queue of
+  a million rows costs what a queue of a thousand does.
+* **Leases, renewed.** Every leased row carries a deadline that the loop
+  pushes forward every third of the lease time. A daemon that dies stops
+  renewing; its rows expire and the next daemon takes them. A graceful stop
+  hands back (releases) what it did not finish at once.
+* **Results exactly once.** Terminal results go through the store's
+  ``ResultsSink``: one row per article, first write wins.
+* **Quota state survives.** The registry's state is restored from the
+  snapshot file at start, saved (debounced) whenever the registry decides
+  something, and saved once more after draining, so a restart in the middle
+  of the day still knows what the day has spent. A snapshot that cannot be
+  used is set aside and the run starts fresh, saying so.
+* **Signals.** The first SIGTERM/SIGINT stops leasing and drains in-flight
+  work for up to ``drain_timeout_s``; a second one stops at once (leases
+  cover whatever was in flight).
+
+The loop wakes when results arrive (to top up the runtime's queue) and at
+least every ``poll_interval_s`` (to see rows other processes inserted).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from tierbatch.actors.clock import Clock, SystemClock
+from tierbatch.actors.errors import FatalProviderError, QueueFull
+from tierbatch.actors.observer import RegistryObserver
+from tierbatch.actors.ports import Provider
+from tierbatch.actors.runtime import Runtime, RuntimeStats
+from tierbatch.adapters.metrics import Metrics, MetricsObserver, TimedProvider
+from tierbatch.adapters.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
+from tierbatch.adapters.snapshot_file import (
+    CorruptSnapshot,
+    DebouncedSaver,
+    SnapshotError,
+    SnapshotFile,
+    decode,
+)
+from tierbatch.adapters.sqlite_store import ResultsSink, SqliteStore, StorageError
+from tierbatch.adapters.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
+from tierbatch.policies.articles import Article
+from tierbatch.policies.config import Config
+from tierbatch.policies.outcomes import CallOutcome
+from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
+from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
+from tierbatch.policies.results import TerminalResult
+
+_log = structlog.get_logger("tierbatch.daemon")
+
+SNAPSHOT_SUFFIX = ".quota.msgpack"
+_MAX_STORAGE_FAILURES = 20
+
+
+def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
+    """``<db>.quota.msgpack``, next to the database."""
+    return Path(f"{os.fspath(db_path)}{SNAPSHOT_SUFFIX}")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonOptions:
+    """How the loop paces itself.
+
+    ``lease_s``: how long a leased row stays ours without renewal.
+    ``queue_batches``: the runtime's queue is topped up to this many
+    composer batches. ``exit_when_done``: stop (``run``) once no row is
+    queued or leased and the runtime is idle, instead of waiting for more.
+    """
+
+    lease_s: float = 60.0
+    poll_interval_s: float = 0.5
+    drain_timeout_s: float = 30.0
+    queue_batches: int = 4
+    snapshot_interval_s: float = 2.0
+    db_count_interval_s: float = 5.0
+    exit_when_done: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lease_s", "poll_interval_s", "snapshot_interval_s", "db_count_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.drain_timeout_s < 0:
+            raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.queue_batches < 1:
+            raise ValueError(f"queue_batches must be >= 1, got {self.queue_batches}")
+
+
+class StopReason(StrEnum):
+    FINISHED = "finished"  # run: every article in the database is terminal
+    SIGNAL = "signal"  # asked to stop; drained
+    IMMEDIATE = "immediate"  # asked twice, or the drain timed out
+    FATAL = "fatal"  # the provider refused the configuration (401/403)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaStateLoad:
+    """The restored quota state (None: start fresh) and, when the snapshot
+    could not be used, why and where it was moved."""
+
+    state: dict[str, Any] | None
+    problem: str | None = None
+    moved_to: Path | None = None
+
+
+def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
+    """Read the snapshot and check that the registry can restore it.
+
+    Bytes that are not a snapshot, and a snapshot the quota policy refuses
+    (another version, inconsistent content), are both set aside with the
+    reason logged: counting from zero is safer than not running.
+    """
+    try:
+        data = snapshot.path.read_bytes()
+    except FileNotFoundError:
+        return QuotaStateLoad(None)
+    try:
+        state = decode(data)
+        QuotaPolicy.restore(config.models, config.quota, state)
+    except (CorruptSnapshot, QuotaSnapshotError) as exc:
+        problem = str(exc)
+        return QuotaStateLoad(None, problem, snapshot.set_aside(problem))
+    return QuotaStateLoad(state)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonReport:
+    """How a run ended and what it did (this process only)."""
+
+    reason: StopReason
+    fatal_error: str | None
+    elapsed_s: float
+    tally: TallySnapshot
+    usage: tuple[ModelUsage, ...]
+    released: int
+    quota_state: QuotaStateLoad
+
+
+class _SnapshotTrigger:
+    """Marks the debounced saver dirty on every registry decision."""
+
+    def __init__(self) -> None:
+        self.saver: DebouncedSaver | None = None
+
+    def _dirty(self) -> None:
+        saver = self.saver
+        if saver is not None:
+            saver.mark_dirty()
+
+    def on_grant(self, grant: Grant, tier_rank: int) -> None:
+        self._dirty()
+
+    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
+        self._dirty()
+
+    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
+        self._dirty()
+
+
+class _Observers:
+    """Fans registry decisions out to several observers."""
+
+    def __init__(self, observers: Sequence[RegistryObserver]) -> None:
+        self._observers = tuple(observers)
+
+    def on_grant(self, grant: Grant, tier_rank: int) -> None:
+        for o in self._observers:
+            o.on_grant(grant, tier_rank)
+
+    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
+        for o in self._observers:
+            o.on_outcome(model, outcome, at)
+
+    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
+        for o in self._observers:
+            o.on_cooldown(model, start, until, reason)
+
+
+class _TallyingSink:
+    """The runtime's sink: the store's ``ResultsSink``, plus counting, metrics,
+    and waking the loop so it can top up the runtime's queue."""
+
+    def __init__(
+        self, inner: ResultsSink, tally: ResultTally, wake: threading.Event, metrics: Metrics | None
+    ) -> None:
+        self.inner = inner
+        self._tally = tally
+        self._wake = wake
+        self._metrics = metrics
+
+    def write(self, results: Sequence[TerminalResult]) -> None:
+        self.inner.write(results)
+        self._tally.add(results)
+        if self._metrics is not None:
+            self._metrics.observe_results(results)
+        self._wake.set()
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Daemon:
+    """Runs the queue in ``store`` through a runtime until done or told to stop.
+
+    ``provider_description`` is only for logs. ``metrics`` (optional) is
+    fed by the runtime; ``progress`` is updated as the loop turns. ``run``
+    may be called once.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: SqliteStore,
+        *,
+        provider: Provider,
+        snapshot: SnapshotFile,
+        options: DaemonOptions | None = None,
+        provider_description: str = "",
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        progress: ProgressReporter | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.options = options or DaemonOptions()
+        self._provider = provider
+        self._provider_description = provider_description
+        self._snapshot = snapshot
+        self._clock: Clock = clock or SystemClock()
+        self._metrics = metrics
+        self._progress: ProgressReporter = progress or NoProgress()
+        self._wake = threading.Event()
+        self._stop_requested = threading.Event()
+        self._immediate = threading.Event()
+        self._announced_stop = False
+        self._tally = ResultTally()
+        self._ran = False
+        self._storage_failures = 0
+
+    # ---- control (thread- and signal-safe) ---------------------------------
+
+    def request_stop(self, *, immediate: bool = False) -> None:
+        """Stop leasing and drain; a second request (or ``immediate``) stops at once."""
+        if immediate or self._stop_requested.is_set():
+            self._immediate.set()
+        self._stop_requested.set()
+        self._wake.set()
+
+    def handle_signal(self, signum: int, _frame: FrameType | None) -> None:
+        """A signal handler: only sets flags (the loop logs what it does)."""
+        self.request_stop()
+
+    @property
+    def tally(self) -> ResultTally:
+        return self._tally
+
+    # ---- the loop --------------------------------------------------------------
+
+    def run(self) -> DaemonReport:
+        if self._ran:
+            raise RuntimeError("Daemon.run may be called once; create a new Daemon")
+        self._ran = True
+        started = time.monotonic()
+        quota = load_quota_state(self._snapshot, self.config)
+        trigger = _SnapshotTrigger()
+        observers: list[RegistryObserver] = [trigger]
+        provider = self._provider
+        if self._metrics is not None:
+            observers.append(MetricsObserver(self._metrics))
+            provider = TimedProvider(provider, self._metrics)
+        results_sink = ResultsSink(self.store)
+        sink = _TallyingSink(results_sink, self._tally, self._wake, self._metrics)
+        runtime = Runtime(
+            self.config,
+            provider,
+            sink,
+            clock=self._clock,
+            quota_state=quota.state,
+            observer=_Observers(observers),
+        )
+        try:
+            runtime.start()
+        except BaseException:
+            results_sink.close()
+            raise
+        saver: DebouncedSaver | None = None
+        reason = StopReason.IMMEDIATE
+        baseline: tuple[ModelStatus, ...] = ()
+        final: RuntimeStats | None = None
+        released = 0
+        try:
+            baseline = runtime.stats().models
+            saver = DebouncedSaver(
+                self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
+            )
+            trigger.saver = saver
+            saver.mark_dirty()
+            _log.info(
+                "daemon ready",
+                db=self.store.path,
+                snapshot=str(self._snapshot.path),
+                quota_state="restored" if quota.state is not None else "fresh",
+                provider=self._provider_description,
+                lease_s=self.options.lease_s,
+                pid=os.getpid(),
+            )
+            self._progress.start()
+            reason = self._work(runtime, started)
+            if reason is StopReason.SIGNAL:
+                reason = self._drain(runtime, started)
+            final = runtime.stats()
+        finally:
+            released = self._shut_down(runtime, saver, results_sink, started)
+        fatal = runtime.fatal_error
+        report = DaemonReport(
+            reason=StopReason.FATAL if fatal is not None else reason,
+            fatal_error=None if fatal is None else str(fatal),
+            elapsed_s=time.monotonic() - started,
+            tally=self._tally.snapshot(),
+            usage=usage_between(baseline, final.models) if final is not None else (),
+            released=released,
+            quota_state=quota,
+        )
+        _log.info(
+            "daemon stopped",
+            reason=str(report.reason),
+            finished=report.tally.done_total + report.tally.failed_total,
+            released=released,
+        )
+        return report
+
+    def _work(self, runtime: Runtime, started: float) -> StopReason:
+        opts = self.options
+        target = max(1, opts.queue_batches * self.config.composer.batch_size)
+        low_water = target // 2
+        renew_every = opts.lease_s / 3
+        next_renew = time.monotonic() + renew_every
+        next_db_count = 0.0
+        db_idle_until = 0.0
+        rate = RateMeter()
+        while True:
+            if self._stop_requested.is_set():
+                return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
+            if runtime.fatal_error is not None:
+                return StopReason.FATAL
+            now = time.monotonic()
+            if now >= next_renew:
+                self._storage(self.store.renew, opts.lease_s)
+                next_renew = now + renew_every
+            stats = runtime.stats()
+            idle_db = now < db_idle_until
+            if stats.queued <= low_water and not idle_db:
+                want = target - stats.queued
+                leased = self._storage(self.store.lease, want, opts.lease_s) or []
+                if leased:
+                    self._submit(runtime, leased)
+                    stats = runtime.stats()
+                if len(leased) < want:
+                    db_idle_until = now + opts.poll_interval_s
+            db_counts = None
+            if now >= next_db_count:
+                db_counts = self._storage(self.store.counts)
+                next_db_count = now + opts.db_count_interval_s
+            self._report(runtime, stats, started, rate, db_counts)
+            if (
+                opts.exit_when_done
+                and now < db_idle_until
+                and stats.queued == 0
+                and stats.in_extractors == 0
+                and self._all_terminal(runtime)
+            ):
+                return StopReason.FINISHED
+            timeout = opts.poll_interval_s if now < db_idle_until else 0.05
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _all_terminal(self, runtime: Runtime) -> bool:
+        """No row queued or leased anywhere (results buffered are written first)."""
+        self._storage(runtime.sink.flush)
+        pending: int | None = self._storage(self.store.pending)
+        return pending == 0
+
+    def _submit(self, runtime: Runtime, leased: list[Article]) -> None:
+        try:
+            receipt = runtime.submit(leased, block=False)
+        except QueueFull as full:
+            unplaced = leased[len(leased) - full.remaining :]
+            self._storage(self.store.release, [a.id for a in unplaced])
+            _log.info("runtime queue full; leases handed back", released=len(unplaced))
+            return
+        if receipt.duplicates:
+            # Already in the runtime, or finished with the result not yet
+            # written: the lease stays ours and the result settles the row.
+            _log.info(
+                "leased articles already in the runtime",
+                count=len(receipt.duplicates),
+                first=receipt.duplicates[0],
+            )
+
+    def _drain(self, runtime: Runtime, started: float) -> StopReason:
+        opts = self.options
+        _log.info(
+            "stopping: no more leasing; draining in-flight work (signal again to stop at once)",
+            timeout_s=opts.drain_timeout_s,
+        )
+        deadline = time.monotonic() + opts.drain_timeout_s
+        renew_every = opts.lease_s / 3
+        next_renew = time.monotonic() + renew_every
+        rate = RateMeter()
+        while not self._immediate.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _log.warning(
+                    "drain timed out; stopping at once (unfinished leases are released)",
+                    timeout_s=opts.drain_timeout_s,
+                )
+                return StopReason.IMMEDIATE
+            try:
+                if runtime.drain(timeout=min(0.25, remaining)):
+                    return StopReason.SIGNAL
+            except FatalProviderError:
+                return StopReason.FATAL
+            if time.monotonic() >= next_renew:
+                self._storage(self.store.renew, opts.lease_s)
+                next_renew = time.monotonic() + renew_every
+            self._report(runtime, runtime.stats(), started, rate, None, draining=True)
+        _log.warning("second stop request: stopping at once")
+        return StopReason.IMMEDIATE
+
+    def _shut_down(
+        self,
+        runtime: Runtime,
+        saver: DebouncedSaver | None,
+        results_sink: ResultsSink,
+        started: float,
+    ) -> int:
+        """Save the quota state, stop the runtime, hand back unfinished leases.
+
+        The final save happens while the registry still runs (after the
+        drain, so it includes every request that finished)."""
+        if saver is not None:
+            try:
+                saver.close()
+            except SnapshotError as exc:
+                _log.error("final quota snapshot failed", error=str(exc))
+        unfinished = runtime.stop(drain=False)
+        released = 0
+        try:
+            if unfinished:
+                released += self.store.release([a.id for a in unfinished])
+        except StorageError as exc:
+            _log.error("could not release leases; they will expire", error=str(exc))
+        try:
+            results_sink.close()
+            released += self.store.release()
+        except StorageError as exc:
+            _log.error("could not write the last results or release leases", error=str(exc))
+        finally:
+            self._progress.stop()
+        return released
+
+    # ---- helpers -----------------------------------------------------------------
+
+    def _report(
+        self,
+        runtime: Runtime,
+        stats: RuntimeStats,
+        started: float,
+        rate: RateMeter,
+        db_counts: Mapping[str, int] | None,
+        *,
+        draining: bool = False,
+    ) -> None:
+        elapsed = time.monotonic() - started
+        finished = self._tally.terminal
+        now = self._clock.now()
+        if self._metrics is not None:
+            self._metrics.update(stats, now, db_counts)
+        self._progress.update(
+            ProgressView(
+                elapsed_s=elapsed,
+                now=now,
+                stats=stats,
+                finished=finished,
+                rate_per_s=rate.add(elapsed, finished),
+                db_counts=db_counts,
+                models=self.config.models,
+                draining=draining,
+            )
+        )
+
+    def _storage(self, operation: Any, *args: Any) -> Any:
+        """Run a store operation; a failure is logged and retried on a later
+        turn of the loop (leases outlive short outages), up to a limit."""
+        try:
+            value = operation(*args)
+        except StorageError as exc:
+            self._storage_failures += 1
+            _log.error(
+                "database operation failed; retrying",
+                operation=getattr(operation, "__name__", str(operation)),
+                error=str(exc),
+                failures=self._storage_failures,
+            )
+            if self._storage_failures >= _MAX_STORAGE_FAILURES:
+                raise
+            return None
+        self._storage_failures = 0
+        return value
+
+
+@contextlib.contextmanager
+def signals_stop(daemon: Daemon) -> Iterator[None]:
+    """Route SIGTERM and SIGINT to ``daemon.handle_signal`` while in the block
+    (main thread only; elsewhere it does nothing) and put the old handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, daemon.handle_signal) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

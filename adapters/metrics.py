@@ -1,0 +1,237 @@
+"""Prometheus metrics for ``tierbatch run`` and ``tierbatch daemon``.
+
+Everything lives in one ``CollectorRegistry`` per ``Metrics`` object (not
+prometheus-client's global one), so several runtimes in one process -- tests,
+notebooks -- never collide. Three feeds fill it:
+
+* ``MetricsObserver``: the registry actor's decisions (grants, outcomes and
+  cooldowns), counted on the registry's own thread as they happen;
+* ``TimedProvider``: wall-clock latency of every provider call, by model and
+  outcome;
+* ``Metrics.observe_results`` / ``Metrics.update``: terminal results as the
+  sink receives them, and gauges refreshed from ``Runtime.stats()`` and the
+  database's counts by the daemon loop.
+
+``serve`` exposes them over HTTP on the loopback interface only: the metrics
+name models and volumes, which is nobody else's business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from threading import Thread
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
+from tierbatch.policies.outcomes import CallOutcome, RateLimited
+from tierbatch.policies.quota import Grant
+from tierbatch.policies.results import Done, TerminalResult
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from tierbatch.actors.runtime import RuntimeStats
+
+LOOPBACK = "127.0.0.1"
+REQUEST_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+ARTICLE_LATENCY_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
+
+
+def outcome_label(outcome: CallOutcome) -> str:
+    """``RateLimited`` -> ``rate_limited``: a stable label value per outcome type."""
+    name = type(outcome).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+class Metrics:
+    """The metric families tierbatch exports (names in the README)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.grants = Counter(
+            "tierbatch_requests_granted", "Requests granted quota, by model", ["model"], registry=r
+        )
+        self.requests = Counter(
+            "tierbatch_requests",
+            "Provider requests by model and outcome (succeeded, rate_limited, server_error, ...)",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "tierbatch_rate_limited",
+            "HTTP 429 answers by model and quota scope",
+            ["model", "scope"],
+            registry=r,
+        )
+        self.cooldowns = Counter(
+            "tierbatch_cooldowns",
+            "Cooldowns started, by model and reason",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tierbatch_tokens",
+            "Tokens reported by the provider, by model and direction (input, output)",
+            ["model", "direction"],
+            registry=r,
+        )
+        self.articles = Counter(
+            "tierbatch_articles",
+            "Articles that reached a terminal result, by outcome (done, failed) and tier",
+            ["outcome", "tier"],
+            registry=r,
+        )
+        self.failures = Counter(
+            "tierbatch_articles_failed_by_reason",
+            "Failed articles by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "tierbatch_request_latency_seconds",
+            "Wall-clock time of one provider call, by model and outcome",
+            ["model", "outcome"],
+            buckets=REQUEST_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.article_latency = Histogram(
+            "tierbatch_article_latency_seconds",
+            "From submission to the runtime until the article's entities were extracted, by tier",
+            ["tier"],
+            buckets=ARTICLE_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "tierbatch_queue_depth",
+            "Articles queued in the runtime, by tier",
+            ["tier"],
+            registry=r,
+        )
+        self.in_extractors = Gauge(
+            "tierbatch_articles_in_extractors", "Articles held by extractors", registry=r
+        )
+        self.in_flight = Gauge(
+            "tierbatch_in_flight_requests", "Requests in flight, by model", ["model"], registry=r
+        )
+        self.requests_today = Gauge(
+            "tierbatch_requests_today",
+            "Requests counted against today's requests-per-day quota, by model",
+            ["model"],
+            registry=r,
+        )
+        self.cooling = Gauge(
+            "tierbatch_model_cooling_down",
+            "1 while the model is in a cooldown or out of its daily quota",
+            ["model"],
+            registry=r,
+        )
+        self.cooldown_remaining = Gauge(
+            "tierbatch_cooldown_remaining_seconds",
+            "Seconds until the model's cooldown or daily exhaustion ends (0: none)",
+            ["model"],
+            registry=r,
+        )
+        self.db_articles = Gauge(
+            "tierbatch_db_articles",
+            "Articles in the database queue table, by state",
+            ["state"],
+            registry=r,
+        )
+
+    # ---- feeds -------------------------------------------------------------
+
+    def observe_results(self, results: Sequence[TerminalResult]) -> None:
+        for result in results:
+            if isinstance(result, Done):
+                self.articles.labels("done", result.tier).inc()
+                self.article_latency.labels(result.tier).observe(result.latency_s)
+            else:
+                self.articles.labels("failed", result.tier).inc()
+                self.failures.labels(str(result.reason)).inc()
+
+    def update(
+        self, stats: RuntimeStats, now: float, db_counts: Mapping[str, int] | None = None
+    ) -> None:
+        """Refresh the gauges from a ``Runtime.stats()`` taken at ``now``."""
+        for tier, depth in stats.queued_by_tier.items():
+            self.queue_depth.labels(tier).set(depth)
+        self.in_extractors.set(stats.in_extractors)
+        for status in stats.models:
+            self.in_flight.labels(status.model).set(status.in_flight)
+            self.requests_today.labels(status.model).set(status.requests_today)
+            until = stats.cooldowns.get(status.model, 0.0)
+            self.cooling.labels(status.model).set(1 if until > now else 0)
+            self.cooldown_remaining.labels(status.model).set(max(0.0, until - now))
+        if db_counts is not None:
+            for state, count in db_counts.items():
+                self.db_articles.labels(state).set(count)
+
+    def serve(self, port: int) -> MetricsServer:
+        """Serve ``/metrics`` on 127.0.0.1:``port`` (0: any free port)."""
+        server, thread = start_http_server(port, addr=LOOPBACK, registry=self.registry)
+        return MetricsServer(server, thread)
+
+
+@dataclass(slots=True)
+class MetricsServer:
+    server: WSGIServer
+    thread: Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5.0)
+
+
+class MetricsObserver:
+    """A ``RegistryObserver`` feeding ``Metrics``; cheap enough for the hot path."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def on_grant(self, grant: Grant, tier_rank: int) -> None:
+        self._m.grants.labels(grant.model).inc()
+
+    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
+        self._m.requests.labels(model, outcome_label(outcome)).inc()
+        if isinstance(outcome, RateLimited):
+            self._m.rate_limited.labels(model, str(outcome.scope)).inc()
+        usage = getattr(outcome, "usage", None)
+        if usage is not None:
+            self._m.tokens.labels(model, "input").inc(usage.input_tokens)
+            self._m.tokens.labels(model, "output").inc(usage.output_tokens)
+
+    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
+        self._m.cooldowns.labels(model, reason).inc()
+
+
+class TimedProvider:
+    """Wraps a provider to time each call into ``Metrics.request_latency``."""
+
+    def __init__(self, inner: Provider, metrics: Metrics) -> None:
+        self.inner = inner
+        self._m = metrics
+
+    async def extract(self, request: ExtractionRequest) -> PackAnswer:
+        started = time.perf_counter()
+        answer = await self.inner.extract(request)
+        self._m.request_latency.labels(request.model, outcome_label(answer.outcome)).observe(
+            time.perf_counter() - started
+        )
+        return answer
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

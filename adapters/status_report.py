@@ -1,0 +1,232 @@
+"""``tierbatch status``: what a database and its quota snapshot say, read-only.
+
+It opens the database with a read-only connection (``mode=ro``): in WAL mode
+readers never block the daemon writing next to them, and status never takes
+a write lock, creates tables or moves a corrupt snapshot aside -- it only
+looks. The quota state is read from the snapshot file the daemon saves and
+interpreted with the quota policy itself, so "used today" means exactly what
+the daemon will count (a snapshot from yesterday shows 0 today).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from tierbatch.adapters.snapshot_file import CorruptSnapshot, decode
+from tierbatch.policies.config import Config, ModelSpec
+from tierbatch.policies.quota import QuotaPolicy
+from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
+
+STATES = ("queued", "leased", "done", "failed")
+
+
+class StatusError(Exception):
+    """The database cannot be read (missing, not a tierbatch database, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultGroup:
+    status: str
+    tier: str
+    model: str
+    count: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQuota:
+    model: str
+    requests_today: int
+    rpd: int
+    requests_in_window: int
+    rpm: int
+    cooldown_s: float
+    cooldown_reason: str | None
+    exhausted_s: float
+    unavailable: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    db: str
+    states: dict[str, int]
+    expired_leases: int
+    results: tuple[ResultGroup, ...]
+    rejects: int
+    rejects_by_source: dict[str, int]
+    snapshot: str
+    snapshot_age_s: float | None
+    snapshot_problem: str | None
+    quota: tuple[ModelQuota, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_status(
+    db_path: str | os.PathLike[str],
+    snapshot_path: str | os.PathLike[str],
+    config: Config,
+    *,
+    now: float | None = None,
+) -> Status:
+    now = time.time() if now is None else now
+    path = os.fspath(db_path)
+    if not Path(path).is_file():
+        raise StatusError(f"{path}: no such database")
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise StatusError(f"{path}: cannot open: {exc}") from exc
+    try:
+        states = dict.fromkeys(STATES, 0)
+        for state, count in conn.execute("SELECT state, COUNT(*) FROM articles GROUP BY state"):
+            states[state] = count
+        expired = conn.execute(
+            "SELECT COUNT(*) FROM articles WHERE state = 'leased' AND lease_expires < ?", (now,)
+        ).fetchone()[0]
+        results = tuple(
+            ResultGroup(*row)
+            for row in conn.execute(
+                "SELECT status, COALESCE(tier, ''), COALESCE(model, ''), COUNT(*),"
+                " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+                " COALESCE(SUM(cost_usd), 0.0)"
+                " FROM results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+        )
+        by_source = dict(
+            conn.execute("SELECT source, COUNT(*) FROM rejects GROUP BY source ORDER BY source")
+        )
+    except sqlite3.Error as exc:
+        raise StatusError(f"{path}: not a readable tierbatch database: {exc}") from exc
+    finally:
+        conn.close()
+    snapshot = Path(snapshot_path)
+    quota, problem, age = _read_quota(snapshot, config, now)
+    return Status(
+        db=path,
+        states=states,
+        expired_leases=int(expired),
+        results=results,
+        rejects=sum(by_source.values()),
+        rejects_by_source=by_source,
+        snapshot=str(snapshot),
+        snapshot_age_s=age,
+        snapshot_problem=problem,
+        quota=quota,
+    )
+
+
+def _read_quota(
+    path: Path, config: Config, now: float
+) -> tuple[tuple[ModelQuota, ...], str | None, float | None]:
+    try:
+        data = path.read_bytes()
+        age = max(0.0, now - path.stat().st_mtime)
+    except FileNotFoundError:
+        return (), None, None
+    except OSError as exc:
+        return (), f"cannot read: {exc}", None
+    try:
+        state = decode(data)
+        models = dict(config.models)
+        for name in state.get("models", {}) if isinstance(state.get("models"), dict) else ():
+            if isinstance(name, str) and name not in models:
+                models[name] = ModelSpec(name=name, rpm=0, tpm=0, rpd=0)
+        policy = QuotaPolicy.restore(models, config.quota, state)
+    except (CorruptSnapshot, QuotaSnapshotError) as exc:
+        return (), f"unusable ({exc}); the daemon will set it aside and start fresh", age
+    quota = []
+    for s in policy.status(now):
+        spec = models[s.model]
+        quota.append(
+            ModelQuota(
+                model=s.model,
+                requests_today=s.requests_today,
+                rpd=spec.rpd,
+                requests_in_window=s.requests_in_window,
+                rpm=spec.rpm,
+                cooldown_s=max(0.0, (s.cooldown_until or now) - now),
+                cooldown_reason=s.cooldown_reason,
+                exhausted_s=max(0.0, (s.exhausted_until or now) - now),
+                unavailable=s.unavailable,
+            )
+        )
+    return tuple(quota), None, age
+
+
+def render_status(status: Status, file: TextIO) -> None:
+    console = Console(
+        file=file,
+        width=None if file.isatty() else 160,
+        no_color=not file.isatty(),
+        highlight=False,
+    )
+    s = status.states
+    console.print(f"database: {status.db}")
+    expired = f" ({status.expired_leases} expired)" if status.expired_leases else ""
+    console.print(
+        f"articles: {s['queued']} queued, {s['leased']} leased{expired}, "
+        f"{s['done']} done, {s['failed']} failed; {status.rejects} input line(s) rejected"
+    )
+    if status.results:
+        table = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
+        for name in ("status", "tier", "model", "articles", "tokens in", "tokens out", "cost $"):
+            table.add_column(
+                name, justify="right" if name not in ("status", "tier", "model") else "left"
+            )
+        for r in status.results:
+            table.add_row(
+                r.status,
+                r.tier or "-",
+                r.model or "-",
+                str(r.count),
+                f"{r.input_tokens:,}",
+                f"{r.output_tokens:,}",
+                f"{r.cost_usd:.4f}",
+            )
+        console.print(table)
+    if status.snapshot_problem:
+        console.print(f"quota snapshot {status.snapshot}: {status.snapshot_problem}")
+    elif status.snapshot_age_s is None:
+        console.print(f"quota snapshot {status.snapshot}: none yet")
+    else:
+        console.print(
+            f"quota snapshot {status.snapshot} (saved {status.snapshot_age_s:.0f} s ago):"
+        )
+        table = Table(box=box.SIMPLE_HEAD)
+        for name in ("model", "today / rpd", "window / rpm", "cooldown", "state"):
+            table.add_column(name, justify="left" if name in ("model", "state") else "right")
+        for q in status.quota:
+            table.add_row(
+                q.model,
+                f"{q.requests_today} / {q.rpd or '∞'}",
+                f"{q.requests_in_window} / {q.rpm or '∞'}",
+                f"{q.cooldown_s:.0f} s" if q.cooldown_s else "-",
+                _state(q),
+            )
+        console.print(table)
+
+
+def _state(q: ModelQuota) -> str:
+    if q.unavailable:
+        return f"unavailable: {q.unavailable}"
+    if q.exhausted_s:
+        return f"out of daily quota for {q.exhausted_s / 3600:.1f} h"
+    if q.cooldown_s:
+        return f"cooling down ({q.cooldown_reason or 'cooldown'})"
+    return "ok"
+
+
+__all__ = ["ModelQuota", "ResultGroup", "Status", "StatusError", "read_status", "render_status"]

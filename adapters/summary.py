@@ -1,0 +1,380 @@
+"""What one ``tierbatch run`` (or daemon session) did: counted, then printed.
+
+Two sources, because neither alone tells the whole story:
+
+* ``ResultTally`` counts the terminal results this process wrote -- articles
+  per tier and model, fallbacks, failures by reason, the tokens and cost
+  attributed to each article;
+* ``ModelUsage`` is the difference of the registry's per-model counters
+  between the start and the end of the run -- requests, 429s, cooldown time
+  and the tokens every request consumed, including requests whose answers
+  were unusable (the counters are restored from the quota snapshot, hence the
+  difference).
+
+``render_summary`` lays them out as two tables (per tier, per model) with the
+provider named above them, so synthetic results are never mistaken for
+Gemini's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from tierbatch.policies.config import Config, UnknownModelError, cost_usd
+from tierbatch.policies.quota import ModelStatus
+from tierbatch.policies.results import Done, TerminalResult
+
+
+@dataclass(slots=True)
+class TierModelCount:
+    """Done articles of one (tier, model) and what they were attributed."""
+
+    articles: int = 0
+    fallbacks: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TallySnapshot:
+    """A consistent copy of a ``ResultTally``."""
+
+    done: Mapping[tuple[str, str], TierModelCount]
+    failed_by_tier: Mapping[str, int]
+    failed_by_reason: Mapping[str, int]
+
+    @property
+    def done_total(self) -> int:
+        return sum(row.articles for row in self.done.values())
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed_by_tier.values())
+
+
+class ResultTally:
+    """Counts terminal results; written from the sink's thread, read from any."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done: dict[tuple[str, str], TierModelCount] = {}
+        self._failed_by_tier: Counter[str] = Counter()
+        self._failed_by_reason: Counter[str] = Counter()
+
+    def add(self, results: Iterable[TerminalResult]) -> None:
+        with self._lock:
+            for result in results:
+                if isinstance(result, Done):
+                    row = self._done.setdefault((result.tier, result.model), TierModelCount())
+                    row.articles += 1
+                    row.fallbacks += result.fallback
+                    row.input_tokens += result.input_tokens
+                    row.output_tokens += result.output_tokens
+                    row.cost_usd += result.cost_usd
+                else:
+                    self._failed_by_tier[result.tier or "-"] += 1
+                    self._failed_by_reason[str(result.reason)] += 1
+
+    @property
+    def terminal(self) -> int:
+        with self._lock:
+            return sum(r.articles for r in self._done.values()) + sum(self._failed_by_tier.values())
+
+    def snapshot(self) -> TallySnapshot:
+        with self._lock:
+            return TallySnapshot(
+                done={
+                    k: TierModelCount(
+                        v.articles, v.fallbacks, v.input_tokens, v.output_tokens, v.cost_usd
+                    )
+                    for k, v in self._done.items()
+                },
+                failed_by_tier=dict(self._failed_by_tier),
+                failed_by_reason=dict(self._failed_by_reason),
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """What one model's requests did during the run (counter differences)."""
+
+    model: str
+    requests: int
+    rate_limited: int
+    cooldown_s: float
+    input_tokens: int
+    output_tokens: int
+
+
+def usage_between(
+    before: Sequence[ModelStatus], after: Sequence[ModelStatus]
+) -> tuple[ModelUsage, ...]:
+    """Per-model counter differences from ``before`` to ``after`` (in ``after``'s order)."""
+    start = {s.model: s.counters for s in before}
+
+    def delta(status: ModelStatus, name: str) -> float:
+        return float(status.counters.get(name, 0)) - float(start.get(status.model, {}).get(name, 0))
+
+    return tuple(
+        ModelUsage(
+            model=s.model,
+            requests=int(delta(s, "granted")),
+            rate_limited=int(delta(s, "rate_limited")),
+            cooldown_s=max(0.0, delta(s, "cooldown_s")),
+            input_tokens=int(delta(s, "input_tokens")),
+            output_tokens=int(delta(s, "output_tokens")),
+        )
+        for s in after
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TierRow:
+    tier: str
+    done: int
+    failed: int
+    fallbacks: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    model: str
+    articles: int
+    requests: int
+    rate_limited: int
+    cooldown_s: float
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """Everything the end-of-run report says. ``cost_usd`` of a model row is
+    what all its requests cost at list prices; a tier row's is the sum of
+    its articles' shares (requests whose answers were unusable are only in
+    the model rows)."""
+
+    provider: str
+    synthetic: bool
+    elapsed_s: float
+    tiers: tuple[TierRow, ...]
+    models: tuple[ModelRow, ...]
+    done: int
+    failed: int
+    failed_by_reason: Mapping[str, int]
+    enqueued: int = 0
+    already_known: int = 0
+    rejected: int = 0
+    left_queued: int = 0
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def requests(self) -> int:
+        return sum(m.requests for m in self.models)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(m.cost_usd for m in self.models)
+
+
+def build_summary(
+    config: Config,
+    *,
+    provider: str,
+    synthetic: bool,
+    elapsed_s: float,
+    tally: TallySnapshot,
+    usage: Sequence[ModelUsage],
+    enqueued: int = 0,
+    already_known: int = 0,
+    rejected: int = 0,
+    left_queued: int = 0,
+    notes: Sequence[str] = (),
+) -> RunSummary:
+    elapsed = max(elapsed_s, 1e-9)
+    tier_order = [t.name for t in config.tiers]
+    seen = {t for t, _ in tally.done} | set(tally.failed_by_tier)
+    tier_names = tier_order + sorted(seen - set(tier_order))
+    tiers: list[TierRow] = []
+    for name in tier_names:
+        rows = [row for (tier, _), row in tally.done.items() if tier == name]
+        done = sum(r.articles for r in rows)
+        failed = tally.failed_by_tier.get(name, 0)
+        if not done and not failed:
+            continue
+        tiers.append(
+            TierRow(
+                tier=name,
+                done=done,
+                failed=failed,
+                fallbacks=sum(r.fallbacks for r in rows),
+                input_tokens=sum(r.input_tokens for r in rows),
+                output_tokens=sum(r.output_tokens for r in rows),
+                cost_usd=sum(r.cost_usd for r in rows),
+                per_s=(done + failed) / elapsed,
+            )
+        )
+    articles_by_model: Counter[str] = Counter()
+    for (_, model), row in tally.done.items():
+        articles_by_model[model] += row.articles
+    models: list[ModelRow] = []
+    for u in usage:
+        if not u.requests and not articles_by_model.get(u.model):
+            continue
+        try:
+            spec = config.model(u.model)
+            cost = cost_usd(spec, max(0, u.input_tokens), max(0, u.output_tokens))
+        except UnknownModelError:
+            cost = 0.0
+        models.append(
+            ModelRow(
+                model=u.model,
+                articles=articles_by_model.get(u.model, 0),
+                requests=u.requests,
+                rate_limited=u.rate_limited,
+                cooldown_s=u.cooldown_s,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cost_usd=cost,
+                per_s=articles_by_model.get(u.model, 0) / elapsed,
+            )
+        )
+    return RunSummary(
+        provider=provider,
+        synthetic=synthetic,
+        elapsed_s=elapsed_s,
+        tiers=tuple(tiers),
+        models=tuple(models),
+        done=tally.done_total,
+        failed=tally.failed_total,
+        failed_by_reason=dict(tally.failed_by_reason),
+        enqueued=enqueued,
+        already_known=already_known,
+        rejected=rejected,
+        left_queued=left_queued,
+        notes=tuple(notes),
+    )
+
+
+def provider_line(description: str, synthetic: bool) -> str:
+    """The line that says which provider runs, first thing and in the summary."""
+    if synthetic:
+        return f"provider: {description} — results are synthetic, not from Gemini"
+    return f"provider: {description}"
+
+
+def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = None) -> None:
+    """Print the summary tables to ``file`` (plain text when it is not a terminal)."""
+    console = Console(
+        file=file,
+        width=width or (None if file.isatty() else 160),
+        no_color=not file.isatty(),
+        highlight=False,
+        soft_wrap=False,
+    )
+    console.print()
+    console.print(provider_line(summary.provider, summary.synthetic))
+    total = summary.done + summary.failed
+    rate = total / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+    console.print(
+        f"{total} article(s) finished in {summary.elapsed_s:.1f} s ({rate:.1f}/s): "
+        f"{summary.done} done, {summary.failed} failed; {summary.requests} request(s), "
+        f"estimated cost ${summary.cost_usd:.4f}"
+    )
+    if summary.tiers:
+        console.print(_tier_table(summary.tiers))
+    if summary.models:
+        console.print(_model_table(summary.models))
+    if summary.failed_by_reason:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
+        console.print(f"failed by reason: {reasons}")
+    if summary.rejected:
+        console.print(
+            f"{summary.rejected} input line(s) rejected: see the rejects table "
+            "(tierbatch status shows the count; the reasons and line numbers are in "
+            "the database's rejects table)"
+        )
+    if summary.already_known:
+        console.print(
+            f"{summary.already_known} article id(s) were already in the database and "
+            "were not queued again"
+        )
+    if summary.left_queued:
+        console.print(
+            f"{summary.left_queued} article(s) are still queued in the database; "
+            "run again (or start the daemon) to finish them"
+        )
+    for note in summary.notes:
+        console.print(note)
+
+
+def _tier_table(rows: Sequence[TierRow]) -> Table:
+    table = _table("per tier")
+    table.add_column("tier", no_wrap=True)
+    for name in ("done", "failed", "fallbacks", "tokens\nin/out", "cost $", "finished\n/s"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            r.tier,
+            str(r.done),
+            str(r.failed),
+            str(r.fallbacks),
+            f"{_count(r.input_tokens)}/{_count(r.output_tokens)}",
+            f"{r.cost_usd:.4f}",
+            f"{r.per_s:.1f}",
+        )
+    return table
+
+
+def _model_table(rows: Sequence[ModelRow]) -> Table:
+    table = _table("per model")
+    table.add_column("model", no_wrap=True)
+    for name in ("done", "reqs", "429s", "cool\ndown s", "tokens\nin/out", "cost $"):
+        table.add_column(name, justify="right")
+    table.add_column("done/s", justify="right")
+    for r in rows:
+        table.add_row(
+            r.model,
+            str(r.articles),
+            str(r.requests),
+            str(r.rate_limited),
+            f"{r.cooldown_s:.1f}",
+            f"{_count(r.input_tokens)}/{_count(r.output_tokens)}",
+            f"{r.cost_usd:.4f}",
+            f"{r.per_s:.1f}",
+        )
+    return table
+
+
+def _table(title: str) -> Table:
+    return Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+
+
+def _count(n: int) -> str:
+    """Compact token counts: 950, 157.6k, 12.3M."""
+    if abs(n) >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if abs(n) >= 10_000:
+        return f"{n / 1000:.1f}k"
+    return str(n)

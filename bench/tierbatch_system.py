@@ -1,0 +1,133 @@
+"""tierbatch as a user embeds it: a ``Runtime`` over the google-genai provider
+pointed at the local server, articles submitted as they arrive."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from bench.harness import RunContext, SystemResult
+from bench.measure import Recorder, thread_cpu_seconds
+from bench.settings import BenchSettings
+from tierbatch.actors.runtime import Runtime
+from tierbatch.adapters.genai_provider import GenaiProvider
+from tierbatch.policies.config import (
+    ComposerConfig,
+    Config,
+    ModelSpec,
+    PriorityConfig,
+    ProviderConfig,
+    ProviderKind,
+    QuotaConfig,
+    RetryConfig,
+    RuntimeConfig,
+    TierSpec,
+)
+from tierbatch.policies.results import Done, TerminalResult
+
+# Tier thresholds: each tier's domains have a goodness between these.
+_MIN_PRIORITY = (0.7, 0.4, 0.0)
+
+
+def bench_config(settings: BenchSettings, base_url: str, *, packed: bool) -> Config:
+    """The bench's quotas and tiers as a tierbatch config, every time constant
+    of the defaults scaled to the bench's window (margin 0.5 s, backoff 1 s to
+    60 s, request timeout 60 s). Aging is off so an article's tier -- and so
+    tier fidelity -- is the one it was generated in."""
+    models = {m.name: ModelSpec(m.name, m.rpm, m.tpm, m.rpd) for m in settings.models}
+    tiers = tuple(
+        TierSpec(
+            t.name,
+            _MIN_PRIORITY[i],
+            t.model,
+            t.fallback,
+            t.per_request if packed else 1,
+        )
+        for i, t in enumerate(settings.tiers)
+    )
+    domains = {d: t.goodness for t in settings.tiers for d in t.domains}
+    return Config(
+        models=models,
+        tiers=tiers,
+        global_fallback=settings.global_fallback,
+        composer=ComposerConfig(
+            mix={t.name: t.mix for t in settings.tiers}, max_queued=500_000, aging_s=math.inf
+        ),
+        priority=PriorityConfig(
+            hotness_weight=0.0, goodness_weight=1.0, default_goodness=0.2, domains=domains
+        ),
+        quota=QuotaConfig(
+            window_s=settings.window_s,
+            margin_s=settings.real(0.5),
+            backoff_base_s=settings.real(1.0),
+            backoff_max_s=settings.real(60.0),
+        ),
+        retry=RetryConfig(request_timeout_s=settings.real(60.0)),
+        provider=ProviderConfig(kind=ProviderKind.GENAI, base_url=base_url),
+        runtime=RuntimeConfig(extractors=4, max_packs_in_flight=64),
+    )
+
+
+class RecorderSink:
+    """The runtime's sink: every terminal result goes to the harness."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    def write(self, results: Sequence[TerminalResult]) -> None:
+        now = time.time()
+        for r in results:
+            if isinstance(r, Done):
+                self._recorder.record(r.article_id, True, r.model, now)
+            else:
+                self._recorder.record(r.article_id, False, r.last_model, now)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TierbatchSystem:
+    def __init__(self, *, packed: bool) -> None:
+        self.packed = packed
+        self._runtime: Runtime | None = None
+
+    def prepare(self, ctx: RunContext) -> None:
+        config = bench_config(ctx.settings, ctx.base_url, packed=self.packed)
+        provider = GenaiProvider(
+            config.provider, api_key=ctx.api_key, default_timeout_s=config.retry.request_timeout_s
+        )
+        self._runtime = Runtime(config, provider, RecorderSink(ctx.recorder)).start()
+
+    def run(self, ctx: RunContext) -> SystemResult:
+        runtime = self._runtime
+        assert runtime is not None, "prepare() first"
+        cpu_before = thread_cpu_seconds()
+        fed: set[str] = set()
+        for at, group in ctx.arrival_groups():
+            if at >= ctx.deadline:
+                break
+            delay = at - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            runtime.submit([g.article for g in group])
+            fed.update(g.article.id for g in group)
+        runtime.drain(timeout=max(0.0, ctx.remaining()))
+        stats = runtime.stats()
+        cpu_after = thread_cpu_seconds()
+        unfinished = runtime.stop(drain=False)
+        return SystemResult(
+            fed=fed,
+            unfinished={a.id for a in unfinished},
+            stats={
+                "fallbacks": stats.fallbacks,
+                "done_by_model": dict(stats.done_by_model),
+                "failed_by_reason": dict(stats.failed_by_reason),
+            },
+            cpu_by_thread={
+                name: cpu - cpu_before.get(name, 0.0) for name, cpu in cpu_after.items()
+            },
+        )

@@ -1,0 +1,304 @@
+"""The ``tierbatch`` command line, end to end: run on the shipped sample and
+the simulated provider, bad input lines, exit codes, config check, status,
+enqueue, and a provider that refuses the key."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import (
+    TEST_KEY,
+    DaemonProcess,
+    child_env,
+    query,
+    sample_ids,
+    sample_lines,
+    states,
+    tierbatch_command,
+    wait_until,
+    write_config,
+    write_jsonl,
+)
+
+from tierbatch.adapters.cli import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROVIDER_REFUSED,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    main,
+)
+from tierbatch.adapters.config_file import load_config
+from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FakeGeminiServer
+from tierbatch.policies.config import parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_key(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    return monkeypatch
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, str]]:
+    """The README's main-job command, in-process, on a fresh database."""
+    db = tmp_path_factory.mktemp("demo") / "tierbatch-demo.sqlite"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("GEMINI_API_KEY", raising=False)
+        mp.delenv("GOOGLE_API_KEY", raising=False)
+        code, out, _ = run_cli("run", "--sample", "--db", str(db), "--no-progress")
+    yield db, code, out
+
+
+def test_run_sample_processes_every_article_once_and_prints_summary(
+    sample_run: tuple[Path, int, str],
+) -> None:
+    db, code, out = sample_run
+    assert code == EXIT_OK, out
+    lines = out.splitlines()
+    assert lines[0].startswith("provider: simulated (no API key set in GEMINI_API_KEY")
+    assert "results are synthetic" in lines[0]
+    ids = sample_ids()
+    assert "input the shipped sample (replayed: " in out
+    assert f"{len(ids)} article(s) queued" in out
+    assert f"{len(ids)} article(s) finished" in out
+    assert "per tier" in out and "per model" in out
+    # The summary repeats which provider ran.
+    assert out.count("results are synthetic") == 2
+    rows = query(db, "SELECT article_id, COUNT(*) FROM results GROUP BY article_id")
+    assert {article_id for article_id, _ in rows} == set(ids)
+    assert all(count == 1 for _, count in rows)
+    assert states(db) == {"done": len(ids)}
+    assert Path(f"{db}.quota.msgpack").is_file()
+
+
+def test_status_reads_counts_and_quota(sample_run: tuple[Path, int, str]) -> None:
+    db, _, _ = sample_run
+    code, out, _ = run_cli("status", "--db", str(db), "--json")
+    assert code == EXIT_OK
+    status = json.loads(out)
+    n = len(sample_ids())
+    assert status["states"] == {"queued": 0, "leased": 0, "done": n, "failed": 0}
+    assert sum(g["count"] for g in status["results"] if g["status"] == "done") == n
+    assert status["rejects"] == 0
+    assert status["snapshot_problem"] is None
+    used = {q["model"]: q["requests_today"] for q in status["quota"]}
+    assert sum(used.values()) > 0
+    code, text, _ = run_cli("status", "--db", str(db))
+    assert code == EXIT_OK
+    assert f"{n} done" in text and "today / rpd" in text
+
+
+def test_status_does_not_wait_for_a_writer(sample_run: tuple[Path, int, str]) -> None:
+    db, _, _ = sample_run
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        code, out, _ = run_cli("status", "--db", str(db), "--json")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert code == EXIT_OK
+    assert json.loads(out)["states"]["done"] == len(sample_ids())
+
+
+def test_status_of_missing_database_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = run_cli("status", "--db", str(tmp_path / "nope.sqlite"))
+    assert code == EXIT_USAGE
+    assert "no such database" in err
+
+
+def test_console_script_runs_a_file(tmp_path: Path) -> None:
+    articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(30))
+    db = tmp_path / "out.sqlite"
+    done = subprocess.run(
+        [*tierbatch_command(), "run", str(articles), "--db", str(db), "--log-json"],
+        capture_output=True,
+        check=False,
+        text=True,
+        env=child_env(key=None),
+        timeout=120,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stdout.startswith("provider: simulated")
+    assert "30 article(s) finished" in done.stdout
+    assert states(db) == {"done": 30}
+    # Outside a terminal, progress is a structured log line, not a display.
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "progress" and e["finished"] == 30 for e in events)
+
+
+BAD_LINES = [
+    ("not json", "not JSON"),
+    ('["an", "array"]', "not a JSON object"),
+    ('{"text": "no id here"}', "missing field 'id'"),
+    ('{"id": "no-text"}', "missing field 'text'"),
+    ('{"id": true, "text": "boolean id"}', "field 'id': must be a string or an integer"),
+    ('{"id": "num-text", "text": 42}', "field 'text': must be a string"),
+    ('{"id": "bad-date", "text": "t", "published_at": "yesterday"}', "not ISO 8601"),
+    ('{"id": "bad-cluster", "text": "t", "cluster_id": [1]}', "field 'cluster_id'"),
+    ('{"id": "bad-title", "text": "t", "title": 7}', "field 'title': must be a string"),
+]
+
+
+def test_bad_input_lines_are_rejected_with_line_numbers(
+    no_key: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    good = sample_lines(6)
+    duplicate = good[0]
+    oversized = json.dumps({"id": "huge", "text": "x" * 1_000_100})
+    lines = [good[0], good[1], *(line for line, _ in BAD_LINES), good[2], duplicate, "", good[3]]
+    lines += [oversized, good[4], good[5]]
+    path = tmp_path / "bad.jsonl"
+    with path.open("wb") as fh:
+        for line in lines:
+            fh.write(line.encode() + b"\n")
+        fh.write(b'{"id": "latin1", "text": "caf\xe9"}\n')
+    code, out, _ = run_cli("run", str(path), "--db", str(tmp_path / "r.sqlite"), "--no-progress")
+    assert code == EXIT_REJECTED, out
+    db = tmp_path / "r.sqlite"
+    rejects = query(db, "SELECT line_no, reason FROM rejects ORDER BY line_no")
+    expected = [(3 + i, reason) for i, (_, reason) in enumerate(BAD_LINES)]
+    third_good = 3 + len(BAD_LINES)
+    expected.append((third_good + 1, "duplicate id"))
+    expected.append((third_good + 4, "over the 1000000 limit"))
+    expected.append((len(lines) + 1, "not UTF-8"))
+    assert [line for line, _ in rejects] == [line for line, _ in expected]
+    for (_, reason), (_, want) in zip(rejects, expected, strict=True):
+        assert want in reason
+    assert f"{len(rejects)} line(s) rejected" in out
+    assert f"{len(rejects)} input line(s) rejected" in out
+    # Every good line was processed, exactly once.
+    good_ids = {json.loads(line)["id"] for line in good}
+    assert {r[0] for r in query(db, "SELECT article_id FROM results")} == good_ids
+    assert states(db) == {"done": len(good_ids)}
+
+
+def test_usage_errors_exit_2(no_key: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert run_cli("run", "--sample")[0] == EXIT_USAGE  # no --db
+    code, _, err = run_cli("run", str(tmp_path / "missing.jsonl"), "--db", str(tmp_path / "x.db"))
+    assert code == EXIT_USAGE and "no such file" in err
+    code, _, err = run_cli("run", "--sample", "--db", str(tmp_path / "no" / "dir" / "x.db"))
+    assert code == EXIT_USAGE and "does not exist" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('global_fallback = "nope"\n')
+    code, _, err = run_cli("run", "--sample", "--db", str(tmp_path / "x.db"), "--config", str(bad))
+    assert code == EXIT_USAGE and "bad.toml" in err
+
+
+def test_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    for code in range(6):
+        assert f"\n  {code}  " in text
+
+
+def test_config_check_prints_resolved_settings() -> None:
+    example = REPO / "examples" / "tierbatch.toml"
+    code, out, _ = run_cli("config", "check", str(example))
+    assert code == EXIT_OK
+    assert parse_config(tomllib.loads(out)) == load_config(example)
+    code, out, _ = run_cli("config", "check")
+    assert code == EXIT_OK and "gemini-2.5-flash" in out
+
+
+def test_config_check_names_the_bad_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.toml")
+    text = path.read_text().replace('model = "m-pro"', 'model = "m-prro"')
+    text = text.replace("rpm = 6000", "rpm = -1", 1)
+    path.write_text(text)
+    code, out, err = run_cli("config", "check", str(path))
+    assert code == EXIT_USAGE and out == ""
+    assert "tiers[0].model: unknown model 'm-prro'" in err
+    assert "models.m-pro.rpm: " in err
+    code, _, err = run_cli("config", "check", str(tmp_path / "absent.toml"))
+    assert code == EXIT_USAGE and "config file not found" in err
+
+
+def test_enqueue_counts_and_rejects(tmp_path: Path) -> None:
+    db = tmp_path / "q.sqlite"
+    path = write_jsonl(tmp_path / "in.jsonl", [*sample_lines(5), "{broken"])
+    code, out, _ = run_cli("enqueue", str(path), "--db", str(db))
+    assert code == EXIT_REJECTED
+    assert "5 article(s) queued" in out and "1 line(s) rejected" in out
+    code, out, _ = run_cli(
+        "enqueue", str(write_jsonl(tmp_path / "b.jsonl", sample_lines(7))), "--db", str(db)
+    )
+    assert code == EXIT_OK
+    assert "2 article(s) queued, 5 already in the database" in out
+    assert states(db) == {"queued": 7}
+
+
+def test_provider_refusing_the_key_exits_4_and_keeps_the_queue(
+    no_key: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeGeminiConfig(valid_keys=frozenset({"the-right-key"}))
+    with FakeGeminiServer(fake) as server:
+        no_key.setenv("GEMINI_API_KEY", TEST_KEY)
+        config = write_config(tmp_path / "c.toml", base_url=server.base_url)
+        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(12))
+        db = tmp_path / "r.sqlite"
+        code, out, err = run_cli(
+            "run", str(articles), "--db", str(db), "--config", str(config), "--no-progress"
+        )
+    logs = capsys.readouterr()
+    assert code == EXIT_PROVIDER_REFUSED, err
+    assert out.startswith(f"provider: google-genai at {server.base_url}")
+    assert "refused the configuration" in err and "GEMINI_API_KEY" in err
+    assert "12 article(s) stay queued" in err
+    assert states(db) == {"queued": 12}
+    assert query(db, "SELECT COUNT(*) FROM results") == [(0,)]
+    for text in (out, err, logs.out, logs.err):
+        assert TEST_KEY not in text
+
+
+def test_run_stopped_by_a_signal_exits_5_and_leaves_the_rest_queued(tmp_path: Path) -> None:
+    with FakeGeminiServer(FakeGeminiConfig(latency_s=0.3)) as server:
+        config = write_config(
+            tmp_path / "c.toml", base_url=server.base_url, extractors=1, max_packs=1
+        )
+        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(60))
+        db = tmp_path / "r.sqlite"
+        args = ["run", str(articles), "--db", str(db), "--config", str(config), "--log-json"]
+        with DaemonProcess([*args, "--drain-timeout", "0"], child_env()) as run:
+            run.wait_for_event("daemon ready")
+            wait_until(lambda: server.log != [], 30, "the first request")
+            run.signal(signal.SIGINT)
+            assert run.wait(30) == EXIT_INTERRUPTED, run.stderr()
+            out = run.stdout()
+    assert "stopped by a signal before the queue was empty" in out
+    counts = states(db)
+    assert counts.get("leased", 0) == 0
+    assert counts["queued"] > 0
+    assert counts["queued"] + counts.get("done", 0) == 60
+
+
+def test_python_dash_m_entry_point() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tierbatch.adapters.cli", "--help"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "exit codes:" in done.stdout

@@ -1,0 +1,372 @@
+"""The ingest daemon: rows inserted while it runs, SIGTERM draining, SIGKILL
+and restart without losing or repeating work, per-day quota carried over a
+restart, bounded leasing, and an unusable quota snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import signal
+import sqlite3
+import struct
+import threading
+import zlib
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import msgpack
+import pytest
+from cli_helpers import (
+    TEST_KEY,
+    DaemonProcess,
+    called_ids,
+    child_env,
+    ids_in_state,
+    query,
+    sample_ids,
+    sample_lines,
+    states,
+    wait_until,
+    write_config,
+    write_jsonl,
+)
+
+from tierbatch.actors.clock import ScaledClock
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer
+from tierbatch.adapters.cli import EXIT_OK, main
+from tierbatch.adapters.config_file import load_config
+from tierbatch.adapters.daemon import (
+    Daemon,
+    DaemonOptions,
+    DaemonReport,
+    StopReason,
+    default_snapshot_path,
+    load_quota_state,
+)
+from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FakeGeminiServer
+from tierbatch.adapters.progress import ProgressView
+from tierbatch.adapters.provider_factory import make_provider
+from tierbatch.adapters.snapshot_file import MAGIC, SnapshotFile, decode
+from tierbatch.adapters.sqlite_store import SqliteStore, default_owner, ingest_jsonl
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
+def enqueue(db: Path, lines: list[str]) -> None:
+    with SqliteStore(db, owner=default_owner()) as store:
+        report = ingest_jsonl(store, io.BytesIO("\n".join(lines).encode()), source_name="test")
+    assert report.inserted == len(lines)
+
+
+class DaemonThread:
+    """An in-process daemon on its own thread, stopped by ``request_stop``."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.report: DaemonReport | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.report = self.daemon.run()
+        except BaseException as exc:
+            self.error = exc
+
+    def start(self) -> DaemonThread:
+        self._thread.start()
+        return self
+
+    def stop(self, *, immediate: bool = False, timeout: float = 30.0) -> DaemonReport:
+        self.daemon.request_stop(immediate=immediate)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "daemon did not stop"
+        if self.error is not None:
+            raise self.error
+        assert self.report is not None
+        return self.report
+
+
+class CountingProgress:
+    """Counts the loop's turns, so a test can wait for the loop to go round."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.last: ProgressView | None = None
+        self._cond = threading.Condition()
+
+    def start(self) -> None:
+        pass
+
+    def update(self, view: ProgressView) -> None:
+        with self._cond:
+            self.turns += 1
+            self.last = view
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        pass
+
+    def wait_turns(self, n: int, timeout: float = 10.0) -> None:
+        with self._cond:
+            target = self.turns + n
+            assert self._cond.wait_for(lambda: self.turns >= target, timeout)
+
+
+class HangingProvider:
+    """Never answers; counts calls. Stopping the runtime cancels the calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.called = threading.Event()
+
+    async def extract(self, request: ExtractionRequest) -> PackAnswer:
+        self.calls += 1
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        pass
+
+
+# ---- in-process -------------------------------------------------------------------
+
+
+def test_rows_inserted_by_another_process_are_picked_up(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "c.toml"))
+    clock = ScaledClock(speed=50.0)
+    provider, _ = make_provider(config, clock)
+    db = tmp_path / "ingest.sqlite"
+    store = SqliteStore(db, owner=default_owner())
+    daemon = Daemon(
+        config,
+        store,
+        provider=provider,
+        snapshot=SnapshotFile(default_snapshot_path(db)),
+        options=DaemonOptions(poll_interval_s=0.05, lease_s=10.0),
+        clock=clock,
+    )
+    running = DaemonThread(daemon).start()
+    try:
+        lines = sample_lines(40)
+        other = sqlite3.connect(db)
+        try:
+            for batch, total in ((lines[:15], 15), (lines[15:], 40)):
+                with other:  # the documented insert, from another connection
+                    other.executemany(
+                        "INSERT INTO articles (id, payload) VALUES (?, ?)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        [(json.loads(line)["id"], line) for line in batch],
+                    )
+                wait_until(
+                    lambda total=total: states(db).get("done", 0) == total,
+                    30,
+                    f"{total} inserted rows to be processed",
+                )
+        finally:
+            other.close()
+        report = running.stop()
+    finally:
+        store.close()
+    assert report.reason is StopReason.SIGNAL
+    assert report.tally.done_total == 40
+    assert states(db) == {"done": 40}
+    assert {r[0] for r in query(db, "SELECT article_id FROM results")} == set(sample_ids(40))
+
+
+def test_leasing_stays_a_few_batches_ahead_and_a_second_stop_is_immediate(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write_config(tmp_path / "c.toml", extractors=1, max_packs=2))
+    db = tmp_path / "big.sqlite"
+    enqueue(db, sample_lines(400))
+    provider = HangingProvider()
+    progress = CountingProgress()
+    store = SqliteStore(db, owner=default_owner())
+    options = DaemonOptions(poll_interval_s=0.02, lease_s=30.0, drain_timeout_s=60.0)
+    daemon = Daemon(
+        config,
+        store,
+        provider=provider,
+        snapshot=SnapshotFile(default_snapshot_path(db)),
+        options=options,
+        progress=progress,
+    )
+    running = DaemonThread(daemon).start()
+    try:
+        assert provider.called.wait(10)
+        progress.wait_turns(30)  # every turn would lease more if it were unbounded
+        leased = states(db).get("leased", 0)
+        target = options.queue_batches * config.composer.batch_size
+        held = progress.last.stats.in_extractors if progress.last else 0
+        assert target <= leased <= target + held + config.composer.batch_size
+        assert held <= 2 * config.composer.batch_size
+        assert states(db)["queued"] == 400 - leased
+        daemon.request_stop()  # would drain for up to 60 s: nothing ever answers
+        report = running.stop()  # the second request stops at once
+    finally:
+        store.close()
+    assert report.reason is StopReason.IMMEDIATE
+    assert report.released == leased
+    assert states(db) == {"queued": 400}
+    assert query(db, "SELECT COUNT(*) FROM results") == [(0,)]
+
+
+# ---- subprocesses against the fake Gemini server ----------------------------------
+
+
+def test_sigterm_drains_in_flight_work_saves_state_and_exits_0(tmp_path: Path) -> None:
+    with FakeGeminiServer(FakeGeminiConfig(latency_s=0.2)) as server:
+        config = write_config(
+            tmp_path / "c.toml", base_url=server.base_url, extractors=1, max_packs=2
+        )
+        db = tmp_path / "ingest.sqlite"
+        enqueue(db, sample_lines(200))
+        with DaemonProcess(
+            ["daemon", "--db", str(db), "--config", str(config), "--drain-timeout", "30"],
+            child_env(),
+        ) as daemon:
+            daemon.wait_for_event("daemon ready")
+            wait_until(lambda: states(db).get("done", 0) >= 10, 30, "some results")
+            daemon.signal(signal.SIGTERM)
+            assert daemon.wait(60) == 0, daemon.stderr()
+            stopped = daemon.wait_for_event("daemon stopped")
+        log = server.log
+    assert stopped["reason"] == "signal"
+    counts = states(db)
+    assert counts.get("leased", 0) == 0
+    assert counts["queued"] > 0  # it stopped taking work
+    done = ids_in_state(db, "done")
+    assert {r[0] for r in query(db, "SELECT article_id FROM results")} == done
+    # Every request that was answered (in flight at the signal included) has
+    # its articles' results written: the drain lost nothing.
+    assert set(called_ids(log, status=200)) <= done
+    state = decode(default_snapshot_path(db).read_bytes())
+    sent = Counter(r.model for r in log if r.method == "generateContent")
+    assert state["models"]["m-pro"]["requests_today"] == sent["m-pro"]
+    assert TEST_KEY not in daemon.stderr()
+
+
+def test_sigkill_then_restart_finishes_every_article_exactly_once(tmp_path: Path) -> None:
+    n = 150
+    with FakeGeminiServer(FakeGeminiConfig(latency_s=0.05)) as server:
+        config = write_config(
+            tmp_path / "c.toml", base_url=server.base_url, extractors=2, max_packs=2
+        )
+        db = tmp_path / "ingest.sqlite"
+        enqueue(db, sample_lines(n))
+        args = ["daemon", "--db", str(db), "--config", str(config), "--lease-s", "1.0"]
+        with DaemonProcess(args, child_env()) as first:
+            first.wait_for_event("daemon ready")
+            wait_until(lambda: states(db).get("done", 0) >= 40, 30, "40 results")
+            first.proc.send_signal(signal.SIGKILL)
+            first.wait(10)
+        calls_before = len(server.log)
+        done_at_kill = ids_in_state(db, "done")
+        leased_at_kill = ids_in_state(db, "leased")
+        with DaemonProcess(args, child_env()) as second:
+            second.wait_for_event("daemon ready")
+            wait_until(lambda: states(db).get("done", 0) == n, 60, "every article done")
+            second.signal(signal.SIGTERM)
+            assert second.wait(30) == 0, second.stderr()
+        log = server.log
+    first_calls = Counter(called_ids(log[:calls_before]))
+    second_calls = Counter(called_ids(log[calls_before:]))
+    both = set(first_calls) & set(second_calls)
+    print(
+        f"\nkill-and-restart: {n} articles; at the kill {len(done_at_kill)} done, "
+        f"{len(leased_at_kill)} leased by the killed daemon; provider calls: "
+        f"{sum(first_calls.values())} before the kill, {sum(second_calls.values())} after; "
+        f"{len(both)} article(s) called by both (all of them among the leased)"
+    )
+    assert states(db) == {"done": n}
+    rows = query(db, "SELECT article_id, COUNT(*) FROM results GROUP BY article_id")
+    assert len(rows) == n and all(count == 1 for _, count in rows)
+    # Neither process sent an article twice (no faults are injected).
+    assert max(first_calls.values()) == 1 and max(second_calls.values()) == 1
+    # What was finished before the kill was never sent again; only articles
+    # whose lease the killed daemon held were sent by both processes.
+    assert not done_at_kill & set(second_calls)
+    assert both <= leased_at_kill
+    assert set(first_calls) | set(second_calls) == set(sample_ids(n))
+
+
+def test_daily_quota_holds_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pacific = datetime.now(ZoneInfo("America/Los_Angeles"))
+    if pacific.hour == 23 and pacific.minute >= 58:
+        pytest.skip("too close to the Pacific midnight quota reset")
+    rpd = 5
+    monkeypatch.setenv("GEMINI_API_KEY", TEST_KEY)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    with FakeGeminiServer(FakeGeminiConfig()) as server:  # the server does not enforce it
+        config = write_config(
+            tmp_path / "c.toml", base_url=server.base_url, pro_rpd=rpd, hot_per_request=1
+        )
+        db = tmp_path / "r.sqlite"
+        lines = sample_lines(24)
+        for index, part in enumerate((lines[:12], lines[12:])):
+            path = write_jsonl(tmp_path / f"part{index}.jsonl", part)
+            code, out, err = run_cli(
+                "run", str(path), "--db", str(db), "--config", str(config), "--no-progress"
+            )
+            assert code == EXIT_OK, err
+            sent = Counter(r.model for r in server.log if r.method == "generateContent")
+            assert sent["m-pro"] == rpd, out
+        assert sent["m-lite"] == len(lines) - rpd
+    assert states(db) == {"done": len(lines)}
+    code, out, _ = run_cli("status", "--db", str(db), "--config", str(config), "--json")
+    quota = {q["model"]: q for q in json.loads(out)["quota"]}
+    assert quota["m-pro"]["requests_today"] == rpd
+    assert quota["m-pro"]["exhausted_s"] > 0
+
+
+def snapshot_with_payload(payload: bytes) -> bytes:
+    return struct.pack(">8sHII", MAGIC, 1, len(payload), zlib.crc32(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x00garbage, not a snapshot at all", "not a tierbatch snapshot"),
+        (
+            snapshot_with_payload(msgpack.packb({"format": "tierbatch.quota", "version": 99})),
+            "unsupported quota snapshot version 99",
+        ),
+    ],
+)
+def test_unusable_snapshot_is_reported_set_aside_and_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, problem: str
+) -> None:
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    config = write_config(tmp_path / "c.toml")
+    db = tmp_path / "r.sqlite"
+    snapshot = default_snapshot_path(db)
+    snapshot.write_bytes(content)
+    articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(8))
+    code, _out, err = run_cli(
+        "run", str(articles), "--db", str(db), "--config", str(config), "--no-progress"
+    )
+    assert code == EXIT_OK, err
+    assert "the quota snapshot could not be used" in err and problem in err
+    aside = list(tmp_path.glob(f"{snapshot.name}.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == content
+    fresh = decode(snapshot.read_bytes())
+    assert fresh["format"] == "tierbatch.quota"
+    assert load_quota_state(SnapshotFile(snapshot), load_config(config)).problem is None
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="lease_s"):
+        DaemonOptions(lease_s=0)
+    with pytest.raises(ValueError, match="queue_batches"):
+        DaemonOptions(queue_batches=0)
