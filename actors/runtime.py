@@ -132,6 +132,7 @@ class Runtime:
         if self._quota_state is not None:
             policy = QuotaPolicy.restore(config.models, config.quota, self._quota_state)
             policy.forget_in_flight()
+            policy.clear_unavailable()  # a new process probes 404ed models again
         else:
             policy = QuotaPolicy(config.models, config.quota)
         self._loop = LoopThread()

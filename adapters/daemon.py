@@ -83,6 +83,10 @@ class DaemonOptions:
     ``queue_batches``: the runtime's queue is topped up to this many
     composer batches. ``exit_when_done``: stop (``run``) once no row is
     queued or leased and the runtime is idle, instead of waiting for more.
+    ``prewarm_clusters``: at start, the newest this-many queued articles
+    count towards their clusters' hotness before anything is leased, so an
+    article's priority reflects its story's whole backlog, not just what was
+    leased so far (0 turns it off; it bounds memory and start-up time).
     """
 
     lease_s: float = 60.0
@@ -92,6 +96,7 @@ class DaemonOptions:
     snapshot_interval_s: float = 2.0
     db_count_interval_s: float = 5.0
     exit_when_done: bool = False
+    prewarm_clusters: int = 200_000
 
     def __post_init__(self) -> None:
         for name in ("lease_s", "poll_interval_s", "snapshot_interval_s", "db_count_interval_s"):
@@ -254,6 +259,9 @@ class Daemon:
         self._immediate = threading.Event()
         self._announced_stop = False
         self._tally = ResultTally()
+        # Ids whose cluster was counted by the start-up prewarm and that are
+        # not submitted yet: they must not be counted a second time.
+        self._prewarmed: set[str] = set()
         self._ran = False
         self._storage_failures = 0
 
@@ -315,6 +323,7 @@ class Daemon:
             )
             trigger.saver = saver
             saver.mark_dirty()
+            self._prewarm(runtime)
             _log.info(
                 "daemon ready",
                 db=self.store.path,
@@ -400,9 +409,34 @@ class Daemon:
         pending: int | None = self._storage(self.store.pending)
         return pending == 0
 
+    def _prewarm(self, runtime: Runtime) -> None:
+        limit = self.options.prewarm_clusters
+        if limit <= 0:
+            return
+        backlog = self._storage(self.store.cluster_backlog, limit) or []
+        now = self._clock.now()
+        runtime.observe_clusters((cluster, now if at is None else at) for _, cluster, at in backlog)
+        self._prewarmed = {article_id for article_id, _, _ in backlog}
+        if backlog:
+            _log.info("cluster statistics warmed from the backlog", articles=len(backlog))
+
     def _submit(self, runtime: Runtime, leased: list[Article]) -> None:
+        if self._prewarmed:
+            counted = [a for a in leased if a.id in self._prewarmed]
+            fresh = [a for a in leased if a.id not in self._prewarmed]
+            self._prewarmed.difference_update(a.id for a in counted)
+            self._submit_part(runtime, counted, clusters_observed=True)
+            self._submit_part(runtime, fresh, clusters_observed=False)
+        else:
+            self._submit_part(runtime, leased, clusters_observed=False)
+
+    def _submit_part(
+        self, runtime: Runtime, leased: list[Article], *, clusters_observed: bool
+    ) -> None:
+        if not leased:
+            return
         try:
-            receipt = runtime.submit(leased, block=False)
+            receipt = runtime.submit(leased, block=False, clusters_observed=clusters_observed)
         except QueueFull as full:
             unplaced = leased[len(leased) - full.remaining :]
             self._storage(self.store.release, [a.id for a in unplaced])

@@ -73,6 +73,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from itertools import islice
 from typing import Any, TypeVar
@@ -543,6 +544,31 @@ class SqliteStore:
             last = rows[-1][0]
 
     # -- status -----------------------------------------------------------
+
+    def cluster_backlog(self, limit: int) -> list[tuple[str, str, float | None]]:
+        """``(article id, cluster id, published_at epoch or None)`` of the
+        newest ``limit`` queued articles that name a cluster, so a daemon can
+        count its whole backlog towards cluster hotness before it leases."""
+        rows = self._read(
+            "SELECT id, CAST(json_extract(payload, '$.cluster_id') AS TEXT),"
+            " json_extract(payload, '$.published_at') FROM articles"
+            " WHERE state = 'queued' AND json_extract(payload, '$.cluster_id') IS NOT NULL"
+            " ORDER BY enqueued_at DESC LIMIT ?",
+            (limit,),
+        )
+        out: list[tuple[str, str, float | None]] = []
+        for article_id, cluster_id, published in rows:
+            at = None
+            if isinstance(published, str):
+                try:
+                    stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
+                    if stamp.tzinfo is None:
+                        stamp = stamp.replace(tzinfo=UTC)
+                    at = stamp.timestamp()
+                except ValueError:
+                    at = None
+            out.append((article_id, cluster_id, at))
+        return out
 
     def counts(self) -> dict[str, int]:
         """Articles per state (every state present, zero when empty)."""

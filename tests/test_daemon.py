@@ -370,3 +370,81 @@ def test_options_are_checked() -> None:
         DaemonOptions(lease_s=0)
     with pytest.raises(ValueError, match="queue_batches"):
         DaemonOptions(queue_batches=0)
+
+
+HOTNESS_ONLY = """global_fallback = "m-lite"
+[models."m-pro"]
+rpm = 6000
+tpm = 100_000_000
+rpd = 0
+[models."m-lite"]
+rpm = 6000
+tpm = 100_000_000
+rpd = 0
+[[tiers]]
+name = "hot"
+min_priority = 0.5
+model = "m-pro"
+fallback_model = "m-lite"
+max_articles_per_request = 2
+[[tiers]]
+name = "cold"
+min_priority = 0.0
+model = "m-lite"
+max_articles_per_request = 4
+[composer]
+mix = { hot = 2, cold = 4 }
+[priority]
+hotness_weight = 1.0
+goodness_weight = 0.0
+[provider]
+kind = "simulated"
+"""
+
+
+@pytest.mark.parametrize("prewarm", [200_000, 0])
+def test_backlog_counts_towards_cluster_hotness_before_leasing(
+    tmp_path: Path, prewarm: int
+) -> None:
+    """Forty queued articles of one story: with the backlog prewarm every one
+    of them is scored as part of a 40-article cluster (hot); without it the
+    first ones leased are scored while the cluster still looks small."""
+    path = tmp_path / "hot.toml"
+    path.write_text(HOTNESS_ONLY, encoding="utf-8")
+    config = load_config(path)
+    clock = ScaledClock(speed=50.0)
+    provider, _ = make_provider(config, clock)
+    db = tmp_path / "q.sqlite"
+    store = SqliteStore(db, owner=default_owner())
+    now = datetime.now(ZoneInfo("UTC")).isoformat()
+    lines = [
+        json.dumps(
+            {"id": f"s{i}", "text": f"Story {i} text.", "cluster_id": "big", "published_at": now}
+        )
+        for i in range(40)
+    ]
+    with sqlite3.connect(db) as other:
+        other.executemany(
+            "INSERT INTO articles (id, payload) VALUES (?, ?)",
+            [(json.loads(line)["id"], line) for line in lines],
+        )
+    daemon = Daemon(
+        config,
+        store,
+        provider=provider,
+        snapshot=SnapshotFile(default_snapshot_path(db)),
+        options=DaemonOptions(
+            poll_interval_s=0.05, queue_batches=1, exit_when_done=True, prewarm_clusters=prewarm
+        ),
+        clock=clock,
+    )
+    try:
+        report = daemon.run()
+    finally:
+        store.close()
+    assert report.tally.done_total == 40
+    tiers = Counter(row[0] for row in query(db, "SELECT tier FROM results"))
+    if prewarm:
+        assert tiers == {"hot": 40}
+    else:
+        assert tiers["cold"] > 0
