@@ -82,6 +82,7 @@ from tierbatch.adapters.fake_gemini_http import (
     HttpResponse,
     serve_connection,
 )
+from tierbatch.adapters.fault_draw import draw_fault
 from tierbatch.adapters.prompt import ARTICLES_MARKER, articles_from_user_text
 from tierbatch.adapters.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
@@ -180,12 +181,7 @@ class FaultRates:
         return rate
 
     def draw(self, rng: random.Random) -> ServerFault:
-        u = rng.random()
-        for fault in _DRAWN_FAULTS:
-            u -= self.rate(fault)
-            if u < 0:
-                return fault
-        return ServerFault.NONE
+        return draw_fault(rng, _DRAWN_FAULTS, self.rate, ServerFault.NONE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from tierbatch.adapters.fake_entities import (
     extract_entities,
     fake_token_count,
 )
+from tierbatch.adapters.fault_draw import draw_fault
 from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.adapters.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
@@ -124,12 +125,7 @@ class SimulatedFaults:
         return window is not None and window[0] <= now < window[1]
 
     def draw(self, rng: random.Random) -> Fault:
-        u = rng.random()
-        for fault in _DRAWN_FAULTS:
-            u -= self.rate(fault)
-            if u < 0:
-                return fault
-        return Fault.NONE
+        return draw_fault(rng, _DRAWN_FAULTS, self.rate, Fault.NONE)
 
 
 @dataclass(frozen=True, slots=True)

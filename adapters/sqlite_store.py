@@ -203,6 +203,14 @@ class IngestReport:
     rejected: int
 
 
+RESULT_COUNTS_SQL = (
+    "SELECT status, COALESCE(tier, ''), COALESCE(model, ''), COUNT(*),"
+    " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+    " COALESCE(SUM(cost_usd), 0.0)"
+    " FROM results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultCount:
     """Results grouped by status, tier and model, with their token and cost sums."""
@@ -584,13 +592,7 @@ class SqliteStore:
 
     def result_counts(self) -> list[ResultCount]:
         """Results per status, tier and model, with token and cost totals."""
-        rows = self._read(
-            "SELECT status, COALESCE(tier, ''), COALESCE(model, ''), COUNT(*),"
-            " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
-            " COALESCE(SUM(cost_usd), 0.0)"
-            " FROM results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        )
-        return [ResultCount(*row) for row in rows]
+        return [ResultCount(*row) for row in self._read(RESULT_COUNTS_SQL)]
 
     def rejects(self, source: str | None = None) -> list[StoredReject]:
         if source is None:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tierbatch.adapters.snapshot_file import CorruptSnapshot, decode
+from tierbatch.adapters.sqlite_store import RESULT_COUNTS_SQL, ResultCount
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -31,17 +32,6 @@ STATES = ("queued", "leased", "done", "failed")
 
 class StatusError(Exception):
     """The database cannot be read (missing, not a tierbatch database, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ResultGroup:
-    status: str
-    tier: str
-    model: str
-    count: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +52,7 @@ class Status:
     db: str
     states: dict[str, int]
     expired_leases: int
-    results: tuple[ResultGroup, ...]
+    results: tuple[ResultCount, ...]
     rejects: int
     rejects_by_source: dict[str, int]
     snapshot: str
@@ -96,15 +86,7 @@ def read_status(
         expired = conn.execute(
             "SELECT COUNT(*) FROM articles WHERE state = 'leased' AND lease_expires < ?", (now,)
         ).fetchone()[0]
-        results = tuple(
-            ResultGroup(*row)
-            for row in conn.execute(
-                "SELECT status, COALESCE(tier, ''), COALESCE(model, ''), COUNT(*),"
-                " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
-                " COALESCE(SUM(cost_usd), 0.0)"
-                " FROM results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-            )
-        )
+        results = tuple(ResultCount(*row) for row in conn.execute(RESULT_COUNTS_SQL))
         by_source = dict(
             conn.execute("SELECT source, COUNT(*) FROM rejects GROUP BY source ORDER BY source")
         )
@@ -229,4 +211,4 @@ def _state(q: ModelQuota) -> str:
     return "ok"
 
 
-__all__ = ["ModelQuota", "ResultGroup", "Status", "StatusError", "read_status", "render_status"]
+__all__ = ["ModelQuota", "Status", "StatusError", "read_status", "render_status"]
