@@ -31,6 +31,7 @@ from tierbatch.actors.messages import (
     Granted,
     Report,
     RequestWork,
+    Sent,
     WorkBatch,
 )
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
@@ -232,6 +233,11 @@ class Extractor(pykka.ThreadingActor):
         if chunk:
             yield chunk
 
+    def _sent(self, grant_id: int, at: float) -> None:
+        """Called on the event-loop thread; a tell is thread-safe."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._deps.registry.tell(Sent(grant_id, at))
+
     def _article_tokens(self, item: Queued) -> int:
         """The article's share of a request's estimated input tokens."""
         chars = len(item.article.text) + len(item.article.title)
@@ -280,7 +286,7 @@ class Extractor(pykka.ThreadingActor):
         )
         pack.grant = grant
         future = self._deps.loop.submit(
-            _invoke(self._deps.provider, request, self._deps.pacer, self._clock)
+            _invoke(self._deps.provider, request, self._deps.pacer, self._clock, self._sent)
         )
         pack.future = future
         tell = self._tell
@@ -463,12 +469,18 @@ class Extractor(pykka.ThreadingActor):
 
 
 async def _invoke(
-    provider: Provider, request: ExtractionRequest, pacer: LaunchPacer, clock: Clock
+    provider: Provider,
+    request: ExtractionRequest,
+    pacer: LaunchPacer,
+    clock: Clock,
+    sent: Callable[[int, float], None],
 ) -> tuple[PackAnswer, float, float]:
     """Run one provider call with the runtime's own timeout. Never raises:
-    a provider that raises is reported as a server error."""
+    a provider that raises is reported as a server error. The registry hears
+    when the request really leaves, so its window follows the provider's."""
     await pacer.turn()
     started = clock.now()
+    sent(request.grant_id, started)
     try:
         answer = await asyncio.wait_for(provider.extract(request), request.timeout_s)
     except TimeoutError:

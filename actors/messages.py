@@ -58,6 +58,14 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
+class Sent:
+    """The request of a grant actually left at ``at`` (clock time)."""
+
+    grant_id: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseHolder:
     """A holder (an extractor) is gone: drop its waits, abandon its grants."""
 

@@ -33,6 +33,7 @@ from tierbatch.actors.messages import (
     Granted,
     ReleaseHolder,
     Report,
+    Sent,
     Wake,
 )
 from tierbatch.actors.observer import NullObserver, RegistryObserver
@@ -101,6 +102,10 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._on_acquire(message)
             case Report(grant_id, outcome):
                 self._on_report(grant_id, outcome)
+            case Sent(grant_id, at):
+                held = self._grants.get(grant_id)
+                if held is not None and self._policy.sent(grant_id, at):
+                    self._observer.on_sent(grant_id, held[1], at)
             case Wake():
                 self._serve(self._clock.now())
             case ReleaseHolder(holder):

@@ -43,7 +43,7 @@ import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock
 from tierbatch.actors.errors import FatalProviderError, QueueFull
-from tierbatch.actors.observer import RegistryObserver
+from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
 from tierbatch.adapters.metrics import Metrics, MetricsObserver, TimedProvider
@@ -172,30 +172,14 @@ class _SnapshotTrigger:
     def on_grant(self, grant: Grant, tier_rank: int) -> None:
         self._dirty()
 
+    def on_sent(self, grant_id: int, model: str, at: float) -> None:
+        self._dirty()
+
     def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
         self._dirty()
 
     def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
         self._dirty()
-
-
-class _Observers:
-    """Fans registry decisions out to several observers."""
-
-    def __init__(self, observers: Sequence[RegistryObserver]) -> None:
-        self._observers = tuple(observers)
-
-    def on_grant(self, grant: Grant, tier_rank: int) -> None:
-        for o in self._observers:
-            o.on_grant(grant, tier_rank)
-
-    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
-        for o in self._observers:
-            o.on_outcome(model, outcome, at)
-
-    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
-        for o in self._observers:
-            o.on_cooldown(model, start, until, reason)
 
 
 class _TallyingSink:
@@ -304,7 +288,7 @@ class Daemon:
             sink,
             clock=self._clock,
             quota_state=quota.state,
-            observer=_Observers(observers),
+            observer=FanOutObserver(observers),
         )
         try:
             runtime.start()

@@ -205,6 +205,9 @@ class MetricsObserver:
     def on_grant(self, grant: Grant, tier_rank: int) -> None:
         self._m.grants.labels(grant.model).inc()
 
+    def on_sent(self, grant_id: int, model: str, at: float) -> None:
+        pass
+
     def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
         self._m.requests.labels(model, outcome_label(outcome)).inc()
         if isinstance(outcome, RateLimited):

@@ -403,6 +403,28 @@ class QuotaPolicy:
                 assert_never(outcome)
         return True
 
+    def sent(self, grant_id: int, at: float) -> bool:
+        """The request of ``grant_id`` actually left at ``at``.
+
+        The provider counts a request when it arrives, which can be a little
+        after the grant (a busy event loop, connection set-up, a launch
+        stagger). Moving the window entry to the send time keeps our window
+        from freeing before the provider's does, so those lags cannot turn
+        into 429s. Only ever moves an entry later; False for an unknown grant.
+        """
+        held = self._held.get(grant_id)
+        if held is None:
+            return False
+        old = held.entry
+        if not old.counted or at <= old.granted_at:
+            return True
+        state = held.state
+        old.counted = False
+        moved = _Entry(grant_id, at, at + self._window_s, old.tokens, old.day)
+        _insert_in_order(state.window, moved)
+        held.entry = moved
+        return True
+
     def mark_unavailable(self, model: str, reason: str) -> None:
         """Routes around ``model`` from now on (as after a 404) until
         ``clear_unavailable`` or a fresh policy. An unconfigured model is

@@ -157,11 +157,23 @@ class RecordingObserver:
     """Records grants and cooldowns exactly as the registry decided them."""
 
     grants: list[tuple[Grant, int]] = field(default_factory=list)
+    sent: dict[int, float] = field(default_factory=dict)
+    # Every grant and send, in the order the registry made them known.
+    events: list[tuple[str, Grant | int, float]] = field(default_factory=list)
     cooldowns: list[tuple[str, float, float, str]] = field(default_factory=list)
     outcomes: list[tuple[str, CallOutcome, float]] = field(default_factory=list)
 
     def on_grant(self, grant: Grant, tier_rank: int) -> None:
         self.grants.append((grant, tier_rank))
+        self.events.append(("grant", grant, float(tier_rank)))
+
+    def on_sent(self, grant_id: int, model: str, at: float) -> None:
+        self.sent[grant_id] = at
+        self.events.append(("sent", grant_id, at))
+
+    def counted_at(self, grant: Grant) -> float:
+        """When the registry's window counts the grant from."""
+        return max(grant.granted_at, self.sent.get(grant.grant_id, grant.granted_at))
 
     def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
         self.outcomes.append((model, outcome, at))

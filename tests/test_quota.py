@@ -687,3 +687,47 @@ def test_unknown_time_zone() -> None:
         LocalCalendar("Mars/Olympus_Mons")
     with pytest.raises(ValueError, match="Mars"):
         policy(spec("a"), timezone="Mars/Olympus_Mons")
+
+
+# -- sent: the window follows when the request really left ---------------------
+
+
+def test_sent_moves_the_window_entry_to_the_send_time() -> None:
+    p = policy(spec("m", rpm=1, tpm=1000))
+    g = grant(p, ["m"], 100, T0)
+    assert p.sent(g.grant_id, T0 + 2.0)
+    # The window now frees W after the send, not after the grant.
+    assert p.acquire(["m"], 100, T0 + W) == Wait(T0 + 2.0 + W)
+    assert status(p, "m", T0 + 1).tokens_in_window == 100
+    assert isinstance(p.acquire(["m"], 100, T0 + 2.0 + W), Grant)
+
+
+def test_sent_never_moves_an_entry_earlier_and_ignores_unknown_grants() -> None:
+    p = policy(spec("m", rpm=1))
+    g = grant(p, ["m"], 10, T0)
+    assert p.sent(g.grant_id, T0 - 5.0)
+    assert p.acquire(["m"], 10, T0 + 1) == Wait(T0 + W)
+    assert not p.sent(999, T0)
+    p.report(g.grant_id, Succeeded(Usage(10, 1)), T0 + 1)
+    assert not p.sent(g.grant_id, T0 + 2)  # already reported
+
+
+def test_sent_then_cancelled_refunds_exactly_once() -> None:
+    p = policy(spec("m", rpm=2, tpm=100))
+    g = grant(p, ["m"], 60, T0)
+    p.sent(g.grant_id, T0 + 1)
+    p.report(g.grant_id, Cancelled(), T0 + 1)
+    s = status(p, "m", T0 + 1)
+    assert (s.requests_in_window, s.tokens_in_window, s.requests_today) == (0, 0, 0)
+    assert isinstance(p.acquire(["m"], 100, T0 + 1), Grant)
+
+
+def test_sent_keeps_snapshots_exact() -> None:
+    models = {"m": spec("m", rpm=3, tpm=1000)}
+    p = QuotaPolicy(models, QuotaConfig())
+    a = grant(p, ["m"], 10, T0)
+    grant(p, ["m"], 20, T0 + 0.5)
+    p.sent(a.grant_id, T0 + 1.0)
+    restored = QuotaPolicy.restore(models, QuotaConfig(), p.snapshot())
+    assert restored.snapshot() == p.snapshot()
+    assert restored.acquire(["m"], 10, T0 + 2) == p.acquire(["m"], 10, T0 + 2)

@@ -122,19 +122,33 @@ def test_granted_tokens_within_tpm(run):
 
 def test_hot_tier_uses_its_primary_whenever_it_has_room(run):
     """A hot pack only ever goes to a fallback when the primary's window is
-    full or the primary is cooling down at that moment."""
+    full or the primary is cooling down at that moment -- replaying the
+    registry's own view: each request counts from its grant until the
+    registry hears it was sent, and from its send time after that."""
     config = run["config"]
     observer = run["observer"]
     window = WINDOW + config.quota.margin_s
-    pro_grants = sorted(g.granted_at for g, _ in observer.grants if g.model == PRO)
-    pro_cooldowns = [(s, u) for m, s, u, _ in observer.cooldowns if m == PRO]
     rpm = config.models[PRO].rpm
-    hot_fallbacks = [g for g, rank in observer.grants if rank == 0 and g.model != PRO]
-    for grant in hot_fallbacks:
-        t = grant.granted_at
-        in_window = sum(1 for x in pro_grants if t - window < x <= t)
-        cooling = any(s <= t < u for s, u in pro_cooldowns)
-        assert in_window >= rpm or cooling, f"hot pack sent to {grant.model} while {PRO} had room"
+    pro_cooldowns = [(s, u) for m, s, u, _ in observer.cooldowns if m == PRO]
+    pro_window: dict[int, float] = {}  # grant id -> when the registry counts it from
+    hot_fallbacks = 0
+    for kind, subject, value in observer.events:
+        if kind == "sent":
+            if subject in pro_window:
+                pro_window[subject] = max(pro_window[subject], value)
+            continue
+        grant, rank = subject, int(value)
+        if grant.model == PRO:
+            pro_window[grant.grant_id] = grant.granted_at
+        elif rank == 0:
+            hot_fallbacks += 1
+            t = grant.granted_at
+            in_window = sum(1 for x in pro_window.values() if t - window < x <= t)
+            cooling = any(s <= t < u for s, u in pro_cooldowns)
+            assert in_window >= rpm or cooling, (
+                f"hot pack sent to {grant.model} while {PRO} had room"
+            )
+    assert hot_fallbacks > 0
     hot_done = [r for r in run["results"] if r.tier == "hot"]
     assert sum(r.model == PRO for r in hot_done) > 0
 
