@@ -22,19 +22,27 @@ class Article:
     text: str
     title: str = ""
     url: str = ""
-    domain: str = ""
+    domain: str = ""  # normalised at construction; taken from ``url`` when empty""
     cluster_id: str | None = None
     published_at: datetime | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
+    def __post_init__(self) -> None:
+        # Normalised once here rather than on every priority computation.
+        if self.domain:
+            domain = normalise_domain(self.domain)
+        elif self.url:
+            domain = normalise_domain(urlsplit(self.url).hostname or "")
+        else:
+            domain = ""
+        if domain != self.domain:
+            object.__setattr__(self, "domain", domain)
+
     @property
     def source_domain(self) -> str:
-        """The domain, or the host of ``url`` when no domain was given."""
-        if self.domain:
-            return normalise_domain(self.domain)
-        if self.url:
-            return normalise_domain(urlsplit(self.url).hostname or "")
-        return ""
+        """The normalised domain, or the host of ``url`` when no domain was
+        given (``domain`` itself is normalised at construction)."""
+        return self.domain
 
 
 def normalise_domain(domain: str) -> str:

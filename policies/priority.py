@@ -147,13 +147,15 @@ def _decay(age_s: float, half_life_s: float) -> float:
     return float(2.0 ** (-age / half_life_s))
 
 
-def _weighted_mean(pairs: tuple[tuple[float, float], ...]) -> float:
-    """Mean of values in [0,1] under non-negative weights (negative ones count as 0)."""
-    total = sum(max(0.0, weight) for weight, _ in pairs)
+def _weighted_mean(w1: float, v1: float, w2: float, v2: float) -> float:
+    """Mean of two values in [0,1] under non-negative weights (negative ones
+    count as 0). Two plain pairs, not a sequence: it runs for every article."""
+    w1 = max(0.0, w1)
+    w2 = max(0.0, w2)
+    total = w1 + w2
     if total <= 0:
         return 0.0
-    mean = sum(max(0.0, weight) * value for weight, value in pairs) / total
-    return min(1.0, max(0.0, mean))
+    return min(1.0, max(0.0, (w1 * v1 + w2 * v2) / total))
 
 
 def cluster_hotness(stats: ClusterStats | None, now: float, cfg: PriorityConfig) -> float:
@@ -161,17 +163,18 @@ def cluster_hotness(stats: ClusterStats | None, now: float, cfg: PriorityConfig)
     if stats is None:
         stats = singleton_stats(now)
     heat = _weighted_mean(
-        (
-            (cfg.size_weight, _saturate(stats.size, cfg.size_scale)),
-            (cfg.velocity_weight, _saturate(stats.recent, cfg.velocity_scale)),
-        )
+        cfg.size_weight,
+        _saturate(stats.size, cfg.size_scale),
+        cfg.velocity_weight,
+        _saturate(stats.recent, cfg.velocity_scale),
     )
     return heat * _decay(now - stats.last_seen, cfg.half_life_s)
 
 
 def _domain_candidates(domain: str) -> list[str]:
-    """``news.bbc.co.uk`` -> ``[news.bbc.co.uk, bbc.co.uk, co.uk]``: never a bare label."""
-    labels = normalise_domain(domain).split(".")
+    """``news.bbc.co.uk`` -> ``[news.bbc.co.uk, bbc.co.uk, co.uk]``: never a bare label.
+    ``domain`` is already normalised."""
+    labels = domain.split(".")
     return [".".join(labels[i:]) for i in range(len(labels) - 1) if all(labels[i:])]
 
 
@@ -182,6 +185,10 @@ def domain_goodness(domain: str, cfg: PriorityConfig) -> float:
     ``bbc.co.uk`` covers ``news.bbc.co.uk``. Table keys are expected in
     normalised form (lower case, no ``www.``), as ``normalise_domain`` gives.
     """
+    return _goodness(normalise_domain(domain), cfg)
+
+
+def _goodness(domain: str, cfg: PriorityConfig) -> float:
     for candidate in _domain_candidates(domain):
         value = cfg.domains.get(candidate)
         if value is not None:
@@ -192,10 +199,10 @@ def domain_goodness(domain: str, cfg: PriorityConfig) -> float:
 def combine(hotness: float, goodness: float, cfg: PriorityConfig) -> float:
     """The weighted mean of hotness and goodness: the last line of the formula."""
     return _weighted_mean(
-        (
-            (cfg.hotness_weight, min(1.0, max(0.0, hotness))),
-            (cfg.goodness_weight, min(1.0, max(0.0, goodness))),
-        )
+        cfg.hotness_weight,
+        min(1.0, max(0.0, hotness)),
+        cfg.goodness_weight,
+        min(1.0, max(0.0, goodness)),
     )
 
 
@@ -219,6 +226,6 @@ def score(article: Article, stats: ClusterStats | None, now: float, cfg: Priorit
         stats = singleton_stats(article_time(article, now))
     return combine(
         cluster_hotness(stats, now, cfg),
-        domain_goodness(article.source_domain, cfg),
+        _goodness(article.source_domain, cfg),
         cfg,
     )
