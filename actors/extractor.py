@@ -34,7 +34,12 @@ from tierbatch.actors.messages import (
     Sent,
     WorkBatch,
 )
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
+from tierbatch.actors.ports import (
+    ExtractionRequest,
+    PackAnswer,
+    Provider,
+    bind_request_sent,
+)
 from tierbatch.policies.composition import Queued
 from tierbatch.policies.config import Config
 from tierbatch.policies.outcomes import (
@@ -481,6 +486,8 @@ async def _invoke(
     await pacer.turn()
     started = clock.now()
     sent(request.grant_id, started)
+    # This coroutine runs as its own task, so the binding is private to it.
+    bind_request_sent(lambda: sent(request.grant_id, clock.now()))
     try:
         answer = await asyncio.wait_for(provider.extract(request), request.timeout_s)
     except TimeoutError:

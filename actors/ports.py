@@ -6,7 +6,8 @@ unchanged on the simulated provider, the Gemini SDKs or a test double.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -43,6 +44,33 @@ class PackAnswer:
 
     outcome: CallOutcome
     answers: Mapping[str, ArticleAnswer] = field(default_factory=dict)
+
+
+# Set by the runtime around each ``Provider.extract`` call.
+_request_sent: ContextVar[Callable[[], None] | None] = ContextVar(
+    "tierbatch_request_sent", default=None
+)
+
+
+def mark_request_sent() -> None:
+    """Tell the runtime that the current request is leaving now.
+
+    Providers count a request when it arrives, so the registry's rate window
+    should count it from the moment it leaves, not from when quota was
+    granted: an SDK's own CPU work, connection set-up or a queue in front of
+    the HTTP client all sit in between. An adapter calls this as late as it
+    can -- e.g. from its HTTP client's request hook. It is optional (the
+    runtime otherwise counts from the start of ``extract``), cheap, safe to
+    call more than once and from any thread that inherited the context.
+    """
+    callback = _request_sent.get()
+    if callback is not None:
+        callback()
+
+
+def bind_request_sent(callback: Callable[[], None] | None) -> None:
+    """Used by the runtime: what ``mark_request_sent`` calls in this context."""
+    _request_sent.set(callback)
 
 
 @runtime_checkable

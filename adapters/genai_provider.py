@@ -41,7 +41,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
 from tierbatch.adapters.answers import analyse_answer, normalise_reason
 from tierbatch.adapters.api_key import require_api_key
 from tierbatch.adapters.call_log import log_answer, log_failure
@@ -53,6 +53,10 @@ from tierbatch.policies.outcomes import CallOutcome, ServerError, Succeeded, Tim
 DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 
 _log = structlog.get_logger(__name__)
+
+
+async def _request_leaving(_request: Any) -> None:
+    mark_request_sent()
 
 
 def _httpx_module() -> Any:
@@ -157,7 +161,11 @@ class GenaiProvider:
             return entry.sdk
 
     def _new_client(self) -> _LoopClient:
-        http = _HTTPX.AsyncClient(follow_redirects=True)
+        # The request hook fires just before the bytes go out: the moment the
+        # runtime's rate window should count the request from.
+        http = _HTTPX.AsyncClient(
+            follow_redirects=True, event_hooks={"request": [_request_leaving]}
+        )
         sdk = genai.Client(
             vertexai=False,
             api_key=self._key,

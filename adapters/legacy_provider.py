@@ -36,6 +36,7 @@ an unreadable body is ``ServerError(None)``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import importlib
 import re
@@ -48,7 +49,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
 from tierbatch.adapters.answers import analyse_answer, normalise_reason
 from tierbatch.adapters.api_key import require_api_key
 from tierbatch.adapters.call_log import log_answer, log_failure
@@ -171,7 +172,11 @@ class LegacyProvider:
         started = time.monotonic()
         try:
             loop = asyncio.get_running_loop()
-            call = loop.run_in_executor(self._executor, self._call, request)
+            # The executor thread runs in a copy of this context, so the SDK
+            # call can tell the runtime when the request really leaves.
+            call = loop.run_in_executor(
+                self._executor, contextvars.copy_context().run, self._call, request
+            )
             async with asyncio.timeout(request.timeout_s):
                 response = await call
             return self._answer(response, request, ids, log, time.monotonic() - started)
@@ -191,7 +196,9 @@ class LegacyProvider:
 
     def _call(self, request: ExtractionRequest) -> Any:
         """The blocking SDK call, on an executor thread."""
-        return self._model(request.model).generate_content(
+        model = self._model(request.model)
+        mark_request_sent()
+        return model.generate_content(
             build_user_text(request.articles),
             request_options={"retry": None, "timeout": request.timeout_s},
         )

@@ -24,7 +24,7 @@ from enum import StrEnum
 import structlog
 
 from tierbatch.actors.clock import Clock
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
 from tierbatch.adapters.fake_entities import (
     answer_text,
     article_text,
@@ -225,6 +225,7 @@ class SimulatedProvider:
         self._next_index += 1
         rng = random.Random(f"{self._seed}:{index}")
         started = self._clock.now()
+        mark_request_sent()  # it "arrives" now: the quota check below uses this time
         input_tokens = prompt_input_tokens(request)
         log = _log.bind(
             model=request.model,

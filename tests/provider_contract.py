@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider, bind_request_sent
 from tierbatch.adapters.api_key import MissingApiKey
 from tierbatch.adapters.fake_entities import article_text, extract_entities
 from tierbatch.adapters.fake_gemini import (
@@ -117,6 +117,29 @@ class ProviderContract:
                 await provider.aclose()
 
         return asyncio.run(go())
+
+    def test_marks_when_the_request_leaves(self) -> None:
+        """The adapter tells the runtime when the request really goes out
+        (after the SDK's own work, before the server answers), once."""
+        with fake_server(latency_s=0.05) as server:
+            provider = self.make(ProviderConfig(base_url=server.base_url))
+            marks: list[float] = []
+
+            async def go() -> tuple[float, float, PackAnswer]:
+                bind_request_sent(lambda: marks.append(time.monotonic()))
+                try:
+                    before = time.monotonic()
+                    answer = await provider.extract(request())
+                    return before, time.monotonic(), answer
+                finally:
+                    await provider.aclose()
+
+            before, after, answer = asyncio.run(go())
+            arrived = server.log[-1].at
+        assert isinstance(answer.outcome, Succeeded)
+        assert len(marks) == 1
+        assert before <= marks[0] <= after
+        assert time.time() - (time.monotonic() - marks[0]) <= arrived + 0.01
 
     # -- answers ---------------------------------------------------------
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tierbatch.actors.clock import ScaledClock
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider, bind_request_sent
 from tierbatch.adapters.fake_entities import article_text, extract_entities, fake_token_count
 from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.adapters.simulated import SimulatedCall, SimulatedFaults, SimulatedProvider
@@ -318,3 +318,17 @@ def test_fault_rates_are_validated() -> None:
         SimulatedFaults(server_error=0.6, timeout=0.6)
     with pytest.raises(ValueError, match="ends before"):
         SimulatedFaults(outages={MODEL: (10.0, 5.0)})
+
+
+def test_marks_when_the_request_arrives() -> None:
+    """The runtime hears the moment the simulation counts the request."""
+    p = provider(speed=FAST)
+    marks: list[int] = []
+
+    async def go() -> PackAnswer:
+        bind_request_sent(lambda: marks.append(len(p.calls)))
+        return await p.extract(request())
+
+    answer = asyncio.run(go())
+    assert isinstance(answer.outcome, Succeeded)
+    assert marks == [0]  # once, before the call finished
