@@ -98,6 +98,7 @@ class BatchComposer(pykka.ThreadingActor):
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._crashes: Counter[str] = Counter()
         self._idle: deque[RequestWork] = deque()
+        self._dead: set[int] = set()  # extractors that died (ids are never reused)
         self._drain_waiters: list[pykka.ThreadingFuture[bool]] = []
         self._space_waiters: list[pykka.ThreadingFuture[bool]] = []
         self._unsunk: list[TerminalResult] = []
@@ -116,8 +117,9 @@ class BatchComposer(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case RequestWork():
-                self._idle.append(message)
-                self._dispatch()
+                if message.extractor not in self._dead:
+                    self._idle.append(message)
+                    self._dispatch()
             case Finished(extractor, results):
                 self._on_finished(extractor, results)
             case Submit(articles, observe):
@@ -284,6 +286,10 @@ class BatchComposer(pykka.ThreadingActor):
         when it died count a crash and go out alone next time (so a poison
         article cannot take its batch-mates down with it); the rest were
         bystanders and simply go back to their queues."""
+        # A request for work it sent before dying may still wait here: a batch
+        # sent to it now would be held by nobody.
+        self._dead.add(extractor)
+        self._idle = deque(r for r in self._idle if r.extractor != extractor)
         ids = self._by_extractor.pop(extractor, set())
         poison: list[TerminalResult] = []
         requeue: list[Queued] = []

@@ -267,6 +267,7 @@ class Extractor(pykka.ThreadingActor):
                 tier_rank=pack.tier,
                 enqueued_at=pack.enqueued_at,
                 reply=self._tell,
+                patience_s=self._ladder.tiers[pack.tier].fallback_patience_s,
             )
         )
 

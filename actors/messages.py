@@ -34,6 +34,7 @@ class Acquire:
     enqueued_at: float
     reply: Callable[[Any], None]
     deadline: float | None = None
+    patience_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,7 +121,7 @@ class ModelRegistry(pykka.ThreadingActor):
     def _on_acquire(self, msg: Acquire) -> None:
         now = self._clock.now()
         if not self._waiters:
-            result = self._policy.acquire(msg.chain, msg.est_tokens, now)
+            result = self._policy.acquire(msg.chain, msg.est_tokens, now, msg.patience_s)
             if isinstance(result, Grant):
                 self._grant(msg, result)
                 return
@@ -182,7 +182,8 @@ class ModelRegistry(pykka.ThreadingActor):
                 msg.reply(AcquireFailed(msg.request_id, "expired", "deadline passed"))
                 continue
             chain = tuple(m for m in msg.chain if m not in reserved)
-            result = self._policy.acquire(chain, msg.est_tokens, now) if chain else None
+            patience = msg.patience_s if chain and chain[0] == msg.chain[0] else 0.0
+            result = self._policy.acquire(chain, msg.est_tokens, now, patience) if chain else None
             if isinstance(result, Grant):
                 if msg.deadline is not None:
                     self._with_deadline -= 1
@@ -193,10 +194,20 @@ class ModelRegistry(pykka.ThreadingActor):
                 msg.reply(AcquireFailed(msg.request_id, "no_route", result.reason))
             else:
                 kept.append(entry)
-                reserved.update(msg.chain)
+                reserved.update(self._wanted(msg, now))
         for entry in kept:
             heapq.heappush(waiters, entry)
         self._arm(now)
+
+    def _wanted(self, msg: Acquire, now: float) -> tuple[str, ...]:
+        """The models a waiting request holds back from the waiters behind it:
+        its whole chain, or only its primary when it is patiently waiting for
+        that one while its fallbacks have room for others."""
+        if msg.patience_s > 0:
+            eta = self._policy.earliest(msg.chain[0], msg.est_tokens, now)
+            if eta is not None and now < eta <= now + msg.patience_s:
+                return msg.chain[:1]
+        return msg.chain
 
     def _arm(self, now: float) -> None:
         if not self._waiters:

@@ -95,13 +95,16 @@ class TierSpec:
     """A tier: articles with priority >= ``min_priority`` (and below the tier
     above) are served by ``model`` then ``fallback_model`` then the global
     fallback. ``max_articles_per_request`` is how many articles one request
-    may pack."""
+    may pack. ``fallback_patience_s``: when the tier's primary model will
+    have room within this many seconds, wait for it rather than take a
+    fallback now (0: take whatever model has room first)."""
 
     name: str
     min_priority: float
     model: str
     fallback_model: str | None = None
     max_articles_per_request: int = 1
+    fallback_patience_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +359,9 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
             fallback_model=r.optional_string("fallback_model"),
             max_articles_per_request=r.integer(
                 "max_articles_per_request", _NO_TIER.max_articles_per_request, AT_LEAST_ONE
+            ),
+            fallback_patience_s=r.number(
+                "fallback_patience_s", _NO_TIER.fallback_patience_s, NON_NEGATIVE
             ),
         )
         r.finish()

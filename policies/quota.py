@@ -274,10 +274,17 @@ class QuotaPolicy:
 
     # -- decisions ---------------------------------------------------------
 
-    def acquire(self, chain: Sequence[str], est_tokens: int, now: float) -> AcquireResult:
+    def acquire(
+        self, chain: Sequence[str], est_tokens: int, now: float, patience_s: float = 0.0
+    ) -> AcquireResult:
         """A grant on the first model of ``chain`` that can take the request
         now; else when one can (``Wait``), or that none ever can (``NoRoute``).
 
+        ``patience_s``: when the first usable model of the chain (the
+        primary) cannot take the request now but can within this many
+        seconds, wait for it (``Wait`` at that moment) instead of granting a
+        fallback -- a little latency for the best model, rather than a
+        fallback taken because two windows happened to free a moment apart.
         Duplicates and unknown names in ``chain`` are skipped.
         """
         _check_tokens(est_tokens)
@@ -285,6 +292,7 @@ class QuotaPolicy:
         event_only = False
         never: list[str] = []
         seen: set[str] = set()
+        primary = True
         for name in chain:
             if name in seen:
                 continue
@@ -303,8 +311,11 @@ class QuotaPolicy:
                 event_only = True
             elif at <= now:
                 return self._grant(state, est_tokens, now)
+            elif primary and at <= now + patience_s:
+                return Wait(at)
             elif soonest is None or at < soonest:
                 soonest = at
+            primary = False
         if soonest is not None or event_only:
             return Wait(soonest)
         return NoRoute("; ".join(never) if never else "empty fallback chain")

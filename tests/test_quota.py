@@ -731,3 +731,32 @@ def test_sent_keeps_snapshots_exact() -> None:
     restored = QuotaPolicy.restore(models, QuotaConfig(), p.snapshot())
     assert restored.snapshot() == p.snapshot()
     assert restored.acquire(["m"], 10, T0 + 2) == p.acquire(["m"], 10, T0 + 2)
+
+
+# -- patience: a moment's wait for the primary rather than a fallback ---------
+
+
+def test_patience_waits_for_a_primary_that_frees_soon() -> None:
+    p = policy(spec("pro", rpm=1), spec("lite", rpm=10))
+    grant(p, ["pro"], 10, T0)
+    soon = T0 + W - 0.5
+    assert p.acquire(["pro", "lite"], 10, soon, patience_s=1.0) == Wait(T0 + W)
+    g = p.acquire(["pro", "lite"], 10, soon, patience_s=0.2)  # too long to wait
+    assert isinstance(g, Grant) and g.model == "lite"
+    g = p.acquire(["pro", "lite"], 10, T0 + W, patience_s=1.0)
+    assert isinstance(g, Grant) and g.model == "pro"
+
+
+def test_patience_only_concerns_the_first_usable_model() -> None:
+    p = policy(spec("gone", rpm=1), spec("pro", rpm=1), spec("lite", rpm=10))
+    p.mark_unavailable("gone", "404")
+    grant(p, ["pro"], 10, T0)
+    # "gone" can never serve, so "pro" is the primary that is waited for.
+    assert p.acquire(["gone", "pro", "lite"], 10, T0 + W - 0.1, patience_s=1.0) == Wait(T0 + W)
+    # A fallback that frees soon is not waited for: the next one is taken.
+    p2 = policy(spec("pro", rpm=1), spec("flash", rpm=1), spec("lite", rpm=10))
+    grant(p2, ["flash"], 10, T0)
+    p2.report(1, Succeeded(Usage(10, 1)), T0)
+    grant(p2, ["pro"], 10, T0 + 30)
+    g = p2.acquire(["pro", "flash", "lite"], 10, T0 + W - 0.1, patience_s=1.0)
+    assert isinstance(g, Grant) and g.model == "lite"
