@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+from collections import Counter
 from typing import Any
 
 import pykka
@@ -64,10 +65,12 @@ class ModelRegistry(pykka.ThreadingActor):
         self._policy = policy
         self._clock = clock
         self._observer: RegistryObserver = observer or NullObserver()
-        self._all_models = frozenset(s.model for s in policy.status(clock.now()))
         # (tier_rank, enqueued_at, seq, message); popped in that order.
         self._waiters: list[tuple[int, float, int, Acquire]] = []
         self._with_deadline = 0
+        # How many waiters want each model: a pass over the waiters stops as
+        # soon as every wanted model is reserved, however long the queue.
+        self._demand: Counter[str] = Counter()
         self._seq = itertools.count()
         # grant_id -> (holder, model)
         self._grants: dict[int, tuple[int, str]] = {}
@@ -152,17 +155,26 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._policy.report(grant_id, Abandoned(), now)
         kept = [entry for entry in self._waiters if entry[3].holder != holder]
         if len(kept) != len(self._waiters):
+            for entry in self._waiters:
+                if entry[3].holder == holder:
+                    self._forget(entry[3])
             heapq.heapify(kept)
             self._waiters = kept
-            self._with_deadline = sum(1 for e in kept if e[3].deadline is not None)
         self._serve(now)
 
     # ---- decisions -------------------------------------------------------------
 
     def _push(self, msg: Acquire) -> None:
         heapq.heappush(self._waiters, (msg.tier_rank, msg.enqueued_at, next(self._seq), msg))
+        self._demand.update(set(msg.chain))
         if msg.deadline is not None:
             self._with_deadline += 1
+
+    def _forget(self, msg: Acquire) -> None:
+        """Bookkeeping for a waiter that leaves the queue."""
+        self._demand.subtract(set(msg.chain))
+        if msg.deadline is not None:
+            self._with_deadline -= 1
 
     def _grant(self, msg: Acquire, grant: Grant) -> None:
         self._grants[grant.grant_id] = (msg.holder, grant.model)
@@ -173,24 +185,23 @@ class ModelRegistry(pykka.ThreadingActor):
         """Answer every waiter that can be answered now, in order."""
         waiters = self._waiters
         reserved: set[str] = set()
+        wanted = {model for model, count in self._demand.items() if count > 0}
         kept: list[tuple[int, float, int, Acquire]] = []
-        while waiters and not reserved >= self._all_models:
+        while waiters and not reserved >= wanted:
             entry = heapq.heappop(waiters)
             msg = entry[3]
             if msg.deadline is not None and now >= msg.deadline:
-                self._with_deadline -= 1
+                self._forget(msg)
                 msg.reply(AcquireFailed(msg.request_id, "expired", "deadline passed"))
                 continue
             chain = tuple(m for m in msg.chain if m not in reserved)
             patience = msg.patience_s if chain and chain[0] == msg.chain[0] else 0.0
             result = self._policy.acquire(chain, msg.est_tokens, now, patience) if chain else None
             if isinstance(result, Grant):
-                if msg.deadline is not None:
-                    self._with_deadline -= 1
+                self._forget(msg)
                 self._grant(msg, result)
             elif isinstance(result, NoRoute) and len(chain) == len(msg.chain):
-                if msg.deadline is not None:
-                    self._with_deadline -= 1
+                self._forget(msg)
                 msg.reply(AcquireFailed(msg.request_id, "no_route", result.reason))
             else:
                 kept.append(entry)
