@@ -119,7 +119,7 @@ def _problem(settings: BenchSettings, workload: Workload, packed: bool, windows:
 def _solve(p: _Problem) -> tuple[float, dict[str, float]]:
     """Most articles servable within ``p.windows`` windows, and by which model."""
     try:
-        from scipy.optimize import linprog
+        from scipy.optimize import linprog  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise BoundUnavailable("the bound needs scipy: pip install -e '.[bench]'") from exc
     index: list[tuple[int, int, int]] = []  # (window, tier, model)
@@ -141,9 +141,7 @@ def _solve(p: _Problem) -> tuple[float, dict[str, float]]:
             bounds_ub += [p.rpm[j][mi], p.tpm[j][mi]]
     for mi, rpd in enumerate(p.rpd):
         if rpd > 0:
-            rows.append(
-                [1.0 / p.per_request[t] if vm == mi else 0.0 for (_j, t, vm) in index]
-            )
+            rows.append([1.0 / p.per_request[t] if vm == mi else 0.0 for (_j, t, vm) in index])
             bounds_ub.append(rpd)
     for t in range(len(p.chains)):
         arrived = 0.0

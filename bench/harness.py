@@ -83,8 +83,3 @@ async def feed_async(ctx: RunContext, put: Callable[[Sequence[Article]], None]) 
                 return
             await asyncio.sleep(delay)
         put([g.article for g in group])
-
-
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -14,8 +14,15 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Thread-name prefixes of the runtime's own actors (pykka names a thread
-# after its actor class) and of its event-loop thread, where the provider SDK runs.
-ACTOR_THREADS = ("ModelRegistry", "BatchComposer", "Extractor", "Supervisor")
+# after its actor class) and timer, and of its event-loop thread, where the
+# provider SDK runs.
+ACTOR_THREADS = (
+    "ModelRegistry",
+    "BatchComposer",
+    "Extractor",
+    "Supervisor",
+    "tierbatch-registry-waker",
+)
 IO_THREADS = ("tierbatch-io",)
 
 

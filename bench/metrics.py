@@ -126,7 +126,14 @@ def compute_metrics(
     )
 
     cpu_classes = classify_cpu(result.cpu_by_thread)
-    per_request = (lambda s: s / requests * 1e6 if requests else None)  # noqa: E731
+
+    def per_request(seconds: float) -> float | None:
+        return seconds / requests * 1e6 if requests else None
+
+    stats = dict(result.stats)
+    calls = stats.pop("calls", None)
+    if calls is not None:
+        stats["lags_ms"] = _lags(calls, server_log)
     metrics: dict[str, Any] = {
         "system": system,
         "workload": workload.name,
@@ -161,15 +168,45 @@ def compute_metrics(
             "io_per_request_us": per_request(cpu_classes["io"]),
         },
         "peak_rss_mb": peak_rss_mb,
-        "system_stats": result.stats,
+        "system_stats": stats,
+        "cpu_by_thread": result.cpu_by_thread,
         "bounds": {k: (b.to_dict() if b else None) for k, b in bounds.items()},
-        "series": _series(settings, workload, t0, done_in_time, tiers, server_log, server_started_at),
+        "series": _series(
+            settings, workload, t0, done_in_time, tiers, server_log, server_started_at
+        ),
     }
     packed = system == "tierbatch-packed"
     own = bounds.get("packed" if packed else "unpacked")
     metrics["bound_used"] = "packed" if packed else "unpacked"
     metrics["bound_ratio"] = rate / own.rate_per_window if own and own.rate_per_window else None
     return metrics
+
+
+def _lags(calls: list[list[Any]], server_log: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the time between a grant and the server's admission goes: from
+    the grant to the call's start (client side), and from the call's start
+    to the server's time stamp (sending, and queueing in the server)."""
+    arrivals: dict[tuple[str, tuple[str, ...]], list[float]] = defaultdict(list)
+    for e in server_log:
+        arrivals[(e["model"], tuple(e["ids"]))].append(e["at"])
+    for times in arrivals.values():
+        times.reverse()
+    to_send: list[float] = []
+    to_server: list[float] = []
+    for granted, started, model, ids in calls:
+        to_send.append((started - granted) * 1000)
+        matches = arrivals.get((model, tuple(ids)))
+        if matches:
+            to_server.append((matches.pop() - started) * 1000)
+
+    def summary(values: list[float]) -> dict[str, float | None]:
+        return {
+            "p50": percentile(values, 50),
+            "p99": percentile(values, 99),
+            "max": max(values) if values else None,
+        }
+
+    return {"grant_to_call": summary(to_send), "call_to_server": summary(to_server)}
 
 
 def _hot_fidelity_when_primary_free(

@@ -90,10 +90,11 @@ def run_one(
     )
     spec = server_spec(settings, workload, workdir / "server_log.jsonl")
     spec["port"] = port
-    with ServerProcess(spec, workdir) as server:
-        prepare = getattr(system, "prepare", None)
-        if prepare is not None:
-            prepare(ctx)
+    server = ServerProcess(spec, workdir)
+    prepare = getattr(system, "prepare", None)
+    if prepare is not None:
+        prepare(ctx)
+    try:
         server.start()
         cpu_start = process_cpu_seconds()
         ctx.t0 = time.time()
@@ -102,6 +103,8 @@ def run_one(
         cpu = process_cpu_seconds() - cpu_start
         rss = peak_rss_mb()
         log = server.stop()
+    finally:
+        server.close()
     metrics = compute_metrics(
         settings=settings,
         workload=workload,

@@ -30,13 +30,13 @@ READY_TIMEOUT_S = 60.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def server_spec(settings: BenchSettings, workload: Workload | None, log_path: Path) -> dict[str, Any]:
+def server_spec(
+    settings: BenchSettings, workload: Workload | None, log_path: Path
+) -> dict[str, Any]:
     """What the server process needs: quotas, latencies, faults, the storm."""
     return {
         "window_s": settings.window_s,
-        "models": {
-            m.name: {"rpm": m.rpm, "tpm": m.tpm, "rpd": m.rpd} for m in settings.models
-        },
+        "models": {m.name: {"rpm": m.rpm, "tpm": m.tpm, "rpd": m.rpd} for m in settings.models},
         "latency_s": {m.name: settings.real(m.latency_s) for m in settings.models},
         "retired": list(workload.retired) if workload else [],
         "outages": {k: list(v) for k, v in workload.outages.items()} if workload else {},
@@ -127,11 +127,8 @@ class ServerProcess:
             self._proc.wait()
             self._proc = None
 
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Kill the server if it is still running (after an error)."""
         if self._proc is not None:
             self._kill()
         if self._stderr is not None and not self._stderr.closed:
@@ -214,9 +211,7 @@ def _serve(spec: dict[str, Any]) -> None:
     print(json.dumps({"stopped": True, "cpu_s": cpu.user + cpu.system}), flush=True)
 
 
-def _other_client(
-    server: Any, spec: dict[str, Any], started: float, stop: threading.Event
-) -> None:
+def _other_client(server: Any, spec: dict[str, Any], started: float, stop: threading.Event) -> None:
     """Another client of the same key, spending quota on a schedule."""
     for at_s, model, requests, tokens in spec["storm"]:
         delay = started + float(at_s) - time.time()

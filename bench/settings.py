@@ -13,7 +13,6 @@ same whatever the window length.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -159,7 +158,7 @@ def settings_for(mode: str, systems: tuple[str, ...] | None = None) -> BenchSett
     ``medium``: every workload with 3 s windows (~12 min); ``full``: every
     workload for 12 windows of 6 s plus the SQLite scale runs (~30 min)."""
     if mode == "quick":
-        window, horizon, backlog, arrivals = 1.5, 5, 3.0, 3
+        window, horizon, backlog, arrivals = 1.5, 4, 3.0, 3
         workloads: tuple[str, ...] = ("steady",)
         scale: tuple[int, ...] = (2_000, 20_000)
         scale_process = 400
@@ -194,7 +193,3 @@ def settings_for(mode: str, systems: tuple[str, ...] | None = None) -> BenchSett
         scale_backlogs=scale,
         scale_process=scale_process,
     )
-
-
-def ceil_div(a: float, b: float) -> int:
-    return math.ceil(a / b - 1e-9)

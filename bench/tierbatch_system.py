@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from bench.harness import RunContext, SystemResult
 from bench.measure import Recorder, thread_cpu_seconds
 from bench.settings import BenchSettings
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
 from tierbatch.actors.runtime import Runtime
 from tierbatch.adapters.genai_provider import GenaiProvider
 from tierbatch.policies.config import (
@@ -69,6 +70,14 @@ def bench_config(settings: BenchSettings, base_url: str, *, packed: bool) -> Con
     )
 
 
+class _NoProvider:
+    async def extract(self, request: ExtractionRequest) -> PackAnswer:
+        raise RuntimeError("prepare() first")
+
+    async def aclose(self) -> None:
+        pass
+
+
 class RecorderSink:
     """The runtime's sink: every terminal result goes to the harness."""
 
@@ -90,16 +99,43 @@ class RecorderSink:
         pass
 
 
+class LagRecordingProvider:
+    """Wraps the provider to note, for every call, when quota was granted and
+    when the call actually started: the registry's window opens at the grant,
+    the server's when the request arrives, and the gap is what the window
+    margin must cover."""
+
+    def __init__(self, inner: Provider) -> None:
+        self._inner = inner
+        self.calls: list[tuple[float, float, str, tuple[str, ...]]] = []
+
+    async def extract(self, request: ExtractionRequest) -> PackAnswer:
+        started = time.time()
+        self.calls.append(
+            (request.granted_at, started, request.model, tuple(a.id for a in request.articles))
+        )
+        return await self._inner.extract(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class TierbatchSystem:
     def __init__(self, *, packed: bool) -> None:
         self.packed = packed
         self._runtime: Runtime | None = None
+        self._provider = LagRecordingProvider(_NoProvider())
 
     def prepare(self, ctx: RunContext) -> None:
         config = bench_config(ctx.settings, ctx.base_url, packed=self.packed)
-        provider = GenaiProvider(
-            config.provider, api_key=ctx.api_key, default_timeout_s=config.retry.request_timeout_s
+        provider = LagRecordingProvider(
+            GenaiProvider(
+                config.provider,
+                api_key=ctx.api_key,
+                default_timeout_s=config.retry.request_timeout_s,
+            )
         )
+        self._provider = provider
         self._runtime = Runtime(config, provider, RecorderSink(ctx.recorder)).start()
 
     def run(self, ctx: RunContext) -> SystemResult:
@@ -126,6 +162,7 @@ class TierbatchSystem:
                 "fallbacks": stats.fallbacks,
                 "done_by_model": dict(stats.done_by_model),
                 "failed_by_reason": dict(stats.failed_by_reason),
+                "calls": [list(c) for c in self._provider.calls],
             },
             cpu_by_thread={
                 name: cpu - cpu_before.get(name, 0.0) for name, cpu in cpu_after.items()

@@ -85,7 +85,8 @@ class AsyncBaseline(ABC):
         self.stats: dict[str, Any] = {}
 
     def prepare(self, ctx: RunContext) -> None:
-        """Nothing to build before the clock starts."""
+        """Nothing to build before the clock starts, by default."""
+        return None
 
     def run(self, ctx: RunContext) -> SystemResult:
         cpu_before = thread_cpu_seconds()
@@ -108,4 +109,5 @@ class AsyncBaseline(ABC):
     async def main(self, ctx: RunContext) -> None: ...
 
     async def close(self) -> None:
-        """Release clients (on the loop that used them)."""
+        """Release clients (on the loop that used them); nothing by default."""
+        return None

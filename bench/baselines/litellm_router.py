@@ -15,8 +15,9 @@ Time scaling. LiteLLM counts rpm/tpm in fixed wall-clock minutes (cache keys
 named after ``HH-MM`` of ``litellm.utils.get_utc_datetime()``). To run it on
 the bench's scaled time like every other system, the bench gives those
 modules a clock whose minute lasts one bench window, so a deployment's
-``rpm`` is spent per window exactly as the server's quota is, and scales
-LiteLLM's cooldown (5 s) and timeout (60 s). The fixed minute is LiteLLM's
+``rpm`` is spent per window exactly as the server's quota is; scales every
+sleep of its router (retry backoff) the same way; and scales its cooldown
+(5 s) and timeout (60 s). The fixed minute is LiteLLM's
 own design: at each minute boundary it starts a fresh count while Gemini's
 window is rolling. ``tpm`` counts input plus output tokens in LiteLLM;
 Gemini's limit counts input tokens only, so it is set to the input limit,
@@ -60,23 +61,35 @@ def import_litellm() -> Any:
     return litellm
 
 
-def scale_litellm_minutes(window_s: float) -> None:
-    """Make LiteLLM's per-minute counters count per ``window_s`` real seconds."""
+def scale_litellm_time(window_s: float) -> None:
+    """Run LiteLLM's clocks on the bench's scaled time: its per-minute
+    counters count per ``window_s`` real seconds (a scaled minute starts half
+    way through a wall-clock minute, the average case), and every sleep its
+    router takes (retry backoff, waiting for a minute to reset) lasts
+    ``window_s / 60`` of what it asks for."""
     litellm = import_litellm()
+    from litellm import router_python_host
+
     original = litellm.utils.get_utc_datetime
     origin = time.time()
     speed = 60.0 / window_s
+    start = (origin // 60) * 60 + 30  # scaled time starts at HH:MM:30
 
     def scaled_utc_datetime() -> datetime:
-        return datetime.fromtimestamp(origin + (time.time() - origin) * speed, UTC)
+        return datetime.fromtimestamp(start + (time.time() - origin) * speed, UTC)
 
     for name, module in list(sys.modules.items()):
         if name.startswith("litellm") and getattr(module, "get_utc_datetime", None) is original:
             module.get_utc_datetime = scaled_utc_datetime  # type: ignore[attr-defined]
 
+    def scaled_sleep(self: Any, seconds: float) -> Any:
+        return asyncio.sleep(seconds / speed)
+
+    router_python_host.PythonHost.sleep = scaled_sleep  # type: ignore[method-assign]
+
 
 def router_for(ctx: RunContext) -> Any:
-    from litellm import Router
+    from litellm.router import Router
 
     settings = ctx.settings
     model_list = [
@@ -92,7 +105,7 @@ def router_for(ctx: RunContext) -> Any:
         }
         for m in settings.models
     ]
-    fallbacks = []
+    fallbacks: list[dict[str, list[str]]] = []
     for tier_index, plan in enumerate(settings.tiers):
         rest = list(settings.chain(tier_index)[1:])
         if rest and all(plan.model not in f for f in fallbacks):
@@ -110,7 +123,7 @@ def router_for(ctx: RunContext) -> Any:
 class LiteLLMRouterSystem(AsyncBaseline):
     def prepare(self, ctx: RunContext) -> None:
         import_litellm()
-        scale_litellm_minutes(ctx.settings.window_s)
+        scale_litellm_time(ctx.settings.window_s)
         self._router = router_for(ctx)
 
     async def main(self, ctx: RunContext) -> None:

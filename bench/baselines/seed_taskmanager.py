@@ -116,7 +116,9 @@ class SeedTaskManager:
                 await asyncio.sleep(self._stagger_s)
             article_id = task["article"].id
             try:
-                result = await asyncio.wait_for(self._run_single_task(task), timeout=self._timeout_s)
+                result = await asyncio.wait_for(
+                    self._run_single_task(task), timeout=self._timeout_s
+                )
             except TimeoutError:
                 result = (article_id, {"error": "Task timeout"})
             on_result(*result)
