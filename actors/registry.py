@@ -11,7 +11,9 @@ finished calls wake waiters too.
 Fairness across models: a waiter that cannot be served reserves the models of
 its chain for the rest of that pass, so a later or lower-tier request never
 overtakes it on a model it is waiting for, while requests for other models
-still go ahead (no head-of-line blocking).
+still go ahead (no head-of-line blocking). Within its tier's fallback
+patience a waiter leaves a fallback to the packs whose primary it is, and
+holds out for its own primary when that frees in time.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ from tierbatch.policies.quota import Grant, NoRoute, QuotaPolicy
 
 _log = structlog.get_logger("tierbatch.registry")
 
+# A waiting request: (tier_rank, enqueued_at, seq, message, queued_at).
+_Entry = tuple[int, float, int, Acquire, float]
+
 # Outcomes after which a model may have entered a cooldown worth reporting.
 _COOLING_OUTCOMES = (RateLimited, ServerError, TimedOut)
 
@@ -65,12 +70,17 @@ class ModelRegistry(pykka.ThreadingActor):
         self._policy = policy
         self._clock = clock
         self._observer: RegistryObserver = observer or NullObserver()
-        # (tier_rank, enqueued_at, seq, message); popped in that order.
-        self._waiters: list[tuple[int, float, int, Acquire]] = []
+        # (tier_rank, enqueued_at, seq, message, queued_at): popped in that order.
+        self._waiters: list[_Entry] = []
         self._with_deadline = 0
         # How many waiters want each model: a pass over the waiters stops as
         # soon as every wanted model is reserved, however long the queue.
         self._demand: Counter[str] = Counter()
+        # How many waiters have each model as their primary (first choice).
+        self._primary_demand: Counter[str] = Counter()
+        # When patient waiters' patience ends (lazy heap: seq no longer live).
+        self._patience_ends: list[tuple[float, int]] = []
+        self._live_patience: set[int] = set()
         self._seq = itertools.count()
         # grant_id -> (holder, model)
         self._grants: dict[int, tuple[int, str]] = {}
@@ -131,7 +141,7 @@ class ModelRegistry(pykka.ThreadingActor):
             if isinstance(result, NoRoute):
                 msg.reply(AcquireFailed(msg.request_id, "no_route", result.reason))
                 return
-        self._push(msg)
+        self._push(msg, now)
         self._serve(now)
 
     def _on_report(self, grant_id: int, outcome: Any) -> None:
@@ -157,22 +167,30 @@ class ModelRegistry(pykka.ThreadingActor):
         if len(kept) != len(self._waiters):
             for entry in self._waiters:
                 if entry[3].holder == holder:
-                    self._forget(entry[3])
+                    self._forget(entry)
             heapq.heapify(kept)
             self._waiters = kept
         self._serve(now)
 
     # ---- decisions -------------------------------------------------------------
 
-    def _push(self, msg: Acquire) -> None:
-        heapq.heappush(self._waiters, (msg.tier_rank, msg.enqueued_at, next(self._seq), msg))
+    def _push(self, msg: Acquire, now: float) -> None:
+        seq = next(self._seq)
+        heapq.heappush(self._waiters, (msg.tier_rank, msg.enqueued_at, seq, msg, now))
         self._demand.update(set(msg.chain))
+        self._primary_demand[msg.chain[0]] += 1
         if msg.deadline is not None:
             self._with_deadline += 1
+        if msg.patience_s > 0 and len(msg.chain) > 1:
+            self._live_patience.add(seq)
+            heapq.heappush(self._patience_ends, (now + msg.patience_s, seq))
 
-    def _forget(self, msg: Acquire) -> None:
+    def _forget(self, entry: _Entry) -> None:
         """Bookkeeping for a waiter that leaves the queue."""
+        msg = entry[3]
         self._demand.subtract(set(msg.chain))
+        self._primary_demand[msg.chain[0]] -= 1
+        self._live_patience.discard(entry[2])
         if msg.deadline is not None:
             self._with_deadline -= 1
 
@@ -182,43 +200,80 @@ class ModelRegistry(pykka.ThreadingActor):
         msg.reply(Granted(msg.request_id, grant))
 
     def _serve(self, now: float) -> None:
-        """Answer every waiter that can be answered now, in order."""
+        """Answer every waiter that can be answered now, in order. A grant can
+        lift another waiter's restraint (nobody else wants that fallback any
+        more), so passes repeat while they grant something."""
+        while self._serve_pass(now):
+            pass
+        self._arm(now)
+
+    def _serve_pass(self, now: float) -> bool:
+        granted = False
         waiters = self._waiters
         reserved: set[str] = set()
         wanted = {model for model, count in self._demand.items() if count > 0}
-        kept: list[tuple[int, float, int, Acquire]] = []
+        kept: list[_Entry] = []
         while waiters and not reserved >= wanted:
             entry = heapq.heappop(waiters)
             msg = entry[3]
             if msg.deadline is not None and now >= msg.deadline:
-                self._forget(msg)
+                self._forget(entry)
                 msg.reply(AcquireFailed(msg.request_id, "expired", "deadline passed"))
                 continue
-            chain = tuple(m for m in msg.chain if m not in reserved)
-            patience = msg.patience_s if chain and chain[0] == msg.chain[0] else 0.0
+            chain = self._allowed(entry, reserved, now)
+            patience = (
+                self._patience_left(entry, now) if chain and chain[0] == msg.chain[0] else 0.0
+            )
             result = self._policy.acquire(chain, msg.est_tokens, now, patience) if chain else None
             if isinstance(result, Grant):
-                self._forget(msg)
+                self._forget(entry)
                 self._grant(msg, result)
+                granted = True
             elif isinstance(result, NoRoute) and len(chain) == len(msg.chain):
-                self._forget(msg)
+                self._forget(entry)
                 msg.reply(AcquireFailed(msg.request_id, "no_route", result.reason))
             else:
                 kept.append(entry)
-                reserved.update(self._wanted(msg, now))
+                reserved.update(self._holds(entry, chain, now))
         for entry in kept:
             heapq.heappush(waiters, entry)
-        self._arm(now)
+        return granted and bool(kept)
 
-    def _wanted(self, msg: Acquire, now: float) -> tuple[str, ...]:
+    def _allowed(self, entry: _Entry, reserved: set[str], now: float) -> tuple[str, ...]:
+        """The models of a waiter's chain it may be granted in this pass.
+
+        Not those held back for waiters ahead of it. And while it is within
+        its patience, not a fallback that other packs are waiting for as
+        *their* primary: a model's own tier has the first claim on it, so
+        the most important articles get the best model without spending the
+        capacity the lower tiers have no other way to use. Past its patience
+        a pack takes whatever model of its chain has room.
+        """
+        msg = entry[3]
+        chain = [m for m in msg.chain if m not in reserved]
+        if chain and self._patience_left(entry, now) > 0:
+            primary = msg.chain[0]
+            chain = [m for m in chain if m == primary or self._primary_demand[m] <= 0]
+        return tuple(chain)
+
+    @staticmethod
+    def _patience_left(entry: _Entry, now: float) -> float:
+        """How much longer a waiter may hold out for its primary: its
+        patience counts from when it started waiting, so no pack waits for
+        its primary longer than that in all."""
+        return max(0.0, entry[4] + entry[3].patience_s - now)
+
+    def _holds(self, entry: _Entry, allowed: tuple[str, ...], now: float) -> tuple[str, ...]:
         """The models a waiting request holds back from the waiters behind it:
-        its whole chain, or only its primary when it is patiently waiting for
-        that one while its fallbacks have room for others."""
-        if msg.patience_s > 0:
+        those it may take, or only its primary when it is waiting for that
+        one because it frees within its patience."""
+        msg = entry[3]
+        left = self._patience_left(entry, now)
+        if allowed and allowed[0] == msg.chain[0] and left > 0:
             eta = self._policy.earliest(msg.chain[0], msg.est_tokens, now)
-            if eta is not None and now < eta <= now + msg.patience_s:
-                return msg.chain[:1]
-        return msg.chain
+            if eta is not None and now < eta <= now + left:
+                return allowed[:1]
+        return allowed
 
     def _arm(self, now: float) -> None:
         if not self._waiters:
@@ -229,6 +284,11 @@ class ModelRegistry(pykka.ThreadingActor):
             deadlines = [e[3].deadline for e in self._waiters if e[3].deadline is not None]
             soonest = min(d for d in deadlines if d is not None)
             at = soonest if at is None else min(at, soonest)
+        ends = self._patience_ends
+        while ends and (ends[0][1] not in self._live_patience or ends[0][0] <= now):
+            heapq.heappop(ends)
+        if ends:
+            at = ends[0][0] if at is None else min(at, ends[0][0])
         self._waker.arm(at)
 
     # ---- reporting -------------------------------------------------------------

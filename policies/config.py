@@ -95,9 +95,11 @@ class TierSpec:
     """A tier: articles with priority >= ``min_priority`` (and below the tier
     above) are served by ``model`` then ``fallback_model`` then the global
     fallback. ``max_articles_per_request`` is how many articles one request
-    may pack. ``fallback_patience_s``: when the tier's primary model will
-    have room within this many seconds, wait for it rather than take a
-    fallback now (0: take whatever model has room first)."""
+    may pack. ``fallback_patience_s``: how long a pack may hold out for its
+    primary model. Within it, the pack waits for the primary when that frees
+    in time, and takes a fallback only if no other tier's packs are waiting
+    for that model as their own primary; after it, any model of the chain
+    with room will do. 0: take whatever model has room first."""
 
     name: str
     min_priority: float
