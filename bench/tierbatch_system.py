@@ -44,6 +44,8 @@ def bench_config(settings: BenchSettings, base_url: str, *, packed: bool) -> Con
             t.model,
             t.fallback,
             t.per_request if packed else 1,
+            # The shipped default's 30 s patience, scaled like every time constant.
+            settings.real(30.0) if t.fallback else 0.0,
         )
         for i, t in enumerate(settings.tiers)
     )

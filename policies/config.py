@@ -142,10 +142,13 @@ class ComposerConfig:
 class QuotaConfig:
     """``window_s`` is the rolling rate-limit window (Gemini: 60 s);
     ``margin_s`` widens it on our side to absorb clock and network jitter;
+    ``max_skew_s`` caps how much further it widens a model's window when a
+    short 429 shows the provider counting requests later than we do (0: never);
     ``utilisation`` scales every limit (1.0 = spend the whole quota)."""
 
     window_s: float = 60.0
     margin_s: float = 0.5
+    max_skew_s: float = 1.0
     utilisation: float = 1.0
     timezone: str = "America/Los_Angeles"
     backoff_base_s: float = 1.0
@@ -506,6 +509,7 @@ def _parse_quota(r: TableReader) -> QuotaConfig:
     quota = QuotaConfig(
         window_s=r.number("window_s", d.window_s, POSITIVE),
         margin_s=r.number("margin_s", d.margin_s, NON_NEGATIVE),
+        max_skew_s=r.number("max_skew_s", d.max_skew_s, NON_NEGATIVE),
         utilisation=r.number("utilisation", d.utilisation, Range(above=0, max=1)),
         timezone=r.string("timezone", d.timezone),
         backoff_base_s=r.number("backoff_base_s", d.backoff_base_s, POSITIVE),

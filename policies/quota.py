@@ -243,6 +243,7 @@ class _ModelState:
     unavailable: str | None = None
     consecutive_429s: int = 0
     consecutive_errors: int = 0
+    skew: float = 0.0  # how far the provider's window runs behind ours (learnt)
     counters: dict[str, int | float] = field(default_factory=_fresh_counters)
 
 
@@ -387,6 +388,12 @@ class QuotaPolicy:
                 _bump(counters, "output_tokens", max(outcome.usage.output_tokens, 0))
             case RateLimited():
                 self._rate_limited(state, outcome, now)
+                if not outcome.scope.per_day:
+                    # The provider did not count a request it refused: its
+                    # window slot and tokens are free again (the cooldown
+                    # keeps us from using them before the retry delay). The
+                    # day's count stays, to be safe on the daily limit.
+                    self._release_window(state, entry)
             case ServerError() | TimedOut():
                 _bump(counters, "server_errors" if isinstance(outcome, ServerError) else "timeouts")
                 state.consecutive_errors += 1
@@ -431,7 +438,7 @@ class QuotaPolicy:
             return True
         state = held.state
         old.counted = False
-        moved = _Entry(grant_id, at, at + self._window_s, old.tokens, old.day)
+        moved = _Entry(grant_id, at, at + self._span(state), old.tokens, old.day)
         _insert_in_order(state.window, moved)
         held.entry = moved
         return True
@@ -549,7 +556,7 @@ class QuotaPolicy:
         grant_id = self._next_grant_id
         self._next_grant_id += 1
         assert state.day is not None  # set by _advance
-        entry = _Entry(grant_id, now, now + self._window_s, est_tokens, state.day)
+        entry = _Entry(grant_id, now, now + self._span(state), est_tokens, state.day)
         _insert_in_order(state.window, entry)
         state.requests += 1
         state.tokens += est_tokens
@@ -568,6 +575,8 @@ class QuotaPolicy:
                 state.exhausted_until = midnight
             return
         delay = outcome.retry_delay_s
+        if delay is not None and 0 < delay <= self._quota.max_skew_s and delay > state.skew:
+            self._learn_skew(state, delay)
         if delay is None or not math.isfinite(delay):
             delay = self._backoff(state.consecutive_429s)
         state.consecutive_429s += 1
@@ -577,6 +586,24 @@ class QuotaPolicy:
             else CooldownReason.RATE_LIMITED
         )
         self._cool_down(state, now + max(delay, 0.0), reason, now)
+
+    def _span(self, state: _ModelState) -> float:
+        """How long a request occupies ``state``'s window on our side."""
+        return self._window_s + state.skew
+
+    @staticmethod
+    def _learn_skew(state: _ModelState, delay: float) -> None:
+        """A per-minute 429 although our window had room: the provider counts
+        the request later than we do (our send time vs its arrival time), by
+        at least the ``retryDelay`` it asks for when that is short. Every
+        entry, present and future, occupies the window that much longer --
+        a uniform shift, so the window stays in expiry order. The skew only
+        grows, up to ``QuotaConfig.max_skew_s``: a long delay means real
+        overuse (another client), which the cooldown handles instead."""
+        shift = delay - state.skew
+        state.skew = delay
+        for entry in state.window:
+            entry.expires_at += shift
 
     def _cool_down(
         self, state: _ModelState, deadline: float, reason: CooldownReason, now: float
@@ -595,11 +622,15 @@ class QuotaPolicy:
         return backoff_delay(self._quota.backoff_base_s, self._quota.backoff_max_s, exponent)
 
     @staticmethod
-    def _refund(state: _ModelState, entry: _Entry) -> None:
+    def _release_window(state: _ModelState, entry: _Entry) -> None:
         if entry.counted:
             entry.counted = False  # dropped from the deque when it reaches the front
             state.requests -= 1
             state.tokens -= entry.tokens
+
+    @classmethod
+    def _refund(cls, state: _ModelState, entry: _Entry) -> None:
+        cls._release_window(state, entry)
         if entry.day == state.day and state.requests_today > 0:
             state.requests_today -= 1
 
@@ -655,7 +686,7 @@ class QuotaPolicy:
             else:  # its window entry had expired: only the in-flight slot remains
                 granted = _float(granted_at, "granted_at")
                 entry = _Entry(
-                    grant_id, granted, granted + self._window_s, est_tokens, _int(day, "day")
+                    grant_id, granted, granted + self._span(state), est_tokens, _int(day, "day")
                 )
                 entry.counted = False
             self._held[grant_id] = _Held(state, entry, est_tokens)
@@ -672,13 +703,14 @@ class QuotaPolicy:
         entries: dict[int, tuple[_ModelState, _Entry]],
     ) -> None:
         window: list[_Entry] = []
+        state.skew = _float(saved.get("skew", 0.0), "skew")
         for item in _list(saved["window"], "window"):
             grant_id, granted_at, tokens, day = _list(item, "window entry")
             granted = _float(granted_at, "granted_at")
             entry = _Entry(
                 _int(grant_id, "grant id"),
                 granted,
-                granted + self._window_s,
+                granted + self._span(state),
                 _int(tokens, "tokens"),
                 _int(day, "day"),
             )
@@ -802,6 +834,7 @@ def _snapshot_model(state: _ModelState) -> dict[str, Any]:
         "unavailable": state.unavailable,
         "consecutive_429s": state.consecutive_429s,
         "consecutive_errors": state.consecutive_errors,
+        "skew": state.skew,
         "counters": dict(state.counters),
     }
 

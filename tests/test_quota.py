@@ -523,8 +523,8 @@ def test_next_event_is_the_earliest_future_capacity_change() -> None:
     p.report(grant(p, ["b"], 1, T0 + 1).grant_id, rate_limited(5.0), T0 + 1)
     assert p.next_event(T0 + 1) == T0 + 6
     assert p.next_event(T0 + 6) == T0 + W  # passed deadlines are no event
-    assert p.next_event(T0 + W) == T0 + 1 + W
-    assert p.next_event(T0 + 1 + W) is None
+    # b's refused request left its window (the provider did not count it).
+    assert p.next_event(T0 + W) is None
 
 
 # -- status and snapshots ----------------------------------------------------------------
@@ -760,3 +760,49 @@ def test_patience_only_concerns_the_first_usable_model() -> None:
     grant(p2, ["pro"], 10, T0 + 30)
     g = p2.acquire(["pro", "flash", "lite"], 10, T0 + W - 0.1, patience_s=1.0)
     assert isinstance(g, Grant) and g.model == "lite"
+
+
+# -- learnt skew: the provider counts our requests a little later than we do ----
+
+
+def test_a_short_429_widens_the_window_by_its_delay() -> None:
+    p = policy(spec("m", rpm=2))
+    a = grant(p, ["m"], 10, T0)
+    b = grant(p, ["m"], 10, T0 + 1)
+    p.report(a.grant_id, Succeeded(Usage(10, 1)), T0 + 2)
+    p.report(b.grant_id, rate_limited(0.3), T0 + 2)  # 0.3 s <= max_skew_s (1.0)
+    # b's refused request is out of the window; a's entry now frees 0.3 s later.
+    c = grant(p, ["m"], 10, T0 + 3)
+    assert p.earliest("m", 10, T0 + 4) == T0 + W + 0.3
+    # New entries are widened too: c frees W + 0.3 after it was granted.
+    d = grant(p, ["m"], 10, T0 + W + 0.3)
+    assert p.acquire(["m"], 10, T0 + W + 1) == Wait(c.granted_at + W + 0.3)
+    assert d.grant_id
+
+
+def test_a_long_429_is_overuse_not_skew() -> None:
+    p = policy(spec("m", rpm=1))
+    a = grant(p, ["m"], 10, T0)
+    b = grant(p, ["m"], 10, T0 + 61)
+    p.report(b.grant_id, rate_limited(26.0), T0 + 62)
+    # Cooling down until T0 + 88; no skew learnt, and the refused request
+    # left the window: free again right when the cooldown ends.
+    assert p.earliest("m", 10, T0 + 63) == T0 + 88
+    assert p.snapshot()["models"]["m"]["skew"] == 0.0
+    assert a.grant_id
+
+
+def test_skew_only_grows_and_survives_a_snapshot() -> None:
+    models = {"m": spec("m", rpm=5)}
+    p = QuotaPolicy(models, QuotaConfig())
+    for start, delay in ((T0, 0.4), (T0 + 1, 0.2)):
+        g = grant(p, ["m"], 10, start)
+        p.report(g.grant_id, rate_limited(delay), start + 0.5)
+    restored = QuotaPolicy.restore(models, QuotaConfig(), p.snapshot())
+    assert restored.snapshot() == p.snapshot()
+    assert restored.snapshot()["models"]["m"]["skew"] == 0.4
+    assert restored.earliest("m", 10, T0 + 2) == p.earliest("m", 10, T0 + 2)
+    off = QuotaPolicy(models, QuotaConfig(max_skew_s=0.0))
+    g = grant(off, ["m"], 10, T0)
+    off.report(g.grant_id, rate_limited(0.4), T0 + 0.5)
+    assert off.snapshot()["models"]["m"]["skew"] == 0.0

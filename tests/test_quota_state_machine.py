@@ -97,6 +97,7 @@ class RefGrant:
     day: date
     cancelled: bool = False
     reported: bool = False
+    refused: bool = False  # a per-minute 429: out of the window, still in the day
 
 
 @dataclass
@@ -111,6 +112,7 @@ class RefModel:
     unavailable: bool = False
     consecutive_429s: int = 0
     consecutive_errors: int = 0
+    skew: float = 0.0  # learnt from short 429s: the window is this much longer
 
 
 class Reference:
@@ -137,8 +139,12 @@ class Reference:
     def counted(self, model: str) -> list[RefGrant]:
         return [g for g in self.grants.values() if g.model == model and not g.cancelled]
 
+    def span(self, model: str) -> float:
+        return self.window + self.models[model].skew
+
     def in_window(self, model: str, t: float) -> list[RefGrant]:
-        return [g for g in self.counted(model) if g.t <= t < g.t + self.window]
+        span = self.span(model)
+        return [g for g in self.counted(model) if not g.refused and g.t <= t < g.t + span]
 
     def today(self, model: str, t: float) -> int:
         return sum(1 for g in self.counted(model) if g.day == day_of(t))
@@ -185,7 +191,7 @@ class Reference:
             return None
         m = self.models[model]
         moments = {now, next_midnight(now), *m.cooldowns, *m.exhaustions}
-        moments |= {g.t + self.window for g in self.counted(model)}
+        moments |= {g.t + self.span(model) for g in self.counted(model)}
         for t in sorted(x for x in moments if x >= now):
             if self.time_allows(model, est, t):
                 return t
@@ -222,7 +228,7 @@ class Reference:
             for end in (self.cooldown_end(name, now), self.exhausted_end(name, now)):
                 if end is not None:
                     moments.append(end)
-            moments += [g.t + self.window for g in self.in_window(name, now)]
+            moments += [g.t + self.span(name) for g in self.in_window(name, now)]
         return min(moments, default=None)
 
     # -- events --
@@ -245,7 +251,10 @@ class Reference:
             if outcome.scope is RateLimitScope.REQUESTS_PER_DAY:
                 m.exhaustions.append(next_midnight(now))
             else:
+                g.refused = True
                 delay = outcome.retry_delay_s
+                if delay is not None and 0 < delay <= self.quota.max_skew_s:
+                    m.skew = max(m.skew, delay)
                 if delay is None:
                     delay = self.backoff(m.consecutive_429s)
                 m.consecutive_429s += 1
@@ -523,9 +532,9 @@ class QuotaMachine(RuleBasedStateMachine):
                 if d > self.now
             ]
             targets += [
-                g.t + self.ref.window
+                g.t + self.ref.span(g.model)
                 for g in self.ref.grants.values()
-                if g.t + self.ref.window > self.now
+                if g.t + self.ref.span(g.model) > self.now
             ]
         if targets:
             target = data.draw(st.sampled_from(sorted(targets)), label="target")
@@ -598,7 +607,8 @@ class QuotaMachine(RuleBasedStateMachine):
         at most rpd per Pacific day."""
         ref = self.ref
         for name, m in ref.models.items():
-            times = sorted(g.t for g in ref.counted(name))
+            # The provider counts what it did not refuse.
+            times = sorted(g.t for g in ref.counted(name) if not g.refused)
             if m.rpm:
                 for i, start in enumerate(times):
                     in_window = sum(1 for t in times[i:] if t < start + ref.window)
