@@ -523,8 +523,8 @@ def test_next_event_is_the_earliest_future_capacity_change() -> None:
     p.report(grant(p, ["b"], 1, T0 + 1).grant_id, rate_limited(5.0), T0 + 1)
     assert p.next_event(T0 + 1) == T0 + 6
     assert p.next_event(T0 + 6) == T0 + W  # passed deadlines are no event
-    # b's refused request left its window (the provider did not count it).
-    assert p.next_event(T0 + W) is None
+    assert p.next_event(T0 + W) == T0 + 1 + W  # b's refused request still counts
+    assert p.next_event(T0 + 1 + W) is None
 
 
 # -- status and snapshots ----------------------------------------------------------------
@@ -771,12 +771,12 @@ def test_a_short_429_widens_the_window_by_its_delay() -> None:
     b = grant(p, ["m"], 10, T0 + 1)
     p.report(a.grant_id, Succeeded(Usage(10, 1)), T0 + 2)
     p.report(b.grant_id, rate_limited(0.3), T0 + 2)  # 0.3 s <= max_skew_s (1.0)
-    # b's refused request is out of the window; a's entry now frees 0.3 s later.
-    c = grant(p, ["m"], 10, T0 + 3)
-    assert p.earliest("m", 10, T0 + 4) == T0 + W + 0.3
-    # New entries are widened too: c frees W + 0.3 after it was granted.
-    d = grant(p, ["m"], 10, T0 + W + 0.3)
-    assert p.acquire(["m"], 10, T0 + W + 1) == Wait(c.granted_at + W + 0.3)
+    # Both entries now free 0.3 s later than they would have.
+    assert p.earliest("m", 10, T0 + 3) == T0 + W + 0.3
+    c = grant(p, ["m"], 10, T0 + W + 0.3)  # a's slot
+    d = grant(p, ["m"], 10, T0 + 1 + W + 0.3)  # b's slot
+    # New entries are widened too: the next slot is c's, W + 0.3 after it.
+    assert p.earliest("m", 10, T0 + 1 + W + 0.5) == c.granted_at + W + 0.3
     assert d.grant_id
 
 
@@ -785,9 +785,8 @@ def test_a_long_429_is_overuse_not_skew() -> None:
     a = grant(p, ["m"], 10, T0)
     b = grant(p, ["m"], 10, T0 + 61)
     p.report(b.grant_id, rate_limited(26.0), T0 + 62)
-    # Cooling down until T0 + 88; no skew learnt, and the refused request
-    # left the window: free again right when the cooldown ends.
-    assert p.earliest("m", 10, T0 + 63) == T0 + 88
+    # Cooling down until T0 + 88; no skew learnt: the window is unchanged.
+    assert p.earliest("m", 10, T0 + 63) == T0 + 61 + W
     assert p.snapshot()["models"]["m"]["skew"] == 0.0
     assert a.grant_id
 

@@ -97,7 +97,7 @@ class RefGrant:
     day: date
     cancelled: bool = False
     reported: bool = False
-    refused: bool = False  # a per-minute 429: out of the window, still in the day
+    expires: float = math.inf  # set at grant: t + window + the model's skew then
 
 
 @dataclass
@@ -139,12 +139,8 @@ class Reference:
     def counted(self, model: str) -> list[RefGrant]:
         return [g for g in self.grants.values() if g.model == model and not g.cancelled]
 
-    def span(self, model: str) -> float:
-        return self.window + self.models[model].skew
-
     def in_window(self, model: str, t: float) -> list[RefGrant]:
-        span = self.span(model)
-        return [g for g in self.counted(model) if not g.refused and g.t <= t < g.t + span]
+        return [g for g in self.counted(model) if g.t <= t < g.expires]
 
     def today(self, model: str, t: float) -> int:
         return sum(1 for g in self.counted(model) if g.day == day_of(t))
@@ -191,7 +187,7 @@ class Reference:
             return None
         m = self.models[model]
         moments = {now, next_midnight(now), *m.cooldowns, *m.exhaustions}
-        moments |= {g.t + self.span(model) for g in self.counted(model)}
+        moments |= {g.expires for g in self.counted(model)}
         for t in sorted(x for x in moments if x >= now):
             if self.time_allows(model, est, t):
                 return t
@@ -228,14 +224,15 @@ class Reference:
             for end in (self.cooldown_end(name, now), self.exhausted_end(name, now)):
                 if end is not None:
                     moments.append(end)
-            moments += [g.t + self.span(name) for g in self.in_window(name, now)]
+            moments += [g.expires for g in self.in_window(name, now)]
         return min(moments, default=None)
 
     # -- events --
 
     def grant(self, gid: int, model: str, now: float, est: int) -> None:
         assert gid not in self.grants
-        self.grants[gid] = RefGrant(gid, model, now, est, day_of(now))
+        expires = now + self.window + self.models[model].skew
+        self.grants[gid] = RefGrant(gid, model, now, est, day_of(now), expires=expires)
 
     def backoff(self, exponent: int) -> float:
         return min(self.quota.backoff_base_s * 2**exponent, self.quota.backoff_max_s)
@@ -251,10 +248,13 @@ class Reference:
             if outcome.scope is RateLimitScope.REQUESTS_PER_DAY:
                 m.exhaustions.append(next_midnight(now))
             else:
-                g.refused = True
                 delay = outcome.retry_delay_s
-                if delay is not None and 0 < delay <= self.quota.max_skew_s:
-                    m.skew = max(m.skew, delay)
+                if delay is not None and 0 < delay <= self.quota.max_skew_s and delay > m.skew:
+                    # Entries still in the window occupy it that much longer.
+                    for other in self.counted(g.model):
+                        if other.expires > now:
+                            other.expires += delay - m.skew
+                    m.skew = delay
                 if delay is None:
                     delay = self.backoff(m.consecutive_429s)
                 m.consecutive_429s += 1
@@ -531,11 +531,7 @@ class QuotaMachine(RuleBasedStateMachine):
                 for d in (*m.cooldowns, *m.exhaustions)
                 if d > self.now
             ]
-            targets += [
-                g.t + self.ref.span(g.model)
-                for g in self.ref.grants.values()
-                if g.t + self.ref.span(g.model) > self.now
-            ]
+            targets += [g.expires for g in self.ref.grants.values() if g.expires > self.now]
         if targets:
             target = data.draw(st.sampled_from(sorted(targets)), label="target")
             just_before = data.draw(st.booleans(), label="just before")
@@ -607,8 +603,7 @@ class QuotaMachine(RuleBasedStateMachine):
         at most rpd per Pacific day."""
         ref = self.ref
         for name, m in ref.models.items():
-            # The provider counts what it did not refuse.
-            times = sorted(g.t for g in ref.counted(name) if not g.refused)
+            times = sorted(g.t for g in ref.counted(name))
             if m.rpm:
                 for i, start in enumerate(times):
                     in_window = sum(1 for t in times[i:] if t < start + ref.window)
