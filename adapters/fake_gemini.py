@@ -82,7 +82,7 @@ from tierbatch.adapters.fake_gemini_http import (
     HttpResponse,
     serve_connection,
 )
-from tierbatch.adapters.fault_draw import draw_fault
+from tierbatch.adapters.fault_draw import check_rates, draw_fault
 from tierbatch.adapters.prompt import ARTICLES_MARKER, articles_from_user_text
 from tierbatch.adapters.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
@@ -167,14 +167,7 @@ class FaultRates:
     missing_article: float = 0.0
 
     def __post_init__(self) -> None:
-        total = 0.0
-        for fault in _DRAWN_FAULTS:
-            rate = self.rate(fault)
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"fault rate {fault.value} must be in [0, 1], got {rate}")
-            total += rate
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"fault rates must sum to <= 1, got {total}")
+        check_rates(_DRAWN_FAULTS, self.rate, lambda fault: fault.value)
 
     def rate(self, fault: ServerFault) -> float:
         rate: float = getattr(self, fault.value)

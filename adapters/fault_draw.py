@@ -18,3 +18,15 @@ def draw_fault(rng: random.Random, faults: Iterable[F], rate: Callable[[F], floa
         if u < 0:
             return fault
     return none
+
+
+def check_rates(faults: Iterable[F], rate: Callable[[F], float], name: Callable[[F], str]) -> None:
+    """Refuse rates outside [0, 1] or summing to more than 1, naming the fault."""
+    total = 0.0
+    for fault in faults:
+        value = rate(fault)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"fault rate {name(fault)} must be in [0, 1], got {value}")
+        total += value
+    if total > 1.0 + 1e-9:
+        raise ValueError(f"fault rates must sum to <= 1, got {total}")

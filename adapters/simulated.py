@@ -32,7 +32,7 @@ from tierbatch.adapters.fake_entities import (
     extract_entities,
     fake_token_count,
 )
-from tierbatch.adapters.fault_draw import draw_fault
+from tierbatch.adapters.fault_draw import check_rates, draw_fault
 from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.adapters.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
@@ -104,14 +104,7 @@ class SimulatedFaults:
     outages: Mapping[str, tuple[float, float]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        total = 0.0
-        for fault in _DRAWN_FAULTS:
-            rate = self.rate(fault)
-            if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"fault rate {fault.value} must be in [0, 1], got {rate}")
-            total += rate
-        if total > 1.0 + 1e-9:
-            raise ValueError(f"fault rates must sum to <= 1, got {total}")
+        check_rates(_DRAWN_FAULTS, self.rate, lambda fault: fault.value)
         for model, (start, end) in self.outages.items():
             if end < start:
                 raise ValueError(f"outage of {model} ends before it starts")
