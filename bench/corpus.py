@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.settings import BenchSettings
-from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.articles import Article
 
 _PEOPLE = (

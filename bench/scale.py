@@ -52,9 +52,9 @@ def _scale_settings() -> BenchSettings:
 def generate(db: Path, rows: int, process: int) -> dict[str, Any]:
     """A store with ``rows`` queued articles: the first ``process`` are real
     bench articles (the same at every scale), the rest short fillers."""
-    from tierbatch.adapters.jsonl_input import article_to_json
-    from tierbatch.adapters.result_json import dumps
-    from tierbatch.adapters.sqlite_store import SqliteStore
+    from tierbatch.adapters.storage.jsonl_input import article_to_json
+    from tierbatch.adapters.storage.result_json import dumps
+    from tierbatch.adapters.storage.sqlite_store import SqliteStore
 
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
@@ -93,8 +93,9 @@ def generate(db: Path, rows: int, process: int) -> dict[str, Any]:
 def run(db: Path, process: int, workdir: Path) -> dict[str, Any]:
     from bench.tierbatch_system import bench_config
     from tierbatch.actors.runtime import Runtime
-    from tierbatch.adapters.genai_provider import GenaiProvider
-    from tierbatch.adapters.sqlite_store import ResultsSink, SqliteStore
+    from tierbatch.adapters.gemini.genai_provider import GenaiProvider
+    from tierbatch.adapters.storage.results_sink import ResultsSink
+    from tierbatch.adapters.storage.sqlite_store import SqliteStore
 
     settings = _scale_settings()
     spec = unlimited_spec(settings.window_s, 0.02, workdir / "server_log.jsonl")

@@ -158,7 +158,8 @@ def _read_json_line(stream: IO[str], timeout_s: float) -> dict[str, Any] | None:
 
 
 def _serve(spec: dict[str, Any]) -> None:
-    from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FakeGeminiServer
+    from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+    from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
     from tierbatch.policies.config import ModelSpec
 
     models = {

@@ -12,7 +12,7 @@ from bench.measure import Recorder, thread_cpu_seconds
 from bench.settings import BenchSettings
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
 from tierbatch.actors.runtime import Runtime
-from tierbatch.adapters.genai_provider import GenaiProvider
+from tierbatch.adapters.gemini.genai_provider import GenaiProvider
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,

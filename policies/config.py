@@ -2,7 +2,7 @@
 
 ``parse_config`` turns the mapping read from a TOML file (or built in code)
 into a ``Config`` and raises ``ConfigError`` naming the offending key and the
-problem. Reading files is an adapter's job (``tierbatch.adapters.config_file``).
+problem. Reading files is an adapter's job (``tierbatch.adapters.storage.config_file``).
 """
 
 from __future__ import annotations

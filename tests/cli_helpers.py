@@ -143,7 +143,7 @@ def tierbatch_command() -> list[str]:
     if script.exists():
         return [str(script)]
     found = shutil.which("tierbatch")
-    return [found] if found else [sys.executable, "-m", "tierbatch.adapters.cli"]
+    return [found] if found else [sys.executable, "-m", "tierbatch.adapters.app.cli"]
 
 
 def child_env(key: str | None = TEST_KEY) -> dict[str, str]:

@@ -19,16 +19,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider, bind_request_sent
-from tierbatch.adapters.api_key import MissingApiKey
-from tierbatch.adapters.fake_entities import article_text, extract_entities
-from tierbatch.adapters.fake_gemini import (
+from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA
+from tierbatch.adapters.simulation.fake_entities import article_text, extract_entities
+from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+from tierbatch.adapters.simulation.gemini_emulator import (
     FakeGeminiConfig,
-    FakeGeminiServer,
     FaultRates,
     RetryDelayFormat,
     key_fingerprint,
 )
-from tierbatch.adapters.prompt import RESPONSE_SCHEMA
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import ModelSpec, ProviderConfig
 from tierbatch.policies.outcomes import (

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.answers import analyse_answer, entity_type_for, parse_answer
+from tierbatch.adapters.gemini.answers import analyse_answer, entity_type_for, parse_answer
 from tierbatch.policies.results import (
     AnswerProblem,
     Entity,

@@ -29,7 +29,7 @@ from cli_helpers import (
     write_jsonl,
 )
 
-from tierbatch.adapters.cli import (
+from tierbatch.adapters.app.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PROVIDER_REFUSED,
@@ -37,8 +37,9 @@ from tierbatch.adapters.cli import (
     EXIT_USAGE,
     main,
 )
-from tierbatch.adapters.config_file import load_config
-from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FakeGeminiServer
+from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
+from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.policies.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,7 +295,7 @@ def test_run_stopped_by_a_signal_exits_5_and_leaves_the_rest_queued(tmp_path: Pa
 
 def test_python_dash_m_entry_point() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tierbatch.adapters.cli", "--help"],
+        [sys.executable, "-m", "tierbatch.adapters.app.cli", "--help"],
         capture_output=True,
         check=False,
         text=True,

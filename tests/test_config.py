@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.config_file import (
+from tierbatch.adapters.storage.config_file import (
     default_config,
     dump_toml,
     load_config,

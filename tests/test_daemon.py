@@ -36,9 +36,8 @@ from cli_helpers import (
 
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
-from tierbatch.adapters.cli import EXIT_OK, main
-from tierbatch.adapters.config_file import load_config
-from tierbatch.adapters.daemon import (
+from tierbatch.adapters.app.cli import EXIT_OK, main
+from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
     DaemonReport,
@@ -46,11 +45,14 @@ from tierbatch.adapters.daemon import (
     default_snapshot_path,
     load_quota_state,
 )
-from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FakeGeminiServer
-from tierbatch.adapters.progress import ProgressView
-from tierbatch.adapters.provider_factory import make_provider
-from tierbatch.adapters.snapshot_file import MAGIC, SnapshotFile, decode
-from tierbatch.adapters.sqlite_store import SqliteStore, default_owner, ingest_jsonl
+from tierbatch.adapters.app.progress import ProgressView
+from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
+from tierbatch.adapters.storage.config_file import load_config
+from tierbatch.adapters.storage.ingest import ingest_jsonl
+from tierbatch.adapters.storage.snapshot_file import MAGIC, SnapshotFile, decode
+from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

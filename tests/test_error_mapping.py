@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.api_key import MissingApiKey, find_api_key, require_api_key
-from tierbatch.adapters.errors import (
+from tierbatch.adapters.gemini.api_key import MissingApiKey, find_api_key, require_api_key
+from tierbatch.adapters.gemini.error_mapping import (
     REDACTED,
     outcome_for_status,
     parse_rate_limit,

@@ -10,7 +10,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.fake_entities import (
+from tierbatch.adapters.simulation.fake_entities import (
     answer_document,
     answer_text,
     article_text,
@@ -101,7 +101,7 @@ def test_stable_across_processes_whatever_the_hash_seed() -> None:
     """Seeded from hashlib, so PYTHONHASHSEED cannot change the entities."""
     script = (
         "import json, sys\n"
-        "from tierbatch.adapters.fake_entities import extract_entities\n"
+        "from tierbatch.adapters.simulation.fake_entities import extract_entities\n"
         "es = extract_entities(sys.argv[1], 'gemini-2.5-flash')\n"
         "print(json.dumps([[e.name, e.type.value, e.salience, e.mentions] for e in es]))\n"
     )

@@ -17,20 +17,22 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tierbatch.adapters.fake_entities import answer_document, fake_prompt_token_count
-from tierbatch.adapters.fake_gemini import (
-    FakeGeminiConfig,
+from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.simulation.fake_entities import answer_document, fake_prompt_token_count
+from tierbatch.adapters.simulation.fake_gemini import (
     FakeGeminiServer,
+    ServerNotRunningError,
+    serve_forever,
+)
+from tierbatch.adapters.simulation.gemini_emulator import (
+    FakeGeminiConfig,
     FaultRates,
     RetryDelayFormat,
     ServedRequest,
-    ServerNotRunningError,
     format_retry_delay,
     key_fingerprint,
-    serve_forever,
 )
-from tierbatch.adapters.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
-from tierbatch.adapters.quota_emulator import QuotaEmulator
+from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import ModelSpec
 

@@ -10,11 +10,11 @@ from provider_contract import KEY, MODEL, ProviderContract, fake_server, request
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
-from tierbatch.adapters.api_key import MissingApiKey
-from tierbatch.adapters.genai_provider import GenaiProvider
-from tierbatch.adapters.legacy_provider import LegacyProvider
-from tierbatch.adapters.provider_factory import make_provider
-from tierbatch.adapters.simulated import SimulatedProvider
+from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.genai_provider import GenaiProvider
+from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
+from tierbatch.adapters.simulation.simulated import SimulatedProvider
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,

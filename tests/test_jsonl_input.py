@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.jsonl_input import (
+from tierbatch.adapters.storage.jsonl_input import (
     KNOWN_FIELDS,
     InvalidArticle,
     Rejected,

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierbatch.actors.ports import Sink
-from tierbatch.adapters.jsonl_sink import CallbackSink, JsonlSink
-from tierbatch.adapters.result_json import (
+from tierbatch.adapters.storage.jsonl_sink import CallbackSink, JsonlSink
+from tierbatch.adapters.storage.result_json import (
     InvalidResultRecord,
     result_from_json,
     result_to_json,

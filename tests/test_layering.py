@@ -1,5 +1,10 @@
-"""The layering rule, checked on the source: imports point inward only
-(adapters -> actors -> policies), and policies/ stays pure."""
+"""The layering rule, checked on the source.
+
+Imports point inward only (adapters -> actors -> policies) and policies/
+stays pure. Inside adapters/, the outside-facing rooms (gemini, storage,
+simulation) never reach into the application (app), and no production code
+imports a test helper.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +19,32 @@ ROOT = Path(__file__).resolve().parent.parent
 # processes, sockets or files.
 PURE_STDLIB = {
     "__future__", "bisect", "collections", "dataclasses", "datetime", "difflib",
-    "enum", "functools", "heapq", "itertools", "math", "types", "typing",
-    "urllib", "zoneinfo",
+    "enum", "functools", "hashlib", "heapq", "itertools", "math", "re", "types",
+    "typing", "unicodedata", "urllib", "zoneinfo",
 }  # fmt: skip
+
+PRODUCTION = ("policies", "actors", "adapters", "bench")
 
 
 def imported_modules(folder: str) -> dict[str, set[str]]:
+    """Every module imported by each file under ``folder`` (walking subfolders),
+    keyed by the file's path relative to the repository root."""
     found: dict[str, set[str]] = {}
-    for path in sorted((ROOT / folder).glob("*.py")):
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        if "results" in path.relative_to(ROOT).parts:
+            continue
         names: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names.add(node.module)
-        found[path.name] = names
+        found[str(path.relative_to(ROOT))] = names
     return found
+
+
+def test_the_walk_sees_subfolders():
+    assert "adapters/app/cli.py" in imported_modules("adapters")
 
 
 def test_policies_import_only_pure_stdlib_and_policies():
@@ -41,7 +56,23 @@ def test_policies_import_only_pure_stdlib_and_policies():
                 assert module.split(".")[0] in PURE_STDLIB, (name, module)
 
 
-@pytest.mark.parametrize("folder,forbidden", [("actors", "tierbatch.adapters")])
-def test_actors_do_not_import_adapters(folder, forbidden):
+@pytest.mark.parametrize(
+    "folder,forbidden",
+    [
+        ("actors", "tierbatch.adapters"),
+        ("adapters/gemini", "tierbatch.adapters.app"),
+        ("adapters/storage", "tierbatch.adapters.app"),
+        ("adapters/simulation", "tierbatch.adapters.app"),
+    ],
+)
+def test_inner_rooms_do_not_import_outer_ones(folder, forbidden):
     for name, modules in imported_modules(folder).items():
-        assert not any(m.startswith(forbidden) for m in modules), name
+        assert not any(m == forbidden or m.startswith(forbidden + ".") for m in modules), name
+
+
+@pytest.mark.parametrize("folder", PRODUCTION)
+def test_production_code_never_imports_test_helpers(folder):
+    for name, modules in imported_modules(folder).items():
+        bad = [m for m in modules if m == "tests" or m.startswith("tests.")]
+        bad += [m for m in modules if m.split(".")[0] in {"pytest", "hypothesis"}]
+        assert not bad, (name, bad)

@@ -10,8 +10,8 @@ from provider_contract import KEY, ProviderContract
 from structlog.testing import capture_logs
 
 from tierbatch.actors.ports import Provider
-from tierbatch.adapters import legacy_provider
-from tierbatch.adapters.legacy_provider import LegacyExtraMissing, LegacyProvider
+from tierbatch.adapters.gemini import legacy_provider
+from tierbatch.adapters.gemini.legacy_provider import LegacyExtraMissing, LegacyProvider
 from tierbatch.policies.config import ProviderConfig
 
 

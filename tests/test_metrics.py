@@ -16,19 +16,20 @@ from prometheus_client.parser import text_string_to_metric_families
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import RuntimeStats
-from tierbatch.adapters.cli import EXIT_OK, main
-from tierbatch.adapters.config_file import load_config
-from tierbatch.adapters.daemon import Daemon, DaemonOptions, default_snapshot_path
-from tierbatch.adapters.metrics import (
+from tierbatch.adapters.app.cli import EXIT_OK, main
+from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, default_snapshot_path
+from tierbatch.adapters.app.metrics import (
     LOOPBACK,
     Metrics,
     MetricsObserver,
     TimedProvider,
     outcome_label,
 )
-from tierbatch.adapters.provider_factory import make_provider
-from tierbatch.adapters.snapshot_file import SnapshotFile
-from tierbatch.adapters.sqlite_store import SqliteStore, default_owner, ingest_jsonl
+from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.storage.config_file import load_config
+from tierbatch.adapters.storage.ingest import ingest_jsonl
+from tierbatch.adapters.storage.snapshot_file import SnapshotFile
+from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
 from tierbatch.policies.articles import Article
 from tierbatch.policies.outcomes import (
     RateLimited,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.quota_emulator import (
+from tierbatch.adapters.simulation.quota_emulator import (
     FREE_TIER_SUFFIX,
     INPUT_TOKENS_METRIC,
     INPUT_TOKENS_PER_MINUTE_ID,

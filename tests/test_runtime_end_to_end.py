@@ -22,7 +22,7 @@ from runtime_helpers import (
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
-from tierbatch.adapters.simulated import SimulatedProvider
+from tierbatch.adapters.simulation.simulated import SimulatedProvider
 from tierbatch.policies.results import Done
 
 SPEED = 40.0  # one rate-limit minute lasts 1.5 real seconds

@@ -20,8 +20,9 @@ from runtime_helpers import FLASH, LITE, PRO, RecordingObserver, make_articles, 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
-from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FakeGeminiServer
-from tierbatch.adapters.genai_provider import GenaiProvider
+from tierbatch.adapters.gemini.genai_provider import GenaiProvider
+from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.policies.config import ProviderConfig, ProviderKind, QuotaConfig
 from tierbatch.policies.outcomes import RateLimited
 from tierbatch.policies.results import Done

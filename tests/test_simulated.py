@@ -12,9 +12,17 @@ import pytest
 
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider, bind_request_sent
-from tierbatch.adapters.fake_entities import article_text, extract_entities, fake_token_count
-from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
-from tierbatch.adapters.simulated import SimulatedCall, SimulatedFaults, SimulatedProvider
+from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.simulation.fake_entities import (
+    article_text,
+    extract_entities,
+    fake_token_count,
+)
+from tierbatch.adapters.simulation.simulated import (
+    SimulatedCall,
+    SimulatedFaults,
+    SimulatedProvider,
+)
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import ModelSpec
 from tierbatch.policies.outcomes import (

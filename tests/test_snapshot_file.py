@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from tierbatch.adapters.snapshot_file import (
+from tierbatch.adapters.storage.snapshot_file import (
     FORMAT_VERSION,
     MAGIC,
     DebouncedSaver,
@@ -169,7 +169,7 @@ _values = st.recursive(
 @given(st.dictionaries(_keys, _values, max_size=6))
 def test_any_msgpack_state_round_trips(state: dict[Any, Any]) -> None:
     encoded = msgpack.packb(state, use_bin_type=True)
-    from tierbatch.adapters.snapshot_file import decode, encode
+    from tierbatch.adapters.storage.snapshot_file import decode, encode
 
     assert decode(encode(encoded)) == state
 

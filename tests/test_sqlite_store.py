@@ -18,16 +18,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from tierbatch.actors.ports import Sink
-from tierbatch.adapters.sqlite_store import (
+from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
+from tierbatch.adapters.storage.results_sink import ResultsSink
+from tierbatch.adapters.storage.sqlite_store import (
     EnqueueReport,
     IncompatibleSchema,
-    IngestReport,
     ResultCount,
-    ResultsSink,
     SqliteStore,
     StorageError,
     default_owner,
-    ingest_jsonl,
 )
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import (

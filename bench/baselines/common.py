@@ -19,7 +19,7 @@ from bench.corpus import prompt_tokens
 from bench.harness import RunContext, SystemResult
 from bench.measure import thread_cpu_seconds
 from tierbatch.actors.ports import ExtractionRequest
-from tierbatch.adapters.genai_provider import GenaiProvider
+from tierbatch.adapters.gemini.genai_provider import GenaiProvider
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import ProviderConfig, ProviderKind
 from tierbatch.policies.outcomes import CallOutcome, Succeeded

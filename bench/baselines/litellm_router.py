@@ -41,8 +41,8 @@ from typing import Any
 
 from bench.baselines.common import AsyncBaseline
 from bench.harness import RunContext, feed_async
-from tierbatch.adapters.answers import analyse_answer
-from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.answers import analyse_answer
+from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import Extraction
 

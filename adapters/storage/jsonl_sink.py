@@ -1,7 +1,7 @@
 """Sinks without a database: results as JSON Lines, or handed to a callable.
 
 ``JsonlSink`` writes one object per terminal result, with the keys documented
-in ``tierbatch.adapters.result_json`` plus ``finished_at`` (Unix epoch
+in ``tierbatch.adapters.storage.result_json`` plus ``finished_at`` (Unix epoch
 seconds when the sink received it). A path is opened for appending, so a
 restarted run adds to the file instead of truncating earlier results.
 
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
-from tierbatch.adapters.result_json import dumps_line, result_to_json
+from tierbatch.adapters.storage.result_json import dumps_line, result_to_json
 from tierbatch.policies.results import TerminalResult
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any
 
-from tierbatch.adapters.quota_emulator import QuotaViolation
+from tierbatch.adapters.simulation.quota_emulator import QuotaViolation
 
 QUOTA_HELP_URL = "https://ai.google.dev/gemini-api/docs/rate-limits"
 

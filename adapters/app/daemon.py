@@ -46,17 +46,18 @@ from tierbatch.actors.errors import FatalProviderError, QueueFull
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
-from tierbatch.adapters.metrics import Metrics, MetricsObserver, TimedProvider
-from tierbatch.adapters.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
-from tierbatch.adapters.snapshot_file import (
+from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
+from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
+from tierbatch.adapters.app.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
+from tierbatch.adapters.storage.results_sink import ResultsSink
+from tierbatch.adapters.storage.snapshot_file import (
     CorruptSnapshot,
     DebouncedSaver,
     SnapshotError,
     SnapshotFile,
     decode,
 )
-from tierbatch.adapters.sqlite_store import ResultsSink, SqliteStore, StorageError
-from tierbatch.adapters.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
+from tierbatch.adapters.storage.sqlite_store import SqliteStore, StorageError
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
 from tierbatch.policies.outcomes import CallOutcome

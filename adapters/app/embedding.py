@@ -1,6 +1,6 @@
 """The one-call way to embed tierbatch in a daemon.
 
-    from tierbatch.adapters.embedding import open_runtime
+    from tierbatch.adapters.app.embedding import open_runtime
 
     with open_runtime("tierbatch.toml", sink=my_sink) as runtime:
         runtime.submit(articles)
@@ -25,8 +25,8 @@ from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider, Sink
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
-from tierbatch.adapters.config_file import load_config
-from tierbatch.adapters.provider_factory import make_provider
+from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.policies.config import Config
 
 _log = structlog.get_logger("tierbatch.embedding")

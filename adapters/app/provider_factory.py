@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tierbatch.actors.clock import Clock
 from tierbatch.actors.ports import Provider
-from tierbatch.adapters.api_key import find_api_key
+from tierbatch.adapters.gemini.api_key import find_api_key
 from tierbatch.policies.config import Config, ProviderKind
 
 
@@ -27,7 +27,7 @@ def make_provider(
             return _simulated(config, clock, f"simulated (no API key set in {names})")
         kind, api_key = ProviderKind.GENAI, found
     if kind is ProviderKind.GENAI:
-        from tierbatch.adapters.genai_provider import GenaiProvider
+        from tierbatch.adapters.gemini.genai_provider import GenaiProvider
 
         genai_provider = GenaiProvider(
             config.provider,
@@ -36,7 +36,7 @@ def make_provider(
         )
         return genai_provider, genai_provider.description
     if kind is ProviderKind.LEGACY:
-        from tierbatch.adapters.legacy_provider import LegacyProvider
+        from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
 
         legacy_provider = LegacyProvider(config.provider, api_key=api_key)
         return legacy_provider, legacy_provider.description
@@ -44,7 +44,7 @@ def make_provider(
 
 
 def _simulated(config: Config, clock: Clock, description: str) -> tuple[Provider, str]:
-    from tierbatch.adapters.simulated import SimulatedProvider
+    from tierbatch.adapters.simulation.simulated import SimulatedProvider
 
     provider = SimulatedProvider(
         config.models, clock, window_s=config.quota.window_s, timezone=config.quota.timezone

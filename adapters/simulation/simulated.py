@@ -25,16 +25,16 @@ import structlog
 
 from tierbatch.actors.clock import Clock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
-from tierbatch.adapters.fake_entities import (
+from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.simulation.fake_entities import (
     answer_text,
     article_text,
     entity_json,
     extract_entities,
     fake_token_count,
 )
-from tierbatch.adapters.fault_draw import check_rates, draw_fault
-from tierbatch.adapters.prompt import SYSTEM_INSTRUCTION, build_user_text
-from tierbatch.adapters.quota_emulator import QuotaEmulator
+from tierbatch.adapters.simulation.faults import check_rates, draw_fault
+from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
 from tierbatch.policies.outcomes import (
     BadRequest,

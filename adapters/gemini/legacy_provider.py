@@ -50,12 +50,12 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
-from tierbatch.adapters.answers import analyse_answer, normalise_reason
-from tierbatch.adapters.api_key import require_api_key
-from tierbatch.adapters.call_log import log_answer, log_failure
-from tierbatch.adapters.errors import outcome_for_status, safe_message
-from tierbatch.adapters.genai_provider import gemini_base_url
-from tierbatch.adapters.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
+from tierbatch.adapters.gemini.api_key import require_api_key
+from tierbatch.adapters.gemini.call_log import log_answer, log_failure
+from tierbatch.adapters.gemini.error_mapping import outcome_for_status, safe_message
+from tierbatch.adapters.gemini.genai_provider import gemini_base_url
+from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.config import ProviderConfig
 from tierbatch.policies.outcomes import CallOutcome, ServerError, Succeeded, TimedOut, Usage
 

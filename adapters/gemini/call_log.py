@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tierbatch.adapters.answers import ParsedAnswer
+from tierbatch.adapters.gemini.answers import ParsedAnswer
 from tierbatch.policies.outcomes import CallOutcome, Usage
 from tierbatch.policies.results import AnswerProblem
 

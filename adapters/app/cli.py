@@ -35,9 +35,7 @@ import structlog
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
-from tierbatch.adapters.api_key import MissingApiKey
-from tierbatch.adapters.config_file import load_config, render_config
-from tierbatch.adapters.daemon import (
+from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
     DaemonReport,
@@ -45,26 +43,23 @@ from tierbatch.adapters.daemon import (
     default_snapshot_path,
     signals_stop,
 )
-from tierbatch.adapters.jsonl_input import Rejected, read_articles
-from tierbatch.adapters.logging_setup import (
+from tierbatch.adapters.app.logging_setup import (
     LEVEL_NAMES,
     configure_logging,
     restore_configuration,
     saved_configuration,
 )
-from tierbatch.adapters.metrics import Metrics, MetricsServer
-from tierbatch.adapters.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
-from tierbatch.adapters.provider_factory import make_provider
-from tierbatch.adapters.snapshot_file import SnapshotFile
-from tierbatch.adapters.sqlite_store import (
-    IngestReport,
-    SqliteStore,
-    StorageError,
-    default_owner,
-    ingest_jsonl,
-)
-from tierbatch.adapters.status_report import StatusError, read_status, render_status
-from tierbatch.adapters.summary import build_summary, provider_line, render_summary
+from tierbatch.adapters.app.metrics import Metrics, MetricsServer
+from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
+from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
+from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
+from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.storage.config_file import load_config, render_config
+from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
+from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
+from tierbatch.adapters.storage.snapshot_file import SnapshotFile
+from tierbatch.adapters.storage.sqlite_store import SqliteStore, StorageError, default_owner
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
 
@@ -487,7 +482,7 @@ def _exit_code(
 
 
 def _is_simulated(provider: Provider) -> bool:
-    from tierbatch.adapters.simulated import SimulatedProvider
+    from tierbatch.adapters.simulation.simulated import SimulatedProvider
 
     return isinstance(provider, SimulatedProvider)
 
@@ -541,7 +536,8 @@ def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
 
 
 def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from tierbatch.adapters.fake_gemini import FakeGeminiConfig, FaultRates, serve_forever
+    from tierbatch.adapters.simulation.fake_gemini import serve_forever
+    from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig, FaultRates
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         raise UsageError(

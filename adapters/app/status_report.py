@@ -21,8 +21,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tierbatch.adapters.snapshot_file import CorruptSnapshot, decode
-from tierbatch.adapters.sqlite_store import RESULT_COUNTS_SQL, ResultCount
+from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
+from tierbatch.adapters.storage.sqlite_schema import RESULT_COUNTS_SQL
+from tierbatch.adapters.storage.sqlite_store import ResultCount
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError

@@ -40,7 +40,7 @@ Schema (version 1)::
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);  -- schema_version
 
 Inserting from another process needs only the id and the payload (the JSONL
-input format, see ``tierbatch.adapters.jsonl_input``)::
+input format, see ``tierbatch.adapters.storage.jsonl_input``)::
 
     INSERT INTO articles (id, payload) VALUES (?, ?) ON CONFLICT (id) DO NOTHING;
 
@@ -64,7 +64,6 @@ done with the store.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -80,101 +79,33 @@ from typing import Any, TypeVar
 
 import structlog
 
-from tierbatch.adapters.jsonl_input import (
-    DEFAULT_MAX_BYTES_PER_LINE,
+from tierbatch.adapters.storage.jsonl_input import (
     InvalidArticle,
     Rejected,
-    Source,
     article_from_row,
     article_to_json,
-    read_articles,
 )
-from tierbatch.adapters.result_json import DONE, FAILED, dumps, result_from_json, result_to_json
+from tierbatch.adapters.storage.result_json import dumps
+from tierbatch.adapters.storage.sqlite_schema import (
+    INSERT_ARTICLE,
+    INSERT_REJECT,
+    INSERT_RESULT,
+    MARK_TERMINAL,
+    RELEASE_ONE,
+    RESULT_COLUMNS,
+    RESULT_COUNTS_SQL,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STATES,
+    UnknownResultStatus,
+    result_from_row,
+    result_row,
+)
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import Failed, FailureReason, TerminalResult
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION = 1
-STATES = ("queued", "leased", "done", "failed")
-_NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    f"""CREATE TABLE IF NOT EXISTS articles (
-        id TEXT PRIMARY KEY,
-        payload TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued'
-            CHECK (state IN ('queued', 'leased', 'done', 'failed')),
-        priority REAL,
-        enqueued_at REAL NOT NULL DEFAULT {_NOW_SQL},
-        lease_owner TEXT,
-        lease_expires REAL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        updated_at REAL NOT NULL DEFAULT {_NOW_SQL}
-    )""",
-    "CREATE INDEX IF NOT EXISTS articles_state_lease ON articles (state, lease_expires)",
-    """CREATE INDEX IF NOT EXISTS articles_queue_order
-        ON articles (state, priority DESC, enqueued_at)""",
-    """CREATE INDEX IF NOT EXISTS articles_lease_owner
-        ON articles (lease_owner) WHERE lease_owner IS NOT NULL""",
-    """CREATE TABLE IF NOT EXISTS results (
-        article_id TEXT PRIMARY KEY,
-        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
-        entities TEXT NOT NULL DEFAULT '[]',
-        model TEXT,
-        tier TEXT,
-        attempts INTEGER,
-        input_tokens INTEGER,
-        output_tokens INTEGER,
-        latency_s REAL,
-        cost_usd REAL,
-        fallback INTEGER NOT NULL DEFAULT 0,
-        reason TEXT,
-        detail TEXT,
-        metadata TEXT,
-        finished_at REAL NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS rejects (
-        source TEXT NOT NULL,
-        line_no INTEGER,
-        reason TEXT NOT NULL,
-        raw_prefix TEXT,
-        at REAL NOT NULL
-    )""",
-)
-_RESULT_COLUMNS = (
-    "article_id",
-    "status",
-    "entities",
-    "model",
-    "tier",
-    "attempts",
-    "input_tokens",
-    "output_tokens",
-    "latency_s",
-    "cost_usd",
-    "fallback",
-    "reason",
-    "detail",
-    "metadata",
-    "finished_at",
-)
-_INSERT_RESULT = (
-    f"INSERT INTO results ({', '.join(_RESULT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(_RESULT_COLUMNS))}) ON CONFLICT (article_id) DO NOTHING"
-)
-_MARK_TERMINAL = """UPDATE articles
-    SET state = (SELECT status FROM results WHERE article_id = articles.id),
-        lease_owner = NULL, lease_expires = NULL, updated_at = ?
-    WHERE id = ? AND state IN ('queued', 'leased')"""
-_INSERT_ARTICLE = """INSERT INTO articles (id, payload, state, priority, enqueued_at, updated_at)
-    VALUES (?, ?, 'queued', ?, ?, ?) ON CONFLICT (id) DO NOTHING"""
-_INSERT_REJECT = (
-    "INSERT INTO rejects (source, line_no, reason, raw_prefix, at) VALUES (?, ?, ?, ?, ?)"
-)
-_RELEASE_ONE = """UPDATE articles
-    SET state = 'queued', lease_owner = NULL, lease_expires = NULL, updated_at = ?
-    WHERE id = ? AND lease_owner = ? AND state = 'leased'"""
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _ID_CHUNK = 500
@@ -194,21 +125,6 @@ class IncompatibleSchema(StorageError):
 class EnqueueReport:
     inserted: int
     duplicates: int
-
-
-@dataclass(frozen=True, slots=True)
-class IngestReport:
-    inserted: int
-    duplicates: int
-    rejected: int
-
-
-RESULT_COUNTS_SQL = (
-    "SELECT status, COALESCE(tier, ''), COALESCE(model, ''), COUNT(*),"
-    " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
-    " COALESCE(SUM(cost_usd), 0.0)"
-    " FROM results GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +259,7 @@ class SqliteStore:
             raise StorageError(f"{self.path}: read failed: {exc}") from exc
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA:
+        for statement in SCHEMA:
             conn.execute(statement)
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
@@ -382,7 +298,7 @@ class SqliteStore:
                 )
                 for a in batch
             ]
-            inserted += self._transact(partial(_execute_many, _INSERT_ARTICLE, rows))
+            inserted += self._transact(partial(_execute_many, INSERT_ARTICLE, rows))
             total += len(rows)
         return EnqueueReport(inserted=inserted, duplicates=total - inserted)
 
@@ -392,7 +308,7 @@ class SqliteStore:
         for batch in _batched(rejects, self._batch_size):
             now = self._clock()
             rows = [(source, r.line_no, r.reason, r.raw_prefix, now) for r in batch]
-            self._transact(partial(_execute_many, _INSERT_REJECT, rows))
+            self._transact(partial(_execute_many, INSERT_REJECT, rows))
             count += len(rows)
         return count
 
@@ -488,7 +404,7 @@ class SqliteStore:
         released = 0
         for batch in _batched(ids, self._batch_size):
             rows = [(now, article_id, self.owner) for article_id in batch]
-            released += self._transact(partial(_execute_many, _RELEASE_ONE, rows))
+            released += self._transact(partial(_execute_many, RELEASE_ONE, rows))
         return released
 
     # -- results ----------------------------------------------------------
@@ -505,9 +421,9 @@ class SqliteStore:
     def _write_results(
         self, conn: sqlite3.Connection, results: Sequence[TerminalResult], now: float
     ) -> int:
-        rows = [_result_row(r, now) for r in results]
-        new: int = conn.executemany(_INSERT_RESULT, rows).rowcount
-        conn.executemany(_MARK_TERMINAL, [(now, r.article_id) for r in results])
+        rows = [result_row(r, now) for r in results]
+        new: int = conn.executemany(INSERT_RESULT, rows).rowcount
+        conn.executemany(MARK_TERMINAL, [(now, r.article_id) for r in results])
         duplicates = len(rows) - new
         if duplicates:
             with self._lock:
@@ -530,14 +446,14 @@ class SqliteStore:
     def results(self, ids: Iterable[str] | None = None) -> Iterator[TerminalResult]:
         """The stored results: of ``ids`` (those that have one), or all in
         insertion order. Reads page by page, never holding a read open."""
-        columns = ", ".join(_RESULT_COLUMNS)
+        columns = ", ".join(RESULT_COLUMNS)
         if ids is not None:
             for batch in _batched(ids, _ID_CHUNK):
                 marks = ", ".join("?" * len(batch))
                 for row in self._read(
                     f"SELECT {columns} FROM results WHERE article_id IN ({marks})", batch
                 ):
-                    yield _result_from_row(row)
+                    yield _decode(row)
             return
         last = 0
         while True:
@@ -548,7 +464,7 @@ class SqliteStore:
             if not rows:
                 return
             for row in rows:
-                yield _result_from_row(row[1:])
+                yield _decode(row[1:])
             last = rows[-1][0]
 
     # -- status -----------------------------------------------------------
@@ -623,137 +539,6 @@ class SqliteStore:
         self.close()
 
 
-def ingest_jsonl(
-    store: SqliteStore,
-    source: Source,
-    *,
-    source_name: str | None = None,
-    max_bytes_per_line: int = DEFAULT_MAX_BYTES_PER_LINE,
-    batch_size: int = 2000,
-) -> IngestReport:
-    """Stream a JSONL file into the queue: valid articles are enqueued, bad
-    lines recorded in ``rejects`` under ``source_name`` (default: the path)."""
-    name = source_name or (os.fspath(source) if isinstance(source, str | os.PathLike) else "-")
-    inserted = duplicates = rejected = 0
-    articles: list[Article] = []
-    bad: list[Rejected] = []
-
-    def drain() -> None:
-        nonlocal inserted, duplicates, rejected
-        if articles:
-            report = store.enqueue(articles)
-            inserted += report.inserted
-            duplicates += report.duplicates
-            articles.clear()
-        if bad:
-            rejected += store.add_rejects(name, bad)
-            bad.clear()
-
-    for item in read_articles(source, max_bytes_per_line=max_bytes_per_line):
-        if isinstance(item, Rejected):
-            bad.append(item)
-        else:
-            articles.append(item)
-        if len(articles) + len(bad) >= batch_size:
-            drain()
-    drain()
-    return IngestReport(inserted=inserted, duplicates=duplicates, rejected=rejected)
-
-
-class ResultsSink:
-    """The runtime's ``Sink`` writing into a ``SqliteStore``.
-
-    ``write`` only appends to a buffer (it runs on the runtime's composer
-    thread); the buffer is written in one transaction when it reaches
-    ``flush_every`` results (on the caller's thread, so a persistent failure
-    surfaces as ``StorageError`` there), and a background thread writes it
-    when its oldest result is ``flush_interval_s`` old, so results reach disk
-    promptly even when the stream pauses. A failed background write keeps the
-    results buffered and is retried; nothing is dropped silently. ``close``
-    stops the thread and flushes; it does not close the store (close the
-    sink first, then the store).
-    """
-
-    def __init__(
-        self, store: SqliteStore, flush_every: int = 256, flush_interval_s: float = 0.5
-    ) -> None:
-        self._store = store
-        self._flush_every = max(1, flush_every)
-        self._interval = max(0.001, flush_interval_s)
-        self._buffer: list[TerminalResult] = []
-        self._oldest: float | None = None
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._closed = False
-        self.written = 0
-        self._thread = threading.Thread(
-            target=self._flush_in_background, name="tierbatch-results-flusher", daemon=True
-        )
-        self._thread.start()
-
-    def write(self, results: Sequence[TerminalResult]) -> None:
-        if not results:
-            return
-        with self._lock:
-            if self._closed:
-                raise StorageError("ResultsSink is closed")
-            self._buffer.extend(results)
-            if self._oldest is None:
-                self._oldest = time.monotonic()
-            full = len(self._buffer) >= self._flush_every
-        self._wake.set()
-        if full:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write everything buffered so far; raises ``StorageError`` (keeping
-        the results buffered) when the database cannot be written."""
-        with self._flush_lock:
-            with self._lock:
-                batch, self._buffer = self._buffer, []
-                self._oldest = None
-            if not batch:
-                return
-            try:
-                self.written += self._store.write_results(batch)
-            except StorageError:
-                with self._lock:
-                    self._buffer[:0] = batch
-                    self._oldest = time.monotonic()
-                raise
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join()
-        self.flush()
-
-    def _flush_in_background(self) -> None:
-        while True:
-            self._wake.wait()
-            if self._stopping.is_set():
-                return
-            with self._lock:
-                if self._oldest is None:
-                    self._wake.clear()
-                    continue
-                due_in = self._oldest + self._interval - time.monotonic()
-            if due_in > 0:
-                if self._stopping.wait(due_in):
-                    return
-                continue
-            try:
-                self.flush()
-            except StorageError as exc:
-                log.error("results_flush_failed_will_retry", error=str(exc))
-            except Exception:  # keep flushing: close() will surface the error
-                log.exception("results_flush_crashed_will_retry")
-
-
 def _execute_many(sql: str, rows: Sequence[Sequence[Any]], conn: sqlite3.Connection) -> int:
     """Run ``sql`` once per row; returns the number of rows changed."""
     return int(conn.executemany(sql, rows).rowcount)
@@ -784,19 +569,8 @@ def _invalid_payload(article_id: str, problem: str) -> Failed:
     )
 
 
-def _result_row(result: TerminalResult, now: float) -> tuple[Any, ...]:
-    record = result_to_json(result)
-    record["entities"] = dumps(record["entities"])
-    record["metadata"] = dumps(record["metadata"]) if record["metadata"] else None
-    record["fallback"] = int(record["fallback"])
-    record["finished_at"] = now
-    return tuple(record[column] for column in _RESULT_COLUMNS)
-
-
-def _result_from_row(row: Sequence[Any]) -> TerminalResult:
-    record = dict(zip(_RESULT_COLUMNS, row, strict=True))
-    record["entities"] = json.loads(record["entities"] or "[]")
-    record["metadata"] = json.loads(record["metadata"]) if record["metadata"] else {}
-    if record["status"] not in (DONE, FAILED):
-        raise StorageError(f"result {record['article_id']!r}: unknown status")
-    return result_from_json(record)
+def _decode(row: Sequence[Any]) -> TerminalResult:
+    try:
+        return result_from_row(row)
+    except UnknownResultStatus as exc:
+        raise StorageError(str(exc)) from exc
