@@ -1,0 +1,639 @@
+"""The dispatch plan: how much of each model each tier may use.
+
+A greedy router lets a tier overflow onto a fallback the moment its own model
+is busy, even when that fallback is the only model a lower tier can use and
+the higher tier's own model would have served it in time: the lower tier
+then needs one window more. The planner looks at the whole known backlog
+instead and answers, per tier and model, how many requests the tier may put
+there, so that
+
+1. the known backlog finishes as early as the quotas allow (minimum
+   makespan), arrivals included;
+2. among plans within ``tolerance`` of that minimum, tiers finish in priority
+   order: the highest tier as early as possible, then the next, ...;
+3. with every finish time fixed, each tier uses its chain's best models as
+   much as it can (the primary first), highest tier first;
+4. when arrivals outrun the quota (no finite makespan), the highest tiers
+   keep up first over the planning horizon and the lowest tier queues.
+
+Capacity is what a model can still admit by a horizon ``T`` from now:
+``ready + rate * T`` requests and tokens (a token bucket: continuous; a
+rolling window: ``ready`` now and a whole window's worth at each window
+boundary, of which the line through the boundaries is the relaxation the LP
+uses and the finish times are rounded up to a boundary), capped by what is
+left of the day. Whether a tier is done by its deadline on a model is the
+classic earliest-deadline-first condition: for every deadline ``d``, the
+requests of the tiers due by ``d`` fit in the capacity by ``d``. Every step is
+one small LP (``policies.lp``), so a replan costs a few milliseconds; the
+registry replans when the backlog, a limit or a cooldown changes, not per
+request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from tierbatch.policies.lp import LinearProgram, LpResult, LpStatus, solve
+
+__all__ = [
+    "Allowances",
+    "Binding",
+    "ModelCapacity",
+    "Plan",
+    "TierDemand",
+    "TierPlan",
+    "plan_dispatch",
+]
+
+DEFAULT_TOLERANCE: Final = 0.01
+# How far ahead a stream that never drains is planned, in seconds.
+DEFAULT_HORIZON_S: Final = 600.0
+_TIGHT: Final = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class TierDemand:
+    """A tier's known work, in requests (packs), highest tier first by ``rank``.
+
+    ``requests``: the backlog now; ``arrivals_per_s``: requests arriving per
+    second on top of it; ``tokens_per_request``: estimated input tokens of
+    one of its requests; ``chain``: its models in the order it prefers them.
+    """
+
+    tier: str
+    rank: int
+    chain: tuple[str, ...]
+    requests: float
+    tokens_per_request: float = 0.0
+    arrivals_per_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.chain:
+            raise ValueError(f"tier {self.tier!r}: an empty chain")
+        for name in ("requests", "tokens_per_request", "arrivals_per_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"tier {self.tier!r}: {name} must be finite and >= 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCapacity:
+    """What a model can admit from now on.
+
+    ``ready_requests``/``ready_tokens``: may be sent now; ``requests_per_s``/
+    ``tokens_per_s``: sustained rate after that (``math.inf``: no such limit).
+    ``step_s`` > 0: capacity arrives in steps of that many seconds (a rolling
+    window of that length), 0: continuously (a token bucket). ``left_today``:
+    requests the daily limit still allows (``math.inf``: none). ``delay_s``:
+    nothing before then (a cooldown).
+    """
+
+    model: str
+    ready_requests: float
+    requests_per_s: float
+    ready_tokens: float = math.inf
+    tokens_per_s: float = math.inf
+    left_today: float = math.inf
+    step_s: float = 0.0
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("ready_requests", "requests_per_s", "ready_tokens", "tokens_per_s",
+                     "left_today", "step_s", "delay_s"):  # fmt: skip
+            value = getattr(self, name)
+            if math.isnan(value) or value < 0:
+                raise ValueError(f"model {self.model!r}: {name} must be >= 0, got {value}")
+
+    @property
+    def unlimited(self) -> bool:
+        return (
+            math.isinf(self.requests_per_s)
+            and math.isinf(self.tokens_per_s)
+            and math.isinf(self.left_today)
+        )
+
+    def _ready(self, ready: float, rate: float) -> float:
+        """The LP's intercept: what is ready now less what a cooldown costs."""
+        if math.isinf(rate):
+            return ready
+        return max(0.0, ready - rate * self.delay_s)
+
+    def requests_by(self, horizon_s: float) -> float:
+        """Requests admitted within ``horizon_s`` from now (the step shape for a window)."""
+        return self._by(horizon_s, self.ready_requests, self.requests_per_s, self.left_today)
+
+    def tokens_by(self, horizon_s: float) -> float:
+        return self._by(horizon_s, self.ready_tokens, self.tokens_per_s, math.inf)
+
+    def _by(self, horizon_s: float, ready: float, rate: float, cap: float) -> float:
+        if math.isinf(rate):
+            return cap
+        if horizon_s < self.delay_s:
+            return 0.0
+        elapsed = horizon_s - self.delay_s
+        if self.step_s > 0:
+            elapsed = math.floor(elapsed / self.step_s + _TIGHT) * self.step_s
+        return min(cap, ready + rate * elapsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A limit that is fully used by a tier's deadline: ``kind`` is
+    "requests", "tokens" or "daily"."""
+
+    model: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class TierPlan:
+    """One tier's share: requests per model (its allowance), when it is
+    expected to be done (seconds from now; None: not within the horizon), and
+    the limits that decide that."""
+
+    tier: str
+    rank: int
+    demand: float
+    requests: Mapping[str, float]
+    finish_s: float | None
+    binding: tuple[Binding, ...] = ()
+
+    @property
+    def planned(self) -> float:
+        return sum(self.requests.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The planner's answer. ``makespan_s``: when the known backlog is done
+    (None: arrivals outrun the quota within ``horizon_s``); ``spare``: per
+    model, requests left over by the plan, which any tier may take."""
+
+    tiers: tuple[TierPlan, ...]
+    makespan_s: float | None
+    horizon_s: float
+    spare: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def overloaded(self) -> bool:
+        return self.makespan_s is None
+
+    def tier(self, name: str) -> TierPlan | None:
+        for tier in self.tiers:
+            if tier.tier == name:
+                return tier
+        return None
+
+    def requests(self, tier: str, model: str) -> float:
+        found = self.tier(tier)
+        return 0.0 if found is None else found.requests.get(model, 0.0)
+
+
+def plan_dispatch(
+    tiers: Sequence[TierDemand],
+    models: Mapping[str, ModelCapacity],
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    horizon_s: float = DEFAULT_HORIZON_S,
+) -> Plan:
+    """The plan for ``tiers`` (any order; ranked by ``rank``) on ``models``.
+
+    A model named in a chain but absent from ``models`` is unavailable.
+    ``tolerance``: how much later than the minimum makespan the whole
+    backlog may finish so that higher tiers finish earlier.
+    """
+    if tolerance < 0 or not math.isfinite(tolerance):
+        raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
+    if not horizon_s > 0:
+        raise ValueError(f"horizon_s must be > 0, got {horizon_s}")
+    ordered = sorted(tiers, key=lambda t: t.rank)
+    problem = _Problem(ordered, models)
+    active = [i for i, t in enumerate(ordered) if t.requests > 0 or t.arrivals_per_s > 0]
+    if not active:
+        return Plan(
+            tuple(TierPlan(t.tier, t.rank, 0.0, {}, 0.0) for t in ordered),
+            0.0,
+            horizon_s,
+            problem.spare_at(0.0, {}),
+        )
+    makespan = problem.min_makespan(active)
+    if makespan is not None:
+        return problem.finite_plan(active, makespan, tolerance, horizon_s)
+    return problem.stream_plan(active, horizon_s)
+
+
+class _Problem:
+    """The LPs of one replan. Variables: ``x[t, m]`` requests of tier ``t``
+    on model ``m`` of its chain, then any deadline variables."""
+
+    def __init__(self, tiers: Sequence[TierDemand], models: Mapping[str, ModelCapacity]) -> None:
+        self.tiers = list(tiers)
+        self.models = models
+        self.names = sorted({m for t in tiers for m in t.chain if m in models})
+        self.pairs: list[tuple[int, str]] = [
+            (i, m) for i, t in enumerate(tiers) for m in t.chain if m in models
+        ]
+
+    # ---- building blocks ------------------------------------------------------
+
+    def _width(self, extra: int) -> int:
+        return len(self.pairs) + extra
+
+    def _rows_for_model(
+        self,
+        model: str,
+        members: set[int],
+        deadline: float | None,
+        deadline_var: int | None,
+        width: int,
+    ) -> list[tuple[list[float], float, Binding]]:
+        """Capacity rows of ``model`` for the tiers in ``members`` due by one
+        deadline: a fixed ``deadline`` or the variable ``deadline_var``."""
+        cap = self.models[model]
+        rows: list[tuple[list[float], float, Binding]] = []
+        limits = (
+            ("requests", cap.ready_requests, cap.requests_per_s, None),
+            ("tokens", cap.ready_tokens, cap.tokens_per_s, "tokens"),
+        )
+        for kind, ready, rate, weight in limits:
+            if math.isinf(rate) and math.isinf(ready):
+                continue
+            row = [0.0] * width
+            for k, (i, m) in enumerate(self.pairs):
+                if m == model and i in members:
+                    row[k] = self.tiers[i].tokens_per_request if weight else 1.0
+            if not any(row):
+                continue
+            intercept = cap._ready(ready, rate)
+            if math.isinf(rate):
+                rows.append((row, intercept, Binding(model, kind)))
+            elif deadline_var is not None:
+                row[deadline_var] = -rate
+                rows.append((row, intercept, Binding(model, kind)))
+            else:
+                assert deadline is not None
+                rows.append((row, intercept + rate * deadline, Binding(model, kind)))
+        if not math.isinf(cap.left_today):
+            row = [0.0] * width
+            for k, (i, m) in enumerate(self.pairs):
+                if m == model and i in members:
+                    row[k] = 1.0
+            if any(row):
+                rows.append((row, cap.left_today, Binding(model, "daily")))
+        return rows
+
+    def _demand_rows(
+        self, active: Sequence[int], deadline_of: Mapping[int, float | int], width: int
+    ) -> tuple[list[list[float]], list[float]]:
+        """``sum_m x[t, m] = requests + arrivals * T_t`` for each active tier;
+        ``deadline_of`` maps a tier to a fixed deadline (float) or the index
+        of its deadline variable (int)."""
+        a_eq: list[list[float]] = []
+        b_eq: list[float] = []
+        for i in active:
+            row = [0.0] * width
+            for k, (j, _) in enumerate(self.pairs):
+                if j == i:
+                    row[k] = 1.0
+            tier = self.tiers[i]
+            when = deadline_of[i]
+            if isinstance(when, int):
+                row[when] = -tier.arrivals_per_s
+                b_eq.append(tier.requests)
+            else:
+                b_eq.append(tier.requests + tier.arrivals_per_s * when)
+            a_eq.append(row)
+        return a_eq, b_eq
+
+    def _inactive_zero(self, active: Sequence[int], width: int) -> list[list[float]]:
+        rows = []
+        for k, (i, _) in enumerate(self.pairs):
+            if i not in active:
+                row = [0.0] * width
+                row[k] = 1.0
+                rows.append(row)
+        return rows
+
+    # ---- the steps ---------------------------------------------------------------
+
+    def min_makespan(self, active: Sequence[int]) -> float | None:
+        """The smallest horizon by which every active tier's demand fits."""
+        width = self._width(1)
+        t_var = len(self.pairs)
+        a_ub: list[list[float]] = []
+        b_ub: list[float] = []
+        members = set(active)
+        for model in self.names:
+            for row, bound, _ in self._rows_for_model(model, members, None, t_var, width):
+                a_ub.append(row)
+                b_ub.append(bound)
+        for row in self._inactive_zero(active, width):
+            a_ub.append(row)
+            b_ub.append(0.0)
+        a_eq, b_eq = self._demand_rows(active, dict.fromkeys(active, t_var), width)
+        c = [0.0] * width
+        c[t_var] = 1.0
+        result = solve(LinearProgram(c, a_ub, b_ub, a_eq, b_eq))
+        if result.status is not LpStatus.OPTIMAL:
+            return None
+        return self._round_up(result.x[t_var], active)
+
+    def _step(self, tiers: Sequence[int]) -> float:
+        steps = [
+            self.models[m].step_s
+            for i in tiers
+            for m in self.tiers[i].chain
+            if m in self.models and self.models[m].step_s > 0
+        ]
+        return max(steps, default=0.0)
+
+    def _round_up(self, horizon: float, tiers: Sequence[int]) -> float:
+        """A rolling window admits nothing between its boundaries: round a
+        horizon found on the line through them up to the next boundary."""
+        step = self._step(tiers)
+        if horizon <= 1e-6:
+            return 0.0
+        if step <= 0:
+            return horizon
+        return math.ceil(horizon / step - 1e-4) * step
+
+    def _edf_lp(
+        self,
+        active: Sequence[int],
+        fixed: Mapping[int, float],
+        free: int | None,
+        bounds: tuple[float, float],
+        objective: Sequence[float] | None,
+    ) -> tuple[LpResult, list[tuple[Binding, float]]]:
+        """Feasibility of deadlines: ``fixed`` per tier, and tier ``free``'s
+        deadline as a variable within ``bounds`` (minimised unless an
+        ``objective`` over ``x`` is given)."""
+        extra = 1 if free is not None else 0
+        width = self._width(extra)
+        t_var = len(self.pairs) if free is not None else None
+        a_ub: list[list[float]] = []
+        b_ub: list[float] = []
+        tags: list[tuple[Binding, float]] = []
+        deadlines = sorted(set(fixed.values()))
+        lo, hi = bounds
+        for model in self.names:
+            for d in deadlines:
+                members = {i for i in active if i in fixed and fixed[i] <= d + _TIGHT}
+                if free is not None and hi <= d + _TIGHT:
+                    members.add(free)
+                for row, bound, tag in self._rows_for_model(model, members, d, None, width):
+                    a_ub.append(row)
+                    b_ub.append(bound)
+                    tags.append((tag, d))
+            if free is not None:
+                members = {i for i in active if i in fixed and fixed[i] <= lo + _TIGHT}
+                members.add(free)
+                for row, bound, tag in self._rows_for_model(model, members, None, t_var, width):
+                    a_ub.append(row)
+                    b_ub.append(bound)
+                    tags.append((tag, -1.0))
+        for row in self._inactive_zero(active, width):
+            a_ub.append(row)
+            b_ub.append(0.0)
+            tags.append((Binding("", "zero"), 0.0))
+        deadline_of: dict[int, float | int] = dict(fixed)
+        if free is not None and t_var is not None:
+            deadline_of[free] = t_var
+            for sign, bound in ((1.0, hi), (-1.0, -lo)):
+                row = [0.0] * width
+                row[t_var] = sign
+                a_ub.append(row)
+                b_ub.append(bound)
+                tags.append((Binding("", "bound"), 0.0))
+        a_eq, b_eq = self._demand_rows(active, deadline_of, width)
+        if objective is not None:
+            c = list(objective) + [0.0] * extra
+        else:
+            c = [0.0] * width
+            if t_var is not None:
+                c[t_var] = 1.0
+        return solve(LinearProgram(c, a_ub, b_ub, a_eq, b_eq)), tags
+
+    def _earliest(
+        self, active: Sequence[int], fixed: Mapping[int, float], tier: int, latest: float
+    ) -> float:
+        """The earliest deadline of ``tier`` with the others' ``fixed``: one
+        LP per place the deadline can take among the fixed ones."""
+        points = sorted({0.0, *(d for d in fixed.values() if d < latest), latest})
+        best = latest
+        for lo, hi in itertools.pairwise(points):
+            if lo >= best:
+                break
+            result, _ = self._edf_lp(active, fixed, tier, (lo, hi), None)
+            if result.status is LpStatus.OPTIMAL:
+                best = min(best, result.x[len(self.pairs)])
+                break
+        return best
+
+    def finite_plan(
+        self, active: Sequence[int], makespan: float, tolerance: float, horizon_s: float
+    ) -> Plan:
+        latest = self._round_down(makespan * (1 + tolerance), active, floor=makespan)
+        fixed: dict[int, float] = dict.fromkeys(active, latest)
+        for i in active:  # rank order: the highest tier first
+            others = {j: d for j, d in fixed.items() if j != i}
+            earliest = self._earliest(active, others, i, latest)
+            fixed[i] = min(latest, self._round_up(earliest, active) * (1 + _TIGHT) + _TIGHT)
+        result, tags = self._edf_lp(active, fixed, None, (0.0, 0.0), self._quality(active))
+        if (
+            result.status is not LpStatus.OPTIMAL
+        ):  # pragma: no cover - fixed deadlines were feasible
+            fixed = dict.fromkeys(active, latest)
+            result, tags = self._edf_lp(active, fixed, None, (0.0, 0.0), None)
+        finish: dict[int, float | None] = {i: self._round_up(fixed[i], [i]) for i in active}
+        return self._plan(result, tags, fixed, finish, makespan, horizon_s, max(fixed.values()))
+
+    def _round_down(self, horizon: float, tiers: Sequence[int], *, floor: float) -> float:
+        """The latest boundary at or before ``horizon`` (never before ``floor``):
+        a tolerance that does not reach the next window boundary buys nothing."""
+        step = self._step(tiers)
+        if step <= 0:
+            return horizon + _TIGHT
+        return max(floor, math.floor(horizon / step + _TIGHT) * step) + _TIGHT
+
+    def stream_plan(self, active: Sequence[int], horizon_s: float) -> Plan:
+        """Arrivals outrun the quota: serve the highest tiers first over the
+        horizon; the lowest tier gets what is left and queues."""
+        width = self._width(0)
+        members = set(active)
+        a_ub: list[list[float]] = []
+        b_ub: list[float] = []
+        tags: list[tuple[Binding, float]] = []
+        for model in self.names:
+            for row, bound, tag in self._rows_for_model(model, members, horizon_s, None, width):
+                a_ub.append(row)
+                b_ub.append(bound)
+                tags.append((tag, horizon_s))
+        for row in self._inactive_zero(active, width):
+            a_ub.append(row)
+            b_ub.append(0.0)
+            tags.append((Binding("", "zero"), 0.0))
+        # Each tier at most its demand by the horizon.
+        for i in active:
+            row = [0.0] * width
+            for k, (j, _) in enumerate(self.pairs):
+                if j == i:
+                    row[k] = 1.0
+            tier = self.tiers[i]
+            a_ub.append(row)
+            b_ub.append(tier.requests + tier.arrivals_per_s * horizon_s)
+            tags.append((Binding("", "demand"), 0.0))
+        served: dict[int, float] = {}
+        result: LpResult | None = None
+        for i in active:
+            c = [0.0] * width
+            for k, (j, _) in enumerate(self.pairs):
+                if j == i:
+                    c[k] = -1.0
+            result = solve(LinearProgram(c, a_ub, b_ub))
+            assert result.status is LpStatus.OPTIMAL
+            served[i] = -result.objective
+            a_ub.append(c)  # from now on: at least what this tier can be served
+            b_ub.append(-served[i] * (1 - _TIGHT))
+            tags.append((Binding("", "served"), 0.0))
+        final = solve(LinearProgram(self._quality(active), a_ub, b_ub))
+        if final.status is LpStatus.OPTIMAL:
+            result = final
+        assert result is not None
+        finish: dict[int, float | None] = {}
+        for i in active:
+            tier = self.tiers[i]
+            wanted = tier.requests + tier.arrivals_per_s * horizon_s
+            finish[i] = horizon_s if served[i] >= wanted * (1 - 1e-6) - 1e-6 else None
+        deadlines = dict.fromkeys(active, horizon_s)
+        return self._plan(result, tags, deadlines, finish, None, horizon_s, horizon_s)
+
+    def _quality(self, active: Sequence[int]) -> list[float]:
+        """Cost of a request: its model's place in the tier's chain, weighted
+        so that a higher tier's preference always counts more."""
+        n = len(self.tiers)
+        cost = [0.0] * len(self.pairs)
+        for k, (i, m) in enumerate(self.pairs):
+            if i in active:
+                cost[k] = self.tiers[i].chain.index(m) * 4.0 ** (n - 1 - i)
+        return cost
+
+    def spare_at(self, horizon: float, used: Mapping[str, float]) -> dict[str, float]:
+        spare = {}
+        for model in self.names:
+            cap = self.models[model]
+            if cap.unlimited:
+                spare[model] = math.inf
+                continue
+            room = cap.requests_by(horizon)
+            per = [t.tokens_per_request for t in self.tiers if model in t.chain]
+            if not math.isinf(cap.tokens_per_s) and per and max(per) > 0:
+                room = min(room, cap.tokens_by(horizon) / max(per))
+            spare[model] = max(0.0, room - used.get(model, 0.0))
+        return spare
+
+    def _plan(
+        self,
+        result: LpResult,
+        tags: Sequence[tuple[Binding, float]],
+        deadline: Mapping[int, float],
+        finish: Mapping[int, float | None],
+        makespan: float | None,
+        horizon_s: float,
+        capacity_horizon: float,
+    ) -> Plan:
+        """The plan from the last LP: each tier's requests per model, and the
+        limits that are fully used at its deadline."""
+        x = result.x
+        per_tier: dict[int, dict[str, float]] = {i: {} for i in range(len(self.tiers))}
+        used: dict[str, float] = {}
+        for k, (i, m) in enumerate(self.pairs):
+            if x[k] > _TIGHT:
+                per_tier[i][m] = x[k]
+                used[m] = used.get(m, 0.0) + x[k]
+        tight = [
+            (tag, d)
+            for (tag, d), slack in zip(tags, result.slack, strict=True)
+            if tag.model and abs(slack) <= 1e-4 * max(1.0, abs(d))
+        ]
+        out = []
+        for i, tier in enumerate(self.tiers):
+            binds: list[Binding] = []
+            if i in deadline:
+                for tag, d in tight:
+                    if (
+                        tag.model in tier.chain
+                        and abs(d - deadline[i]) <= 1e-6 * max(1.0, d)
+                        and tag not in binds
+                    ):
+                        binds.append(tag)
+            done = finish.get(i, 0.0)
+            demand = tier.requests + tier.arrivals_per_s * (horizon_s if done is None else done)
+            out.append(TierPlan(tier.tier, tier.rank, demand, per_tier[i], done, tuple(binds)))
+        return Plan(tuple(out), makespan, horizon_s, self.spare_at(capacity_horizon, used))
+
+
+class Allowances:
+    """The registry's ledger of a plan: how much of each model each tier has
+    used since the plan was made, and whether it may use one more.
+
+    A tier may take model ``m`` while it is under its planned requests there,
+    or from the plan's spare on ``m`` (shared by all tiers), or when no other
+    tier has planned use of ``m`` left: the plan only holds a model back for
+    a tier that will need it. Without a plan every tier may use every model.
+    """
+
+    def __init__(self, plan: Plan | None = None) -> None:
+        self._plan = plan
+        self._used: dict[tuple[str, str], float] = {}
+        self._over: dict[str, float] = {}
+        self._left: dict[str, float] = {}
+        if plan is not None:
+            for tier in plan.tiers:
+                for model, count in tier.requests.items():
+                    self._left[model] = self._left.get(model, 0.0) + count
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan
+
+    def _planned(self, tier: str, model: str) -> float:
+        assert self._plan is not None
+        return self._plan.requests(tier, model)
+
+    def _split(self, tier: str, model: str) -> tuple[float, float]:
+        """How one more request would be paid: from the tier's own planned
+        requests, and from the model's shared spare."""
+        room = self._planned(tier, model) - self._used.get((tier, model), 0.0)
+        own = min(1.0, max(0.0, room))
+        return own, 1.0 - own
+
+    def may_use(self, tier: str, model: str) -> bool:
+        plan = self._plan
+        if plan is None:
+            return True
+        _, shared = self._split(tier, model)
+        if shared <= _TIGHT:
+            return True
+        if self._over.get(model, 0.0) + shared <= plan.spare.get(model, 0.0) + 1e-6:
+            return True
+        # Nobody else has planned use of this model left: take it.
+        mine_left = max(0.0, self._planned(tier, model) - self._used.get((tier, model), 0.0))
+        return self._left.get(model, 0.0) - mine_left <= 1e-6
+
+    def record(self, tier: str, model: str) -> None:
+        """One request of ``tier`` went to ``model``."""
+        if self._plan is None:
+            return
+        own, shared = self._split(tier, model)
+        self._left[model] = self._left.get(model, 0.0) - own
+        self._over[model] = self._over.get(model, 0.0) + shared
+        key = (tier, model)
+        self._used[key] = self._used.get(key, 0.0) + 1.0
+
+    def used(self, tier: str, model: str) -> float:
+        return self._used.get((tier, model), 0.0)
