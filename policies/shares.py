@@ -34,7 +34,7 @@ class ShareThresholds:
         self, shares: Sequence[float | None], fixed: Sequence[float], window: int = 10_000
     ) -> None:
         if len(shares) != len(fixed):
-            raise ValueError("ShareThresholds: one share (or None) and one fixed threshold per tier")
+            raise ValueError("ShareThresholds: one share (or None) and one threshold per tier")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         total = 0.0
