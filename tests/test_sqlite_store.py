@@ -317,6 +317,20 @@ def test_a_graceful_release_is_not_a_strike(store: SqliteStore, db: Path) -> Non
     assert store.write_results([done("1")]) == 1
 
 
+def test_taking_back_its_own_expired_lease_is_not_a_strike(
+    store: SqliteStore, db: Path, clock: FakeClock
+) -> None:
+    """A live daemon whose renewal came late has not crashed."""
+    store.enqueue([article(1)])
+    for _ in range(4):
+        assert [a.id for a in store.lease(1, 30, poison_after=2)] == ["1"]
+        clock.now += 31
+    assert raw(db).execute("SELECT attempts FROM articles").fetchall() == [(1,)]
+    with SqliteStore(db, owner="owner-b", clock=clock) as other:
+        assert [a.id for a in other.lease(1, 30, poison_after=2)] == ["1"]
+    assert raw(db).execute("SELECT attempts FROM articles").fetchall() == [(2,)]
+
+
 def test_a_row_under_the_poison_limit_is_leased_again(db: Path, clock: FakeClock) -> None:
     with SqliteStore(db, owner="a", clock=clock) as first:
         first.enqueue([article(1)])

@@ -60,9 +60,10 @@ retried forever, and nothing about it can make ``lease`` raise:
 * **poison limit**: with ``lease(..., poison_after=N)``, a row whose
   ``attempts`` reached N fails with reason ``poison``. ``attempts`` counts
   strikes: it grows by one every time a lease is taken (a queued row, or an
-  expired lease taken over) and shrinks by one when the lease is handed back
-  by ``release`` (a graceful stop, or a runtime queue that was full, is not
-  a crash). So it counts the leases that ended without a result or a
+  expired lease taken over from another owner; not an owner's own expired
+  lease taken back) and shrinks by one when the lease is handed back by
+  ``release`` (a graceful stop, or a runtime queue that was full, is not a
+  crash). So it counts the leases that ended without a result or a
   release -- the process holding the row died, or stopped renewing -- plus
   the lease held now. A crash blames every row its process held, so N
   should leave room for innocent batch-mates (the default is 3);
@@ -404,11 +405,7 @@ class SqliteStore:
                     failure = _invalid_payload(article_id, problem)
                 refuse.append(rowid)
                 failures.append(failure)
-            conn.executemany(
-                "UPDATE articles SET state = 'leased', lease_owner = ?, lease_expires = ?,"
-                " attempts = attempts + 1, updated_at = ? WHERE rowid = ?",
-                [(self.owner, now + lease_s, now, rowid) for rowid in take],
-            )
+            conn.executemany(_TAKE, [(self.owner, now + lease_s, self.owner, now, r) for r in take])
             if failures:
                 # Ours for the length of this transaction, so the owner check
                 # of _write_results accepts the failure we write for it.
@@ -666,6 +663,13 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 _LEASE_COLUMNS = "rowid, typeof(id), CAST(id AS BLOB), CAST(payload AS BLOB), attempts"
+# Taking a row is a strike, unless it is this owner's own expired lease (a
+# renewal came late: nobody died).
+_TAKE = """UPDATE articles
+    SET state = 'leased', lease_owner = ?, lease_expires = ?,
+        attempts = attempts + CASE WHEN state = 'leased' AND lease_owner = ? THEN 0 ELSE 1 END,
+        updated_at = ?
+    WHERE rowid = ?"""
 # A refused row ends terminal even if a result for its id was already there.
 _SETTLE_REFUSED = """UPDATE articles
     SET state = COALESCE((SELECT status FROM results WHERE article_id = articles.id), 'failed'),
