@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import sqlite3
@@ -21,7 +22,7 @@ from runtime_helpers import ScriptedProvider, make_articles, small_config
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import Sink
 from tierbatch.actors.runtime import Runtime
-from tierbatch.adapters.app.status_report import read_status
+from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.results_sink import ResultsNotWritten, ResultsSink
 from tierbatch.adapters.storage.sqlite_store import (
@@ -396,6 +397,11 @@ def test_status_shows_the_results_refused(
     status = read_status(db, tmp_path / "none.msgpack", config, now=clock.now)
     assert (status.stale_results, status.duplicate_results) == (1, 1)
     assert status.to_json()["stale_results"] == 1
+    text = io.StringIO()
+    render_status(status, text)
+    assert (
+        "results refused: 1 from a stale lease owner (dropped), 1 duplicate(s)" in text.getvalue()
+    )
 
 
 # -- results -------------------------------------------------------------------
