@@ -247,16 +247,21 @@ class BatchComposer(pykka.ThreadingActor):
             self._resolve(self._drain_waiters, True)
 
     def _flush_sink(self) -> None:
-        """Hand results to the sink; on failure keep them and try again later,
-        so a sink hiccup never loses a terminal result."""
+        """Hand results to the sink, once: the sink owns buffering and retries
+        (see ``Sink``). Keeping them here too after a failed write made the
+        next write store them twice, and left a drain waiting for a retry
+        that only a further result would have triggered."""
         if not self._unsunk:
             return
         pending, self._unsunk = self._unsunk, []
         try:
             self._sink.write(pending)
         except Exception:
-            self._unsunk = pending + self._unsunk
-            _log.exception("sink write failed; results kept for retry", pending=len(pending))
+            _log.exception(
+                "sink write raised; results not handed over again (the sink owns retries)",
+                count=len(pending),
+                first=pending[0].article_id,
+            )
 
     def _remember(self, article_id: str) -> None:
         self._recent[article_id] = None

@@ -89,7 +89,10 @@ class Sink(Protocol):
     """Receives terminal results, exactly one per article, from one thread.
 
     ``write`` may buffer; ``flush`` makes everything written so far durable;
-    ``close`` flushes and releases resources.
+    ``close`` flushes and releases resources. ``write`` takes the results
+    over: a sink that can fail keeps and retries them itself (the runtime
+    hands each result over once and does not resend it when ``write``
+    raises, since a sink may have kept some of them already).
     """
 
     def write(self, results: Sequence[TerminalResult]) -> None: ...

@@ -32,7 +32,7 @@ class Article:
         if self.domain:
             domain = normalise_domain(self.domain)
         elif self.url:
-            domain = normalise_domain(urlsplit(self.url).hostname or "")
+            domain = normalise_domain(url_host(self.url))
         else:
             domain = ""
         if domain != self.domain:
@@ -45,11 +45,27 @@ class Article:
         return self.domain
 
 
+def url_host(url: str) -> str:
+    """The host of ``url``, or "" when it has none or cannot be parsed.
+
+    Never raises: ``urlsplit`` refuses some strings (an unclosed IPv6
+    bracket, a netloc that changes under NFKC normalisation), and an
+    article whose URL is odd must still be scheduled -- it only loses its
+    domain's goodness. Input validation rejects such URLs before they get
+    here (``tierbatch.adapters.storage.jsonl_input``)."""
+    try:
+        return urlsplit(url.strip()).hostname or ""
+    except ValueError:
+        return ""
+
+
 def normalise_domain(domain: str) -> str:
-    """Lower-case, strip a port, a trailing dot and a leading ``www.``."""
+    """Lower-case, strip a port, a trailing dot and a leading ``www.``; a
+    value with a scheme is read as a URL and gives its host. Never raises
+    (an unparseable URL gives "")."""
     host = domain.strip().lower().rstrip(".")
     if "://" in host:
-        host = urlsplit(host).hostname or ""
+        host = url_host(host)
     host = host.split(":", 1)[0]
     if host.startswith("www."):
         host = host[4:]

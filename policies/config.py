@@ -160,7 +160,8 @@ class QuotaConfig:
 class RetryConfig:
     """Per-article budgets. ``max_attempts`` counts every call an article was
     part of (429s included); ``max_failures`` counts errors, timeouts and
-    invalid answers; ``poison_after`` counts extractor crashes."""
+    invalid answers; ``poison_after`` counts extractor crashes, and for the
+    SQLite queue the leases that ended without a result (its daemon died)."""
 
     max_attempts: int = 10
     max_failures: int = 4

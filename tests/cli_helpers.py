@@ -157,9 +157,11 @@ class DaemonProcess:
     """``tierbatch daemon`` (or any subcommand) in a child process; its
     stderr JSON log lines are collected by a thread and can be waited on."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: Sequence[str], env: dict[str, str], command: Sequence[str] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
-            [*tierbatch_command(), *args],
+            [*(tierbatch_command() if command is None else command), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -194,6 +194,56 @@ def test_bad_input_lines_are_rejected_with_line_numbers(
     assert states(db) == {"done": len(good_ids)}
 
 
+# Every class of bad line, with what its reject reason must name.
+EVERY_BAD_LINE: list[tuple[bytes, str]] = [
+    (b"not json", "not JSON"),
+    (b'["an", "array"]', "not a JSON object"),
+    (b'{"text": "no id"}', "missing field 'id'"),
+    (b'{"id": "no-text"}', "missing field 'text'"),
+    (b'{"id": {"a": 1}, "text": "t"}', "field 'id': must be a string or an integer"),
+    (b'{"id": "t-num", "text": 42}', "field 'text': must be a string"),
+    (b'{"id": "bad-url", "text": "t", "url": "http://[::1/x"}', "field 'url': not a valid URL"),
+    (b'{"id": "bad-dom", "text": "t", "domain": "http://[::1"}', "field 'domain'"),
+    (b'{"id": "bad-date", "text": "t", "published_at": "yesterday"}', "field 'published_at'"),
+    (
+        b'{"id": "early", "text": "t", "published_at": "0001-01-01T00:00:00+01:00"}',
+        "field 'published_at': out of range",
+    ),
+    (b'{"id": "nan", "text": "t", "score": NaN}', "field 'score'"),
+    (b'{"id": ' + b"7" * 5000 + b', "text": "t"}', "field 'id': an integer of 5000 digits"),
+    (b'{"id": "sur", "text": "\\ud83d"}', "field 'text': value contains an unpaired surrogate"),
+    (
+        b'{"id": "deep", "text": "t", "tree": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        "field 'tree': nested more than 64 levels deep",
+    ),
+    (b'{"id": "latin1", "text": "caf\xe9"}', "not UTF-8"),
+    (json.dumps({"id": "huge", "text": "x" * 1_000_100}).encode(), "over the 1000000 limit"),
+]
+
+
+def test_run_rejects_every_class_of_bad_line_naming_the_field(
+    no_key: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One bad line never stops ``run``: each is rejected with its line number
+    and a reason naming the field, and every good line ends done."""
+    good = [line.encode() for line in sample_lines(4)]
+    lines = [good[0], *(line for line, _ in EVERY_BAD_LINE), good[1], good[0], good[2], good[3]]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    db = tmp_path / "r.sqlite"
+    code, out, err = run_cli("run", str(path), "--db", str(db), "--no-progress")
+    assert code == EXIT_REJECTED, out + err
+    expected = [(2 + i, reason) for i, (_, reason) in enumerate(EVERY_BAD_LINE)]
+    expected.append((len(EVERY_BAD_LINE) + 3, "duplicate id"))
+    rejects = query(db, "SELECT line_no, reason FROM rejects ORDER BY line_no")
+    assert [n for n, _ in rejects] == [n for n, _ in expected]
+    for (_, reason), (_, want) in zip(rejects, expected, strict=True):
+        assert want in reason, reason
+    assert states(db) == {"done": 4}
+    good_ids = {json.loads(line)["id"] for line in good}
+    assert {r[0] for r in query(db, "SELECT article_id FROM results")} == good_ids
+
+
 def test_usage_errors_exit_2(no_key: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert run_cli("run", "--sample")[0] == EXIT_USAGE  # no --db
     code, _, err = run_cli("run", str(tmp_path / "missing.jsonl"), "--db", str(tmp_path / "x.db"))

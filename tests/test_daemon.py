@@ -10,9 +10,11 @@ import json
 import signal
 import sqlite3
 import struct
+import sys
 import threading
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -33,10 +35,11 @@ from cli_helpers import (
     write_config,
     write_jsonl,
 )
+from runtime_helpers import answer_all
 
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
-from tierbatch.adapters.app.cli import EXIT_OK, main
+from tierbatch.adapters.app.cli import EXIT_OK, EXIT_STORAGE, main
 from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
@@ -53,6 +56,7 @@ from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import MAGIC, SnapshotFile, decode
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
+from tierbatch.policies.results import TerminalResult
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -221,6 +225,118 @@ def test_leasing_stays_a_few_batches_ahead_and_a_second_stop_is_immediate(
     assert query(db, "SELECT COUNT(*) FROM results") == [(0,)]
 
 
+class AnswersThenHangs:
+    """Answers the first ``answer`` requests, then never answers again."""
+
+    def __init__(self, answer: int) -> None:
+        self.answer = answer
+        self.answered: list[str] = []
+        self.hanging = threading.Event()
+
+    async def extract(self, request: ExtractionRequest) -> PackAnswer:
+        if self.answer > 0:
+            self.answer -= 1
+            self.answered += [a.id for a in request.articles]
+            return answer_all(request)
+        self.hanging.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        pass
+
+
+class DiskFullStore(SqliteStore):
+    """Leasing and releasing work; SQLite reports the disk full on every
+    results write once ``full`` is set."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.full = threading.Event()
+
+    def _write_results(
+        self, conn: sqlite3.Connection, results: Sequence[TerminalResult], now: float
+    ) -> int:
+        if self.full.is_set():
+            raise sqlite3.OperationalError("database or disk is full")
+        return super()._write_results(conn, results, now)
+
+
+def test_disk_full_at_shutdown_still_releases_leases(tmp_path: Path) -> None:
+    """The last results cannot be written: the unfinished leases are handed
+    back anyway, and so are the rows whose results were lost with the write
+    (the next daemon does them again); the report names the problem."""
+    config = load_config(write_config(tmp_path / "c.toml", extractors=1, max_packs=2))
+    db = tmp_path / "full.sqlite"
+    enqueue(db, sample_lines(40))
+    provider = AnswersThenHangs(answer=3)
+    store = DiskFullStore(db, owner=default_owner())
+    store.full.set()
+    daemon = Daemon(
+        config,
+        store,
+        provider=provider,
+        snapshot=SnapshotFile(default_snapshot_path(db)),
+        options=DaemonOptions(poll_interval_s=0.02, lease_s=30.0),
+    )
+    running = DaemonThread(daemon).start()
+    try:
+        assert provider.hanging.wait(10)
+        wait_until(
+            lambda: daemon.tally.terminal == len(provider.answered) > 0,
+            10,
+            "the answered articles handed to the sink",
+        )
+        leased = states(db)["leased"]
+        report = running.stop(immediate=True)
+    finally:
+        store.close()
+    assert report.reason is StopReason.STORAGE
+    assert report.storage_error is not None
+    assert str(db) in report.storage_error
+    assert "database or disk is full" in report.storage_error
+    assert f"{len(provider.answered)} result(s) could not be written" in report.storage_error
+    assert report.released == leased
+    assert states(db) == {"queued": 40}
+    assert query(db, "SELECT COUNT(*) FROM results") == [(0,)]
+    assert query(db, "SELECT MAX(attempts) FROM articles") == [(0,)]  # no strikes
+
+
+def test_the_daemon_poisons_a_row_its_predecessors_died_holding(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "c.toml"))
+    clock = ScaledClock(speed=50.0)
+    provider, _ = make_provider(config, clock)
+    db = tmp_path / "q.sqlite"
+    enqueue(db, sample_lines(5))
+    (victim,) = sample_ids(1)
+    with sqlite3.connect(db) as other:  # three daemons died holding it
+        other.execute(
+            "UPDATE articles SET state = 'leased', lease_owner = 'dead', lease_expires = 1,"
+            " attempts = ? WHERE id = ?",
+            (config.retry.poison_after, victim),
+        )
+    store = SqliteStore(db, owner=default_owner())
+    daemon = Daemon(
+        config,
+        store,
+        provider=provider,
+        snapshot=SnapshotFile(default_snapshot_path(db)),
+        options=DaemonOptions(poll_interval_s=0.05, exit_when_done=True),
+        clock=clock,
+    )
+    try:
+        report = daemon.run()
+    finally:
+        store.close()
+    assert report.reason is StopReason.FINISHED
+    assert states(db) == {"done": 4, "failed": 1}
+    ((reason, detail),) = query(
+        db, "SELECT reason, detail FROM results WHERE article_id = ?", (victim,)
+    )
+    assert reason == "poison"
+    assert f"leased {config.retry.poison_after} times without a result" in detail
+
+
 # ---- subprocesses against the fake Gemini server ----------------------------------
 
 
@@ -298,6 +414,126 @@ def test_sigkill_then_restart_finishes_every_article_exactly_once(tmp_path: Path
     assert not done_at_kill & set(second_calls)
     assert both <= leased_at_kill
     assert set(first_calls) | set(second_calls) == set(sample_ids(n))
+
+
+# Rows another process inserts, one of each class of bad payload (stored as
+# TEXT, as TEXT that is not UTF-8, or as a BLOB), with what the failure must name.
+BAD_ROWS: list[tuple[str, bytes, str, str]] = [
+    ("not-json", b"not json", "text", "not JSON"),
+    ("array", b"[1, 2]", "text", "not a JSON object"),
+    ("no-text", b'{"id": "no-text"}', "text", "missing field 'text'"),
+    ("num-id", b'{"id": true, "text": "t"}', "text", "field 'id'"),
+    ("bad-url", b'{"id": "bad-url", "text": "t", "url": "http://[::1/x"}', "text", "field 'url'"),
+    ("bad-date", b'{"id": "bad-date", "text": "t", "published_at": "x"}', "text", "published_at"),
+    ("nan", b'{"id": "nan", "text": "t", "score": NaN}', "text", "field 'score'"),
+    (
+        "deep",
+        b'{"id": "deep", "text": "t", "t": ' + b"[" * 9000 + b"]" * 9000 + b"}",
+        "text",
+        "'t'",
+    ),
+    ("huge", b'{"id": "huge", "text": "' + b"x" * 1_000_001 + b'"}', "text", "over the"),
+    ("latin1", b'{"id": "latin1", "text": "caf\xe9"}', "raw-text", "not UTF-8"),
+    ("blob-url", b'{"id": "blob-url", "text": "t", "url": "http://[x"}', "blob", "field 'url'"),
+    ("blob-junk", b"\xff\x00\x01", "blob", "not UTF-8"),
+    ("alias", b'{"id": "other", "text": "t"}', "text", "payload id is 'other'"),
+]
+
+
+def insert_rows(db: Path, rows: list[tuple[str, bytes, str]]) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for row_id, payload, how in rows:
+            value: object = payload.decode() if how == "text" else payload
+            sql = "CAST(? AS TEXT)" if how == "raw-text" else "?"
+            conn.execute(f"INSERT INTO articles (id, payload) VALUES (?, {sql})", (row_id, value))
+    finally:
+        conn.close()
+
+
+def test_bad_rows_fail_naming_the_field_and_the_daemon_keeps_running(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml")  # the simulated provider
+    db = tmp_path / "ingest.sqlite"
+    SqliteStore(db, owner=default_owner()).close()  # the schema, as the producer expects it
+    lines = sample_lines(12)
+    good = [(json.loads(line)["id"], line.encode(), "text") for line in lines]
+    args = ["daemon", "--db", str(db), "--config", str(config), "--poll-interval", "0.05"]
+    with DaemonProcess(args, child_env(key=None)) as daemon:
+        daemon.wait_for_event("daemon ready")
+        insert_rows(db, [*good[:6], *((r, p, how) for r, p, how, _ in BAD_ROWS)])
+        wait_until(
+            lambda: states(db).get("done", 0) == 6 and states(db).get("failed", 0) == len(BAD_ROWS),
+            30,
+            "the good rows done and the bad ones failed",
+        )
+        insert_rows(db, good[6:])  # and it goes on leasing
+        wait_until(lambda: states(db).get("done", 0) == 12, 30, "the later rows done")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.stderr()
+    assert "Traceback" not in daemon.stderr()
+    failed = {
+        row[0]: row[1:]
+        for row in query(
+            db, "SELECT article_id, reason, detail FROM results WHERE status = 'failed'"
+        )
+    }
+    assert set(failed) == {row_id for row_id, _, _, _ in BAD_ROWS}
+    for row_id, _, _, names in BAD_ROWS:
+        reason, detail = failed[row_id]
+        assert reason == "bad_request"
+        assert names in detail, (row_id, detail)
+    assert states(db) == {"done": 12, "failed": len(BAD_ROWS)}
+
+
+# ``tierbatch`` itself (signals, logging, exit code), with a store whose
+# results writes fail once FLAG exists, as when the disk fills up.
+DISK_FULL_CHILD = """
+import os, sqlite3, sys
+from tierbatch.adapters.app import cli
+from tierbatch.adapters.storage.sqlite_store import SqliteStore
+
+FLAG = sys.argv.pop(1)
+
+class FillingUp(SqliteStore):
+    def _write_results(self, conn, results, now):
+        if os.path.exists(FLAG):
+            raise sqlite3.OperationalError("database or disk is full")
+        return super()._write_results(conn, results, now)
+
+cli.SqliteStore = FillingUp
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_disk_full_at_shutdown_exits_6_with_one_error_line(tmp_path: Path) -> None:
+    flag = tmp_path / "disk-is-full"
+    with FakeGeminiServer(FakeGeminiConfig(latency_s=0.1)) as server:
+        config = write_config(
+            tmp_path / "c.toml", base_url=server.base_url, extractors=1, max_packs=2
+        )
+        db = tmp_path / "ingest.sqlite"
+        enqueue(db, sample_lines(200))
+        args = [str(flag), "daemon", "--db", str(db), "--config", str(config)]
+        command = [sys.executable, "-c", DISK_FULL_CHILD]
+        with DaemonProcess(args, child_env(), command=command) as daemon:
+            daemon.wait_for_event("daemon ready")
+            wait_until(lambda: states(db).get("done", 0) >= 10, 30, "some results")
+            flag.touch()
+            daemon.wait_for_event("results_write_failed_will_retry")
+            daemon.signal(signal.SIGTERM)
+            code = daemon.wait(60)
+    stderr = daemon.stderr()
+    assert code == EXIT_STORAGE, stderr
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("tierbatch: error:")]
+    assert len(errors) == 1, stderr
+    assert str(db) in errors[0] and "database or disk is full" in errors[0]
+    assert "result(s) could not be written" in errors[0]
+    counts = states(db)
+    assert counts.get("leased", 0) == 0  # every lease handed back
+    done = ids_in_state(db, "done")
+    assert {r[0] for r in query(db, "SELECT article_id FROM results")} == done
+    assert counts["queued"] + len(done) == 200
 
 
 def test_daily_quota_holds_across_a_restart(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import sqlite3
@@ -16,11 +17,16 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from runtime_helpers import ScriptedProvider, make_articles, small_config
 
+from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import Sink
+from tierbatch.actors.runtime import Runtime
+from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
-from tierbatch.adapters.storage.results_sink import ResultsSink
+from tierbatch.adapters.storage.results_sink import ResultsNotWritten, ResultsSink
 from tierbatch.adapters.storage.sqlite_store import (
+    _LEASE_COLUMNS,
     EnqueueReport,
     IncompatibleSchema,
     ResultCount,
@@ -134,11 +140,11 @@ def test_lease_queries_use_indexes_so_their_cost_does_not_grow_with_the_table(
     conn = store._conn()
     queries = [
         (
-            "SELECT id, payload FROM articles INDEXED BY articles_queue_order"
+            f"SELECT {_LEASE_COLUMNS} FROM articles INDEXED BY articles_queue_order"
             " WHERE state = 'queued' ORDER BY priority DESC, enqueued_at LIMIT 10"
         ),
         (
-            "SELECT id, payload FROM articles WHERE state = 'leased' AND lease_expires < 1"
+            f"SELECT {_LEASE_COLUMNS} FROM articles WHERE state = 'leased' AND lease_expires < 1"
             " ORDER BY lease_expires LIMIT 10"
         ),
         "UPDATE articles SET lease_expires = 1 WHERE lease_owner = 'x' AND state = 'leased'",
@@ -275,6 +281,127 @@ def test_an_invalid_payload_fails_its_article_instead_of_being_leased(
         assert result.reason is FailureReason.BAD_REQUEST
     assert "missing field 'text'" in results["bad"].detail
     assert store.counts() == {"queued": 0, "leased": 1, "done": 0, "failed": 2}
+
+
+def test_poison_row_after_poison_after_leases(db: Path, clock: FakeClock) -> None:
+    """A row whose daemons keep dying while they hold it ends ``poison``
+    after ``poison_after`` leases, instead of killing every next daemon."""
+    with SqliteStore(db, owner="producer", clock=clock) as producer:
+        producer.enqueue([article("p"), article("ok")])
+    for n in range(3):
+        with SqliteStore(db, owner=f"daemon-{n}", clock=clock) as daemon:
+            taken = [a.id for a in daemon.lease(10, 30, poison_after=3)]
+            assert "p" in taken
+            if n == 0:
+                assert daemon.write_results([done("ok")]) == 1
+        clock.now += 31  # it died holding the lease
+    with SqliteStore(db, owner="daemon-3", clock=clock) as daemon:
+        assert daemon.lease(10, 30, poison_after=3) == []
+        results = {r.article_id: r for r in daemon.results()}
+        poison = results["p"]
+        assert isinstance(poison, Failed)
+        assert poison.reason is FailureReason.POISON
+        assert "leased 3 times without a result" in poison.detail
+        assert "retry.poison_after = 3" in poison.detail
+        assert daemon.counts() == {"queued": 0, "leased": 0, "done": 1, "failed": 1}
+
+
+def test_a_graceful_release_is_not_a_strike(store: SqliteStore, db: Path) -> None:
+    store.enqueue([article(1)])
+    for _ in range(5):
+        assert [a.id for a in store.lease(1, 30, poison_after=2)] == ["1"]
+        assert store.release() == 1
+    assert raw(db).execute("SELECT state, attempts FROM articles").fetchall() == [("queued", 0)]
+    store.lease(1, 30, poison_after=2)
+    assert store.release(["1"]) == 1  # by id too
+    assert [a.id for a in store.lease(1, 30, poison_after=2)] == ["1"]
+    assert store.write_results([done("1")]) == 1
+
+
+def test_taking_back_its_own_expired_lease_is_not_a_strike(
+    store: SqliteStore, db: Path, clock: FakeClock
+) -> None:
+    """A live daemon whose renewal came late has not crashed."""
+    store.enqueue([article(1)])
+    for _ in range(4):
+        assert [a.id for a in store.lease(1, 30, poison_after=2)] == ["1"]
+        clock.now += 31
+    assert raw(db).execute("SELECT attempts FROM articles").fetchall() == [(1,)]
+    with SqliteStore(db, owner="owner-b", clock=clock) as other:
+        assert [a.id for a in other.lease(1, 30, poison_after=2)] == ["1"]
+    assert raw(db).execute("SELECT attempts FROM articles").fetchall() == [(2,)]
+
+
+def test_a_row_under_the_poison_limit_is_leased_again(db: Path, clock: FakeClock) -> None:
+    with SqliteStore(db, owner="a", clock=clock) as first:
+        first.enqueue([article(1)])
+        first.lease(1, 30, poison_after=2)
+    clock.now += 31
+    with SqliteStore(db, owner="b", clock=clock) as second:
+        assert [a.id for a in second.lease(1, 30, poison_after=2)] == ["1"]
+        assert second.write_results([done("1")]) == 1
+        assert second.counts()["done"] == 1
+    with pytest.raises(ValueError, match="poison_after"):
+        second.lease(1, 30, poison_after=0)
+
+
+def test_stale_lease_owner_result_is_dropped(
+    store: SqliteStore, db: Path, clock: FakeClock
+) -> None:
+    """A daemon whose lease expired and was taken over cannot settle the
+    article ahead of the new owner: its result is dropped and counted."""
+    store.enqueue([article(1)])
+    store.lease(1, 30)
+    clock.now += 31
+    with SqliteStore(db, owner="owner-b", clock=clock) as new_owner:
+        assert [a.id for a in new_owner.lease(1, 30)] == ["1"]
+        assert store.write_results([failed("1")]) == 0
+        assert store.stale_results == 1
+        assert store.counts()["leased"] == 1
+        assert new_owner.write_results([done("1")]) == 1
+        assert list(new_owner.results()) == [done("1")]
+        assert new_owner.duplicate_results == 0
+    assert store.refused_results() == {"stale_results": 1, "duplicate_results": 0}
+    assert store.counts() == {"queued": 0, "leased": 0, "done": 1, "failed": 0}
+
+
+def test_an_expired_lease_nobody_took_over_still_takes_its_owners_result(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    store.enqueue([article(1)])
+    store.lease(1, 30)
+    clock.now += 3600
+    assert store.write_results([done("1")]) == 1
+    assert store.stale_results == 0
+    assert store.counts()["done"] == 1
+
+
+def test_a_result_for_a_row_handed_back_to_the_queue_is_stale(store: SqliteStore) -> None:
+    store.enqueue([article(1), article(2)])
+    store.lease(2, 30)
+    store.release(["1"])
+    assert store.write_results([done("1"), done("2")]) == 1
+    assert store.stale_results == 1
+    assert store.counts() == {"queued": 1, "leased": 0, "done": 1, "failed": 0}
+
+
+def test_status_shows_the_results_refused(
+    store: SqliteStore, db: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    store.enqueue([article(1), article(2)])
+    store.lease(2, 30)
+    store.release(["1"])
+    store.write_results([done("1"), done("2")])
+    store.write_results([done("2")])
+    config = small_config()
+    status = read_status(db, tmp_path / "none.msgpack", config, now=clock.now)
+    assert (status.stale_results, status.duplicate_results) == (1, 1)
+    assert status.to_json()["stale_results"] == 1
+    text = io.StringIO()
+    render_status(status, text)
+    assert (
+        "results refused: 1 from a stale lease owner (dropped), 1 duplicate(s)" in text.getvalue()
+    )
 
 
 # -- results -------------------------------------------------------------------
@@ -505,6 +632,104 @@ def test_the_sink_writes_from_another_thread_while_the_main_thread_leases(
         assert store.counts() == {"queued": 0, "leased": 0, "done": 300, "failed": 0}
 
 
+class FlakyStore(SqliteStore):
+    """Its results writes fail ``failures`` times (as a database under
+    pressure does), then succeed; every successful write is signalled."""
+
+    def __init__(self, *args: object, failures: int = 0, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.failures_left = failures
+        self.calls = 0
+        self.wrote = threading.Event()
+        self._calls_lock = threading.Lock()
+
+    def write_results(self, results: Sequence[TerminalResult]) -> int:
+        with self._calls_lock:
+            self.calls += 1
+            fail = self.failures_left > 0
+            self.failures_left -= fail
+        if fail:
+            raise StorageError(f"{self.path}: write failed: database is locked")
+        new = super().write_results(results)
+        self.wrote.set()
+        return new
+
+
+class DiskFullStore(SqliteStore):
+    """SQLite reports the disk full on every results write."""
+
+    def _write_results(
+        self, conn: sqlite3.Connection, results: Sequence[TerminalResult], now: float
+    ) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def result_counts(db: Path) -> dict[str, int]:
+    return dict(raw(db).execute("SELECT article_id, COUNT(*) FROM results GROUP BY article_id"))
+
+
+def test_failed_flush_never_writes_twice(db: Path) -> None:
+    """Results whose write failed are retried once per attempt, by the sink
+    alone: none is stored twice (nor counted as a duplicate), none lost."""
+    articles = make_articles(60)
+    with FlakyStore(db, owner="a", failures=2) as store:
+        sink = ResultsSink(store, flush_every=1, flush_interval_s=3600)
+        with Runtime(small_config(), ScriptedProvider(), sink, clock=ScaledClock(20)) as rt:
+            rt.submit(articles)
+            assert rt.drain(timeout=30)
+            # The first write that succeeds comes after both failures (stop()
+            # flushes the sink, and would report a failure still pending).
+            assert store.wrote.wait(timeout=10)
+        sink.close()
+        assert store.failures_left == 0
+        assert store.duplicate_results == 0
+        assert result_counts(db) == {a.id: 1 for a in articles}
+
+
+def test_failed_flush_at_the_tail_does_not_stall_the_drain(db: Path) -> None:
+    """The last write fails and no result follows it: the sink retries it by
+    itself, and the drain does not wait for a retry nobody would make."""
+    (only,) = make_articles(1)
+    with FlakyStore(db, owner="a", failures=1) as store:
+        sink = ResultsSink(store, flush_every=1, flush_interval_s=3600)
+        with Runtime(small_config(), ScriptedProvider(), sink, clock=ScaledClock(20)) as rt:
+            rt.submit([only])
+            assert rt.drain(timeout=10)
+            assert store.wrote.wait(timeout=10)  # the background retry
+        sink.close()
+        assert store.calls == 2
+        assert result_counts(db) == {only.id: 1}
+
+
+def test_results_sink_write_never_raises_and_retries_with_backoff(db: Path) -> None:
+    with FlakyStore(db, owner="a", failures=3) as store:
+        sink = ResultsSink(store, flush_every=1, flush_interval_s=3600, retry_s=0.001)
+        sink.write([done("1")])  # the inline write fails: kept, not raised
+        sink.write([done("2")])
+        assert store.wrote.wait(timeout=10)
+        sink.close()
+        assert store.calls == 4
+        assert sink.written == 2 and sink.unwritten == 0
+        assert [r.article_id for r in store.results()] == ["1", "2"]
+
+
+def test_results_sink_close_names_a_persistent_failure(db: Path, clock: FakeClock) -> None:
+    with DiskFullStore(db, owner="a", clock=clock) as store:
+        sink = ResultsSink(store, flush_every=1000, flush_interval_s=3600)
+        sink.write([done("1"), failed("2")])
+        with pytest.raises(StorageError, match="database or disk is full"):
+            sink.flush()
+        with pytest.raises(ResultsNotWritten) as caught:
+            sink.close()
+        assert caught.value.count == 2 == sink.unwritten
+        message = str(caught.value)
+        assert message.startswith("2 result(s) could not be written: ")
+        assert str(db) in message and "database or disk is full" in message
+        assert list(store.results()) == []
+        with pytest.raises(StorageError, match="closed"):
+            sink.write([done("3")])
+
+
 # -- a state machine over the whole queue ---------------------------------------
 
 
@@ -554,6 +779,17 @@ class QueueMachine(RuleBasedStateMachine):
         assert new == 1
         self.finished[article_id] = "done" if ok else "failed"
         del self.leases[article_id]
+
+    @rule(who=st.integers(0, 1), data=st.data())
+    def finish_stale(self, who: int, data: st.DataObject) -> None:
+        """A result from the owner that is not (or no longer) the holder."""
+        theirs = self.held(1 - who)
+        if not theirs:
+            return
+        article_id = data.draw(st.sampled_from(theirs))
+        before = self.stores[who].stale_results
+        assert self.stores[who].write_results([failed(article_id)]) == 0
+        assert self.stores[who].stale_results == before + 1
 
     @rule(who=st.integers(0, 1))
     def finish_again(self, who: int) -> None:

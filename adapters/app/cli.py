@@ -69,6 +69,7 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_PROVIDER_REFUSED = 4
 EXIT_INTERRUPTED = 5
+EXIT_STORAGE = 6
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -82,8 +83,12 @@ exit codes:
      queued in the database
   5  run only: stopped by a signal before every article was terminal (the rest
      stay queued; run again to finish them)
-  When several apply, the first of 4, 5, 3, 1 wins. daemon exits 0 on
-  SIGTERM/SIGINT (and 4 when the provider refuses the configuration).
+  6  the database failed during the run (e.g. disk full): the message names
+     the database and the problem; articles whose results could not be
+     written were handed back to the queue (or their leases expire)
+  When several apply, the first of 6, 4, 5, 3, 1 wins. daemon exits 0 on
+  SIGTERM/SIGINT (4 when the provider refuses the configuration, 6 when the
+  database fails).
 """
 
 SAMPLE_NAME = "sample_articles.jsonl"
@@ -116,6 +121,9 @@ def main(
     except (UsageError, ConfigError, MissingApiKey) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
+    except StorageError as exc:  # opening the database is a UsageError; this is later
+        print(f"tierbatch: error: {_one_line(str(exc))}", file=err)
+        return EXIT_STORAGE
     except KeyboardInterrupt:
         print("tierbatch: interrupted", file=err)
         return 130
@@ -461,6 +469,9 @@ def _exit_code(
     one_shot: bool,
     err: TextIO,
 ) -> int:
+    if report.storage_error is not None:
+        print(f"tierbatch: error: {_one_line(report.storage_error)}", file=err)
+        return EXIT_STORAGE
     if report.fatal_error is not None:
         print(
             f"tierbatch: error: the provider refused the configuration ({report.fatal_error}).\n"
@@ -479,6 +490,10 @@ def _exit_code(
     if report.tally.failed_total:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _is_simulated(provider: Provider) -> bool:

@@ -11,7 +11,12 @@ back into the results table, and it is built to be killed:
   renewing; its rows expire and the next daemon takes them. A graceful stop
   hands back (releases) what it did not finish at once.
 * **Results exactly once.** Terminal results go through the store's
-  ``ResultsSink``: one row per article, first write wins.
+  ``ResultsSink``, which retries failed writes itself: one row per article,
+  written only by the row's current lease owner.
+* **Poison rows end.** Leasing passes ``retry.poison_after`` to the store: a
+  row leased that many times without a result (each time its daemon died)
+  gets a ``poison`` result instead of killing the next daemon too. A bad
+  payload gets a ``bad_request`` result; neither stops the loop.
 * **Quota state survives.** The registry's state is restored from the
   snapshot file at start, saved (debounced) whenever the registry decides
   something, and saved once more after draining, so a restart in the middle
@@ -20,6 +25,11 @@ back into the results table, and it is built to be killed:
 * **Signals.** The first SIGTERM/SIGINT stops leasing and drains in-flight
   work for up to ``drain_timeout_s``; a second one stops at once (leases
   cover whatever was in flight).
+* **A failing database at shutdown** (disk full) does not skip the hand-back:
+  the unfinished articles are released first, then the last results are
+  written, then whatever this daemon still holds is released even if that
+  write failed (those articles are done again by the next daemon, never
+  lost). The problem is reported in ``DaemonReport.storage_error``.
 
 The loop wakes when results arrive (to top up the runtime's queue) and at
 least every ``poll_interval_s`` (to see rows other processes inserted).
@@ -114,6 +124,7 @@ class StopReason(StrEnum):
     SIGNAL = "signal"  # asked to stop; drained
     IMMEDIATE = "immediate"  # asked twice, or the drain timed out
     FATAL = "fatal"  # the provider refused the configuration (401/403)
+    STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +168,8 @@ class DaemonReport:
     usage: tuple[ModelUsage, ...]
     released: int
     quota_state: QuotaStateLoad
+    # The database failed (during the run or at shutdown): what and where.
+    storage_error: str | None = None
 
 
 class _SnapshotTrigger:
@@ -203,7 +216,13 @@ class _TallyingSink:
         self._wake.set()
 
     def flush(self) -> None:
-        self.inner.flush()
+        """Never raises: the runtime calls it at the end of ``stop``, and an
+        error there would lose the unfinished articles it returns. The sink
+        keeps retrying; ``close`` reports a persistent failure."""
+        try:
+            self.inner.flush()
+        except StorageError as exc:
+            _log.warning("results not flushed yet; retrying in the background", error=str(exc))
 
     def close(self) -> None:
         self.inner.close()
@@ -249,6 +268,7 @@ class Daemon:
         self._prewarmed: set[str] = set()
         self._ran = False
         self._storage_failures = 0
+        self._results_sink: ResultsSink | None = None
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -282,6 +302,7 @@ class Daemon:
             observers.append(MetricsObserver(self._metrics))
             provider = TimedProvider(provider, self._metrics)
         results_sink = ResultsSink(self.store)
+        self._results_sink = results_sink
         sink = _TallyingSink(results_sink, self._tally, self._wake, self._metrics)
         runtime = Runtime(
             self.config,
@@ -301,6 +322,7 @@ class Daemon:
         baseline: tuple[ModelStatus, ...] = ()
         final: RuntimeStats | None = None
         released = 0
+        problems: list[str] = []
         try:
             baseline = runtime.stats().models
             saver = DebouncedSaver(
@@ -319,21 +341,34 @@ class Daemon:
                 pid=os.getpid(),
             )
             self._progress.start()
-            reason = self._work(runtime, started)
-            if reason is StopReason.SIGNAL:
-                reason = self._drain(runtime, started)
+            try:
+                reason = self._work(runtime, started)
+                if reason is StopReason.SIGNAL:
+                    reason = self._drain(runtime, started)
+            except StorageError as exc:
+                _log.error(
+                    "the database keeps failing; stopping", db=self.store.path, error=str(exc)
+                )
+                problems.append(str(exc))
+                reason = StopReason.STORAGE
             final = runtime.stats()
         finally:
-            released = self._shut_down(runtime, saver, results_sink, started)
+            released, shutdown_problems = self._shut_down(runtime, saver, results_sink)
+            problems.extend(shutdown_problems)
         fatal = runtime.fatal_error
+        if fatal is not None:
+            reason = StopReason.FATAL
+        elif problems:
+            reason = StopReason.STORAGE
         report = DaemonReport(
-            reason=StopReason.FATAL if fatal is not None else reason,
+            reason=reason,
             fatal_error=None if fatal is None else str(fatal),
             elapsed_s=time.monotonic() - started,
             tally=self._tally.snapshot(),
             usage=usage_between(baseline, final.models) if final is not None else (),
             released=released,
             quota_state=quota,
+            storage_error="; ".join(problems) or None,
         )
         _log.info(
             "daemon stopped",
@@ -365,7 +400,15 @@ class Daemon:
             idle_db = now < db_idle_until
             if stats.queued <= low_water and not idle_db:
                 want = target - stats.queued
-                leased = self._storage(self.store.lease, want, opts.lease_s) or []
+                leased = (
+                    self._storage(
+                        self.store.lease,
+                        want,
+                        opts.lease_s,
+                        poison_after=self.config.retry.poison_after,
+                    )
+                    or []
+                )
                 if leased:
                     self._submit(runtime, leased)
                     stats = runtime.stats()
@@ -390,7 +433,8 @@ class Daemon:
 
     def _all_terminal(self, runtime: Runtime) -> bool:
         """No row queued or leased anywhere (results buffered are written first)."""
-        self._storage(runtime.sink.flush)
+        assert self._results_sink is not None
+        self._storage(self._results_sink.flush)
         pending: int | None = self._storage(self.store.pending)
         return pending == 0
 
@@ -467,36 +511,52 @@ class Daemon:
         return StopReason.IMMEDIATE
 
     def _shut_down(
-        self,
-        runtime: Runtime,
-        saver: DebouncedSaver | None,
-        results_sink: ResultsSink,
-        started: float,
-    ) -> int:
-        """Save the quota state, stop the runtime, hand back unfinished leases.
+        self, runtime: Runtime, saver: DebouncedSaver | None, results_sink: ResultsSink
+    ) -> tuple[int, list[str]]:
+        """Save the quota state, stop the runtime, hand back unfinished leases,
+        write the last results; returns how many leases were released and
+        the database problems met.
 
         The final save happens while the registry still runs (after the
-        drain, so it includes every request that finished)."""
-        if saver is not None:
-            try:
-                saver.close()
-            except SnapshotError as exc:
-                _log.error("final quota snapshot failed", error=str(exc))
-        unfinished = runtime.stop(drain=False)
-        released = 0
+        drain, so it includes every request that finished). The order is
+        what keeps a failing database (disk full) from losing anything:
+        release what the runtime hands back, then write the last results,
+        then release whatever this owner still holds -- the rows whose
+        results could not be written included, so the next daemon redoes
+        them instead of waiting for their leases to expire."""
+        problems: list[str] = []
         try:
+            if saver is not None:
+                try:
+                    saver.close()
+                except SnapshotError as exc:
+                    _log.error("final quota snapshot failed", error=str(exc))
+            unfinished = runtime.stop(drain=False)
+            released = 0
             if unfinished:
-                released += self.store.release([a.id for a in unfinished])
-        except StorageError as exc:
-            _log.error("could not release leases; they will expire", error=str(exc))
-        try:
-            results_sink.close()
-            released += self.store.release()
-        except StorageError as exc:
-            _log.error("could not write the last results or release leases", error=str(exc))
+                try:
+                    released += self.store.release([a.id for a in unfinished])
+                except StorageError as exc:
+                    _log.error("could not release leases; they will expire", error=str(exc))
+                    problems.append(f"could not release leases: {exc}")
+            try:
+                results_sink.close()
+            except StorageError as exc:
+                _log.error(
+                    "could not write the last results; their articles go back to the queue",
+                    db=self.store.path,
+                    error=str(exc),
+                    results=results_sink.unwritten,
+                )
+                problems.append(f"{exc} (their articles go back to the queue)")
+            try:
+                released += self.store.release()
+            except StorageError as exc:
+                _log.error("could not release leases; they will expire", error=str(exc))
+                problems.append(f"could not release leases, they will expire: {exc}")
         finally:
             self._progress.stop()
-        return released
+        return released, problems
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -528,11 +588,11 @@ class Daemon:
             )
         )
 
-    def _storage(self, operation: Any, *args: Any) -> Any:
+    def _storage(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a store operation; a failure is logged and retried on a later
         turn of the loop (leases outlive short outages), up to a limit."""
         try:
-            value = operation(*args)
+            value = operation(*args, **kwargs)
         except StorageError as exc:
             self._storage_failures += 1
             _log.error(

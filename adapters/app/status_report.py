@@ -23,7 +23,7 @@ from rich.table import Table
 
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
 from tierbatch.adapters.storage.sqlite_schema import RESULT_COUNTS_SQL
-from tierbatch.adapters.storage.sqlite_store import ResultCount
+from tierbatch.adapters.storage.sqlite_store import ResultCount, refused_counts
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -56,6 +56,10 @@ class Status:
     results: tuple[ResultCount, ...]
     rejects: int
     rejects_by_source: dict[str, int]
+    # Results refused over the database's life: from a lease owner that had
+    # lost its lease (dropped), and second results for an article (ignored).
+    stale_results: int
+    duplicate_results: int
     snapshot: str
     snapshot_age_s: float | None
     snapshot_problem: str | None
@@ -91,6 +95,11 @@ def read_status(
         by_source = dict(
             conn.execute("SELECT source, COUNT(*) FROM rejects GROUP BY source ORDER BY source")
         )
+        refused = refused_counts(
+            conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('stale_results', 'duplicate_results')"
+            )
+        )
     except sqlite3.Error as exc:
         raise StatusError(f"{path}: not a readable tierbatch database: {exc}") from exc
     finally:
@@ -104,6 +113,8 @@ def read_status(
         results=results,
         rejects=sum(by_source.values()),
         rejects_by_source=by_source,
+        stale_results=refused["stale_results"],
+        duplicate_results=refused["duplicate_results"],
         snapshot=str(snapshot),
         snapshot_age_s=age,
         snapshot_problem=problem,
@@ -163,6 +174,11 @@ def render_status(status: Status, file: TextIO) -> None:
         f"articles: {s['queued']} queued, {s['leased']} leased{expired}, "
         f"{s['done']} done, {s['failed']} failed; {status.rejects} input line(s) rejected"
     )
+    if status.stale_results or status.duplicate_results:
+        console.print(
+            f"results refused: {status.stale_results} from a stale lease owner (dropped), "
+            f"{status.duplicate_results} duplicate(s) (ignored)"
+        )
     if status.results:
         table = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
         for name in ("status", "tier", "model", "articles", "tokens in", "tokens out", "cost $"):

@@ -43,7 +43,9 @@ def ingest_jsonl(
 ) -> IngestReport:
     """Stream a JSONL file into the queue: valid articles are enqueued, bad
     lines recorded in ``rejects`` under ``source_name`` (default: the path)."""
-    name = source_name or (os.fspath(source) if isinstance(source, str | os.PathLike) else "-")
+    name = _text(
+        source_name or (os.fspath(source) if isinstance(source, str | os.PathLike) else "-")
+    )
     inserted = duplicates = rejected = 0
     articles: list[Article] = []
     bad: list[Rejected] = []
@@ -68,3 +70,13 @@ def ingest_jsonl(
             drain()
     drain()
     return IngestReport(inserted=inserted, duplicates=duplicates, rejected=rejected)
+
+
+def _text(name: str) -> str:
+    """``name`` as storable text: a path with undecodable bytes keeps them as
+    surrogate escapes, which SQLite cannot hold."""
+    try:
+        data = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = name.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")

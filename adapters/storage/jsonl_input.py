@@ -24,6 +24,15 @@ anything else   no        kept untouched in ``Article.metadata``
 ``Rejected`` whose reason names the field, so a producer can fix its export
 without guessing.
 
+Beyond the fields' own rules, a line is rejected when it is not UTF-8, not
+JSON, not an object, over the size limit, or holds a value that could not be
+stored and read back safely: a URL ``urlsplit`` refuses, a date out of
+range, ``NaN``/``Infinity`` or a number too large for a float, an integer
+of more than 4300 digits, an unpaired surrogate (``"\\ud800"``), or values
+nested more than 64 levels deep. Parsing never raises anything but
+``InvalidArticle``, whatever the input: one bad line or stored row must
+never stop a batch or a daemon.
+
 The same format is the ``payload`` column of the SQLite queue
 (``article_to_json`` / ``article_from_row``), so another process can insert its
 input lines there as they are.
@@ -33,7 +42,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -44,9 +55,17 @@ from urllib.parse import urlsplit
 from tierbatch.policies.articles import Article, normalise_domain
 
 DEFAULT_MAX_BYTES_PER_LINE = 1_000_000
+# Deeper values are refused: encoding them again (to store the payload, to
+# write the result's metadata) must not hit Python's recursion limit.
+MAX_NESTING = 64
+# Python's default limit for int <-> str conversion (sys.int_info).
+MAX_INT_DIGITS = 4300
 RAW_PREFIX_CHARS = 200
 KNOWN_FIELDS = ("id", "text", "title", "url", "domain", "cluster_id", "published_at")
 _READ_CHUNK = 1 << 16
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
 
 Source = str | os.PathLike[str] | IO[bytes] | IO[str]
 
@@ -149,7 +168,16 @@ def _physical_lines(
 
 
 def _as_bytes(chunk: bytes | str) -> bytes:
-    return chunk.encode("utf-8", "surrogateescape") if isinstance(chunk, str) else chunk
+    """Bytes of a chunk read from a binary or text file. Undecodable bytes a
+    text file kept as surrogate escapes come back as they were; any other
+    lone surrogate is kept as invalid UTF-8, so the line is rejected as
+    "not UTF-8" instead of raising here."""
+    if isinstance(chunk, bytes):
+        return chunk
+    try:
+        return chunk.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return chunk.encode("utf-8", "surrogatepass")
 
 
 def _parse_line(data: bytes, *, derive_domain: bool = True) -> Article:
@@ -158,12 +186,40 @@ def _parse_line(data: bytes, *, derive_domain: bool = True) -> Article:
     except UnicodeDecodeError as exc:
         raise InvalidArticle(f"not UTF-8: {exc}") from None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArticle(f"not JSON: {exc}") from None
+        obj, checked = _decode_json(text)
     except RecursionError:
-        raise InvalidArticle("not JSON: nested too deeply") from None
+        field = _too_deep_field(text)
+        if field is None:
+            raise InvalidArticle("not JSON: nested too deeply") from None
+        raise InvalidArticle(
+            f"field {field!r}: nested more than {MAX_NESTING} levels deep"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError and any other refusal of the decoder
+        raise InvalidArticle(f"not JSON: {exc}") from None
+    if checked:
+        return _article(obj, derive_domain)
     return parse_article(obj, derive_domain=derive_domain)
+
+
+def _decode_json(text: str) -> tuple[object, bool]:
+    """The decoded value, and whether it is known to hold nothing
+    ``_check_storable`` would refuse.
+
+    The common case costs one plain decode: a number that cannot be kept
+    aborts it, and only then is the text decoded again with placeholders
+    (``_Refused``) that let the check name the field. Surrogates can only
+    come from ``\\uD800``-style escapes, deep nesting only from many
+    brackets, so text without either needs no walk over the value."""
+    try:
+        value = _FAST_DECODER.decode(text)
+    except json.JSONDecodeError:
+        raise
+    except (_Unstorable, ValueError):  # NaN, 1e400, an integer over the digit limit
+        return _PLACEHOLDER_DECODER.decode(text), False
+    clean = (
+        _SURROGATE_ESCAPE.search(text) is None and text.count("[") + text.count("{") <= MAX_NESTING
+    )
+    return value, clean
 
 
 def parse_article(obj: object, *, derive_domain: bool = True) -> Article:
@@ -172,17 +228,23 @@ def parse_article(obj: object, *, derive_domain: bool = True) -> Article:
     With ``derive_domain`` False an absent domain stays empty (stored
     payloads: ``Article.source_domain`` derives it anyway, and the article
     then equals the one that was stored). Raises ``InvalidArticle`` whose
-    message names the offending field.
+    message names the offending field, and nothing else.
     """
+    if isinstance(obj, dict):
+        _check_storable(obj)
+    return _article(obj, derive_domain)
+
+
+def _article(obj: object, derive_domain: bool) -> Article:
     if not isinstance(obj, dict):
         raise InvalidArticle(f"not a JSON object: got {_json_type(obj)}")
     article_id = _required_id(obj)
     text = _required_text(obj)
     title = _optional_str(obj, "title")
-    url = _optional_str(obj, "url")
-    domain = _optional_str(obj, "domain")
-    if not domain and url and derive_domain:
-        domain = urlsplit(url.strip()).hostname or ""
+    url, host = _optional_url(obj)
+    domain = _optional_domain(obj)
+    if not domain and derive_domain:
+        domain = host
     return Article(
         id=article_id,
         text=text,
@@ -193,6 +255,136 @@ def parse_article(obj: object, *, derive_domain: bool = True) -> Article:
         published_at=_optional_datetime(obj, "published_at"),
         metadata={k: v for k, v in obj.items() if k not in KNOWN_FIELDS},
     )
+
+
+class _Refused:
+    """What the JSON decoder puts in place of a number it must not hand on
+    (the field is named once the whole object is known)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+class _Unstorable(Exception):
+    """Raised by the decoder hooks to leave the fast decode."""
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _Unstorable(literal)
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise _Unstorable(name)
+
+
+def _parse_int(digits: str) -> int | _Refused:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        return _Refused(
+            f"an integer of {len(digits.lstrip('-'))} digits (at most {MAX_INT_DIGITS})"
+        )
+    try:
+        return int(digits)
+    except ValueError:  # a lower sys.set_int_max_str_digits() limit
+        return _Refused(f"an integer of {len(digits.lstrip('-'))} digits is too long")
+
+
+def _parse_float(literal: str) -> float | _Refused:
+    value = float(literal)
+    if math.isfinite(value):
+        return value
+    return _Refused(f"the number {literal[:40]} is out of range")
+
+
+def _parse_constant(name: str) -> _Refused:
+    return _Refused(f"{name} is not a JSON number")
+
+
+_FAST_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
+_PLACEHOLDER_DECODER = json.JSONDecoder(
+    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+)
+
+
+def _check_storable(obj: Mapping[str, Any]) -> None:
+    """Refuse, naming the top-level field, any value that could not be stored
+    and read back: numbers the decoder refused, unpaired surrogates (SQLite
+    and UTF-8 cannot hold them), and nesting deeper than ``MAX_NESTING``.
+    Iterative, so no input can exhaust the stack here."""
+    for key, value in obj.items():
+        problem = _string_problem(key, "name") or _value_problem(value)
+        if problem:
+            raise InvalidArticle(f"field {key!r}: {problem}")
+
+
+def _value_problem(value: object) -> str:
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            problem = _string_problem(item, "value")
+        elif isinstance(item, _Refused):
+            problem = item.problem
+        elif isinstance(item, float) and not math.isfinite(item):
+            problem = f"{item} is not a JSON number"
+        elif isinstance(item, list | dict):
+            if depth >= MAX_NESTING:
+                return f"nested more than {MAX_NESTING} levels deep"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    problem = _string_problem(key, "key")
+                    if problem:
+                        return problem
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+            continue
+        else:
+            continue
+        if problem:
+            return problem
+    return ""
+
+
+def storable_text_problem(text: str) -> str:
+    """Why ``text`` cannot be stored as UTF-8 (an unpaired surrogate), or ""."""
+    return _string_problem(text, "text")
+
+
+def _string_problem(value: str, what: str) -> str:
+    found = _SURROGATE.search(value)
+    if found is None:
+        return ""
+    return f"{what} contains an unpaired surrogate (U+{ord(found.group()):04X})"
+
+
+def _too_deep_field(text: str) -> str | None:
+    """The top-level key whose value nests past ``MAX_NESTING``, found by
+    scanning brackets outside strings (only after the decoder gave up)."""
+    depth = 0
+    last_string = ""
+    field: str | None = None
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_NESTING + 1:
+                return field
+        elif token in "]}":
+            depth -= 1
+        elif token == ":":
+            if depth == 1:
+                try:
+                    field = str(json.loads(last_string))
+                except ValueError:
+                    field = last_string
+        else:
+            last_string = token
+    return None
 
 
 def _required_id(obj: Mapping[str, Any]) -> str:
@@ -228,6 +420,27 @@ def _optional_str(obj: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _optional_url(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """The url and its host (validated: ``urlsplit`` refuses some strings)."""
+    url = _optional_str(obj, "url")
+    if not url:
+        return "", ""
+    try:
+        return url, urlsplit(url.strip()).hostname or ""
+    except ValueError as exc:
+        raise InvalidArticle(f"field 'url': not a valid URL: {exc}") from None
+
+
+def _optional_domain(obj: Mapping[str, Any]) -> str:
+    domain = _optional_str(obj, "domain")
+    if "://" in domain:
+        try:
+            urlsplit(domain.strip())
+        except ValueError as exc:
+            raise InvalidArticle(f"field 'domain': not a valid host or URL: {exc}") from None
+    return domain
+
+
 def _optional_cluster_id(obj: Mapping[str, Any]) -> str | None:
     value = obj.get("cluster_id")
     if value is None:
@@ -253,7 +466,10 @@ def _optional_datetime(obj: Mapping[str, Any], name: str) -> datetime | None:
         raise InvalidArticle(f"field {name!r}: not ISO 8601: {value[:80]!r}") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidArticle(f"field {name!r}: out of range in UTC: {value[:80]!r}") from None
 
 
 def _json_type(value: object) -> str:
@@ -306,10 +522,20 @@ def article_to_json(article: Article) -> dict[str, Any]:
     return record
 
 
-def article_from_row(payload: str | bytes) -> Article:
-    """Rebuild an article from the JSON text of a stored payload; validated
-    like an input line, since other processes may write payloads too."""
-    data = payload.encode("utf-8") if isinstance(payload, str) else payload
+def article_from_row(
+    payload: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES_PER_LINE
+) -> Article:
+    """Rebuild an article from a stored payload (JSON text, or its UTF-8
+    bytes); validated like an input line, size limit included, since other
+    processes may write payloads too. Raises only ``InvalidArticle``."""
+    if isinstance(payload, str):
+        data = payload.encode("utf-8", "surrogatepass")  # a surrogate then fails as "not UTF-8"
+    elif isinstance(payload, bytes):
+        data = payload
+    else:
+        raise InvalidArticle(f"payload is {type(payload).__name__}, not JSON text")
+    if len(data) > max_bytes:
+        raise InvalidArticle(f"payload is {len(data)} bytes, over the {max_bytes} limit")
     return _parse_line(data, derive_domain=False)
 
 

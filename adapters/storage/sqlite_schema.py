@@ -93,9 +93,17 @@ INSERT_ARTICLE = """INSERT INTO articles (id, payload, state, priority, enqueued
 INSERT_REJECT = (
     "INSERT INTO rejects (source, line_no, reason, raw_prefix, at) VALUES (?, ?, ?, ?, ?)"
 )
-RELEASE_ONE = """UPDATE articles
-    SET state = 'queued', lease_owner = NULL, lease_expires = NULL, updated_at = ?
-    WHERE id = ? AND lease_owner = ? AND state = 'leased'"""
+# A released lease is not a strike: the attempt it counted is taken back.
+_RELEASE = """UPDATE articles
+    SET state = 'queued', lease_owner = NULL, lease_expires = NULL, updated_at = ?,
+        attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+    WHERE """
+RELEASE_ONE = _RELEASE + "id = ? AND lease_owner = ? AND state = 'leased'"
+RELEASE_ALL = _RELEASE + "lease_owner = ? AND state = 'leased'"
+# Adds to a counter kept in ``meta`` (values are text there).
+META_ADD = """INSERT INTO meta (key, value) VALUES (?, CAST(? AS TEXT))
+    ON CONFLICT (key) DO UPDATE
+    SET value = CAST(CAST(meta.value AS INTEGER) + CAST(excluded.value AS INTEGER) AS TEXT)"""
 
 RESULT_COUNTS_SQL = (
     "SELECT status, COALESCE(tier, ''), COALESCE(model, ''), COUNT(*),"

@@ -17,7 +17,8 @@ Schema (version 1)::
         enqueued_at   REAL NOT NULL DEFAULT (now),   -- Unix epoch seconds
         lease_owner   TEXT,               -- who holds the lease (host:pid:uuid)
         lease_expires REAL,               -- epoch seconds; expired leases are taken over
-        attempts      INTEGER NOT NULL DEFAULT 0,    -- how many times it was leased
+        attempts      INTEGER NOT NULL DEFAULT 0,    -- strikes: leases that ended
+                                          -- without a result or a release
         updated_at    REAL NOT NULL DEFAULT (now)
     );
     CREATE INDEX articles_state_lease ON articles(state, lease_expires);
@@ -37,7 +38,9 @@ Schema (version 1)::
     );
     CREATE TABLE rejects (source TEXT NOT NULL, line_no INTEGER, reason TEXT NOT NULL,
                           raw_prefix TEXT, at REAL NOT NULL);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);  -- schema_version
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        -- schema_version; stale_results and duplicate_results: how many
+        -- results were refused (see "Results" below), over the database's life
 
 Inserting from another process needs only the id and the payload (the JSONL
 input format, see ``tierbatch.adapters.storage.jsonl_input``)::
@@ -46,8 +49,39 @@ input format, see ``tierbatch.adapters.storage.jsonl_input``)::
 
 Leasing order: expired leases first (oldest deadline first), then queued rows
 with a priority (highest first), then queued rows without one, oldest first.
-A payload that is not a valid article is not leased: it gets a ``failed``
-result (reason ``bad_request``) so it is neither lost nor retried forever.
+A row is never leased when it cannot be worked on; it gets a ``failed``
+result instead, inside the leasing transaction, so it is neither lost nor
+retried forever, and nothing about it can make ``lease`` raise:
+
+* a payload that is not a valid article -- not UTF-8, not JSON, a missing
+  or mistyped field, a bad URL or date, over 1 MB, a BLOB that is none of
+  these, an id different from the row's -- fails with reason
+  ``bad_request`` and the problem (naming the field) in ``detail``;
+* **poison limit**: with ``lease(..., poison_after=N)``, a row whose
+  ``attempts`` reached N fails with reason ``poison``. ``attempts`` counts
+  strikes: it grows by one every time a lease is taken (a queued row, or an
+  expired lease taken over from another owner; not an owner's own expired
+  lease taken back) and shrinks by one when the lease is handed back by
+  ``release`` (a graceful stop, or a runtime queue that was full, is not a
+  crash). So it counts the leases that ended without a result or a
+  release -- the process holding the row died, or stopped renewing -- plus
+  the lease held now. A crash blames every row its process held, so N
+  should leave room for innocent batch-mates (the default is 3);
+* a row whose id is not usable text (NULL or a BLOB, which SQLite allows in
+  a TEXT primary key, or not UTF-8) cannot carry a result: it is set to
+  ``failed`` without one and logged. Rows are addressed by ``rowid`` while
+  leasing for this reason; a PostgreSQL store, whose keys are NOT NULL text,
+  needs no such care.
+
+Results: only the current lease owner writes a result. A result is stored
+when its article's row is leased by this store's ``owner`` (even if that
+lease has expired: nobody took it over), or when the article has no row
+(the runtime used without the queue). A result for a row leased by another
+owner, or handed back to the queue, comes from a stale lease: it is dropped,
+counted (``stale_results``, and in ``meta``), and logged -- the new owner's
+result is the one that counts. A second result for an article that already
+has one is ignored and counted the same way (``duplicate_results``); a
+result is written once and never overwritten.
 
 Durability and concurrency: WAL journal, ``synchronous=NORMAL`` (a committed
 transaction survives a process crash; the last ones may be lost on power
@@ -84,6 +118,7 @@ from tierbatch.adapters.storage.jsonl_input import (
     Rejected,
     article_from_row,
     article_to_json,
+    storable_text_problem,
 )
 from tierbatch.adapters.storage.result_json import dumps
 from tierbatch.adapters.storage.sqlite_schema import (
@@ -91,6 +126,8 @@ from tierbatch.adapters.storage.sqlite_schema import (
     INSERT_REJECT,
     INSERT_RESULT,
     MARK_TERMINAL,
+    META_ADD,
+    RELEASE_ALL,
     RELEASE_ONE,
     RESULT_COLUMNS,
     RESULT_COUNTS_SQL,
@@ -189,6 +226,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._closed = False
         self._duplicate_results = 0
+        self._stale_results = 0
         conn = self._conn()
         try:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -283,19 +321,14 @@ class SqliteStore:
         """Add articles as 'queued', in batched transactions. An id already in
         the queue (in any state) is counted as a duplicate and left alone.
         ``priority_of`` sets the stored priority (None: lease oldest first).
-        An article whose metadata shadows a field raises ``InvalidArticle``
+        An article whose metadata shadows a field, or that holds text UTF-8
+        cannot encode (an unpaired surrogate), raises ``InvalidArticle``
         (batches before it are already committed)."""
         inserted = total = 0
         for batch in _batched(articles, self._batch_size):
             now = self._clock()
             rows = [
-                (
-                    a.id,
-                    dumps(article_to_json(a)),
-                    priority_of(a) if priority_of else None,
-                    now,
-                    now,
-                )
+                (a.id, _payload(a), priority_of(a) if priority_of else None, now, now)
                 for a in batch
             ]
             inserted += self._transact(partial(_execute_many, INSERT_ARTICLE, rows))
@@ -312,64 +345,91 @@ class SqliteStore:
             count += len(rows)
         return count
 
-    def lease(self, limit: int, lease_s: float) -> list[Article]:
+    def lease(
+        self, limit: int, lease_s: float, *, poison_after: int | None = None
+    ) -> list[Article]:
         """Take up to ``limit`` articles for ``lease_s`` seconds: expired leases
-        first, then the queue by priority and age. Atomic across processes."""
+        first, then the queue by priority and age. Atomic across processes.
+
+        Rows that cannot be worked on get a ``failed`` result in the same
+        transaction instead of being leased (see the module docstring): a
+        bad payload (``bad_request``), and, with ``poison_after``, a row
+        leased that many times without a result (``poison``). Never raises
+        for what a row contains; only ``StorageError``."""
         if limit <= 0:
             return []
-        return self._transact(lambda conn: self._lease(conn, limit, lease_s))
+        if poison_after is not None and poison_after < 1:
+            raise ValueError(f"poison_after must be >= 1, got {poison_after}")
+        return self._transact(lambda conn: self._lease(conn, limit, lease_s, poison_after))
 
-    def _lease(self, conn: sqlite3.Connection, limit: int, lease_s: float) -> list[Article]:
+    def _lease(
+        self, conn: sqlite3.Connection, limit: int, lease_s: float, poison_after: int | None
+    ) -> list[Article]:
         now = self._clock()
         leased: list[Article] = []
-        bad: list[Failed] = []
         while len(leased) < limit:
             want = limit - len(leased)
+            # Ids and payloads come back as bytes: a TEXT value another process
+            # wrote in invalid UTF-8 would make the fetch itself raise.
             rows = conn.execute(
-                "SELECT id, payload FROM articles WHERE state = 'leased' AND lease_expires < ?"
-                " ORDER BY lease_expires LIMIT ?",
+                f"SELECT {_LEASE_COLUMNS} FROM articles"
+                " WHERE state = 'leased' AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
                 (now, want),
             ).fetchall()
             if len(rows) < want:
                 rows += conn.execute(
-                    "SELECT id, payload FROM articles INDEXED BY articles_queue_order"
+                    f"SELECT {_LEASE_COLUMNS} FROM articles INDEXED BY articles_queue_order"
                     " WHERE state = 'queued' ORDER BY priority DESC, enqueued_at LIMIT ?",
                     (want - len(rows),),
                 ).fetchall()
             if not rows:
                 break
-            good: list[tuple[str, float, float, str]] = []
-            for article_id, payload in rows:
-                try:
-                    article = article_from_row(payload)
-                except InvalidArticle as exc:
-                    bad.append(_invalid_payload(article_id, str(exc)))
-                    conn.execute(
-                        "UPDATE articles SET state = 'leased', attempts = attempts + 1"
-                        " WHERE id = ?",
-                        (article_id,),
-                    )
+            take: list[int] = []
+            refuse: list[int] = []
+            failures: list[Failed] = []
+            nameless: list[int] = []
+            for rowid, id_type, raw_id, payload, attempts in rows:
+                article_id = _usable_id(id_type, raw_id)
+                if article_id is None:
+                    nameless.append(rowid)
                     continue
-                if article.id != article_id:
-                    bad.append(_invalid_payload(article_id, f"payload id is {article.id!r}"))
-                    conn.execute(
-                        "UPDATE articles SET state = 'leased', attempts = attempts + 1"
-                        " WHERE id = ?",
-                        (article_id,),
-                    )
-                    continue
-                leased.append(article)
-                good.append((self.owner, now + lease_s, now, article_id))
-            conn.executemany(
-                "UPDATE articles SET state = 'leased', lease_owner = ?, lease_expires = ?,"
-                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                good,
-            )
-            if not bad and len(rows) < want:
-                break
-            if bad:
-                self._write_results(conn, bad, now)
-                bad = []
+                failure: Failed | None = None
+                if poison_after is not None and attempts >= poison_after:
+                    failure = _poisoned(article_id, attempts, poison_after)
+                else:
+                    article, problem = _article_of(article_id, payload)
+                    if article is not None:
+                        leased.append(article)
+                        take.append(rowid)
+                        continue
+                    failure = _invalid_payload(article_id, problem)
+                refuse.append(rowid)
+                failures.append(failure)
+            conn.executemany(_TAKE, [(self.owner, now + lease_s, self.owner, now, r) for r in take])
+            if failures:
+                # Ours for the length of this transaction, so the owner check
+                # of _write_results accepts the failure we write for it.
+                conn.executemany(
+                    "UPDATE articles SET state = 'leased', lease_owner = ?, lease_expires = ?,"
+                    " updated_at = ? WHERE rowid = ?",
+                    [(self.owner, now, now, rowid) for rowid in refuse],
+                )
+                self._write_results(conn, failures, now)
+                conn.executemany(_SETTLE_REFUSED, [(now, rowid) for rowid in refuse])
+            if nameless:
+                log.warning(
+                    "article_rows_without_a_usable_id_failed",
+                    path=self.path,
+                    count=len(nameless),
+                    rowids=nameless[:5],
+                )
+                conn.executemany(
+                    "UPDATE articles SET state = 'failed', lease_owner = NULL,"
+                    " lease_expires = NULL, updated_at = ? WHERE rowid = ?",
+                    [(now, rowid) for rowid in nameless],
+                )
+            if len(rows) < want:
+                break  # no candidates beyond these: every one was settled above
         return leased
 
     def renew(self, lease_s: float) -> int:
@@ -388,18 +448,12 @@ class SqliteStore:
     def release(self, ids: Iterable[str] | None = None) -> int:
         """Put leased articles back in the queue (on a graceful stop): those in
         ``ids``, or all this owner holds when None. Only this owner's leases
-        are touched; returns how many were released."""
+        are touched; returns how many were released. A released lease is
+        not a strike: ``attempts`` goes back down by one."""
         now = self._clock()
         if ids is None:
             return self._transact(
-                lambda conn: (
-                    conn.execute(
-                        "UPDATE articles SET state = 'queued', lease_owner = NULL,"
-                        " lease_expires = NULL, updated_at = ?"
-                        " WHERE lease_owner = ? AND state = 'leased'",
-                        (now, self.owner),
-                    ).rowcount
-                )
+                lambda conn: conn.execute(RELEASE_ALL, (now, self.owner)).rowcount
             )
         released = 0
         for batch in _batched(ids, self._batch_size):
@@ -411,8 +465,11 @@ class SqliteStore:
 
     def write_results(self, results: Sequence[TerminalResult]) -> int:
         """Store terminal results and mark their articles done/failed, in one
-        transaction. The first result for an id wins; a later one is ignored,
-        counted in ``duplicate_results`` and logged. Returns how many were new."""
+        transaction. Only the current lease owner's results are stored: one
+        for a row another owner holds (or that went back to the queue) is
+        dropped, counted in ``stale_results`` and logged. The first result
+        for an id wins; a later one is ignored, counted in
+        ``duplicate_results`` and logged. Returns how many were new."""
         if not results:
             return 0
         now = self._clock()
@@ -421,19 +478,53 @@ class SqliteStore:
     def _write_results(
         self, conn: sqlite3.Connection, results: Sequence[TerminalResult], now: float
     ) -> int:
-        rows = [result_row(r, now) for r in results]
-        new: int = conn.executemany(INSERT_RESULT, rows).rowcount
-        conn.executemany(MARK_TERMINAL, [(now, r.article_id) for r in results])
-        duplicates = len(rows) - new
+        holders: dict[str, tuple[str, str | None]] = {}
+        ids = list(dict.fromkeys(r.article_id for r in results))
+        for batch in _batched(ids, _ID_CHUNK):
+            marks = ", ".join("?" * len(batch))
+            for article_id, state, owner in conn.execute(
+                f"SELECT id, state, lease_owner FROM articles WHERE id IN ({marks})", batch
+            ):
+                holders[article_id] = (state, owner)
+        accepted: list[TerminalResult] = []
+        stale: list[TerminalResult] = []
+        for result in results:
+            holder = holders.get(result.article_id)
+            if (
+                holder is None
+                or holder[0] in ("done", "failed")
+                or holder == ("leased", self.owner)
+            ):
+                accepted.append(result)  # a terminal row already has its result: a duplicate
+            else:
+                stale.append(result)
+        new = 0
+        if accepted:
+            new = conn.executemany(INSERT_RESULT, [result_row(r, now) for r in accepted]).rowcount
+            conn.executemany(MARK_TERMINAL, [(now, r.article_id) for r in accepted])
+        duplicates = len(accepted) - new
+        if stale:
+            conn.execute(META_ADD, ("stale_results", len(stale)))
+            with self._lock:
+                self._stale_results += len(stale)
+            log.warning(
+                "stale_lease_results_dropped",
+                path=self.path,
+                owner=self.owner,
+                count=len(stale),
+                ids=[r.article_id for r in stale[:5]],
+                held_by=[holders[r.article_id][1] for r in stale[:5]],
+            )
         if duplicates:
+            conn.execute(META_ADD, ("duplicate_results", duplicates))
             with self._lock:
                 self._duplicate_results += duplicates
             log.warning(
                 "duplicate_terminal_results_ignored",
                 path=self.path,
                 count=duplicates,
-                batch=len(rows),
-                ids=[r.article_id for r in results[:5]],
+                batch=len(results),
+                ids=[r.article_id for r in accepted[:5]],
             )
         return new
 
@@ -442,6 +533,21 @@ class SqliteStore:
         """Terminal results ignored because the article already had one."""
         with self._lock:
             return self._duplicate_results
+
+    @property
+    def stale_results(self) -> int:
+        """Terminal results dropped because another owner held the lease."""
+        with self._lock:
+            return self._stale_results
+
+    def refused_results(self) -> dict[str, int]:
+        """``stale_results`` and ``duplicate_results`` over the database's
+        life, every writer included (from ``meta``)."""
+        return refused_counts(
+            self._read(
+                "SELECT key, value FROM meta WHERE key IN ('stale_results', 'duplicate_results')"
+            )
+        )
 
     def results(self, ids: Iterable[str] | None = None) -> Iterator[TerminalResult]:
         """The stored results: of ``ids`` (those that have one), or all in
@@ -472,26 +578,24 @@ class SqliteStore:
     def cluster_backlog(self, limit: int) -> list[tuple[str, str, float | None]]:
         """``(article id, cluster id, published_at epoch or None)`` of the
         newest ``limit`` queued articles that name a cluster, so a daemon can
-        count its whole backlog towards cluster hotness before it leases."""
+        count its whole backlog towards cluster hotness before it leases.
+        Payloads that are not JSON text are skipped (leasing fails them)."""
         rows = self._read(
-            "SELECT id, CAST(json_extract(payload, '$.cluster_id') AS TEXT),"
-            " json_extract(payload, '$.published_at') FROM articles"
-            " WHERE state = 'queued' AND json_extract(payload, '$.cluster_id') IS NOT NULL"
-            " ORDER BY enqueued_at DESC LIMIT ?",
+            "SELECT CAST(id AS BLOB), CAST(CAST(cluster AS TEXT) AS BLOB),"
+            " CAST(published AS BLOB) FROM ("
+            f" SELECT id, enqueued_at, {_JSON_FIELD.format(field='cluster_id')} AS cluster,"
+            f" {_JSON_FIELD.format(field='published_at')} AS published"
+            " FROM articles WHERE state = 'queued')"
+            " WHERE cluster IS NOT NULL ORDER BY enqueued_at DESC LIMIT ?",
             (limit,),
         )
         out: list[tuple[str, str, float | None]] = []
-        for article_id, cluster_id, published in rows:
-            at = None
-            if isinstance(published, str):
-                try:
-                    stamp = datetime.fromisoformat(published.replace("Z", "+00:00"))
-                    if stamp.tzinfo is None:
-                        stamp = stamp.replace(tzinfo=UTC)
-                    at = stamp.timestamp()
-                except ValueError:
-                    at = None
-            out.append((article_id, cluster_id, at))
+        for raw_id, raw_cluster, raw_published in rows:
+            article_id = _usable_id("text", raw_id)
+            if article_id is None:
+                continue
+            cluster_id = bytes(raw_cluster).decode("utf-8", "replace")
+            out.append((article_id, cluster_id, _epoch(raw_published)))
         return out
 
     def counts(self) -> dict[str, int]:
@@ -558,6 +662,60 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
+_LEASE_COLUMNS = "rowid, typeof(id), CAST(id AS BLOB), CAST(payload AS BLOB), attempts"
+# Taking a row is a strike, unless it is this owner's own expired lease (a
+# renewal came late: nobody died).
+_TAKE = """UPDATE articles
+    SET state = 'leased', lease_owner = ?, lease_expires = ?,
+        attempts = attempts + CASE WHEN state = 'leased' AND lease_owner = ? THEN 0 ELSE 1 END,
+        updated_at = ?
+    WHERE rowid = ?"""
+# A refused row ends terminal even if a result for its id was already there.
+_SETTLE_REFUSED = """UPDATE articles
+    SET state = COALESCE((SELECT status FROM results WHERE article_id = articles.id), 'failed'),
+        lease_owner = NULL, lease_expires = NULL, updated_at = ?
+    WHERE rowid = ? AND state = 'leased'"""
+# A payload field, or NULL when the payload is not JSON text (json_extract
+# would raise "malformed JSON" and fail the whole query).
+_JSON_FIELD = (
+    "CASE WHEN typeof(payload) = 'text' AND json_valid(payload)"
+    " THEN json_extract(payload, '$.{field}') END"
+)
+
+
+def _payload(article: Article) -> str:
+    payload = dumps(article_to_json(article))
+    problem = storable_text_problem(article.id) or storable_text_problem(payload)
+    if problem:
+        raise InvalidArticle(f"article {article.id!r}: {problem}")
+    return payload
+
+
+def _usable_id(id_type: str, raw: bytes | None) -> str | None:
+    """The row's id as text, or None when it is NULL, a BLOB, empty or not UTF-8."""
+    if id_type != "text" or raw is None:
+        return None
+    try:
+        article_id = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return article_id if article_id.strip() else None
+
+
+def _article_of(article_id: str, payload: bytes | None) -> tuple[Article | None, str]:
+    """The row's article, or None and why it cannot be one."""
+    try:
+        article = article_from_row(b"" if payload is None else bytes(payload))
+    except InvalidArticle as exc:
+        return None, str(exc)
+    except Exception as exc:  # a validation bug must not stop every lease after it
+        log.exception("article_payload_check_crashed", article_id=article_id)
+        return None, f"unexpected error while reading it: {exc!r}"
+    if article.id != article_id:
+        return None, f"payload id is {article.id!r}"
+    return article, ""
+
+
 def _invalid_payload(article_id: str, problem: str) -> Failed:
     log.warning("invalid_article_payload", article_id=article_id, problem=problem)
     return Failed(
@@ -567,6 +725,43 @@ def _invalid_payload(article_id: str, problem: str) -> Failed:
         tier="",
         attempts=0,
     )
+
+
+def _poisoned(article_id: str, attempts: int, poison_after: int) -> Failed:
+    log.warning("poison_article_not_leased_again", article_id=article_id, leases=attempts)
+    return Failed(
+        article_id=article_id,
+        reason=FailureReason.POISON,
+        detail=f"leased {attempts} times without a result (each time the process holding it "
+        f"died or stopped renewing its lease); not leased again (retry.poison_after = "
+        f"{poison_after})",
+        tier="",
+        attempts=0,
+    )
+
+
+def _epoch(raw: bytes | None) -> float | None:
+    """Epoch seconds of an ISO 8601 text, or None when it is not one."""
+    if raw is None:
+        return None
+    try:
+        stamp = datetime.fromisoformat(bytes(raw).decode("utf-8").replace("Z", "+00:00"))
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def refused_counts(rows: Iterable[Sequence[Any]]) -> dict[str, int]:
+    """``{"stale_results": n, "duplicate_results": m}`` from ``meta`` rows (0 when absent)."""
+    counts = {"stale_results": 0, "duplicate_results": 0}
+    for key, value in rows:
+        try:
+            counts[key] = int(value)
+        except (TypeError, ValueError):
+            continue
+    return counts
 
 
 def _decode(row: Sequence[Any]) -> TerminalResult:
