@@ -483,14 +483,36 @@ async def _invoke(
 ) -> tuple[PackAnswer, float, float]:
     """Run one provider call with the runtime's own timeout. Never raises:
     a provider that raises is reported as a server error. The registry hears
-    when the request really leaves, so its window follows the provider's."""
+    when the request really leaves, so its window follows the provider's.
+
+    The runtime's timeout is a backstop behind the provider's own: it allows
+    ``timeout_s`` after the provider's latest send mark, and before any mark
+    twice that from the start (a provider may first wait up to ``timeout_s``
+    for a connection of its own pool; see ``ExtractionRequest``)."""
     await pacer.turn()
     started = clock.now()
     sent(request.grant_id, started)
+    loop = asyncio.get_running_loop()
+    backstop: asyncio.Timeout | None = None
+
+    def restart() -> None:
+        if backstop is not None and not backstop.expired() and not finished:
+            backstop.reschedule(loop.time() + request.timeout_s)
+
+    def on_sent() -> None:
+        # Any thread: the provider may send from a worker thread.
+        sent(request.grant_id, clock.now())
+        loop.call_soon_threadsafe(restart)
+
+    finished = False
     # This coroutine runs as its own task, so the binding is private to it.
-    bind_request_sent(lambda: sent(request.grant_id, clock.now()))
+    bind_request_sent(on_sent)
     try:
-        answer = await asyncio.wait_for(provider.extract(request), request.timeout_s)
+        async with asyncio.timeout(2 * request.timeout_s) as backstop:
+            try:
+                answer = await provider.extract(request)
+            finally:
+                finished = True
     except TimeoutError:
         answer = PackAnswer(TimedOut(after_s=clock.now() - started))
     except Exception as exc:

@@ -55,6 +55,7 @@ from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
 from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
@@ -113,7 +114,7 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKey) as exc:
+    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -465,7 +466,8 @@ def _exit_code(
         print(
             f"tierbatch: error: the provider refused the configuration ({report.fatal_error}).\n"
             "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
-            "provider.api_key_env) and that its project may use the configured models. "
+            "provider.api_key_env), provider.base_url, and that the key's project may use "
+            "the configured models. "
             f"{left} article(s) stay queued in {db}; run again once fixed.",
             file=err,
         )
