@@ -336,12 +336,12 @@ class Extractor(pykka.ThreadingActor):
                 log.debug("rate limited", articles=len(pack.members), scope=str(outcome.scope))
                 self._retry(pack, None, count_failure=False)
             case ServerError(status, message):
-                log.info("server error", status=status, detail=message)
+                log.debug("server error", status=status, detail=message)
                 self._retry(
                     pack, (FailureReason.RETRIES_EXHAUSTED, f"server error {status}: {message}")
                 )
             case TimedOut(after_s):
-                log.info("request timed out", after_s=after_s)
+                log.debug("request timed out", after_s=after_s)
                 self._retry(
                     pack, (FailureReason.TIMEOUT, f"no answer from {model} in {after_s:.1f}s")
                 )

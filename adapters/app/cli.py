@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ import structlog
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
+from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
@@ -240,6 +242,14 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         help="seconds between progress log lines outside a terminal (default 10)",
     )
     parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
+        metavar="S",
+        help="seconds between 'provider calls' log lines, per-model call counts, 429s, "
+        "tokens and latency (default 60; 0: none). Per-call lines are at --log-level debug",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N"
     )
     parser.add_argument(
@@ -291,6 +301,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     clock = SystemClock()
     provider, description = make_provider(config, clock)
     synthetic = _is_simulated(provider)
+    provider = _with_call_stats(provider, args.stats_interval)
     print(provider_line(description, synthetic), file=out, flush=True)
     with ExitStack() as stack:
         store = _open_store(args.db)
@@ -344,6 +355,12 @@ def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> Daemon
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _with_call_stats(provider: Provider, interval_s: float) -> Provider:
+    if interval_s < 0 or not math.isfinite(interval_s):
+        raise UsageError(f"--stats-interval {interval_s}: expected 0 (none) or more seconds")
+    return CallStatsProvider(provider, interval_s) if interval_s > 0 else provider
 
 
 def _open_store(db: str) -> SqliteStore:
