@@ -29,8 +29,8 @@ class Seen:
 
 class RecordingServer:
     """On 127.0.0.1, an ephemeral port. A request to ``LANDING`` is answered
-    200 with an empty JSON object; any other is answered ``status`` with
-    ``Location: location`` (when ``location`` is set), else 200."""
+    200 with an empty JSON object; any other is answered ``status`` (with
+    ``Location: location`` when that is set)."""
 
     def __init__(self) -> None:
         self.status = 200
@@ -50,9 +50,10 @@ class RecordingServer:
                     owner.seen.append(
                         Seen(self.command, self.path, tuple(self.headers.items()), body)
                     )
-                if owner.location and not self.path.startswith("/landing"):
+                if owner.status != 200 and not self.path.startswith("/landing"):
                     self.send_response(owner.status)
-                    self.send_header("Location", owner.location)
+                    if owner.location:
+                        self.send_header("Location", owner.location)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return

@@ -83,6 +83,19 @@ def test_api_key_never_follows_redirect_to_another_origin(
     assert KEY not in repr(answer)
 
 
+@pytest.mark.parametrize("status", [300, 307])
+@pytest.mark.parametrize("kind", sorted(PROVIDERS))
+def test_redirect_without_a_location_is_refused_too(kind: str, status: int) -> None:
+    with RecordingServer() as origin:
+        origin.status = status
+        answer = extract(PROVIDERS[kind](ProviderConfig(base_url=origin.base_url)))
+        calls = origin.requests()
+    assert len(calls) == 1
+    assert isinstance(answer.outcome, AuthFailed), answer.outcome
+    assert answer.outcome.status == status
+    assert "an unreadable address" in answer.outcome.message
+
+
 def test_run_against_a_redirecting_endpoint_stops_without_a_retry_storm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -80,9 +80,10 @@ exit codes:
   2  bad usage, configuration or database (the message names the problem)
   3  some input lines were rejected (line numbers and reasons are in the
      database's rejects table; every valid line was processed)
-  4  the provider refused the configuration (HTTP 401/403): check the API key
-     and that its project may use the configured models; queued articles stay
-     queued in the database
+  4  the provider refused the configuration (HTTP 401/403, or the base URL
+     redirected, which is never followed): check the API key, provider.base_url
+     and that the key's project may use the configured models; queued articles
+     stay queued in the database
   5  run only: stopped by a signal before every article was terminal (the rest
      stay queued; run again to finish them)
   When several apply, the first of 4, 5, 3, 1 wins. daemon exits 0 on

@@ -97,6 +97,15 @@ class _NotSent(Exception):
     """The call was given up before a worker thread took it: it never left."""
 
 
+class _Redirected(Exception):
+    """The endpoint answered a redirect (3xx), which is not followed."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(f"HTTP {status} redirect, not followed")
+        self.status = status
+        self.location = location
+
+
 class LegacyExtraMissing(ImportError):
     """google-generativeai is not installed."""
 
@@ -289,6 +298,8 @@ class LegacyProvider:
     def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
         sdk = self._sdk
         secrets = (self._key,)
+        if isinstance(exc, _Redirected):
+            return redirect_refused(exc.status, self.base_url, exc.location)
         if isinstance(exc, sdk.requests_exceptions.TooManyRedirects):
             response = getattr(exc, "response", None)
             headers = getattr(response, "headers", None) or {}
@@ -304,6 +315,8 @@ class LegacyProvider:
         if isinstance(exc, sdk.api_exceptions.GoogleAPICallError):
             detail = safe_message(_REQUEST_PREFIX.sub("", str(exc.message or exc)), secrets)
             status = int(exc.code) if exc.code is not None else None
+            if status is not None and 300 <= status < 400:  # a 3xx requests did not follow
+                return redirect_refused(status, self.base_url, None)
             return outcome_for_status(
                 status, _details_with_reason(exc), detail, key_env=self._config.api_key_env
             )
@@ -337,9 +350,9 @@ def _guard_session(client: Any, origin: Origin, size: int) -> None:
 
 
 def _one_origin_adapter_type() -> Any:
-    """A requests ``HTTPAdapter`` that sends only to one origin, and marks
-    the request sent as it hands it to urllib3 (its pool does not block:
-    the connection is there at once)."""
+    """A requests ``HTTPAdapter`` that sends only to one origin, marks the
+    request sent as it hands it to urllib3 (its pool does not block: the
+    connection is there at once), and turns any 3xx answer into an error."""
     http_adapter: Any = importlib.import_module("requests.adapters").HTTPAdapter
 
     class OneOriginAdapter(http_adapter):  # type: ignore[misc]
@@ -350,7 +363,13 @@ def _one_origin_adapter_type() -> Any:
         def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
             require_origin(str(request.url), self.origin)
             mark_request_sent()
-            return super().send(request, *args, **kwargs)
+            response = super().send(request, *args, **kwargs)
+            if 300 <= response.status_code < 400:
+                # The REST transport would read a 3xx as an answer.
+                location = response.headers.get("location")
+                response.close()
+                raise _Redirected(response.status_code, location)
+            return response
 
     return OneOriginAdapter
 
