@@ -347,6 +347,11 @@ class Extractor(pykka.ThreadingActor):
                 )
             case ModelNotFound():
                 self._retry(pack, None, count_failure=False)
+            case Cancelled():
+                # Never sent (it waited too long for a connection of the
+                # provider's pool): not the articles' fault, nor the model's.
+                log.debug("call not sent", articles=len(pack.members))
+                self._retry(pack, None, count_failure=False)
             case BadRequest(message):
                 log.warning("bad request", detail=message)
                 for member in pack.members:
@@ -502,7 +507,8 @@ async def _invoke(
     def on_sent() -> None:
         # Any thread: the provider may send from a worker thread.
         sent(request.grant_id, clock.now())
-        loop.call_soon_threadsafe(restart)
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing to restart
+            loop.call_soon_threadsafe(restart)
 
     finished = False
     # This coroutine runs as its own task, so the binding is private to it.

@@ -13,6 +13,7 @@ from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_s
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
 from tierbatch.policies.config import RetryConfig
+from tierbatch.policies.outcomes import Cancelled
 from tierbatch.policies.results import Done
 
 TIMEOUT_S = 1.0
@@ -34,3 +35,23 @@ def test_runtime_timeout_does_not_count_the_wait_for_a_connection() -> None:
         assert runtime.drain(timeout=30)
     assert [type(r) for r in sink.results] == [Done]
     assert len(provider.requests) == 1
+
+
+def test_call_never_sent_is_retried_without_counting_a_failure() -> None:
+    """``Cancelled``: the provider gave up before the request had a
+    connection. Not the articles' fault: with a failure budget of one, the
+    article still gets its second attempt."""
+
+    async def first_never_sent(request: ExtractionRequest) -> PackAnswer:
+        if request.attempt == 1:
+            return PackAnswer(Cancelled())
+        return answer_all(request)
+
+    provider = ScriptedProvider(first_never_sent)
+    config = small_config(retry=RetryConfig(max_failures=1), extractors=1)
+    sink = CollectingSink()
+    with Runtime(config, provider, sink) as runtime:
+        runtime.submit(make_articles(1))
+        assert runtime.drain(timeout=30)
+    assert [type(r) for r in sink.results] == [Done]
+    assert [r.attempt for r in provider.requests] == [1, 2]

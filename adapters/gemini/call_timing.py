@@ -16,6 +16,7 @@ registry refunds its quota) instead of ``TimedOut``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -55,7 +56,8 @@ class CallTiming:
         if threading.get_ident() == self._loop_thread:
             self._restart()
         else:
-            self._loop.call_soon_threadsafe(self._restart)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                self._loop.call_soon_threadsafe(self._restart)
         return True
 
     def give_up(self) -> float | None:
