@@ -336,16 +336,21 @@ class Extractor(pykka.ThreadingActor):
                 log.debug("rate limited", articles=len(pack.members), scope=str(outcome.scope))
                 self._retry(pack, None, count_failure=False)
             case ServerError(status, message):
-                log.info("server error", status=status, detail=message)
+                log.debug("server error", status=status, detail=message)
                 self._retry(
                     pack, (FailureReason.RETRIES_EXHAUSTED, f"server error {status}: {message}")
                 )
             case TimedOut(after_s):
-                log.info("request timed out", after_s=after_s)
+                log.debug("request timed out", after_s=after_s)
                 self._retry(
                     pack, (FailureReason.TIMEOUT, f"no answer from {model} in {after_s:.1f}s")
                 )
             case ModelNotFound():
+                self._retry(pack, None, count_failure=False)
+            case Cancelled():
+                # Never sent (it waited too long for a connection of the
+                # provider's pool): not the articles' fault, nor the model's.
+                log.debug("call not sent", articles=len(pack.members))
                 self._retry(pack, None, count_failure=False)
             case BadRequest(message):
                 log.warning("bad request", detail=message)
@@ -483,14 +488,37 @@ async def _invoke(
 ) -> tuple[PackAnswer, float, float]:
     """Run one provider call with the runtime's own timeout. Never raises:
     a provider that raises is reported as a server error. The registry hears
-    when the request really leaves, so its window follows the provider's."""
+    when the request really leaves, so its window follows the provider's.
+
+    The runtime's timeout is a backstop behind the provider's own: it allows
+    ``timeout_s`` after the provider's latest send mark, and before any mark
+    twice that from the start (a provider may first wait up to ``timeout_s``
+    for a connection of its own pool; see ``ExtractionRequest``)."""
     await pacer.turn()
     started = clock.now()
     sent(request.grant_id, started)
+    loop = asyncio.get_running_loop()
+    backstop: asyncio.Timeout | None = None
+
+    def restart() -> None:
+        if backstop is not None and not backstop.expired() and not finished:
+            backstop.reschedule(loop.time() + request.timeout_s)
+
+    def on_sent() -> None:
+        # Any thread: the provider may send from a worker thread.
+        sent(request.grant_id, clock.now())
+        with contextlib.suppress(RuntimeError):  # the loop closed: nothing to restart
+            loop.call_soon_threadsafe(restart)
+
+    finished = False
     # This coroutine runs as its own task, so the binding is private to it.
-    bind_request_sent(lambda: sent(request.grant_id, clock.now()))
+    bind_request_sent(on_sent)
     try:
-        answer = await asyncio.wait_for(provider.extract(request), request.timeout_s)
+        async with asyncio.timeout(2 * request.timeout_s) as backstop:
+            try:
+                answer = await provider.extract(request)
+            finally:
+                finished = True
     except TimeoutError:
         answer = PackAnswer(TimedOut(after_s=clock.now() - started))
     except Exception as exc:

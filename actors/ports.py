@@ -21,8 +21,14 @@ class ExtractionRequest:
     """One model call on a pack of articles of one tier.
 
     ``timeout_s`` is how long, in real seconds, the adapter may wait for the
-    answer (the runtime also enforces it). ``granted_at`` is the registry's
-    clock reading when quota was granted; adapters may log it.
+    answer, counted from when the request has a connection: time spent
+    queueing for one (an HTTP pool slot, a worker thread) is not the
+    server's and has a budget of its own, ``timeout_s`` again. A call that
+    never got a connection was not sent: ``Cancelled``. The runtime enforces
+    a backstop: ``timeout_s`` after the latest ``mark_request_sent``, or
+    twice that from the start of ``extract`` while there is none.
+    ``granted_at`` is the registry's clock reading when quota was granted;
+    adapters may log it.
     """
 
     model: str

@@ -85,6 +85,8 @@ class ModelRegistry(pykka.ThreadingActor):
         # grant_id -> (holder, model)
         self._grants: dict[int, tuple[int, str]] = {}
         self._warned_unavailable: set[str] = set()
+        # model -> (until, reason) of the cooldown last logged
+        self._cooling: dict[str, tuple[float, str]] = {}
         self._waker = Waker(clock, self._tell_wake, name="tierbatch-registry-waker")
 
     # ---- lifecycle -----------------------------------------------------------
@@ -303,14 +305,19 @@ class ModelRegistry(pykka.ThreadingActor):
                 reason = "requests_per_day"
             else:
                 reason = status.cooldown_reason or "cooldown"
-            if until is not None and until > now:
-                self._observer.on_cooldown(model, now, until, reason)
-                _log.info(
-                    "model cooling down",
-                    model=model,
-                    seconds=round(until - now, 3),
-                    reason=reason,
-                )
+            if until is None or until <= now:
+                continue
+            self._observer.on_cooldown(model, now, until, reason)
+            # Every 429 of a burst re-reports the same cooldown: a line at
+            # info when one starts (or turns into another kind, such as the
+            # day's quota running out), at debug while it goes on.
+            last = self._cooling.get(model)
+            self._cooling[model] = (until, reason)
+            seconds = round(until - now, 3)
+            if last is None or last[0] <= now or last[1] != reason:
+                _log.info("model cooling down", model=model, seconds=seconds, reason=reason)
+            else:
+                _log.debug("model still cooling down", model=model, seconds=seconds, reason=reason)
 
     def _warn_unavailable(self, model: str, message: str) -> None:
         if model in self._warned_unavailable:

@@ -100,6 +100,10 @@ class ProviderContract:
     def make(self, config: ProviderConfig, api_key: str | None = KEY) -> Provider:
         raise NotImplementedError
 
+    def make_pooled(self, config: ProviderConfig, calls_at_once: int) -> Provider:
+        """A provider that can have only ``calls_at_once`` calls on the wire."""
+        raise NotImplementedError
+
     def call(
         self,
         server: FakeGeminiServer,
@@ -140,6 +144,57 @@ class ProviderContract:
         assert len(marks) == 1
         assert before <= marks[0] <= after
         assert time.time() - (time.monotonic() - marks[0]) <= arrived + 0.01
+
+    def test_request_marked_sent_only_after_connection_acquired(self) -> None:
+        """Two calls, one connection (or worker thread): the second queues
+        until the first is answered. Its send mark must come once it has the
+        connection, not while it queues, and the queueing must not count
+        against its timeout (each call alone takes 0.6 s of its 1 s; both
+        together 1.2 s)."""
+        latency = 0.6
+        with fake_server(latency_s=latency) as server:
+            provider = self.make_pooled(ProviderConfig(base_url=server.base_url), 1)
+            marks: dict[str, list[float]] = {}
+
+            async def one(article: Article) -> PackAnswer:
+                mine = marks.setdefault(article.id, [])
+                bind_request_sent(lambda: mine.append(time.time()))
+                return await provider.extract(request((article,), timeout_s=1.0))
+
+            async def go() -> list[PackAnswer]:
+                try:
+                    return list(await asyncio.gather(one(ARTICLES[0]), one(ARTICLES[1])))
+                finally:
+                    await provider.aclose()
+
+            answers = asyncio.run(go())
+            arrivals = {s.article_ids[0]: s.at for s in server.log}
+        assert [type(a.outcome) for a in answers] == [Succeeded, Succeeded]
+        first, second = sorted(arrivals, key=lambda article_id: arrivals[article_id])
+        assert arrivals[second] >= arrivals[first] + latency * 0.9, "the second call queued"
+        assert marks[second], "the second call was marked sent"
+        assert min(marks[second]) >= arrivals[first] + latency / 2
+
+    def test_call_that_never_gets_a_connection_is_cancelled_not_timed_out(self) -> None:
+        """Three calls, one connection, 0.6 s each: the third waits 1.2 s,
+        past its 1 s budget for a connection. It was never sent, so it is
+        ``Cancelled`` (its quota is refunded, the model's health untouched),
+        and it is not sent later either."""
+        with fake_server(latency_s=0.6) as server:
+            provider = self.make_pooled(ProviderConfig(base_url=server.base_url), 1)
+
+            async def go() -> list[PackAnswer]:
+                calls = [provider.extract(request((a,), timeout_s=1.0)) for a in ARTICLES]
+                try:
+                    return list(await asyncio.gather(*calls))
+                finally:
+                    await provider.aclose()
+
+            answers = asyncio.run(go())
+            served = server.log
+        kinds = sorted(type(a.outcome).__name__ for a in answers)
+        assert kinds == ["Cancelled", "Succeeded", "Succeeded"]
+        assert len(served) == 2
 
     # -- answers ---------------------------------------------------------
 

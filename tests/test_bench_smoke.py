@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -27,6 +30,32 @@ from bench.workloads import build_workload  # noqa: E402
 CORE_SYSTEMS = ("tierbatch-packed", "tierbatch-unpacked", "seed-taskmanager", "openai-parallel")
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def _quiet_without_caching() -> None:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        cache_logger_on_first_use=False,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bench_logging_kept_in() -> Iterator[None]:
+    """The bench configures logging for its own process and caches loggers on
+    first use; here that process is pytest's, so its set-up must not outlive
+    this module (cached loggers would keep its warning-level filter for every
+    later test)."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(run, "quiet_logs", _quiet_without_caching)
+        try:
+            yield
+        finally:
+            structlog.configure(**saved)
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,18 @@ provider factory."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 from provider_contract import KEY, MODEL, ProviderContract, fake_server, request
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
-from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.provider_factory import calls_in_flight_limit, make_provider
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.genai_provider import GenaiProvider
 from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
+from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.simulation.simulated import SimulatedProvider
 from tierbatch.policies.config import (
     ComposerConfig,
@@ -21,6 +23,7 @@ from tierbatch.policies.config import (
     ModelSpec,
     ProviderConfig,
     ProviderKind,
+    RuntimeConfig,
     TierSpec,
 )
 from tierbatch.policies.outcomes import Succeeded
@@ -31,6 +34,9 @@ class TestGenaiProvider(ProviderContract):
 
     def make(self, config: ProviderConfig, api_key: str | None = KEY) -> Provider:
         return GenaiProvider(config, api_key=api_key)
+
+    def make_pooled(self, config: ProviderConfig, calls_at_once: int) -> Provider:
+        return GenaiProvider(config, api_key=KEY, max_connections=calls_at_once)
 
 
 def test_api_version_from_config() -> None:
@@ -111,3 +117,31 @@ def test_factory_explicit_kinds(no_key_env: pytest.MonkeyPatch) -> None:
     assert description == "simulated (provider.kind = simulated)"
     asyncio.run(genai_provider.aclose())
     asyncio.run(legacy_provider.aclose())
+
+
+def test_factory_sizes_the_pools_to_the_calls_in_flight(no_key_env: pytest.MonkeyPatch) -> None:
+    """httpx's default pool (100) is smaller than the default config's calls
+    in flight (4 extractors x 64 packs, plus a batch each): the rest would
+    queue for a connection, their send marks and timeouts running."""
+    default = replace(
+        config(ProviderKind.GENAI),
+        runtime=RuntimeConfig(),
+        composer=ComposerConfig(mix={"main": 8}),
+    )
+    limit = calls_in_flight_limit(default)
+    assert limit == 4 * (64 + 8)
+    genai_provider, _ = make_provider(default, SystemClock(), api_key="k")
+    legacy_config = replace(default, provider=ProviderConfig(kind=ProviderKind.LEGACY))
+    legacy_provider, _ = make_provider(legacy_config, SystemClock(), api_key="k")
+    assert isinstance(genai_provider, GenaiProvider)
+    assert isinstance(legacy_provider, LegacyProvider)
+    assert genai_provider.max_connections == limit
+    assert legacy_provider.max_workers == limit
+    asyncio.run(genai_provider.aclose())
+    asyncio.run(legacy_provider.aclose())
+
+
+def test_base_url_that_is_not_http_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "127.0.0.1:8765")
+    with pytest.raises(InvalidBaseUrl, match="GOOGLE_GEMINI_BASE_URL"):
+        GenaiProvider(ProviderConfig(), api_key=KEY)

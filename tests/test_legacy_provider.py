@@ -21,6 +21,9 @@ class TestLegacyProvider(ProviderContract):
     def make(self, config: ProviderConfig, api_key: str | None = KEY) -> Provider:
         return LegacyProvider(config, api_key=api_key, max_workers=8)
 
+    def make_pooled(self, config: ProviderConfig, calls_at_once: int) -> Provider:
+        return LegacyProvider(config, api_key=KEY, max_workers=calls_at_once)
+
 
 def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "google.generativeai", None)

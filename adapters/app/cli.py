@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ import structlog
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
+from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
@@ -55,6 +57,7 @@ from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
 from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
@@ -78,9 +81,10 @@ exit codes:
   2  bad usage, configuration or database (the message names the problem)
   3  some input lines were rejected (line numbers and reasons are in the
      database's rejects table; every valid line was processed)
-  4  the provider refused the configuration (HTTP 401/403): check the API key
-     and that its project may use the configured models; queued articles stay
-     queued in the database
+  4  the provider refused the configuration (HTTP 401/403, or the base URL
+     redirected, which is never followed): check the API key, provider.base_url
+     and that the key's project may use the configured models; queued articles
+     stay queued in the database
   5  run only: stopped by a signal before every article was terminal (the rest
      stay queued; run again to finish them)
   6  the database failed during the run (e.g. disk full): the message names
@@ -118,7 +122,7 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKey) as exc:
+    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
     except StorageError as exc:  # opening the database is a UsageError; this is later
@@ -247,6 +251,14 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         help="seconds between progress log lines outside a terminal (default 10)",
     )
     parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
+        metavar="S",
+        help="seconds between 'provider calls' log lines, per-model call counts, 429s, "
+        "tokens and latency (default 60; 0: none). Per-call lines are at --log-level debug",
+    )
+    parser.add_argument(
         "--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N"
     )
     parser.add_argument(
@@ -298,6 +310,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     clock = SystemClock()
     provider, description = make_provider(config, clock)
     synthetic = _is_simulated(provider)
+    provider = _with_call_stats(provider, args.stats_interval)
     print(provider_line(description, synthetic), file=out, flush=True)
     with ExitStack() as stack:
         store = _open_store(args.db)
@@ -351,6 +364,12 @@ def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> Daemon
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _with_call_stats(provider: Provider, interval_s: float) -> Provider:
+    if interval_s < 0 or not math.isfinite(interval_s):
+        raise UsageError(f"--stats-interval {interval_s}: expected 0 (none) or more seconds")
+    return CallStatsProvider(provider, interval_s) if interval_s > 0 else provider
 
 
 def _open_store(db: str) -> SqliteStore:
@@ -476,7 +495,8 @@ def _exit_code(
         print(
             f"tierbatch: error: the provider refused the configuration ({report.fatal_error}).\n"
             "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
-            "provider.api_key_env) and that its project may use the configured models. "
+            "provider.api_key_env), provider.base_url, and that the key's project may use "
+            "the configured models. "
             f"{left} article(s) stay queued in {db}; run again once fixed.",
             file=err,
         )

@@ -469,7 +469,7 @@ class Daemon:
         except QueueFull as full:
             unplaced = leased[len(leased) - full.remaining :]
             self._storage(self.store.release, [a.id for a in unplaced])
-            _log.info("runtime queue full; leases handed back", released=len(unplaced))
+            _log.debug("runtime queue full; leases handed back", released=len(unplaced))
             return
         if receipt.duplicates:
             # Already in the runtime, or finished with the result not yet

@@ -25,6 +25,7 @@ from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider, Sink
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
+from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.policies.config import Config
@@ -47,17 +48,22 @@ def open_runtime(
     api_key: str | None = None,
     quota_state: Mapping[str, Any] | None = None,
     observer: RegistryObserver | None = None,
+    stats_interval_s: float | None = DEFAULT_INTERVAL_S,
 ) -> EmbeddedRuntime:
     """Build a runtime from a config object or TOML path (None: the shipped
     default). Without ``sink`` results are collected in memory
-    (``runtime.sink.results``). Returns it unstarted: use it in a ``with``
-    block or call ``start()``."""
+    (``runtime.sink.results``). Every ``stats_interval_s`` seconds of calls
+    a ``provider calls`` line sums them up at info level (None or 0: none;
+    per-call lines are at debug). Returns it unstarted: use it in a
+    ``with`` block or call ``start()``."""
     resolved = config if isinstance(config, Config) else load_config(config)
     clock = clock or SystemClock()
     if provider is None:
         provider, description = make_provider(resolved, clock, api_key=api_key)
     else:
         description = f"custom provider ({type(provider).__name__})"
+    if stats_interval_s:
+        provider = CallStatsProvider(provider, stats_interval_s)
     runtime = EmbeddedRuntime(
         resolved,
         provider,

@@ -12,8 +12,16 @@ that redirects stderr (rich does) shows log lines above itself instead of
 being torn by them.
 
 Secrets: the API key is never passed to a logger by tierbatch; as a second
-line of defence every string in an event is scrubbed of the values given to
-``configure_logging(secrets=...)``.
+line of defence the values given to ``configure_logging(secrets=...)`` are
+scrubbed twice: from every string in an event before it is rendered, and
+from the final rendered text of every line -- the renderer adds text of its
+own (exception tracebacks), which the first pass never sees. Tracebacks
+never show local variables (rich's do by default, and a local may hold the
+key, a request's headers or a config): they are Python's plain ones, which
+are also never wrapped, so a secret cannot be split across lines where no
+scrubber would find it. Lines of the standard library's loggers (pykka,
+asyncio, the HTTP clients) go through the same final scrub, at warning and
+above.
 """
 
 from __future__ import annotations
@@ -83,6 +91,43 @@ class SecretScrubber:
         return value
 
 
+@dataclass(frozen=True, slots=True)
+class RenderedScrubber:
+    """The last structlog processor: scrubs the rendered line itself."""
+
+    secrets: tuple[str, ...]
+
+    def __call__(self, _logger: WrappedLogger, _name: str, line: Any) -> Any:
+        return scrub_text(line, self.secrets)
+
+
+def scrub_text(text: Any, secrets: tuple[str, ...]) -> Any:
+    """``text`` (str or bytes) with every secret replaced by ``[redacted]``."""
+    for secret in secrets:
+        if isinstance(text, str):
+            text = text.replace(secret, REDACTED)
+        elif isinstance(text, bytes):
+            text = text.replace(secret.encode(), REDACTED.encode())
+    return text
+
+
+class _ScrubbingStderrHandler(logging.Handler):
+    """For the standard library's loggers: the current stderr, secrets
+    scrubbed from the formatted line (exception text included)."""
+
+    def __init__(self, secrets: tuple[str, ...], level: int) -> None:
+        super().__init__(level)
+        self.secrets = secrets
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = scrub_text(self.format(record), self.secrets)
+            CurrentStderrLogger().msg(line)
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(
     *,
     json_lines: bool,
@@ -94,7 +139,9 @@ def configure_logging(
 
     ``json_lines`` picks JSON output over console output; ``colors`` (console
     only) defaults to whether stderr is a terminal; ``secrets`` are scrubbed
-    from every line. Raises ``UnknownLogLevel`` for a bad ``level``.
+    from every line. The standard library's root logger gets one handler
+    of ours (replacing any earlier one of ours), at ``level`` or warning,
+    whichever is higher. Raises ``UnknownLogLevel`` for a bad ``level``.
     """
     try:
         threshold = _LEVELS[level.lower()]
@@ -102,7 +149,8 @@ def configure_logging(
         raise UnknownLogLevel(
             f"unknown log level {level!r}; expected one of: {', '.join(LEVEL_NAMES)}"
         ) from None
-    scrubber = SecretScrubber(tuple(s for s in secrets if s))
+    values = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+    scrubber = SecretScrubber(values)
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -114,13 +162,17 @@ def configure_logging(
             structlog.processors.format_exc_info,
             scrubber,
             structlog.processors.JSONRenderer(default=str),
+            RenderedScrubber(values),
         ]
     else:
         use_colors = sys.stderr.isatty() if colors is None else colors
         renderer = [
             structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
             scrubber,
-            structlog.dev.ConsoleRenderer(colors=use_colors),
+            structlog.dev.ConsoleRenderer(
+                colors=use_colors, exception_formatter=structlog.dev.plain_traceback
+            ),
+            RenderedScrubber(values),
         ]
     structlog.configure(
         processors=[*shared, *renderer],
@@ -128,13 +180,36 @@ def configure_logging(
         logger_factory=_current_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    _install_stdlib_handler(values, max(threshold, logging.WARNING))
+
+
+def _install_stdlib_handler(secrets: tuple[str, ...], level: int) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _ScrubbingStderrHandler):
+            root.removeHandler(handler)
+    root.addHandler(_ScrubbingStderrHandler(secrets, level))
+
+
+_STDLIB_HANDLERS = "tierbatch_stdlib_handlers"
 
 
 def saved_configuration() -> dict[str, Any]:
-    """structlog's current configuration, to put back with ``restore_configuration``
-    when the CLI runs inside another program (tests, notebooks)."""
-    return dict(structlog.get_config())
+    """structlog's current configuration and the root logger's handlers, to
+    put back with ``restore_configuration`` when the CLI runs inside another
+    program (tests, notebooks)."""
+    saved = dict(structlog.get_config())
+    saved[_STDLIB_HANDLERS] = list(logging.getLogger().handlers)
+    return saved
 
 
 def restore_configuration(saved: dict[str, Any]) -> None:
-    structlog.configure(**saved)
+    config = dict(saved)
+    handlers = config.pop(_STDLIB_HANDLERS, None)
+    structlog.configure(**config)
+    if handlers is not None:
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)

@@ -5,6 +5,10 @@ in the environment variables the config names, else the in-process
 simulation, so a fresh checkout runs without a key and never by accident
 against a paid API. An explicit ``genai`` or ``legacy`` without a key is an
 error (``MissingApiKey``) rather than a silent fallback to the simulation.
+
+The SDK providers get a connection pool (google-genai) or thread pool
+(google-generativeai) as large as the calls the runtime can have in flight,
+so no call queues in front of the network.
 """
 
 from __future__ import annotations
@@ -13,6 +17,19 @@ from tierbatch.actors.clock import Clock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.gemini.api_key import find_api_key
 from tierbatch.policies.config import Config, ProviderKind
+
+
+def calls_in_flight_limit(config: Config) -> int:
+    """The most provider calls the runtime can have out at once.
+
+    Each extractor asks for a batch while it holds fewer than
+    ``max_packs_in_flight`` packs, and a batch (``composer.batch_size``
+    articles) can become one pack per article: so up to
+    ``max_packs_in_flight - 1 + batch_size`` per extractor, plus the packs a
+    truncated answer splits into -- a batch's worth is the margin for those.
+    """
+    runtime = config.runtime
+    return runtime.extractors * (runtime.max_packs_in_flight + config.composer.batch_size)
 
 
 def make_provider(
@@ -33,12 +50,15 @@ def make_provider(
             config.provider,
             api_key=api_key,
             default_timeout_s=config.retry.request_timeout_s,
+            max_connections=calls_in_flight_limit(config),
         )
         return genai_provider, genai_provider.description
     if kind is ProviderKind.LEGACY:
         from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
 
-        legacy_provider = LegacyProvider(config.provider, api_key=api_key)
+        legacy_provider = LegacyProvider(
+            config.provider, api_key=api_key, max_workers=calls_in_flight_limit(config)
+        )
         return legacy_provider, legacy_provider.description
     return _simulated(config, clock, "simulated (provider.kind = simulated)")
 

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from tierbatch.adapters.gemini.origin import ForeignOrigin, origin_of, redirect_target
 from tierbatch.policies.outcomes import (
     AuthFailed,
     BadRequest,
@@ -190,6 +191,35 @@ def auth_message(status: int, server_message: str, key_env: Sequence[str]) -> st
         f"Gemini rejected the API key (HTTP {status}: {server_message}). "
         f"Set {names} to a valid key, and check that the key's Google Cloud project "
         "has the Generative Language API enabled and may use this model."
+    )
+
+
+def redirect_refused(status: int, base_url: str, location: str | None) -> AuthFailed:
+    """A redirect answer, which is never followed: the base URL is wrong.
+
+    ``AuthFailed`` because, like a refused key, it is a configuration error
+    that every further request would meet too: the run stops and keeps its
+    queue rather than failing every article or retrying. Only the target's
+    origin is named: the rest of a ``Location`` may carry anything.
+    """
+    target = redirect_target(base_url, location)
+    where = "an unreadable address" if target is None else str(target)
+    return AuthFailed(
+        status,
+        f"the Gemini endpoint {origin_of(base_url) or base_url} answered HTTP {status}, "
+        f"a redirect to {where}; redirects are never followed, so the API key goes to "
+        "no other address. Set provider.base_url (or GOOGLE_GEMINI_BASE_URL) to the "
+        "address that serves the Gemini API itself.",
+    )
+
+
+def foreign_origin_refused(exc: ForeignOrigin) -> AuthFailed:
+    """A request for another origin was stopped before it left (see
+    ``origin``); reported like a redirect, as a configuration error."""
+    return AuthFailed(
+        0,
+        f"{exc}; the API key is only ever sent to the configured base URL. "
+        "Check provider.base_url (or GOOGLE_GEMINI_BASE_URL).",
     )
 
 

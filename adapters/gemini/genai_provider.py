@@ -15,8 +15,13 @@ What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
   ``ServerError(None)``: the transfer was broken, the model's answer never
   arrived, and the registry should count it against the endpoint's health
   rather than against the articles;
-* any timeout -- httpx2's per-call one, or the total deadline of
-  ``request.timeout_s`` enforced around the call -- is ``TimedOut``;
+* a call's deadline counts from when it has a connection (``CallTiming``):
+  any timeout after that -- httpx2's per-step ones, or the total deadline of
+  ``request.timeout_s`` -- is ``TimedOut``; a call that timed out waiting
+  for a connection of the pool was never sent and is ``Cancelled``;
+* a redirect is never followed (``http_client``): it is ``AuthFailed``
+  naming where it pointed -- a wrong base URL, which stops the run rather
+  than sending the key elsewhere or retrying;
 * ``output_tokens`` includes thinking tokens, which are billed as output;
   without ``usageMetadata`` the input tokens are the request's estimate.
 
@@ -41,22 +46,35 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
-from tierbatch.adapters.gemini.error_mapping import outcome_for_status, safe_message
+from tierbatch.adapters.gemini.call_timing import CallTiming
+from tierbatch.adapters.gemini.error_mapping import (
+    foreign_origin_refused,
+    outcome_for_status,
+    redirect_refused,
+    safe_message,
+)
+from tierbatch.adapters.gemini.http_client import new_async_client, timing_of_this_call
+from tierbatch.adapters.gemini.origin import ForeignOrigin, base_origin
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.config import ProviderConfig
-from tierbatch.policies.outcomes import CallOutcome, ServerError, Succeeded, TimedOut, Usage
+from tierbatch.policies.outcomes import (
+    CallOutcome,
+    Cancelled,
+    ServerError,
+    Succeeded,
+    TimedOut,
+    Usage,
+)
 
 DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
+DEFAULT_MAX_CONNECTIONS = 256
+"""Without a figure from the provider factory: the default config's calls in flight."""
 
 _log = structlog.get_logger(__name__)
-
-
-async def _request_leaving(_request: Any) -> None:
-    mark_request_sent()
 
 
 def _httpx_module() -> Any:
@@ -89,7 +107,9 @@ class GenaiProvider:
     The key is the explicit ``api_key``, else the first set variable of
     ``config.api_key_env``; ``MissingApiKey`` names them when none is.
     ``default_timeout_s`` is the client-wide HTTP timeout; every call also
-    gets ``request.timeout_s`` as its own, and as a total deadline.
+    gets ``request.timeout_s`` as its own, and as a total deadline from when
+    it has a connection. ``max_connections`` should be at least the calls
+    in flight (the provider factory passes the runtime's limit).
     """
 
     def __init__(
@@ -98,16 +118,21 @@ class GenaiProvider:
         *,
         api_key: str | None = None,
         default_timeout_s: float = 60.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
         self._config = config
         self._key = require_api_key(config.api_key_env, api_key)
         self._default_timeout_s = default_timeout_s
+        self.max_connections = max_connections
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
         self._closed = False
         self.base_url = gemini_base_url(config)
+        self._origin = base_origin(self.base_url)
         self.description = f"google-genai at {self.base_url} ({config.api_version})"
 
     async def extract(self, request: ExtractionRequest) -> PackAnswer:
@@ -120,18 +145,20 @@ class GenaiProvider:
             attempt=request.attempt,
         )
         started = time.monotonic()
+        timing = CallTiming(request.timeout_s)
         try:
             client = self._client_for_running_loop()
-            async with asyncio.timeout(request.timeout_s):
-                response = await client.aio.models.generate_content(
-                    model=request.model,
-                    contents=build_user_text(request.articles),
-                    config=self._generation_config(request.timeout_s),
-                )
+            with timing_of_this_call(timing):
+                async with timing.deadline():
+                    response = await client.aio.models.generate_content(
+                        model=request.model,
+                        contents=build_user_text(request.articles),
+                        config=self._generation_config(request.timeout_s),
+                    )
             return _answer(response, request, ids, log, time.monotonic() - started)
         except Exception as exc:
             elapsed = time.monotonic() - started
-            outcome = self._outcome_for_exception(exc, elapsed)
+            outcome = self._outcome_for_exception(exc, timing)
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
 
@@ -161,11 +188,7 @@ class GenaiProvider:
             return entry.sdk
 
     def _new_client(self) -> _LoopClient:
-        # The request hook fires just before the bytes go out: the moment the
-        # runtime's rate window should count the request from.
-        http = _HTTPX.AsyncClient(
-            follow_redirects=True, event_hooks={"request": [_request_leaving]}
-        )
+        http = new_async_client(_HTTPX, self._origin, self.max_connections)
         sdk = genai.Client(
             vertexai=False,
             api_key=self._key,
@@ -188,15 +211,22 @@ class GenaiProvider:
             http_options=types.HttpOptions(timeout=_millis(timeout_s)),
         )
 
-    def _outcome_for_exception(self, exc: Exception, elapsed_s: float) -> CallOutcome:
+    def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
         secrets = (self._key,)
         if isinstance(exc, genai_errors.APIError):
+            if exc.code is not None and 300 <= exc.code < 400:
+                return redirect_refused(exc.code, self.base_url, _location(exc))
             detail = safe_message(exc.message or exc.status or exc, secrets)
             return outcome_for_status(
                 exc.code, exc.details, detail, key_env=self._config.api_key_env
             )
+        if isinstance(exc, ForeignOrigin):
+            return foreign_origin_refused(exc)
         if isinstance(exc, _TIMEOUT_ERRORS):
-            return TimedOut(after_s=elapsed_s)
+            since_connected = timing.give_up()
+            if since_connected is None:
+                return Cancelled()  # it waited for a connection and never left
+            return TimedOut(after_s=since_connected)
         message = safe_message(exc, secrets)
         if isinstance(exc, _TRANSPORT_ERRORS):
             return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
@@ -205,6 +235,15 @@ class GenaiProvider:
             # UnknownApiResponseError: a 200 whose body is not a response.
             return ServerError(None, f"unreadable response body: {message}")
         return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
+
+
+def _location(exc: genai_errors.APIError) -> str | None:
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    try:
+        location = headers.get("location") if headers is not None else None
+    except Exception:  # an unexpected response type: say nothing about where
+        return None
+    return location if isinstance(location, str) else None
 
 
 async def _close(entry: _LoopClient) -> None:

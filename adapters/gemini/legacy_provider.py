@@ -18,7 +18,15 @@ How it is used, and why:
   retry 503 for up to 600 s on its own; the runtime owns retries.
 * ``generate_content_async`` does not work over REST, so the blocking call
   runs on a dedicated thread pool sized by ``max_workers`` (one thread per
-  call in flight) under a total deadline of ``request.timeout_s``.
+  call in flight; the provider factory passes the runtime's limit). A call
+  that waits for a thread has not been sent: its deadline of
+  ``request.timeout_s`` counts from when a thread takes it up
+  (``CallTiming``), and one that never got a thread is ``Cancelled``.
+* Redirects are never followed (``max_redirects = 0``: requests would carry
+  the ``x-goog-api-key`` header to another host -- it strips only
+  ``Authorization``), and the session's adapter refuses any request to an
+  origin other than the base URL's. A redirect is ``AuthFailed`` naming
+  where it pointed: a wrong base URL.
 * The response schema travels as the SDK's ``protos.Schema`` (its enums go
   over the wire as integers, which Gemini accepts); the SDK converts the
   shared ``RESPONSE_SCHEMA`` dict itself.
@@ -53,11 +61,25 @@ from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_s
 from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
-from tierbatch.adapters.gemini.error_mapping import outcome_for_status, safe_message
-from tierbatch.adapters.gemini.genai_provider import gemini_base_url
+from tierbatch.adapters.gemini.call_timing import CallTiming
+from tierbatch.adapters.gemini.error_mapping import (
+    foreign_origin_refused,
+    outcome_for_status,
+    redirect_refused,
+    safe_message,
+)
+from tierbatch.adapters.gemini.genai_provider import DEFAULT_MAX_CONNECTIONS, gemini_base_url
+from tierbatch.adapters.gemini.origin import ForeignOrigin, Origin, base_origin, require_origin
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.config import ProviderConfig
-from tierbatch.policies.outcomes import CallOutcome, ServerError, Succeeded, TimedOut, Usage
+from tierbatch.policies.outcomes import (
+    CallOutcome,
+    Cancelled,
+    ServerError,
+    Succeeded,
+    TimedOut,
+    Usage,
+)
 
 END_OF_LIFE = "2025-11-30"
 LEGACY_API_VERSION = "v1beta"
@@ -69,6 +91,19 @@ _REQUEST_PREFIX = re.compile(r"^[A-Z]+ \S+: ")
 _log = structlog.get_logger(__name__)
 _notice_lock = threading.Lock()
 _notice_logged = False
+
+
+class _NotSent(Exception):
+    """The call was given up before a worker thread took it: it never left."""
+
+
+class _Redirected(Exception):
+    """The endpoint answered a redirect (3xx), which is not followed."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(f"HTTP {status} redirect, not followed")
+        self.status = status
+        self.location = location
 
 
 class LegacyExtraMissing(ImportError):
@@ -135,8 +170,14 @@ class LegacyProvider:
     """
 
     def __init__(
-        self, config: ProviderConfig, *, api_key: str | None = None, max_workers: int = 32
+        self,
+        config: ProviderConfig,
+        *,
+        api_key: str | None = None,
+        max_workers: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self._sdk = load_legacy_sdk()
         self._config = config
         self._key = require_api_key(config.api_key_env, api_key)
@@ -147,6 +188,8 @@ class LegacyProvider:
                 api_version=config.api_version,
             )
         self.base_url = gemini_base_url(config)
+        origin = base_origin(self.base_url)
+        self.max_workers = max_workers
         self.description = f"google-generativeai (end of life {END_OF_LIFE}) at {self.base_url}"
         self._client = self._sdk.glm.GenerativeServiceClient(
             transport="rest",
@@ -154,7 +197,7 @@ class LegacyProvider:
                 api_endpoint=self.base_url, api_key=self._key
             ),
         )
-        _size_connection_pool(self._client, max_workers)
+        _guard_session(self._client, origin, max_workers)
         self._models: dict[str, Any] = {}
         self._models_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="tierbatch-legacy")
@@ -170,19 +213,20 @@ class LegacyProvider:
             attempt=request.attempt,
         )
         started = time.monotonic()
+        timing = CallTiming(request.timeout_s)
         try:
             loop = asyncio.get_running_loop()
-            # The executor thread runs in a copy of this context, so the SDK
-            # call can tell the runtime when the request really leaves.
-            call = loop.run_in_executor(
-                self._executor, contextvars.copy_context().run, self._call, request
-            )
-            async with asyncio.timeout(request.timeout_s):
+            async with timing.deadline():
+                # The executor thread runs in a copy of this context, so the
+                # SDK call can tell the runtime when the request really leaves.
+                call = loop.run_in_executor(
+                    self._executor, contextvars.copy_context().run, self._call, request, timing
+                )
                 response = await call
             return self._answer(response, request, ids, log, time.monotonic() - started)
         except Exception as exc:
             elapsed = time.monotonic() - started
-            outcome = self._outcome_for_exception(exc, elapsed)
+            outcome = self._outcome_for_exception(exc, timing)
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
 
@@ -194,10 +238,12 @@ class LegacyProvider:
         self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._client.transport.close)
 
-    def _call(self, request: ExtractionRequest) -> Any:
-        """The blocking SDK call, on an executor thread."""
+    def _call(self, request: ExtractionRequest, timing: CallTiming) -> Any:
+        """The blocking SDK call, on an executor thread. The session's
+        adapter marks the request sent when it hands it to urllib3."""
+        if not timing.connected():
+            raise _NotSent()
         model = self._model(request.model)
-        mark_request_sent()
         return model.generate_content(
             build_user_text(request.articles),
             request_options={"retry": None, "timeout": request.timeout_s},
@@ -249,17 +295,36 @@ class LegacyProvider:
         log_answer(log, parsed, finish=finish, block=block, usage=usage, elapsed_s=elapsed_s)
         return PackAnswer(Succeeded(usage), parsed.answers)
 
-    def _outcome_for_exception(self, exc: Exception, elapsed_s: float) -> CallOutcome:
+    def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
         sdk = self._sdk
         secrets = (self._key,)
+        if isinstance(exc, _Redirected):
+            return redirect_refused(exc.status, self.base_url, exc.location)
+        if isinstance(exc, sdk.requests_exceptions.TooManyRedirects):
+            response = getattr(exc, "response", None)
+            headers = getattr(response, "headers", None) or {}
+            return redirect_refused(
+                int(getattr(response, "status_code", 0) or 0),
+                self.base_url,
+                headers.get("location"),
+            )
+        if isinstance(exc, ForeignOrigin):
+            return foreign_origin_refused(exc)
+        if isinstance(exc, _NotSent):
+            return Cancelled()
         if isinstance(exc, sdk.api_exceptions.GoogleAPICallError):
             detail = safe_message(_REQUEST_PREFIX.sub("", str(exc.message or exc)), secrets)
             status = int(exc.code) if exc.code is not None else None
+            if status is not None and 300 <= status < 400:  # a 3xx requests did not follow
+                return redirect_refused(status, self.base_url, None)
             return outcome_for_status(
                 status, _details_with_reason(exc), detail, key_env=self._config.api_key_env
             )
         if isinstance(exc, TimeoutError | sdk.requests_exceptions.Timeout):
-            return TimedOut(after_s=elapsed_s)
+            since_started = timing.give_up()
+            if since_started is None:
+                return Cancelled()  # no thread took it up in time: never sent
+            return TimedOut(after_s=since_started)
         message = safe_message(exc, secrets)
         if isinstance(exc, ConnectionError | sdk.requests_exceptions.ConnectionError):
             return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
@@ -268,16 +333,45 @@ class LegacyProvider:
         return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
 
 
-def _size_connection_pool(client: Any, size: int) -> None:
-    """Keep one pooled connection per worker thread: requests' default pool
-    holds 10 and drops (and logs) the connections of any call beyond that.
-    The adapter retries nothing (``max_retries=0``), like the SDK call."""
+def _guard_session(client: Any, origin: Origin, size: int) -> None:
+    """Set up the REST transport's requests session: no redirects, requests
+    to ``origin`` only (``_OneOriginAdapter``), one pooled connection per
+    worker thread (requests' default pool holds 10 and drops, and logs, the
+    connections of any call beyond that). The adapter retries nothing
+    (``max_retries=0``), like the SDK call. Without a session to guard, the
+    provider is not built: the key's safety depends on it."""
     session = getattr(client.transport, "_session", None)
     if session is None or not hasattr(session, "mount"):
-        return
-    adapters = importlib.import_module("requests.adapters")
+        raise RuntimeError("this google-generativeai has no requests session to guard")
+    session.max_redirects = 0
+    adapter_type = _one_origin_adapter_type()
     for prefix in ("http://", "https://"):
-        session.mount(prefix, adapters.HTTPAdapter(pool_maxsize=size, max_retries=0))
+        session.mount(prefix, adapter_type(origin, pool_maxsize=size, max_retries=0))
+
+
+def _one_origin_adapter_type() -> Any:
+    """A requests ``HTTPAdapter`` that sends only to one origin, marks the
+    request sent as it hands it to urllib3 (its pool does not block: the
+    connection is there at once), and turns any 3xx answer into an error."""
+    http_adapter: Any = importlib.import_module("requests.adapters").HTTPAdapter
+
+    class OneOriginAdapter(http_adapter):  # type: ignore[misc]
+        def __init__(self, origin: Origin, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.origin = origin
+
+        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            require_origin(str(request.url), self.origin)
+            mark_request_sent()
+            response = super().send(request, *args, **kwargs)
+            if 300 <= response.status_code < 400:
+                # The REST transport would read a 3xx as an answer.
+                location = response.headers.get("location")
+                response.close()
+                raise _Redirected(response.status_code, location)
+            return response
+
+    return OneOriginAdapter
 
 
 def _details_with_reason(exc: Any) -> list[Any]:
