@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 _WORD = re.compile(r"\w+")
-_POSSESSIVE = ("'s", "’s")
 
 
 class Grounding(StrEnum):
@@ -115,10 +114,9 @@ def _stem(word: str) -> str:
 
 def normalised_words(text: str) -> tuple[str, ...]:
     """The words of ``text`` as the check compares them."""
-    folded = _fold(text)
-    for mark in _POSSESSIVE:
-        folded = folded.replace(mark, " ")
-    return tuple(_stem(word) for word in _WORD.findall(folded))
+    # An apostrophe separates words, so a possessive "'s" is a word of its own
+    # that a name without it simply does not include.
+    return tuple(_stem(word) for word in _WORD.findall(_fold(text)))
 
 
 @lru_cache(maxsize=4096)
