@@ -287,11 +287,11 @@ class WaitingList:
                 if quota.never_reason(model, waiter.est_tokens) is not None:
                     self._reroute(live, quota, decisions)
                     continue
+                if claim is _Claim.PATIENT and not self._may_leave_primary(live, model, now, quota):
+                    continue  # it holds out for its primary: no claim on this one yet
                 at = quota.earliest(model, waiter.est_tokens, now)
                 if at is None or at > now:
                     break  # it holds this model: nobody behind it overtakes it here
-                if claim is _Claim.PATIENT and not self._may_leave_primary(live, model, now, quota):
-                    continue
                 place = waiter.chain.index(model)
                 if best is None or (key, place) < (best[0], best[1]):
                     best = (key, place, live, model)

@@ -296,7 +296,7 @@ def test_disk_full_at_shutdown_still_releases_leases(tmp_path: Path) -> None:
     assert str(db) in report.storage_error
     assert "database or disk is full" in report.storage_error
     assert f"{len(provider.answered)} result(s) could not be written" in report.storage_error
-    assert report.released == leased
+    assert report.released >= leased  # it may lease more before the stop lands
     assert states(db) == {"queued": 40}
     assert query(db, "SELECT COUNT(*) FROM results") == [(0,)]
     assert query(db, "SELECT MAX(attempts) FROM articles") == [(0,)]  # no strikes

@@ -247,7 +247,8 @@ def test_after_every_serve_no_eligible_head_fits(steps):
                 key=lambda w: (w.tier_rank, w.enqueued_at, w.request_id),
             )
             for w in ordered:
-                patient = w.patience_s > 0 and model != w.chain[0]
+                # (pushed at enqueued_at: its patience runs from then)
+                patient = w.enqueued_at + w.patience_s > now and model != w.chain[0]
                 if patient:
                     continue  # may rightly hold out for its primary
                 assert quota.earliest(model, w.est_tokens, now) > now, (model, w)
