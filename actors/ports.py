@@ -22,7 +22,8 @@ class ExtractionRequest:
 
     ``timeout_s`` is how long, in real seconds, the adapter may wait for the
     answer (the runtime also enforces it). ``granted_at`` is the registry's
-    clock reading when quota was granted; adapters may log it.
+    steady clock reading when quota was granted (``Clock.now``, not a wall
+    time); adapters may log it.
     """
 
     model: str

@@ -226,7 +226,9 @@ def test_renew_keeps_the_lease_of_the_owner_only(
         clock.now += 20
         assert store.renew(30) == 2
         clock.now += 20  # past the first deadline, within the renewed one
-        assert [a.id for a in other.lease(10, 30)] == ["2"]  # only its own expired lease
+        assert other.lease(10, 30) == []  # its own lease is never "expired" to itself
+        expires = dict(raw(db).execute("SELECT id, lease_expires FROM articles").fetchall())
+        assert expires == {"0": clock.now + 10, "1": clock.now + 10, "2": clock.now - 10}
         clock.now += 11
         assert [a.id for a in other.lease(10, 30)] == ["0", "1"]
 

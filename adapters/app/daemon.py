@@ -9,7 +9,10 @@ back into the results table, and it is built to be killed:
 * **Leases, renewed.** Every leased row carries a deadline that the loop
   pushes forward every third of the lease time. A daemon that dies stops
   renewing; its rows expire and the next daemon takes them. A graceful stop
-  hands back (releases) what it did not finish at once.
+  hands back (releases) what it did not finish at once. Deadlines are
+  wall-clock times (other processes read them), but renewals are timed on
+  the monotonic clock, and a step of the wall clock renews at once, so a
+  forward step does not let another daemon take over live leases.
 * **Results exactly once.** Terminal results go through the store's
   ``ResultsSink``: one row per article, first write wins.
 * **Quota state survives.** The registry's state is restored from the
@@ -41,7 +44,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock
+from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
 from tierbatch.actors.errors import FatalProviderError, QueueFull
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
@@ -352,13 +355,14 @@ class Daemon:
         next_db_count = 0.0
         db_idle_until = 0.0
         rate = RateMeter()
+        wall_steps = WallStepWatch(self._clock)
         while True:
             if self._stop_requested.is_set():
                 return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
             if runtime.fatal_error is not None:
                 return StopReason.FATAL
             now = time.monotonic()
-            if now >= next_renew:
+            if self._wall_stepped(wall_steps) or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = now + renew_every
             stats = runtime.stats()
@@ -399,7 +403,7 @@ class Daemon:
         if limit <= 0:
             return
         backlog = self._storage(self.store.cluster_backlog, limit) or []
-        now = self._clock.now()
+        now = self._clock.wall()  # publication times are wall-clock times
         runtime.observe_clusters((cluster, now if at is None else at) for _, cluster, at in backlog)
         self._prewarmed = {article_id for article_id, _, _ in backlog}
         if backlog:
@@ -446,6 +450,7 @@ class Daemon:
         renew_every = opts.lease_s / 3
         next_renew = time.monotonic() + renew_every
         rate = RateMeter()
+        wall_steps = WallStepWatch(self._clock)
         while not self._immediate.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -459,7 +464,7 @@ class Daemon:
                     return StopReason.SIGNAL
             except FatalProviderError:
                 return StopReason.FATAL
-            if time.monotonic() >= next_renew:
+            if self._wall_stepped(wall_steps) or time.monotonic() >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = time.monotonic() + renew_every
             self._report(runtime, runtime.stats(), started, rate, None, draining=True)
@@ -499,6 +504,16 @@ class Daemon:
         return released
 
     # ---- helpers -----------------------------------------------------------------
+
+    @staticmethod
+    def _wall_stepped(watch: WallStepWatch) -> bool:
+        """Whether the wall clock stepped since the last look. Lease deadlines
+        are wall-clock times: after a step they must be renewed at once."""
+        step = watch.step()
+        if step is None:
+            return False
+        _log.warning("wall clock stepped; renewing leases now", step_s=round(step, 3))
+        return True
 
     def _report(
         self,

@@ -44,8 +44,10 @@ input format, see ``tierbatch.adapters.storage.jsonl_input``)::
 
     INSERT INTO articles (id, payload) VALUES (?, ?) ON CONFLICT (id) DO NOTHING;
 
-Leasing order: expired leases first (oldest deadline first), then queued rows
-with a priority (highest first), then queued rows without one, oldest first.
+Leasing order: expired leases of other owners first (oldest deadline first),
+then queued rows with a priority (highest first), then queued rows without
+one, oldest first. An owner never takes over its own leases: it renews them
+while it runs, so one that looks expired only means the wall clock stepped.
 A payload that is not a valid article is not leased: it gets a ``failed``
 result (reason ``bad_request``) so it is neither lost nor retried forever.
 
@@ -314,7 +316,10 @@ class SqliteStore:
 
     def lease(self, limit: int, lease_s: float) -> list[Article]:
         """Take up to ``limit`` articles for ``lease_s`` seconds: expired leases
-        first, then the queue by priority and age. Atomic across processes."""
+        first, then the queue by priority and age. Atomic across processes.
+
+        Never this owner's own leases: they are live while it runs (it renews
+        them), so one that looks expired only means the wall clock stepped."""
         if limit <= 0:
             return []
         return self._transact(lambda conn: self._lease(conn, limit, lease_s))
@@ -327,8 +332,8 @@ class SqliteStore:
             want = limit - len(leased)
             rows = conn.execute(
                 "SELECT id, payload FROM articles WHERE state = 'leased' AND lease_expires < ?"
-                " ORDER BY lease_expires LIMIT ?",
-                (now, want),
+                " AND lease_owner IS NOT ? ORDER BY lease_expires LIMIT ?",
+                (now, self.owner, want),
             ).fetchall()
             if len(rows) < want:
                 rows += conn.execute(
