@@ -110,7 +110,7 @@ class BatchComposer(pykka.ThreadingActor):
         self._failed_by_reason: Counter[str] = Counter()
         self._fallbacks = 0
         self._requeued_after_crash = 0
-        self._last_prune = 0.0
+        self._last_prune = float("-inf")  # steady time of the last prune
 
     # ---- messages ------------------------------------------------------------
 
@@ -125,9 +125,9 @@ class BatchComposer(pykka.ThreadingActor):
             case Submit(articles, observe):
                 return self._on_submit(articles, observe)
             case ObserveClusters(observations):
-                now = self._clock.now()
+                wall = self._clock.wall()  # publication times are wall-clock times
                 for cluster_id, at in observations:
-                    self._clusters.observe(cluster_id, min(at, now))
+                    self._clusters.observe(cluster_id, min(at, wall))
             case GiveBack(extractor, ids):
                 self._on_give_back(extractor, ids)
             case ExtractorDied(extractor, error, blamed):
@@ -157,7 +157,9 @@ class BatchComposer(pykka.ThreadingActor):
     # ---- submission ------------------------------------------------------------
 
     def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitResult:
-        now = self._clock.now()
+        # Queue age (aging, latency) runs on steady time; priority compares
+        # publication times, so it runs on the wall clock.
+        now, wall = self._clock.now(), self._clock.wall()
         cfg = self._config.priority
         consumed = accepted = 0
         duplicates: list[str] = []
@@ -168,19 +170,19 @@ class BatchComposer(pykka.ThreadingActor):
                 continue
             if len(self._queues) >= self._capacity:
                 break
-            seen_at = article_time(article, now)
+            seen_at = article_time(article, wall)
             stats = None
             if article.cluster_id is not None:
                 if observe:
-                    self._clusters.observe(article.cluster_id, min(seen_at, now))
-                stats = self._clusters.stats(article.cluster_id, now)
-            self._queues.push(article, score(article, stats, now, cfg), now)
+                    self._clusters.observe(article.cluster_id, min(seen_at, wall))
+                stats = self._clusters.stats(article.cluster_id, wall)
+            self._queues.push(article, score(article, stats, wall, cfg), now)
             self._live.add(article.id)
             consumed += 1
             accepted += 1
         self._submitted += accepted
         if now - self._last_prune > 3600.0:
-            self._clusters.prune(now, CLUSTER_MEMORY_S)
+            self._clusters.prune(wall, CLUSTER_MEMORY_S)
             self._last_prune = now
         if duplicates:
             _log.warning(

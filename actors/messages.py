@@ -23,7 +23,7 @@ class Acquire:
 
     The registry answers through ``reply`` exactly once, with ``Granted`` or
     ``AcquireFailed``. ``tier_rank`` (0 = highest tier) and ``enqueued_at``
-    order the waiters; ``deadline`` (clock time) bounds the wait.
+    order the waiters; ``deadline`` (steady clock time) bounds the wait.
     """
 
     request_id: int
@@ -60,7 +60,7 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """The request of a grant actually left at ``at`` (clock time)."""
+    """The request of a grant actually left at ``at`` (steady clock time)."""
 
     grant_id: int
     at: float

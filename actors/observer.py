@@ -1,8 +1,8 @@
 """Hooks for metrics and tests to watch the registry decide, from inside.
 
 An observer is called on the registry's own thread, in decision order, with
-the registry's own clock readings, so what it records is exactly what the
-registry did. Keep the callbacks cheap: they sit on the hot path.
+the registry's own steady-clock readings, so what it records is exactly what
+the registry did. Keep the callbacks cheap: they sit on the hot path.
 """
 
 from __future__ import annotations

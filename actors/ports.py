@@ -27,8 +27,8 @@ class ExtractionRequest:
     never got a connection was not sent: ``Cancelled``. The runtime enforces
     a backstop: ``timeout_s`` after the latest ``mark_request_sent``, or
     twice that from the start of ``extract`` while there is none.
-    ``granted_at`` is the registry's clock reading when quota was granted;
-    adapters may log it.
+    ``granted_at`` is the registry's steady clock reading when quota was
+    granted (``Clock.now``, not a wall time); adapters may log it.
     """
 
     model: str

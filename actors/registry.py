@@ -14,6 +14,10 @@ overtakes it on a model it is waiting for, while requests for other models
 still go ahead (no head-of-line blocking). Within its tier's fallback
 patience a waiter leaves a fallback to the packs whose primary it is, and
 holds out for its own primary when that frees in time.
+
+Time: every decision reads the clock's steady ``now`` (windows, cooldowns,
+waits, deadlines) and its wall offset at that moment, which the policy uses
+only for the Pacific day; snapshots are taken in wall-clock time.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import pykka
 import structlog
 
-from tierbatch.actors.clock import Clock
+from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
@@ -87,6 +91,7 @@ class ModelRegistry(pykka.ThreadingActor):
         self._warned_unavailable: set[str] = set()
         # model -> (until, reason) of the cooldown last logged
         self._cooling: dict[str, tuple[float, str]] = {}
+        self._offset = wall_offset(clock)  # wall minus steady, as of the last clock read
         self._waker = Waker(clock, self._tell_wake, name="tierbatch-registry-waker")
 
     # ---- lifecycle -----------------------------------------------------------
@@ -96,14 +101,22 @@ class ModelRegistry(pykka.ThreadingActor):
 
     def on_stop(self) -> None:
         self._waker.stop()
-        now = self._clock.now()
+        now, offset = self._read_clock()
         for entry in self._waiters:
             entry[3].reply(AcquireFailed(entry[3].request_id, "expired", "registry stopped"))
         self._waiters.clear()
         # Calls still out are of unknown fate: count them spent.
         for grant_id in list(self._grants):
-            self._policy.report(grant_id, Abandoned(), now)
+            self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
         self._grants.clear()
+
+    def _read_clock(self) -> tuple[float, float]:
+        """Steady now, and the wall offset at that moment. The offset is
+        kept for the rest of the message's handling, so one decision sees
+        one calendar day."""
+        now = self._clock.now()
+        self._offset = self._clock.wall() - now
+        return now, self._offset
 
     def _tell_wake(self, generation: int) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
@@ -122,21 +135,24 @@ class ModelRegistry(pykka.ThreadingActor):
                 if held is not None and self._policy.sent(grant_id, at):
                     self._observer.on_sent(grant_id, held[1], at)
             case Wake():
-                self._serve(self._clock.now())
+                self._serve(self._read_clock()[0])
             case ReleaseHolder(holder):
                 self._on_release_holder(holder)
             case GetQuotaStatus():
-                return self._policy.status(self._clock.now())
+                now, offset = self._read_clock()
+                return self._policy.status(now, wall_offset=offset)
             case GetQuotaSnapshot():
-                return self._policy.snapshot()
+                return self._policy.snapshot(wall_offset=self._read_clock()[1])
             case _:
                 raise TypeError(f"ModelRegistry: unexpected message {message!r}")
         return None
 
     def _on_acquire(self, msg: Acquire) -> None:
-        now = self._clock.now()
+        now, offset = self._read_clock()
         if not self._waiters:
-            result = self._policy.acquire(msg.chain, msg.est_tokens, now, msg.patience_s)
+            result = self._policy.acquire(
+                msg.chain, msg.est_tokens, now, msg.patience_s, wall_offset=offset
+            )
             if isinstance(result, Grant):
                 self._grant(msg, result)
                 return
@@ -147,9 +163,9 @@ class ModelRegistry(pykka.ThreadingActor):
         self._serve(now)
 
     def _on_report(self, grant_id: int, outcome: Any) -> None:
-        now = self._clock.now()
+        now, offset = self._read_clock()
         held = self._grants.pop(grant_id, None)
-        if not self._policy.report(grant_id, outcome, now) or held is None:
+        if not self._policy.report(grant_id, outcome, now, wall_offset=offset) or held is None:
             return
         _, model = held
         self._observer.on_outcome(model, outcome, now)
@@ -160,11 +176,11 @@ class ModelRegistry(pykka.ThreadingActor):
         self._serve(now)
 
     def _on_release_holder(self, holder: int) -> None:
-        now = self._clock.now()
+        now, offset = self._read_clock()
         for grant_id, (owner, _) in list(self._grants.items()):
             if owner == holder:
                 del self._grants[grant_id]
-                self._policy.report(grant_id, Abandoned(), now)
+                self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
         kept = [entry for entry in self._waiters if entry[3].holder != holder]
         if len(kept) != len(self._waiters):
             for entry in self._waiters:
@@ -226,7 +242,11 @@ class ModelRegistry(pykka.ThreadingActor):
             patience = (
                 self._patience_left(entry, now) if chain and chain[0] == msg.chain[0] else 0.0
             )
-            result = self._policy.acquire(chain, msg.est_tokens, now, patience) if chain else None
+            result = (
+                self._policy.acquire(chain, msg.est_tokens, now, patience, wall_offset=self._offset)
+                if chain
+                else None
+            )
             if isinstance(result, Grant):
                 self._forget(entry)
                 self._grant(msg, result)
@@ -272,7 +292,7 @@ class ModelRegistry(pykka.ThreadingActor):
         msg = entry[3]
         left = self._patience_left(entry, now)
         if allowed and allowed[0] == msg.chain[0] and left > 0:
-            eta = self._policy.earliest(msg.chain[0], msg.est_tokens, now)
+            eta = self._policy.earliest(msg.chain[0], msg.est_tokens, now, wall_offset=self._offset)
             if eta is not None and now < eta <= now + left:
                 return allowed[:1]
         return allowed
@@ -281,7 +301,7 @@ class ModelRegistry(pykka.ThreadingActor):
         if not self._waiters:
             self._waker.arm(None)
             return
-        at = self._policy.next_event(now)
+        at = self._policy.next_event(now, wall_offset=self._offset)
         if self._with_deadline:
             deadlines = [e[3].deadline for e in self._waiters if e[3].deadline is not None]
             soonest = min(d for d in deadlines if d is not None)
@@ -296,7 +316,7 @@ class ModelRegistry(pykka.ThreadingActor):
     # ---- reporting -------------------------------------------------------------
 
     def _observe_cooldown(self, model: str, now: float) -> None:
-        for status in self._policy.status(now):
+        for status in self._policy.status(now, wall_offset=self._offset):
             if status.model != model:
                 continue
             until = status.cooldown_until

@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock
+from tierbatch.actors.clock import Clock, SystemClock, wall_offset
 from tierbatch.actors.composer import BatchComposer, ComposerStats, SubmitResult
 from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeNotRunning
 from tierbatch.actors.event_loop import LaunchPacer, LoopThread
@@ -63,6 +63,9 @@ class SubmitReceipt:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeStats:
+    """``cooldowns`` (model -> until) and the models' deadlines are steady
+    clock times: subtract ``runtime.clock.now()`` for the seconds left."""
+
     submitted: int
     queued: int
     queued_by_tier: dict[str, int]
@@ -88,7 +91,8 @@ class RuntimeStats:
 class Runtime:
     """Quota-aware, tiered extraction over a provider, into a sink.
 
-    ``clock`` defaults to the wall clock; ``quota_state`` is a snapshot from
+    ``clock`` defaults to ``SystemClock`` (steady time from the monotonic
+    clock, calendar time from the wall clock); ``quota_state`` is a snapshot from
     ``quota_snapshot()`` of an earlier run (so per-day usage survives a
     restart); ``observer`` watches registry decisions; ``crash_hook`` is a
     testing aid called by an extractor with every batch it receives (an
@@ -130,7 +134,11 @@ class Runtime:
         self._started = True
         config, clock = self.config, self.clock
         if self._quota_state is not None:
-            policy = QuotaPolicy.restore(config.models, config.quota, self._quota_state)
+            # The snapshot's times are wall-clock; this process's steady clock
+            # has its own origin, so convert with the offset now.
+            policy = QuotaPolicy.restore(
+                config.models, config.quota, self._quota_state, wall_offset=wall_offset(clock)
+            )
             policy.forget_in_flight()
             policy.clear_unavailable()  # a new process probes 404ed models again
         else:

@@ -114,9 +114,10 @@ class LagRecordingProvider:
 
     async def extract(self, request: ExtractionRequest) -> PackAnswer:
         started = time.time()
-        self.calls.append(
-            (request.granted_at, started, request.model, tuple(a.id for a in request.articles))
-        )
+        # granted_at is the runtime's steady time (SystemClock: monotonic);
+        # the server logs wall-clock times, so record the grant in wall time.
+        granted = request.granted_at + (started - time.monotonic())
+        self.calls.append((granted, started, request.model, tuple(a.id for a in request.articles)))
         return await self._inner.extract(request)
 
     async def aclose(self) -> None:

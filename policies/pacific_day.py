@@ -2,9 +2,11 @@
 
 Gemini resets requests-per-day at midnight America/Los_Angeles, so a quota
 "day" is a local calendar day: 23 or 25 hours long when daylight saving
-time starts or ends, never a fixed 86 400 s. Callers deal in epoch seconds
-and day numbers (proleptic Gregorian ordinals of the local date) only, so
-no datetime arithmetic leaks into the quota logic.
+time starts or ends, never a fixed 86 400 s. Callers deal in wall-clock
+epoch seconds and day numbers (proleptic Gregorian ordinals of the local
+date) only, so no datetime arithmetic leaks into the quota logic. (The quota
+policy keeps its deadlines on a steady clock and converts to and from wall
+time with the wall offset it is given; this module sees only wall time.)
 """
 
 from __future__ import annotations

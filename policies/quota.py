@@ -23,6 +23,18 @@ entries are dropped from the front of a time-ordered deque when a mutating
 call passes their expiry, so a grant costs O(1) amortised; read-only calls
 (``earliest``, ``can_grant``, ``next_event``, ``status``, ``snapshot``) never
 change state and so may be asked about any ``now``.
+
+Two timelines. ``now`` is *steady* time (a monotonic clock's seconds, any
+origin): every window, cooldown, backoff and deadline here lives on it, so a
+step of the wall clock neither frees a window early nor stretches it by an
+hour. The calendar day is wall-clock time, so every call that needs it also
+takes ``wall_offset``: the wall clock reads ``now + wall_offset`` at that
+moment. Days are the only thing it changes; deadlines derived from a day
+(the next midnight) are converted back to steady time. Snapshots hold
+wall-clock times (steady + the offset at save time) and ``restore`` converts
+them with the offset of the restoring process, whose steady origin differs.
+With the default offset 0 the two timelines coincide, as for a caller that
+simply passes epoch seconds.
 """
 
 from __future__ import annotations
@@ -53,6 +65,7 @@ from tierbatch.policies.pacific_day import LocalCalendar
 
 __all__ = [
     "COUNTER_NAMES",
+    "DAY_BOUNDARY_SLACK_S",
     "SNAPSHOT_FORMAT",
     "SNAPSHOT_VERSION",
     "AcquireResult",
@@ -71,6 +84,13 @@ SNAPSHOT_FORMAT: Final = "tierbatch.quota"
 SNAPSHOT_VERSION: Final = 1
 
 _MAX_BACKOFF_EXPONENT: Final = 62  # 2**62 s outlasts any backoff_max_s; avoids float overflow
+
+DAY_BOUNDARY_SLACK_S: Final = 300.0
+"""How near a local midnight a per-day 429's own ``retryDelay`` is trusted
+(see ``QuotaPolicy.report``): our midnight and the provider's count may
+disagree by this much. Farther from midnight a short ``retryDelay`` on a
+per-day 429 is not a reset time -- Gemini sends per-minute-sized delays
+with per-day violations -- and the day's end stands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +278,11 @@ class QuotaPolicy:
     """The quota state of every configured model, and the decisions on it.
 
     Not thread-safe: one owner (the ModelRegistry actor) calls it. ``now``
-    is seconds since the Unix epoch and is expected not to go backwards;
-    if it does, nothing breaks, but entries already expired stay expired.
+    is steady time and is expected not to go backwards; if it does, nothing
+    breaks, but entries already expired stay expired. ``wall_offset`` is
+    the wall clock minus steady time at that moment (see the module
+    docstring); if the wall clock steps back across midnight, a model keeps
+    counting the later day it has already granted in.
     """
 
     def __init__(self, models: Mapping[str, ModelSpec], quota: QuotaConfig) -> None:
@@ -276,7 +299,13 @@ class QuotaPolicy:
     # -- decisions ---------------------------------------------------------
 
     def acquire(
-        self, chain: Sequence[str], est_tokens: int, now: float, patience_s: float = 0.0
+        self,
+        chain: Sequence[str],
+        est_tokens: int,
+        now: float,
+        patience_s: float = 0.0,
+        *,
+        wall_offset: float = 0.0,
     ) -> AcquireResult:
         """A grant on the first model of ``chain`` that can take the request
         now; else when one can (``Wait``), or that none ever can (``NoRoute``).
@@ -289,6 +318,7 @@ class QuotaPolicy:
         Duplicates and unknown names in ``chain`` are skipped.
         """
         _check_tokens(est_tokens)
+        today = self._calendar.day(now + wall_offset)
         soonest: float | None = None
         event_only = False
         never: list[str] = []
@@ -307,11 +337,11 @@ class QuotaPolicy:
                 never.append(f"{name}: {why_never}")
                 continue
             self._advance(state, now)
-            at = self._earliest(state, est_tokens, now)
+            at = self._earliest(state, est_tokens, now, wall_offset, today)
             if at is None:
                 event_only = True
             elif at <= now:
-                return self._grant(state, est_tokens, now)
+                return self._grant(state, est_tokens, now, today)
             elif primary and at <= now + patience_s:
                 return Wait(at)
             elif soonest is None or at < soonest:
@@ -321,12 +351,16 @@ class QuotaPolicy:
             return Wait(soonest)
         return NoRoute("; ".join(never) if never else "empty fallback chain")
 
-    def can_grant(self, model: str, est_tokens: int, now: float) -> bool:
+    def can_grant(
+        self, model: str, est_tokens: int, now: float, *, wall_offset: float = 0.0
+    ) -> bool:
         """Whether ``acquire([model], est_tokens, now)`` would grant. Read-only."""
-        at = self.earliest(model, est_tokens, now)
+        at = self.earliest(model, est_tokens, now, wall_offset=wall_offset)
         return at is not None and at <= now
 
-    def earliest(self, model: str, est_tokens: int, now: float) -> float | None:
+    def earliest(
+        self, model: str, est_tokens: int, now: float, *, wall_offset: float = 0.0
+    ) -> float | None:
         """The earliest ``t >= now`` at which ``model`` could be granted if
         nothing else happened: ``now`` if it can be now, None if only an
         in-flight report can free it, ``math.inf`` if never. Read-only."""
@@ -334,25 +368,25 @@ class QuotaPolicy:
         state = self._models.get(model)
         if state is None or _never_reason(state, est_tokens) is not None:
             return math.inf
-        return self._earliest(state, est_tokens, now)
+        today = self._calendar.day(now + wall_offset)
+        return self._earliest(state, est_tokens, now, wall_offset, today)
 
-    def next_event(self, now: float) -> float | None:
+    def next_event(self, now: float, *, wall_offset: float = 0.0) -> float | None:
         """The earliest moment after ``now`` at which capacity can appear by
         time alone: a cooldown or exhaustion ending, a window entry expiring,
         a full day's count resetting at local midnight. None if there is no
         such moment. One timer armed at it is enough to wake every waiter
         in time. Read-only."""
         soonest = math.inf
+        today = self._calendar.day(now + wall_offset)
         for state in self._models.values():
             if state.unavailable is not None:
                 continue
             if state.cooldown_until is not None and state.cooldown_until > now:
                 soonest = min(soonest, state.cooldown_until)
-            if state.exhausted_until is not None and state.exhausted_until > now:
-                soonest = min(soonest, state.exhausted_until)
-            rpd = state.limits.rpd
-            if rpd and self._requests_today(state, now) >= rpd:
-                soonest = min(soonest, self._calendar.next_midnight(now))
+            exhausted = self._exhausted_until(state, now, wall_offset, today)
+            if exhausted is not None:
+                soonest = min(soonest, exhausted)
             oldest = next(_live_entries(state, now), None)
             if oldest is not None:
                 soonest = min(soonest, oldest.expires_at)
@@ -360,11 +394,25 @@ class QuotaPolicy:
 
     # -- outcomes ----------------------------------------------------------
 
-    def report(self, grant_id: int, outcome: CallOutcome, now: float) -> bool:
+    def report(
+        self, grant_id: int, outcome: CallOutcome, now: float, *, wall_offset: float = 0.0
+    ) -> bool:
         """Accounts for what happened to a granted request.
 
         Returns False, changing nothing, for an unknown grant or one already
         reported, so a duplicate report (a retried tell) is harmless.
+
+        A 429 cools the model down for its ``retryDelay``; a delay that is
+        absent, zero, negative or not finite is no delay, and the bounded
+        backoff applies instead (a zero cooldown would grant the model again
+        at once and burn an attempt on every retry). A per-day 429 exhausts
+        the model until the end of the local day its request was *counted
+        in* (the grant's day, not the report's: a request counted at 23:59:59
+        and refused at 00:00:01 says nothing about the new day). Within
+        ``DAY_BOUNDARY_SLACK_S`` of a midnight a ``retryDelay`` shorter than
+        the time to that day's end wins -- there our midnight and the
+        provider's count may disagree -- and once the grant's day has ended
+        only the delay, else the backoff, holds the model.
         """
         if not isinstance(outcome, _OUTCOME_TYPES):
             raise TypeError(f"not a CallOutcome: {outcome!r}")
@@ -392,7 +440,7 @@ class QuotaPolicy:
                 # tierbatch far more aggressive when another client shares
                 # the quota (429s per 1,000 requests rose from ~120 to ~380
                 # in the bench's storm workload).
-                self._rate_limited(state, outcome, now)
+                self._rate_limited(state, entry, outcome, now, wall_offset)
             case ServerError() | TimedOut():
                 _bump(counters, "server_errors" if isinstance(outcome, ServerError) else "timeouts")
                 state.consecutive_errors += 1
@@ -468,29 +516,47 @@ class QuotaPolicy:
 
     # -- views -------------------------------------------------------------
 
-    def status(self, now: float) -> tuple[ModelStatus, ...]:
-        """Every configured model's state as of ``now``, in config order. Read-only."""
-        return tuple(self._status(state, now) for state in self._models.values())
+    def status(self, now: float, *, wall_offset: float = 0.0) -> tuple[ModelStatus, ...]:
+        """Every configured model's state as of ``now``, in config order.
+        Its deadlines are steady times, like ``now``. Read-only."""
+        today = self._calendar.day(now + wall_offset)
+        return tuple(
+            self._status(state, now, wall_offset, today) for state in self._models.values()
+        )
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, *, wall_offset: float = 0.0) -> dict[str, Any]:
         """The whole state as plain data (str/int/float/list/dict/None), for
-        msgpack or JSON. ``restore`` of it gives an equivalent policy."""
+        msgpack or JSON. Its times are wall-clock times: steady times plus
+        ``wall_offset``, the offset now. ``restore`` of it, with the offset
+        at restore time, gives an equivalent policy."""
         return {
             "format": SNAPSHOT_FORMAT,
             "version": SNAPSHOT_VERSION,
             "next_grant_id": self._next_grant_id,
-            "models": {name: _snapshot_model(state) for name, state in self._models.items()},
+            "models": {
+                name: _snapshot_model(state, wall_offset) for name, state in self._models.items()
+            },
             "in_flight": [
-                [gid, h.state.name, h.entry.granted_at, h.est_tokens, h.entry.day]
+                [gid, h.state.name, h.entry.granted_at + wall_offset, h.est_tokens, h.entry.day]
                 for gid, h in sorted(self._held.items())
             ],
         }
 
     @classmethod
     def restore(
-        cls, models: Mapping[str, ModelSpec], quota: QuotaConfig, data: Mapping[str, Any]
+        cls,
+        models: Mapping[str, ModelSpec],
+        quota: QuotaConfig,
+        data: Mapping[str, Any],
+        *,
+        wall_offset: float = 0.0,
     ) -> QuotaPolicy:
         """A policy for ``models``/``quota`` in the state ``data`` records.
+
+        ``wall_offset`` is the restoring clock's (wall minus steady, now):
+        the snapshot's wall-clock times become steady times of this process,
+        so a cooldown keeps its remaining time across a restart whose
+        monotonic clock starts from a new origin.
 
         Models in ``data`` that are not configured are dropped (with their
         in-flight grants); configured models absent from it start fresh.
@@ -500,7 +566,7 @@ class QuotaPolicy:
         """
         policy = cls(models, quota)
         try:
-            policy._load(data)
+            policy._load(data, wall_offset)
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -524,12 +590,10 @@ class QuotaPolicy:
             state.cooldown_reason = None
         if state.exhausted_until is not None and state.exhausted_until <= now:
             state.exhausted_until = None
-        today = self._calendar.day(now)
-        if state.day is None or today > state.day:
-            state.day = today
-            state.requests_today = 0
 
-    def _earliest(self, state: _ModelState, est_tokens: int, now: float) -> float | None:
+    def _earliest(
+        self, state: _ModelState, est_tokens: int, now: float, wall_offset: float, today: int
+    ) -> float | None:
         limits = state.limits
         if limits.max_in_flight and state.in_flight >= limits.max_in_flight:
             return None
@@ -540,21 +604,46 @@ class QuotaPolicy:
             at = max(at, state.cooldown_until)
         if state.exhausted_until is not None:
             at = max(at, state.exhausted_until)
-        if limits.rpd and self._requests_today(state, now) >= limits.rpd:
-            at = max(at, self._calendar.next_midnight(now))
+        if limits.rpd and _requests_today(state, today) >= limits.rpd:
+            at = max(at, self._day_end(state.day, now, wall_offset))
         if limits.rpm or limits.tpm:
             at = max(at, _window_frees_at(state, est_tokens, now))
         return at
 
-    def _requests_today(self, state: _ModelState, now: float) -> int:
-        if state.day is None or self._calendar.day(now) > state.day:
-            return 0
-        return state.requests_today
+    def _day_end(self, day: int | None, now: float, wall_offset: float) -> float:
+        """The steady moment the wall clock enters a local day after ``day``
+        (``now`` if it already has; ``day`` None: the current day)."""
+        wall = now + wall_offset
+        today = self._calendar.day(wall)
+        if day is None:
+            day = today
+        if today > day:
+            return now
+        # Behind ``day`` only after the wall clock stepped back across midnight.
+        at = (
+            self._calendar.next_midnight(wall)
+            if today == day
+            else self._calendar.day_start(day + 1)
+        )
+        return _steady(at, wall_offset)
 
-    def _grant(self, state: _ModelState, est_tokens: int, now: float) -> Grant:
+    def _exhausted_until(
+        self, state: _ModelState, now: float, wall_offset: float, today: int
+    ) -> float | None:
+        """Until when the model is out for the day (a per-day 429, or the
+        day's count at ``rpd``), whichever ends later; None if it is not."""
+        exhausted = _future(state.exhausted_until, now)
+        if state.limits.rpd and _requests_today(state, today) >= state.limits.rpd:
+            day_end = self._day_end(state.day, now, wall_offset)
+            exhausted = day_end if exhausted is None else max(exhausted, day_end)
+        return exhausted
+
+    def _grant(self, state: _ModelState, est_tokens: int, now: float, today: int) -> Grant:
         grant_id = self._next_grant_id
         self._next_grant_id += 1
-        assert state.day is not None  # set by _advance
+        if state.day is None or today > state.day:  # the first grant of a new day
+            state.day = today
+            state.requests_today = 0
         entry = _Entry(grant_id, now, now + self._span(state), est_tokens, state.day)
         _insert_in_order(state.window, entry)
         state.requests += 1
@@ -565,26 +654,50 @@ class QuotaPolicy:
         self._held[grant_id] = _Held(state, entry, est_tokens)
         return Grant(grant_id, state.name, now, est_tokens)
 
-    def _rate_limited(self, state: _ModelState, outcome: RateLimited, now: float) -> None:
+    def _rate_limited(
+        self,
+        state: _ModelState,
+        entry: _Entry,
+        outcome: RateLimited,
+        now: float,
+        wall_offset: float,
+    ) -> None:
         _bump(state.counters, "rate_limited")
+        delay = outcome.retry_delay_s
+        if delay is not None and not 0.0 < delay < math.inf:
+            delay = None  # zero, negative or NaN: no delay at all
+        backoff = self._backoff(state.consecutive_429s)
+        state.consecutive_429s += 1
         if outcome.scope.per_day:
             _bump(state.counters, "rate_limited_day")
-            midnight = self._calendar.next_midnight(now)
-            if state.exhausted_until is None or midnight > state.exhausted_until:
-                state.exhausted_until = midnight
+            until = self._day_exhausted_until(entry.day, delay, backoff, now, wall_offset)
+            if state.exhausted_until is None or until > state.exhausted_until:
+                state.exhausted_until = until
             return
-        delay = outcome.retry_delay_s
-        if delay is not None and 0 < delay <= self._quota.max_skew_s and delay > state.skew:
+        if delay is not None and delay <= self._quota.max_skew_s and delay > state.skew:
             self._learn_skew(state, delay, now)
-        if delay is None or not math.isfinite(delay):
-            delay = self._backoff(state.consecutive_429s)
-        state.consecutive_429s += 1
         reason = (
             CooldownReason.TOKENS_LIMITED
             if outcome.scope is RateLimitScope.TOKENS_PER_MINUTE
             else CooldownReason.RATE_LIMITED
         )
-        self._cool_down(state, now + max(delay, 0.0), reason, now)
+        self._cool_down(state, now + (backoff if delay is None else delay), reason, now)
+
+    def _day_exhausted_until(
+        self, day: int, delay: float | None, backoff: float, now: float, wall_offset: float
+    ) -> float:
+        """When a per-day 429 on a request counted in local ``day`` lets the
+        model go again (the rule is in ``report``'s docstring)."""
+        end = self._day_end(day, now, wall_offset)
+        if end <= now:
+            return now + (backoff if delay is None else delay)
+        start = _steady(self._calendar.day_start(day), wall_offset)
+        near_midnight = (
+            abs(now - start) <= DAY_BOUNDARY_SLACK_S or end - now <= DAY_BOUNDARY_SLACK_S
+        )
+        if delay is not None and near_midnight and now + delay < end:
+            return now + delay
+        return end
 
     def _span(self, state: _ModelState) -> float:
         """How long a request occupies ``state``'s window on our side."""
@@ -635,13 +748,12 @@ class QuotaPolicy:
         if entry.day == state.day and state.requests_today > 0:
             state.requests_today -= 1
 
-    def _status(self, state: _ModelState, now: float) -> ModelStatus:
+    def _status(
+        self, state: _ModelState, now: float, wall_offset: float, today: int
+    ) -> ModelStatus:
         expired_requests, expired_tokens = _expired_totals(state, now)
-        requests_today = self._requests_today(state, now)
-        exhausted = _future(state.exhausted_until, now)
-        if state.limits.rpd and requests_today >= state.limits.rpd:
-            midnight = self._calendar.next_midnight(now)
-            exhausted = midnight if exhausted is None else max(exhausted, midnight)
+        requests_today = _requests_today(state, today)
+        exhausted = self._exhausted_until(state, now, wall_offset, today)
         cooldown = _future(state.cooldown_until, now)
         return ModelStatus(
             model=state.name,
@@ -656,7 +768,7 @@ class QuotaPolicy:
             counters=MappingProxyType(dict(state.counters)),
         )
 
-    def _load(self, data: Mapping[str, Any]) -> None:
+    def _load(self, data: Mapping[str, Any], wall_offset: float) -> None:
         if not isinstance(data, Mapping):
             raise SnapshotError(f"a quota snapshot is a mapping, got {type(data).__name__}")
         if data.get("format") != SNAPSHOT_FORMAT:
@@ -672,7 +784,7 @@ class QuotaPolicy:
         for name, saved in saved_models.items():
             state = self._models.get(name)
             if state is not None:
-                self._load_model(state, _mapping(saved, f"models[{name!r}]"), entries)
+                self._load_model(state, _mapping(saved, f"models[{name!r}]"), entries, wall_offset)
         for item in _list(data["in_flight"], "in_flight"):
             grant_id, name, granted_at, est_tokens, day = _list(item, "in_flight entry")
             grant_id, est_tokens = _int(grant_id, "grant id"), _int(est_tokens, "est_tokens")
@@ -685,7 +797,7 @@ class QuotaPolicy:
             if found is not None and found[0] is state:
                 entry = found[1]
             else:  # its window entry had expired: only the in-flight slot remains
-                granted = _float(granted_at, "granted_at")
+                granted = _float(granted_at, "granted_at") - wall_offset
                 entry = _Entry(
                     grant_id, granted, granted + self._span(state), est_tokens, _int(day, "day")
                 )
@@ -702,6 +814,7 @@ class QuotaPolicy:
         state: _ModelState,
         saved: Mapping[str, Any],
         entries: dict[int, tuple[_ModelState, _Entry]],
+        wall_offset: float,
     ) -> None:
         window: list[_Entry] = []
         state.skew = _float(saved.get("skew", 0.0), "skew")
@@ -710,9 +823,11 @@ class QuotaPolicy:
             if len(fields) not in (4, 5):
                 raise SnapshotError(f"window entry: expected 4 or 5 fields, got {fields!r}")
             grant_id, granted_at, tokens, day = fields[:4]
-            granted = _float(granted_at, "granted_at")
+            granted = _float(granted_at, "granted_at") - wall_offset
             expires = (
-                _float(fields[4], "expires_at") if len(fields) == 5 else granted + self._span(state)
+                _float(fields[4], "expires_at") - wall_offset
+                if len(fields) == 5
+                else granted + self._span(state)
             )
             entry = _Entry(
                 _int(grant_id, "grant id"),
@@ -731,10 +846,14 @@ class QuotaPolicy:
         state.tokens = sum(e.tokens for e in window)
         state.day = _opt_int(saved["day"], "day")
         state.requests_today = _int(saved["requests_today"], "requests_today")
-        state.cooldown_until = _opt_float(saved["cooldown_until"], "cooldown_until")
+        state.cooldown_until = _steady_or_none(
+            _opt_float(saved["cooldown_until"], "cooldown_until"), wall_offset
+        )
         reason = saved["cooldown_reason"]
         state.cooldown_reason = None if reason is None else CooldownReason(reason)
-        state.exhausted_until = _opt_float(saved["exhausted_until"], "exhausted_until")
+        state.exhausted_until = _steady_or_none(
+            _opt_float(saved["exhausted_until"], "exhausted_until"), wall_offset
+        )
         unavailable = saved["unavailable"]
         state.unavailable = None if unavailable is None else _str(unavailable, "unavailable")
         state.consecutive_429s = _int(saved["consecutive_429s"], "consecutive_429s")
@@ -822,6 +941,31 @@ def _insert_in_order(window: deque[_Entry], entry: _Entry) -> None:
     window.insert(index, entry)
 
 
+def _requests_today(state: _ModelState, today: int) -> int:
+    """The model's count for local day ``today``: 0 once a later day began."""
+    if state.day is None or today > state.day:
+        return 0
+    return state.requests_today
+
+
+def _steady(wall: float, wall_offset: float) -> float:
+    """The steady time at which the wall clock reads ``wall``, rounded so
+    that it really does read at least ``wall`` then: a midnight converted to
+    steady time must not come back a hair before midnight."""
+    steady = wall - wall_offset
+    while steady + wall_offset < wall:
+        steady = math.nextafter(steady, math.inf)
+    return steady
+
+
+def _steady_or_none(wall: float | None, wall_offset: float) -> float | None:
+    return None if wall is None else wall - wall_offset
+
+
+def _wall_or_none(steady: float | None, wall_offset: float) -> float | None:
+    return None if steady is None else steady + wall_offset
+
+
 def _future(deadline: float | None, now: float) -> float | None:
     return deadline if deadline is not None and deadline > now else None
 
@@ -830,18 +974,18 @@ def _bump(counters: dict[str, int | float], name: str, amount: int | float = 1) 
     counters[name] = counters.get(name, 0) + amount
 
 
-def _snapshot_model(state: _ModelState) -> dict[str, Any]:
+def _snapshot_model(state: _ModelState, wall_offset: float) -> dict[str, Any]:
     return {
         "window": [
-            [e.grant_id, e.granted_at, e.tokens, e.day, e.expires_at]
+            [e.grant_id, e.granted_at + wall_offset, e.tokens, e.day, e.expires_at + wall_offset]
             for e in state.window
             if e.counted
         ],
         "day": state.day,
         "requests_today": state.requests_today,
-        "cooldown_until": state.cooldown_until,
+        "cooldown_until": _wall_or_none(state.cooldown_until, wall_offset),
         "cooldown_reason": None if state.cooldown_reason is None else str(state.cooldown_reason),
-        "exhausted_until": state.exhausted_until,
+        "exhausted_until": _wall_or_none(state.exhausted_until, wall_offset),
         "unavailable": state.unavailable,
         "consecutive_429s": state.consecutive_429s,
         "consecutive_errors": state.consecutive_errors,

@@ -125,6 +125,13 @@ def test_retry_delay_from_duration_object() -> None:
     assert parse_retry_delay(Duration()) == pytest.approx(4.25)
 
 
+def test_zero_retry_delay_is_no_delay() -> None:
+    """``retryDelay: "0s"`` asks for no wait: the outcome carries none, so the
+    registry's backoff applies (the policy also treats 0 as missing)."""
+    limited = parse_rate_limit(body(quota_failure(RPM), retry_info("0s")))
+    assert limited == RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, None)
+
+
 def test_missing_retry_info_gives_none() -> None:
     limited = parse_rate_limit(body(quota_failure(RPM), HELP))
     assert limited == RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, None)

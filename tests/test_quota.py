@@ -279,12 +279,19 @@ def test_429_without_retry_delay_backs_off_exponentially_until_success() -> None
     assert status(p, "a", now).counters["rate_limited"] == 6
 
 
-def test_zero_retry_delay_sets_no_cooldown() -> None:
-    p = policy(spec("a"))
+@pytest.mark.parametrize("delay", [0.0, -3.0, math.nan])
+def test_zero_retry_delay_uses_backoff(delay: float) -> None:
+    """``retryDelay: "0s"`` is no delay: without a cooldown the model would
+    be granted again at once and every retry would burn an attempt."""
+    p = policy(spec("a"), backoff_base_s=1.0, backoff_max_s=60.0)
     g = grant(p, ["a"], 1, T0)
-    p.report(g.grant_id, rate_limited(0.0), T0)
-    assert status(p, "a", T0).cooldown_until is None
-    assert p.can_grant("a", 1, T0)
+    p.report(g.grant_id, rate_limited(delay), T0)
+    s = status(p, "a", T0)
+    assert (s.cooldown_until, s.cooldown_reason) == (T0 + 1.0, CooldownReason.RATE_LIMITED)
+    assert not p.can_grant("a", 1, T0)
+    g = grant(p, ["a"], 1, T0 + 1.0)
+    p.report(g.grant_id, rate_limited(delay), T0 + 1.0)
+    assert status(p, "a", T0 + 1.0).cooldown_until == T0 + 3.0  # the backoff grows
 
 
 def test_cooldown_is_a_deadline_not_a_timer() -> None:
@@ -490,6 +497,150 @@ def test_per_day_429_on_the_spring_forward_day() -> None:
     p.report(grant(p, ["a"], 1, after_change).grant_id, rate_limited(None, RPD), after_change)
     assert status(p, "a", after_change).exhausted_until == pacific(2024, 3, 11)
     assert pacific(2024, 3, 11) - after_change == (24 - 3.5) * 3600
+
+
+def test_per_day_429_after_midnight_counts_against_the_grants_day() -> None:
+    """Counted at 23:59:59, refused at 00:00:01: the refusal is about the day
+    that just ended, so the new day is not lost -- only the backoff holds
+    the model (no retryDelay was given)."""
+    p = policy(spec("a", rpd=1000), backoff_base_s=1.0)
+    g = grant(p, ["a"], 1, pacific(2024, 6, 15, 23, 59, 59.0))
+    refused = pacific(2024, 6, 16, 0, 0, 1.0)
+    p.report(g.grant_id, rate_limited(None, RPD), refused)
+    s = status(p, "a", refused)
+    assert s.exhausted_until == refused + 1.0
+    assert s.counters["rate_limited_day"] == 1
+    assert grant(p, ["a"], 1, refused + 1.0).model == "a"
+    assert status(p, "a", refused + 1.0).requests_today == 1
+
+
+def test_per_day_429_after_midnight_with_a_retry_delay_waits_that_long() -> None:
+    p = policy(spec("a"))
+    g = grant(p, ["a"], 1, pacific(2024, 6, 15, 23, 59, 59.0))
+    refused = pacific(2024, 6, 16, 0, 0, 1.0)
+    p.report(g.grant_id, rate_limited(20.0, RPD), refused)
+    assert status(p, "a", refused).exhausted_until == refused + 20.0
+
+
+@pytest.mark.parametrize(
+    ("granted", "refused"),
+    [
+        # Counted in the new day while the provider still counted the old one.
+        (pacific(2024, 6, 16, 0, 0, 1.0), pacific(2024, 6, 16, 0, 0, 2.0)),
+        # A minute before midnight: the provider resets before our midnight.
+        (pacific(2024, 6, 15, 23, 58, 59.0), pacific(2024, 6, 15, 23, 59, 0.0)),
+    ],
+)
+def test_short_retry_delay_near_midnight_wins(granted: float, refused: float) -> None:
+    p = policy(spec("a"))
+    g = grant(p, ["a"], 1, granted)
+    p.report(g.grant_id, rate_limited(20.0, RPD), refused)
+    assert status(p, "a", refused).exhausted_until == refused + 20.0
+    assert grant(p, ["a"], 1, refused + 20.0).model == "a"
+
+
+def test_short_retry_delay_far_from_midnight_keeps_the_day_exhausted() -> None:
+    """Gemini sends per-minute-sized delays with per-day violations; in the
+    middle of the day such a delay is not when the day's quota returns."""
+    p = policy(spec("a"))
+    afternoon = pacific(2024, 6, 15, 15, 30)
+    g = grant(p, ["a"], 1, afternoon)
+    p.report(g.grant_id, rate_limited(47.0, RPD), afternoon)
+    assert status(p, "a", afternoon).exhausted_until == pacific(2024, 6, 16)
+
+
+def test_a_retry_delay_longer_than_the_rest_of_the_day_ends_at_midnight() -> None:
+    p = policy(spec("a"))
+    late = pacific(2024, 6, 15, 23, 59, 50.0)
+    g = grant(p, ["a"], 1, late)
+    p.report(g.grant_id, rate_limited(30.0, RPD), late)
+    assert status(p, "a", late).exhausted_until == pacific(2024, 6, 16)
+
+
+# -- two timelines: steady deadlines, wall-clock days ------------------------------------
+
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize("step", [-HOUR, HOUR])
+def test_a_wall_step_moves_no_window_and_no_cooldown(step: float) -> None:
+    """Steady time goes on while the wall clock steps: a full window still
+    frees 45.5 s later, and a cooldown keeps its remaining time."""
+    p = policy(spec("a", rpm=2), spec("b"))
+    grant(p, ["a"], 1, T0)
+    grant(p, ["a"], 1, T0)
+    g = grant(p, ["b"], 1, T0)
+    p.report(g.grant_id, rate_limited(30.0), T0)
+    now = T0 + 15.0
+    assert p.earliest("a", 1, now, wall_offset=step) - now == pytest.approx(45.5)
+    assert p.acquire(["a"], 1, now, wall_offset=step) == Wait(T0 + W)
+    assert not p.can_grant("b", 1, now, wall_offset=step)
+    assert p.next_event(now, wall_offset=step) == T0 + 30.0
+    assert status(p, "b", now).cooldown_until == T0 + 30.0
+
+
+def test_the_day_follows_the_wall_clock() -> None:
+    """Steady time is mid-afternoon; the wall clock says 23:30: the day's
+    count resets at the wall clock's midnight, converted to steady time."""
+    p = QuotaPolicy({"a": spec("a", rpd=1)}, QuotaConfig())
+    afternoon = pacific(2024, 6, 15, 15, 30)
+    offset = pacific(2024, 6, 15, 23, 30) - afternoon
+    grant_ = p.acquire(["a"], 1, afternoon, wall_offset=offset)
+    assert isinstance(grant_, Grant)
+    midnight = pacific(2024, 6, 16) - offset
+    assert p.acquire(["a"], 1, afternoon + 1, wall_offset=offset) == Wait(midnight)
+    assert p.next_event(afternoon + W, wall_offset=offset) == midnight  # the window emptied
+    assert not p.can_grant("a", 1, before(midnight), wall_offset=offset)
+    assert p.can_grant("a", 1, midnight, wall_offset=offset)
+
+
+def test_a_backward_step_across_midnight_keeps_counting_the_later_day() -> None:
+    p = policy(spec("a", rpd=2))
+    after = pacific(2024, 6, 16, 0, 10)
+    grant(p, ["a"], 1, after)
+    grant(p, ["a"], 1, after)
+    back = -HOUR  # the wall clock now reads 23:10 of the day before
+    s = next(x for x in p.status(after + 1, wall_offset=back) if x.model == "a")
+    assert s.requests_today == 2
+    assert p.acquire(["a"], 1, after + 1, wall_offset=back) == Wait(pacific(2024, 6, 17) + HOUR)
+
+
+def test_steady_midnight_is_never_a_hair_early() -> None:
+    """An offset that does not convert exactly must not make the promised
+    moment fall a rounding error before the wall clock's midnight."""
+    p = QuotaPolicy({"a": spec("a", rpd=1)}, QuotaConfig())
+    now = 12_345.678  # a monotonic clock shortly after boot
+    offset = pacific(2024, 6, 15, 23, 59, 0.1) - now
+    assert isinstance(p.acquire(["a"], 1, now, wall_offset=offset), Grant)
+    result = p.acquire(["a"], 1, now + 1, wall_offset=offset)
+    assert isinstance(result, Wait) and result.until is not None
+    assert result.until + offset >= pacific(2024, 6, 16)
+    assert p.can_grant("a", 1, result.until, wall_offset=offset)
+
+
+def test_snapshot_holds_wall_times_and_restores_to_a_new_steady_origin() -> None:
+    """Saved by a process whose steady clock reads ~1e6 s, restored by one
+    whose steady clock just started: every deadline keeps its remaining
+    time and the day keeps its count."""
+    models = {"a": spec("a", rpm=2, rpd=10), "b": spec("b")}
+    p = QuotaPolicy(models, QuotaConfig())
+    old_now, old_offset = 1_000_000.0, T0 - 1_000_000.0
+    grant_a = p.acquire(["a"], 3, old_now, wall_offset=old_offset)
+    grant_b = p.acquire(["b"], 1, old_now, wall_offset=old_offset)
+    assert isinstance(grant_a, Grant) and isinstance(grant_b, Grant)
+    p.report(grant_b.grant_id, rate_limited(30.0), old_now, wall_offset=old_offset)
+    data = p.snapshot(wall_offset=old_offset)
+    window = data["models"]["a"]["window"]
+    assert window == [[grant_a.grant_id, T0, 3, window[0][3], T0 + W]]  # wall times
+    assert data["models"]["b"]["cooldown_until"] == T0 + 30.0
+    assert data["in_flight"][0][2] == T0
+    new_now, new_offset = 5.0, T0 + 10.0 - 5.0  # restarted 10 s later, clock origin anew
+    restored = QuotaPolicy.restore(models, QuotaConfig(), data, wall_offset=new_offset)
+    a, b = restored.status(new_now, wall_offset=new_offset)
+    assert a.requests_today == 1 and a.requests_in_window == 1 and a.in_flight == 1
+    assert b.cooldown_until is not None and b.cooldown_until - new_now == pytest.approx(20.0)
+    assert restored.earliest("a", 1, new_now, wall_offset=new_offset) == new_now
+    assert restored.snapshot(wall_offset=new_offset) == data
 
 
 # -- reports -------------------------------------------------------------------------------

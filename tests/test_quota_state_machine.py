@@ -6,7 +6,14 @@ take E tokens at time t?" by counting from scratch. The earliest grantable
 moment it finds by trying, in order, every instant at which any of those
 counts or deadlines can change. Hypothesis drives both with random chains,
 every kind of outcome, time jumps across Pacific midnight and DST changes,
-and snapshot/restore cycles, and compares them after every step.
+steps of the wall clock (steady time goes on; only the day may change),
+snapshot/restore cycles -- also into a process whose steady clock has another
+origin -- and compares them after every step.
+
+Times are steady; the wall clock reads ``t + offset``. Offsets and origin
+shifts are whole seconds and every time stays in [2**30, 2**31), where floats
+are multiples of 2**-22: converting between the timelines is then exact, so
+the reference and the policy can be compared with ``==``.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
     Usage,
 )
-from tierbatch.policies.quota import Grant, NoRoute, QuotaPolicy, Wait
+from tierbatch.policies.quota import DAY_BOUNDARY_SLACK_S, Grant, NoRoute, QuotaPolicy, Wait
 
 LA = ZoneInfo("America/Los_Angeles")
 NAMES = ("m0", "m1", "m2", "m3")
@@ -74,9 +81,13 @@ def day_of(t: float) -> date:
     return local_date(math.floor(t))
 
 
-def next_midnight(t: float) -> float:
+def midnight_of(day: date) -> float:
     # Midnight always exists in Los Angeles (clocks change at 02:00).
-    return datetime.combine(day_of(t) + timedelta(days=1), time(), tzinfo=LA).timestamp()
+    return datetime.combine(day, time(), tzinfo=LA).timestamp()
+
+
+def next_midnight(wall: float) -> float:
+    return midnight_of(day_of(wall) + timedelta(days=1))
 
 
 def before(t: float) -> float:
@@ -133,6 +144,7 @@ class Reference:
             for name, s in specs.items()
         }
         self.grants: dict[int, RefGrant] = {}
+        self.offset = 0.0  # the wall clock reads t + offset
 
     # -- questions --
 
@@ -142,8 +154,19 @@ class Reference:
     def in_window(self, model: str, t: float) -> list[RefGrant]:
         return [g for g in self.counted(model) if g.t <= t < g.expires]
 
+    def day(self, model: str, t: float) -> date:
+        """The day the model counts in: the wall clock's, or the latest day
+        it was granted in when the wall clock stepped back across midnight."""
+        granted = [g.day for g in self.grants.values() if g.model == model]
+        return max([day_of(t + self.offset), *granted])
+
     def today(self, model: str, t: float) -> int:
-        return sum(1 for g in self.counted(model) if g.day == day_of(t))
+        day = self.day(model, t)
+        return sum(1 for g in self.counted(model) if g.day == day)
+
+    def day_end(self, model: str, t: float) -> float:
+        """When (steady) the model's day ends."""
+        return midnight_of(self.day(model, t) + timedelta(days=1)) - self.offset
 
     def in_flight(self, model: str) -> int:
         return sum(1 for g in self.grants.values() if g.model == model and not g.reported)
@@ -186,7 +209,7 @@ class Reference:
         if self.capped(model):
             return None
         m = self.models[model]
-        moments = {now, next_midnight(now), *m.cooldowns, *m.exhaustions}
+        moments = {now, self.day_end(model, now), *m.cooldowns, *m.exhaustions}
         moments |= {g.expires for g in self.counted(model)}
         for t in sorted(x for x in moments if x >= now):
             if self.time_allows(model, est, t):
@@ -213,7 +236,7 @@ class Reference:
         m = self.models[model]
         end = max(m.exhaustions, default=-math.inf)
         if m.rpd and self.today(model, now) >= m.rpd:
-            end = max(end, next_midnight(now))
+            end = max(end, self.day_end(model, now))
         return end if end > now else None
 
     def next_event(self, now: float) -> float | None:
@@ -232,7 +255,8 @@ class Reference:
     def grant(self, gid: int, model: str, now: float, est: int) -> None:
         assert gid not in self.grants
         expires = now + self.window + self.models[model].skew
-        self.grants[gid] = RefGrant(gid, model, now, est, day_of(now), expires=expires)
+        day = self.day(model, now)
+        self.grants[gid] = RefGrant(gid, model, now, est, day, expires=expires)
 
     def backoff(self, exponent: int) -> float:
         return min(self.quota.backoff_base_s * 2**exponent, self.quota.backoff_max_s)
@@ -245,20 +269,31 @@ class Reference:
             g.tokens = outcome.usage.input_tokens
             m.consecutive_429s = m.consecutive_errors = 0
         elif isinstance(outcome, RateLimited):
+            given = outcome.retry_delay_s
+            # "0s", a negative or a NaN delay is no delay.
+            delay = given if given is not None and 0 < given < math.inf else None
+            backoff = self.backoff(m.consecutive_429s)
+            m.consecutive_429s += 1
+            wait = backoff if delay is None else delay
             if outcome.scope is RateLimitScope.REQUESTS_PER_DAY:
-                m.exhaustions.append(next_midnight(now))
+                # Against the day the request was counted in.
+                start = midnight_of(g.day) - self.offset
+                end = midnight_of(g.day + timedelta(days=1)) - self.offset
+                near = abs(now - start) <= DAY_BOUNDARY_SLACK_S or end - now <= DAY_BOUNDARY_SLACK_S
+                if end <= now:  # that day is over: only the delay, else a backoff
+                    m.exhaustions.append(now + wait)
+                elif delay is not None and near and now + delay < end:
+                    m.exhaustions.append(now + delay)
+                else:
+                    m.exhaustions.append(end)
             else:
-                delay = outcome.retry_delay_s
-                if delay is not None and 0 < delay <= self.quota.max_skew_s and delay > m.skew:
+                if delay is not None and delay <= self.quota.max_skew_s and delay > m.skew:
                     # Entries still in the window occupy it that much longer.
                     for other in self.counted(g.model):
                         if other.expires > now:
                             other.expires += delay - m.skew
                     m.skew = delay
-                if delay is None:
-                    delay = self.backoff(m.consecutive_429s)
-                m.consecutive_429s += 1
-                m.cooldowns.append(now + delay)
+                m.cooldowns.append(now + wait)
         elif isinstance(outcome, ServerError | TimedOut):
             m.consecutive_errors += 1
             threshold = self.quota.server_error_threshold
@@ -269,12 +304,22 @@ class Reference:
         elif isinstance(outcome, Cancelled):
             g.cancelled = True
 
+    def shift(self, seconds: float) -> None:
+        """A new steady origin: every steady time moves by ``seconds``."""
+        for g in self.grants.values():
+            g.t += seconds
+            g.expires += seconds
+        for m in self.models.values():
+            m.cooldowns = [d + seconds for d in m.cooldowns]
+            m.exhaustions = [d + seconds for d in m.exhaustions]
+        self.offset -= seconds
+
 
 # -- strategies ------------------------------------------------------------------
 
 delays = st.one_of(
     st.none(),
-    st.sampled_from([0.0, 0.5, 2.0, 26.0, 45.83]),
+    st.sampled_from([0.0, -1.0, math.nan, 0.5, 2.0, 26.0, 45.83]),
     st.floats(min_value=0.0, max_value=120.0, allow_nan=False, allow_infinity=False),
 )
 rate_limits = st.builds(RateLimited, st.sampled_from(list(RateLimitScope)), delays)
@@ -319,6 +364,7 @@ class QuotaMachine(RuleBasedStateMachine):
         self.ref = Reference({}, self.quota)
         self.names: tuple[str, ...] = ()
         self.pending: tuple[list[str], int, float] | None = None  # an unverified Wait
+        self.offset = 0.0  # wall minus steady: the wall clock reads now + offset
 
     @initialize(
         data=st.data(),
@@ -379,7 +425,7 @@ class QuotaMachine(RuleBasedStateMachine):
 
     def acquire_and_compare(self, chain: list[str], est: int) -> None:
         expected = self.ref.expected_acquire(chain, est, self.now)
-        result = self.policy.acquire(chain, est, self.now)
+        result = self.policy.acquire(chain, est, self.now, wall_offset=self.offset)
         if isinstance(result, Grant):
             assert expected == ("grant", result.model), (expected, result)
             assert (result.granted_at, result.est_tokens) == (self.now, est)
@@ -418,10 +464,11 @@ class QuotaMachine(RuleBasedStateMachine):
         if until <= self.now:
             return
         self.now = before(until)
-        assert not any(self.policy.can_grant(m, est, self.now) for m in chain)
-        assert self.policy.acquire(chain, est, self.now) == Wait(until)
+        offset = self.offset
+        assert not any(self.policy.can_grant(m, est, self.now, wall_offset=offset) for m in chain)
+        assert self.policy.acquire(chain, est, self.now, wall_offset=offset) == Wait(until)
         self.now = until
-        result = self.policy.acquire(chain, est, self.now)
+        result = self.policy.acquire(chain, est, self.now, wall_offset=offset)
         assert isinstance(result, Grant), result
         assert self.ref.expected_acquire(chain, est, self.now) == ("grant", result.model)
         self.ref.grant(result.grant_id, result.model, self.now, est)
@@ -444,10 +491,11 @@ class QuotaMachine(RuleBasedStateMachine):
         outcome = data.draw(outcomes, label="outcome")
         model = self.ref.grants[gid].model
         cooling_before = self.ref.cooldown_end(model, self.now)
-        assert self.policy.report(gid, outcome, self.now)
+        assert self.policy.report(gid, outcome, self.now, wall_offset=self.offset)
         self.ref.report(gid, outcome, self.now)
         self.pending = None
-        cooling_after = self.policy.status(self.now)[self.names.index(model)].cooldown_until
+        statuses = self.policy.status(self.now, wall_offset=self.offset)
+        cooling_after = statuses[self.names.index(model)].cooldown_until
         if cooling_before is not None:  # never shortened by a later, shorter 429
             assert cooling_after is not None and cooling_after >= cooling_before
 
@@ -478,15 +526,42 @@ class QuotaMachine(RuleBasedStateMachine):
         if len(held) < 2:
             return
         first, second = held[:2]
-        assert self.policy.report(first, RateLimited(long_scope, long), self.now)
+        assert self.policy.report(
+            first, RateLimited(long_scope, long), self.now, wall_offset=self.offset
+        )
         self.ref.report(first, RateLimited(long_scope, long), self.now)
         deadline = self.now + long
         self.now += gap
         shorter = RateLimited(RateLimitScope.TOKENS_PER_MINUTE, short)
-        assert self.policy.report(second, shorter, self.now)
+        assert self.policy.report(second, shorter, self.now, wall_offset=self.offset)
         self.ref.report(second, shorter, self.now)
-        status = self.policy.status(self.now)[self.names.index(model)]
+        status = self.policy.status(self.now, wall_offset=self.offset)[self.names.index(model)]
         assert status.cooldown_until is not None and status.cooldown_until >= deadline
+        self.pending = None
+
+    @rule(
+        data=st.data(),
+        lead=st.floats(min_value=0.0, max_value=10.0, allow_nan=False),
+        answer_after=st.floats(min_value=0.0, max_value=700.0, allow_nan=False),
+        delay=delays,
+    )
+    def per_day_429_around_midnight(
+        self, data: st.DataObject, lead: float, answer_after: float, delay: float | None
+    ) -> None:
+        """A request counted in the last seconds of a local day, refused with
+        a per-day 429 on either side of midnight: the refusal counts against
+        the day the request was counted in."""
+        model = data.draw(st.sampled_from(self.names), label="model")
+        midnight = next_midnight(self.now + self.offset) - self.offset
+        self.now = max(self.now, midnight - lead)
+        if not self.ref.grantable(model, 0, self.now):
+            return
+        self.acquire_and_compare([model], 0)
+        gid = max(self.ref.grants)  # the grant just made
+        self.now += answer_after
+        outcome = RateLimited(RateLimitScope.REQUESTS_PER_DAY, delay)
+        assert self.policy.report(gid, outcome, self.now, wall_offset=self.offset)
+        self.ref.report(gid, outcome, self.now)
         self.pending = None
 
     @rule(data=st.data())
@@ -494,7 +569,7 @@ class QuotaMachine(RuleBasedStateMachine):
         done = sorted(g.gid for g in self.ref.grants.values() if g.reported)
         gid = data.draw(st.sampled_from([*done, 0, 10_000]), label="stale grant")
         before_state = self.policy.snapshot()
-        assert not self.policy.report(gid, data.draw(outcomes), self.now)
+        assert not self.policy.report(gid, data.draw(outcomes), self.now, wall_offset=self.offset)
         assert self.policy.snapshot() == before_state
 
     @rule(data=st.data())
@@ -518,12 +593,12 @@ class QuotaMachine(RuleBasedStateMachine):
         next event, or a cooldown end / exhaustion end / window expiry the
         reference knows of: where off-by-one-instant bugs live."""
         if kind == "next_event":
-            at = self.policy.next_event(self.now)
+            at = self.policy.next_event(self.now, wall_offset=self.offset)
             if at is not None:
                 self.now = at
             return
         if kind == "midnight":
-            targets = [next_midnight(self.now)]
+            targets = [next_midnight(self.now + self.offset) - self.offset]
         else:
             targets = [
                 d
@@ -537,26 +612,59 @@ class QuotaMachine(RuleBasedStateMachine):
             just_before = data.draw(st.booleans(), label="just before")
             self.now = max(self.now, before(target)) if just_before else target
 
+    @rule(
+        step=st.one_of(
+            st.sampled_from([-3600, 3600, -7200, 7200, -86_400, 86_400]),
+            st.integers(-5000, 5000),
+        )
+    )
+    def step_the_wall_clock(self, step: int) -> None:
+        """An NTP step, a resumed VM: the wall clock jumps, steady time does
+        not. Windows, cooldowns and waits stay put (the invariants say so);
+        only the day may change."""
+        self.offset += step
+        self.ref.offset = self.offset
+        self.pending = None
+
     # -- persistence --
 
     @rule(through_msgpack=st.booleans())
     def snapshot_and_restore(self, through_msgpack: bool) -> None:
-        data = self.policy.snapshot()
+        data = self.policy.snapshot(wall_offset=self.offset)
         assert is_plain(data)
         if through_msgpack:
             data = msgpack.unpackb(msgpack.packb(data), raw=False)
-        restored = QuotaPolicy.restore(self.specs, self.quota, data)
-        assert restored.snapshot() == data == self.policy.snapshot()
+        restored = QuotaPolicy.restore(self.specs, self.quota, data, wall_offset=self.offset)
+        assert restored.snapshot(wall_offset=self.offset) == data
+        assert data == self.policy.snapshot(wall_offset=self.offset)
         self.policy = restored
 
     @rule()
     def restart(self) -> None:
         """A new process: restore, then whatever was in flight is abandoned."""
-        restored = QuotaPolicy.restore(self.specs, self.quota, self.policy.snapshot())
+        data = self.policy.snapshot(wall_offset=self.offset)
+        restored = QuotaPolicy.restore(self.specs, self.quota, data, wall_offset=self.offset)
         restored.forget_in_flight()
         self.policy = restored
         for g in self.ref.grants.values():
             g.reported = True
+        self.pending = None
+
+    @rule(shift=st.integers(-(10**8), 10**8), forget=st.booleans())
+    def restart_with_a_new_clock_origin(self, shift: int, forget: bool) -> None:
+        """Saved by one process, restored by another whose steady clock has a
+        different origin (a reboot): everything keeps its remaining time."""
+        data = self.policy.snapshot(wall_offset=self.offset)
+        self.now += shift
+        self.ref.shift(shift)
+        self.offset = self.ref.offset
+        restored = QuotaPolicy.restore(self.specs, self.quota, data, wall_offset=self.offset)
+        assert restored.snapshot(wall_offset=self.offset) == data
+        if forget:
+            restored.forget_in_flight()
+            for g in self.ref.grants.values():
+                g.reported = True
+        self.policy = restored
         self.pending = None
 
     # -- checks after every step --
@@ -564,7 +672,7 @@ class QuotaMachine(RuleBasedStateMachine):
     @invariant()
     def status_matches_reference(self) -> None:
         ref, now = self.ref, self.now
-        for status in self.policy.status(now):
+        for status in self.policy.status(now, wall_offset=self.offset):
             name = status.model
             window = ref.in_window(name, now)
             assert status.requests_in_window == len(window)
@@ -583,18 +691,21 @@ class QuotaMachine(RuleBasedStateMachine):
         """Never grantable while the reference says blocked (cooldown, window,
         day, cap); always grantable when it says free (no model stuck); and
         the same earliest moment."""
+        offset = self.offset
         for name in (*self.names, "ghost"):
             for est in (0, 1, 7, 12):
-                assert self.policy.can_grant(name, est, self.now) == self.ref.grantable(
-                    name, est, self.now
-                ), (name, est)
-                assert self.policy.earliest(name, est, self.now) == self.ref.earliest(
-                    name, est, self.now
-                ), (name, est)
+                assert self.policy.can_grant(
+                    name, est, self.now, wall_offset=offset
+                ) == self.ref.grantable(name, est, self.now), (name, est)
+                assert self.policy.earliest(
+                    name, est, self.now, wall_offset=offset
+                ) == self.ref.earliest(name, est, self.now), (name, est)
 
     @invariant()
     def next_event_matches_reference(self) -> None:
-        assert self.policy.next_event(self.now) == self.ref.next_event(self.now)
+        assert self.policy.next_event(self.now, wall_offset=self.offset) == self.ref.next_event(
+            self.now
+        )
 
     @invariant()
     def history_respects_every_limit(self) -> None:

@@ -362,7 +362,7 @@ def test_observed_clusters_raise_priority(threads_before):
     small = replace(small, cluster_id="small", published_at=None)
     sink = CollectingSink()
     with Runtime(config, ScriptedProvider(), sink, clock=clock) as rt:
-        rt.observe_clusters([("big", clock.now())] * 50 + [("small", clock.now())])
+        rt.observe_clusters([("big", clock.wall())] * 50 + [("small", clock.wall())])
         rt.submit([big, small], clusters_observed=True)
         assert rt.drain(timeout=30)
     tiers = {r.article_id: r.tier for r in sink.results}

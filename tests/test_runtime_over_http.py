@@ -17,6 +17,7 @@ from dataclasses import replace
 import pytest
 from runtime_helpers import FLASH, LITE, PRO, RecordingObserver, make_articles, small_config
 
+from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
@@ -56,7 +57,13 @@ def http_run():
     )
     server_limits = dict(config.models)
     server_limits[FLASH] = replace(config.models[FLASH], rpm=6)  # tighter than we think
-    server = FakeGeminiServer(FakeGeminiConfig(models=server_limits, window_s=WINDOW_S, seed=1))
+    # One clock for both, whose steady and wall readings agree: the server's
+    # log (the server's time) and the registry's decisions (steady time) then
+    # share one timeline and can be joined.
+    clock = ScaledClock(1.0)
+    server = FakeGeminiServer(
+        FakeGeminiConfig(models=server_limits, window_s=WINDOW_S, seed=1), clock=clock
+    )
     base_url = server.start()
     try:
         genai = GenaiProvider(
@@ -66,7 +73,7 @@ def http_run():
         sink = CollectingSink()
         observer = RecordingObserver()
         articles = make_articles(600, seed=11)
-        with Runtime(config, provider, sink, observer=observer) as runtime:
+        with Runtime(config, provider, sink, clock=clock, observer=observer) as runtime:
             runtime.submit(articles)
             assert runtime.drain(timeout=120)
     finally:

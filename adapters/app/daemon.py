@@ -9,7 +9,10 @@ back into the results table, and it is built to be killed:
 * **Leases, renewed.** Every leased row carries a deadline that the loop
   pushes forward every third of the lease time. A daemon that dies stops
   renewing; its rows expire and the next daemon takes them. A graceful stop
-  hands back (releases) what it did not finish at once.
+  hands back (releases) what it did not finish at once. Deadlines are
+  wall-clock times (other processes read them), but renewals are timed on
+  the monotonic clock, and a step of the wall clock renews at once, so a
+  forward step does not let another daemon take over live leases.
 * **Results exactly once.** Terminal results go through the store's
   ``ResultsSink``, which retries failed writes itself: one row per article,
   written only by the row's current lease owner.
@@ -51,7 +54,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock
+from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
 from tierbatch.actors.errors import FatalProviderError, QueueFull
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
@@ -387,13 +390,14 @@ class Daemon:
         next_db_count = 0.0
         db_idle_until = 0.0
         rate = RateMeter()
+        wall_steps = WallStepWatch(self._clock)
         while True:
             if self._stop_requested.is_set():
                 return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
             if runtime.fatal_error is not None:
                 return StopReason.FATAL
             now = time.monotonic()
-            if now >= next_renew:
+            if self._wall_stepped(wall_steps) or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = now + renew_every
             stats = runtime.stats()
@@ -443,7 +447,7 @@ class Daemon:
         if limit <= 0:
             return
         backlog = self._storage(self.store.cluster_backlog, limit) or []
-        now = self._clock.now()
+        now = self._clock.wall()  # publication times are wall-clock times
         runtime.observe_clusters((cluster, now if at is None else at) for _, cluster, at in backlog)
         self._prewarmed = {article_id for article_id, _, _ in backlog}
         if backlog:
@@ -490,6 +494,7 @@ class Daemon:
         renew_every = opts.lease_s / 3
         next_renew = time.monotonic() + renew_every
         rate = RateMeter()
+        wall_steps = WallStepWatch(self._clock)
         while not self._immediate.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -503,7 +508,7 @@ class Daemon:
                     return StopReason.SIGNAL
             except FatalProviderError:
                 return StopReason.FATAL
-            if time.monotonic() >= next_renew:
+            if self._wall_stepped(wall_steps) or time.monotonic() >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = time.monotonic() + renew_every
             self._report(runtime, runtime.stats(), started, rate, None, draining=True)
@@ -559,6 +564,16 @@ class Daemon:
         return released, problems
 
     # ---- helpers -----------------------------------------------------------------
+
+    @staticmethod
+    def _wall_stepped(watch: WallStepWatch) -> bool:
+        """Whether the wall clock stepped since the last look. Lease deadlines
+        are wall-clock times: after a step they must be renewed at once."""
+        step = watch.step()
+        if step is None:
+            return False
+        _log.warning("wall clock stepped; renewing leases now", step_s=round(step, 3))
+        return True
 
     def _report(
         self,

@@ -154,7 +154,8 @@ def parse_rate_limit(body_or_details: object, message: str = "") -> RateLimited:
 
     With several violations the longest-lived quota wins (per day over input
     tokens per minute over requests per minute): that is the one the caller
-    must wait for. Without ``RetryInfo`` the delay is None and the registry
+    must wait for. Without ``RetryInfo`` -- or with ``retryDelay: "0s"``,
+    which asks for no wait at all -- the delay is None and the registry
     applies its own bounded backoff.
     """
     delay: float | None = None
@@ -174,7 +175,7 @@ def parse_rate_limit(body_or_details: object, message: str = "") -> RateLimited:
                 )
                 if _SCOPE_SEVERITY[candidate] > _SCOPE_SEVERITY[scope]:
                     scope = candidate
-    return RateLimited(scope=scope, retry_delay_s=delay, message=message)
+    return RateLimited(scope=scope, retry_delay_s=delay or None, message=message)
 
 
 def is_invalid_key(body_or_details: object, message: str = "") -> bool:

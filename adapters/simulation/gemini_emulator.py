@@ -57,7 +57,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import structlog
 
-from tierbatch.actors.clock import Clock
+from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.adapters.gemini.prompt import ARTICLES_MARKER, articles_from_user_text
 from tierbatch.adapters.simulation.error_bodies import (
     BAD_GATEWAY_HTML,
@@ -356,6 +356,9 @@ class GeminiEmulator:
     def __init__(self, config: FakeGeminiConfig, clock: Clock) -> None:
         self.config = config
         self._clock = clock
+        # The server keeps its own time, as Gemini's does: steady time set to
+        # the wall clock once, so a step of this machine's clock moves nothing.
+        self._wall_offset = wall_offset(clock)
         self.quota = QuotaEmulator(
             config.models, config.window_s, config.timezone, free_tier=config.free_tier
         )
@@ -365,14 +368,15 @@ class GeminiEmulator:
         self.log: list[ServedRequest] = []
 
     def now(self) -> float:
-        return self._clock.now()
+        """The server's time: wall-clock epoch seconds that never step."""
+        return self._clock.now() + self._wall_offset
 
     def restart_clock(self) -> None:
         """Outages count from here (the server calls it when it starts)."""
         self._started = time.monotonic()
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
-        now = self._clock.now()
+        now = self.now()
         route = parse_route(request.method, request.target)
         if route is None:
             return self._refuse(

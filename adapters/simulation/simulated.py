@@ -7,6 +7,11 @@ a ``ScaledClock`` a minute of quota passes in a fraction of a second, so
 rate-limit behaviour is testable quickly and consistently with the runtime's
 own clock.
 
+The provider keeps its own time, as Gemini's servers do: the clock's steady
+time, set to the wall clock once at construction. Its windows and Pacific
+days therefore do not step when this machine's wall clock does. Every time
+it records or is given (``outages``, ``SimulatedCall``) is on that timeline.
+
 Reproducibility: each call draws its latency and faults from a
 ``random.Random`` seeded by (seed, call index), so a run that makes its calls
 in the same order sees the same faults, whatever the timing.
@@ -23,7 +28,7 @@ from enum import StrEnum
 
 import structlog
 
-from tierbatch.actors.clock import Clock
+from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
 from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.adapters.simulation.fake_entities import (
@@ -92,7 +97,7 @@ class SimulatedFaults:
     answer is cut (finishReason MAX_TOKENS), losing the articles from a
     random one on. ``safety``: the whole answer is blocked, every article
     gets a SAFETY problem. ``missing``: one article is absent from the
-    answer. ``outages``: model -> [start, end) clock times answering 503.
+    answer. ``outages``: model -> [start, end) provider times answering 503.
     """
 
     server_error: float = 0.0
@@ -123,7 +128,7 @@ class SimulatedFaults:
 
 @dataclass(frozen=True, slots=True)
 class SimulatedCall:
-    """One call as the provider saw it; times are clock readings.
+    """One call as the provider saw it; times are the provider's.
 
     ``outcome`` is one of succeeded, rate_limited, server_error, timed_out,
     model_not_found, bad_request, cancelled (the caller cancelled it) or
@@ -182,6 +187,7 @@ class SimulatedProvider:
     ) -> None:
         self._models = dict(models)
         self._clock = clock
+        self._wall_offset = wall_offset(clock)  # the provider's time = steady + this
         self._seed = seed
         self._latency = latency_s if isinstance(latency_s, float | int) else dict(latency_s)
         self._latency_per_article_s = latency_per_article_s
@@ -205,10 +211,14 @@ class SimulatedProvider:
         """The most calls that were ever in progress at once."""
         return self._max_in_flight
 
+    def now(self) -> float:
+        """The provider's time (see the module docstring)."""
+        return self._clock.now() + self._wall_offset
+
     def spend(self, model: str, requests: int, tokens: int) -> None:
         """Another client spends this key's quota now (call from the loop's
         thread or while no call is in progress)."""
-        self.quota.spend(self._key, model, requests, tokens, self._clock.now())
+        self.quota.spend(self._key, model, requests, tokens, self.now())
 
     async def aclose(self) -> None:
         self._closed = True
@@ -217,7 +227,7 @@ class SimulatedProvider:
         index = self._next_index
         self._next_index += 1
         rng = random.Random(f"{self._seed}:{index}")
-        started = self._clock.now()
+        started = self.now()
         mark_request_sent()  # it "arrives" now: the quota check below uses this time
         input_tokens = prompt_input_tokens(request)
         log = _log.bind(
@@ -232,7 +242,7 @@ class SimulatedProvider:
         try:
             answer = await self._answer(request, rng, started, input_tokens, record)
         except asyncio.CancelledError:
-            record.finish(self._clock.now(), "cancelled")
+            record.finish(self.now(), "cancelled")
             self._calls.append(record.call)
             log.debug("simulated call cancelled", fault=record.fault)
             raise
@@ -318,7 +328,7 @@ class SimulatedProvider:
         """Finish the record and answer, after ``wait`` clock seconds."""
         if wait > 0:
             await asyncio.sleep(self._clock.to_real(wait))
-        record.finish(self._clock.now(), label)
+        record.finish(self.now(), label)
         return PackAnswer(outcome, dict(answers or {}))
 
     def _latency_for(self, model: str, articles: int, rng: random.Random) -> float:

@@ -47,8 +47,10 @@ input format, see ``tierbatch.adapters.storage.jsonl_input``)::
 
     INSERT INTO articles (id, payload) VALUES (?, ?) ON CONFLICT (id) DO NOTHING;
 
-Leasing order: expired leases first (oldest deadline first), then queued rows
-with a priority (highest first), then queued rows without one, oldest first.
+Leasing order: expired leases of other owners first (oldest deadline first),
+then queued rows with a priority (highest first), then queued rows without
+one, oldest first. An owner never takes over its own leases: it renews them
+while it runs, so one that looks expired only means the wall clock stepped.
 A row is never leased when it cannot be worked on; it gets a ``failed``
 result instead, inside the leasing transaction, so it is neither lost nor
 retried forever, and nothing about it can make ``lease`` raise:
@@ -60,8 +62,7 @@ retried forever, and nothing about it can make ``lease`` raise:
 * **poison limit**: with ``lease(..., poison_after=N)``, a row whose
   ``attempts`` reached N fails with reason ``poison``. ``attempts`` counts
   strikes: it grows by one every time a lease is taken (a queued row, or an
-  expired lease taken over from another owner; not an owner's own expired
-  lease taken back) and shrinks by one when the lease is handed back by
+  expired lease taken over from another owner) and shrinks by one when the lease is handed back by
   ``release`` (a graceful stop, or a runtime queue that was full, is not a
   crash). So it counts the leases that ended without a result or a
   release -- the process holding the row died, or stopped renewing -- plus
@@ -355,7 +356,9 @@ class SqliteStore:
         transaction instead of being leased (see the module docstring): a
         bad payload (``bad_request``), and, with ``poison_after``, a row
         leased that many times without a result (``poison``). Never raises
-        for what a row contains; only ``StorageError``."""
+        for what a row contains; only ``StorageError``.
+        Never this owner's own leases: they are live while it runs (it renews
+        them), so one that looks expired only means the wall clock stepped."""
         if limit <= 0:
             return []
         if poison_after is not None and poison_after < 1:
@@ -373,8 +376,9 @@ class SqliteStore:
             # wrote in invalid UTF-8 would make the fetch itself raise.
             rows = conn.execute(
                 f"SELECT {_LEASE_COLUMNS} FROM articles"
-                " WHERE state = 'leased' AND lease_expires < ? ORDER BY lease_expires LIMIT ?",
-                (now, want),
+                " WHERE state = 'leased' AND lease_expires < ? AND lease_owner IS NOT ?"
+                " ORDER BY lease_expires LIMIT ?",
+                (now, self.owner, want),
             ).fetchall()
             if len(rows) < want:
                 rows += conn.execute(
@@ -405,7 +409,7 @@ class SqliteStore:
                     failure = _invalid_payload(article_id, problem)
                 refuse.append(rowid)
                 failures.append(failure)
-            conn.executemany(_TAKE, [(self.owner, now + lease_s, self.owner, now, r) for r in take])
+            conn.executemany(_TAKE, [(self.owner, now + lease_s, now, r) for r in take])
             if failures:
                 # Ours for the length of this transaction, so the owner check
                 # of _write_results accepts the failure we write for it.
@@ -663,11 +667,9 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 _LEASE_COLUMNS = "rowid, typeof(id), CAST(id AS BLOB), CAST(payload AS BLOB), attempts"
-# Taking a row is a strike, unless it is this owner's own expired lease (a
-# renewal came late: nobody died).
+# Taking a row is a strike (an owner never takes its own leases back).
 _TAKE = """UPDATE articles
-    SET state = 'leased', lease_owner = ?, lease_expires = ?,
-        attempts = attempts + CASE WHEN state = 'leased' AND lease_owner = ? THEN 0 ELSE 1 END,
+    SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1,
         updated_at = ?
     WHERE rowid = ?"""
 # A refused row ends terminal even if a result for its id was already there.

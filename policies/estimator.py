@@ -1,0 +1,251 @@
+"""What the provider really admits, learnt from its answers.
+
+Configured limits are ceilings, not truths: the project may be on a smaller
+tier, another client may spend the same quota, and Gemini does not say how
+it enforces a per-minute limit -- a rolling window, or a token bucket that
+refills at the limit's rate and holds a few seconds' worth. A registry that
+assumes the wrong shape pays for it: a whole window's burst against a bucket
+gets most of it refused. ``LimitEstimate`` keeps, per model:
+
+* ``rpm``/``tpm``: the effective per-window limits, at most the configured
+  ones. A 429 that says "per minute" while our own count is below the limit
+  lowers the limit to what the provider accepted, less a margin
+  (multiplicative decrease); every clean window, where we used the limit
+  without a 429, raises it by a step towards the configured ceiling
+  (additive increase).
+* ``burst``: how many requests may go at once, on top of the steady rate
+  ``rpm / window``. It starts modest and doubles while bursts are accepted
+  (each success of a request sent at the burst's edge adds one, as TCP's
+  slow start), up to a whole window -- what a rolling window allows. A
+  burst that meets short 429s (the provider would admit the next request
+  within seconds: a bucket, not a full window) shrinks it to what the
+  provider absorbed, less a margin.
+
+Evidence: a 429's ``retryDelay`` shorter than ``short_delay_s`` is "the next
+token is near" (a bucket, or our burst hit a window edge); a longer one is
+"your window is full" (a rolling window, or another client). A refused
+request holds a window place only on window evidence: a bucket never
+counted it.
+
+Pure: every method takes ``now``; the quota policy owns one per model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+__all__ = ["EstimatorConfig", "LimitEstimate", "LimiterShape"]
+
+_SNAPSHOT_KEYS: Final = ("rpm", "tpm", "burst", "shape", "clean_windows")
+
+
+class LimiterShape(StrEnum):
+    UNKNOWN = "unknown"
+    WINDOW = "window"
+    BUCKET = "bucket"
+
+
+@dataclass(frozen=True, slots=True)
+class EstimatorConfig:
+    """``margin``: how far below what the provider accepted a learnt limit
+    is set; ``increase``: the additive step per clean window, as a share of
+    the configured limit; ``initial_burst``: the first burst, as a share of
+    a window's requests; ``short_delay_s``: a 429 delay below this is burst
+    evidence (default: a tenth of the window)."""
+
+    window_s: float = 60.0
+    margin: float = 0.1
+    increase: float = 0.05
+    initial_burst: float = 0.125
+    short_delay_s: float | None = None
+
+    @property
+    def short_delay(self) -> float:
+        return self.window_s / 10 if self.short_delay_s is None else self.short_delay_s
+
+
+class LimitEstimate:
+    """One model's learnt limits and burst; see the module docstring.
+
+    ``rpm``/``tpm`` 0 mean unlimited (nothing to learn)."""
+
+    def __init__(self, rpm: int, tpm: int, config: EstimatorConfig) -> None:
+        self.config = config
+        self.configured_rpm = rpm
+        self.configured_tpm = tpm
+        self.rpm = rpm
+        self.tpm = tpm
+        self.burst = float(rpm) if rpm == 0 else max(1.0, math.ceil(rpm * config.initial_burst))
+        self.shape = LimiterShape.UNKNOWN
+        self.clean_windows = 0
+        # Slow start: the burst doubles until the first 429 or a whole window.
+        self.probing = rpm > 0 and self.burst < rpm
+        self._level = self.burst
+        self._level_at = -math.inf
+        self._window_started: float | None = None
+        self._window_limited = False
+        self._window_refused = False
+
+    # ---- the pacing bucket -------------------------------------------------------
+
+    @property
+    def rate_per_s(self) -> float:
+        return math.inf if self.rpm == 0 else self.rpm / self.config.window_s
+
+    def level(self, now: float) -> float:
+        """Requests that may go at once now."""
+        if self.rpm == 0:
+            return math.inf
+        if self._level_at == -math.inf:
+            return self._level
+        elapsed = max(0.0, now - self._level_at)
+        return min(self.burst, self._level + elapsed * self.rate_per_s)
+
+    def ready_at(self, now: float) -> float:
+        """When the pacing lets one more request go (``now`` if it may)."""
+        level = self.level(now)
+        if level >= 1 - 1e-9:
+            return now
+        return now + (1 - level) / self.rate_per_s
+
+    def on_grant(self, now: float) -> bool:
+        """A request goes now. Returns whether it went at the burst's edge
+        (the pacing was the limit), which is what slow start grows on."""
+        if self.rpm == 0:
+            return False
+        level = self.level(now)
+        self._level = max(0.0, level - 1)
+        self._level_at = now
+        at_edge = level < 2
+        self._tick(now, limited=at_edge)
+        return at_edge
+
+    # ---- evidence ------------------------------------------------------------------
+
+    def on_success(self, now: float, at_edge: bool) -> None:
+        """A request was accepted; during slow start one sent at the burst's
+        edge grows the burst by one (it doubles per round trip)."""
+        self._tick(now)
+        if self.probing and at_edge and self.rpm > 0:
+            self.burst = min(float(self.rpm), self.burst + 1)
+            self._level = min(self.burst, self._level + 1)
+            if self.burst >= self.rpm:
+                self.probing = False
+                if self.shape is LimiterShape.UNKNOWN:
+                    self.shape = LimiterShape.WINDOW
+
+    def on_rate_limited(
+        self,
+        now: float,
+        *,
+        tokens_scope: bool,
+        retry_delay_s: float | None,
+        accepted_in_window: int,
+        tokens_in_window: int,
+        in_burst: bool,
+    ) -> bool:
+        """A per-minute 429. ``accepted_in_window``/``tokens_in_window``: what
+        the provider accepted from us over the last window; ``in_burst``: the
+        request went within a burst (the pacing was not the limit).
+
+        Returns whether the refused request should keep its window place:
+        only on window evidence (a bucket never counted it)."""
+        self._tick(now)
+        self._window_refused = True
+        self.clean_windows = 0
+        short = retry_delay_s is not None and 0 < retry_delay_s < self.config.short_delay
+        margin = 1 - self.config.margin
+        if tokens_scope:
+            if self.configured_tpm and tokens_in_window < self.tpm:
+                self.tpm = max(1, math.floor(tokens_in_window * margin))
+            return True
+        if short and (in_burst or self.probing) and self.burst > 1:
+            # The burst was too big for what the provider absorbs at once.
+            self.shape = LimiterShape.BUCKET
+            absorbed = max(1.0, self._absorbed(now))
+            self.burst = max(1.0, min(self.burst, math.floor(absorbed * margin)))
+            self.probing = False
+            self._level = min(self._level, 0.0)
+            self._level_at = now
+            return False
+        # Our steady rate, or the window as a whole, is more than it admits.
+        if not short:
+            self.shape = LimiterShape.WINDOW if self.shape is LimiterShape.UNKNOWN else self.shape
+        self.probing = False
+        if self.configured_rpm and accepted_in_window < self.rpm:
+            self.rpm = max(1, math.floor(accepted_in_window * margin))
+            self.burst = min(self.burst, float(self.rpm))
+        return not short
+
+    def _absorbed(self, now: float) -> float:
+        """How much of a burst the provider took at once: the burst less the
+        refill it had meanwhile (what is left in our level is unused)."""
+        return self.burst - max(0.0, self.level(now))
+
+    # ---- clean windows -----------------------------------------------------------
+
+    def _tick(self, now: float, *, limited: bool = False) -> None:
+        """Account whole windows: one in which we used the limit and met no
+        429 raises the limits by a step (additive increase)."""
+        if self._window_started is None:
+            self._window_started = now
+        while now - self._window_started >= self.config.window_s:
+            if self._window_limited and not self._window_refused:
+                self._raise()
+            self._window_started += self.config.window_s
+            self._window_limited = False
+            self._window_refused = False
+        self._window_limited = self._window_limited or limited
+
+    def _raise(self) -> None:
+        self.clean_windows += 1
+        step_r = max(1, math.ceil(self.configured_rpm * self.config.increase))
+        if self.configured_rpm and self.rpm < self.configured_rpm:
+            self.rpm = min(self.configured_rpm, self.rpm + step_r)
+        step_t = max(1, math.ceil(self.configured_tpm * self.config.increase))
+        if self.configured_tpm and self.tpm < self.configured_tpm:
+            self.tpm = min(self.configured_tpm, self.tpm + step_t)
+        if self.rpm and self.burst < self.rpm and self.clean_windows % 4 == 0:
+            self.burst = min(float(self.rpm), self.burst + 1)
+
+    def note_window_used(self, now: float) -> None:
+        """The rolling window, not the pacing, held a request back: we are
+        using the limit, so a clean window counts."""
+        self._tick(now, limited=True)
+
+    # ---- persistence -------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "burst": self.burst,
+            "shape": self.shape.value,
+            "clean_windows": self.clean_windows,
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Take learnt values back, clipped to today's configured ceilings."""
+        rpm, tpm = int(data["rpm"]), int(data["tpm"])
+        self.rpm = (
+            self.configured_rpm
+            if not self.configured_rpm
+            else max(1, min(rpm, self.configured_rpm))
+        )
+        self.tpm = (
+            self.configured_tpm
+            if not self.configured_tpm
+            else max(1, min(tpm, self.configured_tpm))
+        )
+        if self.rpm:
+            self.burst = max(1.0, min(float(data["burst"]), float(self.rpm)))
+        self.shape = LimiterShape(str(data["shape"]))
+        self.clean_windows = int(data["clean_windows"])
+        self.probing = (
+            self.rpm > 0 and self.burst < self.rpm and self.shape is not (LimiterShape.BUCKET)
+        )
+        self._level = self.burst
+        self._level_at = -math.inf
