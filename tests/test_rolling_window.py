@@ -29,7 +29,7 @@ class Reference:
         requests, tokens = len(alive), sum(t for _, t in alive)
         if (not rpm or requests + 1 <= rpm) and (not tpm or tokens + est <= tpm):
             return now
-        for i, (expiry, _) in enumerate(alive):
+        for expiry, _ in alive:
             later = [x for x in alive if x[0] > expiry]
             r, t = len(later), sum(x[1] for x in later)
             if (not rpm or r + 1 <= rpm) and (not tpm or t + est <= tpm):
