@@ -3,20 +3,23 @@
 The quota policy asks, for every waiting request at the head of a model,
 "when does the window have room for one more of ``t`` tokens?" -- the
 moment the oldest entries' expiry brings both the request count and the
-token sum under their limits. Scanning the window's entries for that costs
-as many steps as the window holds requests (thousands at Gemini's limits),
-on every decision. Instead, entries are summed into slots of expiry time
-(a ring of ``slots`` slots across the window's span, each entry counted in
-the slot its expiry rounds *up* to, so it never leaves early) and two
-Fenwick trees over the ring answer prefix sums and "the first slot where
-the sum reaches x" in O(log slots), however many requests the window holds.
+token sum under their limits. Scanning the entries for that costs as many
+steps as the window holds requests (thousands at Gemini's limits), on every
+decision. Here the entries sit in expiry order and two Fenwick trees over
+their positions hold the requests and tokens still counted, so prefix sums
+and "the first entry at which the sum reaches x" take O(log n): an entry
+refunded or moved in the middle is one point update.
 
-Pure and single-owner, like the rest of ``policies``.
+Entries are appended in expiry order; one whose expiry would fall before
+the last entry's is held until that one (it only ever leaves later than
+asked, never earlier). Pure and single-owner, like the rest of ``policies``.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Iterator
 
 __all__ = ["RollingWindow"]
 
@@ -26,9 +29,16 @@ class _Fenwick:
 
     __slots__ = ("_n", "_tree")
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, values: list[int]) -> None:
+        n = len(values)
+        tree = [0] * (n + 1)
+        for i, value in enumerate(values, start=1):
+            tree[i] += value
+            parent = i + (i & -i)
+            if parent <= n:
+                tree[parent] += tree[i]
         self._n = n
-        self._tree = [0] * (n + 1)
+        self._tree = tree
 
     def add(self, index: int, delta: int) -> None:
         i = index + 1
@@ -40,196 +50,184 @@ class _Fenwick:
     def prefix(self, count: int) -> int:
         """Sum of positions ``0..count-1``."""
         total = 0
-        i = count
+        i = min(count, self._n)
         tree = self._tree
         while i > 0:
             total += tree[i]
             i -= i & -i
         return total
 
+    def reach(self, target: int) -> int:
+        """The smallest ``count`` with ``prefix(count) >= target`` (values are
+        non-negative); ``n + 1`` when even the whole sum falls short."""
+        if target <= 0:
+            return 0
+        position = 0
+        remaining = target
+        step = 1 << self._n.bit_length()
+        tree = self._tree
+        while step:
+            nxt = position + step
+            if nxt <= self._n and tree[nxt] < remaining:
+                position = nxt
+                remaining -= tree[nxt]
+            step >>= 1
+        return position + 1 if position < self._n else self._n + 1
+
 
 class RollingWindow:
-    """Requests and tokens whose window places expire at given times.
+    """Places in a rolling window: requests and tokens until their expiry.
 
-    ``span_s`` is how long one place lasts; every expiry lies in
-    ``(now, now + span_s]`` when it is added. Times only move forward for
-    ``expire``; the read-only queries may be asked about any ``now`` at or
-    after the last ``expire``.
+    ``add`` returns a handle (the entry's position) for ``remove`` and
+    ``retoken``. ``expire`` drops what has expired; the read-only queries may
+    be asked about any ``now`` at or after the last ``expire``.
     """
 
-    def __init__(self, span_s: float, slots: int = 1024) -> None:
-        if not span_s > 0:
-            raise ValueError(f"span_s must be > 0, got {span_s}")
-        if slots < 8:
-            raise ValueError(f"slots must be >= 8, got {slots}")
-        self.span_s = span_s
-        self._n = slots
-        # Two slots of slack: one for rounding up, one for the slot ``now`` is in.
-        self._width = span_s / (slots - 2)
-        self._requests = _Fenwick(slots)
-        self._tokens = _Fenwick(slots)
-        self._slot_requests = [0] * slots
-        self._slot_tokens = [0] * slots
-        self._base: int | None = None  # absolute slot number of the oldest live slot
-        self.requests = 0  # live sums (as of the last expire)
+    def __init__(self) -> None:
+        self._expiry: list[float] = []
+        self._requests: list[int] = []
+        self._tokens: list[int] = []
+        self._base = 0  # positions before this were compacted away
+        self._head = 0  # local index of the first entry not yet expired
+        self._tree_requests = _Fenwick([])
+        self._tree_tokens = _Fenwick([])
+        self.requests = 0  # counted entries from the head on
         self.tokens = 0
 
-    # ---- slots -----------------------------------------------------------------
-
-    def slot_of(self, expires_at: float) -> int:
-        """The absolute slot an expiry is counted in (rounded up)."""
-        return math.ceil(expires_at / self._width - 1e-9)
-
-    def slot_end(self, slot: int) -> float:
-        """When the places counted in ``slot`` have all expired."""
-        return slot * self._width
-
-    def _position(self, slot: int) -> int:
-        return slot % self._n
+    def __len__(self) -> int:
+        return len(self._expiry) - self._head
 
     # ---- changes ---------------------------------------------------------------
 
-    def add(self, expires_at: float, tokens: int, now: float) -> int:
-        """Count one request of ``tokens`` expiring at ``expires_at``; returns
-        its slot, to pass to ``remove`` or ``retoken`` later."""
-        self.expire(now)
-        slot = self.slot_of(expires_at)
-        base = self._base
-        if base is None:
-            self._base = base = self.slot_of(now)
-        slot = max(slot, base)
-        if slot >= base + self._n:
-            raise ValueError(
-                f"expiry {expires_at} is beyond the window's span from {now} ({self.span_s} s)"
-            )
-        self._put(slot, 1, tokens)
-        return slot
-
-    def remove(self, slot: int, tokens: int) -> bool:
-        """Stop counting one request of ``tokens`` in ``slot``; False (and no
-        change) when that slot has already expired."""
-        if self._base is None or slot < self._base:
-            return False
-        self._put(slot, -1, -tokens)
-        return True
-
-    def retoken(self, slot: int, old: int, new: int) -> bool:
-        """A counted request used ``new`` tokens rather than the ``old`` estimate."""
-        if self._base is None or slot < self._base:
-            return False
-        self._put(slot, 0, new - old)
-        return True
-
-    def _put(self, slot: int, requests: int, tokens: int) -> None:
-        pos = self._position(slot)
-        self._slot_requests[pos] += requests
-        self._slot_tokens[pos] += tokens
-        self._requests.add(pos, requests)
-        self._tokens.add(pos, tokens)
-        self.requests += requests
+    def add(self, expires_at: float, tokens: int) -> int:
+        """Count one request of ``tokens`` until ``expires_at``."""
+        if self._expiry and expires_at < self._expiry[-1]:
+            expires_at = self._expiry[-1]
+        self._expiry.append(expires_at)
+        self._requests.append(1)
+        self._tokens.append(tokens)
+        local = len(self._expiry) - 1
+        if local >= self._tree_requests._n:
+            self._rebuild()
+        else:
+            self._tree_requests.add(local, 1)
+            self._tree_tokens.add(local, tokens)
+        self.requests += 1
         self.tokens += tokens
+        return self._base + local
+
+    def remove(self, handle: int) -> bool:
+        """Stop counting an entry; False when it had expired or was removed."""
+        local = handle - self._base
+        if not self._head <= local < len(self._expiry) or not self._requests[local]:
+            return False
+        tokens = self._tokens[local]
+        self._requests[local] = 0
+        self._tokens[local] = 0
+        self._tree_requests.add(local, -1)
+        self._tree_tokens.add(local, -tokens)
+        self.requests -= 1
+        self.tokens -= tokens
+        return True
+
+    def retoken(self, handle: int, tokens: int) -> bool:
+        """A counted entry used ``tokens`` rather than its estimate."""
+        local = handle - self._base
+        if not self._head <= local < len(self._expiry) or not self._requests[local]:
+            return False
+        delta = tokens - self._tokens[local]
+        self._tokens[local] = tokens
+        self._tree_tokens.add(local, delta)
+        self.tokens += delta
+        return True
+
+    def counted(self, handle: int) -> bool:
+        local = handle - self._base
+        return self._head <= local < len(self._expiry) and bool(self._requests[local])
+
+    def expiry(self, handle: int) -> float:
+        return self._expiry[handle - self._base]
 
     def expire(self, now: float) -> None:
-        """Drop every place that has expired at ``now`` (amortised O(log n))."""
-        base = self._base
-        if base is None:
+        """Drop every entry whose place has expired at ``now``."""
+        end = bisect.bisect_right(self._expiry, now, lo=self._head)
+        if end == self._head:
             return
-        last = self.slot_of(now)  # slots ending at or before now are done
-        if self.slot_end(last) > now:
-            last -= 1
-        if last < base:
-            return
-        if last - base >= self._n:  # everything expired: reset
-            for pos in range(self._n):
-                self._slot_requests[pos] = self._slot_tokens[pos] = 0
-            self._requests = _Fenwick(self._n)
-            self._tokens = _Fenwick(self._n)
-            self.requests = self.tokens = 0
-            self._base = last + 1
-            return
-        for slot in range(base, last + 1):
-            pos = self._position(slot)
-            r, t = self._slot_requests[pos], self._slot_tokens[pos]
-            if r or t:
-                self._slot_requests[pos] = self._slot_tokens[pos] = 0
-                self._requests.add(pos, -r)
-                self._tokens.add(pos, -t)
-                self.requests -= r
-                self.tokens -= t
-        self._base = last + 1
+        gone_r = self._tree_requests.prefix(end) - self._tree_requests.prefix(self._head)
+        gone_t = self._tree_tokens.prefix(end) - self._tree_tokens.prefix(self._head)
+        self.requests -= gone_r
+        self.tokens -= gone_t
+        for local in range(self._head, end):
+            if self._requests[local]:
+                self._tree_requests.add(local, -1)
+                self._tree_tokens.add(local, -self._tokens[local])
+                self._requests[local] = 0
+                self._tokens[local] = 0
+        self._head = end
+        if self._head > 1024 and self._head * 2 > len(self._expiry):
+            self._compact()
+
+    def _compact(self) -> None:
+        head = self._head
+        self._expiry = self._expiry[head:]
+        self._requests = self._requests[head:]
+        self._tokens = self._tokens[head:]
+        self._base += head
+        self._head = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        size = max(64, 2 * len(self._expiry))
+        self._tree_requests = _Fenwick(self._requests + [0] * (size - len(self._requests)))
+        self._tree_tokens = _Fenwick(self._tokens + [0] * (size - len(self._tokens)))
 
     # ---- queries (read-only) ----------------------------------------------------
 
-    def _cumulative(self, tree: _Fenwick, count: int) -> int:
-        """Sum of the ``count`` slots from the base on (wrapping round the ring)."""
-        if self._base is None or count <= 0:
-            return 0
-        count = min(count, self._n)
-        start = self._position(self._base)
-        end = start + count
-        if end <= self._n:
-            return tree.prefix(end) - tree.prefix(start)
-        return tree.prefix(self._n) - tree.prefix(start) + tree.prefix(end - self._n)
-
-    def _expired_count(self, now: float) -> int:
-        """How many slots from the base have expired at ``now``."""
-        if self._base is None:
-            return 0
-        last = self.slot_of(now)
-        if self.slot_end(last) > now:
-            last -= 1
-        return max(0, last - self._base + 1)
+    def _gone(self, now: float) -> tuple[int, int, int]:
+        """Local end of the entries expired at ``now``, and their sums."""
+        end = bisect.bisect_right(self._expiry, now, lo=self._head)
+        if end == self._head:
+            return end, 0, 0
+        head = self._head
+        return (
+            end,
+            self._tree_requests.prefix(end) - self._tree_requests.prefix(head),
+            self._tree_tokens.prefix(end) - self._tree_tokens.prefix(head),
+        )
 
     def live(self, now: float) -> tuple[int, int]:
         """Requests and tokens still in the window at ``now``."""
-        gone = self._expired_count(now)
-        if gone == 0:
-            return self.requests, self.tokens
-        return (
-            self.requests - self._cumulative(self._requests, gone),
-            self.tokens - self._cumulative(self._tokens, gone),
-        )
+        _, gone_r, gone_t = self._gone(now)
+        return self.requests - gone_r, self.tokens - gone_t
 
     def frees_at(self, now: float, rpm: int, tpm: int, est_tokens: int) -> float:
         """When one more request of ``est_tokens`` fits under ``rpm`` requests
-        and ``tpm`` tokens (0: no such limit): ``now``, or the end of the
-        slot whose expiry brings both sums low enough."""
-        requests, tokens = self.live(now)
-        excess_r = requests + 1 - rpm if rpm else 0
-        excess_t = tokens + est_tokens - tpm if tpm else 0
+        and ``tpm`` tokens (0: no such limit): ``now``, or the expiry that
+        brings both sums low enough (``math.inf``: never)."""
+        end, gone_r, gone_t = self._gone(now)
+        excess_r = self.requests - gone_r + 1 - rpm if rpm else 0
+        excess_t = self.tokens - gone_t + est_tokens - tpm if tpm else 0
         if excess_r <= 0 and excess_t <= 0:
             return now
-        gone = self._expired_count(now)
         need = 0
-        for tree, excess in ((self._requests, excess_r), (self._tokens, excess_t)):
-            if excess > 0:
-                target = self._cumulative(tree, gone) + excess
-                need = max(need, self._first_reaching(tree, target))
-        if need > self._n or self._base is None:
-            return math.inf  # more than the window holds: never
-        return self.slot_end(self._base + need - 1)
-
-    def _first_reaching(self, tree: _Fenwick, target: int) -> int:
-        """The fewest slots from the base whose sum reaches ``target``
-        (``n + 1`` when even all of them do not)."""
-        lo, hi = 1, self._n
-        if self._cumulative(tree, hi) < target:
-            return self._n + 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._cumulative(tree, mid) >= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        if excess_r > 0:
+            need = self._tree_requests.reach(self._tree_requests.prefix(end) + excess_r)
+        if excess_t > 0:
+            need = max(need, self._tree_tokens.reach(self._tree_tokens.prefix(end) + excess_t))
+        if need > len(self._expiry):
+            return math.inf
+        return self._expiry[need - 1]
 
     def oldest_expiry(self, now: float) -> float | None:
-        """When the oldest place still live at ``now`` expires; None if none."""
-        if self.live(now)[0] <= 0:
+        """When the oldest entry still counted at ``now`` expires."""
+        end, _, _ = self._gone(now)
+        need = self._tree_requests.reach(self._tree_requests.prefix(end) + 1)
+        if need > len(self._expiry):
             return None
-        gone = self._expired_count(now)
-        target = self._cumulative(self._requests, gone) + 1
-        need = self._first_reaching(self._requests, target)
-        if need > self._n or self._base is None:
-            return None
-        return self.slot_end(self._base + need - 1)
+        return self._expiry[need - 1]
+
+    def entries(self) -> Iterator[tuple[int, float, int]]:
+        """``(handle, expires_at, tokens)`` of every counted entry, oldest first."""
+        for local in range(self._head, len(self._expiry)):
+            if self._requests[local]:
+                yield self._base + local, self._expiry[local], self._tokens[local]
