@@ -87,5 +87,6 @@ def test_many_entries_compact_and_stay_exact():
     now = 10_000 / 100
     window.expire(now)
     assert window.live(now) == (5999, 17_997)  # entries 4001..9999
-    assert window.frees_at(now, 6000, 0, 0) == pytest.approx(window.oldest_expiry(now))
+    assert window.frees_at(now, 5999, 0, 0) == pytest.approx(window.oldest_expiry(now))
+    assert window.frees_at(now, 6000, 0, 0) == now
     assert sum(1 for _ in window.entries()) == 5999
