@@ -63,7 +63,6 @@ def bench_config(settings: BenchSettings, base_url: str, *, packed: bool) -> Con
         quota=QuotaConfig(
             window_s=settings.window_s,
             margin_s=settings.real(0.5),
-            max_skew_s=settings.real(1.0),
             backoff_base_s=settings.real(1.0),
             backoff_max_s=settings.real(60.0),
         ),

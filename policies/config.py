@@ -138,18 +138,38 @@ class ComposerConfig:
         return sum(self.mix.values())
 
 
+class LimiterMode(StrEnum):
+    """How the provider enforces a per-minute limit, as far as we know.
+
+    ``auto``: unknown -- pace at the limit's rate with a burst allowance
+    learnt from the provider's answers (it grows to a whole window against a
+    rolling window and settles at the bucket's size against a token bucket);
+    ``window``: a rolling window -- spend a whole window's quota at once."""
+
+    AUTO = "auto"
+    WINDOW = "window"
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaConfig:
     """``window_s`` is the rolling rate-limit window (Gemini: 60 s);
     ``margin_s`` widens it on our side to absorb clock and network jitter;
-    ``max_skew_s`` caps how much further it widens a model's window when a
-    short 429 shows the provider counting requests later than we do (0: never);
-    ``utilisation`` scales every limit (1.0 = spend the whole quota)."""
+    ``utilisation`` scales every limit (1.0 = spend the whole quota);
+    ``limiter`` is what the provider's limiter is assumed to be (see
+    ``LimiterMode``); ``learn_limits``: a per-minute 429 below the configured
+    limit lowers that model's effective limit to what the provider accepted,
+    and clean windows raise it back (configured limits are ceilings);
+    ``initial_burst`` is the share of a window's requests the first burst
+    may take before the provider has answered any. (``max_skew_s``, of
+    older versions, is accepted in config files and ignored: the learnt
+    burst took its place.)"""
 
     window_s: float = 60.0
     margin_s: float = 0.5
-    max_skew_s: float = 1.0
     utilisation: float = 1.0
+    limiter: LimiterMode = LimiterMode.AUTO
+    learn_limits: bool = True
+    initial_burst: float = 0.25
     timezone: str = "America/Los_Angeles"
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -507,11 +527,16 @@ def _parse_domains(r: TableReader) -> dict[str, float]:
 
 def _parse_quota(r: TableReader) -> QuotaConfig:
     d = QuotaConfig()
+    r.raw("max_skew_s")  # of older versions: accepted, ignored
     quota = QuotaConfig(
         window_s=r.number("window_s", d.window_s, POSITIVE),
         margin_s=r.number("margin_s", d.margin_s, NON_NEGATIVE),
-        max_skew_s=r.number("max_skew_s", d.max_skew_s, NON_NEGATIVE),
         utilisation=r.number("utilisation", d.utilisation, Range(above=0, max=1)),
+        limiter=LimiterMode(
+            r.choice("limiter", d.limiter.value, tuple(m.value for m in LimiterMode))
+        ),
+        learn_limits=r.boolean("learn_limits", d.learn_limits),
+        initial_burst=r.number("initial_burst", d.initial_burst, Range(above=0, max=1)),
         timezone=r.string("timezone", d.timezone),
         backoff_base_s=r.number("backoff_base_s", d.backoff_base_s, POSITIVE),
         backoff_max_s=r.number("backoff_max_s", d.backoff_max_s, POSITIVE),

@@ -283,6 +283,16 @@ class TableReader:
             return None
         return self.string(name, REQUIRED) or None
 
+    def boolean(self, name: str, default: bool) -> bool:
+        """``true`` or ``false`` (TOML booleans only: 0/1 and strings are refused)."""
+        value = self.raw(name)
+        if value is REQUIRED:
+            return default
+        if not isinstance(value, bool):
+            self.problems.add(self.key(name), f"expected true or false, got {describe_type(value)}")
+            return default
+        return value
+
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         """One of ``choices`` (the value is only echoed when it is one)."""
         value = self.raw(name)

@@ -50,16 +50,21 @@ class LimiterShape(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class EstimatorConfig:
-    """``margin``: how far below what the provider accepted a learnt limit
-    is set; ``increase``: the additive step per clean window, as a share of
-    the configured limit; ``initial_burst``: the first burst, as a share of
-    a window's requests; ``short_delay_s``: a 429 delay below this is burst
-    evidence (default: a tenth of the window)."""
+    """``pacing``: pace at the limit's rate with a learnt burst (off: a whole
+    window at once, as for a known rolling window); ``learn``: lower and
+    raise the limits from the evidence (off: the configured limits are the
+    truth). ``margin``: how far below what the provider accepted a learnt
+    limit is set; ``increase``: the additive step per clean window, as a
+    share of the configured limit; ``initial_burst``: the first burst, as a
+    share of a window's requests; ``short_delay_s``: a 429 delay below this
+    is burst evidence (default: a tenth of the window)."""
 
     window_s: float = 60.0
+    pacing: bool = True
+    learn: bool = True
     margin: float = 0.1
-    increase: float = 0.05
-    initial_burst: float = 0.125
+    increase: float = 0.02
+    initial_burst: float = 0.25
     short_delay_s: float | None = None
 
     @property
@@ -78,16 +83,20 @@ class LimitEstimate:
         self.configured_tpm = tpm
         self.rpm = rpm
         self.tpm = tpm
-        self.burst = float(rpm) if rpm == 0 else max(1.0, math.ceil(rpm * config.initial_burst))
-        self.shape = LimiterShape.UNKNOWN
+        if rpm == 0 or not config.pacing:
+            self.burst = float(rpm)
+        else:
+            self.burst = max(1.0, float(math.ceil(rpm * config.initial_burst)))
+        self.shape = LimiterShape.UNKNOWN if config.pacing else LimiterShape.WINDOW
         self.clean_windows = 0
         # Slow start: the burst doubles until the first 429 or a whole window.
-        self.probing = rpm > 0 and self.burst < rpm
+        self.probing = config.pacing and rpm > 0 and self.burst < rpm
         self._level = self.burst
         self._level_at = -math.inf
         self._window_started: float | None = None
         self._window_limited = False
         self._window_refused = False
+        self._last_cut = -math.inf
 
     # ---- the pacing bucket -------------------------------------------------------
 
@@ -95,9 +104,14 @@ class LimitEstimate:
     def rate_per_s(self) -> float:
         return math.inf if self.rpm == 0 else self.rpm / self.config.window_s
 
+    @property
+    def paced(self) -> bool:
+        """Whether the pacing bucket can hold a request back at all."""
+        return self.rpm > 0 and self.config.pacing
+
     def level(self, now: float) -> float:
         """Requests that may go at once now."""
-        if self.rpm == 0:
+        if not self.paced:
             return math.inf
         if self._level_at == -math.inf:
             return self._level
@@ -111,16 +125,19 @@ class LimitEstimate:
             return now
         return now + (1 - level) / self.rate_per_s
 
-    def on_grant(self, now: float) -> bool:
+    def on_grant(self, now: float, *, near_limit: bool = False) -> bool:
         """A request goes now. Returns whether it went at the burst's edge
-        (the pacing was the limit), which is what slow start grows on."""
-        if self.rpm == 0:
+        (the pacing was the limit), which is what slow start grows on.
+        ``near_limit``: the window is nearly full, so this window counts as
+        one that used the limit (a clean one raises the learnt limits)."""
+        if not self.paced:
+            self._tick(now, limited=near_limit)
             return False
         level = self.level(now)
         self._level = max(0.0, level - 1)
         self._level_at = now
         at_edge = level < 2
-        self._tick(now, limited=at_edge)
+        self._tick(now, limited=at_edge or near_limit)
         return at_edge
 
     # ---- evidence ------------------------------------------------------------------
@@ -146,23 +163,35 @@ class LimitEstimate:
         accepted_in_window: int,
         tokens_in_window: int,
         in_burst: bool,
+        observed_s: float | None = None,
+        sent_at: float | None = None,
     ) -> bool:
         """A per-minute 429. ``accepted_in_window``/``tokens_in_window``: what
-        the provider accepted from us over the last window; ``in_burst``: the
-        request went within a burst (the pacing was not the limit).
+        the provider accepted from us over the last window; ``observed_s``:
+        how long we have been sending to it (less than a window just after
+        start: a rate, not a window's count, is then what was accepted);
+        ``in_burst``: the request went within a burst (the pacing was not
+        the limit); ``sent_at``: when it went -- a refusal of a request sent
+        before the last cut says nothing new (it saw the old limits), so
+        one burst of 429s cuts once, not once per 429.
 
         Returns whether the refused request should keep its window place:
         only on window evidence (a bucket never counted it)."""
         self._tick(now)
         self._window_refused = True
         self.clean_windows = 0
+        if not self.config.learn:
+            return True
         short = retry_delay_s is not None and 0 < retry_delay_s < self.config.short_delay
         margin = 1 - self.config.margin
+        if sent_at is not None and sent_at < self._last_cut:
+            return not short
+        self._last_cut = now
         if tokens_scope:
             if self.configured_tpm and tokens_in_window < self.tpm:
-                self.tpm = max(1, math.floor(tokens_in_window * margin))
+                self.tpm = _cut(self.tpm, tokens_in_window * margin)
             return True
-        if short and (in_burst or self.probing) and self.burst > 1:
+        if short and self.paced and (in_burst or self.probing) and self.burst > 1:
             # The burst was too big for what the provider absorbs at once.
             self.shape = LimiterShape.BUCKET
             absorbed = max(1.0, self._absorbed(now))
@@ -172,11 +201,17 @@ class LimitEstimate:
             self._level_at = now
             return False
         # Our steady rate, or the window as a whole, is more than it admits.
-        if not short:
-            self.shape = LimiterShape.WINDOW if self.shape is LimiterShape.UNKNOWN else self.shape
         self.probing = False
-        if self.configured_rpm and accepted_in_window < self.rpm:
-            self.rpm = max(1, math.floor(accepted_in_window * margin))
+        accepted = float(accepted_in_window)
+        if short:
+            # A refill-rate refusal: what it accepted per second, per window.
+            window = self.config.window_s
+            span = window if observed_s is None else min(window, observed_s)
+            accepted = accepted * window / max(span, self.config.short_delay)
+        elif self.shape is LimiterShape.UNKNOWN:
+            self.shape = LimiterShape.WINDOW
+        if self.configured_rpm and accepted < self.rpm:
+            self.rpm = _cut(self.rpm, accepted * margin)
             self.burst = min(self.burst, float(self.rpm))
         return not short
 
@@ -202,19 +237,16 @@ class LimitEstimate:
 
     def _raise(self) -> None:
         self.clean_windows += 1
+        if not self.config.learn:
+            return
         step_r = max(1, math.ceil(self.configured_rpm * self.config.increase))
         if self.configured_rpm and self.rpm < self.configured_rpm:
             self.rpm = min(self.configured_rpm, self.rpm + step_r)
         step_t = max(1, math.ceil(self.configured_tpm * self.config.increase))
         if self.configured_tpm and self.tpm < self.configured_tpm:
             self.tpm = min(self.configured_tpm, self.tpm + step_t)
-        if self.rpm and self.burst < self.rpm and self.clean_windows % 4 == 0:
+        if self.paced and self.burst < self.rpm and self.clean_windows % 4 == 0:
             self.burst = min(float(self.rpm), self.burst + 1)
-
-    def note_window_used(self, now: float) -> None:
-        """The rolling window, not the pacing, held a request back: we are
-        using the limit, so a clean window counts."""
-        self._tick(now, limited=True)
 
     # ---- persistence -------------------------------------------------------------
 
@@ -249,3 +281,10 @@ class LimitEstimate:
         )
         self._level = self.burst
         self._level_at = -math.inf
+
+
+def _cut(limit: int, accepted: float) -> int:
+    """A multiplicative decrease: to what was accepted, but never below half
+    the current limit in one cut (nothing accepted can mean another client
+    had the window, not that the limit is zero)."""
+    return max(1, math.floor(limit / 2), math.floor(accepted))

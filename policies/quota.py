@@ -18,11 +18,18 @@ Limits, each scaled by ``QuotaConfig.utilisation`` (0 = unlimited):
 * ``rpd`` requests per local calendar day of ``QuotaConfig.timezone``;
 * ``max_in_flight`` grants not yet reported.
 
-Window sums are kept running (``requests``/``tokens`` per model) and expired
-entries are dropped from the front of a time-ordered deque when a mutating
-call passes their expiry, so a grant costs O(1) amortised; read-only calls
+Window sums live in a ``RollingWindow`` (Fenwick trees over the entries in
+expiry order), so "when does the window have room for this request" costs
+O(log n) however many requests the window holds; read-only calls
 (``earliest``, ``can_grant``, ``next_event``, ``status``, ``snapshot``) never
 change state and so may be asked about any ``now``.
+
+What the provider really admits is learnt per model by a ``LimitEstimate``
+(``policies.estimator``): effective limits below the configured ceilings
+after 429s, raised again by clean windows, and -- with ``limiter = "auto"``
+-- a pacing bucket at the limit's rate whose burst is learnt, so a token
+bucket on the provider's side is met at its own size rather than with a
+whole window at once.
 
 Two timelines. ``now`` is *steady* time (a monotonic clock's seconds, any
 origin): every window, cooldown, backoff and deadline here lives on it, so a
@@ -41,13 +48,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, assert_never
 
-from tierbatch.policies.config import ModelSpec, QuotaConfig
+from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
+from tierbatch.policies.estimator import EstimatorConfig, LimitEstimate
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -62,6 +70,8 @@ from tierbatch.policies.outcomes import (
     TimedOut,
 )
 from tierbatch.policies.pacific_day import LocalCalendar
+from tierbatch.policies.planner import ModelCapacity
+from tierbatch.policies.rolling_window import RollingWindow
 
 __all__ = [
     "COUNTER_NAMES",
@@ -73,6 +83,7 @@ __all__ = [
     "Grant",
     "ModelStatus",
     "NoRoute",
+    "QuotaAt",
     "QuotaPolicy",
     "SnapshotError",
     "Wait",
@@ -166,6 +177,15 @@ class ModelStatus:
     exhausted_until: float | None
     unavailable: str | None
     counters: Mapping[str, int | float] = field(hash=False)
+    # What the provider is learnt to admit (``policies.estimator``): the
+    # effective limits (the configured ones until a 429 says otherwise), the
+    # burst the pacing allows, and the limiter's shape as far as known.
+    configured_rpm: int = 0
+    configured_tpm: int = 0
+    learnt_rpm: int = 0
+    learnt_tpm: int = 0
+    burst: float = 0.0
+    limiter: str = "unknown"
 
 
 class SnapshotError(ValueError):
@@ -235,25 +255,25 @@ class _Limits:
 
 @dataclass(slots=True, eq=False)
 class _Entry:
-    """One grant's footprint in its model's window. ``counted`` is whether
-    it is still in the running sums: False once expired (pruned) or
-    refunded by ``Cancelled``."""
+    """One grant's footprint in its model's window. ``handle`` is its place
+    in the model's ``RollingWindow``, None once it no longer holds one."""
 
     grant_id: int
     granted_at: float
     expires_at: float
     tokens: int
     day: int
-    counted: bool = True
+    handle: int | None = None
 
 
 @dataclass(slots=True, eq=False)
 class _ModelState:
     name: str
     limits: _Limits
-    window: deque[_Entry] = field(default_factory=deque)
-    requests: int = 0  # counted entries in window (expired ones until pruned)
-    tokens: int = 0  # their tokens
+    estimate: LimitEstimate
+    window: RollingWindow = field(default_factory=RollingWindow)
+    entries: dict[int, _Entry] = field(default_factory=dict)  # handle -> entry
+    accepted: deque[tuple[float, int]] = field(default_factory=deque)  # (sent, tokens)
     day: int | None = None  # the local day requests_today counts
     requests_today: int = 0
     in_flight: int = 0
@@ -263,8 +283,11 @@ class _ModelState:
     unavailable: str | None = None
     consecutive_429s: int = 0
     consecutive_errors: int = 0
-    skew: float = 0.0  # how far the provider's window runs behind ours (learnt)
+    first_use: float | None = None  # the first grant of this process
     counters: dict[str, int | float] = field(default_factory=_fresh_counters)
+
+    def counted(self, entry: _Entry) -> bool:
+        return entry.handle is not None and self.window.counted(entry.handle)
 
 
 @dataclass(slots=True, eq=False)
@@ -272,6 +295,7 @@ class _Held:
     state: _ModelState
     entry: _Entry
     est_tokens: int
+    at_edge: bool = False  # sent at the pacing burst's edge (slow start grows on it)
 
 
 class QuotaPolicy:
@@ -289,10 +313,18 @@ class QuotaPolicy:
         self._quota = quota
         self._window_s = quota.window_s + quota.margin_s
         self._calendar = LocalCalendar(quota.timezone)
-        self._models: dict[str, _ModelState] = {
-            name: _ModelState(name, _Limits.of(spec, quota.utilisation))
-            for name, spec in models.items()
-        }
+        estimator = EstimatorConfig(
+            window_s=quota.window_s,
+            pacing=quota.limiter is LimiterMode.AUTO,
+            learn=quota.learn_limits,
+            initial_burst=quota.initial_burst,
+        )
+        self._models: dict[str, _ModelState] = {}
+        for name, spec in models.items():
+            limits = _Limits.of(spec, quota.utilisation)
+            self._models[name] = _ModelState(
+                name, limits, LimitEstimate(limits.rpm, limits.tpm, estimator)
+            )
         self._held: dict[int, _Held] = {}
         self._next_grant_id = 1
 
@@ -351,6 +383,83 @@ class QuotaPolicy:
             return Wait(soonest)
         return NoRoute("; ".join(never) if never else "empty fallback chain")
 
+    def grant(self, model: str, est_tokens: int, now: float, *, wall_offset: float = 0.0) -> Grant:
+        """Take ``model``'s capacity for one request now. Only when
+        ``earliest`` says it can be granted now; raises ``ValueError``
+        otherwise (a caller bug, not a quota state)."""
+        _check_tokens(est_tokens)
+        state = self._models.get(model)
+        if state is None:
+            raise ValueError(f"grant: unknown model {model!r}")
+        self._advance(state, now)
+        today = self._calendar.day(now + wall_offset)
+        at = (
+            math.inf
+            if _never_reason(state, est_tokens) is not None
+            else self._earliest(state, est_tokens, now, wall_offset, today)
+        )
+        if at is None or at > now:
+            raise ValueError(f"grant: {model} cannot take {est_tokens} tokens at {now}")
+        return self._grant(state, est_tokens, now, today)
+
+    def never_reason(self, model: str, est_tokens: int) -> str | None:
+        """Why ``model`` can never take a request of ``est_tokens`` (unknown,
+        unavailable, too small), or None."""
+        state = self._models.get(model)
+        if state is None:
+            return "not configured"
+        return _never_reason(state, est_tokens)
+
+    def view(self, wall_offset: float) -> QuotaAt:
+        """This policy with the wall offset bound, as the waiting list asks it."""
+        return QuotaAt(self, wall_offset)
+
+    def capacity(self, now: float, *, wall_offset: float = 0.0) -> dict[str, ModelCapacity]:
+        """What each model can admit from ``now`` on, for the planner: what
+        is left in its window and pacing bucket now, its learnt rates after
+        that, the day's remainder, and its cooldown. Read-only."""
+        today = self._calendar.day(now + wall_offset)
+        window_s = self._quota.window_s
+        out: dict[str, ModelCapacity] = {}
+        for name, state in self._models.items():
+            estimate = state.estimate
+            if state.unavailable is not None:
+                out[name] = ModelCapacity(name, 0.0, 0.0, 0.0, 0.0)
+                continue
+            requests, tokens = state.window.live(now)
+            if estimate.rpm:
+                ready_r = max(0.0, min(float(estimate.rpm - requests), estimate.level(now)))
+                rate_r = estimate.rpm / window_s
+            else:
+                ready_r, rate_r = math.inf, math.inf
+            if estimate.tpm:
+                ready_t = float(max(0, estimate.tpm - tokens))
+                rate_t = estimate.tpm / window_s
+            else:
+                ready_t, rate_t = math.inf, math.inf
+            left = (
+                float(max(0, state.limits.rpd - _requests_today(state, today)))
+                if state.limits.rpd
+                else math.inf
+            )
+            blocked = max(
+                state.cooldown_until or now,
+                self._exhausted_until(state, now, wall_offset, today) or now,
+            )
+            # A whole window's quota at once, or a bucket's steady trickle.
+            stepped = estimate.burst >= estimate.rpm
+            out[name] = ModelCapacity(
+                name,
+                ready_requests=ready_r,
+                requests_per_s=rate_r,
+                ready_tokens=ready_t,
+                tokens_per_s=rate_t,
+                left_today=left,
+                step_s=window_s if stepped and estimate.rpm else 0.0,
+                delay_s=max(0.0, blocked - now),
+            )
+        return out
+
     def can_grant(
         self, model: str, est_tokens: int, now: float, *, wall_offset: float = 0.0
     ) -> bool:
@@ -387,9 +496,12 @@ class QuotaPolicy:
             exhausted = self._exhausted_until(state, now, wall_offset, today)
             if exhausted is not None:
                 soonest = min(soonest, exhausted)
-            oldest = next(_live_entries(state, now), None)
+            oldest = state.window.oldest_expiry(now)
             if oldest is not None:
-                soonest = min(soonest, oldest.expires_at)
+                soonest = min(soonest, oldest)
+            paced = state.estimate.ready_at(now)
+            if paced > now:
+                soonest = min(soonest, paced)
         return None if soonest == math.inf else soonest
 
     # -- outcomes ----------------------------------------------------------
@@ -426,21 +538,18 @@ class QuotaPolicy:
         match outcome:
             case Succeeded():
                 used = max(outcome.usage.input_tokens, 0)
-                if entry.counted:
-                    state.tokens += used - entry.tokens
+                if entry.handle is not None:
+                    state.window.retoken(entry.handle, used)
                 entry.tokens = used
+                state.accepted.append((entry.granted_at, used))
+                state.estimate.on_success(now, held.at_edge)
                 state.consecutive_429s = 0
                 state.consecutive_errors = 0
                 _bump(counters, "succeeded")
                 _bump(counters, "input_tokens", used)
                 _bump(counters, "output_tokens", max(outcome.usage.output_tokens, 0))
             case RateLimited():
-                # A refused request keeps its place in our window: whether the
-                # provider counts it is not documented, and freeing it made
-                # tierbatch far more aggressive when another client shares
-                # the quota (429s per 1,000 requests rose from ~120 to ~380
-                # in the bench's storm workload).
-                self._rate_limited(state, entry, outcome, now, wall_offset)
+                self._rate_limited(state, held, outcome, now, wall_offset)
             case ServerError() | TimedOut():
                 _bump(counters, "server_errors" if isinstance(outcome, ServerError) else "timeouts")
                 state.consecutive_errors += 1
@@ -480,14 +589,15 @@ class QuotaPolicy:
         held = self._held.get(grant_id)
         if held is None:
             return False
-        old = held.entry
-        if not old.counted or at <= old.granted_at:
+        entry, state = held.entry, held.state
+        if entry.handle is None or at <= entry.granted_at or not state.counted(entry):
             return True
-        state = held.state
-        old.counted = False
-        moved = _Entry(grant_id, at, at + self._span(state), old.tokens, old.day)
-        _insert_in_order(state.window, moved)
-        held.entry = moved
+        state.window.remove(entry.handle)
+        state.entries.pop(entry.handle, None)
+        entry.granted_at = at
+        entry.handle = state.window.add(at + self._window_s, entry.tokens)
+        entry.expires_at = state.window.expiry(entry.handle)
+        state.entries[entry.handle] = entry
         return True
 
     def mark_unavailable(self, model: str, reason: str) -> None:
@@ -578,13 +688,16 @@ class QuotaPolicy:
     def _advance(self, state: _ModelState, now: float) -> None:
         """Brings ``state`` up to ``now``: drops expired window entries,
         clears passed deadlines, starts a new day's count."""
-        window = state.window
-        while window and (window[0].expires_at <= now or not window[0].counted):
-            entry = window.popleft()
-            if entry.counted:
-                entry.counted = False
-                state.requests -= 1
-                state.tokens -= entry.tokens
+        state.window.expire(now)
+        if len(state.entries) > 2 * len(state.window) + 256:
+            state.entries = {
+                handle: state.entries[handle]
+                for handle, _, _ in state.window.entries()
+                if handle in state.entries
+            }
+        accepted, horizon = state.accepted, now - self._quota.window_s
+        while accepted and accepted[0][0] <= horizon:
+            accepted.popleft()
         if state.cooldown_until is not None and state.cooldown_until <= now:
             state.cooldown_until = None
             state.cooldown_reason = None
@@ -606,8 +719,10 @@ class QuotaPolicy:
             at = max(at, state.exhausted_until)
         if limits.rpd and _requests_today(state, today) >= limits.rpd:
             at = max(at, self._day_end(state.day, now, wall_offset))
-        if limits.rpm or limits.tpm:
-            at = max(at, _window_frees_at(state, est_tokens, now))
+        estimate = state.estimate
+        if estimate.rpm or estimate.tpm:
+            at = max(at, state.window.frees_at(now, estimate.rpm, estimate.tpm, est_tokens))
+            at = max(at, estimate.ready_at(now))
         return at
 
     def _day_end(self, day: int | None, now: float, wall_offset: float) -> float:
@@ -644,25 +759,31 @@ class QuotaPolicy:
         if state.day is None or today > state.day:  # the first grant of a new day
             state.day = today
             state.requests_today = 0
-        entry = _Entry(grant_id, now, now + self._span(state), est_tokens, state.day)
-        _insert_in_order(state.window, entry)
-        state.requests += 1
-        state.tokens += est_tokens
+        if state.first_use is None:
+            state.first_use = now
+        entry = _Entry(grant_id, now, now + self._window_s, est_tokens, state.day)
+        entry.handle = state.window.add(entry.expires_at, est_tokens)
+        entry.expires_at = state.window.expiry(entry.handle)
+        state.entries[entry.handle] = entry
+        estimate = state.estimate
+        near_limit = bool(estimate.rpm) and state.window.requests >= 0.9 * estimate.rpm
+        at_edge = estimate.on_grant(now, near_limit=near_limit)
         state.requests_today += 1
         state.in_flight += 1
         _bump(state.counters, "granted")
-        self._held[grant_id] = _Held(state, entry, est_tokens)
+        self._held[grant_id] = _Held(state, entry, est_tokens, at_edge)
         return Grant(grant_id, state.name, now, est_tokens)
 
     def _rate_limited(
         self,
         state: _ModelState,
-        entry: _Entry,
+        held: _Held,
         outcome: RateLimited,
         now: float,
         wall_offset: float,
     ) -> None:
         _bump(state.counters, "rate_limited")
+        entry = held.entry
         delay = outcome.retry_delay_s
         if delay is not None and not 0.0 < delay < math.inf:
             delay = None  # zero, negative or NaN: no delay at all
@@ -674,8 +795,24 @@ class QuotaPolicy:
             if state.exhausted_until is None or until > state.exhausted_until:
                 state.exhausted_until = until
             return
-        if delay is not None and delay <= self._quota.max_skew_s and delay > state.skew:
-            self._learn_skew(state, delay, now)
+        accepted = state.accepted
+        keep_place = state.estimate.on_rate_limited(
+            now,
+            tokens_scope=outcome.scope is RateLimitScope.TOKENS_PER_MINUTE,
+            retry_delay_s=delay,
+            accepted_in_window=len(accepted),
+            tokens_in_window=sum(tokens for _, tokens in accepted),
+            in_burst=not held.at_edge,
+            observed_s=now - state.first_use if state.first_use is not None else None,
+            sent_at=entry.granted_at,
+        )
+        # A refused request keeps its place in our window on window evidence:
+        # another client may be spending the quota, and freeing the place
+        # made tierbatch far more aggressive then (429s per 1,000 requests
+        # rose from ~120 to ~380 in the bench's storm workload). A bucket
+        # never counted it: the place goes back.
+        if not keep_place and entry.handle is not None:
+            state.window.remove(entry.handle)
         reason = (
             CooldownReason.TOKENS_LIMITED
             if outcome.scope is RateLimitScope.TOKENS_PER_MINUTE
@@ -699,26 +836,6 @@ class QuotaPolicy:
             return now + delay
         return end
 
-    def _span(self, state: _ModelState) -> float:
-        """How long a request occupies ``state``'s window on our side."""
-        return self._window_s + state.skew
-
-    @staticmethod
-    def _learn_skew(state: _ModelState, delay: float, now: float) -> None:
-        """A per-minute 429 although our window had room: the provider counts
-        the request later than we do (our send time vs its arrival time), by
-        at least the ``retryDelay`` it asks for when that is short. Every
-        entry, present and future, occupies the window that much longer --
-        a uniform shift of the entries still in it (one that has already
-        left stays gone), so the window stays in expiry order. The skew only
-        grows, up to ``QuotaConfig.max_skew_s``: a long delay means real
-        overuse (another client), which the cooldown handles instead."""
-        shift = delay - state.skew
-        state.skew = delay
-        for entry in state.window:
-            if entry.expires_at > now:
-                entry.expires_at += shift
-
     def _cool_down(
         self, state: _ModelState, deadline: float, reason: CooldownReason, now: float
     ) -> None:
@@ -735,30 +852,25 @@ class QuotaPolicy:
     def _backoff(self, exponent: int) -> float:
         return backoff_delay(self._quota.backoff_base_s, self._quota.backoff_max_s, exponent)
 
-    @staticmethod
-    def _release_window(state: _ModelState, entry: _Entry) -> None:
-        if entry.counted:
-            entry.counted = False  # dropped from the deque when it reaches the front
-            state.requests -= 1
-            state.tokens -= entry.tokens
-
     @classmethod
     def _refund(cls, state: _ModelState, entry: _Entry) -> None:
-        cls._release_window(state, entry)
+        if entry.handle is not None:
+            state.window.remove(entry.handle)
         if entry.day == state.day and state.requests_today > 0:
             state.requests_today -= 1
 
     def _status(
         self, state: _ModelState, now: float, wall_offset: float, today: int
     ) -> ModelStatus:
-        expired_requests, expired_tokens = _expired_totals(state, now)
+        requests, tokens = state.window.live(now)
         requests_today = _requests_today(state, today)
         exhausted = self._exhausted_until(state, now, wall_offset, today)
         cooldown = _future(state.cooldown_until, now)
+        estimate = state.estimate
         return ModelStatus(
             model=state.name,
-            requests_in_window=state.requests - expired_requests,
-            tokens_in_window=state.tokens - expired_tokens,
+            requests_in_window=requests,
+            tokens_in_window=tokens,
             requests_today=requests_today,
             in_flight=state.in_flight,
             cooldown_until=cooldown,
@@ -766,6 +878,12 @@ class QuotaPolicy:
             exhausted_until=exhausted,
             unavailable=state.unavailable,
             counters=MappingProxyType(dict(state.counters)),
+            configured_rpm=estimate.configured_rpm,
+            configured_tpm=estimate.configured_tpm,
+            learnt_rpm=estimate.rpm,
+            learnt_tpm=estimate.tpm,
+            burst=estimate.burst,
+            limiter=estimate.shape.value,
         )
 
     def _load(self, data: Mapping[str, Any], wall_offset: float) -> None:
@@ -799,9 +917,8 @@ class QuotaPolicy:
             else:  # its window entry had expired: only the in-flight slot remains
                 granted = _float(granted_at, "granted_at") - wall_offset
                 entry = _Entry(
-                    grant_id, granted, granted + self._span(state), est_tokens, _int(day, "day")
+                    grant_id, granted, granted + self._window_s, est_tokens, _int(day, "day")
                 )
-                entry.counted = False
             self._held[grant_id] = _Held(state, entry, est_tokens)
             state.in_flight += 1
         highest = max([*entries, *self._held], default=0)
@@ -817,7 +934,6 @@ class QuotaPolicy:
         wall_offset: float,
     ) -> None:
         window: list[_Entry] = []
-        state.skew = _float(saved.get("skew", 0.0), "skew")
         for item in _list(saved["window"], "window"):
             fields = _list(item, "window entry")
             if len(fields) not in (4, 5):
@@ -827,7 +943,7 @@ class QuotaPolicy:
             expires = (
                 _float(fields[4], "expires_at") - wall_offset
                 if len(fields) == 5
-                else granted + self._span(state)
+                else granted + self._window_s
             )
             entry = _Entry(
                 _int(grant_id, "grant id"),
@@ -841,9 +957,17 @@ class QuotaPolicy:
             entries[entry.grant_id] = (state, entry)
             window.append(entry)
         window.sort(key=lambda e: e.expires_at)
-        state.window = deque(window)
-        state.requests = len(window)
-        state.tokens = sum(e.tokens for e in window)
+        state.window = RollingWindow()
+        state.entries = {}
+        for entry in window:
+            entry.handle = state.window.add(entry.expires_at, entry.tokens)
+            state.entries[entry.handle] = entry
+        estimate = saved.get("estimate")
+        if estimate is not None:
+            try:
+                state.estimate.restore(dict(_mapping(estimate, "estimate")))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SnapshotError(f"models[{state.name!r}].estimate: {exc}") from exc
         state.day = _opt_int(saved["day"], "day")
         state.requests_today = _int(saved["requests_today"], "requests_today")
         state.cooldown_until = _steady_or_none(
@@ -862,6 +986,26 @@ class QuotaPolicy:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise SnapshotError(f"counter {key!r} is not a number: {value!r}")
             state.counters[_str(key, "counter name")] = value
+
+
+class QuotaAt:
+    """A ``QuotaPolicy`` with the wall offset of one moment bound: the
+    ``QuotaView`` the registry's waiting list asks."""
+
+    __slots__ = ("_offset", "_policy")
+
+    def __init__(self, policy: QuotaPolicy, wall_offset: float) -> None:
+        self._policy = policy
+        self._offset = wall_offset
+
+    def earliest(self, model: str, est_tokens: int, now: float) -> float | None:
+        return self._policy.earliest(model, est_tokens, now, wall_offset=self._offset)
+
+    def grant(self, model: str, est_tokens: int, now: float) -> Grant:
+        return self._policy.grant(model, est_tokens, now, wall_offset=self._offset)
+
+    def never_reason(self, model: str, est_tokens: int) -> str | None:
+        return self._policy.never_reason(model, est_tokens)
 
 
 _OUTCOME_TYPES: Final = (
@@ -892,53 +1036,6 @@ def _never_reason(state: _ModelState, est_tokens: int) -> str | None:
     if limits.max_input_tokens and est_tokens > limits.max_input_tokens:
         return f"{est_tokens} tokens exceed its {limits.max_input_tokens} max input tokens"
     return None
-
-
-def _live_entries(state: _ModelState, now: float) -> Iterator[_Entry]:
-    """Counted window entries still occupying the window at ``now``, oldest first."""
-    for entry in state.window:
-        if entry.counted and entry.expires_at > now:
-            yield entry
-
-
-def _expired_totals(state: _ModelState, now: float) -> tuple[int, int]:
-    """Requests and tokens of counted entries expired at ``now`` but not yet pruned."""
-    requests = tokens = 0
-    for entry in state.window:
-        if entry.expires_at > now:
-            break
-        if entry.counted:
-            requests += 1
-            tokens += entry.tokens
-    return requests, tokens
-
-
-def _window_frees_at(state: _ModelState, est_tokens: int, now: float) -> float:
-    """When the window has room for one more request of ``est_tokens``:
-    ``now``, or the expiry that brings both sums under their limits."""
-    limits = state.limits
-    expired_requests, expired_tokens = _expired_totals(state, now)
-    excess_requests = state.requests - expired_requests - limits.rpm + 1 if limits.rpm else 0
-    excess_tokens = state.tokens - expired_tokens + est_tokens - limits.tpm if limits.tpm else 0
-    if excess_requests <= 0 and excess_tokens <= 0:
-        return now
-    for entry in _live_entries(state, now):
-        excess_requests -= 1
-        excess_tokens -= entry.tokens
-        if excess_requests <= 0 and excess_tokens <= 0:
-            return entry.expires_at
-    return math.inf  # unreachable while est_tokens <= tpm; kept total for safety
-
-
-def _insert_in_order(window: deque[_Entry], entry: _Entry) -> None:
-    """Appends ``entry``; if the clock stepped back, inserts it in expiry order."""
-    if not window or window[-1].expires_at <= entry.expires_at:
-        window.append(entry)
-        return
-    index = len(window)
-    while index > 0 and window[index - 1].expires_at > entry.expires_at:
-        index -= 1
-    window.insert(index, entry)
 
 
 def _requests_today(state: _ModelState, today: int) -> int:
@@ -975,12 +1072,15 @@ def _bump(counters: dict[str, int | float], name: str, amount: int | float = 1) 
 
 
 def _snapshot_model(state: _ModelState, wall_offset: float) -> dict[str, Any]:
+    window = []
+    for handle, expires_at, tokens in state.window.entries():
+        e = state.entries.get(handle)
+        if e is not None:
+            window.append(
+                [e.grant_id, e.granted_at + wall_offset, tokens, e.day, expires_at + wall_offset]
+            )
     return {
-        "window": [
-            [e.grant_id, e.granted_at + wall_offset, e.tokens, e.day, e.expires_at + wall_offset]
-            for e in state.window
-            if e.counted
-        ],
+        "window": window,
         "day": state.day,
         "requests_today": state.requests_today,
         "cooldown_until": _wall_or_none(state.cooldown_until, wall_offset),
@@ -989,7 +1089,7 @@ def _snapshot_model(state: _ModelState, wall_offset: float) -> dict[str, Any]:
         "unavailable": state.unavailable,
         "consecutive_429s": state.consecutive_429s,
         "consecutive_errors": state.consecutive_errors,
-        "skew": state.skew,
+        "estimate": state.estimate.snapshot(),
         "counters": dict(state.counters),
     }
 

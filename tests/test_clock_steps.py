@@ -40,7 +40,7 @@ from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
 from tierbatch.policies.articles import Article
-from tierbatch.policies.config import ModelSpec, QuotaConfig
+from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
 from tierbatch.policies.outcomes import RateLimited, RateLimitScope
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
 
@@ -167,7 +167,8 @@ def registry() -> Iterator[Any]:
 
     def start(**limits: int) -> Registry:
         spec = ModelSpec("m", tpm=0, **{"rpm": 0, "rpd": 0, **limits})
-        reg = Registry(QuotaPolicy({"m": spec}, QuotaConfig()))
+        quota = QuotaConfig(limiter=LimiterMode.WINDOW, learn_limits=False)
+        reg = Registry(QuotaPolicy({"m": spec}, quota))
         started.append(reg)
         return reg
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import msgpack
 import pytest
 
-from tierbatch.policies.config import ModelSpec, QuotaConfig
+from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -57,8 +57,14 @@ def spec(name: str, rpm: int = 0, tpm: int = 0, rpd: int = 0, **kw: Any) -> Mode
     return ModelSpec(name=name, rpm=rpm, tpm=tpm, rpd=rpd, **kw)
 
 
+# These tests pin the rolling-window semantics: a whole window at once, the
+# configured limits taken as the truth. Pacing and learning are tested in
+# tests/test_estimator.py.
+FIXED: dict[str, Any] = {"limiter": LimiterMode.WINDOW, "learn_limits": False}
+
+
 def policy(*specs: ModelSpec, **quota: Any) -> QuotaPolicy:
-    return QuotaPolicy({s.name: s for s in specs}, QuotaConfig(**quota))
+    return QuotaPolicy({s.name: s for s in specs}, QuotaConfig(**{**FIXED, **quota}))
 
 
 def grant(p: QuotaPolicy, chain: list[str], tokens: int, now: float) -> Grant:
@@ -214,13 +220,15 @@ def test_abandoned_keeps_usage_but_frees_the_slot() -> None:
     assert p.acquire(["a"], 1, T0 + 1) == Wait(T0 + W)
 
 
-def test_clock_stepping_back_keeps_the_window_ordered() -> None:
+def test_time_going_back_never_frees_a_place_early() -> None:
+    """``now`` is steady time and does not go back; if a caller's does, a
+    place taken "earlier" is held until the latest place's expiry."""
     p = policy(spec("a", rpm=2))
     grant(p, ["a"], 1, T0 + 10)
-    grant(p, ["a"], 1, T0)  # wall clock stepped back 10 s
-    assert p.acquire(["a"], 1, T0 + 10) == Wait(T0 + W)
-    assert p.next_event(T0 + 10) == T0 + W
-    assert status(p, "a", T0 + W).requests_in_window == 1
+    grant(p, ["a"], 1, T0)
+    assert p.acquire(["a"], 1, T0 + 10) == Wait(T0 + 10 + W)
+    assert p.next_event(T0 + 10) == T0 + 10 + W
+    assert status(p, "a", T0 + W).requests_in_window == 2
 
 
 # -- 429s and cooldowns ----------------------------------------------------------
@@ -582,7 +590,7 @@ def test_a_wall_step_moves_no_window_and_no_cooldown(step: float) -> None:
 def test_the_day_follows_the_wall_clock() -> None:
     """Steady time is mid-afternoon; the wall clock says 23:30: the day's
     count resets at the wall clock's midnight, converted to steady time."""
-    p = QuotaPolicy({"a": spec("a", rpd=1)}, QuotaConfig())
+    p = QuotaPolicy({"a": spec("a", rpd=1)}, QuotaConfig(**FIXED))
     afternoon = pacific(2024, 6, 15, 15, 30)
     offset = pacific(2024, 6, 15, 23, 30) - afternoon
     grant_ = p.acquire(["a"], 1, afternoon, wall_offset=offset)
@@ -608,7 +616,7 @@ def test_a_backward_step_across_midnight_keeps_counting_the_later_day() -> None:
 def test_steady_midnight_is_never_a_hair_early() -> None:
     """An offset that does not convert exactly must not make the promised
     moment fall a rounding error before the wall clock's midnight."""
-    p = QuotaPolicy({"a": spec("a", rpd=1)}, QuotaConfig())
+    p = QuotaPolicy({"a": spec("a", rpd=1)}, QuotaConfig(**FIXED))
     now = 12_345.678  # a monotonic clock shortly after boot
     offset = pacific(2024, 6, 15, 23, 59, 0.1) - now
     assert isinstance(p.acquire(["a"], 1, now, wall_offset=offset), Grant)
@@ -623,7 +631,7 @@ def test_snapshot_holds_wall_times_and_restores_to_a_new_steady_origin() -> None
     whose steady clock just started: every deadline keeps its remaining
     time and the day keeps its count."""
     models = {"a": spec("a", rpm=2, rpd=10), "b": spec("b")}
-    p = QuotaPolicy(models, QuotaConfig())
+    p = QuotaPolicy(models, QuotaConfig(**FIXED))
     old_now, old_offset = 1_000_000.0, T0 - 1_000_000.0
     grant_a = p.acquire(["a"], 3, old_now, wall_offset=old_offset)
     grant_b = p.acquire(["b"], 1, old_now, wall_offset=old_offset)
@@ -635,7 +643,7 @@ def test_snapshot_holds_wall_times_and_restores_to_a_new_steady_origin() -> None
     assert data["models"]["b"]["cooldown_until"] == T0 + 30.0
     assert data["in_flight"][0][2] == T0
     new_now, new_offset = 5.0, T0 + 10.0 - 5.0  # restarted 10 s later, clock origin anew
-    restored = QuotaPolicy.restore(models, QuotaConfig(), data, wall_offset=new_offset)
+    restored = QuotaPolicy.restore(models, QuotaConfig(**FIXED), data, wall_offset=new_offset)
     a, b = restored.status(new_now, wall_offset=new_offset)
     assert a.requests_today == 1 and a.requests_in_window == 1 and a.in_flight == 1
     assert b.cooldown_until is not None and b.cooldown_until - new_now == pytest.approx(20.0)
@@ -698,7 +706,7 @@ MODELS: Mapping[str, ModelSpec] = {
 
 
 def busy_policy() -> QuotaPolicy:
-    p = QuotaPolicy(MODELS, QuotaConfig())
+    p = QuotaPolicy(MODELS, QuotaConfig(**FIXED))
     g1 = grant(p, ["a"], 30, T0)
     grant(p, ["a"], 20, T0 + 1)
     g3 = grant(p, ["b"], 5, T0 + 2)
@@ -715,7 +723,7 @@ def test_snapshot_is_plain_data_and_survives_msgpack() -> None:
     assert data["version"] == SNAPSHOT_VERSION
     packed = msgpack.unpackb(msgpack.packb(data), raw=False)
     assert packed == data
-    restored = QuotaPolicy.restore(MODELS, QuotaConfig(), packed)
+    restored = QuotaPolicy.restore(MODELS, QuotaConfig(**FIXED), packed)
     assert restored.snapshot() == data
     for now in (T0 + 5, T0 + W, T0 + 2 * W):
         assert restored.status(now) == p.status(now)
@@ -727,7 +735,7 @@ def test_snapshot_is_plain_data_and_survives_msgpack() -> None:
 
 def test_restore_drops_unconfigured_models_and_starts_new_ones_fresh() -> None:
     data = busy_policy().snapshot()
-    restored = QuotaPolicy.restore({"a": MODELS["a"], "c": spec("c")}, QuotaConfig(), data)
+    restored = QuotaPolicy.restore({"a": MODELS["a"], "c": spec("c")}, QuotaConfig(**FIXED), data)
     assert [s.model for s in restored.status(T0 + 5)] == ["a", "c"]
     fresh = status(restored, "c", T0 + 5)
     assert (fresh.requests_today, fresh.in_flight, fresh.counters["granted"]) == (0, 0, 0)
@@ -738,7 +746,7 @@ def test_restore_drops_unconfigured_models_and_starts_new_ones_fresh() -> None:
 
 def test_forget_in_flight_after_restore_treats_grants_as_abandoned() -> None:
     p = busy_policy()
-    restored = QuotaPolicy.restore(MODELS, QuotaConfig(), p.snapshot())
+    restored = QuotaPolicy.restore(MODELS, QuotaConfig(**FIXED), p.snapshot())
     restored.forget_in_flight()
     s = status(restored, "a", T0 + 5)
     assert (s.in_flight, s.requests_in_window, s.counters["abandoned"]) == (0, 3, 2)
@@ -747,10 +755,10 @@ def test_forget_in_flight_after_restore_treats_grants_as_abandoned() -> None:
 
 def test_day_rolls_over_after_restore() -> None:
     models = {"a": spec("a", rpd=1)}
-    p = QuotaPolicy(models, QuotaConfig())
+    p = QuotaPolicy(models, QuotaConfig(**FIXED))
     late = pacific(2024, 6, 15, 23)
     p.report(grant(p, ["a"], 1, late).grant_id, Succeeded(Usage(1, 1)), late)
-    restored = QuotaPolicy.restore(models, QuotaConfig(), p.snapshot())
+    restored = QuotaPolicy.restore(models, QuotaConfig(**FIXED), p.snapshot())
     assert restored.acquire(["a"], 1, late + 60) == Wait(pacific(2024, 6, 16))
     assert status(restored, "a", pacific(2024, 6, 16, 8)).requests_today == 0
     grant(restored, ["a"], 1, pacific(2024, 6, 16, 8))
@@ -785,19 +793,19 @@ def _corrupt(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[st
 def test_restore_rejects_corrupt_snapshots(path: tuple[Any, ...], value: Any) -> None:
     data = _corrupt(busy_policy().snapshot(), path, value)
     with pytest.raises(SnapshotError):
-        QuotaPolicy.restore(MODELS, QuotaConfig(), data)
+        QuotaPolicy.restore(MODELS, QuotaConfig(**FIXED), data)
 
 
 def test_restore_rejects_missing_fields() -> None:
     data = busy_policy().snapshot()
     del data["models"]["a"]["cooldown_until"]
     with pytest.raises(SnapshotError, match="cooldown_until"):
-        QuotaPolicy.restore(MODELS, QuotaConfig(), data)
+        QuotaPolicy.restore(MODELS, QuotaConfig(**FIXED), data)
 
 
 def test_restore_rejects_non_mappings() -> None:
     with pytest.raises(SnapshotError):
-        QuotaPolicy.restore({}, QuotaConfig(), [1, 2])  # type: ignore[arg-type]
+        QuotaPolicy.restore({}, QuotaConfig(**FIXED), [1, 2])  # type: ignore[arg-type]
 
 
 def test_status_reports_every_model_in_config_order() -> None:
@@ -875,11 +883,11 @@ def test_sent_then_cancelled_refunds_exactly_once() -> None:
 
 def test_sent_keeps_snapshots_exact() -> None:
     models = {"m": spec("m", rpm=3, tpm=1000)}
-    p = QuotaPolicy(models, QuotaConfig())
+    p = QuotaPolicy(models, QuotaConfig(**FIXED))
     a = grant(p, ["m"], 10, T0)
     grant(p, ["m"], 20, T0 + 0.5)
     p.sent(a.grant_id, T0 + 1.0)
-    restored = QuotaPolicy.restore(models, QuotaConfig(), p.snapshot())
+    restored = QuotaPolicy.restore(models, QuotaConfig(**FIXED), p.snapshot())
     assert restored.snapshot() == p.snapshot()
     assert restored.acquire(["m"], 10, T0 + 2) == p.acquire(["m"], 10, T0 + 2)
 
@@ -911,48 +919,3 @@ def test_patience_only_concerns_the_first_usable_model() -> None:
     grant(p2, ["pro"], 10, T0 + 30)
     g = p2.acquire(["pro", "flash", "lite"], 10, T0 + W - 0.1, patience_s=1.0)
     assert isinstance(g, Grant) and g.model == "lite"
-
-
-# -- learnt skew: the provider counts our requests a little later than we do ----
-
-
-def test_a_short_429_widens_the_window_by_its_delay() -> None:
-    p = policy(spec("m", rpm=2))
-    a = grant(p, ["m"], 10, T0)
-    b = grant(p, ["m"], 10, T0 + 1)
-    p.report(a.grant_id, Succeeded(Usage(10, 1)), T0 + 2)
-    p.report(b.grant_id, rate_limited(0.3), T0 + 2)  # 0.3 s <= max_skew_s (1.0)
-    # Both entries now free 0.3 s later than they would have.
-    assert p.earliest("m", 10, T0 + 3) == T0 + W + 0.3
-    c = grant(p, ["m"], 10, T0 + W + 0.3)  # a's slot
-    d = grant(p, ["m"], 10, T0 + 1 + W + 0.3)  # b's slot
-    # New entries are widened too: the next slot is c's, W + 0.3 after it.
-    assert p.earliest("m", 10, T0 + 1 + W + 0.5) == c.granted_at + W + 0.3
-    assert d.grant_id
-
-
-def test_a_long_429_is_overuse_not_skew() -> None:
-    p = policy(spec("m", rpm=1))
-    a = grant(p, ["m"], 10, T0)
-    b = grant(p, ["m"], 10, T0 + 61)
-    p.report(b.grant_id, rate_limited(26.0), T0 + 62)
-    # Cooling down until T0 + 88; no skew learnt: the window is unchanged.
-    assert p.earliest("m", 10, T0 + 63) == T0 + 61 + W
-    assert p.snapshot()["models"]["m"]["skew"] == 0.0
-    assert a.grant_id
-
-
-def test_skew_only_grows_and_survives_a_snapshot() -> None:
-    models = {"m": spec("m", rpm=5)}
-    p = QuotaPolicy(models, QuotaConfig())
-    for start, delay in ((T0, 0.4), (T0 + 1, 0.2)):
-        g = grant(p, ["m"], 10, start)
-        p.report(g.grant_id, rate_limited(delay), start + 0.5)
-    restored = QuotaPolicy.restore(models, QuotaConfig(), p.snapshot())
-    assert restored.snapshot() == p.snapshot()
-    assert restored.snapshot()["models"]["m"]["skew"] == 0.4
-    assert restored.earliest("m", 10, T0 + 2) == p.earliest("m", 10, T0 + 2)
-    off = QuotaPolicy(models, QuotaConfig(max_skew_s=0.0))
-    g = grant(off, ["m"], 10, T0)
-    off.report(g.grant_id, rate_limited(0.4), T0 + 0.5)
-    assert off.snapshot()["models"]["m"]["skew"] == 0.0

@@ -36,7 +36,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tierbatch.policies.config import ModelSpec, QuotaConfig
+from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -108,7 +108,7 @@ class RefGrant:
     day: date
     cancelled: bool = False
     reported: bool = False
-    expires: float = math.inf  # set at grant: t + window + the model's skew then
+    expires: float = math.inf  # set at grant: t + window
 
 
 @dataclass
@@ -123,7 +123,6 @@ class RefModel:
     unavailable: bool = False
     consecutive_429s: int = 0
     consecutive_errors: int = 0
-    skew: float = 0.0  # learnt from short 429s: the window is this much longer
 
 
 class Reference:
@@ -254,7 +253,7 @@ class Reference:
 
     def grant(self, gid: int, model: str, now: float, est: int) -> None:
         assert gid not in self.grants
-        expires = now + self.window + self.models[model].skew
+        expires = now + self.window
         day = self.day(model, now)
         self.grants[gid] = RefGrant(gid, model, now, est, day, expires=expires)
 
@@ -287,12 +286,6 @@ class Reference:
                 else:
                     m.exhaustions.append(end)
             else:
-                if delay is not None and delay <= self.quota.max_skew_s and delay > m.skew:
-                    # Entries still in the window occupy it that much longer.
-                    for other in self.counted(g.model):
-                        if other.expires > now:
-                            other.expires += delay - m.skew
-                    m.skew = delay
                 m.cooldowns.append(now + wait)
         elif isinstance(outcome, ServerError | TimedOut):
             m.consecutive_errors += 1
@@ -359,7 +352,7 @@ class QuotaMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = 0.0
         self.specs: dict[str, ModelSpec] = {}
-        self.quota = QuotaConfig()
+        self.quota = QuotaConfig(limiter=LimiterMode.WINDOW, learn_limits=False)
         self.policy = QuotaPolicy({}, self.quota)
         self.ref = Reference({}, self.quota)
         self.names: tuple[str, ...] = ()
@@ -391,6 +384,10 @@ class QuotaMachine(RuleBasedStateMachine):
                 ),
             )
         self.quota = QuotaConfig(
+            # The reference models a rolling window with the configured limits
+            # as the truth; pacing and learning are tested in test_estimator.
+            limiter=LimiterMode.WINDOW,
+            learn_limits=False,
             window_s=data.draw(st.sampled_from([60.0, 10.0]), label="window_s"),
             margin_s=data.draw(st.sampled_from([0.5, 0.0]), label="margin_s"),
             utilisation=data.draw(st.sampled_from([1.0, 0.75, 0.5]), label="utilisation"),

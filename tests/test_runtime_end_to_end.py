@@ -23,6 +23,7 @@ from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
 from tierbatch.adapters.simulation.simulated import SimulatedProvider
+from tierbatch.policies.config import LimiterMode
 from tierbatch.policies.results import Done
 
 SPEED = 40.0  # one rate-limit minute lasts 1.5 real seconds
@@ -34,7 +35,13 @@ def run():
     """One run of 3,000 articles where the provider's real limits for flash
     are tighter than the config claims, so 429s, cooldowns and fallbacks
     must happen and be handled."""
+    # The replays below model the registry's rolling-window view, so this run
+    # assumes a rolling window (no pacing, no learnt limits); the default
+    # "auto" limiter is run end to end in tests/test_limiter_shapes.py.
     config = small_config()
+    config = replace(
+        config, quota=replace(config.quota, limiter=LimiterMode.WINDOW, learn_limits=False)
+    )
     clock = ScaledClock(SPEED)
     provider_limits = dict(config.models)
     provider_limits[FLASH] = replace(config.models[FLASH], rpm=40)
