@@ -17,9 +17,14 @@ back into the results table, and it is built to be killed:
   something, and saved once more after draining, so a restart in the middle
   of the day still knows what the day has spent. A snapshot that cannot be
   used is set aside and the run starts fresh, saying so.
-* **Signals.** The first SIGTERM/SIGINT stops leasing and drains in-flight
-  work for up to ``drain_timeout_s``; a second one stops at once (leases
-  cover whatever was in flight).
+* **Signals.** The first SIGTERM/SIGINT stops leasing and dispatching at
+  once: no new provider call starts, the leases of everything not in a
+  call are released at once, and only the calls in flight may finish, for
+  up to ``drain_timeout_s``; a second signal stops at once (leases cover
+  whatever was in flight).
+* **Failure.** If the runtime fails (an actor died, extractors keep
+  crashing), the loop stops at once; every shutdown step still runs, each
+  in its own guard, so leases are released and the quota state saved.
 
 The loop wakes when results arrive (to top up the runtime's queue) and at
 least every ``poll_interval_s`` (to see rows other processes inserted).
@@ -42,7 +47,7 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock
-from tierbatch.actors.errors import FatalProviderError, QueueFull
+from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
@@ -114,6 +119,7 @@ class StopReason(StrEnum):
     SIGNAL = "signal"  # asked to stop; drained
     IMMEDIATE = "immediate"  # asked twice, or the drain timed out
     FATAL = "fatal"  # the provider refused the configuration (401/403)
+    FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +154,8 @@ def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
 
 @dataclass(frozen=True, slots=True)
 class DaemonReport:
-    """How a run ended and what it did (this process only)."""
+    """How a run ended and what it did (this process only). ``fatal_error``
+    says what stopped it when ``reason`` is FATAL or FAILED."""
 
     reason: StopReason
     fatal_error: str | None
@@ -302,7 +309,7 @@ class Daemon:
         final: RuntimeStats | None = None
         released = 0
         try:
-            baseline = runtime.stats().models
+            baseline = self._stopped_by(runtime, lambda: runtime.stats().models) or ()
             saver = DebouncedSaver(
                 self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
             )
@@ -319,15 +326,20 @@ class Daemon:
                 pid=os.getpid(),
             )
             self._progress.start()
-            reason = self._work(runtime, started)
+            reason = self._stopped_by(runtime, lambda: self._work(runtime, started))
             if reason is StopReason.SIGNAL:
-                reason = self._drain(runtime, started)
-            final = runtime.stats()
+                reason = self._stopped_by(runtime, lambda: self._drain(runtime, started))
+            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+                final = runtime.stats()
         finally:
             released = self._shut_down(runtime, saver, results_sink, started)
         fatal = runtime.fatal_error
+        if isinstance(fatal, RuntimeFailure):
+            reason = StopReason.FAILED
+        elif fatal is not None:
+            reason = StopReason.FATAL
         report = DaemonReport(
-            reason=StopReason.FATAL if fatal is not None else reason,
+            reason=reason,
             fatal_error=None if fatal is None else str(fatal),
             elapsed_s=time.monotonic() - started,
             tally=self._tally.snapshot(),
@@ -343,6 +355,16 @@ class Daemon:
         )
         return report
 
+    @staticmethod
+    def _stopped_by(runtime: Runtime, step: Any) -> Any:
+        """Run a step of the loop; a fatal error of the runtime ends it (the
+        report then says which, from ``runtime.fatal_error``)."""
+        try:
+            return step()
+        except (FatalProviderError, RuntimeFailure) as exc:
+            _log.error("stopping: the runtime cannot go on", error=str(exc))
+            return StopReason.FAILED if isinstance(exc, RuntimeFailure) else StopReason.FATAL
+
     def _work(self, runtime: Runtime, started: float) -> StopReason:
         opts = self.options
         target = max(1, opts.queue_batches * self.config.composer.batch_size)
@@ -356,7 +378,8 @@ class Daemon:
             if self._stop_requested.is_set():
                 return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
             if runtime.fatal_error is not None:
-                return StopReason.FATAL
+                failed = isinstance(runtime.fatal_error, RuntimeFailure)
+                return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
             if now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
@@ -437,9 +460,18 @@ class Daemon:
             )
 
     def _drain(self, runtime: Runtime, started: float) -> StopReason:
+        """Stop at once, except for the calls in flight: no new call starts
+        (so no quota is spent after the signal), the leases of everything
+        not in a call go back to the queue now, and the calls in flight get
+        up to ``drain_timeout_s`` to finish (what they leave unfinished is
+        released at the end)."""
         opts = self.options
+        returned = runtime.begin_shutdown()
+        released = self._storage(self.store.release, [a.id for a in returned]) or 0
         _log.info(
-            "stopping: no more leasing; draining in-flight work (signal again to stop at once)",
+            "stopping: no more leasing or new calls; leases of work not in flight released; "
+            "waiting for the calls in flight (signal again to stop at once)",
+            released=released,
             timeout_s=opts.drain_timeout_s,
         )
         deadline = time.monotonic() + opts.drain_timeout_s
@@ -454,11 +486,8 @@ class Daemon:
                     timeout_s=opts.drain_timeout_s,
                 )
                 return StopReason.IMMEDIATE
-            try:
-                if runtime.drain(timeout=min(0.25, remaining)):
-                    return StopReason.SIGNAL
-            except FatalProviderError:
-                return StopReason.FATAL
+            if runtime.drain(timeout=min(0.25, remaining)):
+                return StopReason.SIGNAL
             if time.monotonic() >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = time.monotonic() + renew_every
@@ -476,26 +505,26 @@ class Daemon:
         """Save the quota state, stop the runtime, hand back unfinished leases.
 
         The final save happens while the registry still runs (after the
-        drain, so it includes every request that finished)."""
-        if saver is not None:
-            try:
-                saver.close()
-            except SnapshotError as exc:
-                _log.error("final quota snapshot failed", error=str(exc))
-        unfinished = runtime.stop(drain=False)
+        drain, so it includes every request that finished). Every step runs
+        whatever became of the ones before it (each in its own guard): a
+        failed runtime still has its threads stopped, its results written
+        and this owner's leases released -- all of them (``release()`` with
+        no ids), so nothing depends on a dead composer's ledger."""
         released = 0
-        try:
-            if unfinished:
-                released += self.store.release([a.id for a in unfinished])
-        except StorageError as exc:
-            _log.error("could not release leases; they will expire", error=str(exc))
-        try:
-            results_sink.close()
-            released += self.store.release()
-        except StorageError as exc:
-            _log.error("could not write the last results or release leases", error=str(exc))
-        finally:
-            self._progress.stop()
+        if saver is not None:
+            _guarded("final quota snapshot", saver.close)
+        unfinished = _guarded("runtime stop", lambda: runtime.stop(drain=False)) or []
+        if unfinished:
+            released += (
+                _guarded(
+                    "release unfinished leases",
+                    lambda: self.store.release([a.id for a in unfinished]),
+                )
+                or 0
+            )
+        _guarded("write the last results", results_sink.close)
+        released += _guarded("release leases", self.store.release) or 0
+        _guarded("progress display", self._progress.stop)
         return released
 
     # ---- helpers -----------------------------------------------------------------
@@ -546,6 +575,17 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def _guarded(what: str, step: Any) -> Any:
+    """One shutdown step: a failure is logged (once, here) and the next step runs."""
+    try:
+        return step()
+    except (StorageError, SnapshotError) as exc:
+        _log.error("shutdown step failed; going on", step=what, error=str(exc))
+    except Exception:
+        _log.exception("shutdown step failed; going on", step=what)
+    return None
 
 
 @contextlib.contextmanager
