@@ -97,6 +97,34 @@ class _Progress:
     last_detail: str = ""
 
 
+class _Launch:
+    """Whether a granted call has left, decided once and atomically between
+    the event-loop thread (about to send it) and the extractor (winding
+    down, taking back what has not left)."""
+
+    __slots__ = ("_lock", "_state")
+
+    _PENDING, _STARTED, _WITHDRAWN = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = self._PENDING
+
+    def start(self) -> bool:
+        """The call may leave now (False: it was withdrawn)."""
+        with self._lock:
+            if self._state == self._PENDING:
+                self._state = self._STARTED
+            return self._state == self._STARTED
+
+    def withdraw(self) -> bool:
+        """Take the call back if it has not left (False: it has)."""
+        with self._lock:
+            if self._state == self._PENDING:
+                self._state = self._WITHDRAWN
+            return self._state == self._WITHDRAWN
+
+
 @dataclass(slots=True)
 class _Pack:
     pack_id: int
@@ -106,6 +134,7 @@ class _Pack:
     excluded: frozenset[str] = frozenset()
     grant: Grant | None = None
     future: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
+    launch: _Launch | None = field(default=None, repr=False)
 
     @property
     def est_tokens(self) -> int:
@@ -331,6 +360,7 @@ class Extractor(pykka.ThreadingActor):
             attempt=max(m.attempts for m in pack.members),
         )
         pack.grant = grant
+        pack.launch = launch = _Launch()
         future = self._deps.loop.submit(
             _invoke(
                 self._deps.provider,
@@ -339,6 +369,7 @@ class Extractor(pykka.ThreadingActor):
                 self._clock,
                 self._sent,
                 self._deps.dispatch_stopped,
+                launch,
             )
         )
         pack.future = future
@@ -558,7 +589,11 @@ class Extractor(pykka.ThreadingActor):
         flight finish (``_acquire`` gives back what would be retried)."""
         self._winding_down = True
         self._halted = True  # no more work requests
-        waiting = [p for p in self._packs.values() if p.future is None]
+        waiting = [
+            p
+            for p in self._packs.values()
+            if p.future is None or (p.launch is not None and p.launch.withdraw())
+        ]
         for pack in waiting:
             del self._packs[pack.pack_id]
         self._give_back(m for p in waiting for m in p.members)
@@ -575,15 +610,17 @@ async def _invoke(
     clock: Clock,
     sent: Callable[[int, float], None],
     dispatch_stopped: threading.Event,
+    launch: _Launch,
 ) -> tuple[PackAnswer, float, float]:
     """Run one provider call with the runtime's own timeout. Never raises
     (unless the runtime itself cancels it): a provider that raises -- a
     stray ``CancelledError`` included -- is reported as a server error. The
     registry hears when the request really leaves, so its window follows
     the provider's. A call whose launch turn comes after dispatch stopped is
-    not sent at all (``Cancelled``: the grant is refunded)."""
+    not sent at all (``Cancelled``: the grant is refunded), nor is one
+    withdrawn by a winding-down extractor."""
     await pacer.turn()
-    if dispatch_stopped.is_set():
+    if dispatch_stopped.is_set() or not launch.start():
         now = clock.now()
         return PackAnswer(Cancelled()), now, now
     started = clock.now()

@@ -586,6 +586,11 @@ class Runtime:
         if not first:
             return
         self._dispatch_stopped.set()
+        _tell(self._supervisor, StopRestarting())
+        _tell(self._composer, Pause(str(error)))
+        _tell(self._registry, StopGranting())
+        for ref in self._live_extractors():
+            _tell(ref, Quiesce())
         _log.error(
             "THE RUNTIME FAILED: no more work is dispatched; unfinished articles are handed "
             "back by stop(). This is not a provider or API key problem.",
@@ -593,11 +598,6 @@ class Runtime:
             error=error.detail,
             exc_info=error.cause,
         )
-        _tell(self._supervisor, StopRestarting())
-        _tell(self._composer, Pause(str(error)))
-        _tell(self._registry, StopGranting())
-        for ref in self._live_extractors():
-            _tell(ref, Quiesce())
 
     def _on_fatal(self, extractor_id: int, error: Exception) -> None:
         with self._fatal_lock:

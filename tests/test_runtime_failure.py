@@ -108,7 +108,7 @@ def check_actor_death(
             with pytest.raises(RuntimeFailure):
                 runtime.stats()
         else:
-            assert runtime.stats().paused  # the others still answer
+            assert runtime.stats().submitted >= 40  # the others still answer
         with pytest.raises(RuntimeFailure):
             runtime.submit(articles[:1], block=False)
     finally:
@@ -121,8 +121,9 @@ def check_actor_death(
     assert len(finished) == len(set(finished)), Counter(finished).most_common(3)
     assert len(returned) == len(set(returned))
     assert not set(finished) & set(returned)
+    # Nothing accepted is lost (the blocked submit may have placed more).
+    assert {a.id for a in articles[:40]} <= set(finished) | set(returned)
     assert set(finished) | set(returned) <= {a.id for a in articles}
-    assert returned, "the unfinished articles were handed back"
     if not expect_results:
         assert not finished
 
