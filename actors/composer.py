@@ -186,7 +186,7 @@ class BatchComposer(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         if self._threads is not None:
-            self._threads.add_current()
+            self._threads.add_current("composer")
 
     def on_stop(self) -> None:
         self._flush_sink()

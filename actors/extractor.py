@@ -200,7 +200,7 @@ class Extractor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         if self._deps.threads is not None:
-            self._deps.threads.add_current()
+            self._deps.threads.add_current("extractor")
         self._tell = safe_teller(self.actor_ref)
         self._want_work()
 

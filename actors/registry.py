@@ -106,7 +106,7 @@ class ModelRegistry(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         if self._threads is not None:
-            self._threads.add_current()
+            self._threads.add_current("registry")
         self._waker.start()
 
     def on_stop(self) -> None:

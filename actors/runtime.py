@@ -282,6 +282,9 @@ class Runtime:
                 lambda: composer.ask(TakeUnfinished(), block=True, timeout=ACTOR_STOP_TIMEOUT_S),
             )
         if unfinished is None:
+            # The composer died: its failure handler hands over its ledger
+            # on its own thread, which ends once that is done.
+            self._threads.join(ACTOR_STOP_TIMEOUT_S, role="composer")
             unfinished = list(self._composer_leftovers)
         self._composer_leftovers = ()
         steps.stop_all("composer", [composer] if composer else [])

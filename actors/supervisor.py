@@ -90,7 +90,7 @@ class Supervisor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         if self._threads is not None:
-            self._threads.add_current()
+            self._threads.add_current("supervisor")
         for _ in range(self._size):
             self._spawn()
 

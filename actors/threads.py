@@ -15,21 +15,23 @@ import time
 class ThreadLedger:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._threads: list[tuple[str, threading.Thread]] = []
 
-    def add_current(self) -> None:
-        """Called by an actor from its ``on_start``, on its own thread."""
+    def add_current(self, role: str) -> None:
+        """Called by an actor from its ``on_start``, on its own thread;
+        ``role`` names it ("registry", "composer", ...)."""
         thread = threading.current_thread()
         with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
+            self._threads = [(r, t) for r, t in self._threads if t.is_alive()]
+            self._threads.append((role, thread))
 
-    def join(self, timeout: float) -> list[str]:
-        """Wait up to ``timeout`` seconds in all for every thread to end;
-        returns the names of those still running."""
+    def join(self, timeout: float, role: str | None = None) -> list[str]:
+        """Wait up to ``timeout`` seconds in all for every thread (of
+        ``role``, when given) to end; returns the names of those still
+        running."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            threads = list(self._threads)
+            threads = [t for r, t in self._threads if role is None or r == role]
         current = threading.current_thread()
         for thread in threads:
             if thread is not current:

@@ -309,13 +309,17 @@ class Daemon:
         final: RuntimeStats | None = None
         released = 0
         try:
-            baseline = self._stopped_by(runtime, lambda: runtime.stats().models) or ()
+            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+                baseline = runtime.stats().models
             saver = DebouncedSaver(
                 self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
             )
             trigger.saver = saver
             saver.mark_dirty()
-            self._prewarm(runtime)
+            try:
+                self._prewarm(runtime)
+            except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
+                _log.error("cluster prewarm failed", error=str(exc))
             _log.info(
                 "daemon ready",
                 db=self.store.path,
