@@ -561,6 +561,8 @@ class Runtime:
         self._fail(ActorDied(actor, error))
 
     def _on_peer_dead(self, actor: str) -> None:
+        if self._stopped:  # stop() stops them all: a late tell finds them gone
+            return
         self._fail(ActorDied(actor))
 
     def _fail(self, error: RuntimeFailure) -> None:

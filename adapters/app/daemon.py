@@ -256,6 +256,7 @@ class Daemon:
         self._prewarmed: set[str] = set()
         self._ran = False
         self._storage_failures = 0
+        self._released_at_signal = 0
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -336,7 +337,8 @@ class Daemon:
             with contextlib.suppress(FatalProviderError, RuntimeFailure):
                 final = runtime.stats()
         finally:
-            released = self._shut_down(runtime, saver, results_sink, started)
+            released = self._released_at_signal
+            released += self._shut_down(runtime, saver, results_sink, started)
         fatal = runtime.fatal_error
         if isinstance(fatal, RuntimeFailure):
             reason = StopReason.FAILED
@@ -472,6 +474,7 @@ class Daemon:
         opts = self.options
         returned = runtime.begin_shutdown()
         released = self._storage(self.store.release, [a.id for a in returned]) or 0
+        self._released_at_signal = released
         _log.info(
             "stopping: no more leasing or new calls; leases of work not in flight released; "
             "waiting for the calls in flight (signal again to stop at once)",
