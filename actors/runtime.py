@@ -548,7 +548,8 @@ class Runtime:
             try:
                 supervisor.tell(ExtractorCrashed(extractor_id, error, blamed))
             except pykka.ActorDeadError:
-                self._fail(ActorDied("supervisor"))
+                if not self._stopped:
+                    self._fail(ActorDied("supervisor"))
 
     def _on_actor_died(self, actor: str, error: BaseException) -> None:
         """``on_failure`` of the registry or the supervisor (their thread)."""
