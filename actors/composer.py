@@ -10,8 +10,10 @@ crashes or retries happened on the way.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +21,9 @@ import pykka
 import structlog
 
 from tierbatch.actors.clock import Clock
+from tierbatch.actors.errors import ShuttingDown
 from tierbatch.actors.messages import (
+    BeginShutdown,
     ExtractorDied,
     Finished,
     GetComposerStats,
@@ -28,12 +32,14 @@ from tierbatch.actors.messages import (
     Pause,
     RequestWork,
     Submit,
+    TakeReturned,
     TakeUnfinished,
     WhenDrained,
     WhenSpace,
     WorkBatch,
 )
 from tierbatch.actors.ports import Sink
+from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.composition import Batch, Composer, Queued
 from tierbatch.policies.config import Config
@@ -77,12 +83,32 @@ class ComposerStats:
     paused: str | None
 
 
+# Called when the composer dies: which actor, the exception, and the
+# articles its ledger still held (best effort: it died mid-update).
+ComposerDied = Callable[[str, BaseException, tuple[Article, ...]], None]
+
+
 class BatchComposer(pykka.ThreadingActor):
-    def __init__(self, config: Config, sink: Sink, clock: Clock) -> None:
+    """``on_died`` is called (on this actor's thread) if a message handler
+    raises: the actor is then dead and its ledger is handed over."""
+
+    # A stuck actor thread must never keep the process from exiting.
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        config: Config,
+        sink: Sink,
+        clock: Clock,
+        on_died: ComposerDied | None = None,
+        threads: ThreadLedger | None = None,
+    ) -> None:
         super().__init__()
+        self._threads = threads
         self._config = config
         self._sink = sink
         self._clock = clock
+        self._on_died = on_died
         self._ladder = TierLadder(config.tiers, config.global_fallback)
         self._queues = Composer(self._ladder, config.composer.mix, config.composer.aging_s)
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
@@ -103,6 +129,10 @@ class BatchComposer(pykka.ThreadingActor):
         self._space_waiters: list[pykka.ThreadingFuture[bool]] = []
         self._unsunk: list[TerminalResult] = []
         self._paused: str | None = None
+        # After BeginShutdown: nothing is dispatched or queued again; what
+        # extractors give back waits in ``_returned`` for TakeReturned.
+        self._shutting_down = False
+        self._returned: list[Article] = []
         self._submitted = 0
         self._done_by_tier: Counter[str] = Counter()
         self._failed_by_tier: Counter[str] = Counter()
@@ -135,10 +165,17 @@ class BatchComposer(pykka.ThreadingActor):
             case WhenDrained():
                 return self._future_when(self._outstanding() == 0, self._drain_waiters)
             case WhenSpace():
+                if self._paused is not None:  # the queue will not move: do not wait
+                    return self._future_when(True, [], value=False)
                 return self._future_when(self._has_space(), self._space_waiters)
             case Pause(reason):
                 self._paused = reason
                 self._resolve(self._drain_waiters, False)
+                self._resolve(self._space_waiters, False)
+            case BeginShutdown():
+                self._begin_shutdown()
+            case TakeReturned():
+                return self._take_returned()
             case TakeUnfinished():
                 return self._take_unfinished()
             case GetComposerStats():
@@ -147,16 +184,37 @@ class BatchComposer(pykka.ThreadingActor):
                 raise TypeError(f"BatchComposer: unexpected message {message!r}")
         return None
 
+    def on_start(self) -> None:
+        if self._threads is not None:
+            self._threads.add_current("composer")
+
     def on_stop(self) -> None:
         self._flush_sink()
-        for fut in self._drain_waiters + self._space_waiters:
-            fut.set(False)
-        self._drain_waiters.clear()
-        self._space_waiters.clear()
+        self._resolve(self._drain_waiters, False)
+        self._resolve(self._space_waiters, False)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """A handler raised: this actor is dead (pykka calls no ``on_stop``).
+        Save what can be saved -- results not yet in the sink, the ledger of
+        unfinished articles -- tell the runtime (so it is failed before
+        anyone wakes up), then answer every waiter."""
+        unfinished: tuple[Article, ...] = ()
+        with contextlib.suppress(Exception):
+            self._flush_sink()
+        with contextlib.suppress(Exception):
+            unfinished = tuple(self._collect_unfinished())
+        try:
+            if self._on_died is not None:
+                self._on_died("composer", exception_value, unfinished)
+        finally:
+            self._resolve(self._drain_waiters, False)
+            self._resolve(self._space_waiters, False)
 
     # ---- submission ------------------------------------------------------------
 
     def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitResult:
+        if self._shutting_down:
+            raise ShuttingDown("the runtime is shutting down: it takes no more articles")
         # Queue age (aging, latency) runs on steady time; priority compares
         # publication times, so it runs on the wall clock.
         now, wall = self._clock.now(), self._clock.wall()
@@ -285,8 +343,19 @@ class BatchComposer(pykka.ThreadingActor):
             held = self._held.get(article_id)
             if held is not None and held[0] == extractor:
                 items.append(self._release(article_id, extractor))
+        if self._shutting_down:
+            self._set_aside(items)
+            return
         self._queues.requeue(items)
         self._dispatch()
+
+    def _set_aside(self, items: list[Queued]) -> None:
+        """Shutting down: keep given-back articles for ``TakeReturned``."""
+        for item in items:
+            self._live.discard(item.article.id)
+            self._returned.append(item.article)
+        if self._drain_waiters and self._outstanding() == 0:
+            self._resolve(self._drain_waiters, True)
 
     def _on_extractor_died(self, extractor: int, error: str, blamed: frozenset[str]) -> None:
         """Take back what a dead extractor held. The articles it was handling
@@ -332,23 +401,51 @@ class BatchComposer(pykka.ThreadingActor):
             poisoned=len(poison),
             error=error,
         )
-        self._suspects.extend(requeue)
-        self._queues.requeue(bystanders)
+        if self._shutting_down:
+            self._set_aside(requeue + bystanders)
+        else:
+            self._suspects.extend(requeue)
+            self._queues.requeue(bystanders)
         self._terminal(poison)
         self._dispatch()
 
+    def _begin_shutdown(self) -> None:
+        self._shutting_down = True
+        self._paused = self._paused or "stopping"
+        self._idle.clear()
+        self._resolve(self._space_waiters, False)
+
+    def _take_returned(self) -> list[Article]:
+        articles = self._returned
+        self._returned = []
+        articles.extend(item.article for item in self._suspects)
+        self._suspects.clear()
+        articles.extend(item.article for item in self._queues.drain_all())
+        for article in articles:
+            self._live.discard(article.id)
+        if self._drain_waiters and self._outstanding() == 0:
+            self._resolve(self._drain_waiters, True)
+        return articles
+
     def _take_unfinished(self) -> list[Article]:
+        articles = self._collect_unfinished()
+        self._flush_sink()
+        self._resolve(self._drain_waiters, False)
+        return articles
+
+    def _collect_unfinished(self) -> list[Article]:
+        """Empty the ledger: every article not terminal, held or not."""
         self._paused = "stopping"
         self._idle.clear()
-        articles = [item.article for item in self._suspects]
+        articles = self._returned
+        self._returned = []
+        articles.extend(item.article for item in self._suspects)
         self._suspects.clear()
         articles.extend(item.article for item in self._queues.drain_all())
         articles.extend(item.article for _, item in self._held.values())
         self._held.clear()
         self._by_extractor.clear()
         self._live.clear()
-        self._flush_sink()
-        self._resolve(self._drain_waiters, False)
         return articles
 
     # ---- waiting -----------------------------------------------------------------
@@ -361,20 +458,21 @@ class BatchComposer(pykka.ThreadingActor):
 
     @staticmethod
     def _future_when(
-        ready: bool, waiters: list[pykka.ThreadingFuture[bool]]
+        ready: bool, waiters: list[pykka.ThreadingFuture[bool]], *, value: bool = True
     ) -> pykka.ThreadingFuture[bool]:
         future: pykka.ThreadingFuture[bool] = pykka.ThreadingFuture()
         if ready:
-            future.set(True)
+            future.set(value)
         else:
             waiters.append(future)
         return future
 
     @staticmethod
     def _resolve(waiters: list[pykka.ThreadingFuture[bool]], value: bool) -> None:
-        for future in waiters:
-            future.set(value)
+        pending = list(waiters)
         waiters.clear()
+        for future in pending:
+            future.set(value)
 
     def _stats(self) -> ComposerStats:
         return ComposerStats(

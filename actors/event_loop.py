@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import structlog
+
 T = TypeVar("T")
+
+_log = structlog.get_logger("tierbatch.event_loop")
 
 
 class LoopThread:
-    def __init__(self, name: str = "tierbatch-io") -> None:
+    """``stop_timeout_s`` (default ``STOP_TIMEOUT_S``) bounds ``stop``: a
+    task that will not end when cancelled (a provider swallowing
+    ``CancelledError``) is logged and left behind on this daemon thread
+    instead of hanging the caller."""
+
+    STOP_TIMEOUT_S = 10.0
+
+    def __init__(self, name: str = "tierbatch-io", *, stop_timeout_s: float | None = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._stop_timeout = self.STOP_TIMEOUT_S if stop_timeout_s is None else stop_timeout_s
+        self._stop_requested = False
+        # Set on the loop thread at stop: what was still running then.
+        self._left_at_stop: list[str] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -38,12 +54,30 @@ class LoopThread:
         """Run ``coro`` on the loop and wait for it from another thread."""
         return self.submit(coro).result(timeout)
 
-    def stop(self) -> None:
-        """Cancel whatever is still running, close the loop, join the thread."""
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancel whatever is still running, close the loop, join the thread
+        for at most ``timeout`` seconds (default: the constructor's). Returns
+        False, logging what is left, when the thread did not end in time."""
         if not self._thread.is_alive():
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
+            return True
+        with_timeout = self._stop_timeout if timeout is None else timeout
+        if not self._stop_requested:  # once: a second stop only waits longer
+            self._stop_requested = True
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(with_timeout)
+        if not self._thread.is_alive():
+            return True
+        _log.error(
+            "event loop thread did not stop in time; left behind (it is a daemon thread)",
+            timeout_s=with_timeout,
+            tasks=list(self._left_at_stop),
+        )
+        return False
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -52,6 +86,7 @@ class LoopThread:
             self._loop.run_forever()
         finally:
             pending = asyncio.all_tasks(self._loop)
+            self._left_at_stop = [_describe_task(task) for task in pending]
             for task in pending:
                 task.cancel()
             if pending:
@@ -59,6 +94,12 @@ class LoopThread:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.run_until_complete(self._loop.shutdown_default_executor())
             self._loop.close()
+
+
+def _describe_task(task: asyncio.Task[Any]) -> str:
+    coro = task.get_coro()
+    name = getattr(coro, "__qualname__", None) or repr(coro)
+    return f"{task.get_name()}: {name}"
 
 
 class LaunchPacer:

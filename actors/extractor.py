@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,11 @@ from tierbatch.actors.messages import (
     Finished,
     GiveBack,
     Granted,
+    Quiesce,
     Report,
     RequestWork,
     Sent,
+    WindDown,
     WorkBatch,
 )
 from tierbatch.actors.ports import (
@@ -40,6 +43,7 @@ from tierbatch.actors.ports import (
     Provider,
     bind_request_sent,
 )
+from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.composition import Queued
 from tierbatch.policies.config import Config
 from tierbatch.policies.outcomes import (
@@ -93,6 +97,34 @@ class _Progress:
     last_detail: str = ""
 
 
+class _Launch:
+    """Whether a granted call has left, decided once and atomically between
+    the event-loop thread (about to send it) and the extractor (winding
+    down, taking back what has not left)."""
+
+    __slots__ = ("_lock", "_state")
+
+    _PENDING, _STARTED, _WITHDRAWN = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = self._PENDING
+
+    def start(self) -> bool:
+        """The call may leave now (False: it was withdrawn)."""
+        with self._lock:
+            if self._state == self._PENDING:
+                self._state = self._STARTED
+            return self._state == self._STARTED
+
+    def withdraw(self) -> bool:
+        """Take the call back if it has not left (False: it has)."""
+        with self._lock:
+            if self._state == self._PENDING:
+                self._state = self._WITHDRAWN
+            return self._state == self._WITHDRAWN
+
+
 @dataclass(slots=True)
 class _Pack:
     pack_id: int
@@ -102,6 +134,7 @@ class _Pack:
     excluded: frozenset[str] = frozenset()
     grant: Grant | None = None
     future: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
+    launch: _Launch | None = field(default=None, repr=False)
 
     @property
     def est_tokens(self) -> int:
@@ -126,6 +159,12 @@ class ExtractorDeps:
     composer: pykka.ActorRef[Any]
     on_crash: Callable[[int, str, tuple[str, ...]], None]
     on_fatal: Callable[[int, Exception], None]
+    # Told when a tell to the registry or the composer finds it dead.
+    on_peer_dead: Callable[[str], None] = lambda _name: None
+    # Set when the runtime stops dispatching: a call still waiting for its
+    # launch turn is not sent.
+    dispatch_stopped: threading.Event = field(default_factory=threading.Event)
+    threads: ThreadLedger | None = None
     crash_hook: Callable[[tuple[Queued, ...]], None] | None = None
 
 
@@ -134,6 +173,9 @@ class ProviderConfigurationError(Exception):
 
 
 class Extractor(pykka.ThreadingActor):
+    # A stuck actor thread must never keep the process from exiting.
+    use_daemon_thread = True
+
     def __init__(self, extractor_id: int, deps: ExtractorDeps) -> None:
         super().__init__()
         self.extractor_id = extractor_id
@@ -147,6 +189,8 @@ class Extractor(pykka.ThreadingActor):
         self._capacity = deps.config.runtime.max_packs_in_flight
         self._work_requested = False
         self._halted = False
+        # Winding down: no new call, no retry; what is not done goes back.
+        self._winding_down = False
         self._tell: Callable[[Any], None] = lambda _m: None
         self._log = _log.bind(extractor=extractor_id)
         # The articles of the message being handled: blamed if it crashes us.
@@ -155,6 +199,8 @@ class Extractor(pykka.ThreadingActor):
     # ---- lifecycle -------------------------------------------------------------
 
     def on_start(self) -> None:
+        if self._deps.threads is not None:
+            self._deps.threads.add_current("extractor")
         self._tell = safe_teller(self.actor_ref)
         self._want_work()
 
@@ -172,8 +218,21 @@ class Extractor(pykka.ThreadingActor):
         can tell, so they are reported abandoned rather than refunded."""
         for pack in self._packs.values():
             if pack.future is not None and pack.grant is not None and pack.future.cancel():
-                with contextlib.suppress(pykka.ActorDeadError):
-                    self._deps.registry.tell(Report(pack.grant.grant_id, Abandoned()))
+                self._to_registry(Report(pack.grant.grant_id, Abandoned()))
+
+    def _to_registry(self, message: Any) -> None:
+        """A tell that survives a dead registry: the runtime is told and
+        fails; this extractor does not crash (and get restarted) over it."""
+        try:
+            self._deps.registry.tell(message)
+        except pykka.ActorDeadError:
+            self._deps.on_peer_dead("registry")
+
+    def _to_composer(self, message: Any) -> None:
+        try:
+            self._deps.composer.tell(message)
+        except pykka.ActorDeadError:
+            self._deps.on_peer_dead("composer")
 
     # ---- messages --------------------------------------------------------------
 
@@ -197,6 +256,10 @@ class Extractor(pykka.ThreadingActor):
                 self._handling = self._pack_articles(message.pack_id)
                 self._on_call_done(message)
                 self._want_work()
+            case WindDown():
+                self._wind_down()
+            case Quiesce():
+                self._quiesce()
             case _:
                 raise TypeError(f"Extractor: unexpected message {message!r}")
         return None
@@ -209,7 +272,7 @@ class Extractor(pykka.ThreadingActor):
         if self._work_requested or self._halted or len(self._packs) >= self._capacity:
             return
         self._work_requested = True
-        self._deps.composer.tell(RequestWork(self.extractor_id, self._tell))
+        self._to_composer(RequestWork(self.extractor_id, self._tell))
 
     # ---- packing -----------------------------------------------------------------
 
@@ -240,8 +303,7 @@ class Extractor(pykka.ThreadingActor):
 
     def _sent(self, grant_id: int, at: float) -> None:
         """Called on the event-loop thread; a tell is thread-safe."""
-        with contextlib.suppress(pykka.ActorDeadError):
-            self._deps.registry.tell(Sent(grant_id, at))
+        self._to_registry(Sent(grant_id, at))
 
     def _article_tokens(self, item: Queued) -> int:
         """The article's share of a request's estimated input tokens."""
@@ -253,12 +315,16 @@ class Extractor(pykka.ThreadingActor):
         return self._estimator.estimate(0, 0)
 
     def _acquire(self, pack: _Pack) -> None:
+        if self._winding_down or self._halted:
+            # Stopping: no new call and no retry; the article goes back.
+            self._give_back(pack.members)
+            return
         chain = tuple(m for m in self._ladder.chain(pack.tier) if m not in pack.excluded)
         if not chain:
             self._finish_failed(pack.members, pack.tier)
             return
         self._packs[pack.pack_id] = pack
-        self._deps.registry.tell(
+        self._to_registry(
             Acquire(
                 request_id=pack.pack_id,
                 holder=self.extractor_id,
@@ -275,8 +341,11 @@ class Extractor(pykka.ThreadingActor):
 
     def _on_granted(self, pack_id: int, grant: Grant) -> None:
         pack = self._packs.get(pack_id)
-        if pack is None or self._halted:
-            self._deps.registry.tell(Report(grant.grant_id, Cancelled()))
+        if pack is None or self._halted or self._winding_down:
+            self._to_registry(Report(grant.grant_id, Cancelled()))
+            if pack is not None:
+                del self._packs[pack_id]
+                self._give_back(pack.members)
             return
         for member in pack.members:
             member.attempts += 1
@@ -291,16 +360,38 @@ class Extractor(pykka.ThreadingActor):
             attempt=max(m.attempts for m in pack.members),
         )
         pack.grant = grant
+        pack.launch = launch = _Launch()
         future = self._deps.loop.submit(
-            _invoke(self._deps.provider, request, self._deps.pacer, self._clock, self._sent)
+            _invoke(
+                self._deps.provider,
+                request,
+                self._deps.pacer,
+                self._clock,
+                self._sent,
+                self._deps.dispatch_stopped,
+                launch,
+            )
         )
         pack.future = future
         tell = self._tell
+        clock = self._clock
 
         def done(fut: concurrent.futures.Future[tuple[PackAnswer, float, float]]) -> None:
+            """Always tells the actor, whatever became of the call: a pack
+            whose completion is never told would hang, its lease renewed
+            forever."""
             if fut.cancelled():
+                # Only the runtime cancels calls (stop, failure), and it has
+                # reported the grant abandoned already.
+                now = clock.now()
+                tell(CallDone(pack_id, grant, PackAnswer(Abandoned()), now, now))
                 return
-            answer, started, finished = fut.result()
+            try:
+                answer, started, finished = fut.result()
+            except BaseException as exc:  # _invoke maps errors; this is a last resort
+                now = clock.now()
+                answer = PackAnswer(ServerError(None, f"provider call failed: {_describe(exc)}"))
+                started = finished = now
             tell(CallDone(pack_id, grant, answer, started, finished))
 
         future.add_done_callback(done)
@@ -308,6 +399,9 @@ class Extractor(pykka.ThreadingActor):
     def _on_acquire_failed(self, pack_id: int, reason: str, detail: str) -> None:
         pack = self._packs.pop(pack_id, None)
         if pack is None:
+            return
+        if reason == "stopped":  # the registry stopped granting: give it back
+            self._give_back(pack.members)
             return
         for member in pack.members:
             member.last_reason = FailureReason.NO_MODEL
@@ -318,7 +412,9 @@ class Extractor(pykka.ThreadingActor):
     def _on_call_done(self, done: CallDone) -> None:
         pack = self._packs.pop(done.pack_id, None)
         outcome = done.answer.outcome
-        self._deps.registry.tell(Report(done.grant.grant_id, outcome))
+        if pack is None and isinstance(outcome, Abandoned):
+            return  # cancelled by us; reported when it was cancelled
+        self._to_registry(Report(done.grant.grant_id, outcome))
         if pack is None:
             return
         model = done.grant.model
@@ -360,6 +456,10 @@ class Extractor(pykka.ThreadingActor):
                 self._finish_failed(pack.members, pack.tier)
             case AuthFailed(status, message):
                 self._halt(pack, ProviderConfigurationError(f"HTTP {status}: {message}"))
+            case Cancelled() | Abandoned():
+                # Not sent (dispatch stopped before its launch turn), or
+                # cancelled by the runtime: the articles go back untried.
+                self._give_back(pack.members)
             case _:
                 self._retry(pack, (FailureReason.RETRIES_EXHAUSTED, f"{type(outcome).__name__}"))
 
@@ -465,7 +565,12 @@ class Extractor(pykka.ThreadingActor):
 
     def _send(self, results: list[TerminalResult]) -> None:
         if results:
-            self._deps.composer.tell(Finished(self.extractor_id, tuple(results)))
+            self._to_composer(Finished(self.extractor_id, tuple(results)))
+
+    def _give_back(self, members: Iterable[_Progress]) -> None:
+        ids = tuple(m.item.article.id for m in members)
+        if ids:
+            self._to_composer(GiveBack(self.extractor_id, ids))
 
     def _halt(self, pack: _Pack, error: Exception) -> None:
         """A configuration error: stop taking work and give everything back."""
@@ -473,10 +578,34 @@ class Extractor(pykka.ThreadingActor):
         members = [m for p in [pack, *self._packs.values()] for m in p.members]
         self._cancel_calls()
         self._packs.clear()
-        self._deps.composer.tell(
-            GiveBack(self.extractor_id, tuple(m.item.article.id for m in members))
-        )
+        self._give_back(members)
         self._deps.on_fatal(self.extractor_id, error)
+
+    def _quiesce(self) -> None:
+        """The runtime failed: cancel every call, give everything back."""
+        self._halted = True
+        members = [m for p in self._packs.values() for m in p.members]
+        self._cancel_calls()
+        self._packs.clear()
+        self._give_back(members)
+
+    def _wind_down(self) -> None:
+        """Shutting down: packs not in a provider call go back now; calls in
+        flight finish (``_acquire`` gives back what would be retried)."""
+        self._winding_down = True
+        self._halted = True  # no more work requests
+        waiting = [
+            p
+            for p in self._packs.values()
+            if p.future is None or (p.launch is not None and p.launch.withdraw())
+        ]
+        for pack in waiting:
+            del self._packs[pack.pack_id]
+        self._give_back(m for p in waiting for m in p.members)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def _invoke(
@@ -485,16 +614,25 @@ async def _invoke(
     pacer: LaunchPacer,
     clock: Clock,
     sent: Callable[[int, float], None],
+    dispatch_stopped: threading.Event,
+    launch: _Launch,
 ) -> tuple[PackAnswer, float, float]:
-    """Run one provider call with the runtime's own timeout. Never raises:
-    a provider that raises is reported as a server error. The registry hears
-    when the request really leaves, so its window follows the provider's.
+    """Run one provider call with the runtime's own timeout. Never raises
+    (unless the runtime itself cancels it): a provider that raises -- a
+    stray ``CancelledError`` included -- is reported as a server error. The
+    registry hears when the request really leaves, so its window follows
+    the provider's. A call whose launch turn comes after dispatch stopped is
+    not sent at all (``Cancelled``: the grant is refunded), nor is one
+    withdrawn by a winding-down extractor.
 
     The runtime's timeout is a backstop behind the provider's own: it allows
     ``timeout_s`` after the provider's latest send mark, and before any mark
     twice that from the start (a provider may first wait up to ``timeout_s``
     for a connection of its own pool; see ``ExtractionRequest``)."""
     await pacer.turn()
+    if dispatch_stopped.is_set() or not launch.start():
+        now = clock.now()
+        return PackAnswer(Cancelled()), now, now
     started = clock.now()
     sent(request.grant_id, started)
     loop = asyncio.get_running_loop()
@@ -521,6 +659,13 @@ async def _invoke(
                 finished = True
     except TimeoutError:
         answer = PackAnswer(TimedOut(after_s=clock.now() - started))
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # the runtime cancelled this call (stop, failure)
+        # The provider's own doing (an SDK cancelling an inner task, ...):
+        # a failed call like any other, so the pack fails over.
+        answer = PackAnswer(ServerError(None, f"provider raised {_describe(exc)}"))
     except Exception as exc:
-        answer = PackAnswer(ServerError(None, f"provider raised {type(exc).__name__}: {exc}"))
+        answer = PackAnswer(ServerError(None, f"provider raised {_describe(exc)}"))
     return answer, started, clock.now()

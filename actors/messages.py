@@ -45,7 +45,9 @@ class Granted:
 
 @dataclass(frozen=True, slots=True)
 class AcquireFailed:
-    """``reason`` is "expired" (deadline passed) or "no_route"."""
+    """``reason`` is "expired" (deadline passed), "no_route", or "stopped"
+    (the registry stopped granting: the runtime is shutting down or failed,
+    so the pack is given back, not failed)."""
 
     request_id: int
     reason: str
@@ -71,6 +73,12 @@ class ReleaseHolder:
     """A holder (an extractor) is gone: drop its waits, abandon its grants."""
 
     holder: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopGranting:
+    """Shutting down: answer every waiter "stopped" and every later request
+    too. Reports of calls still in flight are still accounted for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +170,23 @@ class WhenSpace:
 
 @dataclass(frozen=True, slots=True)
 class Pause:
+    """Stop dispatching (a fatal error): pending drain and space waiters are
+    answered False, so nobody waits for a queue that will not move."""
+
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BeginShutdown:
+    """Stop dispatching for good. From now on articles that extractors give
+    back are kept aside for ``TakeReturned`` instead of being queued again,
+    and a drain waits only for what extractors still hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class TakeReturned:
+    """Hand back (and forget) every article queued, suspect, or given back
+    since ``BeginShutdown``: none of them is in a provider call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +213,15 @@ class CallDone:
 
 @dataclass(frozen=True, slots=True)
 class Quiesce:
-    """Stop asking for work; cancel what is held and give it back."""
+    """The runtime failed: stop asking for work, cancel the calls in flight
+    and give back everything held."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindDown:
+    """Shutting down: stop asking for work and start no new call; give back
+    at once every pack not in a provider call; when a call in flight ends,
+    finish what succeeded and give back the rest instead of retrying."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,8 +82,9 @@ def bind_request_sent(callback: Callable[[], None] | None) -> None:
 @runtime_checkable
 class Provider(Protocol):
     """Calls a model. ``extract`` must map every provider error onto a
-    ``CallOutcome`` rather than raise; an exception that escapes is treated
-    as a server error, never as a crash of the runtime."""
+    ``CallOutcome`` rather than raise; an exception that escapes -- a
+    ``CancelledError`` the runtime did not cause included -- is treated as
+    a server error, never as a crash of the runtime."""
 
     async def extract(self, request: ExtractionRequest) -> PackAnswer: ...
 

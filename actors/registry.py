@@ -26,6 +26,7 @@ import contextlib
 import heapq
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -41,9 +42,11 @@ from tierbatch.actors.messages import (
     ReleaseHolder,
     Report,
     Sent,
+    StopGranting,
     Wake,
 )
 from tierbatch.actors.observer import NullObserver, RegistryObserver
+from tierbatch.actors.threads import ThreadLedger
 from tierbatch.actors.waker import Waker
 from tierbatch.policies.outcomes import (
     Abandoned,
@@ -64,16 +67,28 @@ _COOLING_OUTCOMES = (RateLimited, ServerError, TimedOut)
 
 
 class ModelRegistry(pykka.ThreadingActor):
+    """``on_died`` is called (on this actor's thread) if a message handler
+    raises: the actor is then dead, so the runtime must stop using it."""
+
+    # A stuck actor thread must never keep the process from exiting.
+    use_daemon_thread = True
+
     def __init__(
         self,
         policy: QuotaPolicy,
         clock: Clock,
         observer: RegistryObserver | None = None,
+        on_died: Callable[[str, BaseException], None] | None = None,
+        threads: ThreadLedger | None = None,
     ) -> None:
         super().__init__()
+        self._threads = threads
         self._policy = policy
         self._clock = clock
         self._observer: RegistryObserver = observer or NullObserver()
+        self._on_died = on_died
+        # After StopGranting: every request is answered "stopped".
+        self._stopped_granting = False
         # (tier_rank, enqueued_at, seq, message, queued_at): popped in that order.
         self._waiters: list[_Entry] = []
         self._with_deadline = 0
@@ -97,14 +112,14 @@ class ModelRegistry(pykka.ThreadingActor):
     # ---- lifecycle -----------------------------------------------------------
 
     def on_start(self) -> None:
+        if self._threads is not None:
+            self._threads.add_current("registry")
         self._waker.start()
 
     def on_stop(self) -> None:
         self._waker.stop()
         now, offset = self._read_clock()
-        for entry in self._waiters:
-            entry[3].reply(AcquireFailed(entry[3].request_id, "expired", "registry stopped"))
-        self._waiters.clear()
+        self._answer_waiters("registry stopped")
         # Calls still out are of unknown fate: count them spent.
         for grant_id in list(self._grants):
             self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
@@ -117,6 +132,21 @@ class ModelRegistry(pykka.ThreadingActor):
         now = self._clock.now()
         self._offset = self._clock.wall() - now
         return now, self._offset
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """A handler raised: this actor is dead. Stop the timer thread (pykka
+        calls no ``on_stop`` now), answer every waiter so no pack hangs on
+        a dead registry, and tell the runtime."""
+        self._waker.stop()
+        with contextlib.suppress(Exception):
+            self._answer_waiters("the registry died")
+        if self._on_died is not None:
+            self._on_died("registry", exception_value)
+
+    def _answer_waiters(self, detail: str) -> None:
+        waiters, self._waiters = self._waiters, []
+        for entry in waiters:
+            entry[3].reply(AcquireFailed(entry[3].request_id, "stopped", detail))
 
     def _tell_wake(self, generation: int) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
@@ -138,6 +168,14 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._serve(self._read_clock()[0])
             case ReleaseHolder(holder):
                 self._on_release_holder(holder)
+            case StopGranting():
+                self._stopped_granting = True
+                self._answer_waiters("the runtime is shutting down")
+                self._demand.clear()
+                self._primary_demand.clear()
+                self._live_patience.clear()
+                self._with_deadline = 0
+                self._waker.arm(None)
             case GetQuotaStatus():
                 now, offset = self._read_clock()
                 return self._policy.status(now, wall_offset=offset)
@@ -148,6 +186,9 @@ class ModelRegistry(pykka.ThreadingActor):
         return None
 
     def _on_acquire(self, msg: Acquire) -> None:
+        if self._stopped_granting:
+            msg.reply(AcquireFailed(msg.request_id, "stopped", "the runtime is shutting down"))
+            return
         now, offset = self._read_clock()
         if not self._waiters:
             result = self._policy.acquire(

@@ -7,6 +7,18 @@
 It starts the three actors -- one ModelRegistry, one BatchComposer, a pool of
 Extractors under a Supervisor -- and the one event-loop thread they share for
 provider calls, and on ``stop`` tears every one of them down again.
+
+Failure: pykka supervises nothing, so the runtime does. A crashed extractor
+is replaced by the supervisor (its state is disposable: the composer's
+ledger takes back what it held). The registry, the composer and the
+supervisor are not restarted: an unhandled exception there is a bug that
+may have left their state half-updated, and a restart would need every
+peer to re-address it. Instead the runtime *fails* at once, from the dying
+actor's own ``on_failure``: it records a ``RuntimeFailure`` naming the
+actor, stops dispatching, tells the extractors to give everything back, and
+answers every pending ``submit``/``drain`` with that error. ``stop`` still
+runs every step (each in its own guard) and returns what it can, so a
+durable queue hands the work out again.
 """
 
 from __future__ import annotations
@@ -14,41 +26,63 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pykka
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, wall_offset
 from tierbatch.actors.composer import BatchComposer, ComposerStats, SubmitResult
-from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeNotRunning
+from tierbatch.actors.errors import (
+    ActorDied,
+    FatalProviderError,
+    QueueFull,
+    RuntimeFailure,
+    RuntimeNotRunning,
+    ShuttingDown,
+)
 from tierbatch.actors.event_loop import LaunchPacer, LoopThread
 from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
+    BeginShutdown,
     GetComposerStats,
     GetQuotaSnapshot,
     GetQuotaStatus,
     ObserveClusters,
     Pause,
+    Quiesce,
     ReleaseHolder,
+    StopGranting,
     Submit,
+    TakeReturned,
     TakeUnfinished,
     WhenDrained,
     WhenSpace,
+    WindDown,
 )
 from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider, Sink
 from tierbatch.actors.registry import ModelRegistry
-from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, Supervisor
+from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarting, Supervisor
+from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
 from tierbatch.policies.tiers import TierLadder
 
 _log = structlog.get_logger("tierbatch.runtime")
+
+T = TypeVar("T")
+
+# How often a wait on an actor's answer checks that the actor still lives
+# (pykka answers nothing for an ask that raced the actor's death).
+_LIVENESS_CHECK_S = 0.5
+# Bounds on the teardown, so ``stop`` returns whatever is stuck.
+ACTOR_STOP_TIMEOUT_S = 10.0
+PROVIDER_CLOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +153,25 @@ class Runtime:
         self._crash_hook = crash_hook
         self._fatal: Exception | None = None
         self._fatal_lock = threading.Lock()
+        self._failed = False  # a RuntimeFailure happened (handled once)
         self._started = False
         self._stopped = False
+        self._shutting_down = False
+        # Set on shutdown or failure: a call still waiting for its launch
+        # turn is not sent.
+        self._dispatch_stopped = threading.Event()
         self._loop: LoopThread | None = None
+        self._policy: QuotaPolicy | None = None
         self._registry: pykka.ActorRef[Any] | None = None
         self._composer: pykka.ActorRef[Any] | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
+        # Every extractor ever started, so teardown and failure reach them
+        # without the supervisor (which may be the actor that died).
+        self._extractors: list[pykka.ActorRef[Any]] = []
+        self._extractors_lock = threading.Lock()
+        self._threads = ThreadLedger()
+        # What a dead composer's ledger still held, for ``stop`` to return.
+        self._composer_leftovers: tuple[Article, ...] = ()
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -143,10 +190,16 @@ class Runtime:
             policy.clear_unavailable()  # a new process probes 404ed models again
         else:
             policy = QuotaPolicy(config.models, config.quota)
+        self._policy = policy
         self._loop = LoopThread()
         self._loop.start()
-        self._registry = ModelRegistry.start(policy, clock, self._observer)
-        self._composer = BatchComposer.start(config, self.sink, clock)
+        threads = self._threads
+        self._registry = ModelRegistry.start(
+            policy, clock, self._observer, self._on_actor_died, threads
+        )
+        self._composer = BatchComposer.start(
+            config, self.sink, clock, self._on_composer_died, threads
+        )
         registry, composer, loop = self._registry, self._composer, self._loop
         deps = ExtractorDeps(
             config=config,
@@ -159,15 +212,28 @@ class Runtime:
             composer=composer,
             on_crash=self._on_extractor_crash,
             on_fatal=self._on_fatal,
+            on_peer_dead=self._on_peer_dead,
+            dispatch_stopped=self._dispatch_stopped,
+            threads=threads,
             crash_hook=self._crash_hook,
         )
+
+        def start_extractor(extractor_id: int) -> pykka.ActorRef[Any]:
+            ref = Extractor.start(extractor_id, deps)
+            with self._extractors_lock:
+                self._extractors = [r for r in self._extractors if r.is_alive()]
+                self._extractors.append(ref)
+            return ref
+
         self._supervisor = Supervisor.start(
             config.runtime.extractors,
-            lambda extractor_id: Extractor.start(extractor_id, deps),
+            start_extractor,
             registry,
             composer,
             clock,
-            self._on_give_up,
+            self._fail,
+            on_died=self._on_actor_died,
+            threads=threads,
         )
         _log.info(
             "runtime started",
@@ -194,30 +260,90 @@ class Runtime:
         With ``drain`` it first waits (up to ``timeout`` seconds) for every
         submitted article to become terminal. Articles that are not terminal
         when the pool stops are returned -- never written as results -- so a
-        durable queue can hand them out again.
+        durable queue can hand them out again (after ``begin_shutdown``:
+        those not already returned by it).
+
+        Every step runs even when an earlier one failed (each is guarded and
+        bounded in time), so a failed runtime still stops its threads, closes
+        the provider and flushes the sink.
         """
         if not self._started or self._stopped:
             return []
         if drain and self._fatal is None:
-            with contextlib.suppress(FatalProviderError):
+            with contextlib.suppress(FatalProviderError, RuntimeFailure):
                 self.drain(timeout)
         self._stopped = True
-        assert self._supervisor and self._composer and self._registry and self._loop
-        extractors: list[pykka.ActorRef[Any]] = self._supervisor.ask(StopPool(), block=True)
-        for ref in extractors:
-            ref.stop()
-        self._supervisor.stop()
-        unfinished: list[Article] = self._composer.ask(TakeUnfinished(), block=True)
-        self._composer.stop()
-        self._registry.stop()
-        try:
-            self._loop.run(self.provider.aclose(), timeout=10.0)
-        except Exception:
-            _log.exception("provider close failed")
-        self._loop.stop()
-        self.sink.flush()
+        self._dispatch_stopped.set()
+        steps = _Teardown()
+        supervisor, composer, registry = self._supervisor, self._composer, self._registry
+        if supervisor is not None:
+            steps.run(
+                "supervisor",
+                lambda: supervisor.ask(StopPool(), block=True, timeout=ACTOR_STOP_TIMEOUT_S),
+            )
+        steps.stop_all("extractor", self._live_extractors())
+        steps.stop_all("supervisor", [supervisor] if supervisor else [])
+        unfinished: list[Article] | None = None
+        if composer is not None:
+            unfinished = steps.run(
+                "composer",
+                lambda: composer.ask(TakeUnfinished(), block=True, timeout=ACTOR_STOP_TIMEOUT_S),
+            )
+        if unfinished is None:
+            # The composer died: its failure handler hands over its ledger
+            # on its own thread, which ends once that is done.
+            self._threads.join(ACTOR_STOP_TIMEOUT_S, role="composer")
+            unfinished = list(self._composer_leftovers)
+        self._composer_leftovers = ()
+        steps.stop_all("composer", [composer] if composer else [])
+        steps.stop_all("registry", [registry] if registry else [])
+        loop = self._loop
+        if loop is not None:
+            steps.run(
+                "provider",
+                lambda: loop.run(self.provider.aclose(), timeout=PROVIDER_CLOSE_TIMEOUT_S),
+            )
+            steps.run("event loop", loop.stop)
+        steps.run("sink", self.sink.flush)
+        left = self._threads.join(ACTOR_STOP_TIMEOUT_S)
+        if left:
+            _log.error("runtime stop: actor threads still running; left behind", threads=left)
+        steps.log_dead()
         _log.info("runtime stopped", unfinished=len(unfinished))
         return unfinished
+
+    def begin_shutdown(self) -> list[Article]:
+        """Stop dispatching now and hand back, at once, every article that
+        is not in a provider call: queued ones, and those extractors hold
+        while waiting for quota or a launch turn. No new call starts after
+        this returns. Calls in flight run on: when one ends, what succeeded
+        becomes terminal and the rest is given back instead of retried.
+
+        Then ``drain(timeout)`` waits for those calls, and ``stop()``
+        returns what they gave back (and whatever a timeout cut short).
+        ``submit`` raises ``ShuttingDown`` from now on. A daemon releases
+        the returned articles' leases at once.
+        """
+        composer = self._running_composer()
+        self._shutting_down = True
+        self._dispatch_stopped.set()
+        self._ask(composer, "composer", BeginShutdown())
+        if self._registry is not None:
+            with contextlib.suppress(RuntimeFailure):
+                self._ask(self._registry, "registry", StopGranting())
+        # Each extractor gives back what it holds outside a call (GiveBack
+        # reaches the composer before its answer to us does), so the
+        # composer's answer below includes all of it.
+        answers = [(ref, ref.ask(WindDown(), block=False)) for ref in self._live_extractors()]
+        deadline = time.monotonic() + ACTOR_STOP_TIMEOUT_S
+        for ref, answer in answers:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout, RuntimeFailure):
+                self._await(answer, ref, "extractor", max(0.0, deadline - time.monotonic()))
+        returned: list[Article] = self._ask(composer, "composer", TakeReturned())
+        _log.info(
+            "shutting down: no new calls; work not in flight handed back", returned=len(returned)
+        )
+        return returned
 
     # ---- work ----------------------------------------------------------------------
 
@@ -238,6 +364,9 @@ class Runtime:
         ``observe_clusters``.
         """
         composer = self._running_composer()
+        self._raise_if_fatal()
+        if self._shutting_down:
+            raise ShuttingDown("the runtime is shutting down: it takes no more articles")
         pending = tuple(articles)
         for index, article in enumerate(pending):
             if not isinstance(article, Article):
@@ -248,8 +377,8 @@ class Runtime:
         accepted = 0
         duplicates: list[str] = []
         while pending:
-            result: SubmitResult = composer.ask(
-                Submit(pending, observe=not clusters_observed), block=True
+            result: SubmitResult = self._ask(
+                composer, "composer", Submit(pending, observe=not clusters_observed)
             )
             accepted += result.accepted
             duplicates.extend(result.duplicates)
@@ -262,13 +391,16 @@ class Runtime:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise QueueFull(accepted, len(pending), capacity)
-            space: pykka.ThreadingFuture[bool] = composer.ask(WhenSpace(), block=True)
+            space: pykka.ThreadingFuture[bool] = self._ask(composer, "composer", WhenSpace())
             try:
-                if not space.get(timeout=remaining):
-                    self._raise_if_fatal()
-                    raise RuntimeNotRunning("the runtime stopped while submit was waiting")
+                has_space = self._await(space, composer, "composer", remaining)
             except pykka.Timeout:
                 raise QueueFull(accepted, len(pending), capacity) from None
+            if not has_space:
+                self._raise_if_fatal()
+                if self._shutting_down:
+                    raise ShuttingDown("the runtime began shutting down while submit was waiting")
+                raise RuntimeNotRunning("the runtime stopped while submit was waiting")
         return SubmitReceipt(accepted, tuple(duplicates))
 
     def observe_clusters(self, observations: Iterable[tuple[str, float]]) -> None:
@@ -278,17 +410,23 @@ class Runtime:
         at a time with ``clusters_observed=True``, so an article's priority
         reflects its cluster's full size rather than what was leased so far.
         """
-        self._running_composer().tell(ObserveClusters(tuple(observations)))
+        composer = self._running_composer()
+        try:
+            composer.tell(ObserveClusters(tuple(observations)))
+        except pykka.ActorDeadError:
+            raise self._dead("composer") from None
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every article submitted so far is terminal. Returns
+        """Wait until every article submitted so far is terminal (after
+        ``begin_shutdown``: until the calls in flight have ended). Returns
         False on timeout; raises ``FatalProviderError`` when the provider
-        refused the configuration."""
+        refused the configuration and ``RuntimeFailure`` when the runtime
+        itself failed."""
         composer = self._running_composer()
         self._raise_if_fatal()
-        drained: pykka.ThreadingFuture[bool] = composer.ask(WhenDrained(), block=True)
+        drained: pykka.ThreadingFuture[bool] = self._ask(composer, "composer", WhenDrained())
         try:
-            ok = drained.get(timeout=timeout)
+            ok = self._await(drained, composer, "composer", timeout)
         except pykka.Timeout:
             return False
         self._raise_if_fatal()
@@ -297,10 +435,13 @@ class Runtime:
     # ---- introspection ---------------------------------------------------------------
 
     def stats(self) -> RuntimeStats:
+        """Counts and quota state. Works after a provider error or a failure
+        as long as the composer and registry live; raises ``RuntimeFailure``
+        when one of them died."""
         composer = self._running_composer()
         assert self._registry is not None
-        c: ComposerStats = composer.ask(GetComposerStats(), block=True)
-        models: tuple[ModelStatus, ...] = self._registry.ask(GetQuotaStatus(), block=True)
+        c: ComposerStats = self._ask(composer, "composer", GetComposerStats())
+        models: tuple[ModelStatus, ...] = self._ask(self._registry, "registry", GetQuotaStatus())
         now = self.clock.now()
         cooldowns = {
             m.model: max(m.cooldown_until or 0.0, m.exhausted_until or 0.0)
@@ -327,14 +468,23 @@ class Runtime:
         )
 
     def quota_snapshot(self) -> dict[str, Any]:
-        """The registry's state as plain data (msgpack-ready)."""
-        if self._registry is None:
+        """The registry's state as plain data (msgpack-ready). After the
+        registry died, its last state is read directly (nothing changes it
+        any more), so the day's usage can still be saved."""
+        registry = self._registry
+        if registry is None or self._policy is None:
             raise RuntimeNotRunning("the runtime is not running")
-        snapshot: dict[str, Any] = self._registry.ask(GetQuotaSnapshot(), block=True)
-        return snapshot
+        if registry.is_alive():
+            with contextlib.suppress(RuntimeFailure):
+                snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
+                return snapshot
+        return self._policy.snapshot()
 
     @property
     def fatal_error(self) -> Exception | None:
+        """What stopped the run: a provider configuration error
+        (``ProviderConfigurationError``, raised to callers as
+        ``FatalProviderError``) or a ``RuntimeFailure``; None while healthy."""
         return self._fatal
 
     # ---- internals -------------------------------------------------------------------
@@ -345,14 +495,123 @@ class Runtime:
         return self._composer
 
     def _raise_if_fatal(self) -> None:
-        if self._fatal is not None:
-            raise FatalProviderError(str(self._fatal)) from self._fatal
+        fatal = self._fatal
+        if fatal is None:
+            return
+        if isinstance(fatal, RuntimeFailure):
+            raise fatal.with_traceback(None)
+        raise FatalProviderError(str(fatal)) from fatal
+
+    def _live_extractors(self) -> list[pykka.ActorRef[Any]]:
+        with self._extractors_lock:
+            return [ref for ref in self._extractors if ref.is_alive()]
+
+    def _ask(self, ref: pykka.ActorRef[Any], actor: str, message: Any) -> Any:
+        """Ask an actor and wait for the answer; a dead actor is a
+        ``RuntimeFailure``, never a hang. An exception the handler raised
+        (the actor lives on) reaches the caller as it is."""
+        try:
+            future = ref.ask(message, block=False)
+        except pykka.ActorDeadError:
+            raise self._dead(actor) from None
+        return self._await(future, ref, actor, None)
+
+    def _await(
+        self,
+        future: pykka.Future[T],
+        ref: pykka.ActorRef[Any],
+        actor: str,
+        timeout: float | None,
+    ) -> T:
+        """``future.get(timeout)``, checking every so often that the actor
+        that should answer it still lives. Raises ``pykka.Timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = _LIVENESS_CHECK_S
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            try:
+                return future.get(timeout=wait)
+            except pykka.ActorDeadError:
+                raise self._dead(actor) from None
+            except pykka.Timeout:
+                if not ref.is_alive():
+                    raise self._dead(actor) from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    def _dead(self, actor: str) -> RuntimeFailure:
+        """The failure to raise when ``actor`` was found dead (a dying actor
+        normally fails the runtime itself; this covers the race)."""
+        if actor != "extractor":
+            self._fail(ActorDied(actor))
+        fatal = self._fatal
+        if isinstance(fatal, RuntimeFailure):
+            return fatal
+        return ActorDied(actor)
 
     def _on_extractor_crash(self, extractor_id: int, error: str, blamed: tuple[str, ...]) -> None:
         supervisor = self._supervisor
         if supervisor is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
+            try:
                 supervisor.tell(ExtractorCrashed(extractor_id, error, blamed))
+            except pykka.ActorDeadError:
+                if not self._stopped:
+                    self._fail(ActorDied("supervisor"))
+
+    def _on_actor_died(self, actor: str, error: BaseException) -> None:
+        """``on_failure`` of the registry or the supervisor (their thread)."""
+        self._fail(ActorDied(actor, error))
+
+    def _on_composer_died(
+        self, actor: str, error: BaseException, unfinished: tuple[Article, ...]
+    ) -> None:
+        self._composer_leftovers = unfinished
+        self._fail(ActorDied(actor, error))
+
+    def _on_peer_dead(self, actor: str) -> None:
+        if self._stopped:  # stop() stops them all: a late tell finds them gone
+            return
+        self._fail(ActorDied(actor))
+
+    def _fail(self, error: RuntimeFailure) -> None:
+        """Turn the runtime fatal (first failure wins). Called on whichever
+        thread noticed -- often a dying actor's own -- so it only tells."""
+        with self._fatal_lock:
+            first = not self._failed
+            self._failed = True
+            fatal = self._fatal
+            if fatal is None:  # a provider error that came first stays the cause
+                self._fatal = error
+            elif (
+                isinstance(fatal, ActorDied)
+                and fatal.cause is None
+                and error.actor == fatal.actor
+                and error.cause is not None
+            ):
+                # A peer found it dead before its own on_failure said why.
+                self._fatal = error
+                _log.error(
+                    "the runtime failed: cause",
+                    actor=error.actor,
+                    error=error.detail,
+                    exc_info=error.cause,
+                )
+        if not first:
+            return
+        self._dispatch_stopped.set()
+        _tell(self._supervisor, StopRestarting())
+        _tell(self._composer, Pause(str(error)))
+        _tell(self._registry, StopGranting())
+        for ref in self._live_extractors():
+            _tell(ref, Quiesce())
+        _log.error(
+            "THE RUNTIME FAILED: no more work is dispatched; unfinished articles are handed "
+            "back by stop(). This is not a provider or API key problem.",
+            actor=error.actor,
+            error=error.detail,
+            exc_info=error.cause,
+        )
 
     def _on_fatal(self, extractor_id: int, error: Exception) -> None:
         with self._fatal_lock:
@@ -367,15 +626,68 @@ class Runtime:
             "may use these models. Queued articles are kept.",
             error=str(error),
         )
-        if self._composer is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._composer.tell(Pause(str(error)))
-        if self._registry is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._registry.tell(ReleaseHolder(extractor_id))
+        _tell(self._composer, Pause(str(error)))
+        _tell(self._registry, ReleaseHolder(extractor_id))
 
-    def _on_give_up(self, reason: str) -> None:
-        self._on_fatal(0, RuntimeError(reason))
+
+def _tell(ref: pykka.ActorRef[Any] | None, message: Any) -> None:
+    if ref is not None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            ref.tell(message)
+
+
+class _Teardown:
+    """Runs teardown steps so that each runs whatever became of the others:
+    an actor found dead is expected after a failure and noted (logged once,
+    at the end); anything else is logged with its traceback."""
+
+    def __init__(self) -> None:
+        self.dead: list[str] = []
+
+    def run(self, what: str, step: Callable[[], T]) -> T | None:
+        try:
+            return step()
+        except pykka.ActorDeadError:
+            self.dead.append(what)
+        except pykka.Timeout:
+            _log.error("runtime stop: step timed out; going on", step=what)
+        except Exception:
+            _log.exception("runtime stop: step failed; going on", step=what)
+        return None
+
+    def stop_all(self, what: str, refs: list[pykka.ActorRef[Any]]) -> None:
+        """Ask every actor of ``refs`` to stop, then wait for them together
+        (bounded): a stuck one is left behind, logged, and never blocks
+        process exit (actor threads are daemon threads)."""
+        pending = []
+        for ref in refs:
+            if not ref.is_alive():
+                self.dead.append(what)
+                continue
+            pending.append((ref, ref.stop(block=False)))
+        deadline = time.monotonic() + ACTOR_STOP_TIMEOUT_S
+        stuck = 0
+        for _ref, future in pending:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except pykka.Timeout:
+                stuck += 1
+            except Exception:
+                _log.exception("runtime stop: stopping an actor failed", actor=what)
+        if stuck:
+            _log.error(
+                "runtime stop: actors did not stop in time; left behind",
+                actor=what,
+                count=stuck,
+                timeout_s=ACTOR_STOP_TIMEOUT_S,
+            )
+
+    def log_dead(self) -> None:
+        if self.dead:
+            _log.warning(
+                "runtime stop: some actors were already dead (after a failure this is expected)",
+                actors=sorted(set(self.dead)),
+            )
 
 
 __all__ = ["Runtime", "RuntimeStats", "SubmitReceipt"]

@@ -5,11 +5,13 @@ registry abandons its grants and drops its waits, the composer takes back
 the articles it held (counting the crash against each, so an article that
 keeps killing extractors ends as poison instead of looping), and a fresh
 extractor with a new id takes its place. Too many crashes in a short time
-stop the restarts: something is systematically wrong.
+stop the restarts: something is systematically wrong, and the runtime is
+told (``ExtractorsKeepCrashing``) rather than left with an empty pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import deque
 from collections.abc import Callable
@@ -20,7 +22,9 @@ import pykka
 import structlog
 
 from tierbatch.actors.clock import Clock
+from tierbatch.actors.errors import ExtractorsKeepCrashing
 from tierbatch.actors.messages import ExtractorDied, ReleaseHolder
+from tierbatch.actors.threads import ThreadLedger
 
 _log = structlog.get_logger("tierbatch.supervisor")
 
@@ -38,11 +42,23 @@ class StopPool:
 
 
 @dataclass(frozen=True, slots=True)
+class StopRestarting:
+    """The runtime failed or is stopping: crashed extractors are cleaned up
+    after but no longer replaced."""
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSize:
     pass
 
 
 class Supervisor(pykka.ThreadingActor):
+    """``on_give_up`` is told when restarts stop; ``on_died`` (on this
+    actor's thread) if one of its own handlers raises."""
+
+    # A stuck actor thread must never keep the process from exiting.
+    use_daemon_thread = True
+
     def __init__(
         self,
         size: int,
@@ -50,11 +66,15 @@ class Supervisor(pykka.ThreadingActor):
         registry: pykka.ActorRef[Any],
         composer: pykka.ActorRef[Any],
         clock: Clock,
-        on_give_up: Callable[[str], None],
+        on_give_up: Callable[[ExtractorsKeepCrashing], None],
         max_restarts: int = 20,
         restart_window_s: float = 60.0,
+        on_died: Callable[[str, BaseException], None] | None = None,
+        threads: ThreadLedger | None = None,
     ) -> None:
         super().__init__()
+        self._on_died = on_died
+        self._threads = threads
         self._size = size
         self._start_extractor = start_extractor
         self._registry = registry
@@ -69,8 +89,14 @@ class Supervisor(pykka.ThreadingActor):
         self._stopping = False
 
     def on_start(self) -> None:
+        if self._threads is not None:
+            self._threads.add_current("supervisor")
         for _ in range(self._size):
             self._spawn()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        if self._on_died is not None:
+            self._on_died("supervisor", exception_value)
 
     def _spawn(self) -> None:
         extractor_id = next(self._ids)
@@ -80,6 +106,8 @@ class Supervisor(pykka.ThreadingActor):
         match message:
             case ExtractorCrashed(extractor, error, blamed):
                 self._on_crash(extractor, error, blamed)
+            case StopRestarting():
+                self._stopping = True
             case StopPool():
                 self._stopping = True
                 refs = list(self._pool.values())
@@ -94,8 +122,11 @@ class Supervisor(pykka.ThreadingActor):
     def _on_crash(self, extractor: int, error: str, blamed: tuple[str, ...]) -> None:
         if self._pool.pop(extractor, None) is None:
             return
-        self._registry.tell(ReleaseHolder(extractor))
-        self._composer.tell(ExtractorDied(extractor, error, blamed))
+        # A dead registry or composer has already failed the runtime.
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._registry.tell(ReleaseHolder(extractor))
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._composer.tell(ExtractorDied(extractor, error, blamed))
         if self._stopping:
             return
         now = self._clock.now()
@@ -109,7 +140,8 @@ class Supervisor(pykka.ThreadingActor):
                 window_s=self._window,
                 error=error,
             )
-            self._on_give_up(f"{len(self._restarts)} extractor crashes; last: {error}")
+            self._stopping = True
+            self._on_give_up(ExtractorsKeepCrashing(len(self._restarts), self._window, error))
             return
         _log.warning("extractor crashed; restarting", extractor=extractor, error=error)
         self._spawn()

@@ -73,6 +73,7 @@ EXIT_REJECTED = 3
 EXIT_PROVIDER_REFUSED = 4
 EXIT_INTERRUPTED = 5
 EXIT_STORAGE = 6
+EXIT_RUNTIME_FAILED = 7
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -90,9 +91,13 @@ exit codes:
   6  the database failed during the run (e.g. disk full): the message names
      the database and the problem; articles whose results could not be
      written were handed back to the queue (or their leases expire)
-  When several apply, the first of 6, 4, 5, 3, 1 wins. daemon exits 0 on
-  SIGTERM/SIGINT (4 when the provider refuses the configuration, 6 when the
-  database fails).
+  7  the runtime itself failed: extractors kept crashing, or one of its actors
+     died (a bug; the log has the error). Not a key or provider problem;
+     unfinished articles stay queued in the database
+  When several apply, the first of 6, then 7 or 4 (only one can stop a run),
+  then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
+  refuses the configuration, 6 when the database fails and 7 when the
+  runtime fails.
 """
 
 SAMPLE_NAME = "sample_articles.jsonl"
@@ -165,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "daemon",
         help="process the database's queue continuously",
         description="Lease articles other processes insert into the queue table, process "
-        "them, and write results back, until SIGTERM/SIGINT (drain, save state, exit 0; a "
-        "second signal stops at once).",
+        "them, and write results back, until SIGTERM/SIGINT (start no new call, hand back "
+        "what is not in flight, let calls in flight finish, save state, exit 0; a second "
+        "signal stops at once).",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -269,7 +275,8 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         type=float,
         default=30.0,
         metavar="S",
-        help="on SIGTERM/SIGINT, seconds to finish in-flight work (default 30)",
+        help="on SIGTERM/SIGINT, seconds the calls in flight may take to finish "
+        "(no new call starts; default 30)",
     )
     parser.add_argument(
         "--lease-s",
@@ -459,7 +466,9 @@ def _print_summary(
     out: TextIO,
 ) -> None:
     notes = []
-    if report.fatal_error:
+    if report.reason is StopReason.FAILED:
+        notes.append(f"stopped: {report.fatal_error}")
+    elif report.fatal_error:
         notes.append(f"stopped: the provider refused the configuration ({report.fatal_error})")
     elif report.reason in (StopReason.SIGNAL, StopReason.IMMEDIATE) and left:
         notes.append("stopped by a signal before the queue was empty")
@@ -491,6 +500,14 @@ def _exit_code(
     if report.storage_error is not None:
         print(f"tierbatch: error: {_one_line(report.storage_error)}", file=err)
         return EXIT_STORAGE
+    if report.reason is StopReason.FAILED:
+        print(
+            f"tierbatch: error: {report.fatal_error}.\n"
+            "This is not a problem with the API key or the provider; the log above has "
+            f"the error. {left} article(s) stay queued in {db}; run again to finish them.",
+            file=err,
+        )
+        return EXIT_RUNTIME_FAILED
     if report.fatal_error is not None:
         print(
             f"tierbatch: error: the provider refused the configuration ({report.fatal_error}).\n"

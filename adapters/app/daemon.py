@@ -25,9 +25,14 @@ back into the results table, and it is built to be killed:
   something, and saved once more after draining, so a restart in the middle
   of the day still knows what the day has spent. A snapshot that cannot be
   used is set aside and the run starts fresh, saying so.
-* **Signals.** The first SIGTERM/SIGINT stops leasing and drains in-flight
-  work for up to ``drain_timeout_s``; a second one stops at once (leases
-  cover whatever was in flight).
+* **Signals.** The first SIGTERM/SIGINT stops leasing and dispatching at
+  once: no new provider call starts, the leases of everything not in a
+  call are released at once, and only the calls in flight may finish, for
+  up to ``drain_timeout_s``; a second signal stops at once (leases cover
+  whatever was in flight).
+* **Failure.** If the runtime fails (an actor died, extractors keep
+  crashing), the loop stops at once; every shutdown step still runs, each
+  in its own guard, so leases are released and the quota state saved.
 * **A failing database at shutdown** (disk full) does not skip the hand-back:
   the unfinished articles are released first, then the last results are
   written, then whatever this daemon still holds is released even if that
@@ -55,7 +60,7 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
-from tierbatch.actors.errors import FatalProviderError, QueueFull
+from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
@@ -128,6 +133,7 @@ class StopReason(StrEnum):
     IMMEDIATE = "immediate"  # asked twice, or the drain timed out
     FATAL = "fatal"  # the provider refused the configuration (401/403)
     STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
+    FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +168,8 @@ def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
 
 @dataclass(frozen=True, slots=True)
 class DaemonReport:
-    """How a run ended and what it did (this process only)."""
+    """How a run ended and what it did (this process only). ``fatal_error``
+    says what stopped it when ``reason`` is FATAL or FAILED."""
 
     reason: StopReason
     fatal_error: str | None
@@ -272,6 +279,7 @@ class Daemon:
         self._ran = False
         self._storage_failures = 0
         self._results_sink: ResultsSink | None = None
+        self._released_at_signal = 0
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -327,13 +335,17 @@ class Daemon:
         released = 0
         problems: list[str] = []
         try:
-            baseline = runtime.stats().models
+            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+                baseline = runtime.stats().models
             saver = DebouncedSaver(
                 self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
             )
             trigger.saver = saver
             saver.mark_dirty()
-            self._prewarm(runtime)
+            try:
+                self._prewarm(runtime)
+            except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
+                _log.error("cluster prewarm failed", error=str(exc))
             _log.info(
                 "daemon ready",
                 db=self.store.path,
@@ -345,21 +357,25 @@ class Daemon:
             )
             self._progress.start()
             try:
-                reason = self._work(runtime, started)
+                reason = self._stopped_by(runtime, lambda: self._work(runtime, started))
                 if reason is StopReason.SIGNAL:
-                    reason = self._drain(runtime, started)
+                    reason = self._stopped_by(runtime, lambda: self._drain(runtime, started))
             except StorageError as exc:
                 _log.error(
                     "the database keeps failing; stopping", db=self.store.path, error=str(exc)
                 )
                 problems.append(str(exc))
                 reason = StopReason.STORAGE
-            final = runtime.stats()
+            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+                final = runtime.stats()
         finally:
             released, shutdown_problems = self._shut_down(runtime, saver, results_sink)
+            released += self._released_at_signal
             problems.extend(shutdown_problems)
         fatal = runtime.fatal_error
-        if fatal is not None:
+        if isinstance(fatal, RuntimeFailure):
+            reason = StopReason.FAILED
+        elif fatal is not None:
             reason = StopReason.FATAL
         elif problems:
             reason = StopReason.STORAGE
@@ -381,6 +397,16 @@ class Daemon:
         )
         return report
 
+    @staticmethod
+    def _stopped_by(runtime: Runtime, step: Any) -> Any:
+        """Run a step of the loop; a fatal error of the runtime ends it (the
+        report then says which, from ``runtime.fatal_error``)."""
+        try:
+            return step()
+        except (FatalProviderError, RuntimeFailure) as exc:
+            _log.error("stopping: the runtime cannot go on", error=str(exc))
+            return StopReason.FAILED if isinstance(exc, RuntimeFailure) else StopReason.FATAL
+
     def _work(self, runtime: Runtime, started: float) -> StopReason:
         opts = self.options
         target = max(1, opts.queue_batches * self.config.composer.batch_size)
@@ -395,7 +421,8 @@ class Daemon:
             if self._stop_requested.is_set():
                 return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
             if runtime.fatal_error is not None:
-                return StopReason.FATAL
+                failed = isinstance(runtime.fatal_error, RuntimeFailure)
+                return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
             if self._wall_stepped(wall_steps) or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
@@ -485,9 +512,19 @@ class Daemon:
             )
 
     def _drain(self, runtime: Runtime, started: float) -> StopReason:
+        """Stop at once, except for the calls in flight: no new call starts
+        (so no quota is spent after the signal), the leases of everything
+        not in a call go back to the queue now, and the calls in flight get
+        up to ``drain_timeout_s`` to finish (what they leave unfinished is
+        released at the end)."""
         opts = self.options
+        returned = runtime.begin_shutdown()
+        released = self._storage(self.store.release, [a.id for a in returned]) or 0
+        self._released_at_signal = released
         _log.info(
-            "stopping: no more leasing; draining in-flight work (signal again to stop at once)",
+            "stopping: no more leasing or new calls; leases of work not in flight released; "
+            "waiting for the calls in flight (signal again to stop at once)",
+            released=released,
             timeout_s=opts.drain_timeout_s,
         )
         deadline = time.monotonic() + opts.drain_timeout_s
@@ -503,11 +540,8 @@ class Daemon:
                     timeout_s=opts.drain_timeout_s,
                 )
                 return StopReason.IMMEDIATE
-            try:
-                if runtime.drain(timeout=min(0.25, remaining)):
-                    return StopReason.SIGNAL
-            except FatalProviderError:
-                return StopReason.FATAL
+            if runtime.drain(timeout=min(0.25, remaining)):
+                return StopReason.SIGNAL
             if self._wall_stepped(wall_steps) or time.monotonic() >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = time.monotonic() + renew_every
@@ -523,21 +557,21 @@ class Daemon:
         the database problems met.
 
         The final save happens while the registry still runs (after the
-        drain, so it includes every request that finished). The order is
-        what keeps a failing database (disk full) from losing anything:
-        release what the runtime hands back, then write the last results,
-        then release whatever this owner still holds -- the rows whose
-        results could not be written included, so the next daemon redoes
-        them instead of waiting for their leases to expire."""
+        drain, so it includes every request that finished). Every step runs
+        whatever became of the ones before it (each in its own guard): a
+        failed runtime still has its threads stopped, its results written
+        and this owner's leases released. The order is what keeps a failing
+        database (disk full) from losing anything: release what the runtime
+        hands back, then write the last results, then release whatever this
+        owner still holds -- all of it (``release()`` with no ids), so
+        nothing depends on a dead composer's ledger, and the rows whose
+        results could not be written go back too, for the next daemon."""
         problems: list[str] = []
+        released = 0
         try:
             if saver is not None:
-                try:
-                    saver.close()
-                except SnapshotError as exc:
-                    _log.error("final quota snapshot failed", error=str(exc))
-            unfinished = runtime.stop(drain=False)
-            released = 0
+                _guarded("final quota snapshot", saver.close)
+            unfinished = _guarded("runtime stop", lambda: runtime.stop(drain=False)) or []
             if unfinished:
                 try:
                     released += self.store.release([a.id for a in unfinished])
@@ -554,13 +588,15 @@ class Daemon:
                     results=results_sink.unwritten,
                 )
                 problems.append(f"{exc} (their articles go back to the queue)")
+            except Exception:
+                _log.exception("shutdown step failed; going on", step="write the last results")
             try:
                 released += self.store.release()
             except StorageError as exc:
                 _log.error("could not release leases; they will expire", error=str(exc))
                 problems.append(f"could not release leases, they will expire: {exc}")
         finally:
-            self._progress.stop()
+            _guarded("progress display", self._progress.stop)
         return released, problems
 
     # ---- helpers -----------------------------------------------------------------
@@ -621,6 +657,17 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def _guarded(what: str, step: Any) -> Any:
+    """One shutdown step: a failure is logged (once, here) and the next step runs."""
+    try:
+        return step()
+    except (StorageError, SnapshotError) as exc:
+        _log.error("shutdown step failed; going on", step=what, error=str(exc))
+    except Exception:
+        _log.exception("shutdown step failed; going on", step=what)
+    return None
 
 
 @contextlib.contextmanager
