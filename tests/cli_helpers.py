@@ -46,6 +46,7 @@ def write_config(
     max_packs: int = 4,
     window_s: float = 2.0,
     hot_per_request: int = 2,
+    poison_after: int = 3,
 ) -> Path:
     """Two models, two tiers; every sample article is 'hot' (goodness 0.5
     reaches min_priority 0.5), served by m-pro then m-lite. With
@@ -99,6 +100,7 @@ margin_s = 0.0
 
 [retry]
 request_timeout_s = 10.0
+poison_after = {poison_after}
 
 [runtime]
 extractors = {extractors}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import random
 import signal
 import sqlite3
 import struct
@@ -414,6 +415,52 @@ def test_sigkill_then_restart_finishes_every_article_exactly_once(tmp_path: Path
     assert not done_at_kill & set(second_calls)
     assert both <= leased_at_kill
     assert set(first_calls) | set(second_calls) == set(sample_ids(n))
+
+
+def test_sigkill_ten_times_in_a_row_then_a_restart_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    """Killed at (seeded) random moments ten times, the daemon restarts each
+    time where the leases say; every article ends with exactly one result."""
+    n = 300
+    rng = random.Random(20261201)
+    with FakeGeminiServer(FakeGeminiConfig(latency_s=0.3)) as server:
+        config = write_config(
+            tmp_path / "c.toml",
+            base_url=server.base_url,
+            extractors=2,
+            max_packs=2,
+            poison_after=50,  # ten kills are not a poison article
+        )
+        db = tmp_path / "ingest.sqlite"
+        enqueue(db, sample_lines(n))
+        args = ["daemon", "--db", str(db), "--config", str(config), "--lease-s", "1.0"]
+        kills = []
+        for _ in range(10):
+            before = states(db).get("done", 0)
+            more = rng.randint(1, 25)
+            with DaemonProcess(args, child_env()) as victim:
+                victim.wait_for_event("daemon ready")
+                wait_until(
+                    lambda before=before, more=more: (
+                        states(db).get("done", 0) >= min(n, before + more)
+                    ),
+                    30,
+                    f"{more} more results",
+                )
+                victim.proc.send_signal(signal.SIGKILL)
+                victim.wait(10)
+            kills.append(states(db))
+        with DaemonProcess(args, child_env()) as last:
+            last.wait_for_event("daemon ready")
+            wait_until(lambda: states(db).get("done", 0) == n, 60, "every article done")
+            last.signal(signal.SIGTERM)
+            assert last.wait(30) == 0, last.stderr()
+    print(f"\nten kills: states at each kill {kills}")
+    assert states(db) == {"done": n}
+    rows = query(db, "SELECT article_id, COUNT(*) FROM results GROUP BY article_id")
+    assert len(rows) == n and all(count == 1 for _, count in rows)
+    assert {row[0] for row in rows} == set(sample_ids(n))
 
 
 # Rows another process inserts, one of each class of bad payload (stored as
