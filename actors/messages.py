@@ -22,8 +22,10 @@ class Acquire:
     """Ask for quota on the first model of ``chain`` that has some.
 
     The registry answers through ``reply`` exactly once, with ``Granted`` or
-    ``AcquireFailed``. ``tier_rank`` (0 = highest tier) and ``enqueued_at``
-    order the waiters; ``deadline`` (steady clock time) bounds the wait.
+    ``AcquireFailed`` -- unless it is withdrawn first (``Withdraw``).
+    ``tier_rank`` (0 = highest tier) and ``enqueued_at`` order the waiters;
+    ``tier`` names the tier for the dispatch plan's allowances; ``deadline``
+    (steady clock time) bounds the wait.
     """
 
     request_id: int
@@ -35,6 +37,37 @@ class Acquire:
     reply: Callable[[Any], None]
     deadline: float | None = None
     patience_s: float = 0.0
+    tier: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """The holder no longer needs a waiting request (its articles were merged
+    into another pack): drop it without an answer. One already granted is
+    answered as usual; the holder then reports it ``Cancelled``."""
+
+    request_id: int
+    holder: int
+
+
+@dataclass(frozen=True, slots=True)
+class TierBacklog:
+    """One tier's known work, for the dispatch plan: articles waiting (in the
+    composer and, as the daemon reports, in the store), their mean estimated
+    input tokens, and how fast articles arrive."""
+
+    tier: str
+    articles: int
+    tokens_per_article: float = 0.0
+    arrivals_per_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The composer's view of the work ahead, sent to the registry when it
+    changes enough to matter; the registry replans from it."""
+
+    tiers: tuple[TierBacklog, ...]
 
 
 @dataclass(frozen=True, slots=True)
