@@ -23,6 +23,8 @@ import structlog
 from tierbatch.actors.clock import Clock
 from tierbatch.actors.errors import ShuttingDown
 from tierbatch.actors.messages import (
+    Backlog,
+    BacklogElsewhere,
     BeginShutdown,
     ExtractorDied,
     Finished,
@@ -41,11 +43,13 @@ from tierbatch.actors.messages import (
 from tierbatch.actors.ports import Sink
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
+from tierbatch.policies.backlog import BacklogMeter
 from tierbatch.policies.composition import Batch, Composer, Queued
 from tierbatch.policies.config import Config
 from tierbatch.policies.priority import ClusterTracker, article_time, score
 from tierbatch.policies.results import Done, Failed, FailureReason, TerminalResult
 from tierbatch.policies.tiers import TierLadder
+from tierbatch.policies.tokens import TokenEstimator
 
 _log = structlog.get_logger("tierbatch.composer")
 
@@ -102,9 +106,14 @@ class BatchComposer(pykka.ThreadingActor):
         clock: Clock,
         on_died: ComposerDied | None = None,
         threads: ThreadLedger | None = None,
+        backlog_to: Callable[[Backlog], None] | None = None,
     ) -> None:
         super().__init__()
         self._threads = threads
+        # The work ahead per tier, reported to the registry for its plan.
+        self._backlog_to = backlog_to
+        self._meter = BacklogMeter(TierLadder(config.tiers, config.global_fallback).names)
+        self._tokens = TokenEstimator()
         self._config = config
         self._sink = sink
         self._clock = clock
@@ -154,6 +163,9 @@ class BatchComposer(pykka.ThreadingActor):
                 self._on_finished(extractor, results)
             case Submit(articles, observe):
                 return self._on_submit(articles, observe)
+            case BacklogElsewhere(articles):
+                self._meter.elsewhere(articles)
+                self._report_backlog(self._clock.now())
             case ObserveClusters(observations):
                 wall = self._clock.wall()  # publication times are wall-clock times
                 for cluster_id, at in observations:
@@ -234,7 +246,13 @@ class BatchComposer(pykka.ThreadingActor):
                 if observe:
                     self._clusters.observe(article.cluster_id, min(seen_at, wall))
                 stats = self._clusters.stats(article.cluster_id, wall)
-            self._queues.push(article, score(article, stats, wall, cfg), now)
+            item = self._queues.push(article, score(article, stats, wall, cfg), now)
+            chars = len(article.text) + len(article.title)
+            self._meter.submitted(
+                self._ladder.tiers[item.tier].name,
+                self._tokens.estimate(chars, 1) - self._tokens.estimate(0, 0),
+                now,
+            )
             self._live.add(article.id)
             consumed += 1
             accepted += 1
@@ -269,6 +287,14 @@ class BatchComposer(pykka.ThreadingActor):
             request.reply(WorkBatch(batch))
         if self._space_waiters and self._has_space():
             self._resolve(self._space_waiters, True)
+        self._report_backlog(now)
+
+    def _report_backlog(self, now: float) -> None:
+        if self._backlog_to is None:
+            return
+        backlog = self._meter.backlog(self._queues.depth_by_tier(), now)
+        if self._meter.changed(backlog):
+            self._backlog_to(Backlog(backlog))
 
     # ---- results ---------------------------------------------------------------
 

@@ -334,6 +334,7 @@ class Extractor(pykka.ThreadingActor):
                 enqueued_at=pack.enqueued_at,
                 reply=self._tell,
                 patience_s=self._ladder.tiers[pack.tier].fallback_patience_s,
+                tier=self._ladder.tiers[pack.tier].name,
             )
         )
 

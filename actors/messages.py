@@ -9,6 +9,7 @@ from typing import Any
 
 from tierbatch.actors.ports import PackAnswer
 from tierbatch.policies.articles import Article
+from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.composition import Batch
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant
@@ -48,18 +49,6 @@ class Withdraw:
 
     request_id: int
     holder: int
-
-
-@dataclass(frozen=True, slots=True)
-class TierBacklog:
-    """One tier's known work, for the dispatch plan: articles waiting (in the
-    composer and, as the daemon reports, in the store), their mean estimated
-    input tokens, and how fast articles arrive."""
-
-    tier: str
-    articles: int
-    tokens_per_article: float = 0.0
-    arrivals_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +120,11 @@ class GetQuotaSnapshot:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class GetPlan:
+    """The dispatch plan in force (None before the first one)."""
+
+
 # ---- BatchComposer -------------------------------------------------------------
 
 
@@ -149,6 +143,15 @@ class ObserveClusters:
     (a daemon warms the statistics from its whole backlog this way)."""
 
     observations: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogElsewhere:
+    """How many articles wait outside the runtime (a daemon's store), so the
+    dispatch plan counts them; their tiers are estimated from what was
+    submitted so far."""
+
+    articles: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,32 +1,34 @@
 """ModelRegistry: the one owner of every model's quota state.
 
-It wraps a ``QuotaPolicy`` and serialises every decision through its inbox,
-so quota state needs no lock. A caller that cannot be granted now waits
-*inside* the registry -- ordered by tier, then age -- and is answered the
-moment capacity exists; nobody sleeps on a guess and nobody polls. One
-``Waker`` is re-armed to the next moment capacity can appear by time alone
-(a cooldown's end, a window entry's expiry, the daily reset); reports of
-finished calls wake waiters too.
+It serialises every quota decision through its inbox, so quota state needs
+no lock, and it is message plumbing around three policy objects:
 
-Fairness across models: a waiter that cannot be served reserves the models of
-its chain for the rest of that pass, so a later or lower-tier request never
-overtakes it on a model it is waiting for, while requests for other models
-still go ahead (no head-of-line blocking). Within its tier's fallback
-patience a waiter leaves a fallback to the packs whose primary it is, and
-holds out for its own primary when that frees in time.
+* ``QuotaPolicy`` -- windows, pacing, cooldowns, the day's counts, and what
+  the provider is learnt to admit;
+* ``WaitingList`` -- who gets quota next: a caller that cannot be granted
+  now waits *inside* the registry and is answered the moment capacity
+  exists (nobody sleeps on a guess, nobody polls), highest tier first, then
+  oldest, each fallback patient for its primary, in O(log n) per event;
+* the dispatch plan (``policies.planner``) -- from the backlog the composer
+  reports, how much of each model each tier may use, so a higher tier's
+  overflow never spends the model a lower tier depends on while the higher
+  tier's own models would serve it in time. It is remade when the backlog,
+  a limit or a cooldown changes, not per request.
 
-Time: every decision reads the clock's steady ``now`` (windows, cooldowns,
-waits, deadlines) and its wall offset at that moment, which the policy uses
-only for the Pacific day; snapshots are taken in wall-clock time.
+One ``Waker`` is armed, over the models that have waiters only, at the next
+moment capacity can appear by time alone (a cooldown's end, a window entry's
+expiry, the pacing's refill, a patience or a deadline running out); reports
+of finished calls serve waiters too.
+
+Time: every decision reads the clock's steady ``now`` and its wall offset at
+that moment, which the policy uses only for the Pacific day; snapshots are
+taken in wall-clock time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pykka
@@ -36,6 +38,8 @@ from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
+    Backlog,
+    GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
     Granted,
@@ -44,10 +48,12 @@ from tierbatch.actors.messages import (
     Sent,
     StopGranting,
     Wake,
+    Withdraw,
 )
 from tierbatch.actors.observer import NullObserver, RegistryObserver
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.actors.waker import Waker
+from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.outcomes import (
     Abandoned,
     ModelNotFound,
@@ -55,20 +61,26 @@ from tierbatch.policies.outcomes import (
     ServerError,
     TimedOut,
 )
-from tierbatch.policies.quota import Grant, NoRoute, QuotaPolicy
+from tierbatch.policies.planner import Allowances, Plan, TierShape, plan_dispatch
+from tierbatch.policies.quota import QuotaPolicy
+from tierbatch.policies.waiting import Expired, Unroutable, Waiter, WaitingList
+from tierbatch.policies.waiting import Granted as WaitGranted
 
 _log = structlog.get_logger("tierbatch.registry")
 
-# A waiting request: (tier_rank, enqueued_at, seq, message, queued_at).
-_Entry = tuple[int, float, int, Acquire, float]
-
 # Outcomes after which a model may have entered a cooldown worth reporting.
 _COOLING_OUTCOMES = (RateLimited, ServerError, TimedOut)
+# A backlog that moved by less than this share (and a few requests) keeps the plan.
+_BACKLOG_CHANGE = 0.1
 
 
 class ModelRegistry(pykka.ThreadingActor):
-    """``on_died`` is called (on this actor's thread) if a message handler
-    raises: the actor is then dead, so the runtime must stop using it."""
+    """``tiers`` describes how each tier packs its articles (for the plan;
+    without it, or before the first ``Backlog``, every tier may use every
+    model of its chain). ``replan_s`` is the least time between two plans
+    when only the backlog moves. ``on_died`` is called (on this actor's
+    thread) if a message handler raises: the actor is then dead, so the
+    runtime must stop using it."""
 
     # A stuck actor thread must never keep the process from exiting.
     use_daemon_thread = True
@@ -80,6 +92,9 @@ class ModelRegistry(pykka.ThreadingActor):
         observer: RegistryObserver | None = None,
         on_died: Callable[[str, BaseException], None] | None = None,
         threads: ThreadLedger | None = None,
+        *,
+        tiers: Sequence[TierShape] = (),
+        replan_s: float = 1.0,
     ) -> None:
         super().__init__()
         self._threads = threads
@@ -87,25 +102,20 @@ class ModelRegistry(pykka.ThreadingActor):
         self._clock = clock
         self._observer: RegistryObserver = observer or NullObserver()
         self._on_died = on_died
-        # After StopGranting: every request is answered "stopped".
-        self._stopped_granting = False
-        # (tier_rank, enqueued_at, seq, message, queued_at): popped in that order.
-        self._waiters: list[_Entry] = []
-        self._with_deadline = 0
-        # How many waiters want each model: a pass over the waiters stops as
-        # soon as every wanted model is reserved, however long the queue.
-        self._demand: Counter[str] = Counter()
-        # How many waiters have each model as their primary (first choice).
-        self._primary_demand: Counter[str] = Counter()
-        # When patient waiters' patience ends (lazy heap: seq no longer live).
-        self._patience_ends: list[tuple[float, int]] = []
-        self._live_patience: set[int] = set()
-        self._seq = itertools.count()
-        # grant_id -> (holder, model)
-        self._grants: dict[int, tuple[int, str]] = {}
+        self._stopped_granting = False  # after StopGranting: every request is "stopped"
+        self._waiting = WaitingList()
+        self._requests: dict[tuple[int, int], Acquire] = {}  # (holder, request id) -> ask
+        self._grants: dict[int, tuple[int, str]] = {}  # grant id -> (holder, model)
+        self._shapes = {shape.tier: shape for shape in tiers}
+        self._backlog: dict[str, TierBacklog] = {}
+        self._planned_backlog: dict[str, float] = {}
+        self._allowances: Allowances | None = None
+        self._replan_s = replan_s
+        self._planned_at = -float("inf")
+        self._plan_due = False
+        self._limits: dict[str, tuple[int, int, float, str]] = {}
         self._warned_unavailable: set[str] = set()
-        # model -> (until, reason) of the cooldown last logged
-        self._cooling: dict[str, tuple[float, str]] = {}
+        self._cooling: dict[str, tuple[float, str]] = {}  # model -> last logged cooldown
         self._offset = wall_offset(clock)  # wall minus steady, as of the last clock read
         self._waker = Waker(clock, self._tell_wake, name="tierbatch-registry-waker")
 
@@ -114,6 +124,14 @@ class ModelRegistry(pykka.ThreadingActor):
     def on_start(self) -> None:
         if self._threads is not None:
             self._threads.add_current("registry")
+        now, offset = self._read_clock()
+        for status in self._policy.status(now, wall_offset=offset):
+            self._limits[status.model] = (
+                status.learnt_rpm,
+                status.learnt_tpm,
+                status.burst,
+                status.limiter,
+            )
         self._waker.start()
 
     def on_stop(self) -> None:
@@ -125,14 +143,6 @@ class ModelRegistry(pykka.ThreadingActor):
             self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
         self._grants.clear()
 
-    def _read_clock(self) -> tuple[float, float]:
-        """Steady now, and the wall offset at that moment. The offset is
-        kept for the rest of the message's handling, so one decision sees
-        one calendar day."""
-        now = self._clock.now()
-        self._offset = self._clock.wall() - now
-        return now, self._offset
-
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """A handler raised: this actor is dead. Stop the timer thread (pykka
         calls no ``on_stop`` now), answer every waiter so no pack hangs on
@@ -143,10 +153,21 @@ class ModelRegistry(pykka.ThreadingActor):
         if self._on_died is not None:
             self._on_died("registry", exception_value)
 
+    def _read_clock(self) -> tuple[float, float]:
+        """Steady now, and the wall offset at that moment, kept for the rest
+        of the message's handling so one decision sees one calendar day."""
+        now = self._clock.now()
+        self._offset = self._clock.wall() - now
+        return now, self._offset
+
     def _answer_waiters(self, detail: str) -> None:
-        waiters, self._waiters = self._waiters, []
-        for entry in waiters:
-            entry[3].reply(AcquireFailed(entry[3].request_id, "stopped", detail))
+        for waiter in self._waiting.drain():
+            ask = self._requests.pop((waiter.holder, waiter.request_id), None)
+            if ask is not None:
+                ask.reply(AcquireFailed(ask.request_id, "stopped", detail))
+        for ask in self._requests.values():  # none should be left; never leave one hanging
+            ask.reply(AcquireFailed(ask.request_id, "stopped", detail))
+        self._requests.clear()
 
     def _tell_wake(self, generation: int) -> None:
         with contextlib.suppress(pykka.ActorDeadError):
@@ -166,21 +187,25 @@ class ModelRegistry(pykka.ThreadingActor):
                     self._observer.on_sent(grant_id, held[1], at)
             case Wake():
                 self._serve(self._read_clock()[0])
+            case Withdraw(request_id, holder):
+                if self._waiting.remove(holder, request_id) is not None:
+                    self._requests.pop((holder, request_id), None)
+                    self._serve(self._read_clock()[0])
             case ReleaseHolder(holder):
                 self._on_release_holder(holder)
+            case Backlog(tiers):
+                self._on_backlog(tiers)
             case StopGranting():
                 self._stopped_granting = True
                 self._answer_waiters("the runtime is shutting down")
-                self._demand.clear()
-                self._primary_demand.clear()
-                self._live_patience.clear()
-                self._with_deadline = 0
                 self._waker.arm(None)
             case GetQuotaStatus():
                 now, offset = self._read_clock()
                 return self._policy.status(now, wall_offset=offset)
             case GetQuotaSnapshot():
                 return self._policy.snapshot(wall_offset=self._read_clock()[1])
+            case GetPlan():
+                return None if self._allowances is None else self._allowances.plan
             case _:
                 raise TypeError(f"ModelRegistry: unexpected message {message!r}")
         return None
@@ -189,18 +214,26 @@ class ModelRegistry(pykka.ThreadingActor):
         if self._stopped_granting:
             msg.reply(AcquireFailed(msg.request_id, "stopped", "the runtime is shutting down"))
             return
-        now, offset = self._read_clock()
-        if not self._waiters:
-            result = self._policy.acquire(
-                msg.chain, msg.est_tokens, now, msg.patience_s, wall_offset=offset
-            )
-            if isinstance(result, Grant):
-                self._grant(msg, result)
-                return
-            if isinstance(result, NoRoute):
-                msg.reply(AcquireFailed(msg.request_id, "no_route", result.reason))
-                return
-        self._push(msg, now)
+        now, _ = self._read_clock()
+        key = (msg.holder, msg.request_id)
+        if key in self._requests:
+            msg.reply(AcquireFailed(msg.request_id, "no_route", "this request already waits"))
+            return
+        self._requests[key] = msg
+        self._waiting.push(
+            Waiter(
+                request_id=msg.request_id,
+                holder=msg.holder,
+                tier=msg.tier or str(msg.tier_rank),
+                tier_rank=msg.tier_rank,
+                chain=msg.chain,
+                est_tokens=msg.est_tokens,
+                enqueued_at=msg.enqueued_at,
+                deadline=msg.deadline,
+                patience_s=msg.patience_s,
+            ),
+            now,
+        )
         self._serve(now)
 
     def _on_report(self, grant_id: int, outcome: Any) -> None:
@@ -212,8 +245,12 @@ class ModelRegistry(pykka.ThreadingActor):
         self._observer.on_outcome(model, outcome, now)
         if isinstance(outcome, ModelNotFound):
             self._warn_unavailable(model, outcome.message)
+            self._decide(self._waiting.unroutable(self._policy.view(offset)))
+            self._plan_due = True
         elif isinstance(outcome, _COOLING_OUTCOMES):
             self._observe_cooldown(model, now)
+        if isinstance(outcome, RateLimited):
+            self._observe_limits(now)
         self._serve(now)
 
     def _on_release_holder(self, holder: int) -> None:
@@ -222,137 +259,91 @@ class ModelRegistry(pykka.ThreadingActor):
             if owner == holder:
                 del self._grants[grant_id]
                 self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
-        kept = [entry for entry in self._waiters if entry[3].holder != holder]
-        if len(kept) != len(self._waiters):
-            for entry in self._waiters:
-                if entry[3].holder == holder:
-                    self._forget(entry)
-            heapq.heapify(kept)
-            self._waiters = kept
+        for waiter in self._waiting.remove_holder(holder):
+            self._requests.pop((waiter.holder, waiter.request_id), None)
         self._serve(now)
+
+    def _on_backlog(self, tiers: Sequence[TierBacklog]) -> None:
+        self._backlog = {t.tier: t for t in tiers}
+        if self._backlog_moved():
+            self._plan_due = True
+            self._serve(self._read_clock()[0])
 
     # ---- decisions -------------------------------------------------------------
 
-    def _push(self, msg: Acquire, now: float) -> None:
-        seq = next(self._seq)
-        heapq.heappush(self._waiters, (msg.tier_rank, msg.enqueued_at, seq, msg, now))
-        self._demand.update(set(msg.chain))
-        self._primary_demand[msg.chain[0]] += 1
-        if msg.deadline is not None:
-            self._with_deadline += 1
-        if msg.patience_s > 0 and len(msg.chain) > 1:
-            self._live_patience.add(seq)
-            heapq.heappush(self._patience_ends, (now + msg.patience_s, seq))
-
-    def _forget(self, entry: _Entry) -> None:
-        """Bookkeeping for a waiter that leaves the queue."""
-        msg = entry[3]
-        self._demand.subtract(set(msg.chain))
-        self._primary_demand[msg.chain[0]] -= 1
-        self._live_patience.discard(entry[2])
-        if msg.deadline is not None:
-            self._with_deadline -= 1
-
-    def _grant(self, msg: Acquire, grant: Grant) -> None:
-        self._grants[grant.grant_id] = (msg.holder, grant.model)
-        self._observer.on_grant(grant, msg.tier_rank)
-        msg.reply(Granted(msg.request_id, grant))
-
     def _serve(self, now: float) -> None:
-        """Answer every waiter that can be answered now, in order. A grant can
-        lift another waiter's restraint (nobody else wants that fallback any
-        more), so passes repeat while they grant something."""
-        while self._serve_pass(now):
-            pass
-        self._arm(now)
-
-    def _serve_pass(self, now: float) -> bool:
-        granted = False
-        waiters = self._waiters
-        reserved: set[str] = set()
-        wanted = {model for model, count in self._demand.items() if count > 0}
-        kept: list[_Entry] = []
-        while waiters and not reserved >= wanted:
-            entry = heapq.heappop(waiters)
-            msg = entry[3]
-            if msg.deadline is not None and now >= msg.deadline:
-                self._forget(entry)
-                msg.reply(AcquireFailed(msg.request_id, "expired", "deadline passed"))
-                continue
-            chain = self._allowed(entry, reserved, now)
-            patience = (
-                self._patience_left(entry, now) if chain and chain[0] == msg.chain[0] else 0.0
-            )
-            result = (
-                self._policy.acquire(chain, msg.est_tokens, now, patience, wall_offset=self._offset)
-                if chain
-                else None
-            )
-            if isinstance(result, Grant):
-                self._forget(entry)
-                self._grant(msg, result)
-                granted = True
-            elif isinstance(result, NoRoute) and len(chain) == len(msg.chain):
-                self._forget(entry)
-                msg.reply(AcquireFailed(msg.request_id, "no_route", result.reason))
-            else:
-                kept.append(entry)
-                reserved.update(self._holds(entry, chain, now))
-        for entry in kept:
-            heapq.heappush(waiters, entry)
-        return granted and bool(kept)
-
-    def _allowed(self, entry: _Entry, reserved: set[str], now: float) -> tuple[str, ...]:
-        """The models of a waiter's chain it may be granted in this pass.
-
-        Not those held back for waiters ahead of it. And while it is within
-        its patience, not a fallback that other packs are waiting for as
-        *their* primary: a model's own tier has the first claim on it, so
-        the most important articles get the best model without spending the
-        capacity the lower tiers have no other way to use. Past its patience
-        a pack takes whatever model of its chain has room.
-        """
-        msg = entry[3]
-        chain = [m for m in msg.chain if m not in reserved]
-        if chain and self._patience_left(entry, now) > 0:
-            primary = msg.chain[0]
-            chain = [m for m in chain if m == primary or self._primary_demand[m] <= 0]
-        return tuple(chain)
-
-    @staticmethod
-    def _patience_left(entry: _Entry, now: float) -> float:
-        """How much longer a waiter may hold out for its primary: its
-        patience counts from when it started waiting, so no pack waits for
-        its primary longer than that in all."""
-        return max(0.0, entry[4] + entry[3].patience_s - now)
-
-    def _holds(self, entry: _Entry, allowed: tuple[str, ...], now: float) -> tuple[str, ...]:
-        """The models a waiting request holds back from the waiters behind it:
-        those it may take, or only its primary when it is waiting for that
-        one because it frees within its patience."""
-        msg = entry[3]
-        left = self._patience_left(entry, now)
-        if allowed and allowed[0] == msg.chain[0] and left > 0:
-            eta = self._policy.earliest(msg.chain[0], msg.est_tokens, now, wall_offset=self._offset)
-            if eta is not None and now < eta <= now + left:
-                return allowed[:1]
-        return allowed
-
-    def _arm(self, now: float) -> None:
-        if not self._waiters:
-            self._waker.arm(None)
+        """Answer every waiter that can be answered now, then arm the timer."""
+        if self._stopped_granting:
             return
-        at = self._policy.next_event(now, wall_offset=self._offset)
-        if self._with_deadline:
-            deadlines = [e[3].deadline for e in self._waiters if e[3].deadline is not None]
-            soonest = min(d for d in deadlines if d is not None)
-            at = soonest if at is None else min(at, soonest)
-        ends = self._patience_ends
-        while ends and (ends[0][1] not in self._live_patience or ends[0][0] <= now):
-            heapq.heappop(ends)
-        if ends:
-            at = ends[0][0] if at is None else min(at, ends[0][0])
-        self._waker.arm(at)
+        self._maybe_replan(now)
+        view = self._policy.view(self._offset)
+        self._decide(self._waiting.serve(now, view, self._allowances))
+        self._waker.arm(self._waiting.next_wake(now, view) if self._waiting else None)
+
+    def _decide(self, decisions: Sequence[Any]) -> None:
+        for decision in decisions:
+            waiter = decision.waiter
+            ask = self._requests.pop((waiter.holder, waiter.request_id), None)
+            if ask is None:
+                continue
+            if isinstance(decision, WaitGranted):
+                grant = decision.grant
+                self._grants[grant.grant_id] = (ask.holder, grant.model)
+                self._observer.on_grant(grant, ask.tier_rank)
+                ask.reply(Granted(ask.request_id, grant))
+            elif isinstance(decision, Expired):
+                ask.reply(AcquireFailed(ask.request_id, "expired", "deadline passed"))
+            elif isinstance(decision, Unroutable):
+                ask.reply(AcquireFailed(ask.request_id, "no_route", decision.reason))
+
+    # ---- the plan --------------------------------------------------------------
+
+    def _backlog_moved(self) -> bool:
+        """Whether the work ahead changed enough to plan again."""
+        for tier, shape in self._shapes.items():
+            now = float(self._backlog[tier].articles) if tier in self._backlog else 0.0
+            then = self._planned_backlog.get(tier, 0.0)
+            if abs(now - then) > max(_BACKLOG_CHANGE * then, shape.per_request):
+                return True
+        return False
+
+    def _maybe_replan(self, now: float) -> None:
+        if not self._shapes or not self._backlog:
+            return
+        due = self._plan_due and now - self._planned_at >= self._clock_s(self._replan_s)
+        stale = now - self._planned_at >= self._clock_s(10 * self._replan_s)
+        if due or stale:
+            self._replan(now)
+
+    def _clock_s(self, real_s: float) -> float:
+        """``real_s`` real seconds in this clock's seconds."""
+        per = self._clock.to_real(1.0)
+        return real_s / per if per > 0 else real_s
+
+    def _replan(self, now: float) -> None:
+        waiting = self._waiting.waiting_by_tier()
+        demands = []
+        for tier, shape in self._shapes.items():
+            backlog = self._backlog.get(tier)
+            demands.append(
+                shape.demand(
+                    backlog.articles if backlog else 0,
+                    backlog.tokens_per_article if backlog else 0.0,
+                    backlog.arrivals_per_s if backlog else 0.0,
+                    waiting_requests=waiting.get(tier, 0),
+                )
+            )
+        capacity = self._policy.capacity(now, wall_offset=self._offset)
+        plan = plan_dispatch(demands, capacity)
+        self._allowances = Allowances(plan)
+        self._planned_at = now
+        self._plan_due = False
+        self._planned_backlog = {t: float(b.articles) for t, b in self._backlog.items()}
+        _log.debug(
+            "dispatch plan",
+            makespan_s=None if plan.makespan_s is None else round(plan.makespan_s, 1),
+            tiers={t.tier: {m: round(n, 1) for m, n in t.requests.items()} for t in plan.tiers},
+        )
 
     # ---- reporting -------------------------------------------------------------
 
@@ -368,7 +359,6 @@ class ModelRegistry(pykka.ThreadingActor):
                 reason = status.cooldown_reason or "cooldown"
             if until is None or until <= now:
                 continue
-            self._observer.on_cooldown(model, now, until, reason)
             # Every 429 of a burst re-reports the same cooldown: a line at
             # info when one starts (or turns into another kind, such as the
             # day's quota running out), at debug while it goes on.
@@ -376,9 +366,37 @@ class ModelRegistry(pykka.ThreadingActor):
             self._cooling[model] = (until, reason)
             seconds = round(until - now, 3)
             if last is None or last[0] <= now or last[1] != reason:
+                self._observer.on_cooldown(model, now, until, reason)
+                self._plan_due = True
                 _log.info("model cooling down", model=model, seconds=seconds, reason=reason)
             else:
                 _log.debug("model still cooling down", model=model, seconds=seconds, reason=reason)
+
+    def _observe_limits(self, now: float) -> None:
+        """Log what the provider is learnt to admit: a changed limit or shape
+        at info (a state change), a changed burst at debug."""
+        for status in self._policy.status(now, wall_offset=self._offset):
+            learnt = (status.learnt_rpm, status.learnt_tpm, status.burst, status.limiter)
+            last = self._limits.get(status.model)
+            self._limits[status.model] = learnt
+            if last == learnt:
+                continue
+            self._plan_due = True
+            level = (
+                "info"
+                if last is None or last[:2] != learnt[:2] or last[3] != learnt[3]
+                else ("debug")
+            )
+            getattr(_log, level)(
+                "learnt limit",
+                model=status.model,
+                rpm=status.learnt_rpm,
+                configured_rpm=status.configured_rpm,
+                tpm=status.learnt_tpm,
+                configured_tpm=status.configured_tpm,
+                burst=round(status.burst, 1),
+                limiter=status.limiter,
+            )
 
     def _warn_unavailable(self, model: str, message: str) -> None:
         if model in self._warned_unavailable:
@@ -390,3 +408,6 @@ class ModelRegistry(pykka.ThreadingActor):
             model=model,
             detail=message,
         )
+
+
+__all__ = ["ModelRegistry", "Plan"]

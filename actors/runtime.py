@@ -47,8 +47,10 @@ from tierbatch.actors.errors import (
 from tierbatch.actors.event_loop import LaunchPacer, LoopThread
 from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
+    BacklogElsewhere,
     BeginShutdown,
     GetComposerStats,
+    GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
     ObserveClusters,
@@ -70,8 +72,10 @@ from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarti
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
+from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
 from tierbatch.policies.tiers import TierLadder
+from tierbatch.policies.tokens import TokenEstimator
 
 _log = structlog.get_logger("tierbatch.runtime")
 
@@ -194,16 +198,28 @@ class Runtime:
         self._loop = LoopThread()
         self._loop.start()
         threads = self._threads
+        ladder = TierLadder(config.tiers, config.global_fallback)
         self._registry = ModelRegistry.start(
-            policy, clock, self._observer, self._on_actor_died, threads
+            policy,
+            clock,
+            self._observer,
+            self._on_actor_died,
+            threads,
+            tiers=tier_shapes(config, ladder) if config.quota.plan else (),
         )
+        registry = self._registry
         self._composer = BatchComposer.start(
-            config, self.sink, clock, self._on_composer_died, threads
+            config,
+            self.sink,
+            clock,
+            self._on_composer_died,
+            threads,
+            backlog_to=lambda backlog: _tell(registry, backlog),
         )
-        registry, composer, loop = self._registry, self._composer, self._loop
+        composer, loop = self._composer, self._loop
         deps = ExtractorDeps(
             config=config,
-            ladder=TierLadder(config.tiers, config.global_fallback),
+            ladder=ladder,
             provider=self.provider,
             clock=clock,
             loop=loop,
@@ -415,6 +431,25 @@ class Runtime:
             composer.tell(ObserveClusters(tuple(observations)))
         except pykka.ActorDeadError:
             raise self._dead("composer") from None
+
+    def backlog_elsewhere(self, articles: int) -> None:
+        """Tell the dispatch plan how many articles wait outside the runtime
+        (a daemon's store), so it plans for the whole backlog, not only for
+        the few batches leased so far. Their tiers are estimated from what
+        was submitted so far."""
+        composer = self._running_composer()
+        try:
+            composer.tell(BacklogElsewhere(max(0, int(articles))))
+        except pykka.ActorDeadError:
+            raise self._dead("composer") from None
+
+    def plan(self) -> Plan | None:
+        """The dispatch plan in force: requests per tier and model, when each
+        tier should finish, which limits bind (None before the first plan)."""
+        assert self._registry is not None
+        self._running_composer()
+        plan: Plan | None = self._ask(self._registry, "registry", GetPlan())
+        return plan
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every article submitted so far is terminal (after
@@ -628,6 +663,22 @@ class Runtime:
         )
         _tell(self._composer, Pause(str(error)))
         _tell(self._registry, ReleaseHolder(extractor_id))
+
+
+def tier_shapes(config: Config, ladder: TierLadder) -> tuple[TierShape, ...]:
+    """How each tier packs its articles, for the dispatch plan."""
+    overhead = TokenEstimator().estimate(0, 0)
+    return tuple(
+        TierShape(
+            tier=spec.name,
+            rank=rank,
+            chain=ladder.chain(rank),
+            per_request=spec.max_articles_per_request,
+            overhead_tokens=overhead,
+            max_request_tokens=config.runtime.max_input_tokens_per_request,
+        )
+        for rank, spec in enumerate(ladder.tiers)
+    )
 
 
 def _tell(ref: pykka.ActorRef[Any] | None, message: Any) -> None:

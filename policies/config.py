@@ -160,7 +160,10 @@ class QuotaConfig:
     limit lowers that model's effective limit to what the provider accepted,
     and clean windows raise it back (configured limits are ceilings);
     ``initial_burst`` is the share of a window's requests the first burst
-    may take before the provider has answered any. (``max_skew_s``, of
+    may take before the provider has answered any; ``plan``: dispatch by a
+    plan over the whole backlog (how much of each model each tier may use,
+    so that overflow never takes what a lower tier needs), not greedily.
+    (``max_skew_s``, of
     older versions, is accepted in config files and ignored: the learnt
     burst took its place.)"""
 
@@ -170,6 +173,7 @@ class QuotaConfig:
     limiter: LimiterMode = LimiterMode.AUTO
     learn_limits: bool = True
     initial_burst: float = 0.25
+    plan: bool = True
     timezone: str = "America/Los_Angeles"
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
@@ -537,6 +541,7 @@ def _parse_quota(r: TableReader) -> QuotaConfig:
         ),
         learn_limits=r.boolean("learn_limits", d.learn_limits),
         initial_burst=r.number("initial_burst", d.initial_burst, Range(above=0, max=1)),
+        plan=r.boolean("plan", d.plan),
         timezone=r.string("timezone", d.timezone),
         backoff_base_s=r.number("backoff_base_s", d.backoff_base_s, POSITIVE),
         backoff_max_s=r.number("backoff_max_s", d.backoff_max_s, POSITIVE),

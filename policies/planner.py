@@ -46,6 +46,7 @@ __all__ = [
     "Plan",
     "TierDemand",
     "TierPlan",
+    "TierShape",
     "plan_dispatch",
 ]
 
@@ -191,6 +192,43 @@ class Plan:
     def requests(self, tier: str, model: str) -> float:
         found = self.tier(tier)
         return 0.0 if found is None else found.requests.get(model, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class TierShape:
+    """How a tier packs its articles into requests: at most ``per_request``
+    articles, and at most ``max_request_tokens`` input tokens, of which
+    ``overhead_tokens`` are the prompt around the articles."""
+
+    tier: str
+    rank: int
+    chain: tuple[str, ...]
+    per_request: int
+    overhead_tokens: float = 0.0
+    max_request_tokens: float = math.inf
+
+    def demand(
+        self,
+        articles: float,
+        tokens_per_article: float = 0.0,
+        arrivals_per_s: float = 0.0,
+        waiting_requests: float = 0.0,
+    ) -> TierDemand:
+        """The tier's work in requests: ``articles`` not yet packed (and
+        arriving at ``arrivals_per_s``) in full packs, plus requests already
+        packed and waiting for quota."""
+        per = max(1, self.per_request)
+        if tokens_per_article > 0 and math.isfinite(self.max_request_tokens):
+            room = (self.max_request_tokens - self.overhead_tokens) / tokens_per_article
+            per = max(1, min(per, math.floor(room)))
+        return TierDemand(
+            self.tier,
+            self.rank,
+            self.chain,
+            math.ceil(max(0.0, articles) / per) + max(0.0, waiting_requests),
+            tokens_per_request=self.overhead_tokens + per * max(0.0, tokens_per_article),
+            arrivals_per_s=max(0.0, arrivals_per_s) / per,
+        )
 
 
 def plan_dispatch(

@@ -137,6 +137,8 @@ class WaitingList:
         self._patience_ends: list[tuple[float, int]] = []
         self._deadlines: list[tuple[float, int]] = []
         self._by_holder: dict[int, set[int]] = {}
+        self._by_request: dict[tuple[int, int], int] = {}  # (holder, request_id) -> seq
+        self._by_tier: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -156,7 +158,12 @@ class WaitingList:
         seq = next(self._seq)
         patient = waiter.patience_s > 0 and len(waiter.chain) > 1
         live = _Live(waiter, seq, now, patient)
+        key = (waiter.holder, waiter.request_id)
+        if key in self._by_request:
+            raise ValueError(f"request {waiter.request_id} of holder {waiter.holder} waits already")
         self._live[seq] = live
+        self._by_request[key] = seq
+        self._by_tier[waiter.tier] = self._by_tier.get(waiter.tier, 0) + 1
         self._by_holder.setdefault(waiter.holder, set()).add(seq)
         primary = waiter.chain[0]
         self._primary[primary] = self._primary.get(primary, 0) + 1
@@ -182,6 +189,8 @@ class WaitingList:
 
     def _drop(self, live: _Live) -> None:
         del self._live[live.seq]
+        del self._by_request[(live.waiter.holder, live.waiter.request_id)]
+        self._by_tier[live.waiter.tier] -= 1
         primary = live.waiter.chain[0]
         self._primary[primary] -= 1
         owned = self._by_holder.get(live.waiter.holder)
@@ -189,6 +198,19 @@ class WaitingList:
             owned.discard(live.seq)
             if not owned:
                 del self._by_holder[live.waiter.holder]
+
+    def remove(self, holder: int, request_id: int) -> Waiter | None:
+        """Drop one waiter (its holder withdrew it); None if it is not waiting."""
+        seq = self._by_request.get((holder, request_id))
+        if seq is None:
+            return None
+        live = self._live[seq]
+        self._drop(live)
+        return live.waiter
+
+    def waiting_by_tier(self) -> dict[str, int]:
+        """How many requests of each tier wait."""
+        return {tier: n for tier, n in self._by_tier.items() if n > 0}
 
     def remove_holder(self, holder: int) -> list[Waiter]:
         """Drop every waiter of ``holder`` (an extractor that is gone)."""

@@ -169,7 +169,13 @@ def _one_model_config(n_extractors: int = 2) -> Config:
 
 
 # Info lines that are not about one call: start, stop, state changes, aggregates.
-NOT_PER_CALL = {"runtime started", "runtime stopped", "model cooling down", "provider calls"}
+NOT_PER_CALL = {
+    "runtime started",
+    "runtime stopped",
+    "model cooling down",
+    "learnt limit",
+    "provider calls",
+}
 
 
 def test_per_call_logs_are_debug_and_info_is_aggregated() -> None:

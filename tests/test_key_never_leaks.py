@@ -56,7 +56,7 @@ def test_key_never_appears_in_any_output_of_a_whole_run(
     monkeypatch.setattr(cli, "Metrics", _KeptMetrics)
     _KeptMetrics.made.clear()
     fake = FakeGeminiConfig(
-        models={"m-pro": ModelSpec("m-pro", rpm=10, tpm=0, rpd=0)},
+        models={"m-pro": ModelSpec("m-pro", rpm=3, tpm=0, rpd=0)},  # 429s for sure
         window_s=0.5,
         faults=FAULTS,
         hang_s=3.0,
