@@ -55,7 +55,7 @@ class EstimatorConfig:
     raise the limits from the evidence (off: the configured limits are the
     truth). ``margin``: how far below what the provider accepted a learnt
     limit is set; ``increase``: the additive step per clean window, as a
-    share of the configured limit; ``initial_burst``: the first burst, as a
+    share of the learnt limit; ``initial_burst``: the first burst, as a
     share of a window's requests; ``short_delay_s``: a 429 delay below this
     is burst evidence (default: a tenth of the window)."""
 
@@ -63,7 +63,7 @@ class EstimatorConfig:
     pacing: bool = True
     learn: bool = True
     margin: float = 0.1
-    increase: float = 0.02
+    increase: float = 0.05
     initial_burst: float = 0.25
     short_delay_s: float | None = None
 
@@ -239,10 +239,12 @@ class LimitEstimate:
         self.clean_windows += 1
         if not self.config.learn:
             return
-        step_r = max(1, math.ceil(self.configured_rpm * self.config.increase))
+        # Steps grow with the learnt limit (not the configured ceiling, which
+        # may be far above the truth), so probing back up stays gentle.
+        step_r = max(1, math.ceil(self.rpm * self.config.increase))
         if self.configured_rpm and self.rpm < self.configured_rpm:
             self.rpm = min(self.configured_rpm, self.rpm + step_r)
-        step_t = max(1, math.ceil(self.configured_tpm * self.config.increase))
+        step_t = max(1, math.ceil(self.tpm * self.config.increase))
         if self.configured_tpm and self.tpm < self.configured_tpm:
             self.tpm = min(self.configured_tpm, self.tpm + step_t)
         if self.paced and self.burst < self.rpm and self.clean_windows % 4 == 0:

@@ -25,10 +25,10 @@ from tierbatch.policies.config import ModelSpec
 KEY = "AIzaSy-tierbatch-LEAK-CANARY-8c1f2e90"
 
 FAULTS = FaultRates(
-    server_error=0.1,
+    server_error=0.15,
     hang=0.1,
     malformed_json_text=0.05,
-    malformed_body=0.05,
+    malformed_body=0.15,
     max_tokens=0.05,
     missing_article=0.05,
 )
@@ -56,16 +56,18 @@ def test_key_never_appears_in_any_output_of_a_whole_run(
     monkeypatch.setattr(cli, "Metrics", _KeptMetrics)
     _KeptMetrics.made.clear()
     fake = FakeGeminiConfig(
-        models={"m-pro": ModelSpec("m-pro", rpm=3, tpm=0, rpd=0)},  # 429s for sure
+        models={"m-pro": ModelSpec("m-pro", rpm=5, tpm=0, rpd=0)},  # 429s for sure
         window_s=0.5,
         faults=FAULTS,
         hang_s=3.0,
         seed=11,
     )
     with FakeGeminiServer(fake) as server:
-        config = write_config(tmp_path / "c.toml", base_url=server.base_url)
+        config = write_config(tmp_path / "c.toml", base_url=server.base_url, window_s=0.5)
         config.write_text(
-            config.read_text().replace("request_timeout_s = 10.0", "request_timeout_s = 1.0")
+            config.read_text()
+            .replace("request_timeout_s = 10.0", "request_timeout_s = 1.0")
+            .replace("[quota]\n", "[quota]\nbackoff_max_s = 2.0\n")  # short fault cooldowns
         )
         articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(40))
         db = tmp_path / "r.sqlite"
