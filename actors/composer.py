@@ -163,8 +163,8 @@ class BatchComposer(pykka.ThreadingActor):
                 self._on_finished(extractor, results)
             case Submit(articles, observe):
                 return self._on_submit(articles, observe)
-            case BacklogElsewhere(articles):
-                self._meter.elsewhere(articles)
+            case BacklogElsewhere(articles, arrivals_per_s):
+                self._meter.elsewhere(articles, arrivals_per_s)
                 self._report_backlog(self._clock.now())
             case ObserveClusters(observations):
                 wall = self._clock.wall()  # publication times are wall-clock times
@@ -251,7 +251,6 @@ class BatchComposer(pykka.ThreadingActor):
             self._meter.submitted(
                 self._ladder.tiers[item.tier].name,
                 self._tokens.estimate(chars, 1) - self._tokens.estimate(0, 0),
-                now,
             )
             self._live.add(article.id)
             consumed += 1
@@ -292,7 +291,7 @@ class BatchComposer(pykka.ThreadingActor):
     def _report_backlog(self, now: float) -> None:
         if self._backlog_to is None:
             return
-        backlog = self._meter.backlog(self._queues.depth_by_tier(), now)
+        backlog = self._meter.backlog(self._queues.depth_by_tier())
         if self._meter.changed(backlog):
             self._backlog_to(Backlog(backlog))
 

@@ -147,11 +147,12 @@ class ObserveClusters:
 
 @dataclass(frozen=True, slots=True)
 class BacklogElsewhere:
-    """How many articles wait outside the runtime (a daemon's store), so the
-    dispatch plan counts them; their tiers are estimated from what was
-    submitted so far."""
+    """How many articles wait outside the runtime (a daemon's store), and how
+    fast they arrive there, so the dispatch plan counts them; their tiers are
+    estimated from what was submitted so far."""
 
     articles: int
+    arrivals_per_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,8 @@ _log = structlog.get_logger("tierbatch.registry")
 _COOLING_OUTCOMES = (RateLimited, ServerError, TimedOut)
 # A backlog that moved by less than this share (and a few requests) keeps the plan.
 _BACKLOG_CHANGE = 0.1
+# A plan is remade after this many replan intervals even if nothing moved.
+_STALE_PLANS = 5
 
 
 class ModelRegistry(pykka.ThreadingActor):
@@ -278,7 +280,18 @@ class ModelRegistry(pykka.ThreadingActor):
         self._maybe_replan(now)
         view = self._policy.view(self._offset)
         self._decide(self._waiting.serve(now, view, self._allowances))
-        self._waker.arm(self._waiting.next_wake(now, view) if self._waiting else None)
+        if not self._waiting:
+            self._waker.arm(None)
+            return
+        wake = self._waiting.next_wake(now, view)
+        if self._allowances is not None:
+            # A waiter the plan holds back is freed by the next plan: make
+            # sure one comes even if nothing else happens.
+            again = self._planned_at + self._clock_s(
+                self._replan_s if self._plan_due else _STALE_PLANS * self._replan_s
+            )
+            wake = again if wake is None else min(wake, again)
+        self._waker.arm(wake)
 
     def _decide(self, decisions: Sequence[Any]) -> None:
         for decision in decisions:
@@ -311,7 +324,7 @@ class ModelRegistry(pykka.ThreadingActor):
         if not self._shapes or not self._backlog:
             return
         due = self._plan_due and now - self._planned_at >= self._clock_s(self._replan_s)
-        stale = now - self._planned_at >= self._clock_s(10 * self._replan_s)
+        stale = now - self._planned_at >= self._clock_s(_STALE_PLANS * self._replan_s)
         if due or stale:
             self._replan(now)
 
@@ -335,7 +348,7 @@ class ModelRegistry(pykka.ThreadingActor):
             )
         capacity = self._policy.capacity(now, wall_offset=self._offset)
         plan = plan_dispatch(demands, capacity)
-        self._allowances = Allowances(plan)
+        self._allowances = Allowances(plan, made_at=now)
         self._planned_at = now
         self._plan_due = False
         self._planned_backlog = {t: float(b.articles) for t, b in self._backlog.items()}

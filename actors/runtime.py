@@ -432,14 +432,14 @@ class Runtime:
         except pykka.ActorDeadError:
             raise self._dead("composer") from None
 
-    def backlog_elsewhere(self, articles: int) -> None:
+    def backlog_elsewhere(self, articles: int, arrivals_per_s: float = 0.0) -> None:
         """Tell the dispatch plan how many articles wait outside the runtime
-        (a daemon's store), so it plans for the whole backlog, not only for
-        the few batches leased so far. Their tiers are estimated from what
-        was submitted so far."""
+        (a daemon's store) and how fast new ones arrive there, so it plans
+        for the whole backlog, not only for the few batches leased so far.
+        Their tiers are estimated from what was submitted so far."""
         composer = self._running_composer()
         try:
-            composer.tell(BacklogElsewhere(max(0, int(articles))))
+            composer.tell(BacklogElsewhere(max(0, int(articles)), float(arrivals_per_s)))
         except pykka.ActorDeadError:
             raise self._dead("composer") from None
 

@@ -143,12 +143,14 @@ class LimitEstimate:
     # ---- evidence ------------------------------------------------------------------
 
     def on_success(self, now: float, at_edge: bool) -> None:
-        """A request was accepted; during slow start one sent at the burst's
-        edge grows the burst by one (it doubles per round trip)."""
+        """A request was accepted; during slow start each acceptance grows
+        the burst by one, so it doubles per round trip (``at_edge`` is kept
+        for the evidence a later 429 gives)."""
         self._tick(now)
-        if self.probing and at_edge and self.rpm > 0:
+        if self.probing and self.rpm > 0:
             self.burst = min(float(self.rpm), self.burst + 1)
-            self._level = min(self.burst, self._level + 1)
+            self._level = min(self.burst, self.level(now) + 1)
+            self._level_at = now
             if self.burst >= self.rpm:
                 self.probing = False
                 if self.shape is LimiterShape.UNKNOWN:

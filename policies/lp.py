@@ -61,6 +61,10 @@ def solve(lp: LinearProgram) -> LpResult:
     n = len(lp.c)
     rows: list[list[float]] = []
     rhs: list[float] = []
+    # Rows are scaled to a largest coefficient of 1: a token row (hundreds per
+    # request, bounds of millions) next to a request row would otherwise
+    # drown the request row's digits in the tolerances.
+    original, lp = lp, _equilibrated(lp)
     # Each row gets a slack (<=) or surplus (>=, after a sign flip); rows whose
     # slack cannot start in the basis get an artificial variable.
     kinds: list[str] = []
@@ -131,8 +135,27 @@ def solve(lp: LinearProgram) -> LpResult:
     for i, col in enumerate(basis):
         values[col] = table[i][width]
     x = tuple(max(0.0, v) if abs(v) > EPS else 0.0 for v in values[:n])
-    slack = tuple(_ub_slack(lp.a_ub[i], lp.b_ub[i], x) for i in range(len(lp.b_ub)))
+    slack = tuple(
+        _ub_slack(original.a_ub[i], original.b_ub[i], x) for i in range(len(original.b_ub))
+    )
     return LpResult(LpStatus.OPTIMAL, x, sum(c * v for c, v in zip(lp.c, x, strict=True)), slack)
+
+
+def _equilibrated(lp: LinearProgram) -> LinearProgram:
+    def scale(
+        rows: Sequence[Sequence[float]], bounds: Sequence[float]
+    ) -> tuple[list[list[float]], list[float]]:
+        out_rows, out_bounds = [], []
+        for row, bound in zip(rows, bounds, strict=True):
+            largest = max((abs(v) for v in row), default=0.0)
+            factor = 1.0 / largest if largest > 0 else 1.0
+            out_rows.append([v * factor for v in row])
+            out_bounds.append(bound * factor)
+        return out_rows, out_bounds
+
+    a_ub, b_ub = scale(lp.a_ub, lp.b_ub)
+    a_eq, b_eq = scale(lp.a_eq, lp.b_eq)
+    return LinearProgram(lp.c, a_ub, b_ub, a_eq, b_eq)
 
 
 def _ub_slack(row: Sequence[float], bound: float, x: Sequence[float]) -> float:

@@ -88,7 +88,9 @@ class ModelCapacity:
     ``ready_requests``/``ready_tokens``: may be sent now; ``requests_per_s``/
     ``tokens_per_s``: sustained rate after that (``math.inf``: no such limit).
     ``step_s`` > 0: capacity arrives in steps of that many seconds (a rolling
-    window of that length), 0: continuously (a token bucket). ``left_today``:
+    window of that length), the first one ``first_step_s`` from now (when
+    the oldest place in the window frees; default a whole step), 0:
+    continuously (a token bucket). ``left_today``:
     requests the daily limit still allows (``math.inf``: none). ``delay_s``:
     nothing before then (a cooldown).
     """
@@ -101,6 +103,13 @@ class ModelCapacity:
     left_today: float = math.inf
     step_s: float = 0.0
     delay_s: float = 0.0
+    first_step_s: float | None = None
+
+    @property
+    def first_step(self) -> float:
+        if self.first_step_s is None:
+            return self.step_s
+        return min(self.step_s, max(0.0, self.first_step_s))
 
     def __post_init__(self) -> None:
         for name in ("ready_requests", "requests_per_s", "ready_tokens", "tokens_per_s",
@@ -118,10 +127,12 @@ class ModelCapacity:
         )
 
     def _ready(self, ready: float, rate: float) -> float:
-        """The LP's intercept: what is ready now less what a cooldown costs."""
+        """The LP's intercept: what is ready now less what a cooldown costs
+        (the line through the steps' corners, for a window)."""
         if math.isinf(rate):
             return ready
-        return max(0.0, ready - rate * self.delay_s)
+        early = self.step_s - self.first_step if self.step_s > 0 else 0.0
+        return max(0.0, ready + rate * early - rate * self.delay_s)
 
     def requests_by(self, horizon_s: float) -> float:
         """Requests admitted within ``horizon_s`` from now (the step shape for a window)."""
@@ -137,8 +148,33 @@ class ModelCapacity:
             return 0.0
         elapsed = horizon_s - self.delay_s
         if self.step_s > 0:
-            elapsed = math.floor(elapsed / self.step_s + _TIGHT) * self.step_s
+            first = self.first_step
+            steps = (
+                0
+                if elapsed < first - _TIGHT
+                else math.floor((elapsed - first) / self.step_s + _TIGHT) + 1
+            )
+            elapsed = steps * self.step_s
         return min(cap, ready + rate * elapsed)
+
+    def round_up(self, horizon: float) -> float:
+        """The first moment at or after ``horizon`` at which capacity can have
+        arrived: a step's corner for a window, ``horizon`` itself otherwise."""
+        if self.step_s <= 0 or horizon <= 1e-6:
+            return max(0.0, horizon)
+        first = self.first_step + self.delay_s
+        if horizon <= first + 1e-4 * self.step_s:
+            return first
+        return first + math.ceil((horizon - first) / self.step_s - 1e-4) * self.step_s
+
+    def round_down(self, horizon: float) -> float:
+        """The last step corner at or before ``horizon`` (itself when continuous)."""
+        if self.step_s <= 0:
+            return horizon
+        first = self.first_step + self.delay_s
+        if horizon < first:
+            return horizon
+        return first + math.floor((horizon - first) / self.step_s + 1e-9) * self.step_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +198,7 @@ class TierPlan:
     requests: Mapping[str, float]
     finish_s: float | None
     binding: tuple[Binding, ...] = ()
+    chain: tuple[str, ...] = ()
 
     @property
     def planned(self) -> float:
@@ -253,7 +290,7 @@ def plan_dispatch(
     active = [i for i, t in enumerate(ordered) if t.requests > 0 or t.arrivals_per_s > 0]
     if not active:
         return Plan(
-            tuple(TierPlan(t.tier, t.rank, 0.0, {}, 0.0) for t in ordered),
+            tuple(TierPlan(t.tier, t.rank, 0.0, {}, 0.0, chain=t.chain) for t in ordered),
             0.0,
             horizon_s,
             problem.spare_at(0.0, {}),
@@ -380,24 +417,23 @@ class _Problem:
             return None
         return self._round_up(result.x[t_var], active)
 
-    def _step(self, tiers: Sequence[int]) -> float:
-        steps = [
-            self.models[m].step_s
-            for i in tiers
-            for m in self.tiers[i].chain
-            if m in self.models and self.models[m].step_s > 0
+    def _stepped(self, tiers: Sequence[int]) -> list[ModelCapacity]:
+        return [
+            self.models[m]
+            for m in {m for i in tiers for m in self.tiers[i].chain if m in self.models}
+            if self.models[m].step_s > 0
         ]
-        return max(steps, default=0.0)
 
     def _round_up(self, horizon: float, tiers: Sequence[int]) -> float:
-        """A rolling window admits nothing between its boundaries: round a
-        horizon found on the line through them up to the next boundary."""
-        step = self._step(tiers)
+        """A rolling window admits nothing between its steps: round a horizon
+        found on the line through them up to the next step (of the slowest
+        model, to be safe)."""
         if horizon <= 1e-6:
             return 0.0
-        if step <= 0:
+        stepped = self._stepped(tiers)
+        if not stepped:
             return horizon
-        return math.ceil(horizon / step - 1e-4) * step
+        return max(cap.round_up(horizon) for cap in stepped)
 
     def _edf_lp(
         self,
@@ -491,12 +527,12 @@ class _Problem:
         return self._plan(result, tags, fixed, finish, makespan, horizon_s, max(fixed.values()))
 
     def _round_down(self, horizon: float, tiers: Sequence[int], *, floor: float) -> float:
-        """The latest boundary at or before ``horizon`` (never before ``floor``):
-        a tolerance that does not reach the next window boundary buys nothing."""
-        step = self._step(tiers)
-        if step <= 0:
+        """The latest step at or before ``horizon`` (never before ``floor``):
+        a tolerance that does not reach the next step buys nothing."""
+        stepped = self._stepped(tiers)
+        if not stepped:
             return horizon + _TIGHT
-        return max(floor, math.floor(horizon / step + _TIGHT) * step) + _TIGHT
+        return max(floor, min(cap.round_down(horizon) for cap in stepped)) + _TIGHT
 
     def stream_plan(self, active: Sequence[int], horizon_s: float) -> Plan:
         """Arrivals outrun the quota: serve the highest tiers first over the
@@ -611,66 +647,89 @@ class _Problem:
                         binds.append(tag)
             done = finish.get(i, 0.0)
             demand = tier.requests + tier.arrivals_per_s * (horizon_s if done is None else done)
-            out.append(TierPlan(tier.tier, tier.rank, demand, per_tier[i], done, tuple(binds)))
+            out.append(
+                TierPlan(tier.tier, tier.rank, demand, per_tier[i], done, tuple(binds), tier.chain)
+            )
         return Plan(tuple(out), makespan, horizon_s, self.spare_at(capacity_horizon, used))
 
 
 class Allowances:
     """The registry's ledger of a plan: how much of each model each tier has
-    used since the plan was made, and whether it may use one more.
+    used since the plan was made (at ``made_at``), and whether it may use one
+    more.
 
-    A tier may take model ``m`` while it is under its planned requests there,
-    or from the plan's spare on ``m`` (shared by all tiers), or when no other
-    tier has planned use of ``m`` left: the plan only holds a model back for
-    a tier that will need it. Without a plan every tier may use every model.
+    A tier's own primary is never held back: it is the tier's model, and the
+    waiting order decides between tiers. On any other model of its chain a
+    tier may use what the plan gives it there, or take from the plan's spare
+    on that model (shared by all tiers, and spread over the plan's makespan:
+    every replan hands out a spare again, so taking all of it at once, each
+    time, would add up to more than there is), or take anything no other
+    tier has planned use of: the plan only holds a model back for a tier that
+    will need it. Without a plan every tier may use every model.
     """
 
-    def __init__(self, plan: Plan | None = None) -> None:
+    def __init__(self, plan: Plan | None = None, made_at: float = 0.0) -> None:
         self._plan = plan
+        self._made_at = made_at
         self._used: dict[tuple[str, str], float] = {}
         self._over: dict[str, float] = {}
-        self._left: dict[str, float] = {}
+        self._primary: dict[str, str] = {}
+        self._span: dict[str, float] = {}
         if plan is not None:
             for tier in plan.tiers:
-                for model, count in tier.requests.items():
-                    self._left[model] = self._left.get(model, 0.0) + count
+                if tier.chain:
+                    self._primary[tier.tier] = tier.chain[0]
+                self._span[tier.tier] = (
+                    tier.finish_s if tier.finish_s is not None else (plan.horizon_s)
+                )
 
     @property
     def plan(self) -> Plan | None:
         return self._plan
 
-    def _planned(self, tier: str, model: str) -> float:
+    def _own_room(self, tier: str, model: str, now: float) -> float:
+        """How many of the tier's planned requests on ``model`` it has left."""
         assert self._plan is not None
-        return self._plan.requests(tier, model)
+        planned = self._plan.requests(tier, model)
+        return planned - self._used.get((tier, model), 0.0)
 
-    def _split(self, tier: str, model: str) -> tuple[float, float]:
-        """How one more request would be paid: from the tier's own planned
-        requests, and from the model's shared spare."""
-        room = self._planned(tier, model) - self._used.get((tier, model), 0.0)
-        own = min(1.0, max(0.0, room))
-        return own, 1.0 - own
+    def _phase(self, span: float, now: float) -> float:
+        """The share of a span gone by at ``now`` (1 for a span of 0)."""
+        if span <= _TIGHT:
+            return 1.0
+        return min(1.0, max(0.0, now - self._made_at) / span)
 
-    def may_use(self, tier: str, model: str) -> bool:
+    def _spare_room(self, model: str, now: float) -> float:
+        """What is left of the model's spare at ``now``: it too is spread over
+        the plan, or every replan would hand the whole of it out again."""
+        assert self._plan is not None
+        spare = self._plan.spare.get(model, 0.0)
+        span = self._plan.makespan_s if self._plan.makespan_s is not None else self._plan.horizon_s
+        return min(spare, spare * self._phase(span, now) + 1.0) - self._over.get(model, 0.0)
+
+    def may_use(self, tier: str, model: str, now: float) -> bool:
         plan = self._plan
-        if plan is None:
+        if plan is None or self._primary.get(tier) == model:
             return True
-        _, shared = self._split(tier, model)
-        if shared <= _TIGHT:
+        if self._own_room(tier, model, now) >= 1.0 - 1e-6:
             return True
-        if self._over.get(model, 0.0) + shared <= plan.spare.get(model, 0.0) + 1e-6:
+        if self._spare_room(model, now) >= 1.0 - 1e-6:
             return True
         # Nobody else has planned use of this model left: take it.
-        mine_left = max(0.0, self._planned(tier, model) - self._used.get((tier, model), 0.0))
-        return self._left.get(model, 0.0) - mine_left <= 1e-6
+        return all(
+            other.requests.get(model, 0.0) - self._used.get((other.tier, model), 0.0) <= 1e-6
+            for other in plan.tiers
+            if other.tier != tier
+        )
 
-    def record(self, tier: str, model: str) -> None:
-        """One request of ``tier`` went to ``model``."""
+    def record(self, tier: str, model: str, now: float) -> None:
+        """One request of ``tier`` went to ``model`` at ``now``."""
         if self._plan is None:
             return
-        own, shared = self._split(tier, model)
-        self._left[model] = self._left.get(model, 0.0) - own
-        self._over[model] = self._over.get(model, 0.0) + shared
         key = (tier, model)
+        own = self._primary.get(tier) == model or self._own_room(tier, model, now) >= 1.0 - 1e-6
+        if not own:
+            self._over[model] = self._over.get(model, 0.0) + 1.0
         self._used[key] = self._used.get(key, 0.0) + 1.0
 
     def used(self, tier: str, model: str) -> float:

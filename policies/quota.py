@@ -55,7 +55,7 @@ from types import MappingProxyType
 from typing import Any, Final, assert_never
 
 from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
-from tierbatch.policies.estimator import EstimatorConfig, LimitEstimate
+from tierbatch.policies.estimator import EstimatorConfig, LimiterShape, LimitEstimate
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -446,8 +446,25 @@ class QuotaPolicy:
                 state.cooldown_until or now,
                 self._exhausted_until(state, now, wall_offset, today) or now,
             )
-            # A whole window's quota at once, or a bucket's steady trickle.
-            stepped = estimate.burst >= estimate.rpm
+            # Capacity comes a window at a time unless the provider showed a
+            # bucket's steady trickle (assuming steps is the safe side); the
+            # first step is when the oldest place in our window frees, so a
+            # plan made in the middle of a window does not start counting a
+            # whole window from now (which would push its end a little later
+            # at every replan).
+            # While the pacing holds requests back (a burst below a whole
+            # window), capacity is its steady trickle.
+            stepped = (
+                estimate.shape is not LimiterShape.BUCKET
+                and bool(estimate.rpm)
+                and (not estimate.paced or estimate.burst >= estimate.rpm)
+            )
+            oldest = state.window.oldest_expiry(now) if stepped else None
+            newest = state.window.newest_expiry(now) if stepped else None
+            if oldest is not None and newest is not None and newest - oldest > window_s / 4:
+                # A window filled bit by bit frees bit by bit: a steady
+                # trickle, not one step.
+                stepped, oldest = False, None
             out[name] = ModelCapacity(
                 name,
                 ready_requests=ready_r,
@@ -455,8 +472,9 @@ class QuotaPolicy:
                 ready_tokens=ready_t,
                 tokens_per_s=rate_t,
                 left_today=left,
-                step_s=window_s if stepped and estimate.rpm else 0.0,
+                step_s=window_s if stepped else 0.0,
                 delay_s=max(0.0, blocked - now),
+                first_step_s=None if oldest is None else oldest - now,
             )
         return out
 

@@ -10,9 +10,10 @@ their positions hold the requests and tokens still counted, so prefix sums
 and "the first entry at which the sum reaches x" take O(log n): an entry
 refunded or moved in the middle is one point update.
 
-Entries are appended in expiry order; one whose expiry would fall before
-the last entry's is held until that one (it only ever leaves later than
-asked, never earlier). Pure and single-owner, like the rest of ``policies``.
+Entries are kept in expiry order. Most arrive last (a request's place
+starts when it is sent); one that arrives a little out of order -- its send
+was marked after a later grant's -- is slid into place, which moves only the
+few entries behind it. Pure and single-owner, like the rest of ``policies``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ class RollingWindow:
         self._expiry: list[float] = []
         self._requests: list[int] = []
         self._tokens: list[int] = []
-        self._base = 0  # positions before this were compacted away
+        self._handles: list[int] = []  # local index -> handle
+        self._where: dict[int, int] = {}  # handle -> local index (while not expired)
+        self._next_handle = 0
         self._head = 0  # local index of the first entry not yet expired
         self._tree_requests = _Fenwick([])
         self._tree_tokens = _Fenwick([])
@@ -101,25 +104,54 @@ class RollingWindow:
 
     def add(self, expires_at: float, tokens: int) -> int:
         """Count one request of ``tokens`` until ``expires_at``."""
-        if self._expiry and expires_at < self._expiry[-1]:
-            expires_at = self._expiry[-1]
+        handle = self._next_handle
+        self._next_handle += 1
+        index = bisect.bisect_right(self._expiry, expires_at, lo=self._head)
+        end = len(self._expiry)
         self._expiry.append(expires_at)
-        self._requests.append(1)
-        self._tokens.append(tokens)
-        local = len(self._expiry) - 1
-        if local >= self._tree_requests._n:
+        self._requests.append(0)
+        self._tokens.append(0)
+        self._handles.append(handle)
+        if end >= self._tree_requests._n:
             self._rebuild()
-        else:
-            self._tree_requests.add(local, 1)
-            self._tree_tokens.add(local, tokens)
+        # Slide the entries behind the new one back by one place.
+        for j in range(end, index, -1):
+            self._move(j - 1, j)
+        self._expiry[index] = expires_at
+        self._requests[index] = 1
+        self._tokens[index] = tokens
+        self._handles[index] = handle
+        self._where[handle] = index
+        self._tree_requests.add(index, 1)
+        self._tree_tokens.add(index, tokens)
         self.requests += 1
         self.tokens += tokens
-        return self._base + local
+        return handle
+
+    def _move(self, src: int, dst: int) -> None:
+        r, tk = self._requests[src], self._tokens[src]
+        if r or tk:
+            self._tree_requests.add(src, -r)
+            self._tree_tokens.add(src, -tk)
+            self._tree_requests.add(dst, r)
+            self._tree_tokens.add(dst, tk)
+        self._expiry[dst] = self._expiry[src]
+        self._requests[dst] = r
+        self._tokens[dst] = tk
+        handle = self._handles[src]
+        self._handles[dst] = handle
+        self._where[handle] = dst
+
+    def _local(self, handle: int) -> int | None:
+        local = self._where.get(handle)
+        if local is None or local < self._head or not self._requests[local]:
+            return None
+        return local
 
     def remove(self, handle: int) -> bool:
         """Stop counting an entry; False when it had expired or was removed."""
-        local = handle - self._base
-        if not self._head <= local < len(self._expiry) or not self._requests[local]:
+        local = self._local(handle)
+        if local is None:
             return False
         tokens = self._tokens[local]
         self._requests[local] = 0
@@ -132,8 +164,8 @@ class RollingWindow:
 
     def retoken(self, handle: int, tokens: int) -> bool:
         """A counted entry used ``tokens`` rather than its estimate."""
-        local = handle - self._base
-        if not self._head <= local < len(self._expiry) or not self._requests[local]:
+        local = self._local(handle)
+        if local is None:
             return False
         delta = tokens - self._tokens[local]
         self._tokens[local] = tokens
@@ -142,11 +174,13 @@ class RollingWindow:
         return True
 
     def counted(self, handle: int) -> bool:
-        local = handle - self._base
-        return self._head <= local < len(self._expiry) and bool(self._requests[local])
+        return self._local(handle) is not None
 
     def expiry(self, handle: int) -> float:
-        return self._expiry[handle - self._base]
+        local = self._where.get(handle)
+        if local is None:
+            raise KeyError(f"window entry {handle} has expired")
+        return self._expiry[local]
 
     def expire(self, now: float) -> None:
         """Drop every entry whose place has expired at ``now``."""
@@ -163,6 +197,7 @@ class RollingWindow:
                 self._tree_tokens.add(local, -self._tokens[local])
                 self._requests[local] = 0
                 self._tokens[local] = 0
+            self._where.pop(self._handles[local], None)
         self._head = end
         if self._head > 1024 and self._head * 2 > len(self._expiry):
             self._compact()
@@ -172,7 +207,8 @@ class RollingWindow:
         self._expiry = self._expiry[head:]
         self._requests = self._requests[head:]
         self._tokens = self._tokens[head:]
-        self._base += head
+        self._handles = self._handles[head:]
+        self._where = {handle: i for i, handle in enumerate(self._handles) if handle in self._where}
         self._head = 0
         self._rebuild()
 
@@ -226,8 +262,15 @@ class RollingWindow:
             return None
         return self._expiry[need - 1]
 
+    def newest_expiry(self, now: float) -> float | None:
+        """When the newest entry still in the window expires (entries are in
+        expiry order, so it is the last one; refunded ones aside)."""
+        if self.live(now)[0] <= 0 or not self._expiry:
+            return None
+        return self._expiry[-1]
+
     def entries(self) -> Iterator[tuple[int, float, int]]:
         """``(handle, expires_at, tokens)`` of every counted entry, oldest first."""
         for local in range(self._head, len(self._expiry)):
             if self._requests[local]:
-                yield self._base + local, self._expiry[local], self._tokens[local]
+                yield self._handles[local], self._expiry[local], self._tokens[local]

@@ -242,7 +242,7 @@ class WaitingList:
             live, model = best
             grant = quota.grant(model, live.waiter.est_tokens, now)
             if allowances is not None:
-                allowances.record(live.waiter.tier, model)
+                allowances.record(live.waiter.tier, model, now)
             self._drop(live)
             decisions.append(Granted(live.waiter, grant))
 
@@ -304,7 +304,7 @@ class WaitingList:
                 if best is not None and key > best[0]:
                     break
                 waiter = live.waiter
-                if allowances is not None and not allowances.may_use(waiter.tier, model):
+                if allowances is not None and not allowances.may_use(waiter.tier, model, now):
                     continue  # its tier's share of this model is spent
                 if quota.never_reason(model, waiter.est_tokens) is not None:
                     self._reroute(live, quota, decisions)

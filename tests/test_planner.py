@@ -244,12 +244,21 @@ def test_overflow_never_takes_what_the_lower_tier_needs():
     assert warm is not None
     assert warm.requests["lite"] + plan.requests("cold", "lite") <= 600 + 1e-6
     assert warm.requests["flash"] == pytest.approx(240)  # flash kept full to the end
-    allowances = Allowances(plan)
-    for _ in range(int(warm.requests["lite"] + plan.spare["lite"])):
-        assert allowances.may_use("warm", "lite")
-        allowances.record("warm", "lite")
-    assert not allowances.may_use("warm", "lite")  # the rest is cold's
-    assert allowances.may_use("cold", "lite")
+    allowances = Allowances(plan, made_at=0.0)
+    taken = 0
+    while allowances.may_use("warm", "lite", 0.0):
+        allowances.record("warm", "lite", 0.0)
+        taken += 1
+    # Its share at once; the spare only as the plan's makespan goes by.
+    assert warm.requests["lite"] <= taken < warm.requests["lite"] + plan.spare["lite"]
+    assert allowances.may_use("warm", "flash", 0.0)  # its own primary: never held back
+    later = plan.makespan_s  # by then all of the spare may go
+    while allowances.may_use("warm", "lite", later):
+        allowances.record("warm", "lite", later)
+        taken += 1
+    # (fractional shares round down on each side: within two requests)
+    assert abs(taken - (warm.requests["lite"] + plan.spare["lite"])) <= 2 + 1e-6
+    assert allowances.may_use("cold", "lite", later)  # the rest is cold's
 
 
 def test_one_tier_degenerates_to_taking_any_model_of_its_chain():
@@ -258,8 +267,8 @@ def test_one_tier_degenerates_to_taking_any_model_of_its_chain():
     allowances = Allowances(plan)
     for _ in range(100):
         for model in ("a", "b"):
-            assert allowances.may_use("only", model)
-            allowances.record("only", model)
+            assert allowances.may_use("only", model, 0.0)
+            allowances.record("only", model, 0.0)
 
 
 def test_the_best_model_goes_to_the_highest_tier():
