@@ -490,6 +490,7 @@ def test_bad_rows_fail_naming_the_field_and_the_daemon_keeps_running(tmp_path: P
 DISK_FULL_CHILD = """
 import os, sqlite3, sys
 from tierbatch.adapters.app import cli
+from tierbatch.adapters.storage import sqlite_store
 from tierbatch.adapters.storage.sqlite_store import SqliteStore
 
 FLAG = sys.argv.pop(1)
@@ -500,7 +501,7 @@ class FillingUp(SqliteStore):
             raise sqlite3.OperationalError("database or disk is full")
         return super()._write_results(conn, results, now)
 
-cli.SqliteStore = FillingUp
+sqlite_store.SqliteStore = FillingUp  # what --db opens
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -1,0 +1,98 @@
+"""The PostgreSQL schema: the SQLite schema's tables and columns in
+PostgreSQL's types (documented in ``postgres_store``'s docstring), and the
+statements whose PostgreSQL spelling differs from the shared ones."""
+
+from __future__ import annotations
+
+from tierbatch.adapters.storage.queue_sql import RELEASE_SET
+
+NOW_SQL = "(EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION)"
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    f"""CREATE TABLE IF NOT EXISTS articles (
+        id TEXT PRIMARY KEY,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'leased', 'done', 'failed')),
+        priority DOUBLE PRECISION,
+        enqueued_at DOUBLE PRECISION NOT NULL DEFAULT {NOW_SQL},
+        lease_owner TEXT,
+        lease_expires DOUBLE PRECISION,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        updated_at DOUBLE PRECISION NOT NULL DEFAULT {NOW_SQL},
+        seq BIGINT GENERATED ALWAYS AS IDENTITY
+    )""",
+    "CREATE INDEX IF NOT EXISTS articles_state_lease ON articles (state, lease_expires, seq)",
+    """CREATE INDEX IF NOT EXISTS articles_queue_order
+        ON articles (state, priority DESC NULLS LAST, enqueued_at, seq)""",
+    """CREATE INDEX IF NOT EXISTS articles_lease_owner
+        ON articles (lease_owner) WHERE lease_owner IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS results (
+        article_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+        entities TEXT NOT NULL DEFAULT '[]',
+        model TEXT,
+        tier TEXT,
+        attempts INTEGER,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        latency_s DOUBLE PRECISION,
+        cost_usd DOUBLE PRECISION,
+        fallback INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        detail TEXT,
+        metadata TEXT,
+        finished_at DOUBLE PRECISION NOT NULL,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
+    )""",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        source TEXT NOT NULL,
+        line_no BIGINT,
+        reason TEXT NOT NULL,
+        raw_prefix TEXT,
+        at DOUBLE PRECISION NOT NULL
+    )""",
+    # The payload as JSON, or NULL when it is not JSON PostgreSQL accepts:
+    # PostgreSQL 15 has no "IS JSON" test, and a cast that fails would fail
+    # the whole query that reads the backlog.
+    """CREATE OR REPLACE FUNCTION tierbatch_json_or_null(doc TEXT) RETURNS JSONB
+        LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+        BEGIN
+            RETURN doc::JSONB;
+        EXCEPTION WHEN OTHERS THEN
+            RETURN NULL;
+        END
+        $$""",
+)
+# Serialises schema creation between processes starting at once.
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tierbatch schema'))"
+TABLE_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
+
+# Rows are locked with SKIP LOCKED: processes leasing at once never wait for
+# each other and never take the same row. Ties go by insertion order (seq),
+# as SQLite's go by rowid.
+LEASE_COLUMNS = "id, payload, attempts"
+EXPIRED_CANDIDATES = (
+    f"SELECT {LEASE_COLUMNS} FROM articles"
+    " WHERE state = 'leased' AND lease_expires < ? ORDER BY lease_expires, seq LIMIT ?"
+    " FOR UPDATE SKIP LOCKED"
+)
+QUEUED_CANDIDATES = (
+    f"SELECT {LEASE_COLUMNS} FROM articles"
+    " WHERE state = 'queued' ORDER BY priority DESC NULLS LAST, enqueued_at, seq LIMIT ?"
+    " FOR UPDATE SKIP LOCKED"
+)
+# Every statement that locks several rows it does not skip locks them in
+# id order (code point order, as Python sorts), so two transactions cannot
+# deadlock over them.
+BY_ID = 'ORDER BY id COLLATE "C" FOR UPDATE'
+HOLDERS = f"SELECT id, state, lease_owner FROM articles WHERE id = ANY(?) {BY_ID}"
+_OWNED = f"id IN (SELECT id FROM articles WHERE lease_owner = ? AND state = 'leased' {BY_ID})"
+RENEW = "UPDATE articles SET lease_expires = ?, updated_at = ? WHERE " + _OWNED
+RELEASE_ALL = RELEASE_SET + _OWNED
+BACKLOG = """SELECT id, doc ->> 'cluster_id', doc ->> 'published_at' FROM (
+        SELECT id, enqueued_at, tierbatch_json_or_null(payload) AS doc
+        FROM articles WHERE state = 'queued'
+    ) AS queued
+    WHERE doc ->> 'cluster_id' IS NOT NULL ORDER BY enqueued_at DESC LIMIT ?"""
+SERVER_TIME = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
