@@ -180,7 +180,8 @@ def test_sigkill_of_one_daemon_and_the_other_finishes_its_articles(
             row[0]
             for row in query(
                 postgres_url,
-                "SELECT id FROM articles WHERE state = 'leased' AND split_part(lease_owner, ':', 2) = %s",
+                "SELECT id FROM articles WHERE state = 'leased'"
+                " AND split_part(lease_owner, ':', 2) = %s",
                 (str(pid),),
             )
         }

@@ -1,57 +1,22 @@
 """The PostgreSQL schema: the SQLite schema's tables and columns in
-PostgreSQL's types (documented in ``postgres_store``'s docstring), and the
-statements whose PostgreSQL spelling differs from the shared ones."""
+PostgreSQL's types, with an insertion-order ``seq`` (documented in
+``postgres_store``'s docstring), and the statements whose PostgreSQL
+spelling differs from the shared ones."""
 
 from __future__ import annotations
 
-from tierbatch.adapters.storage.queue_sql import RELEASE_SET
+from tierbatch.adapters.storage.queue_sql import RELEASE_SET, schema
 
 NOW_SQL = "(EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION)"
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    f"""CREATE TABLE IF NOT EXISTS articles (
-        id TEXT PRIMARY KEY,
-        payload TEXT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'queued'
-            CHECK (state IN ('queued', 'leased', 'done', 'failed')),
-        priority DOUBLE PRECISION,
-        enqueued_at DOUBLE PRECISION NOT NULL DEFAULT {NOW_SQL},
-        lease_owner TEXT,
-        lease_expires DOUBLE PRECISION,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        updated_at DOUBLE PRECISION NOT NULL DEFAULT {NOW_SQL},
-        seq BIGINT GENERATED ALWAYS AS IDENTITY
-    )""",
-    "CREATE INDEX IF NOT EXISTS articles_state_lease ON articles (state, lease_expires, seq)",
-    """CREATE INDEX IF NOT EXISTS articles_queue_order
-        ON articles (state, priority DESC NULLS LAST, enqueued_at, seq)""",
-    """CREATE INDEX IF NOT EXISTS articles_lease_owner
-        ON articles (lease_owner) WHERE lease_owner IS NOT NULL""",
-    """CREATE TABLE IF NOT EXISTS results (
-        article_id TEXT PRIMARY KEY,
-        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
-        entities TEXT NOT NULL DEFAULT '[]',
-        model TEXT,
-        tier TEXT,
-        attempts INTEGER,
-        input_tokens INTEGER,
-        output_tokens INTEGER,
-        latency_s DOUBLE PRECISION,
-        cost_usd DOUBLE PRECISION,
-        fallback INTEGER NOT NULL DEFAULT 0,
-        reason TEXT,
-        detail TEXT,
-        metadata TEXT,
-        finished_at DOUBLE PRECISION NOT NULL,
-        seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE
-    )""",
-    """CREATE TABLE IF NOT EXISTS rejects (
-        source TEXT NOT NULL,
-        line_no BIGINT,
-        reason TEXT NOT NULL,
-        raw_prefix TEXT,
-        at DOUBLE PRECISION NOT NULL
-    )""",
+    *schema(
+        real="DOUBLE PRECISION",
+        bigint="BIGINT",
+        now=NOW_SQL,
+        identity="BIGINT GENERATED ALWAYS AS IDENTITY",
+        nulls_last=" NULLS LAST",
+    ),
+    "CREATE UNIQUE INDEX IF NOT EXISTS results_seq ON results (seq)",
     # The payload as JSON, or NULL when it is not JSON PostgreSQL accepts:
     # PostgreSQL 15 has no "IS JSON" test, and a cast that fails would fail
     # the whole query that reads the backlog.

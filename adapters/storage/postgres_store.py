@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -86,7 +86,6 @@ from tierbatch.adapters.storage.postgres_schema import (
 )
 from tierbatch.adapters.storage.queue_rows import Candidate, Holder, epoch_of, usable_id
 from tierbatch.adapters.storage.queue_sql import (
-    RESULT_COLUMNS,
     SCHEMA_VERSION,
     SCHEMA_VERSION_SQL,
     read_queue_report,
@@ -254,19 +253,6 @@ class PostgresStore(SqlQueueStore):
 
     def _reject_row(self, source: str, reject: Rejected, now: float) -> Sequence[Any]:
         return tuple(_storable(value) for value in super()._reject_row(source, reject, now))
-
-    def _result_pages(self) -> Iterator[list[Any]]:
-        columns = ", ".join(RESULT_COLUMNS)
-        last = 0
-        while True:
-            rows = self._read(
-                f"SELECT seq, {columns} FROM results WHERE seq > ? ORDER BY seq LIMIT 1000",
-                (last,),
-            )
-            if not rows:
-                return
-            yield [row[1:] for row in rows]
-            last = rows[-1][0]
 
     def cluster_backlog(self, limit: int) -> list[tuple[str, str, float | None]]:
         out: list[tuple[str, str, float | None]] = []

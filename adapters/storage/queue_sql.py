@@ -3,8 +3,8 @@ version, the statements both dialects accept (written with ``?``
 placeholders; ``to_format_params`` turns them into psycopg's ``%s``), the
 result row codec and the read-only look ``tierbatch status`` takes.
 
-The schema itself is in each dialect's module (``sqlite_schema``,
-``postgres_schema``): the same tables and columns, each with its own types.
+The schema (``schema``) is one template: each dialect's module
+(``sqlite_schema``, ``postgres_schema``) fills in its types.
 """
 
 from __future__ import annotations
@@ -25,6 +25,65 @@ from tierbatch.policies.results import TerminalResult
 
 SCHEMA_VERSION = 1
 STATES = ("queued", "leased", "done", "failed")
+
+
+def schema(
+    *, real: str, bigint: str, now: str, identity: str = "", nulls_last: str = ""
+) -> list[str]:
+    """The tables and indexes in a dialect's spelling: ``real`` and
+    ``bigint`` its types, ``now`` the default timestamp (epoch seconds),
+    ``identity`` an insertion-order column ``seq`` of ``articles`` and
+    ``results`` that breaks ties in the queue order (SQLite has its rowid:
+    none), ``nulls_last`` what sorts rows without a priority last."""
+    seq = f",\n        seq {identity}" if identity else ""
+    tiebreak = ", seq" if identity else ""
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS articles (
+        id TEXT PRIMARY KEY,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'leased', 'done', 'failed')),
+        priority {real},
+        enqueued_at {real} NOT NULL DEFAULT {now},
+        lease_owner TEXT,
+        lease_expires {real},
+        attempts INTEGER NOT NULL DEFAULT 0,
+        updated_at {real} NOT NULL DEFAULT {now}{seq}
+    )""",
+        "CREATE INDEX IF NOT EXISTS articles_state_lease"
+        f" ON articles (state, lease_expires{tiebreak})",
+        f"""CREATE INDEX IF NOT EXISTS articles_queue_order
+        ON articles (state, priority DESC{nulls_last}, enqueued_at{tiebreak})""",
+        """CREATE INDEX IF NOT EXISTS articles_lease_owner
+        ON articles (lease_owner) WHERE lease_owner IS NOT NULL""",
+        f"""CREATE TABLE IF NOT EXISTS results (
+        article_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+        entities TEXT NOT NULL DEFAULT '[]',
+        model TEXT,
+        tier TEXT,
+        attempts INTEGER,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        latency_s {real},
+        cost_usd {real},
+        fallback INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        detail TEXT,
+        metadata TEXT,
+        finished_at {real} NOT NULL{seq}
+    )""",
+        f"""CREATE TABLE IF NOT EXISTS rejects (
+        source TEXT NOT NULL,
+        line_no {bigint},
+        reason TEXT NOT NULL,
+        raw_prefix TEXT,
+        at {real} NOT NULL
+    )""",
+    ]
+
+
 RESULT_COLUMNS = (
     "article_id",
     "status",

@@ -81,6 +81,8 @@ class SqlQueueStore(ABC):
 
     # How the dialect addresses a row while leasing (SQLite: rowid).
     _ROW_KEY: ClassVar[str] = "id"
+    # The column that orders rows as they were inserted.
+    _INSERTION_ORDER: ClassVar[str] = "seq"
     # Orders the result groups by code point (PostgreSQL: COLLATE "C").
     _RESULT_COUNTS_SQL: ClassVar[str] = RESULT_COUNTS_SQL
     # Renewing and handing back every lease of an owner (PostgreSQL locks
@@ -134,10 +136,22 @@ class SqlQueueStore(ABC):
         """(state, lease owner) of the rows of ``ids``, locked against a
         concurrent lease until the transaction ends."""
 
-    @abstractmethod
     def _result_pages(self) -> Iterator[list[Any]]:
         """Every results row, ``RESULT_COLUMNS`` in order, page by page in
-        insertion order."""
+        insertion order (SQLite's rowid, PostgreSQL's seq)."""
+        columns = ", ".join(RESULT_COLUMNS)
+        order = self._INSERTION_ORDER
+        last = 0
+        while True:
+            rows = self._read(
+                f"SELECT {order}, {columns} FROM results WHERE {order} > ?"
+                f" ORDER BY {order} LIMIT 1000",
+                (last,),
+            )
+            if not rows:
+                return
+            yield [row[1:] for row in rows]
+            last = rows[-1][0]
 
     @abstractmethod
     def cluster_backlog(self, limit: int) -> list[tuple[str, str, float | None]]:

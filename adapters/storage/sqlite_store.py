@@ -105,14 +105,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from tierbatch.adapters.storage.queue_rows import Candidate, Holder, epoch_of, usable_id
-from tierbatch.adapters.storage.queue_sql import RESULT_COLUMNS, read_queue_report
+from tierbatch.adapters.storage.queue_sql import read_queue_report
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.sqlite_schema import SCHEMA
 from tierbatch.adapters.storage.store import (
@@ -155,6 +155,7 @@ class SqliteStore(SqlQueueStore):
     """
 
     _ROW_KEY = "rowid"
+    _INSERTION_ORDER = "rowid"
 
     def __init__(
         self,
@@ -269,19 +270,6 @@ class SqliteStore(SqlQueueStore):
             f"SELECT id, state, lease_owner FROM articles WHERE {condition}", params
         )
         return {article_id: (state, owner) for article_id, state, owner in rows}
-
-    def _result_pages(self) -> Iterator[list[Any]]:
-        columns = ", ".join(RESULT_COLUMNS)
-        last = 0
-        while True:
-            rows = self._read(
-                f"SELECT rowid, {columns} FROM results WHERE rowid > ? ORDER BY rowid LIMIT 1000",
-                (last,),
-            )
-            if not rows:
-                return
-            yield [row[1:] for row in rows]
-            last = rows[-1][0]
 
     def cluster_backlog(self, limit: int) -> list[tuple[str, str, float | None]]:
         rows = self._read(
