@@ -55,9 +55,15 @@ HOLDERS = f"SELECT id, state, lease_owner FROM articles WHERE id = ANY(?) {BY_ID
 _OWNED = f"id IN (SELECT id FROM articles WHERE lease_owner = ? AND state = 'leased' {BY_ID})"
 RENEW = "UPDATE articles SET lease_expires = ?, updated_at = ? WHERE " + _OWNED
 RELEASE_ALL = RELEASE_SET + _OWNED
-BACKLOG = """SELECT id, doc ->> 'cluster_id', doc ->> 'published_at' FROM (
-        SELECT id, enqueued_at, tierbatch_json_or_null(payload) AS doc
-        FROM articles WHERE state = 'queued'
-    ) AS queued
-    WHERE doc ->> 'cluster_id' IS NOT NULL ORDER BY enqueued_at DESC LIMIT ?"""
+# Each payload is parsed once (OFFSET 0 keeps the subquery from being
+# flattened, which would call the function twice), and only small columns
+# are sorted.
+BACKLOG = """SELECT id, cluster, published FROM (
+        SELECT id, enqueued_at, doc ->> 'cluster_id' AS cluster, doc ->> 'published_at' AS published
+        FROM (
+            SELECT id, enqueued_at, tierbatch_json_or_null(payload) AS doc
+            FROM articles WHERE state = 'queued' OFFSET 0
+        ) AS parsed
+    ) AS fields
+    WHERE cluster IS NOT NULL ORDER BY enqueued_at DESC LIMIT ?"""
 SERVER_TIME = "SELECT EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
