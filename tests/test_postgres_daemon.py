@@ -156,15 +156,32 @@ def test_two_daemons_share_one_queue_and_each_article_gets_one_result(
     assert refused.get("stale_results", "0") == refused.get("duplicate_results", "0") == "0"
 
 
+def leases_of(url: str, pid: int) -> set[str]:
+    """Ids whose lease the daemon with process id ``pid`` holds (owner host:pid:random)."""
+    rows = query(
+        url,
+        "SELECT id FROM articles WHERE state = 'leased' AND split_part(lease_owner, ':', 2) = %s",
+        (str(pid),),
+    )
+    return {row[0] for row in rows}
+
+
 def test_sigkill_of_one_daemon_and_the_other_finishes_its_articles(
-    postgres_url: str, tmp_path: Path, fake_gemini: FakeGeminiServer
+    postgres_url: str, tmp_path: Path
 ) -> None:
-    n = 150
-    config = write_config(tmp_path / "c.toml", base_url=fake_gemini.base_url)
-    enqueue(postgres_url, sample_lines(n))
+    n = 300
+    # Few packs in flight and answers slow enough that each daemon holds a
+    # small share of the queue at a time, and the kill comes mid-run; leases
+    # of 2 s renewed every 0.67 s, so none of the killed daemon's leases can
+    # expire (and be taken over) before the test has read them.
+    fake_gemini = FakeGeminiServer(FakeGeminiConfig(latency_s=0.1))
+    fake_gemini.start()
+    config = write_config(
+        tmp_path / "c.toml", base_url=fake_gemini.base_url, extractors=1, max_packs=2
+    )
     daemons = [
         DaemonProcess(
-            daemon_args(postgres_url, config, tmp_path / f"{i}.msgpack", "--lease-s", "1.0"),
+            daemon_args(postgres_url, config, tmp_path / f"{i}.msgpack", "--lease-s", "2.0"),
             child_env(key=key),
         )
         for i, key in enumerate(KEYS)
@@ -173,18 +190,15 @@ def test_sigkill_of_one_daemon_and_the_other_finishes_its_articles(
     try:
         pid = victim.wait_for_event("daemon ready")["pid"]
         survivor.wait_for_event("daemon ready")
-        wait_until(lambda: states(postgres_url).get("done", 0) >= 40, 60, "40 results")
+        enqueue(postgres_url, sample_lines(n))
+        wait_until(
+            lambda: states(postgres_url).get("done", 0) >= 40 and leases_of(postgres_url, pid),
+            60,
+            "40 results, and leases held by the daemon to kill",
+        )
         victim.proc.send_signal(signal.SIGKILL)
         victim.wait(10)
-        held = {
-            row[0]
-            for row in query(
-                postgres_url,
-                "SELECT id FROM articles WHERE state = 'leased'"
-                " AND split_part(lease_owner, ':', 2) = %s",
-                (str(pid),),
-            )
-        }
+        held = leases_of(postgres_url, pid)
         done_at_kill = {r[0] for r in query(postgres_url, "SELECT article_id FROM results")}
         calls_at_kill = len(fake_gemini.log)
         wait_until(lambda: states(postgres_url).get("done", 0) == n, 90, "every article done")
@@ -193,6 +207,7 @@ def test_sigkill_of_one_daemon_and_the_other_finishes_its_articles(
     finally:
         for daemon in daemons:
             daemon.kill()
+        fake_gemini.stop()
     log = fake_gemini.log
     before = calls_by_daemon(log[:calls_at_kill])
     after = calls_by_daemon(log[calls_at_kill:])
