@@ -9,8 +9,9 @@
     tierbatch serve-fake-gemini --port 8765
 
 This module only parses arguments, wires the adapters together and turns
-outcomes into messages and exit codes; the work happens in ``daemon``,
-``sqlite_store`` and the runtime. It is also the only place that configures
+outcomes into messages and exit codes; the work happens in ``daemon``, the
+store (``sqlite_store``, or ``postgres_store`` for a ``postgresql://`` URL)
+and the runtime. It is also the only place that configures
 logging. ``main`` returns the exit code instead of exiting, so it can be
 called in-process (tests) as well as by the console script.
 """
@@ -61,8 +62,9 @@ from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
+from tierbatch.adapters.storage.open_store import is_postgres_url, open_store
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
-from tierbatch.adapters.storage.sqlite_store import SqliteStore, StorageError, default_owner
+from tierbatch.adapters.storage.store import StorageError, Store, default_owner
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
 
@@ -100,6 +102,7 @@ exit codes:
   runtime fails.
 """
 
+DB_ENV = "TIERBATCH_DB"
 SAMPLE_NAME = "sample_articles.jsonl"
 _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
 _log = structlog.get_logger("tierbatch.cli")
@@ -234,7 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", required=True, metavar="PATH", help="SQLite database file")
+    default = os.environ.get(DB_ENV) or None
+    parser.add_argument(
+        "--db",
+        required=default is None,
+        default=default,
+        metavar="DB",
+        help="SQLite database file, or a postgresql://user@host/dbname URL for a queue "
+        f"many machines share (default: ${DB_ENV})",
+    )
 
 
 def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = False) -> None:
@@ -358,7 +369,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         if one_shot:
             assert ingest is not None
             _print_summary(config, report, ingest, left, description, synthetic, out)
-        return _exit_code(report, ingest, left, args.db, one_shot, err)
+        return _exit_code(report, ingest, left, store.path, one_shot, err)
 
 
 def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> DaemonOptions:
@@ -379,23 +390,24 @@ def _with_call_stats(provider: Provider, interval_s: float) -> Provider:
     return CallStatsProvider(provider, interval_s) if interval_s > 0 else provider
 
 
-def _open_store(db: str) -> SqliteStore:
-    parent = Path(db).resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"--db {db}: directory {parent} does not exist")
+def _open_store(db: str) -> Store:
+    if not is_postgres_url(db):
+        parent = Path(db).resolve().parent
+        if not parent.is_dir():
+            raise UsageError(f"--db {db}: directory {parent} does not exist")
     try:
-        return SqliteStore(db, owner=default_owner())
+        return open_store(db, owner=default_owner())
     except StorageError as exc:
         raise UsageError(str(exc)) from None
 
 
-def _ingest_input(store: SqliteStore, args: argparse.Namespace) -> IngestReport:
+def _ingest_input(store: Store, args: argparse.Namespace) -> IngestReport:
     if args.sample:
         return _ingest_sample(store, datetime.now(UTC))
     return _ingest_path(store, args.articles)
 
 
-def _ingest_sample(store: SqliteStore, now: datetime) -> IngestReport:
+def _ingest_sample(store: Store, now: datetime) -> IngestReport:
     """Enqueue the shipped sample as a replay: its publication times are
     shifted so the newest article is from ``now``. Hotness decays with age,
     so the sample's fixed dates would otherwise make every story cold and
@@ -417,7 +429,7 @@ def _ingest_sample(store: SqliteStore, now: datetime) -> IngestReport:
     return IngestReport(report.inserted, report.duplicates, rejected)
 
 
-def _ingest_path(store: SqliteStore, path: str) -> IngestReport:
+def _ingest_path(store: Store, path: str) -> IngestReport:
     if path == "-":
         return ingest_jsonl(store, sys.stdin.buffer, source_name="<stdin>")
     if not Path(path).is_file():

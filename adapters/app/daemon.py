@@ -1,6 +1,6 @@
 """The long-running loop behind ``tierbatch run`` and ``tierbatch daemon``.
 
-It moves articles from the SQLite queue through an embedded ``Runtime`` and
+It moves articles from the queue (SQLite or PostgreSQL) through an embedded ``Runtime`` and
 back into the results table, and it is built to be killed:
 
 * **Bounded memory.** Articles are leased in chunks that keep the runtime's
@@ -67,6 +67,7 @@ from tierbatch.actors.runtime import Runtime, RuntimeStats
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
 from tierbatch.adapters.app.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
+from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.snapshot_file import (
     CorruptSnapshot,
@@ -75,7 +76,7 @@ from tierbatch.adapters.storage.snapshot_file import (
     SnapshotFile,
     decode,
 )
-from tierbatch.adapters.storage.sqlite_store import SqliteStore, StorageError
+from tierbatch.adapters.storage.store import StorageError, Store
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
 from tierbatch.policies.outcomes import CallOutcome
@@ -90,7 +91,10 @@ _MAX_STORAGE_FAILURES = 20
 
 
 def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
-    """``<db>.quota.msgpack``, next to the database."""
+    """``<db>.quota.msgpack``, next to an SQLite database; for a PostgreSQL
+    URL, ``postgresql-HOST-PORT-DBNAME.quota.msgpack`` in the current folder."""
+    if is_postgres_url(db_path):
+        return Path(f"{file_stem(db_path)}{SNAPSHOT_SUFFIX}")
     return Path(f"{os.fspath(db_path)}{SNAPSHOT_SUFFIX}")
 
 
@@ -249,7 +253,7 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        store: SqliteStore,
+        store: Store,
         *,
         provider: Provider,
         snapshot: SnapshotFile,

@@ -1,8 +1,9 @@
 """``tierbatch status``: what a database and its quota snapshot say, read-only.
 
-It opens the database with a read-only connection (``mode=ro``): in WAL mode
-readers never block the daemon writing next to them, and status never takes
-a write lock, creates tables or moves a corrupt snapshot aside -- it only
+It reads the database read-only -- an SQLite file with a ``mode=ro``
+connection (in WAL mode readers never block the daemon writing next to
+them), a PostgreSQL database in one read-only snapshot -- and never takes a
+write lock, creates tables or moves a corrupt snapshot aside: it only
 looks. The quota state is read from the snapshot file the daemon saves and
 interpreted with the quota policy itself, so "used today" means exactly what
 the daemon will count (a snapshot from yesterday shows 0 today).
@@ -11,7 +12,6 @@ the daemon will count (a snapshot from yesterday shows 0 today).
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,14 +21,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
-from tierbatch.adapters.storage.sqlite_schema import RESULT_COUNTS_SQL
-from tierbatch.adapters.storage.sqlite_store import ResultCount, refused_counts
+from tierbatch.adapters.storage.store import ResultCount, StorageError
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
-
-STATES = ("queued", "leased", "done", "failed")
 
 
 class StatusError(Exception):
@@ -77,44 +75,21 @@ def read_status(
     now: float | None = None,
 ) -> Status:
     now = time.time() if now is None else now
-    path = os.fspath(db_path)
-    if not Path(path).is_file():
-        raise StatusError(f"{path}: no such database")
     try:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise StatusError(f"{path}: cannot open: {exc}") from exc
-    try:
-        states = dict.fromkeys(STATES, 0)
-        for state, count in conn.execute("SELECT state, COUNT(*) FROM articles GROUP BY state"):
-            states[state] = count
-        expired = conn.execute(
-            "SELECT COUNT(*) FROM articles WHERE state = 'leased' AND lease_expires < ?", (now,)
-        ).fetchone()[0]
-        results = tuple(ResultCount(*row) for row in conn.execute(RESULT_COUNTS_SQL))
-        by_source = dict(
-            conn.execute("SELECT source, COUNT(*) FROM rejects GROUP BY source ORDER BY source")
-        )
-        refused = refused_counts(
-            conn.execute(
-                "SELECT key, value FROM meta WHERE key IN ('stale_results', 'duplicate_results')"
-            )
-        )
-    except sqlite3.Error as exc:
-        raise StatusError(f"{path}: not a readable tierbatch database: {exc}") from exc
-    finally:
-        conn.close()
+        report = read_report(db_path, now)
+    except StorageError as exc:
+        raise StatusError(str(exc)) from exc
     snapshot = Path(snapshot_path)
     quota, problem, age = _read_quota(snapshot, config, now)
     return Status(
-        db=path,
-        states=states,
-        expired_leases=int(expired),
-        results=results,
-        rejects=sum(by_source.values()),
-        rejects_by_source=by_source,
-        stale_results=refused["stale_results"],
-        duplicate_results=refused["duplicate_results"],
+        db=display_name(db_path),
+        states=report.states,
+        expired_leases=report.expired_leases,
+        results=report.results,
+        rejects=sum(report.rejects_by_source.values()),
+        rejects_by_source=report.rejects_by_source,
+        stale_results=report.refused["stale_results"],
+        duplicate_results=report.refused["duplicate_results"],
         snapshot=str(snapshot),
         snapshot_age_s=age,
         snapshot_problem=problem,

@@ -14,7 +14,7 @@ from tierbatch.adapters.storage.jsonl_input import (
     Source,
     read_articles,
 )
-from tierbatch.adapters.storage.sqlite_store import EnqueueReport
+from tierbatch.adapters.storage.store import EnqueueReport
 from tierbatch.policies.articles import Article
 
 

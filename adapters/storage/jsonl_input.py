@@ -28,14 +28,15 @@ Beyond the fields' own rules, a line is rejected when it is not UTF-8, not
 JSON, not an object, over the size limit, or holds a value that could not be
 stored and read back safely: a URL ``urlsplit`` refuses, a date out of
 range, ``NaN``/``Infinity`` or a number too large for a float, an integer
-of more than 4300 digits, an unpaired surrogate (``"\\ud800"``), or values
-nested more than 64 levels deep. Parsing never raises anything but
-``InvalidArticle``, whatever the input: one bad line or stored row must
-never stop a batch or a daemon.
+of more than 4300 digits, an unpaired surrogate (``"\\ud800"``), values
+nested more than 64 levels deep, or an id holding a NUL character
+(``"\\u0000"``, which PostgreSQL text cannot hold). Parsing never raises
+anything but ``InvalidArticle``, whatever the input: one bad line or stored
+row must never stop a batch or a daemon.
 
-The same format is the ``payload`` column of the SQLite queue
-(``article_to_json`` / ``article_from_row``), so another process can insert its
-input lines there as they are.
+The same format is the ``payload`` column of the queue, SQLite or PostgreSQL
+(``article_to_json`` / ``article_from_row``), so another process can insert
+its input lines there as they are.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def read_articles(
             except InvalidArticle as exc:
                 yield Rejected(line_no, str(exc), prefix)
                 continue
+            if "\x00" in article.id:
+                yield Rejected(line_no, _NUL_ID, prefix)
+                continue
             duplicate = _duplicate_reason(article.id, first_seen, seen_ids)
             if duplicate:
                 yield Rejected(line_no, duplicate, prefix)
@@ -129,6 +133,10 @@ def read_articles(
             if seen_ids is not None:
                 seen_ids.add(article.id)
             yield article
+
+
+# Checked at input only: a row already stored with such an id stays readable.
+_NUL_ID = "field 'id': contains a NUL character (U+0000), which PostgreSQL cannot store"
 
 
 def _duplicate_reason(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import structlog
 
-from tierbatch.adapters.storage.sqlite_store import SqliteStore, StorageError
+from tierbatch.adapters.storage.store import StorageError, Store
 from tierbatch.policies.results import TerminalResult
 
 log = structlog.get_logger(__name__)
@@ -25,7 +25,7 @@ class ResultsNotWritten(StorageError):
 
 
 class ResultsSink:
-    """The runtime's ``Sink`` writing into a ``SqliteStore``.
+    """The runtime's ``Sink`` writing into a ``Store`` (SQLite or PostgreSQL).
 
     The sink owns retries, so that a result is written once -- never
     twice, never dropped -- whatever the database does:
@@ -49,7 +49,7 @@ class ResultsSink:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: Store,
         flush_every: int = 256,
         flush_interval_s: float = 0.5,
         *,

@@ -1,0 +1,225 @@
+"""What the SQLite and PostgreSQL stores share of their SQL: the schema
+version, the statements both dialects accept (written with ``?``
+placeholders; ``to_format_params`` turns them into psycopg's ``%s``), the
+result row codec and the read-only look ``tierbatch status`` takes.
+
+The schema (``schema``) is one template: each dialect's module
+(``sqlite_schema``, ``postgres_schema``) fills in its types.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tierbatch.adapters.storage.result_json import (
+    DONE,
+    FAILED,
+    dumps,
+    result_from_json,
+    result_to_json,
+)
+from tierbatch.adapters.storage.store import QueueReport, ResultCount, refused_counts
+from tierbatch.policies.results import TerminalResult
+
+SCHEMA_VERSION = 1
+STATES = ("queued", "leased", "done", "failed")
+
+
+def schema(
+    *, real: str, bigint: str, now: str, identity: str = "", nulls_last: str = ""
+) -> list[str]:
+    """The tables and indexes in a dialect's spelling: ``real`` and
+    ``bigint`` its types, ``now`` the default timestamp (epoch seconds),
+    ``identity`` an insertion-order column ``seq`` of ``articles`` and
+    ``results`` that breaks ties in the queue order (SQLite has its rowid:
+    none), ``nulls_last`` what sorts rows without a priority last."""
+    seq = f",\n        seq {identity}" if identity else ""
+    tiebreak = ", seq" if identity else ""
+    return [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        f"""CREATE TABLE IF NOT EXISTS articles (
+        id TEXT PRIMARY KEY,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued'
+            CHECK (state IN ('queued', 'leased', 'done', 'failed')),
+        priority {real},
+        enqueued_at {real} NOT NULL DEFAULT {now},
+        lease_owner TEXT,
+        lease_expires {real},
+        attempts INTEGER NOT NULL DEFAULT 0,
+        updated_at {real} NOT NULL DEFAULT {now}{seq}
+    )""",
+        "CREATE INDEX IF NOT EXISTS articles_state_lease"
+        f" ON articles (state, lease_expires{tiebreak})",
+        f"""CREATE INDEX IF NOT EXISTS articles_queue_order
+        ON articles (state, priority DESC{nulls_last}, enqueued_at{tiebreak})""",
+        """CREATE INDEX IF NOT EXISTS articles_lease_owner
+        ON articles (lease_owner) WHERE lease_owner IS NOT NULL""",
+        f"""CREATE TABLE IF NOT EXISTS results (
+        article_id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+        entities TEXT NOT NULL DEFAULT '[]',
+        model TEXT,
+        tier TEXT,
+        attempts INTEGER,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        latency_s {real},
+        cost_usd {real},
+        fallback INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        detail TEXT,
+        metadata TEXT,
+        finished_at {real} NOT NULL{seq}
+    )""",
+        f"""CREATE TABLE IF NOT EXISTS rejects (
+        source TEXT NOT NULL,
+        line_no {bigint},
+        reason TEXT NOT NULL,
+        raw_prefix TEXT,
+        at {real} NOT NULL
+    )""",
+    ]
+
+
+RESULT_COLUMNS = (
+    "article_id",
+    "status",
+    "entities",
+    "model",
+    "tier",
+    "attempts",
+    "input_tokens",
+    "output_tokens",
+    "latency_s",
+    "cost_usd",
+    "fallback",
+    "reason",
+    "detail",
+    "metadata",
+    "finished_at",
+)
+INSERT_RESULT = (
+    f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))}) ON CONFLICT (article_id) DO NOTHING"
+)
+MARK_TERMINAL = """UPDATE articles
+    SET state = (SELECT status FROM results WHERE article_id = articles.id),
+        lease_owner = NULL, lease_expires = NULL, updated_at = ?
+    WHERE id = ? AND state IN ('queued', 'leased')"""
+INSERT_ARTICLE = """INSERT INTO articles (id, payload, state, priority, enqueued_at, updated_at)
+    VALUES (?, ?, 'queued', ?, ?, ?) ON CONFLICT (id) DO NOTHING"""
+INSERT_REJECT = (
+    "INSERT INTO rejects (source, line_no, reason, raw_prefix, at) VALUES (?, ?, ?, ?, ?)"
+)
+# A released lease is not a strike: the attempt it counted is taken back.
+RELEASE_SET = """UPDATE articles
+    SET state = 'queued', lease_owner = NULL, lease_expires = NULL, updated_at = ?,
+        attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
+    WHERE """
+RELEASE_ONE = RELEASE_SET + "id = ? AND lease_owner = ? AND state = 'leased'"
+# Taking a row is a strike (an owner never takes its own leases back: it
+# renews them while it runs). ``{key}`` is how the dialect addresses a row.
+TAKE = """UPDATE articles
+    SET state = 'leased', lease_owner = ?, lease_expires = ?, attempts = attempts + 1,
+        updated_at = ?
+    WHERE {key} = ?"""
+# A refused row is ours for the length of the leasing transaction, so the
+# owner check of the results write accepts the failure written for it...
+HOLD = """UPDATE articles SET state = 'leased', lease_owner = ?, lease_expires = ?,
+    updated_at = ? WHERE {key} = ?"""
+# ... and it ends terminal even if a result for its id was already there.
+SETTLE_REFUSED = """UPDATE articles
+    SET state = COALESCE((SELECT status FROM results WHERE article_id = articles.id), 'failed'),
+        lease_owner = NULL, lease_expires = NULL, updated_at = ?
+    WHERE {key} = ? AND state = 'leased'"""
+# A row whose id cannot carry a result.
+FAIL_NAMELESS = """UPDATE articles SET state = 'failed', lease_owner = NULL,
+    lease_expires = NULL, updated_at = ? WHERE {key} = ?"""
+RENEW = """UPDATE articles SET lease_expires = ?, updated_at = ?
+    WHERE lease_owner = ? AND state = 'leased'"""
+# Adds to a counter kept in ``meta`` (values are text there).
+META_ADD = """INSERT INTO meta (key, value) VALUES (?, CAST(? AS TEXT))
+    ON CONFLICT (key) DO UPDATE
+    SET value = CAST(CAST(meta.value AS BIGINT) + CAST(excluded.value AS BIGINT) AS TEXT)"""
+REFUSED_SQL = "SELECT key, value FROM meta WHERE key IN ('stale_results', 'duplicate_results')"
+SCHEMA_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
+SET_SCHEMA_VERSION = "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+STATE_COUNTS_SQL = "SELECT state, COUNT(*) FROM articles GROUP BY state"
+PENDING_SQL = "SELECT COUNT(*) FROM articles WHERE state IN ('queued', 'leased')"
+REJECTS_SQL = "SELECT source, line_no, reason, raw_prefix, at FROM rejects"
+
+
+def result_counts_sql(collate: str = "") -> str:
+    """Results per status, tier and model; ``collate`` orders the groups by
+    code point where the database's default collation would not."""
+    groups = ("status", "COALESCE(tier, '')", "COALESCE(model, '')")
+    return (
+        f"SELECT {', '.join(groups)}, COUNT(*),"
+        " COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0),"
+        " COALESCE(SUM(cost_usd), 0.0)"
+        f" FROM results GROUP BY 1, 2, 3 ORDER BY {', '.join(g + collate for g in groups)}"
+    )
+
+
+RESULT_COUNTS_SQL = result_counts_sql()
+
+
+def to_format_params(sql: str) -> str:
+    """``?`` placeholders as psycopg's ``%s`` (the shared statements hold no
+    other ``?`` or ``%``)."""
+    return sql.replace("?", "%s")
+
+
+class UnknownResultStatus(ValueError):
+    """A stored result row has a status tierbatch does not know."""
+
+
+def result_row(result: TerminalResult, now: float) -> tuple[Any, ...]:
+    """The ``results`` row of a terminal result, finished at ``now``."""
+    record = result_to_json(result)
+    record["entities"] = dumps(record["entities"])
+    record["metadata"] = dumps(record["metadata"]) if record["metadata"] else None
+    record["fallback"] = int(record["fallback"])
+    record["finished_at"] = now
+    return tuple(record[column] for column in RESULT_COLUMNS)
+
+
+def result_from_row(row: Sequence[Any]) -> TerminalResult:
+    """The terminal result of a ``results`` row (columns in ``RESULT_COLUMNS`` order)."""
+    record = dict(zip(RESULT_COLUMNS, row, strict=True))
+    record["entities"] = json.loads(record["entities"] or "[]")
+    record["metadata"] = json.loads(record["metadata"]) if record["metadata"] else {}
+    if record["status"] not in (DONE, FAILED):
+        raise UnknownResultStatus(f"result {record['article_id']!r}: unknown status")
+    return result_from_json(record)
+
+
+Query = Callable[[str, Sequence[Any]], list[Any]]
+
+
+def read_queue_report(query: Query, now: float, counts_sql: str = RESULT_COUNTS_SQL) -> QueueReport:
+    """What ``tierbatch status`` shows, read through ``query`` (``?``
+    placeholders; the caller runs it read-only, in one snapshot if it can)."""
+    states = dict.fromkeys(STATES, 0)
+    for state, count in query(STATE_COUNTS_SQL, ()):
+        states[state] = int(count)
+    ((expired,),) = query(
+        "SELECT COUNT(*) FROM articles WHERE state = 'leased' AND lease_expires < ?", (now,)
+    )
+    results = tuple(ResultCount(*row) for row in query(counts_sql, ()))
+    by_source = {
+        source: int(count)
+        for source, count in query(
+            "SELECT source, COUNT(*) FROM rejects GROUP BY source ORDER BY source", ()
+        )
+    }
+    return QueueReport(
+        states=states,
+        expired_leases=int(expired),
+        results=results,
+        rejects_by_source=by_source,
+        refused=refused_counts(query(REFUSED_SQL, ())),
+    )

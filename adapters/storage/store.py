@@ -1,0 +1,161 @@
+"""The store contract: what the daemon, the ``ResultsSink``, ingest and
+``tierbatch status`` need of a queue database, and the types and errors
+both implementations share.
+
+Two stores implement ``Store`` with the same schema and the same
+behaviour: ``SqliteStore`` (the embedded default, one file) and
+``PostgresStore`` (a server that many machines share). The contract, which
+``tests/test_store_contract.py`` runs against both:
+
+* ``enqueue`` adds articles as 'queued'; an id already there (in any
+  state) is a duplicate and left alone.
+* ``lease`` takes up to ``limit`` rows for ``lease_s`` seconds, atomically
+  across processes and machines: expired leases of other owners first
+  (oldest deadline first; an owner never takes over its own leases: it
+  renews them while it runs, so one that looks expired only means the wall
+  clock stepped), then queued rows by priority (highest first, rows without one
+  last), then age. A row that cannot be worked on is never leased; it gets
+  a ``failed`` result in the same transaction (``bad_request`` for a
+  payload that is not a valid article, ``poison`` for a row leased
+  ``poison_after`` times without a result). ``attempts`` counts strikes:
+  +1 for every lease taken, -1 for every lease handed back by ``release``.
+* ``write_results`` stores a result only for the row's current lease
+  owner (or an article with no row); a stale owner's result is dropped and
+  counted, a second result for an article is ignored and counted; a result
+  is written once and never overwritten. The counters live in ``meta``.
+* Timestamps are Unix epoch seconds (floats) from the store's clock.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tierbatch.adapters.storage.jsonl_input import Rejected
+from tierbatch.policies.articles import Article
+from tierbatch.policies.results import TerminalResult
+
+
+class StorageError(Exception):
+    """The database could not be read or written (after retrying busy errors)."""
+
+
+class IncompatibleSchema(StorageError):
+    """The database was created by an incompatible version of tierbatch."""
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueReport:
+    inserted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResultCount:
+    """Results grouped by status, tier and model, with their token and cost sums."""
+
+    status: str
+    tier: str
+    model: str
+    count: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReject:
+    source: str
+    line_no: int
+    reason: str
+    raw_prefix: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReport:
+    """What ``tierbatch status`` reads from a database, in one look."""
+
+    states: dict[str, int]
+    expired_leases: int
+    results: tuple[ResultCount, ...]
+    rejects_by_source: dict[str, int]
+    # Results refused over the database's life (see ``refused_counts``).
+    refused: dict[str, int]
+
+
+def default_owner() -> str:
+    """A lease owner id unique to this process: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Store(Protocol):
+    """A queue database: articles, results, rejects and counters.
+
+    ``path`` names the database in messages and logs (a file path, or a
+    URL without its password); ``owner`` is this process's lease owner id.
+    Every method raises only ``StorageError`` for a database problem, and
+    may be called from several threads.
+    """
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def owner(self) -> str: ...
+
+    def enqueue(
+        self,
+        articles: Iterable[Article],
+        *,
+        priority_of: Callable[[Article], float | None] | None = None,
+    ) -> EnqueueReport: ...
+
+    def add_rejects(self, source: str, rejects: Iterable[Rejected]) -> int: ...
+
+    def lease(
+        self, limit: int, lease_s: float, *, poison_after: int | None = None
+    ) -> list[Article]: ...
+
+    def renew(self, lease_s: float) -> int: ...
+
+    def release(self, ids: Iterable[str] | None = None) -> int: ...
+
+    def write_results(self, results: Sequence[TerminalResult]) -> int: ...
+
+    @property
+    def duplicate_results(self) -> int: ...
+
+    @property
+    def stale_results(self) -> int: ...
+
+    def refused_results(self) -> dict[str, int]: ...
+
+    def results(self, ids: Iterable[str] | None = None) -> Iterator[TerminalResult]: ...
+
+    def cluster_backlog(self, limit: int) -> list[tuple[str, str, float | None]]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def pending(self) -> int: ...
+
+    def result_counts(self) -> list[ResultCount]: ...
+
+    def rejects(self, source: str | None = None) -> list[StoredReject]: ...
+
+    def close(self) -> None: ...
+
+
+def refused_counts(rows: Iterable[Sequence[Any]]) -> dict[str, int]:
+    """``{"stale_results": n, "duplicate_results": m}`` from ``meta`` rows (0 when absent)."""
+    counts = {"stale_results": 0, "duplicate_results": 0}
+    for key, value in rows:
+        try:
+            counts[key] = int(value)
+        except (TypeError, ValueError):
+            continue
+    return counts
