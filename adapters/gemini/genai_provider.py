@@ -46,7 +46,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer
+from tierbatch.actors.ports import ExtractionRequest, ModelInfo, ModelLookupFailed, PackAnswer
 from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
@@ -162,6 +162,27 @@ class GenaiProvider:
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
 
+    async def describe_model(self, name: str, *, timeout_s: float = 10.0) -> ModelInfo | None:
+        """``models.get`` (the ``ModelCatalog`` port): None for a 404. It
+        runs on a client of its own, closed before it returns, so a check
+        run on a short-lived event loop (the CLI's, before the runtime
+        starts) leaves no pooled connection behind."""
+        timing = CallTiming(timeout_s)
+        entry = self._new_client(max_connections=1, timeout_s=timeout_s)
+        try:
+            with timing_of_this_call(timing):
+                async with timing.deadline():
+                    model = await entry.sdk.aio.models.get(model=name)
+        except genai_errors.APIError as exc:
+            if exc.code == 404:
+                return None
+            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+        except Exception as exc:
+            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+        finally:
+            await _close(entry)
+        return model_info(name, model)
+
     async def aclose(self) -> None:
         """Close the current loop's clients; other live loops' are scheduled
         to close there, dead loops' are left to the garbage collector."""
@@ -187,18 +208,11 @@ class GenaiProvider:
                 self._clients[loop] = entry
             return entry.sdk
 
-    def _new_client(self) -> _LoopClient:
-        http = new_async_client(_HTTPX, self._origin, self.max_connections)
-        sdk = genai.Client(
-            vertexai=False,
-            api_key=self._key,
-            http_options=types.HttpOptions(
-                base_url=self._config.base_url,
-                api_version=self._config.api_version,
-                timeout=_millis(self._default_timeout_s),
-                httpx_async_client=http,
-            ),
-        )
+    def _new_client(
+        self, *, max_connections: int | None = None, timeout_s: float | None = None
+    ) -> _LoopClient:
+        http = new_async_client(_HTTPX, self._origin, max_connections or self.max_connections)
+        sdk = new_sdk_client(self._config, self._key, http, timeout_s or self._default_timeout_s)
         return _LoopClient(sdk, http)
 
     def _generation_config(self, timeout_s: float) -> types.GenerateContentConfig:
@@ -235,6 +249,33 @@ class GenaiProvider:
             # UnknownApiResponseError: a 200 whose body is not a response.
             return ServerError(None, f"unreadable response body: {message}")
         return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
+
+
+def new_sdk_client(config: ProviderConfig, key: str, http: Any, timeout_s: float) -> genai.Client:
+    """A google-genai client over ``http`` (from ``new_async_client``): the
+    configured endpoint and API version, no retries of its own."""
+    return genai.Client(
+        vertexai=False,
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=config.base_url,
+            api_version=config.api_version,
+            timeout=_millis(timeout_s),
+            httpx_async_client=http,
+        ),
+    )
+
+
+def model_info(name: str, model: types.Model) -> ModelInfo:
+    """Our description of a google-genai ``Model``."""
+    full = model.name or name
+    return ModelInfo(
+        name=full.removeprefix("models/"),
+        display_name=model.display_name or "",
+        input_token_limit=model.input_token_limit,
+        output_token_limit=model.output_token_limit,
+        methods=tuple(model.supported_actions or ()),
+    )
 
 
 def _location(exc: genai_errors.APIError) -> str | None:
