@@ -269,6 +269,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only these API keys (repeatable); default: any well-formed key",
     )
     fake.add_argument("--free-tier", action="store_true", help="free-tier quota ids in 429s")
+    fake.add_argument(
+        "--retired",
+        action="append",
+        default=None,
+        metavar="MODEL",
+        help="a model that answers 404, as a retired one does (repeatable)",
+    )
+    fake.add_argument(
+        "--batch-pending-s",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds a batch job stays pending (default 1)",
+    )
+    fake.add_argument(
+        "--batch-turnaround-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds from a batch job's creation to its end (default 10)",
+    )
+    fake.add_argument(
+        "--batch-request-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of a batch job's requests that fail on their own",
+    )
+    fake.add_argument(
+        "--batch-job-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of batch jobs that end FAILED",
+    )
+    fake.add_argument(
+        "--batch-expiry-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of batch jobs that end EXPIRED",
+    )
     fake.set_defaults(command=_cmd_serve_fake_gemini)
     return parser
 
@@ -695,7 +737,12 @@ def _cmd_models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tierbatch.adapters.simulation.fake_gemini import serve_forever
-    from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig, FaultRates
+    from tierbatch.adapters.simulation.gemini_emulator import (
+        BatchFaultRates,
+        BatchSettings,
+        FakeGeminiConfig,
+        FaultRates,
+    )
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         raise UsageError(
@@ -713,6 +760,16 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
             valid_keys=frozenset(args.valid_key) if args.valid_key else None,
             free_tier=args.free_tier,
             seed=args.seed,
+            retired=frozenset(args.retired or ()),
+            batch=BatchSettings(
+                pending_s=args.batch_pending_s,
+                turnaround_s=args.batch_turnaround_s,
+                faults=BatchFaultRates(
+                    request_failure=args.batch_request_failure_rate,
+                    job_failure=args.batch_job_failure_rate,
+                    expiry=args.batch_expiry_rate,
+                ),
+            ),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

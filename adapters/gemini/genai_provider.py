@@ -38,6 +38,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from tierbatch.actors.ports import ExtractionRequest, ModelInfo, ModelLookupFailed, PackAnswer
-from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
+from tierbatch.adapters.gemini.answers import ParsedAnswer, analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
 from tierbatch.adapters.gemini.call_timing import CallTiming
@@ -86,6 +87,8 @@ def _httpx_module() -> Any:
 
 
 _HTTPX: Any = _httpx_module()
+HTTPX: Any = _HTTPX
+"""The httpx module google-genai sends through (for ``http_client.new_async_client``)."""
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, _HTTPX.TimeoutException)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, _HTTPX.TransportError)
 
@@ -226,29 +229,43 @@ class GenaiProvider:
         )
 
     def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
-        secrets = (self._key,)
-        if isinstance(exc, genai_errors.APIError):
-            if exc.code is not None and 300 <= exc.code < 400:
-                return redirect_refused(exc.code, self.base_url, _location(exc))
-            detail = safe_message(exc.message or exc.status or exc, secrets)
-            return outcome_for_status(
-                exc.code, exc.details, detail, key_env=self._config.api_key_env
-            )
-        if isinstance(exc, ForeignOrigin):
-            return foreign_origin_refused(exc)
-        if isinstance(exc, _TIMEOUT_ERRORS):
-            since_connected = timing.give_up()
-            if since_connected is None:
-                return Cancelled()  # it waited for a connection and never left
-            return TimedOut(after_s=since_connected)
-        message = safe_message(exc, secrets)
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
-        if isinstance(exc, ValueError):
-            # json.JSONDecodeError, pydantic.ValidationError and the SDK's
-            # UnknownApiResponseError: a 200 whose body is not a response.
-            return ServerError(None, f"unreadable response body: {message}")
-        return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
+        return outcome_for_exception(exc, self._key, self.base_url, self._config, timing)
+
+
+def outcome_for_exception(
+    exc: Exception,
+    key: str,
+    base_url: str,
+    config: ProviderConfig,
+    timing: CallTiming | None = None,
+    timeout_s: float = 0.0,
+) -> CallOutcome:
+    """What an exception of a google-genai call means, in the runtime's
+    terms (see the module docstring). Without ``timing`` a timeout is
+    ``TimedOut(timeout_s)``."""
+    secrets = (key,)
+    if isinstance(exc, genai_errors.APIError):
+        if exc.code is not None and 300 <= exc.code < 400:
+            return redirect_refused(exc.code, base_url, _location(exc))
+        detail = safe_message(exc.message or exc.status or exc, secrets)
+        return outcome_for_status(exc.code, exc.details, detail, key_env=config.api_key_env)
+    if isinstance(exc, ForeignOrigin):
+        return foreign_origin_refused(exc)
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        if timing is None:
+            return TimedOut(after_s=timeout_s)
+        since_connected = timing.give_up()
+        if since_connected is None:
+            return Cancelled()  # it waited for a connection and never left
+        return TimedOut(after_s=since_connected)
+    message = safe_message(exc, secrets)
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
+    if isinstance(exc, ValueError):
+        # json.JSONDecodeError, pydantic.ValidationError and the SDK's
+        # UnknownApiResponseError: a 200 whose body is not a response.
+        return ServerError(None, f"unreadable response body: {message}")
+    return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
 
 
 def new_sdk_client(config: ProviderConfig, key: str, http: Any, timeout_s: float) -> genai.Client:
@@ -293,6 +310,35 @@ async def _close(entry: _LoopClient) -> None:
     await entry.http.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseReading:
+    """A google-genai response read for one pack: the per-article answers
+    (``answers.analyse_answer``), the reasons it finished, the tokens."""
+
+    parsed: ParsedAnswer
+    finish: str | None
+    block: str | None
+    usage: Usage
+
+    @property
+    def pack_answer(self) -> PackAnswer:
+        return PackAnswer(Succeeded(self.usage), self.parsed.answers)
+
+
+def read_response(
+    response: types.GenerateContentResponse, ids: Sequence[str], est_input_tokens: int
+) -> ResponseReading:
+    """What the interactive adapter and the batch client make of an answer:
+    one validation policy whatever the way the answer came."""
+    candidate = response.candidates[0] if response.candidates else None
+    finish = normalise_reason(candidate.finish_reason) if candidate else None
+    feedback = response.prompt_feedback
+    block = normalise_reason(feedback.block_reason) if feedback else None
+    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
+    usage = _usage(response.usage_metadata, est_input_tokens)
+    return ResponseReading(parsed, finish, block, usage)
+
+
 def _answer(
     response: types.GenerateContentResponse,
     request: ExtractionRequest,
@@ -300,14 +346,16 @@ def _answer(
     log: Any,
     elapsed_s: float,
 ) -> PackAnswer:
-    candidate = response.candidates[0] if response.candidates else None
-    finish = normalise_reason(candidate.finish_reason) if candidate else None
-    feedback = response.prompt_feedback
-    block = normalise_reason(feedback.block_reason) if feedback else None
-    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
-    usage = _usage(response.usage_metadata, request.est_input_tokens)
-    log_answer(log, parsed, finish=finish, block=block, usage=usage, elapsed_s=elapsed_s)
-    return PackAnswer(Succeeded(usage), parsed.answers)
+    reading = read_response(response, ids, request.est_input_tokens)
+    log_answer(
+        log,
+        reading.parsed,
+        finish=reading.finish,
+        block=reading.block,
+        usage=reading.usage,
+        elapsed_s=elapsed_s,
+    )
+    return reading.pack_answer
 
 
 def _candidate_text(candidate: types.Candidate | None) -> str | None:
