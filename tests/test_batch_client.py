@@ -7,6 +7,7 @@ passes when the test says so."""
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from tierbatch.adapters.gemini.batch_client import (
     _file_entries,
     rpc_outcome,
 )
+from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA
 from tierbatch.adapters.simulation.batch_emulator import (
     DEFAULT_INLINE_LIMIT_BYTES,
     BatchFaultRates,
@@ -334,3 +336,14 @@ def test_a_responses_file_line_that_cannot_be_read_is_skipped() -> None:
     entries = _file_entries(data, "batches/x")
     assert [key for key, _ in entries] == ["ok", "failed"]
     assert isinstance(entries[1][1], BadRequest)
+
+
+def test_submit_does_not_rewrite_the_shared_response_schema(
+    server: FakeGeminiServer,
+) -> None:
+    """google-genai's batch converter adds ``propertyOrdering`` to the schema
+    dict it is given, in place; on the shared RESPONSE_SCHEMA that broke
+    every later google-generativeai call ("Unknown field for Schema")."""
+    before = copy.deepcopy(RESPONSE_SCHEMA)
+    run(client(server).submit(MODEL, ITEMS))
+    assert before == RESPONSE_SCHEMA

@@ -95,7 +95,9 @@ class ModelReport:
 def check_models(
     provider: object, config: Config, *, timeout_s: float = DEFAULT_LOOKUP_TIMEOUT_S
 ) -> ModelReport:
-    """Ask ``provider`` about every configured model (all at once)."""
+    """Ask ``provider`` about every configured model (all at once). It runs
+    an event loop of its own: call it where none is running (the CLI does,
+    before the runtime starts)."""
     names = sorted(config.models)
     if not isinstance(provider, ModelCatalog):
         coverage = assess_coverage(config.tiers, config.global_fallback, ())

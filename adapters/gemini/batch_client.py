@@ -33,6 +33,7 @@ did not succeed.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -341,7 +342,9 @@ class GeminiBatchClient:
             config=types.GenerateContentConfig(
                 system_instruction=SYSTEM_INSTRUCTION,
                 response_mime_type="application/json",
-                response_schema=RESPONSE_SCHEMA,
+                # a copy: the SDK's batch converter adds propertyOrdering to
+                # the dict it is given, in place
+                response_schema=copy.deepcopy(RESPONSE_SCHEMA),
                 max_output_tokens=self._config.max_output_tokens,
                 temperature=self._config.temperature,
             ),

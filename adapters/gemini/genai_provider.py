@@ -27,6 +27,11 @@ What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
 
 Nothing escapes ``extract`` except cancellation; unexpected exceptions become
 ``ServerError(None)`` with a redacted message.
+
+``describe_model`` (the ``ModelCatalog`` port, for the models check) is
+``client.models.get``: None for a 404, ``ModelLookupFailed`` with the same
+mapping for anything else. ``read_response`` and ``outcome_for_exception``
+are shared with the batch client (``batch_client``).
 """
 
 from __future__ import annotations

@@ -35,6 +35,10 @@ How it is used, and why:
   ``config.base_url``, else ``GOOGLE_GEMINI_BASE_URL`` (as google-genai
   reads it), else Google's.
 
+``describe_model`` (the ``ModelCatalog`` port) is the public
+``genai.get_model(name, client=...)`` on a ``ModelServiceClient`` this
+provider builds and guards like the generation client (no ``configure``).
+
 Answers and errors are mapped exactly as in ``GenaiProvider``: the same
 ``answers`` validation, the same ``errors`` status mapping (google.api_core
 hands over the bare ``details`` list, which ``errors`` reads too), a 200 with
