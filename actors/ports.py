@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from tierbatch.policies.articles import Article
-from tierbatch.policies.outcomes import CallOutcome
+from tierbatch.policies.outcomes import (
+    AuthFailed,
+    BadRequest,
+    CallOutcome,
+    ModelNotFound,
+    RateLimited,
+    ServerError,
+    TimedOut,
+)
 from tierbatch.policies.results import ArticleAnswer, TerminalResult
 
 
@@ -89,6 +97,69 @@ class Provider(Protocol):
     async def extract(self, request: ExtractionRequest) -> PackAnswer: ...
 
     async def aclose(self) -> None: ...
+
+
+BATCH_METHOD = "batchGenerateContent"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the provider says about a model it has (Gemini's ``models.get``).
+
+    ``name`` is the model's name without the ``models/`` prefix;
+    ``input_token_limit`` and ``output_token_limit`` are None when the
+    provider does not say; ``methods`` are its supported generation methods
+    (``generateContent``, ``batchGenerateContent``, ...).
+    """
+
+    name: str
+    display_name: str = ""
+    input_token_limit: int | None = None
+    output_token_limit: int | None = None
+    methods: tuple[str, ...] = ()
+
+    @property
+    def supports_batch(self) -> bool:
+        return BATCH_METHOD in self.methods
+
+
+class ModelLookupFailed(Exception):
+    """The provider could not say whether a model exists: ``outcome`` says
+    why, in the runtime's terms (``AuthFailed`` for a refused key, a
+    ``ServerError`` or ``TimedOut`` for trouble on the way)."""
+
+    def __init__(self, model: str, outcome: CallOutcome) -> None:
+        super().__init__(f"{model}: {describe_outcome(outcome)}")
+        self.model = model
+        self.outcome = outcome
+
+
+def describe_outcome(outcome: CallOutcome) -> str:
+    """A call's outcome in a few words, for messages."""
+    match outcome:
+        case AuthFailed(status, message):
+            return f"refused (HTTP {status}): {message}" if status else f"refused: {message}"
+        case ServerError(status, message):
+            where = f"HTTP {status}" if status else "no answer"
+            return f"{where}: {message}" if message else where
+        case TimedOut(after_s):
+            return f"no answer within {after_s:.1f} s"
+        case RateLimited(_, _, message) | BadRequest(message) | ModelNotFound(message):
+            return message or type(outcome).__name__
+    return type(outcome).__name__
+
+
+@runtime_checkable
+class ModelCatalog(Protocol):
+    """The optional port a provider implements when it can tell which models
+    exist, so a run can find a retired model before spending attempts on
+    404s. Kept apart from ``Provider`` so a provider need not have it."""
+
+    async def describe_model(self, name: str, *, timeout_s: float) -> ModelInfo | None:
+        """The model's description; None when the provider has no such
+        model (HTTP 404). Raises ``ModelLookupFailed`` for anything else
+        that keeps it from answering."""
+        ...
 
 
 @runtime_checkable

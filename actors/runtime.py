@@ -134,7 +134,9 @@ class Runtime:
     ``quota_snapshot()`` of an earlier run (so per-day usage survives a
     restart); ``observer`` watches registry decisions; ``crash_hook`` is a
     testing aid called by an extractor with every batch it receives (an
-    exception there crashes that extractor).
+    exception there crashes that extractor); ``unavailable_models`` (model
+    -> reason) are routed around from the start, as after a 404 -- what a
+    models check before the run found missing.
     """
 
     def __init__(
@@ -147,8 +149,10 @@ class Runtime:
         quota_state: Mapping[str, Any] | None = None,
         observer: RegistryObserver | None = None,
         crash_hook: Any = None,
+        unavailable_models: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
         self.sink = sink
         self.clock: Clock = clock or SystemClock()
@@ -194,6 +198,8 @@ class Runtime:
             policy.clear_unavailable()  # a new process probes 404ed models again
         else:
             policy = QuotaPolicy(config.models, config.quota)
+        for model, reason in self._unavailable_models.items():
+            policy.mark_unavailable(model, reason)
         self._policy = policy
         self._loop = LoopThread()
         self._loop.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +19,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider, bind_request_sent
+from tierbatch.actors.ports import (
+    BATCH_METHOD,
+    ExtractionRequest,
+    ModelCatalog,
+    ModelInfo,
+    ModelLookupFailed,
+    PackAnswer,
+    Provider,
+    bind_request_sent,
+)
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA
 from tierbatch.adapters.simulation.fake_entities import article_text, extract_entities
@@ -443,6 +453,89 @@ class ProviderContract:
         assert logs, "the adapter logs every call"
         assert all(e.get("model") for e in logs if e.get("provider") == self.kind)
         assert "XYZZY" not in repr(answers) + repr(logs)
+
+    # -- the models check (ModelCatalog) ---------------------------------
+
+    def describe(
+        self, base_url: str, *names: str, api_key: str | None = KEY, timeout_s: float = TIMEOUT_S
+    ) -> list[ModelInfo | ModelLookupFailed | None]:
+        """``describe_model`` for each name, at once, on a fresh provider."""
+        provider = self.make(ProviderConfig(base_url=base_url), api_key)
+        assert isinstance(provider, ModelCatalog)
+
+        async def one(name: str) -> ModelInfo | ModelLookupFailed | None:
+            try:
+                return await provider.describe_model(name, timeout_s=timeout_s)
+            except ModelLookupFailed as exc:
+                return exc
+
+        async def go() -> list[ModelInfo | ModelLookupFailed | None]:
+            try:
+                return list(await asyncio.gather(*(one(name) for name in names)))
+            finally:
+                await provider.aclose()
+
+        return asyncio.run(go())
+
+    def test_describes_the_models_it_has(self) -> None:
+        lite = "gemini-2.5-flash-lite"
+        spec = ModelSpec(MODEL, rpm=0, tpm=0, rpd=0, max_input_tokens=200_000)
+        with fake_server(models={MODEL: spec}, without_batch=frozenset({lite})) as server:
+            flash, light = self.describe(server.base_url, MODEL, lite)
+            served = server.log
+        assert flash == ModelInfo(
+            name=MODEL,
+            display_name="Gemini 2.5 Flash",
+            input_token_limit=200_000,
+            output_token_limit=65_536,
+            methods=("generateContent", "countTokens", "createCachedContent", BATCH_METHOD),
+        )
+        assert isinstance(flash, ModelInfo) and flash.supports_batch
+        assert isinstance(light, ModelInfo) and not light.supports_batch
+        assert light.input_token_limit == 1_048_576
+        assert sorted((s.method, s.model, s.status) for s in served) == [
+            ("models.get", MODEL, 200),
+            ("models.get", lite, 200),
+        ]
+        assert {s.key_fingerprint for s in served} == {key_fingerprint(KEY)}
+
+    def test_a_retired_or_unknown_model_is_none(self) -> None:
+        with fake_server(retired=frozenset({"gemini-1.5-pro"}), catalog={MODEL}) as server:
+            answers = self.describe(server.base_url, "gemini-1.5-pro", "gemini-9-ultra", MODEL)
+            statuses = sorted(s.status for s in server.log)
+        assert answers[:2] == [None, None]
+        assert isinstance(answers[2], ModelInfo)
+        assert statuses == [200, 404, 404]
+
+    def test_a_refused_key_fails_the_lookup_as_auth_without_the_key(self) -> None:
+        other = "someone-elses-key-SECRET-777"
+        with fake_server(valid_keys=frozenset({KEY})) as server, capture_logs() as logs:
+            [failed] = self.describe(server.base_url, MODEL, api_key=other)
+            assert [s.status for s in server.log] == [403]
+        assert isinstance(failed, ModelLookupFailed)
+        assert isinstance(failed.outcome, AuthFailed) and failed.outcome.status == 403
+        assert failed.model == MODEL
+        assert "SECRET" not in repr(failed.outcome) + str(failed) + repr(logs)
+
+    def test_no_answer_fails_the_lookup_as_timed_out(self) -> None:
+        with socket.socket() as silent:  # accepts connections (backlog), never answers
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            port = silent.getsockname()[1]
+            started = time.monotonic()
+            [failed] = self.describe(f"http://127.0.0.1:{port}", MODEL, timeout_s=0.3)
+            took = time.monotonic() - started
+        assert isinstance(failed, ModelLookupFailed)
+        assert isinstance(failed.outcome, TimedOut)
+        assert took < 5.0  # bounded by the timeout, not by the SDK's defaults
+
+    def test_a_refused_connection_fails_the_lookup_as_a_server_error(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        [failed] = self.describe(f"http://127.0.0.1:{port}", MODEL)
+        assert isinstance(failed, ModelLookupFailed)
+        assert isinstance(failed.outcome, ServerError)
 
     # -- configuration ---------------------------------------------------
 

@@ -308,8 +308,17 @@ def test_provider_refusing_the_key_exits_4_and_keeps_the_queue(
         config = write_config(tmp_path / "c.toml", base_url=server.base_url)
         articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(12))
         db = tmp_path / "r.sqlite"
+        # --no-check: the runtime's own handling of the refusal, not the check's
+        # at start (tested in test_models_check.py).
         code, out, err = run_cli(
-            "run", str(articles), "--db", str(db), "--config", str(config), "--no-progress"
+            "run",
+            str(articles),
+            "--db",
+            str(db),
+            "--config",
+            str(config),
+            "--no-progress",
+            "--no-check",
         )
     logs = capsys.readouterr()
     assert code == EXIT_PROVIDER_REFUSED, err

@@ -6,6 +6,7 @@
     tierbatch enqueue ARTICLES.jsonl --db ingest.sqlite
     tierbatch status --db ingest.sqlite [--json]
     tierbatch config check tierbatch.toml
+    tierbatch models [--config tierbatch.toml]            # does the provider have them?
     tierbatch serve-fake-gemini --port 8765
 
 This module only parses arguments, wires the adapters together and turns
@@ -19,6 +20,7 @@ called in-process (tests) as well as by the console script.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -53,6 +55,15 @@ from tierbatch.adapters.app.logging_setup import (
     saved_configuration,
 )
 from tierbatch.adapters.app.metrics import Metrics, MetricsServer
+from tierbatch.adapters.app.model_check import (
+    DEFAULT_LOOKUP_TIMEOUT_S,
+    StartDecision,
+    StartVerdict,
+    check_models,
+    decide_start,
+    render_report,
+    report_json,
+)
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
 from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
@@ -76,6 +87,7 @@ EXIT_PROVIDER_REFUSED = 4
 EXIT_INTERRUPTED = 5
 EXIT_STORAGE = 6
 EXIT_RUNTIME_FAILED = 7
+EXIT_MODEL_MISSING = 8
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -96,10 +108,17 @@ exit codes:
   7  the runtime itself failed: extractors kept crashing, or one of its actors
      died (a bug; the log has the error). Not a key or provider problem;
      unfinished articles stay queued in the database
+  8  a configured model does not exist at the provider (HTTP 404). run and
+     daemon: the check at start found a tier with none of its models left, and
+     stopped before leasing anything (the articles stay queued); a missing
+     model that leaves every tier a model only warns and is routed around.
+     --no-check skips the check. models: some configured model is missing
   When several apply, the first of 6, then 7 or 4 (only one can stop a run),
   then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
-  refuses the configuration, 6 when the database fails and 7 when the
-  runtime fails.
+  refuses the configuration, 6 when the database fails, 7 when the runtime
+  fails and 8 when the check at start finds a tier without models. models
+  exits 0 when every configured model exists, 4 when the key is refused, 8
+  when one is missing, 1 when some could not be checked (timeout, 5xx).
 """
 
 DB_ENV = "TIERBATCH_DB"
@@ -209,6 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", metavar="FILE", help="default: the built-in config")
     check.set_defaults(command=_cmd_config_check)
 
+    models = commands.add_parser(
+        "models",
+        help="check that the provider has every configured model (input limit, batch support)",
+        description="Ask the provider about every configured model (one models.get each, "
+        "at once): does it exist, its input and output token limits, whether it supports "
+        "the Batch API, and which tiers use it. A missing (retired or misspelt) model and "
+        "a tier left without models are reported.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models.add_argument("--config", metavar="FILE", help="TOML config (default: built-in)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_LOOKUP_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds each lookup may take (default {DEFAULT_LOOKUP_TIMEOUT_S:g})",
+    )
+    models.set_defaults(command=_cmd_models)
+
     fake = commands.add_parser(
         "serve-fake-gemini",
         help="serve a local Gemini-compatible API (loopback only) for rehearsals",
@@ -232,6 +272,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept only these API keys (repeatable); default: any well-formed key",
     )
     fake.add_argument("--free-tier", action="store_true", help="free-tier quota ids in 429s")
+    fake.add_argument(
+        "--retired",
+        action="append",
+        default=None,
+        metavar="MODEL",
+        help="a model that answers 404, as a retired one does (repeatable)",
+    )
+    fake.add_argument(
+        "--batch-pending-s",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds a batch job stays pending (default 1)",
+    )
+    fake.add_argument(
+        "--batch-turnaround-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds from a batch job's creation to its end (default 10)",
+    )
+    fake.add_argument(
+        "--batch-request-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of a batch job's requests that fail on their own",
+    )
+    fake.add_argument(
+        "--batch-job-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of batch jobs that end FAILED",
+    )
+    fake.add_argument(
+        "--batch-expiry-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of batch jobs that end EXPIRED",
+    )
     fake.set_defaults(command=_cmd_serve_fake_gemini)
     return parser
 
@@ -257,6 +339,12 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
     else:
         parser.add_argument("--log-json", action="store_true", help="log JSON lines")
     parser.add_argument("--log-level", default="info", choices=LEVEL_NAMES)
+    parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check at start that every configured model exists (one "
+        "models.get per model); a missing model then costs each article an attempt",
+    )
     parser.add_argument(
         "--no-progress", action="store_true", help="no live display nor progress log lines"
     )
@@ -326,9 +414,9 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     )
     options = _daemon_options(args, exit_when_done=one_shot)
     clock = SystemClock()
-    provider, description = make_provider(config, clock)
-    synthetic = _is_simulated(provider)
-    provider = _with_call_stats(provider, args.stats_interval)
+    raw_provider, description = make_provider(config, clock)
+    synthetic = _is_simulated(raw_provider)
+    provider = _with_call_stats(raw_provider, args.stats_interval)
     print(provider_line(description, synthetic), file=out, flush=True)
     with ExitStack() as stack:
         store = _open_store(args.db)
@@ -346,6 +434,13 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             server = _serve_metrics(metrics, args.metrics_port)
             stack.callback(server.close)
             print(f"metrics: {server.url}", file=out, flush=True)
+        unavailable: dict[str, str] = {}
+        if not args.no_check:
+            decision = decide_start(check_models(raw_provider, config), config, err)
+            if decision.verdict is not StartVerdict.GO:
+                _close_provider(provider)
+                return _stopped_by_check(decision, store.pending(), args.db, err)
+            unavailable = dict(decision.unavailable)
         daemon = Daemon(
             config,
             store,
@@ -356,6 +451,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             clock=clock,
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
+            unavailable_models=unavailable,
         )
         with signals_stop(daemon):
             report = daemon.run()
@@ -521,14 +617,7 @@ def _exit_code(
         )
         return EXIT_RUNTIME_FAILED
     if report.fatal_error is not None:
-        print(
-            f"tierbatch: error: the provider refused the configuration ({report.fatal_error}).\n"
-            "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
-            "provider.api_key_env), provider.base_url, and that the key's project may use "
-            "the configured models. "
-            f"{left} article(s) stay queued in {db}; run again once fixed.",
-            file=err,
-        )
+        print(_refused_message(report.fatal_error, left, db), file=err)
         return EXIT_PROVIDER_REFUSED
     if not one_shot:
         return EXIT_OK
@@ -539,6 +628,37 @@ def _exit_code(
     if report.tally.failed_total:
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _refused_message(detail: str, left: int, db: str) -> str:
+    return (
+        f"tierbatch: error: the provider refused the configuration ({detail}).\n"
+        "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
+        "provider.api_key_env), provider.base_url, and that the key's project may use "
+        "the configured models. "
+        f"{left} article(s) stay queued in {db}; run again once fixed."
+    )
+
+
+def _stopped_by_check(decision: StartDecision, left: int, db: str, err: TextIO) -> int:
+    """The models check at start stopped the run, before anything was leased."""
+    if decision.verdict is StartVerdict.REFUSED:
+        print(_refused_message(decision.message, left, db), file=err)
+        return EXIT_PROVIDER_REFUSED
+    print(
+        f"tierbatch: error: {decision.message}.\n"
+        f"Nothing was leased: {left} article(s) stay queued in {db}; run again once fixed.",
+        file=err,
+    )
+    return EXIT_MODEL_MISSING
+
+
+def _close_provider(provider: Provider) -> None:
+    """Release a provider that never ran (the runtime closes the ones it runs)."""
+    try:
+        asyncio.run(provider.aclose())
+    except Exception:
+        _log.exception("closing the provider failed")
 
 
 def _one_line(text: str) -> str:
@@ -596,12 +716,45 @@ def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
     return EXIT_OK
 
 
+# ---- models ---------------------------------------------------------------------------
+
+
+def _cmd_models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = load_config(args.config)
+    if not args.timeout > 0 or not math.isfinite(args.timeout):
+        raise UsageError(f"--timeout {args.timeout}: expected a number of seconds > 0")
+    configure_logging(json_lines=False, level="warning", secrets=_secret_values(config))
+    provider, description = make_provider(config, SystemClock())
+    try:
+        report = check_models(provider, config, timeout_s=args.timeout)
+    finally:
+        _close_provider(provider)
+    if args.json:
+        json.dump({"provider": description, **report_json(report, config)}, out, indent=2)
+        out.write("\n")
+    else:
+        out.write(f"provider: {description}\n")
+        render_report(report, config, out)
+    refused = report.refused
+    if refused is not None:
+        print(f"tierbatch: error: the provider refused the key: {refused.message}", file=err)
+        return EXIT_PROVIDER_REFUSED
+    if report.missing:
+        return EXIT_MODEL_MISSING
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
 # ---- serve-fake-gemini ---------------------------------------------------------------
 
 
 def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tierbatch.adapters.simulation.fake_gemini import serve_forever
-    from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig, FaultRates
+    from tierbatch.adapters.simulation.gemini_emulator import (
+        BatchFaultRates,
+        BatchSettings,
+        FakeGeminiConfig,
+        FaultRates,
+    )
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         raise UsageError(
@@ -619,6 +772,16 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
             valid_keys=frozenset(args.valid_key) if args.valid_key else None,
             free_tier=args.free_tier,
             seed=args.seed,
+            retired=frozenset(args.retired or ()),
+            batch=BatchSettings(
+                pending_s=args.batch_pending_s,
+                turnaround_s=args.batch_turnaround_s,
+                faults=BatchFaultRates(
+                    request_failure=args.batch_request_failure_rate,
+                    job_failure=args.batch_job_failure_rate,
+                    expiry=args.batch_expiry_rate,
+                ),
+            ),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

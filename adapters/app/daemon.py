@@ -246,8 +246,9 @@ class Daemon:
     """Runs the queue in ``store`` through a runtime until done or told to stop.
 
     ``provider_description`` is only for logs. ``metrics`` (optional) is
-    fed by the runtime; ``progress`` is updated as the loop turns. ``run``
-    may be called once.
+    fed by the runtime; ``progress`` is updated as the loop turns.
+    ``unavailable_models`` (model -> reason) are routed around from the
+    start (the models check found them missing). ``run`` may be called once.
     """
 
     def __init__(
@@ -262,9 +263,11 @@ class Daemon:
         clock: Clock | None = None,
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
+        unavailable_models: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
         self._provider = provider
         self._provider_description = provider_description
@@ -326,6 +329,7 @@ class Daemon:
             clock=self._clock,
             quota_state=quota.state,
             observer=FanOutObserver(observers),
+            unavailable_models=self._unavailable_models,
         )
         try:
             runtime.start()

@@ -27,6 +27,11 @@ What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
 
 Nothing escapes ``extract`` except cancellation; unexpected exceptions become
 ``ServerError(None)`` with a redacted message.
+
+``describe_model`` (the ``ModelCatalog`` port, for the models check) is
+``client.models.get``: None for a 404, ``ModelLookupFailed`` with the same
+mapping for anything else. ``read_response`` and ``outcome_for_exception``
+are shared with the batch client (``batch_client``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +52,8 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer
-from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
+from tierbatch.actors.ports import ExtractionRequest, ModelInfo, ModelLookupFailed, PackAnswer
+from tierbatch.adapters.gemini.answers import ParsedAnswer, analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
 from tierbatch.adapters.gemini.call_timing import CallTiming
@@ -86,6 +92,8 @@ def _httpx_module() -> Any:
 
 
 _HTTPX: Any = _httpx_module()
+HTTPX: Any = _HTTPX
+"""The httpx module google-genai sends through (for ``http_client.new_async_client``)."""
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, _HTTPX.TimeoutException)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, _HTTPX.TransportError)
 
@@ -162,6 +170,27 @@ class GenaiProvider:
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
 
+    async def describe_model(self, name: str, *, timeout_s: float = 10.0) -> ModelInfo | None:
+        """``models.get`` (the ``ModelCatalog`` port): None for a 404. It
+        runs on a client of its own, closed before it returns, so a check
+        run on a short-lived event loop (the CLI's, before the runtime
+        starts) leaves no pooled connection behind."""
+        timing = CallTiming(timeout_s)
+        entry = self._new_client(max_connections=1, timeout_s=timeout_s)
+        try:
+            with timing_of_this_call(timing):
+                async with timing.deadline():
+                    model = await entry.sdk.aio.models.get(model=name)
+        except genai_errors.APIError as exc:
+            if exc.code == 404:
+                return None
+            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+        except Exception as exc:
+            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+        finally:
+            await _close(entry)
+        return model_info(name, model)
+
     async def aclose(self) -> None:
         """Close the current loop's clients; other live loops' are scheduled
         to close there, dead loops' are left to the garbage collector."""
@@ -187,18 +216,11 @@ class GenaiProvider:
                 self._clients[loop] = entry
             return entry.sdk
 
-    def _new_client(self) -> _LoopClient:
-        http = new_async_client(_HTTPX, self._origin, self.max_connections)
-        sdk = genai.Client(
-            vertexai=False,
-            api_key=self._key,
-            http_options=types.HttpOptions(
-                base_url=self._config.base_url,
-                api_version=self._config.api_version,
-                timeout=_millis(self._default_timeout_s),
-                httpx_async_client=http,
-            ),
-        )
+    def _new_client(
+        self, *, max_connections: int | None = None, timeout_s: float | None = None
+    ) -> _LoopClient:
+        http = new_async_client(_HTTPX, self._origin, max_connections or self.max_connections)
+        sdk = new_sdk_client(self._config, self._key, http, timeout_s or self._default_timeout_s)
         return _LoopClient(sdk, http)
 
     def _generation_config(self, timeout_s: float) -> types.GenerateContentConfig:
@@ -212,29 +234,70 @@ class GenaiProvider:
         )
 
     def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
-        secrets = (self._key,)
-        if isinstance(exc, genai_errors.APIError):
-            if exc.code is not None and 300 <= exc.code < 400:
-                return redirect_refused(exc.code, self.base_url, _location(exc))
-            detail = safe_message(exc.message or exc.status or exc, secrets)
-            return outcome_for_status(
-                exc.code, exc.details, detail, key_env=self._config.api_key_env
-            )
-        if isinstance(exc, ForeignOrigin):
-            return foreign_origin_refused(exc)
-        if isinstance(exc, _TIMEOUT_ERRORS):
-            since_connected = timing.give_up()
-            if since_connected is None:
-                return Cancelled()  # it waited for a connection and never left
-            return TimedOut(after_s=since_connected)
-        message = safe_message(exc, secrets)
-        if isinstance(exc, _TRANSPORT_ERRORS):
-            return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
-        if isinstance(exc, ValueError):
-            # json.JSONDecodeError, pydantic.ValidationError and the SDK's
-            # UnknownApiResponseError: a 200 whose body is not a response.
-            return ServerError(None, f"unreadable response body: {message}")
-        return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
+        return outcome_for_exception(exc, self._key, self.base_url, self._config, timing)
+
+
+def outcome_for_exception(
+    exc: Exception,
+    key: str,
+    base_url: str,
+    config: ProviderConfig,
+    timing: CallTiming | None = None,
+    timeout_s: float = 0.0,
+) -> CallOutcome:
+    """What an exception of a google-genai call means, in the runtime's
+    terms (see the module docstring). Without ``timing`` a timeout is
+    ``TimedOut(timeout_s)``."""
+    secrets = (key,)
+    if isinstance(exc, genai_errors.APIError):
+        if exc.code is not None and 300 <= exc.code < 400:
+            return redirect_refused(exc.code, base_url, _location(exc))
+        detail = safe_message(exc.message or exc.status or exc, secrets)
+        return outcome_for_status(exc.code, exc.details, detail, key_env=config.api_key_env)
+    if isinstance(exc, ForeignOrigin):
+        return foreign_origin_refused(exc)
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        if timing is None:
+            return TimedOut(after_s=timeout_s)
+        since_connected = timing.give_up()
+        if since_connected is None:
+            return Cancelled()  # it waited for a connection and never left
+        return TimedOut(after_s=since_connected)
+    message = safe_message(exc, secrets)
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return ServerError(None, f"connection failed: {type(exc).__name__}: {message}")
+    if isinstance(exc, ValueError):
+        # json.JSONDecodeError, pydantic.ValidationError and the SDK's
+        # UnknownApiResponseError: a 200 whose body is not a response.
+        return ServerError(None, f"unreadable response body: {message}")
+    return ServerError(None, f"unexpected {type(exc).__name__}: {message}")
+
+
+def new_sdk_client(config: ProviderConfig, key: str, http: Any, timeout_s: float) -> genai.Client:
+    """A google-genai client over ``http`` (from ``new_async_client``): the
+    configured endpoint and API version, no retries of its own."""
+    return genai.Client(
+        vertexai=False,
+        api_key=key,
+        http_options=types.HttpOptions(
+            base_url=config.base_url,
+            api_version=config.api_version,
+            timeout=_millis(timeout_s),
+            httpx_async_client=http,
+        ),
+    )
+
+
+def model_info(name: str, model: types.Model) -> ModelInfo:
+    """Our description of a google-genai ``Model``."""
+    full = model.name or name
+    return ModelInfo(
+        name=full.removeprefix("models/"),
+        display_name=model.display_name or "",
+        input_token_limit=model.input_token_limit,
+        output_token_limit=model.output_token_limit,
+        methods=tuple(model.supported_actions or ()),
+    )
 
 
 def _location(exc: genai_errors.APIError) -> str | None:
@@ -252,6 +315,35 @@ async def _close(entry: _LoopClient) -> None:
     await entry.http.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class ResponseReading:
+    """A google-genai response read for one pack: the per-article answers
+    (``answers.analyse_answer``), the reasons it finished, the tokens."""
+
+    parsed: ParsedAnswer
+    finish: str | None
+    block: str | None
+    usage: Usage
+
+    @property
+    def pack_answer(self) -> PackAnswer:
+        return PackAnswer(Succeeded(self.usage), self.parsed.answers)
+
+
+def read_response(
+    response: types.GenerateContentResponse, ids: Sequence[str], est_input_tokens: int
+) -> ResponseReading:
+    """What the interactive adapter and the batch client make of an answer:
+    one validation policy whatever the way the answer came."""
+    candidate = response.candidates[0] if response.candidates else None
+    finish = normalise_reason(candidate.finish_reason) if candidate else None
+    feedback = response.prompt_feedback
+    block = normalise_reason(feedback.block_reason) if feedback else None
+    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
+    usage = _usage(response.usage_metadata, est_input_tokens)
+    return ResponseReading(parsed, finish, block, usage)
+
+
 def _answer(
     response: types.GenerateContentResponse,
     request: ExtractionRequest,
@@ -259,14 +351,16 @@ def _answer(
     log: Any,
     elapsed_s: float,
 ) -> PackAnswer:
-    candidate = response.candidates[0] if response.candidates else None
-    finish = normalise_reason(candidate.finish_reason) if candidate else None
-    feedback = response.prompt_feedback
-    block = normalise_reason(feedback.block_reason) if feedback else None
-    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
-    usage = _usage(response.usage_metadata, request.est_input_tokens)
-    log_answer(log, parsed, finish=finish, block=block, usage=usage, elapsed_s=elapsed_s)
-    return PackAnswer(Succeeded(usage), parsed.answers)
+    reading = read_response(response, ids, request.est_input_tokens)
+    log_answer(
+        log,
+        reading.parsed,
+        finish=reading.finish,
+        block=reading.block,
+        usage=reading.usage,
+        elapsed_s=elapsed_s,
+    )
+    return reading.pack_answer
 
 
 def _candidate_text(candidate: types.Candidate | None) -> str | None:

@@ -35,6 +35,10 @@ How it is used, and why:
   ``config.base_url``, else ``GOOGLE_GEMINI_BASE_URL`` (as google-genai
   reads it), else Google's.
 
+``describe_model`` (the ``ModelCatalog`` port) is the public
+``genai.get_model(name, client=...)`` on a ``ModelServiceClient`` this
+provider builds and guards like the generation client (no ``configure``).
+
 Answers and errors are mapped exactly as in ``GenaiProvider``: the same
 ``answers`` validation, the same ``errors`` status mapping (google.api_core
 hands over the bare ``details`` list, which ``errors`` reads too), a 200 with
@@ -57,7 +61,13 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
+from tierbatch.actors.ports import (
+    ExtractionRequest,
+    ModelInfo,
+    ModelLookupFailed,
+    PackAnswer,
+    mark_request_sent,
+)
 from tierbatch.adapters.gemini.answers import analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
@@ -198,6 +208,8 @@ class LegacyProvider:
             ),
         )
         _guard_session(self._client, origin, max_workers)
+        self._origin = origin
+        self._model_service: Any = None  # the ModelServiceClient, made on first use
         self._models: dict[str, Any] = {}
         self._models_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="tierbatch-legacy")
@@ -230,6 +242,29 @@ class LegacyProvider:
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
 
+    async def describe_model(self, name: str, *, timeout_s: float = 10.0) -> ModelInfo | None:
+        """``genai.get_model`` (the ``ModelCatalog`` port) on a
+        ``ModelServiceClient`` of this provider's own, guarded like the
+        generation client; None for a 404."""
+        timing = CallTiming(timeout_s)
+        try:
+            loop = asyncio.get_running_loop()
+            async with timing.deadline():
+                model = await loop.run_in_executor(
+                    self._executor, self._get_model, name, timing, timeout_s
+                )
+        except Exception as exc:
+            if isinstance(exc, self._sdk.api_exceptions.NotFound):
+                return None
+            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+        return ModelInfo(
+            name=str(model.name or name).removeprefix("models/"),
+            display_name=str(model.display_name or ""),
+            input_token_limit=int(model.input_token_limit) or None,
+            output_token_limit=int(model.output_token_limit) or None,
+            methods=tuple(str(m) for m in model.supported_generation_methods or ()),
+        )
+
     async def aclose(self) -> None:
         """Stop taking calls; calls in flight end within their own timeout."""
         if self._closed:
@@ -237,6 +272,33 @@ class LegacyProvider:
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._client.transport.close)
+        with self._models_lock:
+            service, self._model_service = self._model_service, None
+        if service is not None:
+            await asyncio.to_thread(service.transport.close)
+
+    def _get_model(self, name: str, timing: CallTiming, timeout_s: float) -> Any:
+        """The blocking ``get_model``, on an executor thread."""
+        if not timing.connected():
+            raise _NotSent()
+        return self._sdk.genai.get_model(
+            name if name.startswith("models/") else f"models/{name}",
+            client=self._model_client(),
+            request_options={"retry": None, "timeout": timeout_s},
+        )
+
+    def _model_client(self) -> Any:
+        with self._models_lock:
+            if self._model_service is None:
+                service = self._sdk.glm.ModelServiceClient(
+                    transport="rest",
+                    client_options=self._sdk.client_options.ClientOptions(
+                        api_endpoint=self.base_url, api_key=self._key
+                    ),
+                )
+                _guard_session(service, self._origin, self.max_workers)
+                self._model_service = service
+            return self._model_service
 
     def _call(self, request: ExtractionRequest, timing: CallTiming) -> Any:
         """The blocking SDK call, on an executor thread. The session's

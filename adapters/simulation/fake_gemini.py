@@ -2,8 +2,9 @@
 rehearsing whole runs without the real API.
 
 It serves ``GeminiEmulator`` (``gemini_emulator``: every decision and every
-body) over HTTP/1.1 from a background thread with its own event loop, on
-loopback by default.
+body; the model catalogue in ``model_catalog``, batch jobs and files in
+``batch_emulator``) over HTTP/1.1 from a background thread with its own
+event loop, on loopback by default.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ quota, except faults drawn after admission, as Gemini counts a request that
 failed after it was accepted):
 
 1. route: anything but POST ``/{v1,v1beta,v1alpha}/models/X:{generateContent,
-   countTokens}`` -> 404 ``NOT_FOUND``;
+   countTokens}`` (or one of the catalogue, batch and file routes below)
+   -> 404 ``NOT_FOUND``;
 2. API key, from the ``x-goog-api-key`` header (what both google-genai and
    google-generativeai send) or the ``?key=`` query parameter: missing -> 403
    ``PERMISSION_DENIED`` ("unregistered callers", as Gemini); not
@@ -26,11 +27,18 @@ failed after it was accepted):
    answer for a bad key); well-formed but not in ``valid_keys`` (when set)
    -> 403 ``PERMISSION_DENIED``;
 3. body not JSON -> 400 ``INVALID_ARGUMENT``; no contents -> 400;
-4. retired model -> 404 with Gemini's "models/X is not found" body;
+4. retired model (or, with an explicit ``catalog``, one not in it) -> 404
+   with Gemini's "models/X is not found" body;
 5. outage of the model -> 503 ``UNAVAILABLE``;
 6. input over the model's ``max_input_tokens`` -> 400;
 7. quota -> 429 (countTokens has its own, unlimited, quota);
 8. a fault drawn at the model's rates, then the answer after the latency.
+
+It also answers the model catalogue (``GET /{v1,v1beta}/models`` and
+``.../models/{model}``, ``model_catalog``), batch jobs and the files they
+read and write (``:batchGenerateContent``, ``/batches``, ``/upload/.../files``,
+``/files``, ``batch_emulator``), with the same key checks (step 2) and no
+faults or quota.
 
 The server runs its own asyncio loop in a background thread; all its state
 (quota, random draws, the log) lives in that thread, so it needs no locks.
@@ -59,6 +67,12 @@ import structlog
 
 from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.adapters.gemini.prompt import ARTICLES_MARKER, articles_from_user_text
+from tierbatch.adapters.simulation.batch_emulator import (
+    BatchEmulator,
+    BatchFaultRates,
+    BatchSettings,
+    BatchState,
+)
 from tierbatch.adapters.simulation.error_bodies import (
     BAD_GATEWAY_HTML,
     SERVER_ERRORS,
@@ -82,10 +96,14 @@ from tierbatch.adapters.simulation.http_transport import (
     HttpRequest,
     HttpResponse,
 )
+from tierbatch.adapters.simulation.model_catalog import BadPageToken, ModelCatalog
 from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
 
 __all__ = [
+    "BatchFaultRates",
+    "BatchSettings",
+    "BatchState",
     "FakeGeminiConfig",
     "FaultRates",
     "GeminiEmulator",
@@ -186,6 +204,11 @@ class FakeGeminiConfig:
     429s without ``RetryInfo``, to test a client's fallback backoff.
     ``free_tier``: quota ids carry the ``-FreeTier`` suffix. ``seed`` seeds
     the fault draws (reproducible for a given request order).
+    ``catalog``: the models that exist (``model_catalog``); None: every
+    name that is not retired. ``without_batch``: models whose
+    ``supportedGenerationMethods`` lack ``batchGenerateContent`` (and that
+    refuse batch jobs). ``batch``: batch jobs' turnaround and faults
+    (``batch_emulator``).
     """
 
     models: Mapping[str, ModelSpec] = field(default_factory=dict, hash=False)
@@ -201,6 +224,9 @@ class FakeGeminiConfig:
     include_retry_info: bool = True
     free_tier: bool = False
     seed: int = 0
+    catalog: AbstractSet[str] | None = field(default=None, hash=False)
+    without_batch: AbstractSet[str] = field(default=frozenset(), hash=False)
+    batch: BatchSettings = field(default_factory=BatchSettings)
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -366,6 +392,15 @@ class GeminiEmulator:
         self._started = time.monotonic()
         self._served = 0
         self.log: list[ServedRequest] = []
+        self.catalog = ModelCatalog(
+            config.models,
+            catalog=config.catalog,
+            retired=config.retired,
+            without_batch=config.without_batch,
+        )
+        self.batches = BatchEmulator(
+            config.batch, self.catalog, self._batch_answer, self.now, config.seed
+        )
 
     def now(self) -> float:
         """The server's time: wall-clock epoch seconds that never step."""
@@ -379,6 +414,9 @@ class GeminiEmulator:
         now = self.now()
         route = parse_route(request.method, request.target)
         if route is None:
+            resource = _parse_resource(request.method, request.target)
+            if resource is not None:
+                return self._resource(now, request, *resource)
             return self._refuse(
                 now, "", None, 404, error_body(404, "NOT_FOUND", "Requested entity was not found.")
             )
@@ -394,7 +432,7 @@ class GeminiEmulator:
         if not prompt.user:
             message = "* GenerateContentRequest.contents: contents is not specified\n"
             return self._refuse(now, key, route, 400, error_body(400, "INVALID_ARGUMENT", message))
-        if route.model in self.config.retired:
+        if not self.catalog.exists(route.model):
             document = not_found_model_body(route.model, route.version, route.method)
             return self._refuse(now, key, route, 404, document)
         if route.method == "countTokens":
@@ -402,6 +440,108 @@ class GeminiEmulator:
             self._record(now, key, route, 200, input_tokens=tokens)
             return HttpResponse.of_json(200, {"totalTokens": tokens})
         return await self._generate(now, key, route, prompt, _int_enums(request.target))
+
+    def _resource(
+        self, now: float, request: HttpRequest, route: _Route, ids: Mapping[str, str]
+    ) -> HttpResponse:
+        """The model catalogue, batch jobs and files (see the module docstring)."""
+        query = parse_qs(urlsplit(request.target).query)
+        base_url = f"http://{request.headers.get('host', '127.0.0.1')}"
+        batches = self.batches
+        if route.method == "files.upload" and "upload_id" in query:
+            # The upload URL stands for the key that started the upload.
+            upload_id = query["upload_id"][0]
+            response, owner = batches.upload_chunk(
+                upload_id, request.headers, request.body, base_url
+            )
+            self._record(now, "", route, response.status, fingerprint=owner)
+            return response
+        key = request.headers.get("x-goog-api-key") or _query_key(request.target)
+        auth = self._auth_error(key)
+        if auth is not None:
+            return self._refuse(now, key, route, auth[0], auth[1])
+        owner = key_fingerprint(key)
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                body = _json_body(request.body)
+            except _BadRequestBody as exc:
+                document = error_body(400, "INVALID_ARGUMENT", str(exc))
+                return self._refuse(now, key, route, 400, document)
+        response = self._dispatch(route, ids, query, body, owner, request, base_url)
+        self._record(now, key, route, response.status)
+        return response
+
+    def _dispatch(
+        self,
+        route: _Route,
+        ids: Mapping[str, str],
+        query: Mapping[str, list[str]],
+        body: Mapping[str, Any],
+        owner: str,
+        request: HttpRequest,
+        base_url: str,
+    ) -> HttpResponse:
+        batches = self.batches
+        page_size = _int_query(query, "pageSize")
+        page_token = query.get("pageToken", [None])[0]
+        match route.method:
+            case "models.get":
+                if not self.catalog.exists(route.model):
+                    document = not_found_model_body(route.model, route.version, "get")
+                    return HttpResponse.of_json(404, document)
+                return HttpResponse.of_json(200, self.catalog.document(route.model))
+            case "models.list":
+                try:
+                    return HttpResponse.of_json(200, self.catalog.page(page_size, page_token))
+                except BadPageToken:
+                    document = error_body(400, "INVALID_ARGUMENT", "Invalid page token.")
+                    return HttpResponse.of_json(400, document)
+            case "batches.create":
+                size = len(request.body)
+                return batches.create(owner, route.model, route.version, body, size)
+            case "batches.get":
+                return batches.get(owner, ids["id"])
+            case "batches.list":
+                return batches.list_jobs(owner, page_size, page_token)
+            case "batches.cancel":
+                return batches.cancel(owner, ids["id"])
+            case "batches.delete":
+                return batches.delete(owner, ids["id"])
+            case "files.upload":
+                return batches.start_upload(owner, request.headers, body, base_url)
+            case "files.get":
+                return batches.get_file(owner, ids["id"], base_url)
+            case "files.download":
+                return batches.download(owner, ids["id"])
+            case "files.delete":
+                return batches.delete_file(owner, ids["id"])
+        raise AssertionError(f"unrouted {route.method}")  # pragma: no cover
+
+    def _batch_answer(self, model: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """One request of a batch job: the response generateContent would
+        give without faults, or a google.rpc.Status error object."""
+        prompt = _parse_prompt(request)
+        if not prompt.user:
+            message = "* GenerateContentRequest.contents: contents is not specified"
+            return {"error": {"code": 3, "message": message}}
+        spec = self.config.models.get(model)
+        input_tokens = prompt.input_tokens
+        if spec is not None and 0 < spec.max_input_tokens < input_tokens:
+            message = (
+                f"The input token count ({input_tokens}) exceeds the maximum number of "
+                f"tokens allowed ({spec.max_input_tokens})."
+            )
+            return {"error": {"code": 3, "message": message}}
+        document, _, _ = self._document(
+            model,
+            prompt.articles(),
+            input_tokens,
+            prompt.max_output_tokens,
+            ServerFault.NONE,
+            int_enums=False,
+        )
+        return {"response": document}
 
     def _auth_error(self, key: str) -> tuple[int, dict[str, Any]] | None:
         if not key:
@@ -496,6 +636,25 @@ class GeminiEmulator:
     ) -> tuple[HttpResponse, int, str]:
         """A 200 answer for the drawn fault: (response, output tokens,
         finish reason)."""
+        document, output_tokens, finish = self._document(
+            model, articles, input_tokens, max_output_tokens, fault, int_enums
+        )
+        if fault is ServerFault.MALFORMED_BODY:
+            body = json.dumps(document, ensure_ascii=False).encode()
+            return HttpResponse(200, body[: len(body) // 2]), output_tokens, finish
+        return HttpResponse.of_json(200, document), output_tokens, finish
+
+    def _document(
+        self,
+        model: str,
+        articles: list[dict[str, str]],
+        input_tokens: int,
+        max_output_tokens: int | None,
+        fault: ServerFault,
+        int_enums: bool,
+    ) -> tuple[dict[str, Any], int, str]:
+        """The GenerateContentResponse JSON for the drawn fault: (document,
+        output tokens, finish reason)."""
 
         def enum(table: Mapping[str, int], name: str) -> str | int:
             return table[name] if int_enums else name
@@ -522,7 +681,7 @@ class GeminiEmulator:
                 "safetyRatings": safety_ratings,
             }
             blocked = {"promptFeedback": feedback, "usageMetadata": blocked_usage, **trailer}
-            return HttpResponse.of_json(200, blocked), 0, ""
+            return blocked, 0, ""
         if fault is ServerFault.SAFETY:
             candidate: dict[str, Any] = {
                 "finishReason": enum(_FINISH_REASON_INT, "SAFETY"),
@@ -530,7 +689,7 @@ class GeminiEmulator:
                 "safetyRatings": safety_ratings,
             }
             unsafe = {"candidates": [candidate], "usageMetadata": blocked_usage, **trailer}
-            return HttpResponse.of_json(200, unsafe), 0, "SAFETY"
+            return unsafe, 0, "SAFETY"
 
         text = answer_text(answer_document(articles, model))
         finish = "STOP"
@@ -554,10 +713,7 @@ class GeminiEmulator:
             "totalTokenCount": input_tokens + output_tokens,
         }
         document: dict[str, Any] = {"candidates": [candidate], "usageMetadata": usage, **trailer}
-        if fault is ServerFault.MALFORMED_BODY:
-            body = json.dumps(document, ensure_ascii=False).encode()
-            return HttpResponse(200, body[: len(body) // 2]), output_tokens, finish
-        return HttpResponse.of_json(200, document), output_tokens, finish
+        return document, output_tokens, finish
 
     async def _latency(self, model: str) -> None:
         latency = self.config.latency_for(model)
@@ -589,10 +745,11 @@ class GeminiEmulator:
         quota_id: str = "",
         fault: str = "",
         finish_reason: str = "",
+        fingerprint: str | None = None,
     ) -> None:
         entry = ServedRequest(
             at=now,
-            key_fingerprint=key_fingerprint(key),
+            key_fingerprint=key_fingerprint(key) if fingerprint is None else fingerprint,
             model=route.model if route else "",
             api_version=route.version if route else "",
             method=route.method if route else "",
@@ -614,6 +771,47 @@ class GeminiEmulator:
             fault=entry.fault,
             article_ids=list(article_ids),
         )
+
+
+_VERSION = r"(?P<version>v1|v1beta|v1alpha)"
+_NAME = r"[^/:]+"
+_RESOURCES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (method, re.compile(pattern), name)
+    for method, pattern, name in (
+        ("GET", rf"/{_VERSION}/models", "models.list"),
+        ("GET", rf"/{_VERSION}/models/(?P<model>{_NAME})", "models.get"),
+        ("POST", rf"/{_VERSION}/models/(?P<model>{_NAME}):batchGenerateContent", "batches.create"),
+        ("GET", rf"/{_VERSION}/batches", "batches.list"),
+        ("GET", rf"/{_VERSION}/batches/(?P<id>{_NAME})", "batches.get"),
+        ("DELETE", rf"/{_VERSION}/batches/(?P<id>{_NAME})", "batches.delete"),
+        ("POST", rf"/{_VERSION}/batches/(?P<id>{_NAME}):cancel", "batches.cancel"),
+        ("POST", rf"/upload/{_VERSION}/files", "files.upload"),
+        ("GET", rf"/{_VERSION}/files/(?P<id>{_NAME})", "files.get"),
+        ("DELETE", rf"/{_VERSION}/files/(?P<id>{_NAME})", "files.delete"),
+        ("GET", rf"(?:/download)?/{_VERSION}/files/(?P<id>{_NAME}):download", "files.download"),
+    )
+)
+
+
+def _parse_resource(method: str, target: str) -> tuple[_Route, dict[str, str]] | None:
+    """The route of a catalogue, batch or file request: (route, path ids)."""
+    path = unquote(urlsplit(target).path)
+    for allowed, pattern, name in _RESOURCES:
+        if method != allowed:
+            continue
+        match = pattern.fullmatch(path)
+        if match is not None:
+            groups = {k: v for k, v in match.groupdict().items() if v is not None}
+            route = _Route(groups.pop("version"), groups.pop("model", ""), name)
+            return route, groups
+    return None
+
+
+def _int_query(query: Mapping[str, list[str]], name: str) -> int | None:
+    values = query.get(name)
+    if not values or not values[0].isdigit():
+        return None
+    return int(values[0])
 
 
 def _query_key(target: str) -> str:

@@ -45,20 +45,32 @@ class HttpRequest:
 
 @dataclass(frozen=True, slots=True)
 class HttpResponse:
+    """An answer; ``headers`` are extra ones (the upload protocol's
+    ``X-Goog-Upload-*``), written after the standard ones."""
+
     status: int
     body: bytes
     content_type: str = "application/json; charset=UTF-8"
+    headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of_json(cls, status: int, document: Mapping[str, Any]) -> HttpResponse:
-        return cls(status, json.dumps(document, ensure_ascii=False).encode())
+    def of_json(
+        cls,
+        status: int,
+        document: Mapping[str, Any],
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> HttpResponse:
+        body = json.dumps(document, ensure_ascii=False).encode()
+        return cls(status, body, headers=headers)
 
     def encode(self, keep_alive: bool) -> bytes:
         phrase = http.HTTPStatus(self.status).phrase
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
         head = (
             f"HTTP/1.1 {self.status} {phrase}\r\n"
             f"Content-Type: {self.content_type}\r\n"
             f"Content-Length: {len(self.body)}\r\n"
+            f"{extra}"
             "Vary: Origin\r\nVary: X-Origin\r\nVary: Referer\r\n"
             f"Date: {formatdate(usegmt=True)}\r\n"
             "Server: scaffolding on HTTPServer2\r\n"

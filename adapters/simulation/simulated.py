@@ -29,7 +29,13 @@ from enum import StrEnum
 import structlog
 
 from tierbatch.actors.clock import Clock, wall_offset
-from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
+from tierbatch.actors.ports import (
+    BATCH_METHOD,
+    ExtractionRequest,
+    ModelInfo,
+    PackAnswer,
+    mark_request_sent,
+)
 from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.adapters.simulation.fake_entities import (
     answer_text,
@@ -60,6 +66,8 @@ LATENCY_SIGMA = 0.35
 """Spread of the lognormal latency around its median (clock seconds)."""
 REJECTION_LATENCY_S = 0.05
 """How long a 429, 404 or outage 503 takes: they come back promptly."""
+SIMULATED_METHODS = ("generateContent", "countTokens", BATCH_METHOD)
+"""What the simulated provider says every model supports."""
 HANG_FACTOR = 1.1
 """A hung call sleeps this much longer than the request's timeout, so the
 runtime's own timeout fires first."""
@@ -222,6 +230,20 @@ class SimulatedProvider:
 
     async def aclose(self) -> None:
         self._closed = True
+
+    async def describe_model(self, name: str, *, timeout_s: float = 10.0) -> ModelInfo | None:
+        """The ``ModelCatalog`` port, answered from the configuration: a
+        configured model exists (its input limit is the configured one)
+        unless it is retired; any other name does not."""
+        spec = self._models.get(name)
+        if spec is None or name in self._retired:
+            return None
+        return ModelInfo(
+            name=name,
+            display_name=name,
+            input_token_limit=spec.max_input_tokens or None,
+            methods=SIMULATED_METHODS,
+        )
 
     async def extract(self, request: ExtractionRequest) -> PackAnswer:
         index = self._next_index
