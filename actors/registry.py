@@ -44,6 +44,7 @@ from tierbatch.actors.messages import (
     Sent,
     StopGranting,
     Wake,
+    Withdraw,
 )
 from tierbatch.actors.observer import NullObserver, RegistryObserver
 from tierbatch.actors.threads import ThreadLedger
@@ -168,6 +169,8 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._serve(self._read_clock()[0])
             case ReleaseHolder(holder):
                 self._on_release_holder(holder)
+            case Withdraw(request_id, holder):
+                self._on_withdraw(request_id, holder)
             case StopGranting():
                 self._stopped_granting = True
                 self._answer_waiters("the runtime is shutting down")
@@ -230,6 +233,19 @@ class ModelRegistry(pykka.ThreadingActor):
             heapq.heapify(kept)
             self._waiters = kept
         self._serve(now)
+
+    def _on_withdraw(self, request_id: int, holder: int) -> None:
+        """Drop a waiting request without an answer (its articles moved into
+        another pack); one already granted was answered and is left alone."""
+        kept = [e for e in self._waiters if (e[3].request_id, e[3].holder) != (request_id, holder)]
+        if len(kept) == len(self._waiters):
+            return
+        for entry in self._waiters:
+            if (entry[3].request_id, entry[3].holder) == (request_id, holder):
+                self._forget(entry)
+        heapq.heapify(kept)
+        self._waiters = kept
+        self._serve(self._read_clock()[0])
 
     # ---- decisions -------------------------------------------------------------
 
