@@ -259,8 +259,9 @@ class Extractor(pykka.ThreadingActor):
         self._to_registry(Sent(grant_id, at))
 
     def _acquire(self, pack: _Pack) -> None:
-        if self._winding_down or self._halted:
-            # Stopping: no new call and no retry; the article goes back.
+        if self._winding_down or self._halted or self._deps.dispatch_stopped.is_set():
+            # Stopping: no new call, no retry (a grant would only come back
+            # Cancelled, an attempt spent each time); the articles go back.
             self._give_back(pack.members)
             return
         chain = self._chain(pack)
