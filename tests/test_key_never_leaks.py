@@ -67,7 +67,7 @@ def test_key_never_appears_in_any_output_of_a_whole_run(
         config.write_text(
             config.read_text().replace("request_timeout_s = 10.0", "request_timeout_s = 1.0")
         )
-        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(40))
+        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(60))
         db = tmp_path / "r.sqlite"
         code = cli.main(
             [
