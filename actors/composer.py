@@ -1,18 +1,19 @@
-"""BatchComposer: the work ledger.
+"""BatchComposer: the actor around the work ledger.
 
-It scores and tiers every submitted article, keeps the per-tier queues, and
-hands out a tier-mixed batch only when an extractor asks for one, so a large
-backlog waits here rather than in flight. It also records which extractor
-holds which article and is the single place where an article becomes
-terminal: results reach the sink from here, once per article, whatever
-crashes or retries happened on the way.
+It scores and tiers every submitted article and hands out a tier-mixed batch
+only when an extractor asks for one, so a large backlog waits here rather
+than in flight. Where each article is -- queued, held by which extractor,
+suspect after a crash, terminal -- is the pure ``Ledger``'s business
+(``tierbatch.policies.ledger``); this actor serialises the messages that
+move articles, hands results to the sink (once per article: this is the
+single place where an article becomes terminal), and answers the drain and
+space waiters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections import Counter, OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,17 +45,15 @@ from tierbatch.actors.ports import Sink
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.backlog import BacklogMeter
-from tierbatch.policies.composition import Batch, Composer, Queued
+from tierbatch.policies.composition import Composer
 from tierbatch.policies.config import Config
+from tierbatch.policies.ledger import Ledger
 from tierbatch.policies.priority import ClusterTracker, article_time, score
-from tierbatch.policies.results import Done, Failed, FailureReason, TerminalResult
+from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
 _log = structlog.get_logger("tierbatch.composer")
-
-# How many finished ids are remembered to refuse a quick re-submission.
-RECENT_TERMINAL_IDS = 100_000
 # Clusters not seen for this long are forgotten (bounded memory in a daemon).
 CLUSTER_MEMORY_S = 7 * 24 * 3600.0
 
@@ -112,43 +111,26 @@ class BatchComposer(pykka.ThreadingActor):
         self._threads = threads
         # The work ahead per tier, reported to the registry for its plan.
         self._backlog_to = backlog_to
-        self._meter = BacklogMeter(TierLadder(config.tiers, config.global_fallback).names)
+        self._tier_names = TierLadder(config.tiers, config.global_fallback).names
+        self._meter = BacklogMeter(self._tier_names)
         self._tokens = TokenEstimator()
         self._config = config
         self._sink = sink
         self._clock = clock
         self._on_died = on_died
-        self._ladder = TierLadder(config.tiers, config.global_fallback)
-        self._queues = Composer(self._ladder, config.composer.mix, config.composer.aging_s)
+        ladder = TierLadder(config.tiers, config.global_fallback)
+        self._ledger = Ledger(
+            Composer(ladder, config.composer.mix, config.composer.aging_s),
+            config.retry.poison_after,
+        )
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
         self._capacity = config.composer.max_queued
-        self._live: set[str] = set()  # queued or held: not yet terminal
-        # Articles held by an extractor that crashed. Each goes out alone, so
-        # only a true poison article keeps crashing extractors and its
-        # batch-mates are not blamed with it.
-        self._suspects: deque[Queued] = deque()
-        self._probe_ids = itertools.count(-1, -1)
-        self._held: dict[str, tuple[int, Queued]] = {}
-        self._by_extractor: dict[int, set[str]] = {}
-        self._recent: OrderedDict[str, None] = OrderedDict()
-        self._crashes: Counter[str] = Counter()
         self._idle: deque[RequestWork] = deque()
         self._dead: set[int] = set()  # extractors that died (ids are never reused)
         self._drain_waiters: list[pykka.ThreadingFuture[bool]] = []
         self._space_waiters: list[pykka.ThreadingFuture[bool]] = []
         self._unsunk: list[TerminalResult] = []
         self._paused: str | None = None
-        # After BeginShutdown: nothing is dispatched or queued again; what
-        # extractors give back waits in ``_returned`` for TakeReturned.
-        self._shutting_down = False
-        self._returned: list[Article] = []
-        self._submitted = 0
-        self._done_by_tier: Counter[str] = Counter()
-        self._failed_by_tier: Counter[str] = Counter()
-        self._done_by_model: Counter[str] = Counter()
-        self._failed_by_reason: Counter[str] = Counter()
-        self._fallbacks = 0
-        self._requeued_after_crash = 0
         self._last_prune = float("-inf")  # steady time of the last prune
 
     # ---- messages ------------------------------------------------------------
@@ -225,7 +207,8 @@ class BatchComposer(pykka.ThreadingActor):
     # ---- submission ------------------------------------------------------------
 
     def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitResult:
-        if self._shutting_down:
+        ledger = self._ledger
+        if ledger.shutting_down:
             raise ShuttingDown("the runtime is shutting down: it takes no more articles")
         # Queue age (aging, latency) runs on steady time; priority compares
         # publication times, so it runs on the wall clock.
@@ -234,11 +217,11 @@ class BatchComposer(pykka.ThreadingActor):
         consumed = accepted = 0
         duplicates: list[str] = []
         for article in articles:
-            if article.id in self._live or article.id in self._recent:
+            if ledger.is_known(article.id):
                 duplicates.append(article.id)
                 consumed += 1
                 continue
-            if len(self._queues) >= self._capacity:
+            if ledger.queued >= self._capacity:
                 break
             seen_at = article_time(article, wall)
             stats = None
@@ -246,16 +229,14 @@ class BatchComposer(pykka.ThreadingActor):
                 if observe:
                     self._clusters.observe(article.cluster_id, min(seen_at, wall))
                 stats = self._clusters.stats(article.cluster_id, wall)
-            item = self._queues.push(article, score(article, stats, wall, cfg), now)
+            item = ledger.admit(article, score(article, stats, wall, cfg), now)
             chars = len(article.text) + len(article.title)
             self._meter.submitted(
-                self._ladder.tiers[item.tier].name,
+                self._tier_names[item.tier],
                 self._tokens.estimate(chars, 1) - self._tokens.estimate(0, 0),
             )
-            self._live.add(article.id)
             consumed += 1
             accepted += 1
-        self._submitted += accepted
         if now - self._last_prune > 3600.0:
             self._clusters.prune(wall, CLUSTER_MEMORY_S)
             self._last_prune = now
@@ -270,19 +251,12 @@ class BatchComposer(pykka.ThreadingActor):
         if self._paused is not None:
             return
         now = self._clock.now()
-        while self._idle and (self._suspects or len(self._queues)):
+        while self._idle and self._ledger.has_work():
             request = self._idle.popleft()
-            if self._suspects:
-                batch: Batch | None = Batch(next(self._probe_ids), (self._suspects.popleft(),))
-            else:
-                batch = self._queues.next_batch(now)
+            batch = self._ledger.take(request.extractor, now)
             if batch is None:
                 self._idle.appendleft(request)
                 break
-            ids = self._by_extractor.setdefault(request.extractor, set())
-            for item in batch.items:
-                self._held[item.article.id] = (request.extractor, item)
-                ids.add(item.article.id)
             request.reply(WorkBatch(batch))
         if self._space_waiters and self._has_space():
             self._resolve(self._space_waiters, True)
@@ -291,45 +265,26 @@ class BatchComposer(pykka.ThreadingActor):
     def _report_backlog(self, now: float) -> None:
         if self._backlog_to is None:
             return
-        backlog = self._meter.backlog(self._queues.depth_by_tier())
+        backlog = self._meter.backlog(self._ledger.queued_by_tier())
         if self._meter.changed(backlog):
             self._backlog_to(Backlog(backlog))
 
     # ---- results ---------------------------------------------------------------
 
     def _on_finished(self, extractor: int, results: tuple[TerminalResult, ...]) -> None:
-        accepted: list[TerminalResult] = []
-        for result in results:
-            held = self._held.get(result.article_id)
-            if held is None or held[0] != extractor:
-                _log.warning(
-                    "late or duplicate result ignored",
-                    article=result.article_id,
-                    extractor=extractor,
-                )
-                continue
-            self._release(result.article_id, extractor)
-            accepted.append(result)
-        self._terminal(accepted)
+        finish = self._ledger.finish(extractor, results)
+        for article_id in finish.refused:
+            _log.warning(
+                "late or duplicate result ignored", article=article_id, extractor=extractor
+            )
+        self._terminal(finish.accepted)
 
-    def _terminal(self, results: list[TerminalResult]) -> None:
-        if not results:
-            return
-        for result in results:
-            self._live.discard(result.article_id)
-            self._remember(result.article_id)
-            self._crashes.pop(result.article_id, None)
-            if isinstance(result, Done):
-                self._done_by_tier[result.tier] += 1
-                self._done_by_model[result.model] += 1
-                self._fallbacks += result.fallback
-            else:
-                self._failed_by_tier[result.tier] += 1
-                self._failed_by_reason[str(result.reason)] += 1
-        self._unsunk.extend(results)
-        self._flush_sink()
-        if self._drain_waiters and self._outstanding() == 0:
-            self._resolve(self._drain_waiters, True)
+    def _terminal(self, results: tuple[TerminalResult, ...]) -> None:
+        """Results the ledger has recorded: to the sink."""
+        if results:
+            self._unsunk.extend(results)
+            self._flush_sink()
+        self._check_drained()
 
     def _flush_sink(self) -> None:
         """Hand results to the sink, once: the sink owns buffering and retries
@@ -348,108 +303,43 @@ class BatchComposer(pykka.ThreadingActor):
                 first=pending[0].article_id,
             )
 
-    def _remember(self, article_id: str) -> None:
-        self._recent[article_id] = None
-        if len(self._recent) > RECENT_TERMINAL_IDS:
-            self._recent.popitem(last=False)
-
-    def _release(self, article_id: str, extractor: int) -> Queued:
-        _, item = self._held.pop(article_id)
-        owned = self._by_extractor.get(extractor)
-        if owned is not None:
-            owned.discard(article_id)
-        return item
-
     # ---- failures ----------------------------------------------------------------
 
     def _on_give_back(self, extractor: int, ids: tuple[str, ...]) -> None:
-        items = []
-        for article_id in ids:
-            held = self._held.get(article_id)
-            if held is not None and held[0] == extractor:
-                items.append(self._release(article_id, extractor))
-        if self._shutting_down:
-            self._set_aside(items)
+        self._ledger.give_back(extractor, ids)
+        if self._ledger.shutting_down:
+            self._check_drained()
             return
-        self._queues.requeue(items)
         self._dispatch()
 
-    def _set_aside(self, items: list[Queued]) -> None:
-        """Shutting down: keep given-back articles for ``TakeReturned``."""
-        for item in items:
-            self._live.discard(item.article.id)
-            self._returned.append(item.article)
-        if self._drain_waiters and self._outstanding() == 0:
-            self._resolve(self._drain_waiters, True)
-
     def _on_extractor_died(self, extractor: int, error: str, blamed: frozenset[str]) -> None:
-        """Take back what a dead extractor held. The articles it was handling
-        when it died count a crash and go out alone next time (so a poison
-        article cannot take its batch-mates down with it); the rest were
-        bystanders and simply go back to their queues."""
+        """Take back what a dead extractor held (the ledger decides: suspects,
+        bystanders, poison)."""
         # A request for work it sent before dying may still wait here: a batch
         # sent to it now would be held by nobody.
         self._dead.add(extractor)
         self._idle = deque(r for r in self._idle if r.extractor != extractor)
-        ids = self._by_extractor.pop(extractor, set())
-        poison: list[TerminalResult] = []
-        requeue: list[Queued] = []
-        bystanders: list[Queued] = []
-        limit = self._config.retry.poison_after
-        for article_id in ids:
-            _, item = self._held.pop(article_id)
-            if article_id not in blamed:
-                bystanders.append(item)
-                continue
-            self._crashes[article_id] += 1
-            if self._crashes[article_id] >= limit:
-                poison.append(
-                    Failed(
-                        article_id=article_id,
-                        reason=FailureReason.POISON,
-                        detail=f"held by {self._crashes[article_id]} crashed extractors; "
-                        f"last error: {error}",
-                        tier=self._ladder.tiers[item.tier].name,
-                        attempts=self._crashes[article_id],
-                        metadata=item.article.metadata,
-                    )
-                )
-            else:
-                requeue.append(item)
-        self._requeued_after_crash += len(requeue) + len(bystanders)
-        requeue.sort(key=lambda item: (item.tier, item.seq))
+        crash = self._ledger.crash(extractor, blamed, error)
         _log.warning(
             "extractor died; its articles go back to the queue",
             extractor=extractor,
-            suspects=len(requeue),
-            bystanders=len(bystanders),
-            poisoned=len(poison),
+            suspects=crash.suspects,
+            bystanders=crash.bystanders,
+            poisoned=len(crash.poisoned),
             error=error,
         )
-        if self._shutting_down:
-            self._set_aside(requeue + bystanders)
-        else:
-            self._suspects.extend(requeue)
-            self._queues.requeue(bystanders)
-        self._terminal(poison)
+        self._terminal(crash.poisoned)
         self._dispatch()
 
     def _begin_shutdown(self) -> None:
-        self._shutting_down = True
+        self._ledger.begin_shutdown()
         self._paused = self._paused or "stopping"
         self._idle.clear()
         self._resolve(self._space_waiters, False)
 
     def _take_returned(self) -> list[Article]:
-        articles = self._returned
-        self._returned = []
-        articles.extend(item.article for item in self._suspects)
-        self._suspects.clear()
-        articles.extend(item.article for item in self._queues.drain_all())
-        for article in articles:
-            self._live.discard(article.id)
-        if self._drain_waiters and self._outstanding() == 0:
-            self._resolve(self._drain_waiters, True)
+        articles = self._ledger.take_returned()
+        self._check_drained()
         return articles
 
     def _take_unfinished(self) -> list[Article]:
@@ -462,24 +352,19 @@ class BatchComposer(pykka.ThreadingActor):
         """Empty the ledger: every article not terminal, held or not."""
         self._paused = "stopping"
         self._idle.clear()
-        articles = self._returned
-        self._returned = []
-        articles.extend(item.article for item in self._suspects)
-        self._suspects.clear()
-        articles.extend(item.article for item in self._queues.drain_all())
-        articles.extend(item.article for _, item in self._held.values())
-        self._held.clear()
-        self._by_extractor.clear()
-        self._live.clear()
-        return articles
+        return self._ledger.take_unfinished()
 
     # ---- waiting -----------------------------------------------------------------
 
     def _outstanding(self) -> int:
-        return len(self._queues) + len(self._suspects) + len(self._held) + len(self._unsunk)
+        return self._ledger.outstanding + len(self._unsunk)
+
+    def _check_drained(self) -> None:
+        if self._drain_waiters and self._outstanding() == 0:
+            self._resolve(self._drain_waiters, True)
 
     def _has_space(self) -> bool:
-        return len(self._queues) < self._capacity
+        return self._ledger.queued < self._capacity
 
     @staticmethod
     def _future_when(
@@ -500,19 +385,20 @@ class BatchComposer(pykka.ThreadingActor):
             future.set(value)
 
     def _stats(self) -> ComposerStats:
+        ledger, tallies = self._ledger, self._ledger.tallies
         return ComposerStats(
-            submitted=self._submitted,
-            queued=len(self._queues) + len(self._suspects),
-            queued_by_tier=self._queues.depth_by_tier(),
-            held=len(self._held),
-            done=sum(self._done_by_tier.values()),
-            failed=sum(self._failed_by_tier.values()),
-            done_by_tier=dict(self._done_by_tier),
-            failed_by_tier=dict(self._failed_by_tier),
-            done_by_model=dict(self._done_by_model),
-            failed_by_reason=dict(self._failed_by_reason),
-            fallbacks=self._fallbacks,
-            requeued_after_crash=self._requeued_after_crash,
+            submitted=tallies.submitted,
+            queued=ledger.queued + ledger.suspects,
+            queued_by_tier=ledger.queued_by_tier(),
+            held=ledger.held,
+            done=sum(tallies.done_by_tier.values()),
+            failed=sum(tallies.failed_by_tier.values()),
+            done_by_tier=dict(tallies.done_by_tier),
+            failed_by_tier=dict(tallies.failed_by_tier),
+            done_by_model=dict(tallies.done_by_model),
+            failed_by_reason=dict(tallies.failed_by_reason),
+            fallbacks=tallies.fallbacks,
+            requeued_after_crash=tallies.requeued_after_crash,
             sink_backlog=len(self._unsunk),
             paused=self._paused,
         )

@@ -2,14 +2,17 @@
 chain through the registry until every article is terminal.
 
 An extractor never sleeps and never blocks: it asks the registry for quota
-(answered when there is some), launches the call on the shared event loop,
-and handles the completion when it is told. Everything it owns -- packs,
-per-article budgets, the token estimator -- lives in its own thread.
+(answered when there is some), launches the call on the shared event loop
+(``tierbatch.actors.calls``), and handles the completion when it is told.
+Everything it owns -- packs, per-article budgets, the token estimator --
+lives in its own thread. The decisions are pure policies it only carries
+out: how to pack and merge (``policies.packing``), what an outcome means
+for each article (``policies.settlement``), when the retry budget ends one
+(``policies.attempts``), and what each is charged (``policies.costs``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import itertools
@@ -21,6 +24,7 @@ from typing import Any
 import pykka
 import structlog
 
+from tierbatch.actors.calls import Launch, invoke, tell_when_done
 from tierbatch.actors.clock import Clock
 from tierbatch.actors.event_loop import LaunchPacer, LoopThread
 from tierbatch.actors.messages import (
@@ -35,37 +39,36 @@ from tierbatch.actors.messages import (
     RequestWork,
     Sent,
     WindDown,
+    Withdraw,
     WorkBatch,
 )
-from tierbatch.actors.ports import (
-    ExtractionRequest,
-    PackAnswer,
-    Provider,
-    bind_request_sent,
-)
+from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
 from tierbatch.actors.threads import ThreadLedger
+from tierbatch.policies.attempts import ArticleProgress, RetryBudget
 from tierbatch.policies.composition import Queued
 from tierbatch.policies.config import Config
-from tierbatch.policies.outcomes import (
-    Abandoned,
-    AuthFailed,
-    BadRequest,
-    Cancelled,
-    ModelNotFound,
-    RateLimited,
-    ServerError,
-    Succeeded,
-    TimedOut,
+from tierbatch.policies.outcomes import Abandoned, Cancelled, Usage
+from tierbatch.policies.packing import (
+    Pack,
+    PackLimits,
+    article_tokens,
+    chunk,
+    fallback_cutoff,
+    merge_waiting,
+    request_overhead,
 )
 from tierbatch.policies.quota import Grant
-from tierbatch.policies.results import (
-    AnswerProblem,
-    Done,
-    Extraction,
-    Failed,
-    FailureReason,
-    ProblemKind,
-    TerminalResult,
+from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.settlement import (
+    Answered,
+    FailPack,
+    GiveBackPack,
+    Halt,
+    Retry,
+    acquire_failure,
+    classify,
+    plan_retry,
+    settle_answers,
 )
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
@@ -84,65 +87,13 @@ def safe_teller(ref: pykka.ActorRef[Any]) -> Callable[[Any], None]:
     return tell
 
 
-@dataclass(slots=True)
-class _Progress:
-    """Per-article bookkeeping while an extractor holds it."""
+@dataclass(slots=True, eq=False)
+class _Pack(Pack):
+    """A pack and, once granted, its call on the event loop."""
 
-    item: Queued
-    est_tokens: int
-    attempts: int = 0
-    failures: int = 0
-    last_model: str | None = None
-    last_reason: FailureReason = FailureReason.RETRIES_EXHAUSTED
-    last_detail: str = ""
-
-
-class _Launch:
-    """Whether a granted call has left, decided once and atomically between
-    the event-loop thread (about to send it) and the extractor (winding
-    down, taking back what has not left)."""
-
-    __slots__ = ("_lock", "_state")
-
-    _PENDING, _STARTED, _WITHDRAWN = 0, 1, 2
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = self._PENDING
-
-    def start(self) -> bool:
-        """The call may leave now (False: it was withdrawn)."""
-        with self._lock:
-            if self._state == self._PENDING:
-                self._state = self._STARTED
-            return self._state == self._STARTED
-
-    def withdraw(self) -> bool:
-        """Take the call back if it has not left (False: it has)."""
-        with self._lock:
-            if self._state == self._PENDING:
-                self._state = self._WITHDRAWN
-            return self._state == self._WITHDRAWN
-
-
-@dataclass(slots=True)
-class _Pack:
-    pack_id: int
-    tier: int
-    members: list[_Progress]
-    batch: int = 0
-    excluded: frozenset[str] = frozenset()
-    grant: Grant | None = None
+    sent_tokens: int = 0  # the request's estimate, which calibration compares with usage
     future: concurrent.futures.Future[Any] | None = field(default=None, repr=False)
-    launch: _Launch | None = field(default=None, repr=False)
-
-    @property
-    def est_tokens(self) -> int:
-        return sum(p.est_tokens for p in self.members)
-
-    @property
-    def enqueued_at(self) -> float:
-        return min(p.item.enqueued_at for p in self.members)
+    launch: Launch | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +135,7 @@ class Extractor(pykka.ThreadingActor):
         self._ladder = deps.ladder
         self._clock = deps.clock
         self._estimator = TokenEstimator()
+        self._budget = RetryBudget.of(deps.config.retry)
         self._packs: dict[int, _Pack] = {}
         self._pack_ids = itertools.count(1)
         self._capacity = deps.config.runtime.max_packs_in_flight
@@ -266,7 +218,7 @@ class Extractor(pykka.ThreadingActor):
 
     def _pack_articles(self, pack_id: int) -> tuple[str, ...]:
         pack = self._packs.get(pack_id)
-        return () if pack is None else tuple(m.item.article.id for m in pack.members)
+        return () if pack is None else pack.article_ids
 
     def _want_work(self) -> None:
         if self._work_requested or self._halted or len(self._packs) >= self._capacity:
@@ -277,59 +229,54 @@ class Extractor(pykka.ThreadingActor):
     # ---- packing -----------------------------------------------------------------
 
     def _take(self, batch_id: int, items: Iterable[Queued]) -> None:
-        by_tier: dict[int, list[_Progress]] = {}
+        by_tier: dict[int, list[ArticleProgress]] = {}
         for item in items:
-            est = self._article_tokens(item)
-            by_tier.setdefault(item.tier, []).append(_Progress(item, est))
+            est = article_tokens(self._estimator, item.article)
+            by_tier.setdefault(item.tier, []).append(ArticleProgress(item, est))
         for tier, members in sorted(by_tier.items()):
-            for chunk in self._chunks(tier, members):
-                self._acquire(_Pack(next(self._pack_ids), tier, chunk, batch_id))
+            for group in chunk(members, self._limits(tier)):
+                self._acquire(self._new_pack(tier, group, batch_id))
 
-    def _chunks(self, tier: int, members: list[_Progress]) -> Iterable[list[_Progress]]:
-        """Packs of at most the tier's articles-per-request and the token budget."""
-        per_request = self._ladder.tiers[tier].max_articles_per_request
-        budget = self._cfg.runtime.max_input_tokens_per_request
-        overhead = self._request_overhead()
-        chunk: list[_Progress] = []
-        tokens = overhead
-        for member in members:
-            if chunk and (len(chunk) >= per_request or tokens + member.est_tokens > budget):
-                yield chunk
-                chunk, tokens = [], overhead
-            chunk.append(member)
-            tokens += member.est_tokens
-        if chunk:
-            yield chunk
+    def _limits(self, tier: int) -> PackLimits:
+        return PackLimits.of(
+            self._ladder.tiers[tier], self._cfg.runtime, request_overhead(self._estimator)
+        )
+
+    def _chain(self, pack: Pack) -> tuple[str, ...]:
+        return tuple(m for m in self._ladder.chain(pack.tier) if m not in pack.excluded)
+
+    def _new_pack(
+        self,
+        tier: int,
+        members: Iterable[ArticleProgress],
+        batch: int,
+        excluded: frozenset[str] = frozenset(),
+    ) -> _Pack:
+        return _Pack(next(self._pack_ids), tier, list(members), batch, excluded)
 
     def _sent(self, grant_id: int, at: float) -> None:
         """Called on the event-loop thread; a tell is thread-safe."""
         self._to_registry(Sent(grant_id, at))
 
-    def _article_tokens(self, item: Queued) -> int:
-        """The article's share of a request's estimated input tokens."""
-        chars = len(item.article.text) + len(item.article.title)
-        return max(1, self._estimator.estimate(chars, 1) - self._request_overhead())
-
-    def _request_overhead(self) -> int:
-        """Estimated tokens of the prompt around the articles."""
-        return self._estimator.estimate(0, 0)
-
     def _acquire(self, pack: _Pack) -> None:
-        if self._winding_down or self._halted:
-            # Stopping: no new call and no retry; the article goes back.
+        if self._winding_down or self._halted or self._deps.dispatch_stopped.is_set():
+            # Stopping: no new call, no retry (a grant would only come back
+            # Cancelled, an attempt spent each time); the articles go back.
             self._give_back(pack.members)
             return
-        chain = tuple(m for m in self._ladder.chain(pack.tier) if m not in pack.excluded)
+        chain = self._chain(pack)
         if not chain:
             self._finish_failed(pack.members, pack.tier)
             return
         self._packs[pack.pack_id] = pack
+        pack.acquired_tokens = pack.est_tokens
+        pack.asked_at = self._clock.now()
         self._to_registry(
             Acquire(
                 request_id=pack.pack_id,
                 holder=self.extractor_id,
                 chain=chain,
-                est_tokens=pack.est_tokens + self._request_overhead(),
+                est_tokens=pack.acquired_tokens + request_overhead(self._estimator),
                 tier_rank=pack.tier,
                 enqueued_at=pack.enqueued_at,
                 reply=self._tell,
@@ -343,70 +290,66 @@ class Extractor(pykka.ThreadingActor):
     def _on_granted(self, pack_id: int, grant: Grant) -> None:
         pack = self._packs.get(pack_id)
         if pack is None or self._halted or self._winding_down:
+            # Also a pack merged into another and withdrawn, granted before
+            # the registry read the withdrawal: the grant goes unused.
             self._to_registry(Report(grant.grant_id, Cancelled()))
             if pack is not None:
                 del self._packs[pack_id]
                 self._give_back(pack.members)
             return
+        # Fill it from its siblings still waiting (articles that trickled in
+        # as small batches); the emptied ones' requests are withdrawn.
+        patience = self._ladder.tiers[pack.tier].fallback_patience_s
+        cutoff = fallback_cutoff(self._chain(pack), grant.model, patience, self._clock.now())
+        estimate = pack.request_estimate(grant.est_tokens)
+        limits = self._limits(pack.tier)
+        pack.sent_tokens, emptied = merge_waiting(
+            pack, estimate, self._packs, limits, asked_by=cutoff
+        )
+        for donor in emptied:
+            del self._packs[donor]
+            self._to_registry(Withdraw(donor, self.extractor_id))
+        if emptied:
+            self._want_work()  # room for more work now
+        self._handling = pack.article_ids
         for member in pack.members:
-            member.attempts += 1
-            member.last_model = grant.model
+            member.tried(grant.model)
         request = ExtractionRequest(
             model=grant.model,
             articles=tuple(m.item.article for m in pack.members),
             timeout_s=self._clock.to_real(self._cfg.retry.request_timeout_s),
-            est_input_tokens=grant.est_tokens,
+            est_input_tokens=pack.sent_tokens,
             grant_id=grant.grant_id,
             granted_at=grant.granted_at,
             attempt=max(m.attempts for m in pack.members),
         )
         pack.grant = grant
-        pack.launch = launch = _Launch()
-        future = self._deps.loop.submit(
-            _invoke(
-                self._deps.provider,
+        pack.launch = launch = Launch()
+        deps = self._deps
+        future: concurrent.futures.Future[tuple[PackAnswer, float, float]] = deps.loop.submit(
+            invoke(
+                deps.provider,
                 request,
-                self._deps.pacer,
+                deps.pacer,
                 self._clock,
                 self._sent,
-                self._deps.dispatch_stopped,
+                deps.dispatch_stopped,
                 launch,
             )
         )
         pack.future = future
-        tell = self._tell
-        clock = self._clock
-
-        def done(fut: concurrent.futures.Future[tuple[PackAnswer, float, float]]) -> None:
-            """Always tells the actor, whatever became of the call: a pack
-            whose completion is never told would hang, its lease renewed
-            forever."""
-            if fut.cancelled():
-                # Only the runtime cancels calls (stop, failure), and it has
-                # reported the grant abandoned already.
-                now = clock.now()
-                tell(CallDone(pack_id, grant, PackAnswer(Abandoned()), now, now))
-                return
-            try:
-                answer, started, finished = fut.result()
-            except BaseException as exc:  # _invoke maps errors; this is a last resort
-                now = clock.now()
-                answer = PackAnswer(ServerError(None, f"provider call failed: {_describe(exc)}"))
-                started = finished = now
-            tell(CallDone(pack_id, grant, answer, started, finished))
-
-        future.add_done_callback(done)
+        tell_when_done(future, pack_id, grant, self._tell, self._clock)
 
     def _on_acquire_failed(self, pack_id: int, reason: str, detail: str) -> None:
         pack = self._packs.pop(pack_id, None)
         if pack is None:
             return
-        if reason == "stopped":  # the registry stopped granting: give it back
+        action = acquire_failure(reason, detail)
+        if isinstance(action, GiveBackPack):
             self._give_back(pack.members)
             return
         for member in pack.members:
-            member.last_reason = FailureReason.NO_MODEL
-            member.last_detail = f"no model of the chain can take it ({reason}): {detail}"
+            member.failed(action.reason, action.detail, counts=False)
         self._finish_failed(pack.members, pack.tier)
         self._want_work()
 
@@ -419,167 +362,70 @@ class Extractor(pykka.ThreadingActor):
         if pack is None:
             return
         model = done.grant.model
-        log = self._log.bind(
-            model=model,
-            tier=self._ladder.tiers[pack.tier].name,
-            batch=pack.batch,
-            article=[m.item.article.id for m in pack.members],
-        )
-        match outcome:
-            case Succeeded(usage):
-                self._estimator.calibrate(done.grant.est_tokens, usage.input_tokens)
-                self._on_answer(pack, done, usage.input_tokens, usage.output_tokens)
-            case RateLimited():
-                log.debug("rate limited", articles=len(pack.members), scope=str(outcome.scope))
-                self._retry(pack, None, count_failure=False)
-            case ServerError(status, message):
-                log.debug("server error", status=status, detail=message)
-                self._retry(
-                    pack, (FailureReason.RETRIES_EXHAUSTED, f"server error {status}: {message}")
-                )
-            case TimedOut(after_s):
-                log.debug("request timed out", after_s=after_s)
-                self._retry(
-                    pack, (FailureReason.TIMEOUT, f"no answer from {model} in {after_s:.1f}s")
-                )
-            case ModelNotFound():
-                self._retry(pack, None, count_failure=False)
-            case Cancelled():
-                # Never sent (it waited too long for a connection of the
-                # provider's pool): not the articles' fault, nor the model's.
-                log.debug("call not sent", articles=len(pack.members))
-                self._retry(pack, None, count_failure=False)
-            case BadRequest(message):
-                log.warning("bad request", detail=message)
+        action = classify(outcome, model, len(pack.members))
+        if action.note is not None:
+            log = self._log.bind(
+                model=model,
+                tier=self._ladder.tiers[pack.tier].name,
+                batch=pack.batch,
+                article=list(pack.article_ids),
+            )
+            getattr(log, action.note.level)(action.note.event, **action.note.fields)
+        match action:
+            case Answered(usage):
+                self._estimator.calibrate(pack.sent_tokens, usage.input_tokens)
+                self._on_answer(pack, done, usage)
+            case Retry():
+                plan = plan_retry(pack.members, action, self._budget)
+                self._finish_failed(plan.spent, pack.tier)
+                if plan.retry:
+                    self._acquire(self._new_pack(pack.tier, plan.retry, pack.batch, pack.excluded))
+            case FailPack(reason, detail):
                 for member in pack.members:
-                    member.last_reason = FailureReason.BAD_REQUEST
-                    member.last_detail = f"{model} refused the request: {message}"
+                    member.failed(reason, detail, counts=False)
                 self._finish_failed(pack.members, pack.tier)
-            case AuthFailed(status, message):
-                self._halt(pack, ProviderConfigurationError(f"HTTP {status}: {message}"))
-            case Cancelled() | Abandoned():
-                # Not sent (dispatch stopped before its launch turn), or
-                # cancelled by the runtime: the articles go back untried.
+            case Halt(detail):
+                self._halt(pack, ProviderConfigurationError(detail))
+            case GiveBackPack():
                 self._give_back(pack.members)
-            case _:
-                self._retry(pack, (FailureReason.RETRIES_EXHAUSTED, f"{type(outcome).__name__}"))
 
-    def _on_answer(self, pack: _Pack, done: CallDone, tokens_in: int, tokens_out: int) -> None:
+    def _on_answer(self, pack: _Pack, done: CallDone, usage: Usage) -> None:
         model = done.grant.model
-        spec = self._cfg.models[model]
-        tier = self._ladder.tiers[pack.tier]
-        total_est = max(1, pack.est_tokens)
-        results: list[TerminalResult] = []
-        retry: dict[bool, list[_Progress]] = {True: [], False: []}
-        now = self._clock.now()
-        for member in pack.members:
-            article = member.item.article
-            answer = done.answer.answers.get(article.id, AnswerProblem(ProblemKind.MISSING))
-            if isinstance(answer, Extraction):
-                share = member.est_tokens / total_est
-                t_in, t_out = round(tokens_in * share), round(tokens_out * share)
-                results.append(
-                    Done(
-                        article_id=article.id,
-                        entities=answer.entities,
-                        model=model,
-                        tier=tier.name,
-                        attempts=member.attempts,
-                        input_tokens=t_in,
-                        output_tokens=t_out,
-                        latency_s=max(0.0, now - member.item.enqueued_at),
-                        cost_usd=(t_in * spec.price_in_per_m + t_out * spec.price_out_per_m) / 1e6,
-                        fallback=model != tier.model,
-                        metadata=article.metadata,
-                    )
-                )
-                continue
-            member.failures += 1
-            member.last_reason = FailureReason.INVALID_ANSWER
-            member.last_detail = f"{model}: {answer.kind}" + (
-                f" ({answer.detail})" if answer.detail else ""
-            )
-            retry[answer.kind is ProblemKind.TRUNCATED].append(member)
-        self._send(results)
-        excluded = pack.excluded | {model}
-        # A truncated answer is retried in smaller packs: the answer did not fit.
-        for truncated, members in retry.items():
-            survivors = self._within_budget(members, pack.tier)
-            if not survivors:
-                continue
-            if truncated and len(survivors) > 1:
-                half = (len(survivors) + 1) // 2
-                groups = [survivors[:half], survivors[half:]]
-                next_excluded = pack.excluded
-            else:
-                groups = [survivors]
-                next_excluded = excluded
-            for group in groups:
-                self._acquire(
-                    _Pack(next(self._pack_ids), pack.tier, group, pack.batch, next_excluded)
-                )
-
-    def _retry(
-        self,
-        pack: _Pack,
-        failure: tuple[FailureReason, str] | None,
-        *,
-        count_failure: bool = True,
-    ) -> None:
-        if failure is not None:
-            for member in pack.members:
-                member.last_reason, member.last_detail = failure
-                member.failures += count_failure
-        survivors = self._within_budget(pack.members, pack.tier)
-        if survivors:
-            self._acquire(
-                _Pack(next(self._pack_ids), pack.tier, survivors, pack.batch, pack.excluded)
-            )
-
-    def _within_budget(self, members: list[_Progress], tier: int) -> list[_Progress]:
-        retry = self._cfg.retry
-        spent = [
-            m
-            for m in members
-            if m.attempts >= retry.max_attempts or m.failures >= retry.max_failures
-        ]
-        if spent:
-            self._finish_failed(spent, tier)
-        return [m for m in members if m not in spent]
-
-    def _finish_failed(self, members: list[_Progress], tier: int) -> None:
-        name = self._ladder.tiers[tier].name
-        self._send(
-            [
-                Failed(
-                    article_id=m.item.article.id,
-                    reason=m.last_reason,
-                    detail=m.last_detail or "retry budget spent",
-                    tier=name,
-                    attempts=m.attempts,
-                    last_model=m.last_model,
-                    metadata=m.item.article.metadata,
-                )
-                for m in members
-            ]
+        plan = settle_answers(
+            pack.members,
+            done.answer.answers,
+            model=model,
+            spec=self._cfg.models[model],
+            tier=self._ladder.tiers[pack.tier],
+            excluded=pack.excluded,
+            usage=usage,
+            budget=self._budget,
+            now=self._clock.now(),
         )
+        self._send(plan.done)
+        self._finish_failed(plan.spent, pack.tier)
+        for retry in plan.retries:
+            self._acquire(self._new_pack(pack.tier, retry.members, pack.batch, retry.excluded))
 
-    def _send(self, results: list[TerminalResult]) -> None:
-        if results:
-            self._to_composer(Finished(self.extractor_id, tuple(results)))
+    def _finish_failed(self, members: Iterable[ArticleProgress], tier: int) -> None:
+        name = self._ladder.tiers[tier].name
+        self._send([m.result(name) for m in members])
 
-    def _give_back(self, members: Iterable[_Progress]) -> None:
+    def _send(self, results: Iterable[TerminalResult]) -> None:
+        batch = tuple(results)
+        if batch:
+            self._to_composer(Finished(self.extractor_id, batch))
+
+    def _give_back(self, members: Iterable[ArticleProgress]) -> None:
         ids = tuple(m.item.article.id for m in members)
         if ids:
             self._to_composer(GiveBack(self.extractor_id, ids))
 
     def _halt(self, pack: _Pack, error: Exception) -> None:
-        """A configuration error: stop taking work and give everything back."""
-        self._halted = True
-        members = [m for p in [pack, *self._packs.values()] for m in p.members]
-        self._cancel_calls()
-        self._packs.clear()
-        self._give_back(members)
+        """A configuration error: stop taking work and give everything back
+        (``pack``'s call has ended: there is nothing of it to cancel)."""
+        self._packs[pack.pack_id] = pack
+        self._quiesce()
         self._deps.on_fatal(self.extractor_id, error)
 
     def _quiesce(self) -> None:
@@ -603,70 +449,3 @@ class Extractor(pykka.ThreadingActor):
         for pack in waiting:
             del self._packs[pack.pack_id]
         self._give_back(m for p in waiting for m in p.members)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-async def _invoke(
-    provider: Provider,
-    request: ExtractionRequest,
-    pacer: LaunchPacer,
-    clock: Clock,
-    sent: Callable[[int, float], None],
-    dispatch_stopped: threading.Event,
-    launch: _Launch,
-) -> tuple[PackAnswer, float, float]:
-    """Run one provider call with the runtime's own timeout. Never raises
-    (unless the runtime itself cancels it): a provider that raises -- a
-    stray ``CancelledError`` included -- is reported as a server error. The
-    registry hears when the request really leaves, so its window follows
-    the provider's. A call whose launch turn comes after dispatch stopped is
-    not sent at all (``Cancelled``: the grant is refunded), nor is one
-    withdrawn by a winding-down extractor.
-
-    The runtime's timeout is a backstop behind the provider's own: it allows
-    ``timeout_s`` after the provider's latest send mark, and before any mark
-    twice that from the start (a provider may first wait up to ``timeout_s``
-    for a connection of its own pool; see ``ExtractionRequest``)."""
-    await pacer.turn()
-    if dispatch_stopped.is_set() or not launch.start():
-        now = clock.now()
-        return PackAnswer(Cancelled()), now, now
-    started = clock.now()
-    sent(request.grant_id, started)
-    loop = asyncio.get_running_loop()
-    backstop: asyncio.Timeout | None = None
-
-    def restart() -> None:
-        if backstop is not None and not backstop.expired() and not finished:
-            backstop.reschedule(loop.time() + request.timeout_s)
-
-    def on_sent() -> None:
-        # Any thread: the provider may send from a worker thread.
-        sent(request.grant_id, clock.now())
-        with contextlib.suppress(RuntimeError):  # the loop closed: nothing to restart
-            loop.call_soon_threadsafe(restart)
-
-    finished = False
-    # This coroutine runs as its own task, so the binding is private to it.
-    bind_request_sent(on_sent)
-    try:
-        async with asyncio.timeout(2 * request.timeout_s) as backstop:
-            try:
-                answer = await provider.extract(request)
-            finally:
-                finished = True
-    except TimeoutError:
-        answer = PackAnswer(TimedOut(after_s=clock.now() - started))
-    except asyncio.CancelledError as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # the runtime cancelled this call (stop, failure)
-        # The provider's own doing (an SDK cancelling an inner task, ...):
-        # a failed call like any other, so the pack fails over.
-        answer = PackAnswer(ServerError(None, f"provider raised {_describe(exc)}"))
-    except Exception as exc:
-        answer = PackAnswer(ServerError(None, f"provider raised {_describe(exc)}"))
-    return answer, started, clock.now()

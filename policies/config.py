@@ -260,13 +260,6 @@ class UnknownModelError(KeyError):
         return f"no model {self.name!r} in the config; models: {', '.join(self.known)}"
 
 
-def cost_usd(model: ModelSpec, input_tokens: int, output_tokens: int) -> float:
-    """What a call cost at the model's list prices (USD per million tokens)."""
-    if input_tokens < 0 or output_tokens < 0:
-        raise ValueError(f"token counts must be >= 0, got {input_tokens}, {output_tokens}")
-    return (input_tokens * model.price_in_per_m + output_tokens * model.price_out_per_m) / 1e6
-
-
 API_VERSIONS: Final = ("v1", "v1beta", "v1alpha")
 """The REST API versions the Gemini SDKs accept."""
 

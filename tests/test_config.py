@@ -36,10 +36,10 @@ from tierbatch.policies.config import (
     TierSpec,
     UnknownModelError,
     config_to_mapping,
-    cost_usd,
     parse_config,
 )
 from tierbatch.policies.config_reader import join_key
+from tierbatch.policies.costs import cost_usd
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

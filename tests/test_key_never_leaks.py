@@ -69,7 +69,7 @@ def test_key_never_appears_in_any_output_of_a_whole_run(
             .replace("request_timeout_s = 10.0", "request_timeout_s = 1.0")
             .replace("[quota]\n", "[quota]\nbackoff_max_s = 2.0\n")  # short fault cooldowns
         )
-        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(40))
+        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(60))
         db = tmp_path / "r.sqlite"
         code = cli.main(
             [
