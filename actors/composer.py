@@ -22,7 +22,6 @@ import pykka
 import structlog
 
 from tierbatch.actors.clock import Clock
-from tierbatch.actors.errors import ShuttingDown
 from tierbatch.actors.messages import (
     Backlog,
     BacklogElsewhere,
@@ -47,6 +46,7 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.backlog import BacklogMeter
 from tierbatch.policies.composition import Composer
 from tierbatch.policies.config import Config
+from tierbatch.policies.errors import ShuttingDownError
 from tierbatch.policies.ledger import Ledger
 from tierbatch.policies.priority import ClusterTracker, article_time, score
 from tierbatch.policies.results import TerminalResult
@@ -209,7 +209,7 @@ class BatchComposer(pykka.ThreadingActor):
     def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitResult:
         ledger = self._ledger
         if ledger.shutting_down:
-            raise ShuttingDown("the runtime is shutting down: it takes no more articles")
+            raise ShuttingDownError("the runtime is shutting down: it takes no more articles")
         # Queue age (aging, latency) runs on steady time; priority compares
         # publication times, so it runs on the wall clock.
         now, wall = self._clock.now(), self._clock.wall()

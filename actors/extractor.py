@@ -47,6 +47,7 @@ from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.attempts import ArticleProgress, RetryBudget
 from tierbatch.policies.composition import Queued
 from tierbatch.policies.config import Config
+from tierbatch.policies.errors import FatalProviderError
 from tierbatch.policies.outcomes import Abandoned, Cancelled, Usage
 from tierbatch.policies.packing import (
     Pack,
@@ -109,7 +110,7 @@ class ExtractorDeps:
     registry: pykka.ActorRef[Any]
     composer: pykka.ActorRef[Any]
     on_crash: Callable[[int, str, tuple[str, ...]], None]
-    on_fatal: Callable[[int, Exception], None]
+    on_fatal: Callable[[int, FatalProviderError], None]
     # Told when a tell to the registry or the composer finds it dead.
     on_peer_dead: Callable[[str], None] = lambda _name: None
     # Set when the runtime stops dispatching: a call still waiting for its
@@ -117,10 +118,6 @@ class ExtractorDeps:
     dispatch_stopped: threading.Event = field(default_factory=threading.Event)
     threads: ThreadLedger | None = None
     crash_hook: Callable[[tuple[Queued, ...]], None] | None = None
-
-
-class ProviderConfigurationError(Exception):
-    """The provider refused our credentials or project (401/403)."""
 
 
 class Extractor(pykka.ThreadingActor):
@@ -385,7 +382,7 @@ class Extractor(pykka.ThreadingActor):
                     member.failed(reason, detail, counts=False)
                 self._finish_failed(pack.members, pack.tier)
             case Halt(detail):
-                self._halt(pack, ProviderConfigurationError(detail))
+                self._halt(pack, FatalProviderError(detail))
             case GiveBackPack():
                 self._give_back(pack.members)
 
@@ -421,7 +418,7 @@ class Extractor(pykka.ThreadingActor):
         if ids:
             self._to_composer(GiveBack(self.extractor_id, ids))
 
-    def _halt(self, pack: _Pack, error: Exception) -> None:
+    def _halt(self, pack: _Pack, error: FatalProviderError) -> None:
         """A configuration error: stop taking work and give everything back
         (``pack``'s call has ended: there is nothing of it to cancel)."""
         self._packs[pack.pack_id] = pack

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from tierbatch.policies.articles import Article
+from tierbatch.policies.errors import ProviderError
 from tierbatch.policies.outcomes import (
     AuthFailed,
     BadRequest,
@@ -123,7 +124,7 @@ class ModelInfo:
         return BATCH_METHOD in self.methods
 
 
-class ModelLookupFailed(Exception):
+class ModelLookupError(ProviderError):
     """The provider could not say whether a model exists: ``outcome`` says
     why, in the runtime's terms (``AuthFailed`` for a refused key, a
     ``ServerError`` or ``TimedOut`` for trouble on the way)."""
@@ -157,7 +158,7 @@ class ModelCatalog(Protocol):
 
     async def describe_model(self, name: str, *, timeout_s: float) -> ModelInfo | None:
         """The model's description; None when the provider has no such
-        model (HTTP 404). Raises ``ModelLookupFailed`` for anything else
+        model (HTTP 404). Raises ``ModelLookupError`` for anything else
         that keeps it from answering."""
         ...
 

@@ -14,7 +14,7 @@ ledger takes back what it held). The registry, the composer and the
 supervisor are not restarted: an unhandled exception there is a bug that
 may have left their state half-updated, and a restart would need every
 peer to re-address it. Instead the runtime *fails* at once, from the dying
-actor's own ``on_failure``: it records a ``RuntimeFailure`` naming the
+actor's own ``on_failure``: it records a ``RuntimeFailureError`` naming the
 actor, stops dispatching, tells the extractors to give everything back, and
 answers every pending ``submit``/``drain`` with that error. ``stop`` still
 runs every step (each in its own guard) and returns what it can, so a
@@ -36,14 +36,6 @@ import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, wall_offset
 from tierbatch.actors.composer import BatchComposer, ComposerStats, SubmitResult
-from tierbatch.actors.errors import (
-    ActorDied,
-    FatalProviderError,
-    QueueFull,
-    RuntimeFailure,
-    RuntimeNotRunning,
-    ShuttingDown,
-)
 from tierbatch.actors.event_loop import LaunchPacer, LoopThread
 from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
@@ -72,6 +64,14 @@ from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarti
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
+from tierbatch.policies.errors import (
+    ActorDiedError,
+    FatalProviderError,
+    QueueFullError,
+    RuntimeFailureError,
+    RuntimeNotRunningError,
+    ShuttingDownError,
+)
 from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
 from tierbatch.policies.tiers import TierLadder
@@ -159,9 +159,9 @@ class Runtime:
         self._quota_state = quota_state
         self._observer = observer
         self._crash_hook = crash_hook
-        self._fatal: Exception | None = None
+        self._fatal: FatalProviderError | RuntimeFailureError | None = None
         self._fatal_lock = threading.Lock()
-        self._failed = False  # a RuntimeFailure happened (handled once)
+        self._failed = False  # a RuntimeFailureError happened (handled once)
         self._started = False
         self._stopped = False
         self._shutting_down = False
@@ -185,7 +185,7 @@ class Runtime:
 
     def start(self) -> Runtime:
         if self._started:
-            raise RuntimeNotRunning("this Runtime was already started; create a new one")
+            raise RuntimeNotRunningError("this Runtime was already started; create a new one")
         self._started = True
         config, clock = self.config, self.clock
         if self._quota_state is not None:
@@ -292,7 +292,7 @@ class Runtime:
         if not self._started or self._stopped:
             return []
         if drain and self._fatal is None:
-            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+            with contextlib.suppress(FatalProviderError, RuntimeFailureError):
                 self.drain(timeout)
         self._stopped = True
         self._dispatch_stopped.set()
@@ -343,7 +343,7 @@ class Runtime:
 
         Then ``drain(timeout)`` waits for those calls, and ``stop()``
         returns what they gave back (and whatever a timeout cut short).
-        ``submit`` raises ``ShuttingDown`` from now on. A daemon releases
+        ``submit`` raises ``ShuttingDownError`` from now on. A daemon releases
         the returned articles' leases at once.
         """
         composer = self._running_composer()
@@ -351,7 +351,7 @@ class Runtime:
         self._dispatch_stopped.set()
         self._ask(composer, "composer", BeginShutdown())
         if self._registry is not None:
-            with contextlib.suppress(RuntimeFailure):
+            with contextlib.suppress(RuntimeFailureError):
                 self._ask(self._registry, "registry", StopGranting())
         # Each extractor gives back what it holds outside a call (GiveBack
         # reaches the composer before its answer to us does), so the
@@ -359,7 +359,7 @@ class Runtime:
         answers = [(ref, ref.ask(WindDown(), block=False)) for ref in self._live_extractors()]
         deadline = time.monotonic() + ACTOR_STOP_TIMEOUT_S
         for ref, answer in answers:
-            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout, RuntimeFailure):
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout, RuntimeFailureError):
                 self._await(answer, ref, "extractor", max(0.0, deadline - time.monotonic()))
         returned: list[Article] = self._ask(composer, "composer", TakeReturned())
         _log.info(
@@ -380,7 +380,7 @@ class Runtime:
         """Queue articles for extraction.
 
         When the queue is full, ``block`` waits for room (up to ``timeout``
-        seconds) and otherwise raises ``QueueFull`` at once; ``QueueFull``
+        seconds) and otherwise raises ``QueueFullError`` at once; ``QueueFullError``
         says how many were accepted, which were the first ones, in order.
         Pass ``clusters_observed=True`` for articles already counted with
         ``observe_clusters``.
@@ -388,7 +388,7 @@ class Runtime:
         composer = self._running_composer()
         self._raise_if_fatal()
         if self._shutting_down:
-            raise ShuttingDown("the runtime is shutting down: it takes no more articles")
+            raise ShuttingDownError("the runtime is shutting down: it takes no more articles")
         pending = tuple(articles)
         for index, article in enumerate(pending):
             if not isinstance(article, Article):
@@ -409,20 +409,22 @@ class Runtime:
                 break
             capacity = self.config.composer.max_queued
             if not block:
-                raise QueueFull(accepted, len(pending), capacity)
+                raise QueueFullError(accepted, len(pending), capacity)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                raise QueueFull(accepted, len(pending), capacity)
+                raise QueueFullError(accepted, len(pending), capacity)
             space: pykka.ThreadingFuture[bool] = self._ask(composer, "composer", WhenSpace())
             try:
                 has_space = self._await(space, composer, "composer", remaining)
             except pykka.Timeout:
-                raise QueueFull(accepted, len(pending), capacity) from None
+                raise QueueFullError(accepted, len(pending), capacity) from None
             if not has_space:
                 self._raise_if_fatal()
                 if self._shutting_down:
-                    raise ShuttingDown("the runtime began shutting down while submit was waiting")
-                raise RuntimeNotRunning("the runtime stopped while submit was waiting")
+                    raise ShuttingDownError(
+                        "the runtime began shutting down while submit was waiting"
+                    )
+                raise RuntimeNotRunningError("the runtime stopped while submit was waiting")
         return SubmitReceipt(accepted, tuple(duplicates))
 
     def observe_clusters(self, observations: Iterable[tuple[str, float]]) -> None:
@@ -461,7 +463,7 @@ class Runtime:
         """Wait until every article submitted so far is terminal (after
         ``begin_shutdown``: until the calls in flight have ended). Returns
         False on timeout; raises ``FatalProviderError`` when the provider
-        refused the configuration and ``RuntimeFailure`` when the runtime
+        refused the configuration and ``RuntimeFailureError`` when the runtime
         itself failed."""
         composer = self._running_composer()
         self._raise_if_fatal()
@@ -477,7 +479,7 @@ class Runtime:
 
     def stats(self) -> RuntimeStats:
         """Counts and quota state. Works after a provider error or a failure
-        as long as the composer and registry live; raises ``RuntimeFailure``
+        as long as the composer and registry live; raises ``RuntimeFailureError``
         when one of them died."""
         composer = self._running_composer()
         assert self._registry is not None
@@ -514,34 +516,33 @@ class Runtime:
         any more), so the day's usage can still be saved."""
         registry = self._registry
         if registry is None or self._policy is None:
-            raise RuntimeNotRunning("the runtime is not running")
+            raise RuntimeNotRunningError("the runtime is not running")
         if registry.is_alive():
-            with contextlib.suppress(RuntimeFailure):
+            with contextlib.suppress(RuntimeFailureError):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
         return self._policy.snapshot()
 
     @property
-    def fatal_error(self) -> Exception | None:
-        """What stopped the run: a provider configuration error
-        (``ProviderConfigurationError``, raised to callers as
-        ``FatalProviderError``) or a ``RuntimeFailure``; None while healthy."""
+    def fatal_error(self) -> FatalProviderError | RuntimeFailureError | None:
+        """What stopped the run: the provider refused the configuration
+        (``FatalProviderError``) or the runtime failed
+        (``RuntimeFailureError``); None while healthy. It is what ``submit``
+        and ``drain`` raise from then on."""
         return self._fatal
 
     # ---- internals -------------------------------------------------------------------
 
     def _running_composer(self) -> pykka.ActorRef[Any]:
         if not self._started or self._stopped or self._composer is None:
-            raise RuntimeNotRunning("the runtime is not running (use start() or a with block)")
+            raise RuntimeNotRunningError("the runtime is not running (use start() or a with block)")
         return self._composer
 
     def _raise_if_fatal(self) -> None:
         fatal = self._fatal
         if fatal is None:
             return
-        if isinstance(fatal, RuntimeFailure):
-            raise fatal.with_traceback(None)
-        raise FatalProviderError(str(fatal)) from fatal
+        raise fatal.with_traceback(None)
 
     def _live_extractors(self) -> list[pykka.ActorRef[Any]]:
         with self._extractors_lock:
@@ -549,7 +550,7 @@ class Runtime:
 
     def _ask(self, ref: pykka.ActorRef[Any], actor: str, message: Any) -> Any:
         """Ask an actor and wait for the answer; a dead actor is a
-        ``RuntimeFailure``, never a hang. An exception the handler raised
+        ``RuntimeFailureError``, never a hang. An exception the handler raised
         (the actor lives on) reaches the caller as it is."""
         try:
             future = ref.ask(message, block=False)
@@ -581,15 +582,15 @@ class Runtime:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
 
-    def _dead(self, actor: str) -> RuntimeFailure:
+    def _dead(self, actor: str) -> RuntimeFailureError:
         """The failure to raise when ``actor`` was found dead (a dying actor
         normally fails the runtime itself; this covers the race)."""
         if actor != "extractor":
-            self._fail(ActorDied(actor))
+            self._fail(ActorDiedError(actor))
         fatal = self._fatal
-        if isinstance(fatal, RuntimeFailure):
+        if isinstance(fatal, RuntimeFailureError):
             return fatal
-        return ActorDied(actor)
+        return ActorDiedError(actor)
 
     def _on_extractor_crash(self, extractor_id: int, error: str, blamed: tuple[str, ...]) -> None:
         supervisor = self._supervisor
@@ -598,24 +599,24 @@ class Runtime:
                 supervisor.tell(ExtractorCrashed(extractor_id, error, blamed))
             except pykka.ActorDeadError:
                 if not self._stopped:
-                    self._fail(ActorDied("supervisor"))
+                    self._fail(ActorDiedError("supervisor"))
 
     def _on_actor_died(self, actor: str, error: BaseException) -> None:
         """``on_failure`` of the registry or the supervisor (their thread)."""
-        self._fail(ActorDied(actor, error))
+        self._fail(ActorDiedError(actor, error))
 
     def _on_composer_died(
         self, actor: str, error: BaseException, unfinished: tuple[Article, ...]
     ) -> None:
         self._composer_leftovers = unfinished
-        self._fail(ActorDied(actor, error))
+        self._fail(ActorDiedError(actor, error))
 
     def _on_peer_dead(self, actor: str) -> None:
         if self._stopped:  # stop() stops them all: a late tell finds them gone
             return
-        self._fail(ActorDied(actor))
+        self._fail(ActorDiedError(actor))
 
-    def _fail(self, error: RuntimeFailure) -> None:
+    def _fail(self, error: RuntimeFailureError) -> None:
         """Turn the runtime fatal (first failure wins). Called on whichever
         thread noticed -- often a dying actor's own -- so it only tells."""
         with self._fatal_lock:
@@ -625,7 +626,7 @@ class Runtime:
             if fatal is None:  # a provider error that came first stays the cause
                 self._fatal = error
             elif (
-                isinstance(fatal, ActorDied)
+                isinstance(fatal, ActorDiedError)
                 and fatal.cause is None
                 and error.actor == fatal.actor
                 and error.cause is not None
@@ -654,7 +655,7 @@ class Runtime:
             exc_info=error.cause,
         )
 
-    def _on_fatal(self, extractor_id: int, error: Exception) -> None:
+    def _on_fatal(self, extractor_id: int, error: FatalProviderError) -> None:
         with self._fatal_lock:
             first = self._fatal is None
             if first:

@@ -6,7 +6,7 @@ the articles it held (counting the crash against each, so an article that
 keeps killing extractors ends as poison instead of looping), and a fresh
 extractor with a new id takes its place. Too many crashes in a short time
 stop the restarts: something is systematically wrong, and the runtime is
-told (``ExtractorsKeepCrashing``) rather than left with an empty pool.
+told (``ExtractorsKeepCrashingError``) rather than left with an empty pool.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import pykka
 import structlog
 
 from tierbatch.actors.clock import Clock
-from tierbatch.actors.errors import ExtractorsKeepCrashing
 from tierbatch.actors.messages import ExtractorDied, ReleaseHolder
 from tierbatch.actors.threads import ThreadLedger
+from tierbatch.policies.errors import ExtractorsKeepCrashingError
 
 _log = structlog.get_logger("tierbatch.supervisor")
 
@@ -66,7 +66,7 @@ class Supervisor(pykka.ThreadingActor):
         registry: pykka.ActorRef[Any],
         composer: pykka.ActorRef[Any],
         clock: Clock,
-        on_give_up: Callable[[ExtractorsKeepCrashing], None],
+        on_give_up: Callable[[ExtractorsKeepCrashingError], None],
         max_restarts: int = 20,
         restart_window_s: float = 60.0,
         on_died: Callable[[str, BaseException], None] | None = None,
@@ -141,7 +141,7 @@ class Supervisor(pykka.ThreadingActor):
                 error=error,
             )
             self._stopping = True
-            self._on_give_up(ExtractorsKeepCrashing(len(self._restarts), self._window, error))
+            self._on_give_up(ExtractorsKeepCrashingError(len(self._restarts), self._window, error))
             return
         _log.warning("extractor crashed; restarting", extractor=extractor, error=error)
         self._spawn()

@@ -32,7 +32,7 @@ from bench.settings import BenchSettings
 from bench.workloads import Workload
 
 
-class BoundUnavailable(RuntimeError):
+class BoundUnavailableError(RuntimeError):
     """scipy is not installed (it comes with the ``bench`` extra)."""
 
 
@@ -121,7 +121,7 @@ def _solve(p: _Problem) -> tuple[float, dict[str, float]]:
     try:
         from scipy.optimize import linprog  # type: ignore[import-untyped]
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise BoundUnavailable("the bound needs scipy: pip install -e '.[bench]'") from exc
+        raise BoundUnavailableError("the bound needs scipy: pip install -e '.[bench]'") from exc
     index: list[tuple[int, int, int]] = []  # (window, tier, model)
     for j in range(p.windows):
         for t, chain in enumerate(p.chains):

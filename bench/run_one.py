@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bound import Bound, BoundUnavailable, compute_bound
+from bench.bound import Bound, BoundUnavailableError, compute_bound
 from bench.harness import RunContext, System
 from bench.logs import quiet_logs
 from bench.measure import Recorder, peak_rss_mb, process_cpu_seconds
@@ -28,7 +28,7 @@ from bench.settings import BenchSettings
 from bench.workloads import Workload, build_workload
 
 
-class SystemUnavailable(RuntimeError):
+class SystemUnavailableError(RuntimeError):
     """An optional system whose package is not installed."""
 
 
@@ -51,7 +51,7 @@ def make_system(name: str) -> System:
 
             import_litellm()
         except ImportError as exc:
-            raise SystemUnavailable(f"litellm is not installed ({exc})") from exc
+            raise SystemUnavailableError(f"litellm is not installed ({exc})") from exc
         return LiteLLMRouterSystem()
     raise ValueError(f"unknown system {name!r}")
 
@@ -69,7 +69,7 @@ def bounds_for(settings: BenchSettings, workload: Workload) -> dict[str, Bound |
             "packed": compute_bound(settings, workload, packed=True),
             "unpacked": compute_bound(settings, workload, packed=False),
         }
-    except BoundUnavailable:
+    except BoundUnavailableError:
         return {"packed": None, "unpacked": None}
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     settings = BenchSettings.from_dict(spec["settings"])
     try:
         metrics = run_one(settings, spec["workload"], spec["system"], out.parent / out.stem)
-    except SystemUnavailable as exc:
+    except SystemUnavailableError as exc:
         metrics = {
             "system": spec["system"],
             "workload": spec["workload"],

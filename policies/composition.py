@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 
 from tierbatch.policies.articles import Article
+from tierbatch.policies.errors import TierbatchError
 from tierbatch.policies.tiers import TierLadder
 
 # A heap only compacts once it holds this many rows beyond twice its live ones.
@@ -79,7 +80,7 @@ class Batch:
         return {tier: tuple(items) for tier, items in groups.items()}
 
 
-class AlreadyQueuedError(ValueError):
+class AlreadyQueuedError(TierbatchError, ValueError):
     """The article id is already waiting in the composer."""
 
     def __init__(self, article_id: str) -> None:

@@ -7,7 +7,7 @@ problem. Reading files is an adapter's job (``tierbatch.adapters.storage.config_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Final
@@ -26,49 +26,7 @@ from tierbatch.policies.config_reader import (
     did_you_mean,
     join_key,
 )
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, of the wrong type or inconsistent.
-
-    ``key`` is the dotted path of the offending entry (``tiers[1].model``);
-    an empty key means the file as a whole (missing, unreadable, bad TOML).
-    ``source`` names the file when the config came from one. ``more`` holds
-    further ``(key, problem)`` pairs found in the same pass, so a user fixes
-    every mistake in one round instead of one per run; ``str()`` lists them
-    all, one per line.
-    """
-
-    def __init__(
-        self,
-        key: str,
-        problem: str,
-        source: str | None = None,
-        more: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        self.key = key
-        self.problem = problem
-        self.source = source
-        self.more = tuple(more)
-        super().__init__("\n".join(self._line(k, p) for k, p in self.problems))
-
-    @property
-    def problems(self) -> tuple[tuple[str, str], ...]:
-        """Every ``(key, problem)`` pair, the first one being ``key``/``problem``."""
-        return ((self.key, self.problem), *self.more)
-
-    def in_source(self, source: str) -> ConfigError:
-        """The same error, attributed to the file ``source``."""
-        return ConfigError(self.key, self.problem, source, self.more)
-
-    def _line(self, key: str, problem: str) -> str:
-        where = f"{self.source}: " if self.source else ""
-        return f"{where}{key}: {problem}" if key else f"{where}{problem}"
-
-    def __reduce__(
-        self,
-    ) -> tuple[type[ConfigError], tuple[str, str, str | None, tuple[tuple[str, str], ...]]]:
-        return (ConfigError, (self.key, self.problem, self.source, self.more))
+from tierbatch.policies.errors import ConfigError, UnknownModelError
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,18 +204,6 @@ class Config:
             return self.models[name]
         except KeyError:
             raise UnknownModelError(name, tuple(self.models)) from None
-
-
-class UnknownModelError(KeyError):
-    """A model name that has no ``[models."NAME"]`` table in the config."""
-
-    def __init__(self, name: str, known: tuple[str, ...]) -> None:
-        super().__init__(name)
-        self.name = name
-        self.known = known
-
-    def __str__(self) -> str:
-        return f"no model {self.name!r} in the config; models: {', '.join(self.known)}"
 
 
 API_VERSIONS: Final = ("v1", "v1beta", "v1alpha")

@@ -15,10 +15,12 @@ import math
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tierbatch.policies.errors import TierbatchError
+
 __all__ = ["LocalCalendar", "UnknownTimeZoneError"]
 
 
-class UnknownTimeZoneError(ValueError):
+class UnknownTimeZoneError(TierbatchError, ValueError):
     """The configured time zone is not an IANA name zoneinfo knows."""
 
     def __init__(self, name: str) -> None:

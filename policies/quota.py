@@ -55,6 +55,7 @@ from types import MappingProxyType
 from typing import Any, Final, assert_never
 
 from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
+from tierbatch.policies.errors import SnapshotError
 from tierbatch.policies.estimator import EstimatorConfig, LimiterShape, LimitEstimate
 from tierbatch.policies.outcomes import (
     Abandoned,
@@ -186,10 +187,6 @@ class ModelStatus:
     learnt_tpm: int = 0
     burst: float = 0.0
     limiter: str = "unknown"
-
-
-class SnapshotError(ValueError):
-    """A snapshot is corrupt, of another format or of an unsupported version."""
 
 
 def scaled_limit(limit: int, utilisation: float) -> int:

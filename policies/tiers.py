@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tierbatch.policies.config import TierSpec
+from tierbatch.policies.errors import TierbatchError
 
 
-class UnknownTierError(KeyError):
+class UnknownTierError(TierbatchError, KeyError):
     """A tier name that is not on the ladder."""
 
 

@@ -24,12 +24,12 @@ from tierbatch.actors.ports import (
     ExtractionRequest,
     ModelCatalog,
     ModelInfo,
-    ModelLookupFailed,
+    ModelLookupError,
     PackAnswer,
     Provider,
     bind_request_sent,
 )
-from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.api_key import MissingApiKeyError
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA
 from tierbatch.adapters.simulation.fake_entities import article_text, extract_entities
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
@@ -458,18 +458,18 @@ class ProviderContract:
 
     def describe(
         self, base_url: str, *names: str, api_key: str | None = KEY, timeout_s: float = TIMEOUT_S
-    ) -> list[ModelInfo | ModelLookupFailed | None]:
+    ) -> list[ModelInfo | ModelLookupError | None]:
         """``describe_model`` for each name, at once, on a fresh provider."""
         provider = self.make(ProviderConfig(base_url=base_url), api_key)
         assert isinstance(provider, ModelCatalog)
 
-        async def one(name: str) -> ModelInfo | ModelLookupFailed | None:
+        async def one(name: str) -> ModelInfo | ModelLookupError | None:
             try:
                 return await provider.describe_model(name, timeout_s=timeout_s)
-            except ModelLookupFailed as exc:
+            except ModelLookupError as exc:
                 return exc
 
-        async def go() -> list[ModelInfo | ModelLookupFailed | None]:
+        async def go() -> list[ModelInfo | ModelLookupError | None]:
             try:
                 return list(await asyncio.gather(*(one(name) for name in names)))
             finally:
@@ -512,7 +512,7 @@ class ProviderContract:
         with fake_server(valid_keys=frozenset({KEY})) as server, capture_logs() as logs:
             [failed] = self.describe(server.base_url, MODEL, api_key=other)
             assert [s.status for s in server.log] == [403]
-        assert isinstance(failed, ModelLookupFailed)
+        assert isinstance(failed, ModelLookupError)
         assert isinstance(failed.outcome, AuthFailed) and failed.outcome.status == 403
         assert failed.model == MODEL
         assert "SECRET" not in repr(failed.outcome) + str(failed) + repr(logs)
@@ -525,7 +525,7 @@ class ProviderContract:
             started = time.monotonic()
             [failed] = self.describe(f"http://127.0.0.1:{port}", MODEL, timeout_s=0.3)
             took = time.monotonic() - started
-        assert isinstance(failed, ModelLookupFailed)
+        assert isinstance(failed, ModelLookupError)
         assert isinstance(failed.outcome, TimedOut)
         assert took < 5.0  # bounded by the timeout, not by the SDK's defaults
 
@@ -534,7 +534,7 @@ class ProviderContract:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         [failed] = self.describe(f"http://127.0.0.1:{port}", MODEL)
-        assert isinstance(failed, ModelLookupFailed)
+        assert isinstance(failed, ModelLookupError)
         assert isinstance(failed.outcome, ServerError)
 
     # -- configuration ---------------------------------------------------
@@ -562,7 +562,7 @@ class ProviderContract:
     def test_missing_key_names_the_variables(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("GEMINI_API_KEY", raising=False)
         monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-        with pytest.raises(MissingApiKey, match="GEMINI_API_KEY, GOOGLE_API_KEY"):
+        with pytest.raises(MissingApiKeyError, match="GEMINI_API_KEY, GOOGLE_API_KEY"):
             self.make(ProviderConfig(base_url="http://127.0.0.1:9"), api_key=None)
 
     def test_two_providers_with_different_keys_do_not_clash(self) -> None:

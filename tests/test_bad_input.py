@@ -12,7 +12,7 @@ import pytest
 from bad_input_data import BAD_VALUES
 
 from tierbatch.adapters.storage.jsonl_input import (
-    InvalidArticle,
+    InvalidArticleError,
     Rejected,
     article_from_row,
     parse_article,
@@ -35,9 +35,9 @@ def test_an_article_with_an_unparseable_url_still_gets_a_domain_of_its_own() -> 
 
 
 def test_values_handed_to_parse_article_directly_are_checked_too() -> None:
-    with pytest.raises(InvalidArticle, match="field 'f': nan is not a JSON number"):
+    with pytest.raises(InvalidArticleError, match="field 'f': nan is not a JSON number"):
         parse_article({"id": "x", "text": "t", "f": [float("nan")]})
-    with pytest.raises(InvalidArticle, match="field 'id': value contains an unpaired"):
+    with pytest.raises(InvalidArticleError, match="field 'id': value contains an unpaired"):
         parse_article({"id": "\ud800", "text": "t"})
 
 
@@ -54,7 +54,7 @@ def test_every_class_of_bad_line_is_rejected_naming_the_field(line: bytes, reaso
 @pytest.mark.parametrize(("line", "reason"), BAD_VALUES, ids=[r for _, r in BAD_VALUES])
 def test_every_class_of_bad_payload_raises_only_invalid_article(line: bytes, reason: str) -> None:
     for payload in (line, line.decode("utf-8", "surrogateescape")):
-        with pytest.raises(InvalidArticle) as caught:
+        with pytest.raises(InvalidArticleError) as caught:
             article_from_row(payload)  # type: ignore[arg-type]
         assert reason in str(caught.value) or "not UTF-8" in str(caught.value)
 

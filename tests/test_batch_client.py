@@ -19,8 +19,8 @@ from tierbatch.adapters.gemini.batch_client import (
     INLINE_LIMIT_BYTES,
     BatchError,
     BatchItem,
-    BatchJobNotFound,
-    BatchNotSucceeded,
+    BatchJobNotFoundError,
+    BatchNotSucceededError,
     GeminiBatchClient,
     JobState,
     _file_entries,
@@ -104,7 +104,7 @@ def test_inline_round_trip(server: FakeGeminiServer, clock: ManualClock) -> None
     assert run(batch.poll(job)) is JobState.PENDING
     clock.advance(PENDING_S)
     assert run(batch.poll(job)) is JobState.RUNNING
-    with pytest.raises(BatchNotSucceeded) as early:
+    with pytest.raises(BatchNotSucceededError) as early:
         run(batch.results(job))
     assert early.value.state is JobState.RUNNING
     clock.advance(TURNAROUND_S)
@@ -219,7 +219,7 @@ def test_failed_and_expired_jobs_have_no_results(
         clock.advance(TURNAROUND_S)
         assert run(batch.poll(job)) is state
         assert state.terminal
-        with pytest.raises(BatchNotSucceeded) as none:
+        with pytest.raises(BatchNotSucceededError) as none:
             run(batch.results(job))
     finally:
         server.stop()
@@ -234,9 +234,9 @@ def test_cancel(server: FakeGeminiServer, clock: ManualClock) -> None:
     assert run(batch.poll(job)) is JobState.CANCELLED
     clock.advance(TURNAROUND_S)
     assert run(batch.poll(job)) is JobState.CANCELLED
-    with pytest.raises(BatchNotSucceeded):
+    with pytest.raises(BatchNotSucceededError):
         run(batch.results(job))
-    with pytest.raises(BatchJobNotFound):
+    with pytest.raises(BatchJobNotFoundError):
         run(batch.cancel("batches/no-such-job"))
 
 
@@ -246,7 +246,7 @@ def test_delete_forgets_the_job_and_its_files(server: FakeGeminiServer, clock: M
     clock.advance(TURNAROUND_S)
     run(batch.results(job))
     run(batch.delete(job))
-    with pytest.raises(BatchJobNotFound):
+    with pytest.raises(BatchJobNotFoundError):
         run(batch.poll(job))
     deleted = [r.status for r in server.log if r.method == "files.delete"]
     assert deleted == [200, 200]  # the requests file and the responses file
@@ -276,7 +276,7 @@ def test_refused_keys_and_other_keys_jobs(clock: ManualClock) -> None:
             run(client(server, key="someone-elses-key-SECRET").submit(MODEL, ITEMS))
         with pytest.raises(BatchError) as invalid:
             run(client(server, key="not*a*key*SECRET").poll(job))
-        with pytest.raises(BatchJobNotFound):
+        with pytest.raises(BatchJobNotFoundError):
             run(client(server, key="second-key-0000").poll(job))
     finally:
         server.stop()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierbatch.adapters.gemini.api_key import MissingApiKey, find_api_key, require_api_key
+from tierbatch.adapters.gemini.api_key import MissingApiKeyError, find_api_key, require_api_key
 from tierbatch.adapters.gemini.error_mapping import (
     REDACTED,
     outcome_for_status,
@@ -238,7 +238,7 @@ def test_api_key_resolution() -> None:
     assert find_api_key(names, " explicit ", env) == "explicit"
     assert find_api_key(names, None, {"GEMINI_API_KEY": "a", "GOOGLE_API_KEY": "b"}) == "a"
     assert find_api_key(names, None, {}) is None
-    with pytest.raises(MissingApiKey, match="GEMINI_API_KEY, GOOGLE_API_KEY"):
+    with pytest.raises(MissingApiKeyError, match="GEMINI_API_KEY, GOOGLE_API_KEY"):
         require_api_key(names, None, {})
 
 

@@ -12,10 +12,10 @@ from provider_contract import KEY, MODEL, ProviderContract, fake_server, request
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.app.provider_factory import calls_in_flight_limit, make_provider
-from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.api_key import MissingApiKeyError
 from tierbatch.adapters.gemini.genai_provider import GenaiProvider
 from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
-from tierbatch.adapters.gemini.origin import InvalidBaseUrl
+from tierbatch.adapters.gemini.origin import InvalidBaseUrlError
 from tierbatch.adapters.simulation.simulated import SimulatedProvider
 from tierbatch.policies.config import (
     ComposerConfig,
@@ -101,7 +101,7 @@ def test_factory_auto_with_key_is_genai(no_key_env: pytest.MonkeyPatch) -> None:
 
 def test_factory_explicit_kinds(no_key_env: pytest.MonkeyPatch) -> None:
     for kind in (ProviderKind.GENAI, ProviderKind.LEGACY):
-        with pytest.raises(MissingApiKey):
+        with pytest.raises(MissingApiKeyError):
             make_provider(config(kind), SystemClock())
     genai_provider, _ = make_provider(config(ProviderKind.GENAI), SystemClock(), api_key="k")
     legacy_provider, description = make_provider(
@@ -143,5 +143,5 @@ def test_factory_sizes_the_pools_to_the_calls_in_flight(no_key_env: pytest.Monke
 
 def test_base_url_that_is_not_http_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "127.0.0.1:8765")
-    with pytest.raises(InvalidBaseUrl, match="GOOGLE_GEMINI_BASE_URL"):
+    with pytest.raises(InvalidBaseUrlError, match="GOOGLE_GEMINI_BASE_URL"):
         GenaiProvider(ProviderConfig(), api_key=KEY)

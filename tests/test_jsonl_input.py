@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tierbatch.adapters.storage.jsonl_input import (
     KNOWN_FIELDS,
-    InvalidArticle,
+    InvalidArticleError,
     Rejected,
     article_from_row,
     article_to_json,
@@ -257,12 +257,12 @@ def test_raw_prefix_is_short_for_long_bad_lines() -> None:
 
 def test_metadata_colliding_with_a_field_cannot_be_stored() -> None:
     article = Article(id="a", text="t", metadata={"title": "shadow"})
-    with pytest.raises(InvalidArticle, match="'title'"):
+    with pytest.raises(InvalidArticleError, match="'title'"):
         article_to_json(article)
 
 
 def test_a_stored_payload_is_validated_like_an_input_line() -> None:
-    with pytest.raises(InvalidArticle, match="missing field 'text'"):
+    with pytest.raises(InvalidArticleError, match="missing field 'text'"):
         article_from_row('{"id": "a"}')
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tierbatch.actors.ports import Sink
 from tierbatch.adapters.storage.jsonl_sink import CallbackSink, JsonlSink
 from tierbatch.adapters.storage.result_json import (
-    InvalidResultRecord,
+    InvalidResultRecordError,
     result_from_json,
     result_to_json,
 )
@@ -173,11 +173,11 @@ def test_callback_errors_reach_the_caller() -> None:
 
 
 def test_a_bad_record_is_an_invalid_result_record() -> None:
-    with pytest.raises(InvalidResultRecord):
+    with pytest.raises(InvalidResultRecordError):
         result_from_json({"status": "pending", "article_id": "x"})
-    with pytest.raises(InvalidResultRecord):
+    with pytest.raises(InvalidResultRecordError):
         result_from_json({"status": "failed", "article_id": "x", "reason": "no such reason"})
-    with pytest.raises(InvalidResultRecord, match="entities"):
+    with pytest.raises(InvalidResultRecordError, match="entities"):
         result_from_json({"status": "done", "article_id": "x", "model": "m", "entities": [{}]})
 
 

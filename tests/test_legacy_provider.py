@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.gemini import legacy_provider
-from tierbatch.adapters.gemini.legacy_provider import LegacyExtraMissing, LegacyProvider
+from tierbatch.adapters.gemini.legacy_provider import LegacyExtraMissingError, LegacyProvider
 from tierbatch.policies.config import ProviderConfig
 
 
@@ -27,7 +27,7 @@ class TestLegacyProvider(ProviderContract):
 
 def test_missing_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "google.generativeai", None)
-    with pytest.raises(LegacyExtraMissing, match=r"pip install 'tierbatch\[legacy\]'"):
+    with pytest.raises(LegacyExtraMissingError, match=r"pip install 'tierbatch\[legacy\]'"):
         LegacyProvider(ProviderConfig(), api_key=KEY)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tierbatch.adapters.gemini.origin import (
-    ForeignOrigin,
-    InvalidBaseUrl,
+    ForeignOriginError,
+    InvalidBaseUrlError,
     Origin,
     base_origin,
     origin_of,
@@ -37,7 +37,7 @@ def test_origin_is_scheme_host_and_effective_port() -> None:
 def test_anything_but_the_allowed_origin_is_refused(other: str) -> None:
     allowed = base_origin("http://127.0.0.1:8765")
     require_origin("http://127.0.0.1:8765/v1beta/models/m:generateContent", allowed)
-    with pytest.raises(ForeignOrigin):
+    with pytest.raises(ForeignOriginError):
         require_origin(other, allowed)
 
 
@@ -50,5 +50,5 @@ def test_redirect_target_resolves_relative_locations() -> None:
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8765", "ftp://host/", "", "http://"])
 def test_base_url_must_be_absolute_http(url: str) -> None:
-    with pytest.raises(InvalidBaseUrl):
+    with pytest.raises(InvalidBaseUrlError):
         base_origin(url)

@@ -21,13 +21,14 @@ from store_backends import FakeClock, article, done
 
 from tierbatch.adapters.app.status_report import StatusError, read_status
 from tierbatch.adapters.storage.open_store import (
-    MissingPostgresDriver,
+    MissingPostgresDriverError,
     display_name,
     file_stem,
     is_postgres_url,
     open_store,
 )
-from tierbatch.adapters.storage.store import IncompatibleSchema, StorageError
+from tierbatch.adapters.storage.store import IncompatibleSchemaError
+from tierbatch.policies.errors import StorageError
 
 
 def connect(url: str) -> Any:
@@ -70,7 +71,7 @@ def test_a_missing_driver_names_the_extra_to_install(
     monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg now fails
     monkeypatch.delitem(sys.modules, "tierbatch.adapters.storage.postgres_store", raising=False)
     monkeypatch.delattr(storage, "postgres_store", raising=False)
-    with pytest.raises(MissingPostgresDriver, match=r"pip install 'tierbatch\[postgres\]'"):
+    with pytest.raises(MissingPostgresDriverError, match=r"pip install 'tierbatch\[postgres\]'"):
         open_store("postgresql://u@127.0.0.1/db", owner="o")
     from tierbatch.adapters.app.cli import EXIT_USAGE, main
 
@@ -128,7 +129,7 @@ def test_an_incompatible_schema_version_is_refused(postgres_url: str) -> None:
     PostgresStore(postgres_url, owner="a").close()
     with connect(postgres_url) as conn:
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(IncompatibleSchema, match="schema version 99"):
+    with pytest.raises(IncompatibleSchemaError, match="schema version 99"):
         PostgresStore(postgres_url, owner="a")
 
 

@@ -22,11 +22,11 @@ from runtime_helpers import (
 )
 
 from tierbatch.actors.clock import ScaledClock
-from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeNotRunning
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
 from tierbatch.policies.config import RetryConfig, RuntimeConfig
+from tierbatch.policies.errors import FatalProviderError, QueueFullError, RuntimeNotRunningError
 from tierbatch.policies.outcomes import (
     AuthFailed,
     ModelNotFound,
@@ -117,7 +117,7 @@ def test_stop_without_drain_hands_back_what_is_unfinished(threads_before):
     assert not finished & returned
     assert finished | returned == {a.id for a in articles}
     assert len(unfinished) == len(returned)
-    with pytest.raises(RuntimeNotRunning):
+    with pytest.raises(RuntimeNotRunningError):
         runtime.submit(articles[:1])
 
 
@@ -154,12 +154,12 @@ def test_backpressure_queue_full_and_blocking_submit(threads_before):
     articles = make_articles(200)
     sink = CollectingSink()
     with Runtime(config, ScriptedProvider(wait_for_gate), sink, clock=ScaledClock(20)) as rt:
-        with pytest.raises(QueueFull) as full:
+        with pytest.raises(QueueFullError) as full:
             rt.submit(articles, block=False)
         accepted = full.value.accepted
         assert 50 <= accepted < 200
         assert full.value.remaining == 200 - accepted
-        with pytest.raises(QueueFull) as full_again:
+        with pytest.raises(QueueFullError) as full_again:
             rt.submit(articles[accepted:], block=True, timeout=0.05)
         accepted += full_again.value.accepted
         gate.open()

@@ -21,7 +21,6 @@ from runtime_helpers import PRO, ScriptedProvider, answer_all, make_articles, sm
 
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.composer import BatchComposer
-from tierbatch.actors.errors import FatalProviderError, RuntimeFailure
 from tierbatch.actors.event_loop import LoopThread
 from tierbatch.actors.extractor import Extractor
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
@@ -30,6 +29,7 @@ from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
 from tierbatch.actors.supervisor import Supervisor
 from tierbatch.policies.config import RetryConfig, RuntimeConfig
+from tierbatch.policies.errors import FatalProviderError, RuntimeFailureError
 from tierbatch.policies.outcomes import AuthFailed
 from tierbatch.policies.results import Done, Failed
 
@@ -84,7 +84,7 @@ def check_actor_death(
 ) -> None:
     """Submit more than the queue holds (so a submit is blocked on space)
     and drain, with ``actor`` made to die on its first fault: the drain
-    and the blocked submit end in ``RuntimeFailure`` naming it, stats
+    and the blocked submit end in ``RuntimeFailureError`` naming it, stats
     cannot hang, ``stop`` returns in time, and every accepted article is
     either finished (once) or handed back."""
     articles = make_articles(300)
@@ -97,19 +97,19 @@ def check_actor_death(
     try:
         assert runtime.submit(articles[:40], block=False).accepted == 40
         submit = Background(lambda: runtime.submit(articles[40:], block=True, timeout=None))
-        with pytest.raises(RuntimeFailure) as failure:
+        with pytest.raises(RuntimeFailureError) as failure:
             runtime.drain(timeout=BOUND_S)
         assert failure.value.actor == actor, failure.value
         assert submit.finished(), "a blocked submit was never answered"
-        assert isinstance(submit.error, RuntimeFailure), submit.error
-        assert isinstance(runtime.fatal_error, RuntimeFailure)
+        assert isinstance(submit.error, RuntimeFailureError), submit.error
+        assert isinstance(runtime.fatal_error, RuntimeFailureError)
         assert runtime.fatal_error.actor == actor
         if actor in ("registry", "composer"):
-            with pytest.raises(RuntimeFailure):
+            with pytest.raises(RuntimeFailureError):
                 runtime.stats()
         else:
             assert runtime.stats().submitted >= 40  # the others still answer
-        with pytest.raises(RuntimeFailure):
+        with pytest.raises(RuntimeFailureError):
             runtime.submit(articles[:1], block=False)
     finally:
         stopped = Background(lambda: runtime.stop(drain=False))

@@ -12,10 +12,10 @@ import pytest
 from runtime_helpers import LITE, Gate, ScriptedProvider, answer_all, make_articles, small_config
 
 from tierbatch.actors.clock import ScaledClock
-from tierbatch.actors.errors import ShuttingDown
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import Runtime
 from tierbatch.actors.sinks import CollectingSink
+from tierbatch.policies.errors import ShuttingDownError
 from tierbatch.policies.outcomes import RateLimited, RateLimitScope
 from tierbatch.policies.results import Done
 
@@ -90,7 +90,7 @@ def test_begin_shutdown_hands_back_work_not_in_flight_at_once(threads_before):
         provider.wait_calls(2)
         returned = runtime.begin_shutdown()
         provider.shutdown_returned.set()
-        with pytest.raises(ShuttingDown):
+        with pytest.raises(ShuttingDownError):
             runtime.submit(make_articles(1, prefix="late"))
         assert runtime.drain(timeout=0) is False  # the calls in flight still hold theirs
         gate.open()

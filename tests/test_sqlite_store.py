@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from store_backends import FakeClock, article, done, failed
 
-from tierbatch.adapters.storage.results_sink import ResultsNotWritten, ResultsSink
+from tierbatch.adapters.storage.results_sink import ResultsNotWrittenError, ResultsSink
 from tierbatch.adapters.storage.sqlite_store import (
     _LEASE_COLUMNS,
-    IncompatibleSchema,
+    IncompatibleSchemaError,
     SqliteStore,
     StorageError,
     default_owner,
@@ -63,7 +63,7 @@ def test_the_database_is_in_wal_mode_with_a_schema_version(store: SqliteStore, d
 def test_an_incompatible_schema_version_is_refused(db: Path, clock: FakeClock) -> None:
     SqliteStore(db, owner="a", clock=clock).close()
     raw(db).execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(IncompatibleSchema, match="schema version 99"):
+    with pytest.raises(IncompatibleSchemaError, match="schema version 99"):
         SqliteStore(db, owner="a", clock=clock)
 
 
@@ -174,7 +174,7 @@ def test_results_sink_close_names_a_persistent_failure(db: Path, clock: FakeCloc
         sink.write([done("1"), failed("2")])
         with pytest.raises(StorageError, match="database or disk is full"):
             sink.flush()
-        with pytest.raises(ResultsNotWritten) as caught:
+        with pytest.raises(ResultsNotWrittenError) as caught:
             sink.close()
         assert caught.value.count == 2 == sink.unwritten
         message = str(caught.value)

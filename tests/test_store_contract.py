@@ -52,8 +52,9 @@ from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import read_articles
 from tierbatch.adapters.storage.results_sink import ResultsSink
-from tierbatch.adapters.storage.store import EnqueueReport, ResultCount, StorageError, Store
+from tierbatch.adapters.storage.store import EnqueueReport, ResultCount, Store
 from tierbatch.policies.articles import Article
+from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import (
     Done,
     Failed,

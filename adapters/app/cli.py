@@ -68,16 +68,17 @@ from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgres
 from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
-from tierbatch.adapters.gemini.api_key import MissingApiKey
-from tierbatch.adapters.gemini.origin import InvalidBaseUrl
+from tierbatch.adapters.gemini.api_key import MissingApiKeyError
+from tierbatch.adapters.gemini.origin import InvalidBaseUrlError
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
 from tierbatch.adapters.storage.open_store import is_postgres_url, open_store
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
-from tierbatch.adapters.storage.store import StorageError, Store, default_owner
+from tierbatch.adapters.storage.store import Store, default_owner
 from tierbatch.policies.articles import Article
-from tierbatch.policies.config import Config, ConfigError
+from tierbatch.policies.config import Config
+from tierbatch.policies.errors import ConfigError, StorageError, TierbatchError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -127,7 +128,7 @@ _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end 
 _log = structlog.get_logger("tierbatch.cli")
 
 
-class UsageError(Exception):
+class UsageError(TierbatchError):
     """A problem with the command line or its inputs: exit code 2."""
 
 
@@ -149,7 +150,7 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl) as exc:
+    except (UsageError, ConfigError, MissingApiKeyError, InvalidBaseUrlError) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
     except StorageError as exc:  # opening the database is a UsageError; this is later

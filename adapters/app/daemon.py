@@ -60,7 +60,6 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
-from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
@@ -69,19 +68,19 @@ from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, Progre
 from tierbatch.adapters.app.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
 from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.adapters.storage.results_sink import ResultsSink
-from tierbatch.adapters.storage.snapshot_file import (
-    CorruptSnapshot,
-    DebouncedSaver,
-    SnapshotError,
-    SnapshotFile,
-    decode,
-)
-from tierbatch.adapters.storage.store import StorageError, Store
+from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFile, decode
+from tierbatch.adapters.storage.store import Store
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
+from tierbatch.policies.errors import (
+    FatalProviderError,
+    QueueFullError,
+    RuntimeFailureError,
+    SnapshotError,
+    StorageError,
+)
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
-from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
 from tierbatch.policies.results import TerminalResult
 
 _log = structlog.get_logger("tierbatch.daemon")
@@ -164,7 +163,7 @@ def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
     try:
         state = decode(data)
         QuotaPolicy.restore(config.models, config.quota, state)
-    except (CorruptSnapshot, QuotaSnapshotError) as exc:
+    except SnapshotError as exc:
         problem = str(exc)
         return QuotaStateLoad(None, problem, snapshot.set_aside(problem))
     return QuotaStateLoad(state)
@@ -343,7 +342,7 @@ class Daemon:
         released = 0
         problems: list[str] = []
         try:
-            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+            with contextlib.suppress(FatalProviderError, RuntimeFailureError):
                 baseline = runtime.stats().models
             saver = DebouncedSaver(
                 self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
@@ -352,7 +351,7 @@ class Daemon:
             saver.mark_dirty()
             try:
                 self._prewarm(runtime)
-            except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
+            except (FatalProviderError, RuntimeFailureError) as exc:  # the loop stops at once
                 _log.error("cluster prewarm failed", error=str(exc))
             _log.info(
                 "daemon ready",
@@ -374,14 +373,14 @@ class Daemon:
                 )
                 problems.append(str(exc))
                 reason = StopReason.STORAGE
-            with contextlib.suppress(FatalProviderError, RuntimeFailure):
+            with contextlib.suppress(FatalProviderError, RuntimeFailureError):
                 final = runtime.stats()
         finally:
             released, shutdown_problems = self._shut_down(runtime, saver, results_sink)
             released += self._released_at_signal
             problems.extend(shutdown_problems)
         fatal = runtime.fatal_error
-        if isinstance(fatal, RuntimeFailure):
+        if isinstance(fatal, RuntimeFailureError):
             reason = StopReason.FAILED
         elif fatal is not None:
             reason = StopReason.FATAL
@@ -411,9 +410,9 @@ class Daemon:
         report then says which, from ``runtime.fatal_error``)."""
         try:
             return step()
-        except (FatalProviderError, RuntimeFailure) as exc:
+        except (FatalProviderError, RuntimeFailureError) as exc:
             _log.error("stopping: the runtime cannot go on", error=str(exc))
-            return StopReason.FAILED if isinstance(exc, RuntimeFailure) else StopReason.FATAL
+            return StopReason.FAILED if isinstance(exc, RuntimeFailureError) else StopReason.FATAL
 
     def _work(self, runtime: Runtime, started: float) -> StopReason:
         opts = self.options
@@ -429,7 +428,7 @@ class Daemon:
             if self._stop_requested.is_set():
                 return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
             if runtime.fatal_error is not None:
-                failed = isinstance(runtime.fatal_error, RuntimeFailure)
+                failed = isinstance(runtime.fatal_error, RuntimeFailureError)
                 return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
             if self._wall_stepped(wall_steps) or now >= next_renew:
@@ -505,7 +504,7 @@ class Daemon:
             return
         try:
             receipt = runtime.submit(leased, block=False, clusters_observed=clusters_observed)
-        except QueueFull as full:
+        except QueueFullError as full:
             unplaced = leased[len(leased) - full.remaining :]
             self._storage(self.store.release, [a.id for a in unplaced])
             _log.debug("runtime queue full; leases handed back", released=len(unplaced))

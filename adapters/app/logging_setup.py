@@ -35,6 +35,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from tierbatch.policies.errors import TierbatchError
+
 REDACTED = "[redacted]"
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -45,7 +47,7 @@ _LEVELS = {
 LEVEL_NAMES = tuple(_LEVELS)
 
 
-class UnknownLogLevel(ValueError):
+class UnknownLogLevelError(TierbatchError, ValueError):
     """A log level name that is not one of ``LEVEL_NAMES``."""
 
 
@@ -141,12 +143,12 @@ def configure_logging(
     only) defaults to whether stderr is a terminal; ``secrets`` are scrubbed
     from every line. The standard library's root logger gets one handler
     of ours (replacing any earlier one of ours), at ``level`` or warning,
-    whichever is higher. Raises ``UnknownLogLevel`` for a bad ``level``.
+    whichever is higher. Raises ``UnknownLogLevelError`` for a bad ``level``.
     """
     try:
         threshold = _LEVELS[level.lower()]
     except KeyError:
-        raise UnknownLogLevel(
+        raise UnknownLogLevelError(
             f"unknown log level {level!r}; expected one of: {', '.join(LEVEL_NAMES)}"
         ) from None
     values = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from tierbatch.actors.ports import ModelCatalog, ModelInfo, ModelLookupFailed, describe_outcome
+from tierbatch.actors.ports import ModelCatalog, ModelInfo, ModelLookupError, describe_outcome
 from tierbatch.policies.config import Config
 from tierbatch.policies.model_check import ModelCoverage, assess_coverage
 from tierbatch.policies.outcomes import AuthFailed, CallOutcome, ServerError
@@ -124,7 +124,7 @@ async def _look_up_all(
 async def _look_up(catalog: ModelCatalog, name: str, timeout_s: float) -> ModelLookup:
     try:
         info = await catalog.describe_model(name, timeout_s=timeout_s)
-    except ModelLookupFailed as exc:
+    except ModelLookupError as exc:
         return ModelLookup(name, None, exc.outcome)
     except Exception as exc:  # a catalog that breaks its contract: say what, not its text
         return ModelLookup(name, None, ServerError(None, f"unexpected {type(exc).__name__}"))

@@ -4,7 +4,7 @@
 in the environment variables the config names, else the in-process
 simulation, so a fresh checkout runs without a key and never by accident
 against a paid API. An explicit ``genai`` or ``legacy`` without a key is an
-error (``MissingApiKey``) rather than a silent fallback to the simulation.
+error (``MissingApiKeyError``) rather than a silent fallback to the simulation.
 
 The SDK providers get a connection pool (google-genai) or thread pool
 (google-generativeai) as large as the calls the runtime can have in flight,

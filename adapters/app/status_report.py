@@ -22,14 +22,14 @@ from rich.console import Console
 from rich.table import Table
 
 from tierbatch.adapters.storage.open_store import display_name, read_report
-from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
-from tierbatch.adapters.storage.store import ResultCount, StorageError
+from tierbatch.adapters.storage.snapshot_file import decode
+from tierbatch.adapters.storage.store import ResultCount
 from tierbatch.policies.config import Config, ModelSpec
+from tierbatch.policies.errors import SnapshotError, StorageError
 from tierbatch.policies.quota import QuotaPolicy
-from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
 
 
-class StatusError(Exception):
+class StatusError(StorageError):
     """The database cannot be read (missing, not a tierbatch database, ...)."""
 
 
@@ -114,7 +114,7 @@ def _read_quota(
             if isinstance(name, str) and name not in models:
                 models[name] = ModelSpec(name=name, rpm=0, tpm=0, rpd=0)
         policy = QuotaPolicy.restore(models, config.quota, state)
-    except (CorruptSnapshot, QuotaSnapshotError) as exc:
+    except SnapshotError as exc:
         return (), f"unusable ({exc}); the daemon will set it aside and start fresh", age
     quota = []
     for s in policy.status(now):

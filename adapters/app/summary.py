@@ -28,8 +28,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from tierbatch.policies.config import Config, UnknownModelError
+from tierbatch.policies.config import Config
 from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.errors import UnknownModelError
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import Done, TerminalResult
 

@@ -112,7 +112,7 @@ class ParsedAnswer:
     unusable_items: int = 0
 
 
-class _InvalidItem(ValueError):
+class _InvalidItemError(ValueError):
     """An answer item whose fields have the wrong types or values."""
 
 
@@ -221,20 +221,20 @@ def _validate_item(item: dict[str, Any]) -> ArticleAnswer:
         return AnswerProblem(ProblemKind.INVALID, "entities is not a list")
     try:
         parsed = [_entity(e, n) for n, e in enumerate(entities)]
-    except _InvalidItem as exc:
+    except _InvalidItemError as exc:
         return AnswerProblem(ProblemKind.INVALID, str(exc))
     return Extraction(_merge(parsed))
 
 
 def _entity(raw: Any, index: int) -> Entity:
     if not isinstance(raw, dict):
-        raise _InvalidItem(f"entity {index} is not an object")
+        raise _InvalidItemError(f"entity {index} is not an object")
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise _InvalidItem(f"entity {index}: name is not a non-empty string")
+        raise _InvalidItemError(f"entity {index}: name is not a non-empty string")
     label = raw.get("type")
     if not isinstance(label, str):
-        raise _InvalidItem(f"entity {index}: type is not a string")
+        raise _InvalidItemError(f"entity {index}: type is not a string")
     return Entity(
         name=_WHITESPACE.sub(" ", name).strip(),
         type=entity_type_for(label),
@@ -245,11 +245,11 @@ def _entity(raw: Any, index: int) -> Entity:
 
 def _salience(value: Any, index: int) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _InvalidItem(f"entity {index}: salience is not a number")
+        raise _InvalidItemError(f"entity {index}: salience is not a number")
     low, high = -SALIENCE_TOLERANCE, 1 + SALIENCE_TOLERANCE
     # Compare before converting: a huge JSON integer overflows float().
     if not low <= value <= high:
-        raise _InvalidItem(f"entity {index}: salience {_short(value)} is outside [0, 1]")
+        raise _InvalidItemError(f"entity {index}: salience {_short(value)} is outside [0, 1]")
     return min(1.0, max(0.0, float(value)))
 
 
@@ -257,7 +257,7 @@ def _mentions(value: Any, index: int) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _InvalidItem(f"entity {index}: mentions {_short(value)} is not an integer >= 1")
+        raise _InvalidItemError(f"entity {index}: mentions {_short(value)} is not an integer >= 1")
     return value
 
 

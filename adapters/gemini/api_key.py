@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
+from tierbatch.policies.errors import ProviderError
 
-class MissingApiKey(RuntimeError):
+
+class MissingApiKeyError(ProviderError):
     """No API key was given and none of the named environment variables is set."""
 
     def __init__(self, env_names: Sequence[str]) -> None:
@@ -40,8 +42,8 @@ def require_api_key(
     explicit: str | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> str:
-    """Like ``find_api_key``, raising ``MissingApiKey`` naming the variables."""
+    """Like ``find_api_key``, raising ``MissingApiKeyError`` naming the variables."""
     key = find_api_key(env_names, explicit, environ)
     if key is None:
-        raise MissingApiKey(env_names)
+        raise MissingApiKeyError(env_names)
     return key

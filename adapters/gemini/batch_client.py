@@ -26,8 +26,8 @@ loop (the CLI's short-lived ones included). Like the interactive adapter:
 no SDK retries, redirects never followed, requests only to the base URL's
 origin, the key never in a message. An API error raises ``BatchError``
 with the outcome it means (``AuthFailed`` for a refused key, ...);
-``BatchJobNotFound`` for a job the API does not know (deleted, or
-another key's); ``BatchNotSucceeded`` when results are asked of a job that
+``BatchJobNotFoundError`` for a job the API does not know (deleted, or
+another key's); ``BatchNotSucceededError`` when results are asked of a job that
 did not succeed.
 """
 
@@ -62,6 +62,7 @@ from tierbatch.adapters.gemini.origin import base_origin
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import ProviderConfig
+from tierbatch.policies.errors import ProviderError
 from tierbatch.policies.outcomes import (
     AuthFailed,
     BadRequest,
@@ -76,8 +77,8 @@ __all__ = [
     "INLINE_LIMIT_BYTES",
     "BatchError",
     "BatchItem",
-    "BatchJobNotFound",
-    "BatchNotSucceeded",
+    "BatchJobNotFoundError",
+    "BatchNotSucceededError",
     "GeminiBatchClient",
     "JobState",
 ]
@@ -129,7 +130,7 @@ class BatchItem:
     articles: tuple[Article, ...]
 
 
-class BatchError(Exception):
+class BatchError(ProviderError):
     """A Batch API call failed; ``outcome`` says how, in the runtime's terms."""
 
     def __init__(self, what: str, outcome: CallOutcome) -> None:
@@ -138,11 +139,11 @@ class BatchError(Exception):
         self.outcome = outcome
 
 
-class BatchJobNotFound(BatchError):
+class BatchJobNotFoundError(BatchError):
     """The API does not know the job (deleted, mistyped, or another key's)."""
 
 
-class BatchNotSucceeded(BatchError):
+class BatchNotSucceededError(BatchError):
     """Results were asked of a job that has not succeeded (``state``)."""
 
     def __init__(self, job: str, state: JobState) -> None:
@@ -165,7 +166,7 @@ class GeminiBatchClient:
     """Batch jobs on Gemini (see the module docstring).
 
     The key is the explicit ``api_key``, else the first set variable of
-    ``config.api_key_env`` (``MissingApiKey`` names them). ``timeout_s``
+    ``config.api_key_env`` (``MissingApiKeyError`` names them). ``timeout_s``
     bounds each HTTP request (an upload's chunks each).
     """
 
@@ -246,7 +247,7 @@ class GeminiBatchClient:
             batch = await self._get(sdk, job)
             state = _state(batch)
             if state is not JobState.SUCCEEDED:
-                raise BatchNotSucceeded(job, state)
+                raise BatchNotSucceededError(job, state)
             dest = batch.dest
             if dest is not None and dest.inlined_responses is not None:
                 entries = _inline_entries(dest.inlined_responses, list(wanted))
@@ -270,7 +271,7 @@ class GeminiBatchClient:
         submitted = self._submitted.pop(job, None)
         async with self._sdk() as sdk:
             batch = None
-            with suppress(BatchJobNotFound):
+            with suppress(BatchJobNotFoundError):
                 batch = await self._get(sdk, job)
             await self._call(f"delete {job}", sdk.aio.batches.delete(name=job), job=job)
             files = [submitted.input_file if submitted else None]
@@ -305,7 +306,7 @@ class GeminiBatchClient:
                 exc, self._key, self.base_url, self._config, timeout_s=self._timeout_s
             )
             if job is not None and isinstance(exc, genai_errors.APIError) and exc.code == 404:
-                raise BatchJobNotFound(f"no batch job {job}", outcome) from None
+                raise BatchJobNotFoundError(f"no batch job {job}", outcome) from None
             raise BatchError(f"could not {what}", outcome) from None
 
     async def _get(self, sdk: Any, job: str) -> types.BatchJob:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tierbatch.adapters.gemini.origin import ForeignOrigin, origin_of, redirect_target
+from tierbatch.adapters.gemini.origin import ForeignOriginError, origin_of, redirect_target
 from tierbatch.policies.outcomes import (
     AuthFailed,
     BadRequest,
@@ -214,7 +214,7 @@ def redirect_refused(status: int, base_url: str, location: str | None) -> AuthFa
     )
 
 
-def foreign_origin_refused(exc: ForeignOrigin) -> AuthFailed:
+def foreign_origin_refused(exc: ForeignOriginError) -> AuthFailed:
     """A request for another origin was stopped before it left (see
     ``origin``); reported like a redirect, as a configuration error."""
     return AuthFailed(

@@ -29,7 +29,7 @@ Nothing escapes ``extract`` except cancellation; unexpected exceptions become
 ``ServerError(None)`` with a redacted message.
 
 ``describe_model`` (the ``ModelCatalog`` port, for the models check) is
-``client.models.get``: None for a 404, ``ModelLookupFailed`` with the same
+``client.models.get``: None for a 404, ``ModelLookupError`` with the same
 mapping for anything else. ``read_response`` and ``outcome_for_exception``
 are shared with the batch client (``batch_client``).
 """
@@ -52,7 +52,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from tierbatch.actors.ports import ExtractionRequest, ModelInfo, ModelLookupFailed, PackAnswer
+from tierbatch.actors.ports import ExtractionRequest, ModelInfo, ModelLookupError, PackAnswer
 from tierbatch.adapters.gemini.answers import ParsedAnswer, analyse_answer, normalise_reason
 from tierbatch.adapters.gemini.api_key import require_api_key
 from tierbatch.adapters.gemini.call_log import log_answer, log_failure
@@ -64,7 +64,7 @@ from tierbatch.adapters.gemini.error_mapping import (
     safe_message,
 )
 from tierbatch.adapters.gemini.http_client import new_async_client, timing_of_this_call
-from tierbatch.adapters.gemini.origin import ForeignOrigin, base_origin
+from tierbatch.adapters.gemini.origin import ForeignOriginError, base_origin
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.config import ProviderConfig
 from tierbatch.policies.outcomes import (
@@ -113,7 +113,7 @@ class GenaiProvider:
     """``Provider`` over google-genai's async client.
 
     The key is the explicit ``api_key``, else the first set variable of
-    ``config.api_key_env``; ``MissingApiKey`` names them when none is.
+    ``config.api_key_env``; ``MissingApiKeyError`` names them when none is.
     ``default_timeout_s`` is the client-wide HTTP timeout; every call also
     gets ``request.timeout_s`` as its own, and as a total deadline from when
     it has a connection. ``max_connections`` should be at least the calls
@@ -184,9 +184,9 @@ class GenaiProvider:
         except genai_errors.APIError as exc:
             if exc.code == 404:
                 return None
-            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+            raise ModelLookupError(name, self._outcome_for_exception(exc, timing)) from None
         except Exception as exc:
-            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+            raise ModelLookupError(name, self._outcome_for_exception(exc, timing)) from None
         finally:
             await _close(entry)
         return model_info(name, model)
@@ -254,7 +254,7 @@ def outcome_for_exception(
             return redirect_refused(exc.code, base_url, _location(exc))
         detail = safe_message(exc.message or exc.status or exc, secrets)
         return outcome_for_status(exc.code, exc.details, detail, key_env=config.api_key_env)
-    if isinstance(exc, ForeignOrigin):
+    if isinstance(exc, ForeignOriginError):
         return foreign_origin_refused(exc)
     if isinstance(exc, _TIMEOUT_ERRORS):
         if timing is None:

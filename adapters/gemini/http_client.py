@@ -3,7 +3,7 @@
 * **No redirects, one origin.** ``follow_redirects=False`` (the SDK's own
   clients follow them, and a redirect to another host would carry the
   ``x-goog-api-key`` header there), and a request hook refuses any request
-  to an origin other than the configured base URL's (``ForeignOrigin``).
+  to an origin other than the configured base URL's (``ForeignOriginError``).
 * **A pool as large as the calls in flight.** httpx's default pool holds
   100 connections (20 kept alive); the runtime may have more calls out, and
   the rest would queue for a connection. The provider factory passes the

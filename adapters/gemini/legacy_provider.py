@@ -64,7 +64,7 @@ import structlog
 from tierbatch.actors.ports import (
     ExtractionRequest,
     ModelInfo,
-    ModelLookupFailed,
+    ModelLookupError,
     PackAnswer,
     mark_request_sent,
 )
@@ -79,9 +79,10 @@ from tierbatch.adapters.gemini.error_mapping import (
     safe_message,
 )
 from tierbatch.adapters.gemini.genai_provider import DEFAULT_MAX_CONNECTIONS, gemini_base_url
-from tierbatch.adapters.gemini.origin import ForeignOrigin, Origin, base_origin, require_origin
+from tierbatch.adapters.gemini.origin import ForeignOriginError, Origin, base_origin, require_origin
 from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.policies.config import ProviderConfig
+from tierbatch.policies.errors import ProviderError
 from tierbatch.policies.outcomes import (
     CallOutcome,
     Cancelled,
@@ -103,11 +104,11 @@ _notice_lock = threading.Lock()
 _notice_logged = False
 
 
-class _NotSent(Exception):
+class _NotSentError(Exception):
     """The call was given up before a worker thread took it: it never left."""
 
 
-class _Redirected(Exception):
+class _RedirectedError(Exception):
     """The endpoint answered a redirect (3xx), which is not followed."""
 
     def __init__(self, status: int, location: str | None) -> None:
@@ -116,7 +117,7 @@ class _Redirected(Exception):
         self.location = location
 
 
-class LegacyExtraMissing(ImportError):
+class LegacyExtraMissingError(ProviderError, ImportError):
     """google-generativeai is not installed."""
 
     def __init__(self) -> None:
@@ -139,7 +140,7 @@ class _Sdk:
 
 
 def load_legacy_sdk() -> _Sdk:
-    """Import google-generativeai, or raise ``LegacyExtraMissing``.
+    """Import google-generativeai, or raise ``LegacyExtraMissingError``.
 
     Its import-time FutureWarning is silenced: ``LegacyProvider`` logs the end
     of life itself, once, through structlog.
@@ -156,7 +157,7 @@ def load_legacy_sdk() -> _Sdk:
                 requests_exceptions=importlib.import_module("requests.exceptions"),
             )
     except ImportError as exc:
-        raise LegacyExtraMissing() from exc
+        raise LegacyExtraMissingError() from exc
 
 
 def _log_end_of_life_once() -> None:
@@ -175,7 +176,7 @@ class LegacyProvider:
     """``Provider`` over google-generativeai's REST transport.
 
     The key is the explicit ``api_key``, else the first set variable of
-    ``config.api_key_env``; ``MissingApiKey`` names them when none is.
+    ``config.api_key_env``; ``MissingApiKeyError`` names them when none is.
     ``max_workers`` bounds the calls in flight (each holds a thread).
     """
 
@@ -256,7 +257,7 @@ class LegacyProvider:
         except Exception as exc:
             if isinstance(exc, self._sdk.api_exceptions.NotFound):
                 return None
-            raise ModelLookupFailed(name, self._outcome_for_exception(exc, timing)) from None
+            raise ModelLookupError(name, self._outcome_for_exception(exc, timing)) from None
         return ModelInfo(
             name=str(model.name or name).removeprefix("models/"),
             display_name=str(model.display_name or ""),
@@ -280,7 +281,7 @@ class LegacyProvider:
     def _get_model(self, name: str, timing: CallTiming, timeout_s: float) -> Any:
         """The blocking ``get_model``, on an executor thread."""
         if not timing.connected():
-            raise _NotSent()
+            raise _NotSentError()
         return self._sdk.genai.get_model(
             name if name.startswith("models/") else f"models/{name}",
             client=self._model_client(),
@@ -304,7 +305,7 @@ class LegacyProvider:
         """The blocking SDK call, on an executor thread. The session's
         adapter marks the request sent when it hands it to urllib3."""
         if not timing.connected():
-            raise _NotSent()
+            raise _NotSentError()
         model = self._model(request.model)
         return model.generate_content(
             build_user_text(request.articles),
@@ -360,7 +361,7 @@ class LegacyProvider:
     def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
         sdk = self._sdk
         secrets = (self._key,)
-        if isinstance(exc, _Redirected):
+        if isinstance(exc, _RedirectedError):
             return redirect_refused(exc.status, self.base_url, exc.location)
         if isinstance(exc, sdk.requests_exceptions.TooManyRedirects):
             response = getattr(exc, "response", None)
@@ -370,9 +371,9 @@ class LegacyProvider:
                 self.base_url,
                 headers.get("location"),
             )
-        if isinstance(exc, ForeignOrigin):
+        if isinstance(exc, ForeignOriginError):
             return foreign_origin_refused(exc)
-        if isinstance(exc, _NotSent):
+        if isinstance(exc, _NotSentError):
             return Cancelled()
         if isinstance(exc, sdk.api_exceptions.GoogleAPICallError):
             detail = safe_message(_REQUEST_PREFIX.sub("", str(exc.message or exc)), secrets)
@@ -430,7 +431,7 @@ def _one_origin_adapter_type() -> Any:
                 # The REST transport would read a 3xx as an answer.
                 location = response.headers.get("location")
                 response.close()
-                raise _Redirected(response.status_code, location)
+                raise _RedirectedError(response.status_code, location)
             return response
 
     return OneOriginAdapter

@@ -16,6 +16,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from tierbatch.policies.errors import ProviderError
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -31,11 +33,11 @@ class Origin:
         return f"{self.scheme}://{host}{port}"
 
 
-class InvalidBaseUrl(ValueError):
+class InvalidBaseUrlError(ProviderError, ValueError):
     """The endpoint to call is not an absolute http(s) URL."""
 
 
-class ForeignOrigin(Exception):
+class ForeignOriginError(ProviderError):
     """A request was about to leave for an origin other than the configured
     one; it was not sent."""
 
@@ -73,17 +75,17 @@ def redirect_target(request_url: str, location: str | None) -> Origin | None:
 
 
 def require_origin(url: str, allowed: Origin) -> None:
-    """Raise ``ForeignOrigin`` unless ``url`` is on the ``allowed`` origin."""
+    """Raise ``ForeignOriginError`` unless ``url`` is on the ``allowed`` origin."""
     target = origin_of(url)
     if target != allowed:
-        raise ForeignOrigin(target, allowed)
+        raise ForeignOriginError(target, allowed)
 
 
 def base_origin(base_url: str) -> Origin:
-    """The one origin the key may be sent to; ``InvalidBaseUrl`` when none."""
+    """The one origin the key may be sent to; ``InvalidBaseUrlError`` when none."""
     origin = origin_of(base_url)
     if origin is None or origin.scheme not in ("http", "https"):
-        raise InvalidBaseUrl(
+        raise InvalidBaseUrlError(
             f"Gemini base URL {base_url!r} (provider.base_url or GOOGLE_GEMINI_BASE_URL): "
             "expected an http:// or https:// URL, e.g. 'http://127.0.0.1:8080'"
         )

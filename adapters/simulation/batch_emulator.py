@@ -62,7 +62,7 @@ from typing import Any
 from tierbatch.adapters.simulation.error_bodies import error_body, not_found_model_body
 from tierbatch.adapters.simulation.http_transport import HttpResponse
 from tierbatch.adapters.simulation.model_catalog import (
-    BadPageToken,
+    BadPageTokenError,
     ModelCatalog,
     decode_page_token,
     encode_page_token,
@@ -263,7 +263,7 @@ class BatchEmulator:
                 if size > limit:
                     return _invalid(f"Request payload size exceeds the limit: {limit} bytes.")
                 entries = _inline_entries(input_config)
-        except _Refused as refused:
+        except _RefusedError as refused:
             return refused.response
         self._created += 1
         rng = random.Random(f"{self._seed}:batch:{self._created}")
@@ -308,7 +308,7 @@ class BatchEmulator:
         size = 50 if not page_size or page_size < 1 else min(page_size, 1000)
         try:
             start = decode_page_token(page_token) if page_token else 0
-        except BadPageToken:
+        except BadPageTokenError:
             return _invalid("Invalid page token.")
         page = jobs[start : start + size]
         for job in page:
@@ -464,7 +464,7 @@ class BatchEmulator:
         file_id = file_name.removeprefix("files/")
         file = self._file(owner, file_id)
         if file is None:
-            raise _Refused(_file_refused(file_id))
+            raise _RefusedError(_file_refused(file_id))
         entries: list[tuple[str | None, dict[str, Any]]] = []
         for number, raw in enumerate(file.data.splitlines(), start=1):
             if not raw.strip():
@@ -472,14 +472,16 @@ class BatchEmulator:
             try:
                 line = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise _Refused(_invalid(f"{file_name} line {number}: not JSON: {exc}")) from None
+                raise _RefusedError(
+                    _invalid(f"{file_name} line {number}: not JSON: {exc}")
+                ) from None
             request = line.get("request") if isinstance(line, dict) else None
             if not isinstance(request, dict):
-                raise _Refused(_invalid(f"{file_name} line {number}: no request object"))
+                raise _RefusedError(_invalid(f"{file_name} line {number}: no request object"))
             key = line.get("key")
             entries.append((key if isinstance(key, str) else None, request))
         if not entries:
-            raise _Refused(_invalid(f"{file_name} holds no requests"))
+            raise _RefusedError(_invalid(f"{file_name} holds no requests"))
         return entries
 
     def _state(self, job: _Job) -> BatchState:
@@ -571,7 +573,7 @@ class BatchEmulator:
         return {"inlinedResponses": {"inlinedResponses": responses}}
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     def __init__(self, response: HttpResponse) -> None:
         super().__init__(response.status)
         self.response = response
@@ -581,12 +583,12 @@ def _inline_entries(input_config: Mapping[str, Any]) -> list[tuple[str | None, d
     outer = input_config.get("requests")
     items = outer.get("requests") if isinstance(outer, dict) else None
     if not isinstance(items, list) or not items:
-        raise _Refused(_invalid("* InlinedRequests.requests: requests is not specified"))
+        raise _RefusedError(_invalid("* InlinedRequests.requests: requests is not specified"))
     entries: list[tuple[str | None, dict[str, Any]]] = []
     for index, item in enumerate(items):
         request = item.get("request") if isinstance(item, dict) else None
         if not isinstance(request, dict):
-            raise _Refused(_invalid(f"* requests[{index}].request: request is not specified"))
+            raise _RefusedError(_invalid(f"* requests[{index}].request: request is not specified"))
         metadata = item.get("metadata")
         key = metadata.get("key") if isinstance(metadata, dict) else None
         entries.append((key if isinstance(key, str) else None, request))

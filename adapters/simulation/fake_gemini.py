@@ -25,13 +25,14 @@ from tierbatch.adapters.simulation.gemini_emulator import (
     summarize,
 )
 from tierbatch.adapters.simulation.http_transport import serve_connection
+from tierbatch.policies.errors import TierbatchError
 
 __all__ = ["FakeGeminiServer", "ServerNotRunningError", "serve_forever"]
 
 _log = structlog.get_logger(__name__)
 
 
-class ServerNotRunningError(RuntimeError):
+class ServerNotRunningError(TierbatchError, RuntimeError):
     """The operation needs a started server."""
 
 

@@ -96,7 +96,7 @@ from tierbatch.adapters.simulation.http_transport import (
     HttpRequest,
     HttpResponse,
 )
-from tierbatch.adapters.simulation.model_catalog import BadPageToken, ModelCatalog
+from tierbatch.adapters.simulation.model_catalog import BadPageTokenError, ModelCatalog
 from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
 
@@ -361,7 +361,7 @@ def _parse_prompt(body: Mapping[str, Any]) -> _Prompt:
     return _Prompt(_content_texts(system), _content_texts(body.get("contents", [])), max_tokens)
 
 
-class _BadRequestBody(Exception):
+class _BadRequestBodyError(Exception):
     pass
 
 
@@ -369,9 +369,9 @@ def _json_body(raw: bytes) -> dict[str, Any]:
     try:
         document = json.loads(raw or b"{}")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _BadRequestBody(f"Invalid JSON payload received. {exc}") from exc
+        raise _BadRequestBodyError(f"Invalid JSON payload received. {exc}") from exc
     if not isinstance(document, dict):
-        raise _BadRequestBody("Invalid JSON payload received. Expected an object.")
+        raise _BadRequestBodyError("Invalid JSON payload received. Expected an object.")
     return document
 
 
@@ -426,7 +426,7 @@ class GeminiEmulator:
             return self._refuse(now, key, route, auth[0], auth[1])
         try:
             body = _json_body(request.body)
-        except _BadRequestBody as exc:
+        except _BadRequestBodyError as exc:
             return self._refuse(now, key, route, 400, error_body(400, "INVALID_ARGUMENT", str(exc)))
         prompt = _parse_prompt(body)
         if not prompt.user:
@@ -465,7 +465,7 @@ class GeminiEmulator:
         if request.method == "POST":
             try:
                 body = _json_body(request.body)
-            except _BadRequestBody as exc:
+            except _BadRequestBodyError as exc:
                 document = error_body(400, "INVALID_ARGUMENT", str(exc))
                 return self._refuse(now, key, route, 400, document)
         response = self._dispatch(route, ids, query, body, owner, request, base_url)
@@ -494,7 +494,7 @@ class GeminiEmulator:
             case "models.list":
                 try:
                     return HttpResponse.of_json(200, self.catalog.page(page_size, page_token))
-                except BadPageToken:
+                except BadPageTokenError:
                     document = error_body(400, "INVALID_ARGUMENT", "Invalid page token.")
                     return HttpResponse.of_json(400, document)
             case "batches.create":

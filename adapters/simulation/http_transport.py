@@ -18,12 +18,14 @@ from typing import Any
 
 import structlog
 
+from tierbatch.policies.errors import TierbatchError
+
 _log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-class HttpProtocolError(Exception):
+class HttpProtocolError(TierbatchError):
     """The client sent something that is not the HTTP/1.1 we understand."""
 
 

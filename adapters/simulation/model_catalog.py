@@ -24,12 +24,13 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.errors import TierbatchError
 
 __all__ = [
     "CURRENT_GEMINI_MODELS",
     "DEFAULT_INPUT_TOKEN_LIMIT",
     "DEFAULT_OUTPUT_TOKEN_LIMIT",
-    "BadPageToken",
+    "BadPageTokenError",
     "ModelCatalog",
 ]
 
@@ -45,7 +46,7 @@ _METHODS = ("generateContent", "countTokens", "createCachedContent")
 _BATCH = "batchGenerateContent"
 
 
-class BadPageToken(ValueError):
+class BadPageTokenError(TierbatchError, ValueError):
     """A ``pageToken`` this server did not hand out."""
 
 
@@ -101,7 +102,7 @@ class ModelCatalog:
         }
 
     def page(self, page_size: int | None, page_token: str | None) -> dict[str, Any]:
-        """One page of the listing; raises ``BadPageToken``."""
+        """One page of the listing; raises ``BadPageTokenError``."""
         names = self.listed()
         size = DEFAULT_PAGE_SIZE if not page_size or page_size < 1 else page_size
         size = min(size, MAX_PAGE_SIZE)
@@ -126,8 +127,8 @@ def decode_page_token(token: str) -> int:
     try:
         text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise BadPageToken(token) from exc
+        raise BadPageTokenError(token) from exc
     prefix, _, number = text.partition(":")
     if prefix != "page" or not number.isdigit():
-        raise BadPageToken(token)
+        raise BadPageTokenError(token)
     return int(number)

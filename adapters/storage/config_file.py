@@ -18,8 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from tierbatch.policies.config import Config, ConfigError, config_to_mapping, parse_config
+from tierbatch.policies.config import Config, config_to_mapping, parse_config
 from tierbatch.policies.config_reader import join_key, quote_key, toml_string
+from tierbatch.policies.errors import ConfigError
 
 DEFAULT_CONFIG_NAME: Final = "default.toml"
 _DEFAULT_SOURCE: Final = f"<built-in {DEFAULT_CONFIG_NAME}>"

@@ -31,7 +31,7 @@ range, ``NaN``/``Infinity`` or a number too large for a float, an integer
 of more than 4300 digits, an unpaired surrogate (``"\\ud800"``), values
 nested more than 64 levels deep, or an id holding a NUL character
 (``"\\u0000"``, which PostgreSQL text cannot hold). Parsing never raises
-anything but ``InvalidArticle``, whatever the input: one bad line or stored
+anything but ``InvalidArticleError``, whatever the input: one bad line or stored
 row must never stop a batch or a daemon.
 
 The same format is the ``payload`` column of the queue, SQLite or PostgreSQL
@@ -54,6 +54,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from tierbatch.policies.articles import Article, normalise_domain
+from tierbatch.policies.errors import TierbatchError
 
 DEFAULT_MAX_BYTES_PER_LINE = 1_000_000
 # Deeper values are refused: encoding them again (to store the payload, to
@@ -81,7 +82,7 @@ class Rejected:
     raw_prefix: str
 
 
-class InvalidArticle(ValueError):
+class InvalidArticleError(TierbatchError, ValueError):
     """A JSON object is not a valid article; the message is the reason."""
 
 
@@ -119,7 +120,7 @@ def read_articles(
                 continue
             try:
                 article = _parse_line(line)
-            except InvalidArticle as exc:
+            except InvalidArticleError as exc:
                 yield Rejected(line_no, str(exc), prefix)
                 continue
             if "\x00" in article.id:
@@ -192,18 +193,18 @@ def _parse_line(data: bytes, *, derive_domain: bool = True) -> Article:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidArticle(f"not UTF-8: {exc}") from None
+        raise InvalidArticleError(f"not UTF-8: {exc}") from None
     try:
         obj, checked = _decode_json(text)
     except RecursionError:
         field = _too_deep_field(text)
         if field is None:
-            raise InvalidArticle("not JSON: nested too deeply") from None
-        raise InvalidArticle(
+            raise InvalidArticleError("not JSON: nested too deeply") from None
+        raise InvalidArticleError(
             f"field {field!r}: nested more than {MAX_NESTING} levels deep"
         ) from None
     except ValueError as exc:  # JSONDecodeError and any other refusal of the decoder
-        raise InvalidArticle(f"not JSON: {exc}") from None
+        raise InvalidArticleError(f"not JSON: {exc}") from None
     if checked:
         return _article(obj, derive_domain)
     return parse_article(obj, derive_domain=derive_domain)
@@ -215,14 +216,14 @@ def _decode_json(text: str) -> tuple[object, bool]:
 
     The common case costs one plain decode: a number that cannot be kept
     aborts it, and only then is the text decoded again with placeholders
-    (``_Refused``) that let the check name the field. Surrogates can only
+    (``_RefusedError``) that let the check name the field. Surrogates can only
     come from ``\\uD800``-style escapes, deep nesting only from many
     brackets, so text without either needs no walk over the value."""
     try:
         value = _FAST_DECODER.decode(text)
     except json.JSONDecodeError:
         raise
-    except (_Unstorable, ValueError):  # NaN, 1e400, an integer over the digit limit
+    except (_UnstorableError, ValueError):  # NaN, 1e400, an integer over the digit limit
         return _PLACEHOLDER_DECODER.decode(text), False
     clean = (
         _SURROGATE_ESCAPE.search(text) is None and text.count("[") + text.count("{") <= MAX_NESTING
@@ -235,7 +236,7 @@ def parse_article(obj: object, *, derive_domain: bool = True) -> Article:
 
     With ``derive_domain`` False an absent domain stays empty (stored
     payloads: ``Article.source_domain`` derives it anyway, and the article
-    then equals the one that was stored). Raises ``InvalidArticle`` whose
+    then equals the one that was stored). Raises ``InvalidArticleError`` whose
     message names the offending field, and nothing else.
     """
     if isinstance(obj, dict):
@@ -245,7 +246,7 @@ def parse_article(obj: object, *, derive_domain: bool = True) -> Article:
 
 def _article(obj: object, derive_domain: bool) -> Article:
     if not isinstance(obj, dict):
-        raise InvalidArticle(f"not a JSON object: got {_json_type(obj)}")
+        raise InvalidArticleError(f"not a JSON object: got {_json_type(obj)}")
     article_id = _required_id(obj)
     text = _required_text(obj)
     title = _optional_str(obj, "title")
@@ -265,7 +266,7 @@ def _article(obj: object, derive_domain: bool) -> Article:
     )
 
 
-class _Refused:
+class _RefusedError:
     """What the JSON decoder puts in place of a number it must not hand on
     (the field is named once the whole object is known)."""
 
@@ -275,41 +276,41 @@ class _Refused:
         self.problem = problem
 
 
-class _Unstorable(Exception):
+class _UnstorableError(Exception):
     """Raised by the decoder hooks to leave the fast decode."""
 
 
 def _finite_float(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):
-        raise _Unstorable(literal)
+        raise _UnstorableError(literal)
     return value
 
 
 def _no_constant(name: str) -> float:
-    raise _Unstorable(name)
+    raise _UnstorableError(name)
 
 
-def _parse_int(digits: str) -> int | _Refused:
+def _parse_int(digits: str) -> int | _RefusedError:
     if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-        return _Refused(
+        return _RefusedError(
             f"an integer of {len(digits.lstrip('-'))} digits (at most {MAX_INT_DIGITS})"
         )
     try:
         return int(digits)
     except ValueError:  # a lower sys.set_int_max_str_digits() limit
-        return _Refused(f"an integer of {len(digits.lstrip('-'))} digits is too long")
+        return _RefusedError(f"an integer of {len(digits.lstrip('-'))} digits is too long")
 
 
-def _parse_float(literal: str) -> float | _Refused:
+def _parse_float(literal: str) -> float | _RefusedError:
     value = float(literal)
     if math.isfinite(value):
         return value
-    return _Refused(f"the number {literal[:40]} is out of range")
+    return _RefusedError(f"the number {literal[:40]} is out of range")
 
 
-def _parse_constant(name: str) -> _Refused:
-    return _Refused(f"{name} is not a JSON number")
+def _parse_constant(name: str) -> _RefusedError:
+    return _RefusedError(f"{name} is not a JSON number")
 
 
 _FAST_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
@@ -326,7 +327,7 @@ def _check_storable(obj: Mapping[str, Any]) -> None:
     for key, value in obj.items():
         problem = _string_problem(key, "name") or _value_problem(value)
         if problem:
-            raise InvalidArticle(f"field {key!r}: {problem}")
+            raise InvalidArticleError(f"field {key!r}: {problem}")
 
 
 def _value_problem(value: object) -> str:
@@ -335,7 +336,7 @@ def _value_problem(value: object) -> str:
         item, depth = stack.pop()
         if isinstance(item, str):
             problem = _string_problem(item, "value")
-        elif isinstance(item, _Refused):
+        elif isinstance(item, _RefusedError):
             problem = item.problem
         elif isinstance(item, float) and not math.isfinite(item):
             problem = f"{item} is not a JSON number"
@@ -397,25 +398,27 @@ def _too_deep_field(text: str) -> str | None:
 
 def _required_id(obj: Mapping[str, Any]) -> str:
     if "id" not in obj or obj["id"] is None:
-        raise InvalidArticle("missing field 'id'")
+        raise InvalidArticleError("missing field 'id'")
     value = obj["id"]
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise InvalidArticle(f"field 'id': must be a string or an integer, got {_json_type(value)}")
+        raise InvalidArticleError(
+            f"field 'id': must be a string or an integer, got {_json_type(value)}"
+        )
     if not value.strip():
-        raise InvalidArticle("field 'id': must not be empty")
+        raise InvalidArticleError("field 'id': must not be empty")
     return value
 
 
 def _required_text(obj: Mapping[str, Any]) -> str:
     if "text" not in obj or obj["text"] is None:
-        raise InvalidArticle("missing field 'text'")
+        raise InvalidArticleError("missing field 'text'")
     value = obj["text"]
     if not isinstance(value, str):
-        raise InvalidArticle(f"field 'text': must be a string, got {_json_type(value)}")
+        raise InvalidArticleError(f"field 'text': must be a string, got {_json_type(value)}")
     if not value.strip():
-        raise InvalidArticle("field 'text': must not be empty")
+        raise InvalidArticleError("field 'text': must not be empty")
     return value
 
 
@@ -424,7 +427,7 @@ def _optional_str(obj: Mapping[str, Any], name: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise InvalidArticle(f"field {name!r}: must be a string, got {_json_type(value)}")
+        raise InvalidArticleError(f"field {name!r}: must be a string, got {_json_type(value)}")
     return value
 
 
@@ -436,7 +439,7 @@ def _optional_url(obj: Mapping[str, Any]) -> tuple[str, str]:
     try:
         return url, urlsplit(url.strip()).hostname or ""
     except ValueError as exc:
-        raise InvalidArticle(f"field 'url': not a valid URL: {exc}") from None
+        raise InvalidArticleError(f"field 'url': not a valid URL: {exc}") from None
 
 
 def _optional_domain(obj: Mapping[str, Any]) -> str:
@@ -445,7 +448,7 @@ def _optional_domain(obj: Mapping[str, Any]) -> str:
         try:
             urlsplit(domain.strip())
         except ValueError as exc:
-            raise InvalidArticle(f"field 'domain': not a valid host or URL: {exc}") from None
+            raise InvalidArticleError(f"field 'domain': not a valid host or URL: {exc}") from None
     return domain
 
 
@@ -456,7 +459,7 @@ def _optional_cluster_id(obj: Mapping[str, Any]) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, str):
-        raise InvalidArticle(
+        raise InvalidArticleError(
             f"field 'cluster_id': must be a string or an integer, got {_json_type(value)}"
         )
     return value or None
@@ -467,17 +470,19 @@ def _optional_datetime(obj: Mapping[str, Any], name: str) -> datetime | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidArticle(f"field {name!r}: must be an ISO 8601 string, got {_json_type(value)}")
+        raise InvalidArticleError(
+            f"field {name!r}: must be an ISO 8601 string, got {_json_type(value)}"
+        )
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise InvalidArticle(f"field {name!r}: not ISO 8601: {value[:80]!r}") from None
+        raise InvalidArticleError(f"field {name!r}: not ISO 8601: {value[:80]!r}") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
-        raise InvalidArticle(f"field {name!r}: out of range in UTC: {value[:80]!r}") from None
+        raise InvalidArticleError(f"field {name!r}: out of range in UTC: {value[:80]!r}") from None
 
 
 def _json_type(value: object) -> str:
@@ -504,12 +509,12 @@ def article_to_json(article: Article) -> dict[str, Any]:
     """The input-line form of ``article``: known fields, then metadata at the
     top level. Empty optional fields are left out.
 
-    Raises ``InvalidArticle`` when a metadata key collides with a known field,
+    Raises ``InvalidArticleError`` when a metadata key collides with a known field,
     since the flat form could not tell them apart on the way back.
     """
     clash = sorted(set(article.metadata).intersection(KNOWN_FIELDS))
     if clash:
-        raise InvalidArticle(
+        raise InvalidArticleError(
             f"article {article.id!r}: metadata key {clash[0]!r} collides with an article field"
         )
     record: dict[str, Any] = {"id": article.id, "text": article.text}
@@ -535,15 +540,15 @@ def article_from_row(
 ) -> Article:
     """Rebuild an article from a stored payload (JSON text, or its UTF-8
     bytes); validated like an input line, size limit included, since other
-    processes may write payloads too. Raises only ``InvalidArticle``."""
+    processes may write payloads too. Raises only ``InvalidArticleError``."""
     if isinstance(payload, str):
         data = payload.encode("utf-8", "surrogatepass")  # a surrogate then fails as "not UTF-8"
     elif isinstance(payload, bytes):
         data = payload
     else:
-        raise InvalidArticle(f"payload is {type(payload).__name__}, not JSON text")
+        raise InvalidArticleError(f"payload is {type(payload).__name__}, not JSON text")
     if len(data) > max_bytes:
-        raise InvalidArticle(f"payload is {len(data)} bytes, over the {max_bytes} limit")
+        raise InvalidArticleError(f"payload is {len(data)} bytes, over the {max_bytes} limit")
     return _parse_line(data, derive_domain=False)
 
 

@@ -13,12 +13,13 @@ import os
 import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from tierbatch.adapters.storage.store import QueueReport, StorageError, Store
+from tierbatch.adapters.storage.store import QueueReport, Store
+from tierbatch.policies.errors import StorageError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-class MissingPostgresDriver(StorageError):
+class MissingPostgresDriverError(StorageError):
     """A PostgreSQL URL was given but psycopg 3 is not installed."""
 
 
@@ -62,14 +63,14 @@ def _require_psycopg() -> None:
     except ImportError as exc:
         if not (exc.name or "").startswith("psycopg") and "psycopg" not in str(exc):
             raise
-        raise MissingPostgresDriver(
+        raise MissingPostgresDriverError(
             "PostgreSQL needs psycopg 3, which is not installed: "
             f"pip install 'tierbatch[postgres]' ({exc})"
         ) from exc
 
 
 def open_store(db: str | os.PathLike[str], *, owner: str) -> Store:
-    """The store ``db`` names. Raises ``StorageError`` (``MissingPostgresDriver``
+    """The store ``db`` names. Raises ``StorageError`` (``MissingPostgresDriverError``
     for a URL without psycopg) when it cannot be opened."""
     text = os.fspath(db)
     if is_postgres_url(text):

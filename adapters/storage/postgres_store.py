@@ -93,7 +93,8 @@ from tierbatch.adapters.storage.queue_sql import (
     to_format_params,
 )
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
-from tierbatch.adapters.storage.store import IncompatibleSchema, QueueReport, StorageError
+from tierbatch.adapters.storage.store import IncompatibleSchemaError, QueueReport
+from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
 log = structlog.get_logger(__name__)
@@ -223,7 +224,7 @@ class PostgresStore(SqlQueueStore):
             if row is not None and row[0] == str(SCHEMA_VERSION):
                 return  # nothing to create: no DDL, no table locks
             if row is not None:
-                raise IncompatibleSchema(
+                raise IncompatibleSchemaError(
                     f"{self.path}: schema version {row[0]}, this tierbatch uses {SCHEMA_VERSION}"
                 )
         for statement in SCHEMA:

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from tierbatch.adapters.storage.jsonl_input import (
-    InvalidArticle,
+    InvalidArticleError,
     article_from_row,
     article_to_json,
     storable_text_problem,
@@ -36,7 +36,7 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 def payload_of(article: Article) -> str:
     """The stored payload of ``article`` (its JSONL input line). Raises
-    ``InvalidArticle`` for what the stores cannot hold back: metadata
+    ``InvalidArticleError`` for what the stores cannot hold back: metadata
     shadowing a field, text UTF-8 cannot encode (an unpaired surrogate), an
     id holding a NUL character (PostgreSQL text cannot)."""
     payload = dumps(article_to_json(article))
@@ -44,7 +44,7 @@ def payload_of(article: Article) -> str:
     if "\x00" in article.id:
         problem = "id contains a NUL character (U+0000)"
     if problem:
-        raise InvalidArticle(f"article {article.id!r}: {problem}")
+        raise InvalidArticleError(f"article {article.id!r}: {problem}")
     return payload
 
 
@@ -66,7 +66,7 @@ def article_of(article_id: str, payload: str | bytes | None) -> tuple[Article | 
     """The row's article, or None and why it cannot be one."""
     try:
         article = article_from_row(b"" if payload is None else payload)
-    except InvalidArticle as exc:
+    except InvalidArticleError as exc:
         return None, str(exc)
     except Exception as exc:  # a validation bug must not stop every lease after it
         log.exception("article_payload_check_crashed", article_id=article_id)

@@ -21,6 +21,7 @@ from tierbatch.adapters.storage.result_json import (
     result_to_json,
 )
 from tierbatch.adapters.storage.store import QueueReport, ResultCount, refused_counts
+from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
 SCHEMA_VERSION = 1
@@ -173,7 +174,7 @@ def to_format_params(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
-class UnknownResultStatus(ValueError):
+class UnknownResultStatusError(StorageError, ValueError):
     """A stored result row has a status tierbatch does not know."""
 
 
@@ -193,7 +194,7 @@ def result_from_row(row: Sequence[Any]) -> TerminalResult:
     record["entities"] = json.loads(record["entities"] or "[]")
     record["metadata"] = json.loads(record["metadata"]) if record["metadata"] else {}
     if record["status"] not in (DONE, FAILED):
-        raise UnknownResultStatus(f"result {record['article_id']!r}: unknown status")
+        raise UnknownResultStatusError(f"result {record['article_id']!r}: unknown status")
     return result_from_json(record)
 
 

@@ -34,6 +34,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tierbatch.policies.errors import TierbatchError
 from tierbatch.policies.results import (
     Done,
     Entity,
@@ -47,7 +48,7 @@ DONE = "done"
 FAILED = "failed"
 
 
-class InvalidResultRecord(ValueError):
+class InvalidResultRecordError(TierbatchError, ValueError):
     """A stored record cannot be turned back into a terminal result."""
 
 
@@ -60,7 +61,7 @@ def entities_to_json(entities: tuple[Entity, ...]) -> list[dict[str, Any]]:
 
 def entities_from_json(items: object) -> tuple[Entity, ...]:
     if not isinstance(items, list):
-        raise InvalidResultRecord(f"entities: expected a list, got {type(items).__name__}")
+        raise InvalidResultRecordError(f"entities: expected a list, got {type(items).__name__}")
     try:
         return tuple(
             Entity(
@@ -72,7 +73,7 @@ def entities_from_json(items: object) -> tuple[Entity, ...]:
             for item in items
         )
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidResultRecord(f"entities: {exc!r}") from None
+        raise InvalidResultRecordError(f"entities: {exc!r}") from None
 
 
 def result_to_json(result: TerminalResult) -> dict[str, Any]:
@@ -141,11 +142,11 @@ def result_from_json(record: Mapping[str, Any]) -> TerminalResult:
                 last_model=record.get("model"),
                 metadata=metadata,
             )
-    except InvalidResultRecord:
+    except InvalidResultRecordError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidResultRecord(f"result record: {exc!r}") from None
-    raise InvalidResultRecord(f"result record: unknown status {status!r}")
+        raise InvalidResultRecordError(f"result record: {exc!r}") from None
+    raise InvalidResultRecordError(f"result record: unknown status {status!r}")
 
 
 _LINE_BREAKS_JSON_KEEPS = str.maketrans(

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 import structlog
 
-from tierbatch.adapters.storage.store import StorageError, Store
+from tierbatch.adapters.storage.store import Store
+from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
 log = structlog.get_logger(__name__)
 
 
-class ResultsNotWritten(StorageError):
+class ResultsNotWrittenError(StorageError):
     """``close`` could not write the last results; ``count`` of them are
     still buffered (nothing was written twice, nothing dropped)."""
 
@@ -42,7 +43,7 @@ class ResultsSink:
     * ``flush`` writes everything buffered now and raises ``StorageError``
       when it cannot (the results stay buffered and the retries go on).
     * ``close`` stops the thread and makes one last attempt; when that fails
-      it raises ``ResultsNotWritten`` naming the database, the problem and
+      it raises ``ResultsNotWrittenError`` naming the database, the problem and
       how many results were not written. It does not close the store
       (close the sink first, then the store).
     """
@@ -116,7 +117,7 @@ class ResultsSink:
             self._write_buffer()
         except StorageError as exc:
             count = self.unwritten
-            raise ResultsNotWritten(
+            raise ResultsNotWrittenError(
                 f"{count} result(s) could not be written: {exc}", count
             ) from exc
 

@@ -40,19 +40,13 @@ from typing import Any
 import msgpack
 import structlog
 
+from tierbatch.policies.errors import SnapshotError
+
 log = structlog.get_logger(__name__)
 
 MAGIC = b"TBSNAP\r\n"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct(">8sHII")
-
-
-class SnapshotError(Exception):
-    """The state could not be saved (not encodable, or the disk write failed)."""
-
-
-class CorruptSnapshot(ValueError):
-    """A snapshot file's bytes are not a snapshot this version can read."""
 
 
 class SnapshotFile:
@@ -86,7 +80,7 @@ class SnapshotFile:
                 return None
             try:
                 return decode(data)
-            except CorruptSnapshot as exc:
+            except SnapshotError as exc:
                 aside = self._set_aside()
                 log.warning(
                     "snapshot_unusable_starting_fresh",
@@ -127,27 +121,27 @@ def encode(payload: bytes) -> bytes:
 
 
 def decode(data: bytes) -> dict[str, Any]:
-    """Check the header and unpack the state; raises ``CorruptSnapshot``."""
+    """Check the header and unpack the state; raises ``SnapshotError``."""
     if len(data) < _HEADER.size:
-        raise CorruptSnapshot(f"truncated: {len(data)} bytes, shorter than the header")
+        raise SnapshotError(f"truncated: {len(data)} bytes, shorter than the header")
     magic, version, length, crc = _HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise CorruptSnapshot(f"not a tierbatch snapshot (magic {magic!r})")
+        raise SnapshotError(f"not a tierbatch snapshot (magic {magic!r})")
     if version != FORMAT_VERSION:
-        raise CorruptSnapshot(
+        raise SnapshotError(
             f"incompatible format version {version} (this tierbatch reads {FORMAT_VERSION})"
         )
     payload = data[_HEADER.size :]
     if len(payload) != length:
-        raise CorruptSnapshot(f"payload is {len(payload)} bytes, header says {length}")
+        raise SnapshotError(f"payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != crc:
-        raise CorruptSnapshot("checksum mismatch")
+        raise SnapshotError("checksum mismatch")
     try:
         state = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise CorruptSnapshot(f"payload is not msgpack: {exc}") from None
+        raise SnapshotError(f"payload is not msgpack: {exc}") from None
     if not isinstance(state, dict):
-        raise CorruptSnapshot(f"payload is a {type(state).__name__}, not a map")
+        raise SnapshotError(f"payload is a {type(state).__name__}, not a map")
     return state
 
 

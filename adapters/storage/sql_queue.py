@@ -51,19 +51,19 @@ from tierbatch.adapters.storage.queue_sql import (
     STATE_COUNTS_SQL,
     STATES,
     TAKE,
-    UnknownResultStatus,
+    UnknownResultStatusError,
     result_from_row,
     result_row,
 )
 from tierbatch.adapters.storage.store import (
     EnqueueReport,
-    IncompatibleSchema,
+    IncompatibleSchemaError,
     ResultCount,
-    StorageError,
     StoredReject,
     refused_counts,
 )
 from tierbatch.policies.articles import Article
+from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
 log = structlog.get_logger("tierbatch.adapters.storage")
@@ -224,7 +224,7 @@ class SqlQueueStore(ABC):
         if row is None:
             self._execute(conn, SET_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
         elif row[0] != str(SCHEMA_VERSION):
-            raise IncompatibleSchema(
+            raise IncompatibleSchemaError(
                 f"{self.path}: schema version {row[0]}, this tierbatch uses {SCHEMA_VERSION}"
             )
 
@@ -240,7 +240,7 @@ class SqlQueueStore(ABC):
         the queue (in any state) is counted as a duplicate and left alone.
         ``priority_of`` sets the stored priority (None: lease oldest first).
         An article whose metadata shadows a field, or that holds text UTF-8
-        cannot encode (an unpaired surrogate), raises ``InvalidArticle``
+        cannot encode (an unpaired surrogate), raises ``InvalidArticleError``
         (batches before it are already committed)."""
         inserted = total = 0
         for batch in batched(articles, self._batch_size):
@@ -454,5 +454,5 @@ class SqlQueueStore(ABC):
 def _decode(row: Sequence[Any]) -> TerminalResult:
     try:
         return result_from_row(row)
-    except UnknownResultStatus as exc:
+    except UnknownResultStatusError as exc:
         raise StorageError(str(exc)) from exc

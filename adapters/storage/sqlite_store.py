@@ -119,14 +119,14 @@ from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.sqlite_schema import SCHEMA
 from tierbatch.adapters.storage.store import (
     EnqueueReport,
-    IncompatibleSchema,
+    IncompatibleSchemaError,
     QueueReport,
     ResultCount,
-    StorageError,
     StoredReject,
     default_owner,
     refused_counts,
 )
+from tierbatch.policies.errors import StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -323,7 +323,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 __all__ = [
     "EnqueueReport",
-    "IncompatibleSchema",
+    "IncompatibleSchemaError",
     "ResultCount",
     "SqliteStore",
     "StorageError",

@@ -37,14 +37,11 @@ from typing import Any, Protocol
 
 from tierbatch.adapters.storage.jsonl_input import Rejected
 from tierbatch.policies.articles import Article
+from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
 
-class StorageError(Exception):
-    """The database could not be read or written (after retrying busy errors)."""
-
-
-class IncompatibleSchema(StorageError):
+class IncompatibleSchemaError(StorageError):
     """The database was created by an incompatible version of tierbatch."""
 
 
