@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -57,8 +57,7 @@ from tierbatch.adapters.app.logging_setup import (
 from tierbatch.adapters.app.metrics import Metrics, MetricsServer
 from tierbatch.adapters.app.model_check import (
     DEFAULT_LOOKUP_TIMEOUT_S,
-    StartDecision,
-    StartVerdict,
+    NoModelLeftError,
     check_models,
     decide_start,
     render_report,
@@ -78,7 +77,13 @@ from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import Store, default_owner
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
-from tierbatch.policies.errors import ConfigError, StorageError, TierbatchError
+from tierbatch.policies.errors import (
+    ConfigError,
+    FatalProviderError,
+    RuntimeFailureError,
+    StorageError,
+    TierbatchError,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -132,6 +137,48 @@ class UsageError(TierbatchError):
     """A problem with the command line or its inputs: exit code 2."""
 
 
+# ---- exit codes: the one map from errors and outcomes to them ------------------------
+
+# The error that ends a command -> its exit code, most specific first. An
+# error not listed here is a bug: it ends the command with its traceback.
+_EXIT_CODE_OF_ERROR: tuple[tuple[type[TierbatchError], int], ...] = (
+    (UsageError, EXIT_USAGE),
+    (ConfigError, EXIT_USAGE),
+    (MissingApiKeyError, EXIT_USAGE),
+    (InvalidBaseUrlError, EXIT_USAGE),
+    (FatalProviderError, EXIT_PROVIDER_REFUSED),
+    (NoModelLeftError, EXIT_MODEL_MISSING),
+    (RuntimeFailureError, EXIT_RUNTIME_FAILED),
+    (StorageError, EXIT_STORAGE),
+)
+# When several outcomes apply, the first of these wins (only one of 7, 4 and
+# 8 can end a run: the first that happens).
+_EXIT_PRECEDENCE = (
+    EXIT_STORAGE,
+    EXIT_RUNTIME_FAILED,
+    EXIT_PROVIDER_REFUSED,
+    EXIT_MODEL_MISSING,
+    EXIT_INTERRUPTED,
+    EXIT_REJECTED,
+    EXIT_FAILED,
+)
+
+
+def exit_code_of(error: BaseException) -> int | None:
+    """The exit code of a command that ``error`` ended; None for an error
+    that is not one of tierbatch's expected ones (a bug)."""
+    for kind, code in _EXIT_CODE_OF_ERROR:
+        if isinstance(error, kind):
+            return code
+    return None
+
+
+def first_exit_code(codes: Iterable[int]) -> int:
+    """The exit code that wins when several outcomes apply (0: none did)."""
+    found = set(codes)
+    return next((code for code in _EXIT_PRECEDENCE if code in found), EXIT_OK)
+
+
 # ---- entry point -------------------------------------------------------------------
 
 
@@ -150,12 +197,14 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKeyError, InvalidBaseUrlError) as exc:
-        print(f"tierbatch: error: {exc}", file=err)
-        return EXIT_USAGE
-    except StorageError as exc:  # opening the database is a UsageError; this is later
-        print(f"tierbatch: error: {_one_line(str(exc))}", file=err)
-        return EXIT_STORAGE
+    except TierbatchError as exc:
+        code = exit_code_of(exc)
+        if code is None:
+            raise
+        # Opening the database is a UsageError; a StorageError is later.
+        text = _one_line(str(exc)) if code == EXIT_STORAGE else str(exc)
+        print(f"tierbatch: error: {text}", file=err)
+        return code
     except KeyboardInterrupt:
         print("tierbatch: interrupted", file=err)
         return 130
@@ -438,9 +487,9 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         unavailable: dict[str, str] = {}
         if not args.no_check:
             decision = decide_start(check_models(raw_provider, config), config, err)
-            if decision.verdict is not StartVerdict.GO:
+            if decision.stop is not None:
                 _close_provider(provider)
-                return _stopped_by_check(decision, store.pending(), args.db, err)
+                return _stopped(decision.stop, store.pending(), args.db, err)
             unavailable = dict(decision.unavailable)
         daemon = Daemon(
             config,
@@ -606,52 +655,48 @@ def _exit_code(
     one_shot: bool,
     err: TextIO,
 ) -> int:
-    if report.storage_error is not None:
-        print(f"tierbatch: error: {_one_line(report.storage_error)}", file=err)
-        return EXIT_STORAGE
-    if report.reason is StopReason.FAILED:
-        print(
-            f"tierbatch: error: {report.fatal_error}.\n"
-            "This is not a problem with the API key or the provider; the log above has "
-            f"the error. {left} article(s) stay queued in {db}; run again to finish them.",
-            file=err,
+    codes = []
+    if report.failure is not None:
+        codes.append(_stopped(report.failure, left, db, err))
+    if one_shot:
+        if left and report.reason is not StopReason.FINISHED:
+            codes.append(EXIT_INTERRUPTED)
+        if ingest is not None and ingest.rejected:
+            codes.append(EXIT_REJECTED)
+        if report.tally.failed_total:
+            codes.append(EXIT_FAILED)
+    return first_exit_code(codes)
+
+
+def _stopped(error: TierbatchError, left: int, db: str, err: TextIO) -> int:
+    """Say what stopped a run (``run`` or ``daemon``, at start or later) and
+    where its articles are; returns the exit code."""
+    code = exit_code_of(error)
+    if code is None:
+        raise error
+    if code == EXIT_STORAGE:
+        message = _one_line(str(error))
+    elif code == EXIT_RUNTIME_FAILED:
+        message = (
+            f"{error}.\nThis is not a problem with the API key or the provider; the log "
+            f"above has the error. {left} article(s) stay queued in {db}; run again to "
+            "finish them."
         )
-        return EXIT_RUNTIME_FAILED
-    if report.fatal_error is not None:
-        print(_refused_message(report.fatal_error, left, db), file=err)
-        return EXIT_PROVIDER_REFUSED
-    if not one_shot:
-        return EXIT_OK
-    if left and report.reason is not StopReason.FINISHED:
-        return EXIT_INTERRUPTED
-    if ingest is not None and ingest.rejected:
-        return EXIT_REJECTED
-    if report.tally.failed_total:
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _refused_message(detail: str, left: int, db: str) -> str:
-    return (
-        f"tierbatch: error: the provider refused the configuration ({detail}).\n"
-        "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
-        "provider.api_key_env), provider.base_url, and that the key's project may use "
-        "the configured models. "
-        f"{left} article(s) stay queued in {db}; run again once fixed."
-    )
-
-
-def _stopped_by_check(decision: StartDecision, left: int, db: str, err: TextIO) -> int:
-    """The models check at start stopped the run, before anything was leased."""
-    if decision.verdict is StartVerdict.REFUSED:
-        print(_refused_message(decision.message, left, db), file=err)
-        return EXIT_PROVIDER_REFUSED
-    print(
-        f"tierbatch: error: {decision.message}.\n"
-        f"Nothing was leased: {left} article(s) stay queued in {db}; run again once fixed.",
-        file=err,
-    )
-    return EXIT_MODEL_MISSING
+    elif code == EXIT_PROVIDER_REFUSED:
+        message = (
+            f"the provider refused the configuration ({error}).\n"
+            "Check the API key (GEMINI_API_KEY or GOOGLE_API_KEY, or the variables named in "
+            "provider.api_key_env), provider.base_url, and that the key's project may use "
+            f"the configured models. {left} article(s) stay queued in {db}; run again once "
+            "fixed."
+        )
+    else:  # the models check at start: nothing was leased
+        message = (
+            f"{error}.\nNothing was leased: {left} article(s) stay queued in {db}; run "
+            "again once fixed."
+        )
+    print(f"tierbatch: error: {message}", file=err)
+    return code
 
 
 def _close_provider(provider: Provider) -> None:
@@ -710,7 +755,7 @@ def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int
         config = load_config(args.file)
     except ConfigError as exc:
         print(f"tierbatch: invalid config:\n{exc}", file=err)
-        return EXIT_USAGE
+        return exit_code_of(exc) or EXIT_USAGE
     where = args.file or "the built-in config"
     out.write(f"# {where}: valid. Resolved settings:\n")
     out.write(render_config(config))
@@ -739,10 +784,10 @@ def _cmd_models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     refused = report.refused
     if refused is not None:
         print(f"tierbatch: error: the provider refused the key: {refused.message}", file=err)
-        return EXIT_PROVIDER_REFUSED
-    if report.missing:
-        return EXIT_MODEL_MISSING
-    return EXIT_FAILED if report.failed else EXIT_OK
+    codes = [EXIT_PROVIDER_REFUSED] if refused is not None else []
+    codes += [EXIT_MODEL_MISSING] if report.missing else []
+    codes += [EXIT_FAILED] if report.failed else []
+    return first_exit_code(codes)
 
 
 # ---- serve-fake-gemini ---------------------------------------------------------------

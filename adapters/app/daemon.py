@@ -78,6 +78,7 @@ from tierbatch.policies.errors import (
     RuntimeFailureError,
     SnapshotError,
     StorageError,
+    TierbatchError,
 )
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
@@ -183,6 +184,9 @@ class DaemonReport:
     quota_state: QuotaStateLoad
     # The database failed (during the run or at shutdown): what and where.
     storage_error: str | None = None
+    # What stopped the run, as the error the command line maps to its exit
+    # code: the database failing first, else the runtime's fatal error.
+    failure: TierbatchError | None = None
 
 
 class _SnapshotTrigger:
@@ -386,6 +390,7 @@ class Daemon:
             reason = StopReason.FATAL
         elif problems:
             reason = StopReason.STORAGE
+        storage_error = "; ".join(problems) or None
         report = DaemonReport(
             reason=reason,
             fatal_error=None if fatal is None else str(fatal),
@@ -394,7 +399,8 @@ class Daemon:
             usage=usage_between(baseline, final.models) if final is not None else (),
             released=released,
             quota_state=quota,
-            storage_error="; ".join(problems) or None,
+            storage_error=storage_error,
+            failure=StorageError(storage_error) if storage_error is not None else fatal,
         )
         _log.info(
             "daemon stopped",

@@ -31,6 +31,7 @@ import structlog
 
 from tierbatch.actors.ports import ModelCatalog, ModelInfo, ModelLookupError, describe_outcome
 from tierbatch.policies.config import Config
+from tierbatch.policies.errors import FatalProviderError, ProviderError
 from tierbatch.policies.model_check import ModelCoverage, assess_coverage
 from tierbatch.policies.outcomes import AuthFailed, CallOutcome, ServerError
 
@@ -134,6 +135,11 @@ async def _look_up(catalog: ModelCatalog, name: str, timeout_s: float) -> ModelL
 # ---- what run and daemon do with it -------------------------------------------------
 
 
+class NoModelLeftError(ProviderError):
+    """The check at start found a tier with none of its models at the
+    provider: every one of its articles would fail (exit code 8)."""
+
+
 class StartVerdict(StrEnum):
     GO = "go"
     REFUSED = "refused"  # exit 4
@@ -145,6 +151,15 @@ class StartDecision:
     verdict: StartVerdict
     unavailable: Mapping[str, str]
     message: str = ""
+
+    @property
+    def stop(self) -> ProviderError | None:
+        """What stops the run before it leases anything (None: it goes on)."""
+        if self.verdict is StartVerdict.REFUSED:
+            return FatalProviderError(self.message)
+        if self.verdict is StartVerdict.STRANDED:
+            return NoModelLeftError(self.message)
+        return None
 
 
 def decide_start(report: ModelReport, config: Config, err: TextIO) -> StartDecision:
