@@ -57,6 +57,7 @@ from typing import Any, Final, assert_never
 from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
 from tierbatch.policies.errors import SnapshotError
 from tierbatch.policies.estimator import EstimatorConfig, LimiterShape, LimitEstimate
+from tierbatch.policies.local_calendar import LocalCalendar
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -70,7 +71,6 @@ from tierbatch.policies.outcomes import (
     Succeeded,
     TimedOut,
 )
-from tierbatch.policies.pacific_day import LocalCalendar
 from tierbatch.policies.planner import ModelCapacity
 from tierbatch.policies.rolling_window import RollingWindow
 

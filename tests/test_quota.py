@@ -12,6 +12,7 @@ import msgpack
 import pytest
 
 from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
+from tierbatch.policies.local_calendar import LocalCalendar, UnknownTimeZoneError
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -25,7 +26,6 @@ from tierbatch.policies.outcomes import (
     TimedOut,
     Usage,
 )
-from tierbatch.policies.pacific_day import LocalCalendar, UnknownTimeZoneError
 from tierbatch.policies.quota import (
     SNAPSHOT_VERSION,
     CooldownReason,
