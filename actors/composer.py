@@ -53,7 +53,7 @@ from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
-_log = structlog.get_logger("tierbatch.composer")
+_log = structlog.get_logger(__name__)
 # Clusters not seen for this long are forgotten (bounded memory in a daemon).
 CLUSTER_MEMORY_S = 7 * 24 * 3600.0
 

@@ -19,7 +19,7 @@ import structlog
 
 T = TypeVar("T")
 
-_log = structlog.get_logger("tierbatch.event_loop")
+_log = structlog.get_logger(__name__)
 
 
 class LoopThread:

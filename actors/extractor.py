@@ -74,7 +74,7 @@ from tierbatch.policies.settlement import (
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
-_log = structlog.get_logger("tierbatch.extractor")
+_log = structlog.get_logger(__name__)
 
 
 def safe_teller(ref: pykka.ActorRef[Any]) -> Callable[[Any], None]:

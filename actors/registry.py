@@ -66,7 +66,7 @@ from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.waiting import Expired, Unroutable, Waiter, WaitingList
 from tierbatch.policies.waiting import Granted as WaitGranted
 
-_log = structlog.get_logger("tierbatch.registry")
+_log = structlog.get_logger(__name__)
 
 # Outcomes after which a model may have entered a cooldown worth reporting.
 _COOLING_OUTCOMES = (RateLimited, ServerError, TimedOut)
@@ -416,7 +416,7 @@ class ModelRegistry(pykka.ThreadingActor):
             return
         self._warned_unavailable.add(model)
         _log.warning(
-            "MODEL UNAVAILABLE: the provider answered 404; every chain now skips it. "
+            "model unavailable: the provider answered 404; every chain now skips it. "
             "It may be retired or misspelt: update the config.",
             model=model,
             detail=message,

@@ -77,7 +77,7 @@ from tierbatch.policies.quota import ModelStatus, QuotaPolicy
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
-_log = structlog.get_logger("tierbatch.runtime")
+_log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -648,7 +648,7 @@ class Runtime:
         for ref in self._live_extractors():
             _tell(ref, Quiesce())
         _log.error(
-            "THE RUNTIME FAILED: no more work is dispatched; unfinished articles are handed "
+            "the runtime failed: no more work is dispatched; unfinished articles are handed "
             "back by stop(). This is not a provider or API key problem.",
             actor=error.actor,
             error=error.detail,

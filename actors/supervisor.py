@@ -26,7 +26,7 @@ from tierbatch.actors.messages import ExtractorDied, ReleaseHolder
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.errors import ExtractorsKeepCrashingError
 
-_log = structlog.get_logger("tierbatch.supervisor")
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -569,7 +569,7 @@ def test_disk_full_at_shutdown_exits_6_with_one_error_line(tmp_path: Path) -> No
             daemon.wait_for_event("daemon ready")
             wait_until(lambda: states(db).get("done", 0) >= 10, 30, "some results")
             flag.touch()
-            daemon.wait_for_event("results_write_failed_will_retry")
+            daemon.wait_for_event("results write failed; retrying")
             daemon.signal(signal.SIGTERM)
             code = daemon.wait(60)
     stderr = daemon.stderr()

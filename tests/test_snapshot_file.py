@@ -249,7 +249,7 @@ def test_a_failed_background_save_is_logged_and_retried(tmp_path: Path) -> None:
         assert file.saved.wait(timeout=5)
         saver.close()
     assert file.states[0] == {"n": 2}
-    assert any(e["event"] == "snapshot_save_failed_will_retry" for e in logs)
+    assert any(e["event"] == "snapshot save failed; retrying" for e in logs)
     assert no_saver_thread()
 
 

@@ -34,7 +34,7 @@ from tierbatch.policies.outcomes import RateLimited, Succeeded
 DEFAULT_INTERVAL_S = 60.0
 MAX_ERROR_CHARS = 200
 
-_log = structlog.get_logger("tierbatch.calls")
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

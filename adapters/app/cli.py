@@ -130,7 +130,7 @@ exit codes:
 DB_ENV = "TIERBATCH_DB"
 SAMPLE_NAME = "sample_articles.jsonl"
 _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
-_log = structlog.get_logger("tierbatch.cli")
+_log = structlog.get_logger(__name__)
 
 
 class UsageError(TierbatchError):

@@ -84,7 +84,7 @@ from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
 from tierbatch.policies.results import TerminalResult
 
-_log = structlog.get_logger("tierbatch.daemon")
+_log = structlog.get_logger(__name__)
 
 SNAPSHOT_SUFFIX = ".quota.msgpack"
 _MAX_STORAGE_FAILURES = 20

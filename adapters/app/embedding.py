@@ -30,7 +30,7 @@ from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.policies.config import Config
 
-_log = structlog.get_logger("tierbatch.embedding")
+_log = structlog.get_logger(__name__)
 
 
 class EmbeddedRuntime(Runtime):

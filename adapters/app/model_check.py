@@ -37,7 +37,7 @@ from tierbatch.policies.outcomes import AuthFailed, CallOutcome, ServerError
 
 DEFAULT_LOOKUP_TIMEOUT_S = 10.0
 
-_log = structlog.get_logger("tierbatch.models")
+_log = structlog.get_logger(__name__)
 
 
 class LookupStatus(StrEnum):

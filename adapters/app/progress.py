@@ -31,7 +31,7 @@ from tierbatch.policies.config import ModelSpec
 if TYPE_CHECKING:
     from tierbatch.actors.runtime import RuntimeStats
 
-_log = structlog.get_logger("tierbatch.progress")
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

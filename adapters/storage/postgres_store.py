@@ -97,7 +97,7 @@ from tierbatch.adapters.storage.store import IncompatibleSchemaError, QueueRepor
 from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
-log = structlog.get_logger(__name__)
+_log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -164,7 +164,9 @@ class PostgresStore(SqlQueueStore):
         try:
             conn.close()
         except psycopg.Error as exc:  # pragma: no cover - closing is best effort
-            log.warning("postgres_close_failed", path=self.path, error=_message(exc))
+            _log.warning(
+                "closing the postgresql connection failed", path=self.path, error=_message(exc)
+            )
 
     def _sql(self, sql: str) -> str:
         return to_format_params(sql)
@@ -179,8 +181,8 @@ class PostgresStore(SqlQueueStore):
                     return work(conn)
             except _RETRYABLE as exc:
                 if attempt < self._retries:
-                    log.info(
-                        "postgres_conflict_retry",
+                    _log.info(
+                        "postgresql transaction conflict; retrying",
                         path=self.path,
                         attempt=attempt + 1,
                         error=_message(exc),

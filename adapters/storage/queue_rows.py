@@ -22,7 +22,7 @@ from tierbatch.adapters.storage.result_json import dumps
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import Failed, FailureReason, TerminalResult
 
-log = structlog.get_logger("tierbatch.adapters.storage")
+_log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
@@ -69,7 +69,7 @@ def article_of(article_id: str, payload: str | bytes | None) -> tuple[Article | 
     except InvalidArticleError as exc:
         return None, str(exc)
     except Exception as exc:  # a validation bug must not stop every lease after it
-        log.exception("article_payload_check_crashed", article_id=article_id)
+        _log.exception("article payload check crashed", article_id=article_id)
         return None, f"unexpected error while reading it: {exc!r}"
     if article.id != article_id:
         return None, f"payload id is {article.id!r}"
@@ -77,7 +77,7 @@ def article_of(article_id: str, payload: str | bytes | None) -> tuple[Article | 
 
 
 def invalid_payload(article_id: str, problem: str) -> Failed:
-    log.warning("invalid_article_payload", article_id=article_id, problem=problem)
+    _log.warning("invalid article payload", article_id=article_id, problem=problem)
     return Failed(
         article_id=article_id,
         reason=FailureReason.BAD_REQUEST,
@@ -88,7 +88,7 @@ def invalid_payload(article_id: str, problem: str) -> Failed:
 
 
 def poisoned(article_id: str, attempts: int, poison_after: int) -> Failed:
-    log.warning("poison_article_not_leased_again", article_id=article_id, leases=attempts)
+    _log.warning("poison article not leased again", article_id=article_id, leases=attempts)
     return Failed(
         article_id=article_id,
         reason=FailureReason.POISON,

@@ -13,7 +13,7 @@ from tierbatch.adapters.storage.store import Store
 from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
-log = structlog.get_logger(__name__)
+_log = structlog.get_logger(__name__)
 
 
 class ResultsNotWrittenError(StorageError):
@@ -137,7 +137,7 @@ class ResultsSink:
                 raise
             except Exception as exc:  # a bug, not the database: still never drop them
                 self._keep_for_retry(batch, oldest)
-                log.exception("results_write_crashed", path=self._store.path)
+                _log.exception("results write crashed", path=self._store.path)
                 raise StorageError(f"{self._store.path}: results write failed: {exc!r}") from exc
             except BaseException:
                 self._keep_for_retry(batch, oldest)
@@ -159,8 +159,8 @@ class ResultsSink:
         with self._lock:
             pending, failures = len(self._buffer), self._failures
             retry_in = None if self._retry_at is None else self._retry_at - time.monotonic()
-        log.error(
-            "results_write_failed_will_retry",
+        _log.error(
+            "results write failed; retrying",
             error=str(exc),
             pending=pending,
             failures=failures,

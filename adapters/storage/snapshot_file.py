@@ -42,7 +42,7 @@ import structlog
 
 from tierbatch.policies.errors import SnapshotError
 
-log = structlog.get_logger(__name__)
+_log = structlog.get_logger(__name__)
 
 MAGIC = b"TBSNAP\r\n"
 FORMAT_VERSION = 1
@@ -82,8 +82,8 @@ class SnapshotFile:
                 return decode(data)
             except SnapshotError as exc:
                 aside = self._set_aside()
-                log.warning(
-                    "snapshot_unusable_starting_fresh",
+                _log.warning(
+                    "snapshot unusable; starting fresh",
                     path=str(self.path),
                     problem=str(exc),
                     moved_to=str(aside),
@@ -96,8 +96,8 @@ class SnapshotFile:
         found unusable (say, a quota state of another version)."""
         with self._lock:
             aside = self._set_aside()
-        log.warning(
-            "snapshot_unusable_starting_fresh",
+        _log.warning(
+            "snapshot unusable; starting fresh",
             path=str(self.path),
             problem=problem,
             moved_to=str(aside),
@@ -237,7 +237,7 @@ class DebouncedSaver:
             try:
                 self._save()
             except Exception:
-                log.exception("snapshot_save_failed_will_retry", path=str(self._file.path))
+                _log.exception("snapshot save failed; retrying", path=str(self._file.path))
                 self._last_save = time.monotonic()
                 self._dirty.set()
 

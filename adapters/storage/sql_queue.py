@@ -66,7 +66,7 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
-log = structlog.get_logger("tierbatch.adapters.storage")
+_log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 ID_CHUNK = 500
@@ -315,8 +315,8 @@ class SqlQueueStore(ABC):
         return leased
 
     def _fail_nameless(self, conn: Any, keys: Sequence[Hashable], now: float) -> None:
-        log.warning(
-            "article_rows_without_a_usable_id_failed",
+        _log.warning(
+            "article rows without a usable id failed",
             path=self.path,
             count=len(keys),
             keys=list(keys[:5]),
@@ -375,8 +375,8 @@ class SqlQueueStore(ABC):
             self._execute(conn, META_ADD, ("stale_results", len(stale)))
             with self._lock:
                 self._stale_results += len(stale)
-            log.warning(
-                "stale_lease_results_dropped",
+            _log.warning(
+                "stale lease results dropped",
                 path=self.path,
                 owner=self.owner,
                 count=len(stale),
@@ -387,8 +387,8 @@ class SqlQueueStore(ABC):
             self._execute(conn, META_ADD, ("duplicate_results", duplicates))
             with self._lock:
                 self._duplicate_results += duplicates
-            log.warning(
-                "duplicate_terminal_results_ignored",
+            _log.warning(
+                "duplicate terminal results ignored",
                 path=self.path,
                 count=duplicates,
                 batch=len(results),

@@ -128,7 +128,7 @@ from tierbatch.adapters.storage.store import (
 )
 from tierbatch.policies.errors import StorageError
 
-log = structlog.get_logger(__name__)
+_log = structlog.get_logger(__name__)
 
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -182,7 +182,7 @@ class SqliteStore(SqlQueueStore):
             self.close()
             raise StorageError(f"{self.path}: cannot open database: {exc}") from exc
         if str(mode).lower() != "wal":
-            log.warning("sqlite_not_wal", path=self.path, journal_mode=mode)
+            _log.warning("sqlite database not in WAL mode", path=self.path, journal_mode=mode)
         try:
             self._transact(self._create_schema)
         except StorageError:
@@ -209,7 +209,7 @@ class SqliteStore(SqlQueueStore):
         try:
             conn.close()
         except sqlite3.Error as exc:  # pragma: no cover - closing is best effort
-            log.warning("sqlite_close_failed", path=self.path, error=str(exc))
+            _log.warning("closing the sqlite database failed", path=self.path, error=str(exc))
 
     def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction, retrying the
@@ -228,7 +228,7 @@ class SqliteStore(SqlQueueStore):
                 return value
             except sqlite3.OperationalError as exc:
                 if _is_busy(exc) and attempt < self._busy_retries:
-                    log.info("sqlite_busy_retry", path=self.path, attempt=attempt + 1)
+                    _log.info("sqlite database busy; retrying", path=self.path, attempt=attempt + 1)
                     time.sleep(min(0.05 * 2**attempt, 1.0))
                     continue
                 raise StorageError(f"{self.path}: write failed: {exc}") from exc
