@@ -57,30 +57,26 @@ def describe(exc: BaseException) -> str:
 
 
 def tell_when_done(
-    future: concurrent.futures.Future[tuple[PackAnswer, float, float]],
+    future: concurrent.futures.Future[PackAnswer],
     pack_id: int,
     grant: Grant,
     tell: Callable[[Any], None],
-    clock: Clock,
 ) -> None:
     """Tell the extractor ``CallDone`` when ``future`` ends, whatever became
     of the call: a pack whose completion is never told would hang, its
     lease renewed forever."""
 
-    def done(fut: concurrent.futures.Future[tuple[PackAnswer, float, float]]) -> None:
+    def done(fut: concurrent.futures.Future[PackAnswer]) -> None:
         if fut.cancelled():
             # Only the runtime cancels calls (stop, failure), and it has
             # reported the grant abandoned already.
-            now = clock.now()
-            tell(CallDone(pack_id, grant, PackAnswer(Abandoned()), now, now))
+            tell(CallDone(pack_id, grant, PackAnswer(Abandoned())))
             return
         try:
-            answer, started, finished = fut.result()
+            answer = fut.result()
         except BaseException as exc:  # invoke maps errors; this is a last resort
-            now = clock.now()
             answer = PackAnswer(ServerError(None, f"provider call failed: {describe(exc)}"))
-            started = finished = now
-        tell(CallDone(pack_id, grant, answer, started, finished))
+        tell(CallDone(pack_id, grant, answer))
 
     future.add_done_callback(done)
 
@@ -93,7 +89,7 @@ async def invoke(
     sent: Callable[[int, float], None],
     dispatch_stopped: threading.Event,
     launch: Launch,
-) -> tuple[PackAnswer, float, float]:
+) -> PackAnswer:
     """Run one provider call with the runtime's own timeout. Never raises
     (unless the runtime itself cancels it): a provider that raises -- a
     stray ``CancelledError`` included -- is reported as a server error. The
@@ -108,8 +104,7 @@ async def invoke(
     for a connection of its own pool; see ``ExtractionRequest``)."""
     await pacer.turn()
     if dispatch_stopped.is_set() or not launch.start():
-        now = clock.now()
-        return PackAnswer(Cancelled()), now, now
+        return PackAnswer(Cancelled())
     started = clock.now()
     sent(request.grant_id, started)
     loop = asyncio.get_running_loop()
@@ -145,4 +140,4 @@ async def invoke(
         answer = PackAnswer(ServerError(None, f"provider raised {describe(exc)}"))
     except Exception as exc:
         answer = PackAnswer(ServerError(None, f"provider raised {describe(exc)}"))
-    return answer, started, clock.now()
+    return answer

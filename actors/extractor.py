@@ -323,7 +323,7 @@ class Extractor(pykka.ThreadingActor):
         pack.grant = grant
         pack.launch = launch = Launch()
         deps = self._deps
-        future: concurrent.futures.Future[tuple[PackAnswer, float, float]] = deps.loop.submit(
+        future: concurrent.futures.Future[PackAnswer] = deps.loop.submit(
             invoke(
                 deps.provider,
                 request,
@@ -335,7 +335,7 @@ class Extractor(pykka.ThreadingActor):
             )
         )
         pack.future = future
-        tell_when_done(future, pack_id, grant, self._tell, self._clock)
+        tell_when_done(future, pack_id, grant, self._tell)
 
     def _on_acquire_failed(self, pack_id: int, reason: str, detail: str) -> None:
         pack = self._packs.pop(pack_id, None)

@@ -241,11 +241,11 @@ class GetComposerStats:
 
 @dataclass(frozen=True, slots=True)
 class CallDone:
+    """A provider call ended, whatever became of it (see ``actors.calls``)."""
+
     pack_id: int
     grant: Grant
     answer: PackAnswer
-    started_at: float
-    finished_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +259,3 @@ class WindDown:
     """Shutting down: stop asking for work and start no new call; give back
     at once every pack not in a provider call; when a call in flight ends,
     finish what succeeded and give back the rest instead of retrying."""
-
-
-@dataclass(frozen=True, slots=True)
-class GetExtractorStats:
-    pass

@@ -47,11 +47,6 @@ class StopRestarting:
     after but no longer replaced."""
 
 
-@dataclass(frozen=True, slots=True)
-class PoolSize:
-    pass
-
-
 class Supervisor(pykka.ThreadingActor):
     """``on_give_up`` is told when restarts stop; ``on_died`` (on this
     actor's thread) if one of its own handlers raises."""
@@ -113,8 +108,6 @@ class Supervisor(pykka.ThreadingActor):
                 refs = list(self._pool.values())
                 self._pool.clear()
                 return refs
-            case PoolSize():
-                return len(self._pool)
             case _:
                 raise TypeError(f"Supervisor: unexpected message {message!r}")
         return None

@@ -281,7 +281,6 @@ class Daemon:
         self._wake = threading.Event()
         self._stop_requested = threading.Event()
         self._immediate = threading.Event()
-        self._announced_stop = False
         self._tally = ResultTally()
         # Ids whose cluster was counted by the start-up prewarm and that are
         # not submitted yet: they must not be counted a second time.

@@ -81,15 +81,6 @@ def error_details(body_or_details: object) -> list[Mapping[str, Any]]:
     return [d for d in details if isinstance(d, Mapping)]
 
 
-def error_status(body_or_details: object) -> str:
-    """``error.status`` (``RESOURCE_EXHAUSTED``, ``PERMISSION_DENIED`` ...) or ''."""
-    if not isinstance(body_or_details, Mapping):
-        return ""
-    error = body_or_details.get("error", body_or_details)
-    status = error.get("status") if isinstance(error, Mapping) else None
-    return status if isinstance(status, str) else ""
-
-
 def error_reasons(body_or_details: object) -> set[str]:
     """``ErrorInfo.reason`` values, e.g. ``API_KEY_INVALID``."""
     reasons = set()

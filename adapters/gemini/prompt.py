@@ -1,13 +1,10 @@
-"""The entity-extraction prompt, in one place and versioned.
+"""The entity-extraction prompt, in one place.
 
 Several articles of one tier travel in one request. The instructions go in
 the system instruction; the user turn ends with ``ARTICLES_MARKER`` and a JSON
 array of ``{"id", "title", "text"}`` objects. The model answers in JSON mode
 with ``RESPONSE_SCHEMA``: ``{"articles": [{"id", "entities": [...]}]}``, keyed
 by article id so the answer can be demultiplexed per article.
-
-Bump ``PROMPT_VERSION`` whenever the wording or the schema changes; it is
-recorded with every result.
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from typing import Any
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import EntityType
 
-PROMPT_VERSION = "entities-v1"
 ARTICLES_MARKER = "ARTICLES_JSON:"
 
 SYSTEM_INSTRUCTION = (

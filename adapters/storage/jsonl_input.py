@@ -41,7 +41,6 @@ its input lines there as they are.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -550,8 +549,3 @@ def article_from_row(
     if len(data) > max_bytes:
         raise InvalidArticleError(f"payload is {len(data)} bytes, over the {max_bytes} limit")
     return _parse_line(data, derive_domain=False)
-
-
-def articles_from_text(text: str) -> Iterator[Article | Rejected]:
-    """``read_articles`` over an in-memory string (tests, small inputs)."""
-    return read_articles(io.StringIO(text))
