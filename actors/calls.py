@@ -94,9 +94,12 @@ async def invoke(
     (unless the runtime itself cancels it): a provider that raises -- a
     stray ``CancelledError`` included -- is reported as a server error. The
     registry hears when the request really leaves, so its window follows
-    the provider's. A call whose launch turn comes after dispatch stopped is
-    not sent at all (``Cancelled``: the grant is refunded), nor is one
-    withdrawn by a winding-down extractor.
+    the provider's: once per request (``sent``), at the provider's first
+    send mark, or -- from a provider that marks nothing -- at the start of
+    the call, told when the call ends (before its outcome is). A call whose
+    launch turn comes after dispatch stopped is not sent at all
+    (``Cancelled``: the grant is refunded), nor is one withdrawn by a
+    winding-down extractor.
 
     The runtime's timeout is a backstop behind the provider's own: it allows
     ``timeout_s`` after the provider's latest send mark, and before any mark
@@ -106,7 +109,8 @@ async def invoke(
     if dispatch_stopped.is_set() or not launch.start():
         return PackAnswer(Cancelled())
     started = clock.now()
-    sent(request.grant_id, started)
+    # Taken (never released) by whichever tells the registry first.
+    told = threading.Lock()
     loop = asyncio.get_running_loop()
     backstop: asyncio.Timeout | None = None
 
@@ -116,7 +120,8 @@ async def invoke(
 
     def on_sent() -> None:
         # Any thread: the provider may send from a worker thread.
-        sent(request.grant_id, clock.now())
+        if told.acquire(blocking=False):
+            sent(request.grant_id, clock.now())
         with contextlib.suppress(RuntimeError):  # the loop closed: nothing to restart
             loop.call_soon_threadsafe(restart)
 
@@ -140,4 +145,6 @@ async def invoke(
         answer = PackAnswer(ServerError(None, f"provider raised {describe(exc)}"))
     except Exception as exc:
         answer = PackAnswer(ServerError(None, f"provider raised {describe(exc)}"))
+    if not isinstance(answer.outcome, Cancelled) and told.acquire(blocking=False):
+        sent(request.grant_id, started)  # the provider marked nothing: it left at the start
     return answer

@@ -76,7 +76,9 @@ def mark_request_sent() -> None:
     the HTTP client all sit in between. An adapter calls this as late as it
     can -- e.g. from its HTTP client's request hook. It is optional (the
     runtime otherwise counts from the start of ``extract``), cheap, safe to
-    call more than once and from any thread that inherited the context.
+    call more than once and from any thread that inherited the context: the
+    registry hears the first mark (each one restarts the runtime's backstop
+    timeout).
     """
     callback = _request_sent.get()
     if callback is not None:

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import asyncio
 
-from runtime_helpers import ScriptedProvider, answer_all, make_articles, small_config
+from runtime_helpers import (
+    RecordingObserver,
+    ScriptedProvider,
+    answer_all,
+    make_articles,
+    small_config,
+)
 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, mark_request_sent
 from tierbatch.actors.runtime import Runtime
@@ -55,3 +61,47 @@ def test_call_never_sent_is_retried_without_counting_a_failure() -> None:
         assert runtime.drain(timeout=30)
     assert [type(r) for r in sink.results] == [Done]
     assert [r.attempt for r in provider.requests] == [1, 2]
+
+
+def _sends_per_grant(observer: RecordingObserver) -> dict[int, int]:
+    counts = {grant.grant_id: 0 for grant, _ in observer.grants}
+    for kind, grant_id, _at in observer.events:
+        if kind == "sent":
+            assert isinstance(grant_id, int)
+            counts[grant_id] += 1
+    return counts
+
+
+def test_the_registry_hears_one_sent_per_request_from_a_provider_that_marks() -> None:
+    """The adapter's mark is the one: the runtime no longer adds its own at
+    the start of the call (it used to, so every request was told twice)."""
+
+    async def marks_twice(request: ExtractionRequest) -> PackAnswer:
+        await asyncio.sleep(0.01)
+        mark_request_sent()
+        mark_request_sent()  # safe to call more than once: still one Sent
+        return answer_all(request)
+
+    observer = RecordingObserver()
+    provider = ScriptedProvider(marks_twice)
+    with Runtime(small_config(extractors=1), provider, CollectingSink(), observer=observer) as rt:
+        rt.submit(make_articles(12))
+        assert rt.drain(timeout=30)
+    counts = _sends_per_grant(observer)
+    assert len(counts) == len(provider.requests) > 1
+    assert set(counts.values()) == {1}
+
+
+def test_the_registry_hears_one_sent_per_request_from_a_provider_that_does_not_mark() -> None:
+    """Without a mark of the adapter's, the runtime's own counts: the start
+    of the call, told once."""
+    observer = RecordingObserver()
+    provider = ScriptedProvider()
+    with Runtime(small_config(extractors=1), provider, CollectingSink(), observer=observer) as rt:
+        rt.submit(make_articles(12))
+        assert rt.drain(timeout=30)
+    counts = _sends_per_grant(observer)
+    assert len(counts) == len(provider.requests) > 1
+    assert set(counts.values()) == {1}
+    for grant, _ in observer.grants:
+        assert observer.sent[grant.grant_id] >= grant.granted_at
