@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 import pytest
+from google.genai.models import AsyncModels
 from provider_contract import KEY, MODEL, ProviderContract, fake_server, request
 
 from tierbatch.actors.clock import SystemClock
@@ -64,6 +66,34 @@ def test_one_client_per_event_loop() -> None:
         asyncio.run(provider.aclose())
     assert isinstance(first.outcome, Succeeded)
     assert isinstance(second.outcome, Succeeded)
+
+
+def test_the_request_config_is_built_once_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every call of a model gets the same ``GenerateContentConfig`` (it used
+    to be built anew for every call): a spy on the SDK sees one per model."""
+    seen: dict[str, set[int]] = {}
+    original = AsyncModels.generate_content
+
+    async def spy(self: AsyncModels, *, model: str, contents: Any, config: Any = None) -> Any:
+        seen.setdefault(model, set()).add(id(config))
+        return await original(self, model=model, contents=contents, config=config)
+
+    monkeypatch.setattr(AsyncModels, "generate_content", spy)
+    with fake_server() as server:
+        provider = GenaiProvider(ProviderConfig(base_url=server.base_url), api_key=KEY)
+
+        async def go() -> list[object]:
+            try:
+                return [
+                    (await provider.extract(request(model=model))).outcome
+                    for model in (MODEL, "gemini-2.5-pro") * 3
+                ]
+            finally:
+                await provider.aclose()
+
+        outcomes = asyncio.run(go())
+    assert all(isinstance(outcome, Succeeded) for outcome in outcomes)
+    assert {model: len(ids) for model, ids in seen.items()} == {MODEL: 1, "gemini-2.5-pro": 1}
 
 
 def config(kind: ProviderKind, base_url: str | None = None) -> Config:

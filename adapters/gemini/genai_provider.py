@@ -138,6 +138,9 @@ class GenaiProvider:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # One request config per model and timeout, built at its first call
+        # (the SDK reads it and changes nothing in it).
+        self._generation_configs: dict[tuple[str, float], types.GenerateContentConfig] = {}
         self._closed = False
         self.base_url = gemini_base_url(config)
         self._origin = base_origin(self.base_url)
@@ -161,7 +164,7 @@ class GenaiProvider:
                     response = await client.aio.models.generate_content(
                         model=request.model,
                         contents=build_user_text(request.articles),
-                        config=self._generation_config(request.timeout_s),
+                        config=self._generation_config(request.model, request.timeout_s),
                     )
             return _answer(response, request, ids, log, time.monotonic() - started)
         except Exception as exc:
@@ -223,15 +226,20 @@ class GenaiProvider:
         sdk = new_sdk_client(self._config, self._key, http, timeout_s or self._default_timeout_s)
         return _LoopClient(sdk, http)
 
-    def _generation_config(self, timeout_s: float) -> types.GenerateContentConfig:
-        return types.GenerateContentConfig(
-            system_instruction=SYSTEM_INSTRUCTION,
-            response_mime_type="application/json",
-            response_schema=RESPONSE_SCHEMA,
-            max_output_tokens=self._config.max_output_tokens,
-            temperature=self._config.temperature,
-            http_options=types.HttpOptions(timeout=_millis(timeout_s)),
-        )
+    def _generation_config(self, model: str, timeout_s: float) -> types.GenerateContentConfig:
+        key = (model, timeout_s)
+        config = self._generation_configs.get(key)
+        if config is None:
+            config = types.GenerateContentConfig(
+                system_instruction=SYSTEM_INSTRUCTION,
+                response_mime_type="application/json",
+                response_schema=RESPONSE_SCHEMA,
+                max_output_tokens=self._config.max_output_tokens,
+                temperature=self._config.temperature,
+                http_options=types.HttpOptions(timeout=_millis(timeout_s)),
+            )
+            self._generation_configs[key] = config
+        return config
 
     def _outcome_for_exception(self, exc: Exception, timing: CallTiming) -> CallOutcome:
         return outcome_for_exception(exc, self._key, self.base_url, self._config, timing)
