@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -41,6 +40,7 @@ from tierbatch.actors.messages import (
     WorkBatch,
 )
 from tierbatch.actors.ports import Sink
+from tierbatch.actors.stats import RuntimeStats, SubmitReceipt
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.backlog import BacklogMeter
@@ -58,34 +58,6 @@ _log = structlog.get_logger(__name__)
 CLUSTER_MEMORY_S = 7 * 24 * 3600.0
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitResult:
-    """``consumed`` input articles were handled (accepted or refused as
-    duplicates); the rest did not fit in the queue."""
-
-    consumed: int
-    accepted: int
-    duplicates: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ComposerStats:
-    submitted: int
-    queued: int
-    queued_by_tier: dict[str, int]
-    held: int
-    done: int
-    failed: int
-    done_by_tier: dict[str, int]
-    failed_by_tier: dict[str, int]
-    done_by_model: dict[str, int]
-    failed_by_reason: dict[str, int]
-    fallbacks: int
-    requeued_after_crash: int
-    sink_backlog: int
-    paused: str | None
-
-
 # Called when the composer dies: which actor, the exception, and the
 # articles its ledger still held (best effort: it died mid-update).
 ComposerDied = Callable[[str, BaseException, tuple[Article, ...]], None]
@@ -101,6 +73,7 @@ class BatchComposer(pykka.ThreadingActor):
     def __init__(
         self,
         config: Config,
+        ladder: TierLadder,
         sink: Sink,
         clock: Clock,
         on_died: ComposerDied | None = None,
@@ -111,14 +84,13 @@ class BatchComposer(pykka.ThreadingActor):
         self._threads = threads
         # The work ahead per tier, reported to the registry for its plan.
         self._backlog_to = backlog_to
-        self._tier_names = TierLadder(config.tiers, config.global_fallback).names
+        self._tier_names = ladder.names
         self._meter = BacklogMeter(self._tier_names)
         self._tokens = TokenEstimator()
         self._config = config
         self._sink = sink
         self._clock = clock
         self._on_died = on_died
-        ladder = TierLadder(config.tiers, config.global_fallback)
         self._ledger = Ledger(
             Composer(ladder, config.composer.mix, config.composer.aging_s),
             config.retry.poison_after,
@@ -206,7 +178,8 @@ class BatchComposer(pykka.ThreadingActor):
 
     # ---- submission ------------------------------------------------------------
 
-    def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitResult:
+    def _on_submit(self, articles: tuple[Article, ...], observe: bool) -> SubmitReceipt:
+        """Queue what fits; the receipt's ``consumed`` says how far it got."""
         ledger = self._ledger
         if ledger.shutting_down:
             raise ShuttingDownError("the runtime is shutting down: it takes no more articles")
@@ -214,12 +187,11 @@ class BatchComposer(pykka.ThreadingActor):
         # publication times, so it runs on the wall clock.
         now, wall = self._clock.now(), self._clock.wall()
         cfg = self._config.priority
-        consumed = accepted = 0
+        accepted = 0
         duplicates: list[str] = []
         for article in articles:
             if ledger.is_known(article.id):
                 duplicates.append(article.id)
-                consumed += 1
                 continue
             if ledger.queued >= self._capacity:
                 break
@@ -235,7 +207,6 @@ class BatchComposer(pykka.ThreadingActor):
                 self._tier_names[item.tier],
                 self._tokens.estimate(chars, 1) - self._tokens.estimate(0, 0),
             )
-            consumed += 1
             accepted += 1
         if now - self._last_prune > 3600.0:
             self._clusters.prune(wall, CLUSTER_MEMORY_S)
@@ -245,7 +216,7 @@ class BatchComposer(pykka.ThreadingActor):
                 "duplicate article ids refused", count=len(duplicates), first=duplicates[0]
             )
         self._dispatch()
-        return SubmitResult(consumed, accepted, tuple(duplicates))
+        return SubmitReceipt(accepted, tuple(duplicates))
 
     def _dispatch(self) -> None:
         if self._paused is not None:
@@ -384,21 +355,15 @@ class BatchComposer(pykka.ThreadingActor):
         for future in pending:
             future.set(value)
 
-    def _stats(self) -> ComposerStats:
+    def _stats(self) -> RuntimeStats:
+        """The composer's part of the runtime's stats (the runtime adds the
+        registry's and the result counts)."""
         ledger, tallies = self._ledger, self._ledger.tallies
-        return ComposerStats(
+        return RuntimeStats(
             submitted=tallies.submitted,
             queued=ledger.queued + ledger.suspects,
             queued_by_tier=ledger.queued_by_tier(),
-            held=ledger.held,
-            done=sum(tallies.done_by_tier.values()),
-            failed=sum(tallies.failed_by_tier.values()),
-            done_by_tier=dict(tallies.done_by_tier),
-            failed_by_tier=dict(tallies.failed_by_tier),
-            done_by_model=dict(tallies.done_by_model),
-            failed_by_reason=dict(tallies.failed_by_reason),
-            fallbacks=tallies.fallbacks,
+            in_extractors=ledger.held,
             requeued_after_crash=tallies.requeued_after_crash,
-            sink_backlog=len(self._unsunk),
             paused=self._paused,
         )

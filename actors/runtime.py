@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -35,7 +35,7 @@ import pykka
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, wall_offset
-from tierbatch.actors.composer import BatchComposer, ComposerStats, SubmitResult
+from tierbatch.actors.composer import BatchComposer
 from tierbatch.actors.event_loop import LaunchPacer, LoopThread
 from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
@@ -60,6 +60,8 @@ from tierbatch.actors.messages import (
 from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider, Sink
 from tierbatch.actors.registry import ModelRegistry
+from tierbatch.actors.sinks import CountingSink
+from tierbatch.actors.stats import RuntimeStats, SubmitReceipt
 from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarting, Supervisor
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
@@ -74,6 +76,7 @@ from tierbatch.policies.errors import (
 )
 from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
+from tierbatch.policies.tally import TallySnapshot
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -89,54 +92,19 @@ ACTOR_STOP_TIMEOUT_S = 10.0
 PROVIDER_CLOSE_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitReceipt:
-    """``accepted`` articles will each reach exactly one terminal result;
-    ``duplicates`` were refused because that id is already queued, in
-    flight, or finished recently in this runtime."""
-
-    accepted: int
-    duplicates: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeStats:
-    """``cooldowns`` (model -> until) and the models' deadlines are steady
-    clock times: subtract ``runtime.clock.now()`` for the seconds left."""
-
-    submitted: int
-    queued: int
-    queued_by_tier: dict[str, int]
-    in_extractors: int
-    in_flight_requests: int
-    done: int
-    failed: int
-    done_by_tier: dict[str, int]
-    failed_by_tier: dict[str, int]
-    done_by_model: dict[str, int]
-    failed_by_reason: dict[str, int]
-    fallbacks: int
-    requeued_after_crash: int
-    models: tuple[ModelStatus, ...]
-    cooldowns: dict[str, float]
-    paused: str | None
-
-    @property
-    def terminal(self) -> int:
-        return self.done + self.failed
-
-
 class Runtime:
     """Quota-aware, tiered extraction over a provider, into a sink.
 
     ``clock`` defaults to ``SystemClock`` (steady time from the monotonic
-    clock, calendar time from the wall clock); ``quota_state`` is a snapshot from
-    ``quota_snapshot()`` of an earlier run (so per-day usage survives a
-    restart); ``observer`` watches registry decisions; ``crash_hook`` is a
-    testing aid called by an extractor with every batch it receives (an
-    exception there crashes that extractor); ``unavailable_models`` (model
-    -> reason) are routed around from the start, as after a 404 -- what a
-    models check before the run found missing.
+    clock, calendar time from the wall clock); ``quota_state`` is a
+    snapshot from ``quota_snapshot()`` of an earlier run (so per-day usage
+    survives a restart), restored here: one that cannot be used raises
+    ``SnapshotError`` before anything starts; ``observer`` watches registry
+    decisions; ``crash_hook`` is a testing aid called by an extractor with
+    every batch it receives (an exception there crashes that extractor);
+    ``unavailable_models`` (model -> reason) are routed around from the
+    start, as after a 404 -- what a models check before the run found
+    missing.
     """
 
     def __init__(
@@ -155,8 +123,11 @@ class Runtime:
         self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
         self.sink = sink
+        # Every result passes here on its way to ``sink``: the one count.
+        self._counted = CountingSink(sink)
         self.clock: Clock = clock or SystemClock()
-        self._quota_state = quota_state
+        self._policy = self._quota_policy(quota_state)
+        self._ladder = TierLadder(config.tiers, config.global_fallback)
         self._observer = observer
         self._crash_hook = crash_hook
         self._fatal: FatalProviderError | RuntimeFailureError | None = None
@@ -169,7 +140,6 @@ class Runtime:
         # turn is not sent.
         self._dispatch_stopped = threading.Event()
         self._loop: LoopThread | None = None
-        self._policy: QuotaPolicy | None = None
         self._registry: pykka.ActorRef[Any] | None = None
         self._composer: pykka.ActorRef[Any] | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
@@ -183,16 +153,15 @@ class Runtime:
 
     # ---- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> Runtime:
-        if self._started:
-            raise RuntimeNotRunningError("this Runtime was already started; create a new one")
-        self._started = True
-        config, clock = self.config, self.clock
-        if self._quota_state is not None:
+    def _quota_policy(self, quota_state: Mapping[str, Any] | None) -> QuotaPolicy:
+        """The registry's policy: fresh, or restored from ``quota_state``
+        (raising ``SnapshotError`` when that cannot be used)."""
+        config = self.config
+        if quota_state is not None:
             # The snapshot's times are wall-clock; this process's steady clock
             # has its own origin, so convert with the offset now.
             policy = QuotaPolicy.restore(
-                config.models, config.quota, self._quota_state, wall_offset=wall_offset(clock)
+                config.models, config.quota, quota_state, wall_offset=wall_offset(self.clock)
             )
             policy.forget_in_flight()
             policy.clear_unavailable()  # a new process probes 404ed models again
@@ -200,11 +169,16 @@ class Runtime:
             policy = QuotaPolicy(config.models, config.quota)
         for model, reason in self._unavailable_models.items():
             policy.mark_unavailable(model, reason)
-        self._policy = policy
+        return policy
+
+    def start(self) -> Runtime:
+        if self._started:
+            raise RuntimeNotRunningError("this Runtime was already started; create a new one")
+        self._started = True
+        config, clock, policy, ladder = self.config, self.clock, self._policy, self._ladder
         self._loop = LoopThread()
         self._loop.start()
         threads = self._threads
-        ladder = TierLadder(config.tiers, config.global_fallback)
         self._registry = ModelRegistry.start(
             policy,
             clock,
@@ -216,7 +190,8 @@ class Runtime:
         registry = self._registry
         self._composer = BatchComposer.start(
             config,
-            self.sink,
+            ladder,
+            self._counted,
             clock,
             self._on_composer_died,
             threads,
@@ -399,12 +374,12 @@ class Runtime:
         accepted = 0
         duplicates: list[str] = []
         while pending:
-            result: SubmitResult = self._ask(
+            part: SubmitReceipt = self._ask(
                 composer, "composer", Submit(pending, observe=not clusters_observed)
             )
-            accepted += result.accepted
-            duplicates.extend(result.duplicates)
-            pending = pending[result.consumed :]
+            accepted += part.accepted
+            duplicates.extend(part.duplicates)
+            pending = pending[part.consumed :]
             if not pending:
                 break
             capacity = self.config.composer.max_queued
@@ -477,13 +452,18 @@ class Runtime:
 
     # ---- introspection ---------------------------------------------------------------
 
-    def stats(self) -> RuntimeStats:
-        """Counts and quota state. Works after a provider error or a failure
-        as long as the composer and registry live; raises ``RuntimeFailureError``
-        when one of them died."""
+    def stats(self, *, quota: bool = True) -> RuntimeStats:
+        """Counts and quota state: one ask of the composer, and one of the
+        registry unless ``quota`` is False (then ``models`` and
+        ``cooldowns`` are empty -- enough to see how full the queue is).
+        Works after a provider error or a failure as long as the composer
+        and registry live; raises ``RuntimeFailureError`` when one of them
+        died."""
         composer = self._running_composer()
         assert self._registry is not None
-        c: ComposerStats = self._ask(composer, "composer", GetComposerStats())
+        part: RuntimeStats = self._ask(composer, "composer", GetComposerStats())
+        if not quota:
+            return replace(part, results=self._counted.counts())
         models: tuple[ModelStatus, ...] = self._ask(self._registry, "registry", GetQuotaStatus())
         now = self.clock.now()
         cooldowns = {
@@ -491,31 +471,21 @@ class Runtime:
             for m in models
             if max(m.cooldown_until or 0.0, m.exhausted_until or 0.0) > now
         }
-        return RuntimeStats(
-            submitted=c.submitted,
-            queued=c.queued,
-            queued_by_tier=c.queued_by_tier,
-            in_extractors=c.held,
-            in_flight_requests=sum(m.in_flight for m in models),
-            done=c.done,
-            failed=c.failed,
-            done_by_tier=c.done_by_tier,
-            failed_by_tier=c.failed_by_tier,
-            done_by_model=c.done_by_model,
-            failed_by_reason=c.failed_by_reason,
-            fallbacks=c.fallbacks,
-            requeued_after_crash=c.requeued_after_crash,
-            models=models,
-            cooldowns=cooldowns,
-            paused=c.paused,
-        )
+        return replace(part, results=self._counted.counts(), models=models, cooldowns=cooldowns)
+
+    def result_counts(self) -> TallySnapshot:
+        """The terminal results handed to the sink so far, counted once each
+        (done per tier and model, failed per tier and reason). Asks no
+        actor: it answers from any thread, before ``start``, after a failure
+        and after ``stop``."""
+        return self._counted.counts()
 
     def quota_snapshot(self) -> dict[str, Any]:
         """The registry's state as plain data (msgpack-ready). After the
         registry died, its last state is read directly (nothing changes it
         any more), so the day's usage can still be saved."""
         registry = self._registry
-        if registry is None or self._policy is None:
+        if registry is None:
             raise RuntimeNotRunningError("the runtime is not running")
         if registry.is_alive():
             with contextlib.suppress(RuntimeFailureError):

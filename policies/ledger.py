@@ -21,11 +21,11 @@ from __future__ import annotations
 import itertools
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tierbatch.policies.articles import Article
 from tierbatch.policies.composition import Batch, Composer, Queued
-from tierbatch.policies.results import Done, Failed, FailureReason, TerminalResult
+from tierbatch.policies.results import Failed, FailureReason, TerminalResult
 
 # How many finished ids are remembered to refuse a quick re-submission.
 RECENT_TERMINAL_IDS = 100_000
@@ -33,24 +33,11 @@ RECENT_TERMINAL_IDS = 100_000
 
 @dataclass(slots=True)
 class Tallies:
-    """Counts of what has happened, for stats and the end-of-run report."""
+    """What moved through the ledger, for stats. (Terminal results are
+    counted once, downstream: ``policies.tally``.)"""
 
     submitted: int = 0
-    done_by_tier: Counter[str] = field(default_factory=Counter)
-    failed_by_tier: Counter[str] = field(default_factory=Counter)
-    done_by_model: Counter[str] = field(default_factory=Counter)
-    failed_by_reason: Counter[str] = field(default_factory=Counter)
-    fallbacks: int = 0
     requeued_after_crash: int = 0
-
-    def record(self, result: TerminalResult) -> None:
-        if isinstance(result, Done):
-            self.done_by_tier[result.tier] += 1
-            self.done_by_model[result.model] += 1
-            self.fallbacks += result.fallback
-        else:
-            self.failed_by_tier[result.tier] += 1
-            self.failed_by_reason[str(result.reason)] += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +259,6 @@ class Ledger:
     def _settle(self, result: TerminalResult) -> None:
         self._live.discard(result.article_id)
         self._crashes.pop(result.article_id, None)
-        self.tallies.record(result)
         if self._recent_limit:
             self._recent[result.article_id] = None
             if len(self._recent) > self._recent_limit:

@@ -47,7 +47,6 @@ from tierbatch.adapters.app.daemon import (
     DaemonReport,
     StopReason,
     default_snapshot_path,
-    load_quota_state,
 )
 from tierbatch.adapters.app.progress import ProgressView
 from tierbatch.adapters.app.provider_factory import make_provider
@@ -57,6 +56,7 @@ from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import MAGIC, SnapshotFile, decode
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
+from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.results import TerminalResult
 
 
@@ -650,7 +650,8 @@ def test_unusable_snapshot_is_reported_set_aside_and_replaced(
     assert len(aside) == 1 and aside[0].read_bytes() == content
     fresh = decode(snapshot.read_bytes())
     assert fresh["format"] == "tierbatch.quota"
-    assert load_quota_state(SnapshotFile(snapshot), load_config(config)).problem is None
+    settings = load_config(config)
+    QuotaPolicy.restore(settings.models, settings.quota, fresh)  # usable: raises nothing
 
 
 def test_options_are_checked() -> None:

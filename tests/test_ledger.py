@@ -16,6 +16,7 @@ from tierbatch.policies.composition import Composer
 from tierbatch.policies.config import TierSpec
 from tierbatch.policies.ledger import Ledger
 from tierbatch.policies.results import Done, Failed, FailureReason, TerminalResult
+from tierbatch.policies.tally import ResultTally
 from tierbatch.policies.tiers import TierLadder
 
 TIERS = (
@@ -183,11 +184,14 @@ def test_results_are_tallied_by_tier_model_and_reason():
         ledger.admit(Article(f"a{i}", "x"), 0.0, 0.0)
     batch = ledger.take(1, 1.0)
     assert batch is not None and len(batch) == 3
-    ledger.finish(1, [done("a0"), done("a1", model="flash"), failed("a2")])
-    t = ledger.tallies
-    assert t.submitted == 3
-    assert dict(t.done_by_tier) == {"cold": 2} and dict(t.done_by_model) == {"lite": 1, "flash": 1}
+    finish = ledger.finish(1, [done("a0"), done("a1", model="flash"), failed("a2")])
+    assert ledger.tallies.submitted == 3
+    tally = ResultTally()
+    tally.record(finish.accepted)
+    t = tally.snapshot()
+    assert t.done_by_tier == {"cold": 2} and t.done_by_model == {"lite": 1, "flash": 1}
     assert dict(t.failed_by_reason) == {"timeout": 1} and t.fallbacks == 1
+    assert (t.done_total, t.failed_total, t.terminal) == (2, 1, 3)
 
 
 def test_a_crashing_article_goes_out_alone_then_ends_as_poison():

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import RuntimeStats
+from tierbatch.actors.sinks import CollectingSink, CountingSink
 from tierbatch.adapters.app.cli import EXIT_OK, main
 from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, default_snapshot_path
 from tierbatch.adapters.app.metrics import (
@@ -79,18 +80,10 @@ def stats(now: float) -> RuntimeStats:
         queued=4,
         queued_by_tier={"hot": 1, "cold": 3},
         in_extractors=5,
-        in_flight_requests=2,
-        done=1,
-        failed=0,
-        done_by_tier={"hot": 1},
-        failed_by_tier={},
-        done_by_model={"m-pro": 1},
-        failed_by_reason={},
-        fallbacks=0,
         requeued_after_crash=0,
+        paused=None,
         models=(status,),
         cooldowns={"m-pro": now + 30},
-        paused=None,
     )
 
 
@@ -119,12 +112,14 @@ def test_every_feed_reaches_the_loopback_endpoint() -> None:
     observer.on_grant(Grant(2, "m-pro", 102.0, 500), 0)
     observer.on_outcome("m-pro", RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, 26.0), 102.5)
     observer.on_cooldown("m-pro", 102.5, 128.5, "rate_limited")
-    metrics.observe_results(
-        [
-            Done("a", (), "m-pro", "hot", 1, 250, 40, 1.5),
-            Failed("b", FailureReason.TIMEOUT, "slow", "cold", 3),
-        ]
-    )
+    results = [
+        Done("a", (), "m-pro", "hot", 1, 250, 40, 1.5),
+        Failed("b", FailureReason.TIMEOUT, "slow", "cold", 3),
+    ]
+    counted = CountingSink(CollectingSink())
+    counted.write(results)
+    metrics.count_results_from(counted.counts)
+    metrics.observe_latency(results)
     metrics.update(stats(1000.0), 1000.0, {"queued": 7, "leased": 5, "done": 1, "failed": 1})
     timed = TimedProvider(AnsweringProvider(PackAnswer(ServerError(500))), metrics)
     request = ExtractionRequest("m-pro", (Article("a", "text"),), 5.0, 100)

@@ -59,13 +59,14 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
+from tierbatch.actors.clock import Clock, SystemClock
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
+from tierbatch.adapters.app.leases import LeaseKeeper
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
-from tierbatch.adapters.app.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
+from tierbatch.adapters.app.summary import ModelUsage, usage_between
 from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFile, decode
@@ -81,13 +82,16 @@ from tierbatch.policies.errors import (
     TierbatchError,
 )
 from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
+from tierbatch.policies.quota import Grant, ModelStatus
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.tally import TallySnapshot
 
 _log = structlog.get_logger(__name__)
 
 SNAPSHOT_SUFFIX = ".quota.msgpack"
 _MAX_STORAGE_FAILURES = 20
+# Seconds between refreshes of the metrics and the progress display.
+_REPORT_INTERVAL_S = 0.25
 
 
 def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
@@ -150,24 +154,24 @@ class QuotaStateLoad:
     moved_to: Path | None = None
 
 
-def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
-    """Read the snapshot and check that the registry can restore it.
-
-    Bytes that are not a snapshot, and a snapshot the quota policy refuses
-    (another version, inconsistent content), are both set aside with the
-    reason logged: counting from zero is safer than not running.
-    """
+def load_quota_state(snapshot: SnapshotFile) -> QuotaStateLoad:
+    """Read the snapshot's bytes. Bytes that are not a snapshot are set aside
+    with the reason logged (counting from zero is safer than not running);
+    whether the registry can use the content is the ``Runtime``'s to say
+    (it restores it, once: see ``set_aside``)."""
     try:
         data = snapshot.path.read_bytes()
     except FileNotFoundError:
         return QuotaStateLoad(None)
     try:
-        state = decode(data)
-        QuotaPolicy.restore(config.models, config.quota, state)
+        return QuotaStateLoad(decode(data))
     except SnapshotError as exc:
-        problem = str(exc)
-        return QuotaStateLoad(None, problem, snapshot.set_aside(problem))
-    return QuotaStateLoad(state)
+        return set_aside(snapshot, exc)
+
+
+def set_aside(snapshot: SnapshotFile, problem: SnapshotError) -> QuotaStateLoad:
+    """Move an unusable snapshot aside: counting starts fresh."""
+    return QuotaStateLoad(None, str(problem), snapshot.set_aside(str(problem)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,23 +217,20 @@ class _SnapshotTrigger:
         self._dirty()
 
 
-class _TallyingSink:
-    """The runtime's sink: the store's ``ResultsSink``, plus counting, metrics,
-    and waking the loop so it can top up the runtime's queue."""
+class _WakingSink:
+    """The runtime's sink: the store's ``ResultsSink``, then the metrics'
+    latency histogram, then a wake-up for the loop so it can top up the
+    runtime's queue. (The runtime counts the results itself.)"""
 
-    def __init__(
-        self, inner: ResultsSink, tally: ResultTally, wake: threading.Event, metrics: Metrics | None
-    ) -> None:
+    def __init__(self, inner: ResultsSink, wake: threading.Event, metrics: Metrics | None) -> None:
         self.inner = inner
-        self._tally = tally
         self._wake = wake
         self._metrics = metrics
 
     def write(self, results: Sequence[TerminalResult]) -> None:
         self.inner.write(results)
-        self._tally.add(results)
         if self._metrics is not None:
-            self._metrics.observe_results(results)
+            self._metrics.observe_latency(results)
         self._wake.set()
 
     def flush(self) -> None:
@@ -281,12 +282,14 @@ class Daemon:
         self._wake = threading.Event()
         self._stop_requested = threading.Event()
         self._immediate = threading.Event()
-        self._tally = ResultTally()
+        self._runtime: Runtime | None = None
         # Ids whose cluster was counted by the start-up prewarm and that are
         # not submitted yet: they must not be counted a second time.
         self._prewarmed: set[str] = set()
         self._ran = False
         self._storage_failures = 0
+        self._rate = RateMeter()
+        self._next_report = 0.0
         self._results_sink: ResultsSink | None = None
         self._released_at_signal = 0
 
@@ -304,8 +307,10 @@ class Daemon:
         self.request_stop()
 
     @property
-    def tally(self) -> ResultTally:
-        return self._tally
+    def tally(self) -> TallySnapshot:
+        """The results of this run so far, as the runtime counted them."""
+        runtime = self._runtime
+        return runtime.result_counts() if runtime is not None else TallySnapshot()
 
     # ---- the loop --------------------------------------------------------------
 
@@ -314,7 +319,7 @@ class Daemon:
             raise RuntimeError("Daemon.run may be called once; create a new Daemon")
         self._ran = True
         started = time.monotonic()
-        quota = load_quota_state(self._snapshot, self.config)
+        quota = load_quota_state(self._snapshot)
         trigger = _SnapshotTrigger()
         observers: list[RegistryObserver] = [trigger]
         provider = self._provider
@@ -323,17 +328,28 @@ class Daemon:
             provider = TimedProvider(provider, self._metrics)
         results_sink = ResultsSink(self.store)
         self._results_sink = results_sink
-        sink = _TallyingSink(results_sink, self._tally, self._wake, self._metrics)
-        runtime = Runtime(
-            self.config,
-            provider,
-            sink,
-            clock=self._clock,
-            quota_state=quota.state,
-            observer=FanOutObserver(observers),
-            unavailable_models=self._unavailable_models,
-        )
+        sink = _WakingSink(results_sink, self._wake, self._metrics)
+
+        def new_runtime(state: dict[str, Any] | None) -> Runtime:
+            return Runtime(
+                self.config,
+                provider,
+                sink,
+                clock=self._clock,
+                quota_state=state,
+                observer=FanOutObserver(observers),
+                unavailable_models=self._unavailable_models,
+            )
+
         try:
+            try:
+                runtime = new_runtime(quota.state)  # restores the snapshot: checks it once
+            except SnapshotError as exc:
+                quota = set_aside(self._snapshot, exc)
+                runtime = new_runtime(None)
+            self._runtime = runtime
+            if self._metrics is not None:
+                self._metrics.count_results_from(runtime.result_counts)
             runtime.start()
         except BaseException:
             results_sink.close()
@@ -365,11 +381,18 @@ class Daemon:
                 lease_s=self.options.lease_s,
                 pid=os.getpid(),
             )
+            leases = LeaseKeeper(
+                lambda: self._storage(self.store.renew, self.options.lease_s),
+                self.options.lease_s,
+                self._clock,
+            )
             self._progress.start()
             try:
-                reason = self._stopped_by(runtime, lambda: self._work(runtime, started))
+                reason = self._stopped_by(runtime, lambda: self._work(runtime, started, leases))
                 if reason is StopReason.SIGNAL:
-                    reason = self._stopped_by(runtime, lambda: self._drain(runtime, started))
+                    reason = self._stopped_by(
+                        runtime, lambda: self._drain(runtime, started, leases)
+                    )
             except StorageError as exc:
                 _log.error(
                     "the database keeps failing; stopping", db=self.store.path, error=str(exc)
@@ -378,6 +401,7 @@ class Daemon:
                 reason = StopReason.STORAGE
             with contextlib.suppress(FatalProviderError, RuntimeFailureError):
                 final = runtime.stats()
+                self._report(runtime, started, None, stats=final)
         finally:
             released, shutdown_problems = self._shut_down(runtime, saver, results_sink)
             released += self._released_at_signal
@@ -394,7 +418,7 @@ class Daemon:
             reason=reason,
             fatal_error=None if fatal is None else str(fatal),
             elapsed_s=time.monotonic() - started,
-            tally=self._tally.snapshot(),
+            tally=runtime.result_counts(),
             usage=usage_between(baseline, final.models) if final is not None else (),
             released=released,
             quota_state=quota,
@@ -419,16 +443,15 @@ class Daemon:
             _log.error("stopping: the runtime cannot go on", error=str(exc))
             return StopReason.FAILED if isinstance(exc, RuntimeFailureError) else StopReason.FATAL
 
-    def _work(self, runtime: Runtime, started: float) -> StopReason:
+    def _work(self, runtime: Runtime, started: float, leases: LeaseKeeper) -> StopReason:
+        """Keep the runtime's queue topped up from the store until stopped
+        (or, for ``run``, until nothing is left). Each turn asks the composer
+        how full its queue is; the registry is asked only for a report."""
         opts = self.options
         target = max(1, opts.queue_batches * self.config.composer.batch_size)
         low_water = target // 2
-        renew_every = opts.lease_s / 3
-        next_renew = time.monotonic() + renew_every
         next_db_count = 0.0
         db_idle_until = 0.0
-        rate = RateMeter()
-        wall_steps = WallStepWatch(self._clock)
         while True:
             if self._stop_requested.is_set():
                 return StopReason.IMMEDIATE if self._immediate.is_set() else StopReason.SIGNAL
@@ -436,10 +459,8 @@ class Daemon:
                 failed = isinstance(runtime.fatal_error, RuntimeFailureError)
                 return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
-            if self._wall_stepped(wall_steps) or now >= next_renew:
-                self._storage(self.store.renew, opts.lease_s)
-                next_renew = now + renew_every
-            stats = runtime.stats()
+            leases.keep()
+            stats = runtime.stats(quota=False)
             idle_db = now < db_idle_until
             if stats.queued <= low_water and not idle_db:
                 want = target - stats.queued
@@ -454,14 +475,14 @@ class Daemon:
                 )
                 if leased:
                     self._submit(runtime, leased)
-                    stats = runtime.stats()
+                    stats = runtime.stats(quota=False)
                 if len(leased) < want:
                     db_idle_until = now + opts.poll_interval_s
             db_counts = None
             if now >= next_db_count:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
-            self._report(runtime, stats, started, rate, db_counts)
+            self._report(runtime, started, db_counts)
             if (
                 opts.exit_when_done
                 and now < db_idle_until
@@ -523,7 +544,7 @@ class Daemon:
                 first=receipt.duplicates[0],
             )
 
-    def _drain(self, runtime: Runtime, started: float) -> StopReason:
+    def _drain(self, runtime: Runtime, started: float, leases: LeaseKeeper) -> StopReason:
         """Stop at once, except for the calls in flight: no new call starts
         (so no quota is spent after the signal), the leases of everything
         not in a call go back to the queue now, and the calls in flight get
@@ -540,10 +561,6 @@ class Daemon:
             timeout_s=opts.drain_timeout_s,
         )
         deadline = time.monotonic() + opts.drain_timeout_s
-        renew_every = opts.lease_s / 3
-        next_renew = time.monotonic() + renew_every
-        rate = RateMeter()
-        wall_steps = WallStepWatch(self._clock)
         while not self._immediate.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -554,10 +571,8 @@ class Daemon:
                 return StopReason.IMMEDIATE
             if runtime.drain(timeout=min(0.25, remaining)):
                 return StopReason.SIGNAL
-            if self._wall_stepped(wall_steps) or time.monotonic() >= next_renew:
-                self._storage(self.store.renew, opts.lease_s)
-                next_renew = time.monotonic() + renew_every
-            self._report(runtime, runtime.stats(), started, rate, None, draining=True)
+            leases.keep()
+            self._report(runtime, started, None, draining=True)
         _log.warning("second stop request: stopping at once")
         return StopReason.IMMEDIATE
 
@@ -613,28 +628,26 @@ class Daemon:
 
     # ---- helpers -----------------------------------------------------------------
 
-    @staticmethod
-    def _wall_stepped(watch: WallStepWatch) -> bool:
-        """Whether the wall clock stepped since the last look. Lease deadlines
-        are wall-clock times: after a step they must be renewed at once."""
-        step = watch.step()
-        if step is None:
-            return False
-        _log.warning("wall clock stepped; renewing leases now", step_s=round(step, 3))
-        return True
-
     def _report(
         self,
         runtime: Runtime,
-        stats: RuntimeStats,
         started: float,
-        rate: RateMeter,
         db_counts: Mapping[str, int] | None,
         *,
         draining: bool = False,
+        stats: RuntimeStats | None = None,
     ) -> None:
-        elapsed = time.monotonic() - started
-        finished = self._tally.terminal
+        """Refresh the metrics and the progress display from the runtime's
+        stats: at most every ``_REPORT_INTERVAL_S`` (the registry is asked
+        only then), always with fresh database counts or given ``stats``."""
+        real = time.monotonic()
+        if stats is None:
+            if db_counts is None and real < self._next_report:
+                return
+            stats = runtime.stats()
+        self._next_report = real + _REPORT_INTERVAL_S
+        elapsed = real - started
+        finished = stats.terminal
         now = self._clock.now()
         if self._metrics is not None:
             self._metrics.update(stats, now, db_counts)
@@ -644,7 +657,7 @@ class Daemon:
                 now=now,
                 stats=stats,
                 finished=finished,
-                rate_per_s=rate.add(elapsed, finished),
+                rate_per_s=self._rate.add(elapsed, finished),
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,

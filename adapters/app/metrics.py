@@ -8,9 +8,11 @@ notebooks -- never collide. Three feeds fill it:
   cooldowns), counted on the registry's own thread as they happen;
 * ``TimedProvider``: wall-clock latency of every provider call, by model and
   outcome;
-* ``Metrics.observe_results`` / ``Metrics.update``: terminal results as the
-  sink receives them, and gauges refreshed from ``Runtime.stats()`` and the
-  database's counts by the daemon loop.
+* the runtime's one count of terminal results (``count_results_from``),
+  read when scraped, for the article counters; ``observe_latency``: each
+  done article's latency as the sink receives it; ``Metrics.update``:
+  gauges refreshed from ``Runtime.stats()`` and the database's counts by
+  the daemon loop.
 
 ``serve`` exposes them over HTTP on the loopback interface only: the metrics
 name models and volumes, which is nobody else's business.
@@ -19,17 +21,20 @@ name models and volumes, which is nobody else's business.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from threading import Thread
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
 from tierbatch.policies.outcomes import CallOutcome, RateLimited
 from tierbatch.policies.quota import Grant
 from tierbatch.policies.results import Done, TerminalResult
+from tierbatch.policies.tally import TallySnapshot
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -80,18 +85,8 @@ class Metrics:
             ["model", "direction"],
             registry=r,
         )
-        self.articles = Counter(
-            "tierbatch_articles",
-            "Articles that reached a terminal result, by outcome (done, failed) and tier",
-            ["outcome", "tier"],
-            registry=r,
-        )
-        self.failures = Counter(
-            "tierbatch_articles_failed_by_reason",
-            "Failed articles by reason",
-            ["reason"],
-            registry=r,
-        )
+        self._results = _ResultCounters()
+        r.register(self._results)
         self.request_latency = Histogram(
             "tierbatch_request_latency_seconds",
             "Wall-clock time of one provider call, by model and outcome",
@@ -145,14 +140,16 @@ class Metrics:
 
     # ---- feeds -------------------------------------------------------------
 
-    def observe_results(self, results: Sequence[TerminalResult]) -> None:
+    def count_results_from(self, counts: Callable[[], TallySnapshot]) -> None:
+        """Export ``counts()`` (``Runtime.result_counts``: the one count of
+        terminal results) as the article counters, read at every scrape."""
+        self._results.source = counts
+
+    def observe_latency(self, results: Sequence[TerminalResult]) -> None:
+        """Each done article's latency, into ``tierbatch_article_latency_seconds``."""
         for result in results:
             if isinstance(result, Done):
-                self.articles.labels("done", result.tier).inc()
                 self.article_latency.labels(result.tier).observe(result.latency_s)
-            else:
-                self.articles.labels("failed", result.tier).inc()
-                self.failures.labels(str(result.reason)).inc()
 
     def update(
         self, stats: RuntimeStats, now: float, db_counts: Mapping[str, int] | None = None
@@ -194,6 +191,32 @@ class MetricsServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5.0)
+
+
+class _ResultCounters(Collector):
+    """The article counters, read from the runtime's count at scrape time
+    (none before ``Metrics.count_results_from``)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], TallySnapshot] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        articles = CounterMetricFamily(
+            "tierbatch_articles",
+            "Articles that reached a terminal result, by outcome (done, failed) and tier",
+            labels=["outcome", "tier"],
+        )
+        failures = CounterMetricFamily(
+            "tierbatch_articles_failed_by_reason", "Failed articles by reason", labels=["reason"]
+        )
+        counts = self.source() if self.source is not None else TallySnapshot()
+        for tier, done in sorted(counts.done_by_tier.items()):
+            articles.add_metric(["done", tier], done)
+        for tier, failed in sorted(counts.failed_by_tier.items()):
+            articles.add_metric(["failed", tier], failed)
+        for reason, failed in sorted(counts.failed_by_reason.items()):
+            failures.add_metric([reason], failed)
+        return [articles, failures]
 
 
 class MetricsObserver:

@@ -2,9 +2,9 @@
 
 Two sources, because neither alone tells the whole story:
 
-* ``ResultTally`` counts the terminal results this process wrote -- articles
-  per tier and model, fallbacks, failures by reason, the tokens and cost
-  attributed to each article;
+* the runtime's count of terminal results (``policies.tally``:
+  ``TallySnapshot``) -- articles per tier and model, fallbacks, failures by
+  reason, the tokens and cost attributed to each article;
 * ``ModelUsage`` is the difference of the registry's per-model counters
   between the start and the end of the run -- requests, 429s, cooldown time
   and the tokens every request consumed, including requests whose answers
@@ -18,9 +18,8 @@ Gemini's.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -32,77 +31,7 @@ from tierbatch.policies.config import Config
 from tierbatch.policies.costs import cost_usd
 from tierbatch.policies.errors import UnknownModelError
 from tierbatch.policies.quota import ModelStatus
-from tierbatch.policies.results import Done, TerminalResult
-
-
-@dataclass(slots=True)
-class TierModelCount:
-    """Done articles of one (tier, model) and what they were attributed."""
-
-    articles: int = 0
-    fallbacks: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TallySnapshot:
-    """A consistent copy of a ``ResultTally``."""
-
-    done: Mapping[tuple[str, str], TierModelCount]
-    failed_by_tier: Mapping[str, int]
-    failed_by_reason: Mapping[str, int]
-
-    @property
-    def done_total(self) -> int:
-        return sum(row.articles for row in self.done.values())
-
-    @property
-    def failed_total(self) -> int:
-        return sum(self.failed_by_tier.values())
-
-
-class ResultTally:
-    """Counts terminal results; written from the sink's thread, read from any."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._done: dict[tuple[str, str], TierModelCount] = {}
-        self._failed_by_tier: Counter[str] = Counter()
-        self._failed_by_reason: Counter[str] = Counter()
-
-    def add(self, results: Iterable[TerminalResult]) -> None:
-        with self._lock:
-            for result in results:
-                if isinstance(result, Done):
-                    row = self._done.setdefault((result.tier, result.model), TierModelCount())
-                    row.articles += 1
-                    row.fallbacks += result.fallback
-                    row.input_tokens += result.input_tokens
-                    row.output_tokens += result.output_tokens
-                    row.cost_usd += result.cost_usd
-                else:
-                    self._failed_by_tier[result.tier or "-"] += 1
-                    self._failed_by_reason[str(result.reason)] += 1
-
-    @property
-    def terminal(self) -> int:
-        with self._lock:
-            return sum(r.articles for r in self._done.values()) + sum(self._failed_by_tier.values())
-
-    def snapshot(self) -> TallySnapshot:
-        with self._lock:
-            return TallySnapshot(
-                done={
-                    k: TierModelCount(
-                        v.articles, v.fallbacks, v.input_tokens, v.output_tokens, v.cost_usd
-                    )
-                    for k, v in self._done.items()
-                },
-                failed_by_tier=dict(self._failed_by_tier),
-                failed_by_reason=dict(self._failed_by_reason),
-            )
+from tierbatch.policies.tally import TallySnapshot
 
 
 @dataclass(frozen=True, slots=True)
