@@ -76,3 +76,14 @@ def test_production_code_never_imports_test_helpers(folder):
         bad = [m for m in modules if m == "tests" or m.startswith("tests.")]
         bad += [m for m in modules if m.split(".")[0] in {"pytest", "hypothesis"}]
         assert not bad, (name, bad)
+
+
+@pytest.mark.parametrize("folder", ["policies", "actors", "adapters"])
+def test_no_module_imports_the_public_facades(folder):
+    """``tierbatch.policies``/``actors``/``adapters`` re-export the public
+    names for embedders; a module of the library importing them instead of
+    the defining module would load the whole package (``adapters`` would
+    pull the application into its inner rooms) and risk import cycles."""
+    facades = {"tierbatch.policies", "tierbatch.actors", "tierbatch.adapters"}
+    for name, modules in imported_modules(folder).items():
+        assert not modules & facades, (name, modules & facades)
