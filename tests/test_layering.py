@@ -63,6 +63,11 @@ def test_policies_import_only_pure_stdlib_and_policies():
         ("adapters/gemini", "tierbatch.adapters.app"),
         ("adapters/storage", "tierbatch.adapters.app"),
         ("adapters/simulation", "tierbatch.adapters.app"),
+        ("adapters/simulation", "tierbatch.adapters.storage"),
+        ("adapters/gemini", "tierbatch.adapters.storage"),
+        ("adapters/gemini", "tierbatch.adapters.simulation"),
+        ("adapters/storage", "tierbatch.adapters.gemini"),
+        ("adapters/storage", "tierbatch.adapters.simulation"),
     ],
 )
 def test_inner_rooms_do_not_import_outer_ones(folder, forbidden):
