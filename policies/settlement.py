@@ -231,11 +231,12 @@ def ground_entities(
     flagged one carries its outcome in ``Entity.flag``), and the count of
     every outcome before any drop."""
     kept: list[Entity] = []
-    tally = {outcome: 0 for outcome in Grounding}
+    tally = dict.fromkeys(Grounding, 0)
+    actions = {outcome: policy.action(outcome) for outcome in Grounding}
     for entity in entities:
         outcome = texts.check(article_id, entity.name)
         tally[outcome] += 1
-        action = policy.action(outcome)
+        action = actions[outcome]
         if action is GroundingAction.KEEP:
             kept.append(entity)
         elif action is GroundingAction.FLAG:
