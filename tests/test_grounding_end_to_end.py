@@ -178,3 +178,4 @@ def test_a_model_that_loses_track_is_caught_over_http_with_google_genai(fake_ser
     totals = check_every_entity(sink, articles)
     assert totals[Grounding.CROSS_ARTICLE] > 0
     assert totals[Grounding.UNGROUNDED] > 0
+    assert totals[Grounding.GROUNDED] > 0
