@@ -47,6 +47,9 @@ class RuntimeStats:
     results: TallySnapshot = field(default_factory=TallySnapshot)
     models: tuple[ModelStatus, ...] = ()
     cooldowns: dict[str, float] = field(default_factory=dict)
+    # The adaptive tiers' pack sizes now (tier -> articles per request;
+    # tiers[].adaptive_pack).
+    pack_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def in_flight_requests(self) -> int:

@@ -45,6 +45,12 @@ from tierbatch.policies.errors import (
     TierbatchError,
     UnknownModelError,
 )
+from tierbatch.policies.grounding import (
+    Grounding,
+    GroundingAction,
+    GroundingCounts,
+    GroundingPolicy,
+)
 from tierbatch.policies.local_calendar import UnknownTimeZoneError
 from tierbatch.policies.outcomes import (
     Abandoned,
@@ -60,6 +66,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
     Usage,
 )
+from tierbatch.policies.pack_quality import GroundingRow
 from tierbatch.policies.quota import Grant, ModelStatus
 from tierbatch.policies.results import (
     AnswerProblem,
@@ -97,6 +104,11 @@ __all__ = [
     "FailureReason",
     "FatalProviderError",
     "Grant",
+    "Grounding",
+    "GroundingAction",
+    "GroundingCounts",
+    "GroundingPolicy",
+    "GroundingRow",
     "LimiterMode",
     "ModelNotFound",
     "ModelSpec",

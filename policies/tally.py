@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from tierbatch.policies.pack_quality import GroundingRow, GroundingTally
 from tierbatch.policies.results import Done, TerminalResult
 
 
@@ -31,11 +32,13 @@ class TierModelCount:
 @dataclass(frozen=True, slots=True)
 class TallySnapshot:
     """The counts at one moment: done articles per (tier, model), failed ones
-    per tier and per reason."""
+    per tier and per reason, and the grounding check's outcomes per (tier,
+    model, pack size)."""
 
     done: Mapping[tuple[str, str], TierModelCount] = field(default_factory=dict)
     failed_by_tier: Mapping[str, int] = field(default_factory=dict)
     failed_by_reason: Mapping[str, int] = field(default_factory=dict)
+    grounding: tuple[GroundingRow, ...] = ()
 
     @property
     def done_total(self) -> int:
@@ -71,14 +74,17 @@ class TallySnapshot:
 class ResultTally:
     """Counts terminal results, each once (see the module docstring)."""
 
-    __slots__ = ("_done", "_failed_by_reason", "_failed_by_tier")
+    __slots__ = ("_done", "_failed_by_reason", "_failed_by_tier", "_grounding")
 
     def __init__(self) -> None:
         self._done: dict[tuple[str, str], TierModelCount] = {}
         self._failed_by_tier: Counter[str] = Counter()
         self._failed_by_reason: Counter[str] = Counter()
+        self._grounding = GroundingTally()
 
     def record(self, results: Iterable[TerminalResult]) -> None:
+        results = tuple(results)
+        self._grounding.add(results)
         for result in results:
             if isinstance(result, Done):
                 row = self._done.setdefault((result.tier, result.model), TierModelCount())
@@ -106,4 +112,5 @@ class ResultTally:
             },
             failed_by_tier=dict(self._failed_by_tier),
             failed_by_reason=dict(self._failed_by_reason),
+            grounding=self._grounding.rows(),
         )

@@ -9,7 +9,7 @@ notebooks -- never collide. Three feeds fill it:
 * ``TimedProvider``: wall-clock latency of every provider call, by model and
   outcome;
 * the runtime's one count of terminal results (``count_results_from``),
-  read when scraped, for the article counters; ``observe_latency``: each
+  read when scraped, for the article and entity counters; ``observe_latency``: each
   done article's latency as the sink receives it; ``Metrics.update``:
   gauges refreshed from ``Runtime.stats()`` and the database's counts by
   the daemon loop.
@@ -131,6 +131,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.pack_size = Gauge(
+            "tierbatch_pack_size",
+            "Articles per request an adaptive tier packs now (tiers[].adaptive_pack)",
+            ["tier"],
+            registry=r,
+        )
         self.db_articles = Gauge(
             "tierbatch_db_articles",
             "Articles in the database queue table, by state",
@@ -142,7 +148,7 @@ class Metrics:
 
     def count_results_from(self, counts: Callable[[], TallySnapshot]) -> None:
         """Export ``counts()`` (``Runtime.result_counts``: the one count of
-        terminal results) as the article counters, read at every scrape."""
+        terminal results) as the article and entity counters, read at every scrape."""
         self._results.source = counts
 
     def observe_latency(self, results: Sequence[TerminalResult]) -> None:
@@ -158,6 +164,8 @@ class Metrics:
         for tier, depth in stats.queued_by_tier.items():
             self.queue_depth.labels(tier).set(depth)
         self.in_extractors.set(stats.in_extractors)
+        for tier, size in stats.pack_sizes.items():
+            self.pack_size.labels(tier).set(size)
         for status in stats.models:
             self.in_flight.labels(status.model).set(status.in_flight)
             self.requests_today.labels(status.model).set(status.requests_today)
@@ -194,7 +202,7 @@ class MetricsServer:
 
 
 class _ResultCounters(Collector):
-    """The article counters, read from the runtime's count at scrape time
+    """The article and entity counters, read from the runtime's count at scrape time
     (none before ``Metrics.count_results_from``)."""
 
     def __init__(self) -> None:
@@ -209,6 +217,12 @@ class _ResultCounters(Collector):
         failures = CounterMetricFamily(
             "tierbatch_articles_failed_by_reason", "Failed articles by reason", labels=["reason"]
         )
+        entities = CounterMetricFamily(
+            "tierbatch_entities",
+            "Entities of done articles by the grounding check's outcome (grounded, "
+            "cross_article, ungrounded; before any drop), model, tier and request pack size",
+            labels=["model", "tier", "pack_size", "grounding"],
+        )
         counts = self.source() if self.source is not None else TallySnapshot()
         for tier, done in sorted(counts.done_by_tier.items()):
             articles.add_metric(["done", tier], done)
@@ -216,7 +230,14 @@ class _ResultCounters(Collector):
             articles.add_metric(["failed", tier], failed)
         for reason, failed in sorted(counts.failed_by_reason.items()):
             failures.add_metric([reason], failed)
-        return [articles, failures]
+        for row in counts.grounding:
+            for outcome, n in (
+                ("grounded", row.counts.grounded),
+                ("cross_article", row.counts.cross_article),
+                ("ungrounded", row.counts.ungrounded),
+            ):
+                entities.add_metric([row.model, row.tier, str(row.pack_size), outcome], n)
+        return [articles, failures, entities]
 
 
 class MetricsObserver:

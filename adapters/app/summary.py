@@ -4,7 +4,8 @@ Two sources, because neither alone tells the whole story:
 
 * the runtime's count of terminal results (``policies.tally``:
   ``TallySnapshot``) -- articles per tier and model, fallbacks, failures by
-  reason, the tokens and cost attributed to each article;
+  reason, the tokens and cost attributed to each article, and the grounding
+  check's outcomes per tier, model and pack size;
 * ``ModelUsage`` is the difference of the registry's per-model counters
   between the start and the end of the run -- requests, 429s, cooldown time
   and the tokens every request consumed, including requests whose answers
@@ -30,6 +31,7 @@ from rich.table import Table
 from tierbatch.policies.config import Config
 from tierbatch.policies.costs import cost_usd
 from tierbatch.policies.errors import UnknownModelError
+from tierbatch.policies.pack_quality import GroundingRow
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.tally import TallySnapshot
 
@@ -113,6 +115,7 @@ class RunSummary:
     rejected: int = 0
     left_queued: int = 0
     notes: tuple[str, ...] = field(default=())
+    grounding: tuple[GroundingRow, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -199,6 +202,7 @@ def build_summary(
         rejected=rejected,
         left_queued=left_queued,
         notes=tuple(notes),
+        grounding=tally.grounding,
     )
 
 
@@ -231,6 +235,8 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         console.print(_tier_table(summary.tiers))
     if summary.models:
         console.print(_model_table(summary.models))
+    if summary.grounding:
+        console.print(_grounding_table(summary.grounding))
     if summary.failed_by_reason:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
         console.print(f"failed by reason: {reasons}")
@@ -288,6 +294,28 @@ def _model_table(rows: Sequence[ModelRow]) -> Table:
             f"{_count(r.input_tokens)}/{_count(r.output_tokens)}",
             f"{r.cost_usd:.4f}",
             f"{r.per_s:.1f}",
+        )
+    return table
+
+
+def _grounding_table(rows: Sequence[GroundingRow]) -> Table:
+    """What packing cost in quality: per tier, model and pack size, the share
+    of entities found only in another article of the request (cross-article)
+    and in none (ungrounded), before any drop."""
+    table = _table("grounding per tier, model and pack size")
+    table.add_column("tier", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    for name in ("pack", "done", "entities", "cross-\narticle", "un-\ngrounded"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            r.tier,
+            r.model,
+            str(r.pack_size or "?"),
+            str(r.articles),
+            str(r.counts.total),
+            f"{r.cross_article_share:.1%}",
+            f"{r.ungrounded_share:.1%}",
         )
     return table
 
