@@ -23,7 +23,7 @@ Leaf errors of one module live beside the code that raises them and derive
 from one of these (``InvalidArticleError``, ``IncompatibleSchemaError``,
 ``MissingApiKeyError``, ``BatchError``, ...). The ``ValueError`` and
 ``KeyError`` mixins stay where callers catch those. The command line maps
-the families to its exit codes in one table (``adapters/app/cli.py``).
+the families to its exit codes in one table (``adapters/app/exit_codes.py``).
 """
 
 from __future__ import annotations

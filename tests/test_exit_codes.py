@@ -8,7 +8,7 @@ import itertools
 
 import pytest
 
-from tierbatch.adapters.app.cli import (
+from tierbatch.adapters.app.exit_codes import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_MODEL_MISSING,

@@ -9,8 +9,10 @@
     tierbatch models [--config tierbatch.toml]            # does the provider have them?
     tierbatch serve-fake-gemini --port 8765
 
-This module only parses arguments, wires the adapters together and turns
-outcomes into messages and exit codes; the work happens in ``daemon``, the
+This module wires the adapters together for each command and turns
+outcomes into messages and exit codes: what the command line accepts is
+``cli_parser``'s, the codes and the map from errors to them are
+``exit_codes``'; the work happens in ``daemon``, the
 store (``sqlite_store``, or ``postgres_store`` for a ``postgresql://`` URL)
 and the runtime. It is also the only place that configures
 logging. ``main`` returns the exit code instead of exiting, so it can be
@@ -27,7 +29,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -39,7 +41,8 @@ import structlog
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
-from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
+from tierbatch.adapters.app.call_stats import CallStatsProvider
+from tierbatch.adapters.app.cli_parser import Commands, build_parser
 from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
@@ -48,16 +51,27 @@ from tierbatch.adapters.app.daemon import (
     default_snapshot_path,
     signals_stop,
 )
+from tierbatch.adapters.app.exit_codes import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_MODEL_MISSING,
+    EXIT_OK,
+    EXIT_PROVIDER_REFUSED,
+    EXIT_REJECTED,
+    EXIT_RUNTIME_FAILED,
+    EXIT_STORAGE,
+    EXIT_USAGE,
+    UsageError,
+    exit_code_of,
+    first_exit_code,
+)
 from tierbatch.adapters.app.logging_setup import (
-    LEVEL_NAMES,
     configure_logging,
     restore_configuration,
     saved_configuration,
 )
 from tierbatch.adapters.app.metrics import Metrics, MetricsServer
 from tierbatch.adapters.app.model_check import (
-    DEFAULT_LOOKUP_TIMEOUT_S,
-    NoModelLeftError,
     check_models,
     decide_start,
     render_report,
@@ -67,8 +81,6 @@ from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgres
 from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
-from tierbatch.adapters.gemini.api_key import MissingApiKeyError
-from tierbatch.adapters.gemini.origin import InvalidBaseUrlError
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
@@ -79,104 +91,13 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import (
     ConfigError,
-    FatalProviderError,
-    RuntimeFailureError,
     StorageError,
     TierbatchError,
 )
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_REJECTED = 3
-EXIT_PROVIDER_REFUSED = 4
-EXIT_INTERRUPTED = 5
-EXIT_STORAGE = 6
-EXIT_RUNTIME_FAILED = 7
-EXIT_MODEL_MISSING = 8
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0  every article is terminal and none failed
-  1  some articles failed (the summary says why; their result rows say so too)
-  2  bad usage, configuration or database (the message names the problem)
-  3  some input lines were rejected (line numbers and reasons are in the
-     database's rejects table; every valid line was processed)
-  4  the provider refused the configuration (HTTP 401/403, or the base URL
-     redirected, which is never followed): check the API key, provider.base_url
-     and that the key's project may use the configured models; queued articles
-     stay queued in the database
-  5  run only: stopped by a signal before every article was terminal (the rest
-     stay queued; run again to finish them)
-  6  the database failed during the run (e.g. disk full): the message names
-     the database and the problem; articles whose results could not be
-     written were handed back to the queue (or their leases expire)
-  7  the runtime itself failed: extractors kept crashing, or one of its actors
-     died (a bug; the log has the error). Not a key or provider problem;
-     unfinished articles stay queued in the database
-  8  a configured model does not exist at the provider (HTTP 404). run and
-     daemon: the check at start found a tier with none of its models left, and
-     stopped before leasing anything (the articles stay queued); a missing
-     model that leaves every tier a model only warns and is routed around.
-     --no-check skips the check. models: some configured model is missing
-  When several apply, the first of 6, then 7 or 4 (only one can stop a run),
-  then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
-  refuses the configuration, 6 when the database fails, 7 when the runtime
-  fails and 8 when the check at start finds a tier without models. models
-  exits 0 when every configured model exists, 4 when the key is refused, 8
-  when one is missing, 1 when some could not be checked (timeout, 5xx).
-"""
-
-DB_ENV = "TIERBATCH_DB"
 SAMPLE_NAME = "sample_articles.jsonl"
 _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
 _log = structlog.get_logger(__name__)
-
-
-class UsageError(TierbatchError):
-    """A problem with the command line or its inputs: exit code 2."""
-
-
-# ---- exit codes: the one map from errors and outcomes to them ------------------------
-
-# The error that ends a command -> its exit code, most specific first. An
-# error not listed here is a bug: it ends the command with its traceback.
-_EXIT_CODE_OF_ERROR: tuple[tuple[type[TierbatchError], int], ...] = (
-    (UsageError, EXIT_USAGE),
-    (ConfigError, EXIT_USAGE),
-    (MissingApiKeyError, EXIT_USAGE),
-    (InvalidBaseUrlError, EXIT_USAGE),
-    (FatalProviderError, EXIT_PROVIDER_REFUSED),
-    (NoModelLeftError, EXIT_MODEL_MISSING),
-    (RuntimeFailureError, EXIT_RUNTIME_FAILED),
-    (StorageError, EXIT_STORAGE),
-)
-# When several outcomes apply, the first of these wins (only one of 7, 4 and
-# 8 can end a run: the first that happens).
-_EXIT_PRECEDENCE = (
-    EXIT_STORAGE,
-    EXIT_RUNTIME_FAILED,
-    EXIT_PROVIDER_REFUSED,
-    EXIT_MODEL_MISSING,
-    EXIT_INTERRUPTED,
-    EXIT_REJECTED,
-    EXIT_FAILED,
-)
-
-
-def exit_code_of(error: BaseException) -> int | None:
-    """The exit code of a command that ``error`` ended; None for an error
-    that is not one of tierbatch's expected ones (a bug)."""
-    for kind, code in _EXIT_CODE_OF_ERROR:
-        if isinstance(error, kind):
-            return code
-    return None
-
-
-def first_exit_code(codes: Iterable[int]) -> int:
-    """The exit code that wins when several outcomes apply (0: none did)."""
-    found = set(codes)
-    return next((code for code in _EXIT_PRECEDENCE if code in found), EXIT_OK)
 
 
 # ---- entry point -------------------------------------------------------------------
@@ -188,7 +109,7 @@ def main(
     """Run the ``tierbatch`` command line; returns the exit code."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    parser = build_parser()
+    parser = build_parser(COMMANDS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error
@@ -210,251 +131,6 @@ def main(
         return 130
     finally:
         restore_configuration(saved)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tierbatch",
-        description="Quota-aware, priority-tiered entity extraction over news articles "
-        "with Gemini models.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
-
-    run = commands.add_parser(
-        "run",
-        help="enqueue a JSONL file and process it to the end, then print a summary",
-        description="Validate and enqueue ARTICLES.jsonl (or the shipped sample), process "
-        "every queued article of the database, and print a summary per tier and model. "
-        "Without an API key the simulated provider runs, and the output says so.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("articles", nargs="?", metavar="ARTICLES.jsonl", help="input file")
-    source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
-    _add_db(run)
-    _add_processing(run)
-    run.set_defaults(command=_cmd_run)
-
-    daemon = commands.add_parser(
-        "daemon",
-        help="process the database's queue continuously",
-        description="Lease articles other processes insert into the queue table, process "
-        "them, and write results back, until SIGTERM/SIGINT (start no new call, hand back "
-        "what is not in flight, let calls in flight finish, save state, exit 0; a second "
-        "signal stops at once).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_db(daemon)
-    _add_processing(daemon, json_default=True)
-    daemon.set_defaults(command=_cmd_daemon)
-
-    enqueue = commands.add_parser(
-        "enqueue", help="validate a JSONL file and add its articles to the queue"
-    )
-    enqueue.add_argument("articles", metavar="ARTICLES.jsonl", help="input file ('-': stdin)")
-    _add_db(enqueue)
-    enqueue.set_defaults(command=_cmd_enqueue)
-
-    status = commands.add_parser(
-        "status", help="articles per state, tier and model, and the quota state (read-only)"
-    )
-    _add_db(status)
-    status.add_argument("--config", metavar="FILE", help="config with the model limits")
-    status.add_argument(
-        "--snapshot", metavar="PATH", help="quota snapshot (default: DB.quota.msgpack)"
-    )
-    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    status.set_defaults(command=_cmd_status)
-
-    config = commands.add_parser("config", help="configuration tools")
-    config_commands = config.add_subparsers(title="config commands", required=True, metavar="CMD")
-    check = config_commands.add_parser(
-        "check", help="validate a config file and print the resolved settings as TOML"
-    )
-    check.add_argument("file", nargs="?", metavar="FILE", help="default: the built-in config")
-    check.set_defaults(command=_cmd_config_check)
-
-    models = commands.add_parser(
-        "models",
-        help="check that the provider has every configured model (input limit, batch support)",
-        description="Ask the provider about every configured model (one models.get each, "
-        "at once): does it exist, its input and output token limits, whether it supports "
-        "the Batch API, and which tiers use it. A missing (retired or misspelt) model and "
-        "a tier left without models are reported.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    models.add_argument("--config", metavar="FILE", help="TOML config (default: built-in)")
-    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    models.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_LOOKUP_TIMEOUT_S,
-        metavar="S",
-        help=f"seconds each lookup may take (default {DEFAULT_LOOKUP_TIMEOUT_S:g})",
-    )
-    models.set_defaults(command=_cmd_models)
-
-    fake = commands.add_parser(
-        "serve-fake-gemini",
-        help="serve a local Gemini-compatible API (loopback only) for rehearsals",
-    )
-    fake.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
-    fake.add_argument("--port", type=int, default=8765, help="default 8765; 0 picks a free port")
-    fake.add_argument(
-        "--config", metavar="FILE", help="tierbatch config whose model limits to enforce"
-    )
-    fake.add_argument("--window-s", type=float, default=60.0, help="rate-limit window (default 60)")
-    fake.add_argument("--latency-s", type=float, default=0.0, help="answer latency in seconds")
-    fake.add_argument(
-        "--server-error-rate", type=float, default=0.0, help="share of requests answered 5xx"
-    )
-    fake.add_argument("--seed", type=int, default=0, help="seed of the fault draws")
-    fake.add_argument(
-        "--valid-key",
-        action="append",
-        default=None,
-        metavar="KEY",
-        help="accept only these API keys (repeatable); default: any well-formed key",
-    )
-    fake.add_argument("--free-tier", action="store_true", help="free-tier quota ids in 429s")
-    fake.add_argument(
-        "--retired",
-        action="append",
-        default=None,
-        metavar="MODEL",
-        help="a model that answers 404, as a retired one does (repeatable)",
-    )
-    fake.add_argument(
-        "--batch-pending-s",
-        type=float,
-        default=1.0,
-        metavar="S",
-        help="seconds a batch job stays pending (default 1)",
-    )
-    fake.add_argument(
-        "--batch-turnaround-s",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="seconds from a batch job's creation to its end (default 10)",
-    )
-    fake.add_argument(
-        "--batch-request-failure-rate",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of a batch job's requests that fail on their own",
-    )
-    fake.add_argument(
-        "--batch-job-failure-rate",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of batch jobs that end FAILED",
-    )
-    fake.add_argument(
-        "--batch-expiry-rate",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of batch jobs that end EXPIRED",
-    )
-    fake.add_argument(
-        "--cross-article-rate",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of answered entities swapped for one of another article of the request",
-    )
-    fake.add_argument(
-        "--invented-rate",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of answered entities swapped for a name in no article",
-    )
-    fake.set_defaults(command=_cmd_serve_fake_gemini)
-    return parser
-
-
-def _add_db(parser: argparse.ArgumentParser) -> None:
-    default = os.environ.get(DB_ENV) or None
-    parser.add_argument(
-        "--db",
-        required=default is None,
-        default=default,
-        metavar="DB",
-        help="SQLite database file, or a postgresql://user@host/dbname URL for a queue "
-        f"many machines share (default: ${DB_ENV})",
-    )
-
-
-def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = False) -> None:
-    parser.add_argument("--config", metavar="FILE", help="TOML config (default: built-in)")
-    if json_default:
-        parser.add_argument(
-            "--log-console", action="store_true", help="human console logs instead of JSON lines"
-        )
-    else:
-        parser.add_argument("--log-json", action="store_true", help="log JSON lines")
-    parser.add_argument("--log-level", default="info", choices=LEVEL_NAMES)
-    parser.add_argument(
-        "--no-check",
-        action="store_true",
-        help="skip the check at start that every configured model exists (one "
-        "models.get per model); a missing model then costs each article an attempt",
-    )
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no live display nor progress log lines"
-    )
-    parser.add_argument(
-        "--progress-interval",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="seconds between progress log lines outside a terminal (default 10)",
-    )
-    parser.add_argument(
-        "--stats-interval",
-        type=float,
-        default=DEFAULT_INTERVAL_S,
-        metavar="S",
-        help="seconds between 'provider calls' log lines, per-model call counts, 429s, "
-        "tokens and latency (default 60; 0: none). Per-call lines are at --log-level debug",
-    )
-    parser.add_argument(
-        "--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on 127.0.0.1:N"
-    )
-    parser.add_argument(
-        "--snapshot", metavar="PATH", help="quota state file (default: DB.quota.msgpack)"
-    )
-    parser.add_argument(
-        "--drain-timeout",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="on SIGTERM/SIGINT, seconds the calls in flight may take to finish "
-        "(no new call starts; default 30)",
-    )
-    parser.add_argument(
-        "--lease-s",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="lease duration of a taken article, renewed while working (default 60)",
-    )
-    parser.add_argument(
-        "--poll-interval",
-        type=float,
-        default=0.5,
-        metavar="S",
-        help="seconds between looks for new rows when idle (default 0.5)",
-    )
 
 
 # ---- run and daemon ----------------------------------------------------------------
@@ -868,6 +544,17 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
     finally:
         signal.signal(signal.SIGTERM, previous)
     return EXIT_OK
+
+
+COMMANDS = Commands(
+    run=_cmd_run,
+    daemon=_cmd_daemon,
+    enqueue=_cmd_enqueue,
+    status=_cmd_status,
+    config_check=_cmd_config_check,
+    models=_cmd_models,
+    serve_fake_gemini=_cmd_serve_fake_gemini,
+)
 
 
 if __name__ == "__main__":
