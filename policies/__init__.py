@@ -18,6 +18,7 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,
+    GroundingConfig,
     LimiterMode,
     ModelSpec,
     PriorityConfig,
@@ -27,8 +28,8 @@ from tierbatch.policies.config import (
     RetryConfig,
     RuntimeConfig,
     TierSpec,
-    parse_config,
 )
+from tierbatch.policies.config_parsing import parse_config
 from tierbatch.policies.errors import (
     ActorDiedError,
     ConfigError,
@@ -106,6 +107,7 @@ __all__ = [
     "Grant",
     "Grounding",
     "GroundingAction",
+    "GroundingConfig",
     "GroundingCounts",
     "GroundingPolicy",
     "GroundingRow",

@@ -40,7 +40,7 @@ from tierbatch.adapters.app.cli import (
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.adapters.storage.config_file import load_config
-from tierbatch.policies.config import parse_config
+from tierbatch.policies.config_parsing import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,6 @@ from tierbatch.adapters.storage.config_file import (
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,
-    ConfigError,
     GroundingConfig,
     ModelSpec,
     PriorityConfig,
@@ -37,10 +36,11 @@ from tierbatch.policies.config import (
     TierSpec,
     UnknownModelError,
     config_to_mapping,
-    parse_config,
 )
+from tierbatch.policies.config_parsing import parse_config
 from tierbatch.policies.config_reader import join_key
 from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.errors import ConfigError
 from tierbatch.policies.grounding import Grounding, GroundingAction, GroundingPolicy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from tierbatch.policies.config import Config, config_to_mapping, parse_config
+from tierbatch.policies.config import Config, config_to_mapping
+from tierbatch.policies.config_parsing import parse_config
 from tierbatch.policies.config_reader import join_key, quote_key, toml_string
 from tierbatch.policies.errors import ConfigError
 
