@@ -54,16 +54,17 @@ class TallySnapshot:
 
     @property
     def done_by_tier(self) -> dict[str, int]:
-        out: Counter[str] = Counter()
-        for (tier, _model), row in self.done.items():
-            out[tier] += row.articles
-        return dict(out)
+        return self._done_by(0)
 
     @property
     def done_by_model(self) -> dict[str, int]:
+        return self._done_by(1)
+
+    def _done_by(self, part: int) -> dict[str, int]:
+        """Done articles summed by one part of the (tier, model) key."""
         out: Counter[str] = Counter()
-        for (_tier, model), row in self.done.items():
-            out[model] += row.articles
+        for key, row in self.done.items():
+            out[key[part]] += row.articles
         return dict(out)
 
     @property
@@ -96,10 +97,6 @@ class ResultTally:
             else:
                 self._failed_by_tier[result.tier or "-"] += 1
                 self._failed_by_reason[str(result.reason)] += 1
-
-    @property
-    def terminal(self) -> int:
-        return sum(r.articles for r in self._done.values()) + sum(self._failed_by_tier.values())
 
     def snapshot(self) -> TallySnapshot:
         """A copy that later results do not change."""

@@ -72,6 +72,16 @@ def _sends_per_grant(observer: RecordingObserver) -> dict[int, int]:
     return counts
 
 
+def _assert_one_sent_per_request(provider: ScriptedProvider, observer: RecordingObserver) -> None:
+    """Run 12 articles through one extractor: every request was told Sent once."""
+    with Runtime(small_config(extractors=1), provider, CollectingSink(), observer=observer) as rt:
+        rt.submit(make_articles(12))
+        assert rt.drain(timeout=30)
+    counts = _sends_per_grant(observer)
+    assert len(counts) == len(provider.requests) > 1
+    assert set(counts.values()) == {1}
+
+
 def test_the_registry_hears_one_sent_per_request_from_a_provider_that_marks() -> None:
     """The adapter's mark is the one: the runtime no longer adds its own at
     the start of the call (it used to, so every request was told twice)."""
@@ -82,26 +92,13 @@ def test_the_registry_hears_one_sent_per_request_from_a_provider_that_marks() ->
         mark_request_sent()  # safe to call more than once: still one Sent
         return answer_all(request)
 
-    observer = RecordingObserver()
-    provider = ScriptedProvider(marks_twice)
-    with Runtime(small_config(extractors=1), provider, CollectingSink(), observer=observer) as rt:
-        rt.submit(make_articles(12))
-        assert rt.drain(timeout=30)
-    counts = _sends_per_grant(observer)
-    assert len(counts) == len(provider.requests) > 1
-    assert set(counts.values()) == {1}
+    _assert_one_sent_per_request(ScriptedProvider(marks_twice), RecordingObserver())
 
 
 def test_the_registry_hears_one_sent_per_request_from_a_provider_that_does_not_mark() -> None:
     """Without a mark of the adapter's, the runtime's own counts: the start
     of the call, told once."""
     observer = RecordingObserver()
-    provider = ScriptedProvider()
-    with Runtime(small_config(extractors=1), provider, CollectingSink(), observer=observer) as rt:
-        rt.submit(make_articles(12))
-        assert rt.drain(timeout=30)
-    counts = _sends_per_grant(observer)
-    assert len(counts) == len(provider.requests) > 1
-    assert set(counts.values()) == {1}
+    _assert_one_sent_per_request(ScriptedProvider(), observer)
     for grant, _ in observer.grants:
         assert observer.sent[grant.grant_id] >= grant.granted_at
