@@ -42,15 +42,17 @@ wall-clock times (steady + the offset at save time) and ``restore`` converts
 them with the offset of the restoring process, whose steady origin differs.
 With the default offset 0 the two timelines coincide, as for a caller that
 simply passes epoch seconds.
+
+The per-model state lives in ``policies.quota_state``, the snapshot format
+(dump and checked load) in ``policies.quota_snapshot``; this module holds
+the decisions.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final, assert_never
 
@@ -72,7 +74,16 @@ from tierbatch.policies.outcomes import (
     TimedOut,
 )
 from tierbatch.policies.planner import ModelCapacity
-from tierbatch.policies.rolling_window import RollingWindow
+from tierbatch.policies.quota_snapshot import SNAPSHOT_FORMAT, SNAPSHOT_VERSION, dump, load
+from tierbatch.policies.quota_state import (
+    COUNTER_NAMES,
+    CooldownReason,
+    Held,
+    Limits,
+    ModelState,
+    WindowEntry,
+    scaled_limit,
+)
 
 __all__ = [
     "COUNTER_NAMES",
@@ -92,8 +103,6 @@ __all__ = [
     "scaled_limit",
 ]
 
-SNAPSHOT_FORMAT: Final = "tierbatch.quota"
-SNAPSHOT_VERSION: Final = 1
 
 _MAX_BACKOFF_EXPONENT: Final = 62  # 2**62 s outlasts any backoff_max_s; avoids float overflow
 
@@ -144,20 +153,6 @@ class NoRoute:
 AcquireResult = Grant | Wait | NoRoute
 
 
-class CooldownReason(StrEnum):
-    """Why a model is cooling down (the reason of its latest deadline).
-
-    ``RATE_LIMITED``: a 429 on requests per minute, or of unknown scope;
-    ``TOKENS_LIMITED``: a 429 on input tokens per minute;
-    ``SERVER_ERRORS``: ``server_error_threshold`` consecutive 5xx/timeouts.
-    A per-day 429 is not a cooldown: it sets ``exhausted_until``.
-    """
-
-    RATE_LIMITED = "rate_limited"
-    TOKENS_LIMITED = "tokens_limited"
-    SERVER_ERRORS = "server_errors"
-
-
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
     """A read-only view of one model's quota state, for stats and metrics.
@@ -189,110 +184,9 @@ class ModelStatus:
     limiter: str = "unknown"
 
 
-def scaled_limit(limit: int, utilisation: float) -> int:
-    """``limit`` scaled by ``utilisation``, floored but at least 1; 0 stays 0
-    (unlimited). A relative epsilon keeps 100 * 0.29 from flooring to 28."""
-    if limit <= 0:
-        return 0
-    scaled = limit * utilisation
-    return max(1, math.floor(scaled + 1e-9 * max(1.0, scaled)))
-
-
 def backoff_delay(base_s: float, max_s: float, exponent: int) -> float:
     """Bounded exponential backoff: ``min(base_s * 2**exponent, max_s)``."""
     return min(base_s * 2.0 ** min(max(exponent, 0), _MAX_BACKOFF_EXPONENT), max_s)
-
-
-COUNTER_NAMES: Final = (
-    "granted",
-    "succeeded",
-    "rate_limited",  # every 429, any scope
-    "rate_limited_day",  # 429s on requests per day (also counted in rate_limited)
-    "server_errors",
-    "timeouts",
-    "other_errors",  # bad_requests + auth_failures + not_found
-    "bad_requests",
-    "auth_failures",
-    "not_found",
-    "abandoned",
-    "cancelled",
-    "input_tokens",  # as reported by Succeeded usage
-    "output_tokens",
-)
-"""Integer counters of every model; ``cooldown_s`` (float) is added to them:
-the seconds by which cooldowns extended the model's cooldown deadline, so
-overlapping 429s are not counted twice."""
-
-
-def _fresh_counters() -> dict[str, int | float]:
-    counters: dict[str, int | float] = dict.fromkeys(COUNTER_NAMES, 0)
-    counters["cooldown_s"] = 0.0
-    return counters
-
-
-@dataclass(frozen=True, slots=True)
-class _Limits:
-    rpm: int
-    tpm: int
-    rpd: int
-    max_in_flight: int
-    max_input_tokens: int
-
-    @classmethod
-    def of(cls, spec: ModelSpec, utilisation: float) -> _Limits:
-        # max_input_tokens is the model's context size, not a quota: not scaled.
-        return cls(
-            rpm=scaled_limit(spec.rpm, utilisation),
-            tpm=scaled_limit(spec.tpm, utilisation),
-            rpd=scaled_limit(spec.rpd, utilisation),
-            max_in_flight=scaled_limit(spec.max_in_flight, utilisation),
-            max_input_tokens=max(spec.max_input_tokens, 0),
-        )
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    """One grant's footprint in its model's window. ``handle`` is its place
-    in the model's ``RollingWindow``, None once it no longer holds one."""
-
-    grant_id: int
-    granted_at: float
-    expires_at: float
-    tokens: int
-    day: int
-    handle: int | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _ModelState:
-    name: str
-    limits: _Limits
-    estimate: LimitEstimate
-    window: RollingWindow = field(default_factory=RollingWindow)
-    entries: dict[int, _Entry] = field(default_factory=dict)  # handle -> entry
-    accepted: deque[tuple[float, int]] = field(default_factory=deque)  # (sent, tokens)
-    day: int | None = None  # the local day requests_today counts
-    requests_today: int = 0
-    in_flight: int = 0
-    cooldown_until: float | None = None
-    cooldown_reason: CooldownReason | None = None
-    exhausted_until: float | None = None
-    unavailable: str | None = None
-    consecutive_429s: int = 0
-    consecutive_errors: int = 0
-    first_use: float | None = None  # the first grant of this process
-    counters: dict[str, int | float] = field(default_factory=_fresh_counters)
-
-    def counted(self, entry: _Entry) -> bool:
-        return entry.handle is not None and self.window.counted(entry.handle)
-
-
-@dataclass(slots=True, eq=False)
-class _Held:
-    state: _ModelState
-    entry: _Entry
-    est_tokens: int
-    at_edge: bool = False  # sent at the pacing burst's edge (slow start grows on it)
 
 
 class QuotaPolicy:
@@ -316,13 +210,13 @@ class QuotaPolicy:
             learn=quota.learn_limits,
             initial_burst=quota.initial_burst,
         )
-        self._models: dict[str, _ModelState] = {}
+        self._models: dict[str, ModelState] = {}
         for name, spec in models.items():
-            limits = _Limits.of(spec, quota.utilisation)
-            self._models[name] = _ModelState(
+            limits = Limits.of(spec, quota.utilisation)
+            self._models[name] = ModelState(
                 name, limits, LimitEstimate(limits.rpm, limits.tpm, estimator)
             )
-        self._held: dict[int, _Held] = {}
+        self._held: dict[int, Held] = {}
         self._next_grant_id = 1
 
     # -- decisions ---------------------------------------------------------
@@ -661,18 +555,7 @@ class QuotaPolicy:
         msgpack or JSON. Its times are wall-clock times: steady times plus
         ``wall_offset``, the offset now. ``restore`` of it, with the offset
         at restore time, gives an equivalent policy."""
-        return {
-            "format": SNAPSHOT_FORMAT,
-            "version": SNAPSHOT_VERSION,
-            "next_grant_id": self._next_grant_id,
-            "models": {
-                name: _snapshot_model(state, wall_offset) for name, state in self._models.items()
-            },
-            "in_flight": [
-                [gid, h.state.name, h.entry.granted_at + wall_offset, h.est_tokens, h.entry.day]
-                for gid, h in sorted(self._held.items())
-            ],
-        }
+        return dump(self._next_grant_id, self._models, self._held, wall_offset)
 
     @classmethod
     def restore(
@@ -698,7 +581,9 @@ class QuotaPolicy:
         """
         policy = cls(models, quota)
         try:
-            policy._load(data, wall_offset)
+            policy._held, policy._next_grant_id = load(
+                data, policy._models, policy._window_s, wall_offset
+            )
         except SnapshotError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
@@ -707,7 +592,7 @@ class QuotaPolicy:
 
     # -- internals ---------------------------------------------------------
 
-    def _advance(self, state: _ModelState, now: float) -> None:
+    def _advance(self, state: ModelState, now: float) -> None:
         """Brings ``state`` up to ``now``: drops expired window entries,
         clears passed deadlines, starts a new day's count."""
         state.window.expire(now)
@@ -724,7 +609,7 @@ class QuotaPolicy:
             state.exhausted_until = None
 
     def _earliest(
-        self, state: _ModelState, est_tokens: int, now: float, wall_offset: float, today: int
+        self, state: ModelState, est_tokens: int, now: float, wall_offset: float, today: int
     ) -> float | None:
         limits = state.limits
         if limits.max_in_flight and state.in_flight >= limits.max_in_flight:
@@ -762,7 +647,7 @@ class QuotaPolicy:
         return _steady(at, wall_offset)
 
     def _exhausted_until(
-        self, state: _ModelState, now: float, wall_offset: float, today: int
+        self, state: ModelState, now: float, wall_offset: float, today: int
     ) -> float | None:
         """Until when the model is out for the day (a per-day 429, or the
         day's count at ``rpd``), whichever ends later; None if it is not."""
@@ -772,7 +657,7 @@ class QuotaPolicy:
             exhausted = day_end if exhausted is None else max(exhausted, day_end)
         return exhausted
 
-    def _grant(self, state: _ModelState, est_tokens: int, now: float, today: int) -> Grant:
+    def _grant(self, state: ModelState, est_tokens: int, now: float, today: int) -> Grant:
         grant_id = self._next_grant_id
         self._next_grant_id += 1
         if state.day is None or today > state.day:  # the first grant of a new day
@@ -780,7 +665,7 @@ class QuotaPolicy:
             state.requests_today = 0
         if state.first_use is None:
             state.first_use = now
-        entry = _Entry(grant_id, now, now + self._window_s, est_tokens, state.day)
+        entry = WindowEntry(grant_id, now, now + self._window_s, est_tokens, state.day)
         # Counted from the grant until it is sent (``sent`` moves it then).
         entry.handle = state.window.hold(est_tokens, entry.expires_at)
         state.entries[entry.handle] = entry
@@ -790,13 +675,13 @@ class QuotaPolicy:
         state.requests_today += 1
         state.in_flight += 1
         _bump(state.counters, "granted")
-        self._held[grant_id] = _Held(state, entry, est_tokens, at_edge)
+        self._held[grant_id] = Held(state, entry, est_tokens, at_edge)
         return Grant(grant_id, state.name, now, est_tokens)
 
     def _rate_limited(
         self,
-        state: _ModelState,
-        held: _Held,
+        state: ModelState,
+        held: Held,
         outcome: RateLimited,
         now: float,
         wall_offset: float,
@@ -856,7 +741,7 @@ class QuotaPolicy:
         return end
 
     def _cool_down(
-        self, state: _ModelState, deadline: float, reason: CooldownReason, now: float
+        self, state: ModelState, deadline: float, reason: CooldownReason, now: float
     ) -> None:
         """Extends the cooldown to ``deadline``; never shortens it."""
         current = state.cooldown_until
@@ -872,15 +757,13 @@ class QuotaPolicy:
         return backoff_delay(self._quota.backoff_base_s, self._quota.backoff_max_s, exponent)
 
     @classmethod
-    def _refund(cls, state: _ModelState, entry: _Entry) -> None:
+    def _refund(cls, state: ModelState, entry: WindowEntry) -> None:
         if entry.handle is not None:
             state.window.remove(entry.handle)
         if entry.day == state.day and state.requests_today > 0:
             state.requests_today -= 1
 
-    def _status(
-        self, state: _ModelState, now: float, wall_offset: float, today: int
-    ) -> ModelStatus:
+    def _status(self, state: ModelState, now: float, wall_offset: float, today: int) -> ModelStatus:
         requests, tokens = state.window.live(now)
         requests_today = _requests_today(state, today)
         exhausted = self._exhausted_until(state, now, wall_offset, today)
@@ -904,107 +787,6 @@ class QuotaPolicy:
             burst=estimate.burst,
             limiter=estimate.shape.value,
         )
-
-    def _load(self, data: Mapping[str, Any], wall_offset: float) -> None:
-        if not isinstance(data, Mapping):
-            raise SnapshotError(f"a quota snapshot is a mapping, got {type(data).__name__}")
-        if data.get("format") != SNAPSHOT_FORMAT:
-            raise SnapshotError(f"not a quota snapshot (format {data.get('format')!r})")
-        if data.get("version") != SNAPSHOT_VERSION:
-            raise SnapshotError(
-                f"unsupported quota snapshot version {data.get('version')!r} "
-                f"(this build reads version {SNAPSHOT_VERSION})"
-            )
-        next_grant_id = _int(data["next_grant_id"], "next_grant_id")
-        saved_models = _mapping(data["models"], "models")
-        entries: dict[int, tuple[_ModelState, _Entry]] = {}
-        for name, saved in saved_models.items():
-            state = self._models.get(name)
-            if state is not None:
-                self._load_model(state, _mapping(saved, f"models[{name!r}]"), entries, wall_offset)
-        for item in _list(data["in_flight"], "in_flight"):
-            grant_id, name, granted_at, est_tokens, day = _list(item, "in_flight entry")
-            grant_id, est_tokens = _int(grant_id, "grant id"), _int(est_tokens, "est_tokens")
-            if grant_id in self._held:
-                raise SnapshotError(f"grant {grant_id} is in flight twice")
-            state = self._models.get(_str(name, "in-flight model"))
-            if state is None:
-                continue
-            found = entries.get(grant_id)
-            if found is not None and found[0] is state:
-                entry = found[1]
-            else:  # its window entry had expired: only the in-flight slot remains
-                granted = _float(granted_at, "granted_at") - wall_offset
-                entry = _Entry(
-                    grant_id, granted, granted + self._window_s, est_tokens, _int(day, "day")
-                )
-            self._held[grant_id] = _Held(state, entry, est_tokens)
-            state.in_flight += 1
-        highest = max([*entries, *self._held], default=0)
-        if next_grant_id <= highest:
-            raise SnapshotError(f"next_grant_id {next_grant_id} <= a recorded grant id {highest}")
-        self._next_grant_id = next_grant_id
-
-    def _load_model(
-        self,
-        state: _ModelState,
-        saved: Mapping[str, Any],
-        entries: dict[int, tuple[_ModelState, _Entry]],
-        wall_offset: float,
-    ) -> None:
-        window: list[_Entry] = []
-        for item in _list(saved["window"], "window"):
-            fields = _list(item, "window entry")
-            if len(fields) not in (4, 5):
-                raise SnapshotError(f"window entry: expected 4 or 5 fields, got {fields!r}")
-            grant_id, granted_at, tokens, day = fields[:4]
-            granted = _float(granted_at, "granted_at") - wall_offset
-            expires = (
-                _float(fields[4], "expires_at") - wall_offset
-                if len(fields) == 5
-                else granted + self._window_s
-            )
-            entry = _Entry(
-                _int(grant_id, "grant id"),
-                granted,
-                expires,
-                _int(tokens, "tokens"),
-                _int(day, "day"),
-            )
-            if entry.grant_id in entries:
-                raise SnapshotError(f"grant {entry.grant_id} is in a window twice")
-            entries[entry.grant_id] = (state, entry)
-            window.append(entry)
-        window.sort(key=lambda e: e.expires_at)
-        state.window = RollingWindow()
-        state.entries = {}
-        for entry in window:
-            entry.handle = state.window.add(entry.expires_at, entry.tokens)
-            state.entries[entry.handle] = entry
-        estimate = saved.get("estimate")
-        if estimate is not None:
-            try:
-                state.estimate.restore(dict(_mapping(estimate, "estimate")))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise SnapshotError(f"models[{state.name!r}].estimate: {exc}") from exc
-        state.day = _opt_int(saved["day"], "day")
-        state.requests_today = _int(saved["requests_today"], "requests_today")
-        state.cooldown_until = _steady_or_none(
-            _opt_float(saved["cooldown_until"], "cooldown_until"), wall_offset
-        )
-        reason = saved["cooldown_reason"]
-        state.cooldown_reason = None if reason is None else CooldownReason(reason)
-        state.exhausted_until = _steady_or_none(
-            _opt_float(saved["exhausted_until"], "exhausted_until"), wall_offset
-        )
-        unavailable = saved["unavailable"]
-        state.unavailable = None if unavailable is None else _str(unavailable, "unavailable")
-        state.consecutive_429s = _int(saved["consecutive_429s"], "consecutive_429s")
-        state.consecutive_errors = _int(saved["consecutive_errors"], "consecutive_errors")
-        for key, value in _mapping(saved["counters"], "counters").items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise SnapshotError(f"counter {key!r} is not a number: {value!r}")
-            state.counters[_str(key, "counter name")] = value
 
 
 class QuotaAt:
@@ -1045,7 +827,7 @@ def _check_tokens(est_tokens: int) -> None:
         raise ValueError(f"est_tokens must be >= 0, got {est_tokens}")
 
 
-def _never_reason(state: _ModelState, est_tokens: int) -> str | None:
+def _never_reason(state: ModelState, est_tokens: int) -> str | None:
     """Why ``state``'s model can never take a request of ``est_tokens``."""
     if state.unavailable is not None:
         return f"unavailable ({state.unavailable})"
@@ -1057,7 +839,7 @@ def _never_reason(state: _ModelState, est_tokens: int) -> str | None:
     return None
 
 
-def _requests_today(state: _ModelState, today: int) -> int:
+def _requests_today(state: ModelState, today: int) -> int:
     """The model's count for local day ``today``: 0 once a later day began."""
     if state.day is None or today > state.day:
         return 0
@@ -1074,82 +856,9 @@ def _steady(wall: float, wall_offset: float) -> float:
     return steady
 
 
-def _steady_or_none(wall: float | None, wall_offset: float) -> float | None:
-    return None if wall is None else wall - wall_offset
-
-
-def _wall_or_none(steady: float | None, wall_offset: float) -> float | None:
-    return None if steady is None else steady + wall_offset
-
-
 def _future(deadline: float | None, now: float) -> float | None:
     return deadline if deadline is not None and deadline > now else None
 
 
 def _bump(counters: dict[str, int | float], name: str, amount: int | float = 1) -> None:
     counters[name] = counters.get(name, 0) + amount
-
-
-def _snapshot_model(state: _ModelState, wall_offset: float) -> dict[str, Any]:
-    window = []
-    for handle, expires_at, tokens in state.window.entries():
-        e = state.entries.get(handle)
-        if e is not None:
-            window.append(
-                [e.grant_id, e.granted_at + wall_offset, tokens, e.day, expires_at + wall_offset]
-            )
-
-    return {
-        "window": window,
-        "day": state.day,
-        "requests_today": state.requests_today,
-        "cooldown_until": _wall_or_none(state.cooldown_until, wall_offset),
-        "cooldown_reason": None if state.cooldown_reason is None else str(state.cooldown_reason),
-        "exhausted_until": _wall_or_none(state.exhausted_until, wall_offset),
-        "unavailable": state.unavailable,
-        "consecutive_429s": state.consecutive_429s,
-        "consecutive_errors": state.consecutive_errors,
-        "estimate": state.estimate.snapshot(),
-        "counters": dict(state.counters),
-    }
-
-
-# Snapshot field readers: each raises SnapshotError naming the field.
-
-
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SnapshotError(f"{what}: expected an integer, got {value!r}")
-    return value
-
-
-def _opt_int(value: Any, what: str) -> int | None:
-    return None if value is None else _int(value, what)
-
-
-def _float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise SnapshotError(f"{what}: expected a number, got {value!r}")
-    return float(value)
-
-
-def _opt_float(value: Any, what: str) -> float | None:
-    return None if value is None else _float(value, what)
-
-
-def _str(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise SnapshotError(f"{what}: expected a string, got {value!r}")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list | tuple):
-        raise SnapshotError(f"{what}: expected a list, got {type(value).__name__}")
-    return list(value)
-
-
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise SnapshotError(f"{what}: expected a mapping, got {type(value).__name__}")
-    return value
