@@ -35,7 +35,8 @@ from tierbatch.actors.messages import (
 )
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.runtime import Runtime
-from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, default_snapshot_path
+from tierbatch.adapters.app.daemon import Daemon, DaemonOptions
+from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner

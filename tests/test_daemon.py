@@ -46,10 +46,10 @@ from tierbatch.adapters.app.daemon import (
     DaemonOptions,
     DaemonReport,
     StopReason,
-    default_snapshot_path,
 )
 from tierbatch.adapters.app.progress import ProgressView
 from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.adapters.storage.config_file import load_config

@@ -36,7 +36,8 @@ from tierbatch.actors.extractor import Extractor
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.adapters.app.cli import EXIT_OK, EXIT_RUNTIME_FAILED, main
-from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, StopReason, default_snapshot_path
+from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, StopReason
+from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.adapters.storage.config_file import load_config

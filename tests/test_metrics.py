@@ -19,7 +19,7 @@ from tierbatch.actors.ports import ExtractionRequest, PackAnswer
 from tierbatch.actors.runtime import RuntimeStats
 from tierbatch.actors.sinks import CollectingSink, CountingSink
 from tierbatch.adapters.app.cli import EXIT_OK, main
-from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, default_snapshot_path
+from tierbatch.adapters.app.daemon import Daemon, DaemonOptions
 from tierbatch.adapters.app.metrics import (
     LOOPBACK,
     Metrics,
@@ -28,6 +28,7 @@ from tierbatch.adapters.app.metrics import (
     outcome_label,
 )
 from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile

@@ -48,7 +48,6 @@ from tierbatch.adapters.app.daemon import (
     DaemonOptions,
     DaemonReport,
     StopReason,
-    default_snapshot_path,
     signals_stop,
 )
 from tierbatch.adapters.app.exit_codes import (
@@ -79,6 +78,7 @@ from tierbatch.adapters.app.model_check import (
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
 from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
 from tierbatch.adapters.storage.config_file import load_config, render_config

@@ -53,7 +53,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -66,10 +65,15 @@ from tierbatch.actors.runtime import Runtime, RuntimeStats
 from tierbatch.adapters.app.leases import LeaseKeeper
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
+from tierbatch.adapters.app.quota_file import (
+    QuotaStateLoad,
+    SnapshotTrigger,
+    load_quota_state,
+    set_aside,
+)
 from tierbatch.adapters.app.summary import ModelUsage, usage_between
-from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.adapters.storage.results_sink import ResultsSink
-from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFile, decode
+from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFile
 from tierbatch.adapters.storage.store import Store
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
@@ -81,25 +85,15 @@ from tierbatch.policies.errors import (
     StorageError,
     TierbatchError,
 )
-from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant, ModelStatus
+from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tally import TallySnapshot
 
 _log = structlog.get_logger(__name__)
 
-SNAPSHOT_SUFFIX = ".quota.msgpack"
 _MAX_STORAGE_FAILURES = 20
 # Seconds between refreshes of the metrics and the progress display.
 _REPORT_INTERVAL_S = 0.25
-
-
-def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
-    """``<db>.quota.msgpack``, next to an SQLite database; for a PostgreSQL
-    URL, ``postgresql-HOST-PORT-DBNAME.quota.msgpack`` in the current folder."""
-    if is_postgres_url(db_path):
-        return Path(f"{file_stem(db_path)}{SNAPSHOT_SUFFIX}")
-    return Path(f"{os.fspath(db_path)}{SNAPSHOT_SUFFIX}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,36 +139,6 @@ class StopReason(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class QuotaStateLoad:
-    """The restored quota state (None: start fresh) and, when the snapshot
-    could not be used, why and where it was moved."""
-
-    state: dict[str, Any] | None
-    problem: str | None = None
-    moved_to: Path | None = None
-
-
-def load_quota_state(snapshot: SnapshotFile) -> QuotaStateLoad:
-    """Read the snapshot's bytes. Bytes that are not a snapshot are set aside
-    with the reason logged (counting from zero is safer than not running);
-    whether the registry can use the content is the ``Runtime``'s to say
-    (it restores it, once: see ``set_aside``)."""
-    try:
-        data = snapshot.path.read_bytes()
-    except FileNotFoundError:
-        return QuotaStateLoad(None)
-    try:
-        return QuotaStateLoad(decode(data))
-    except SnapshotError as exc:
-        return set_aside(snapshot, exc)
-
-
-def set_aside(snapshot: SnapshotFile, problem: SnapshotError) -> QuotaStateLoad:
-    """Move an unusable snapshot aside: counting starts fresh."""
-    return QuotaStateLoad(None, str(problem), snapshot.set_aside(str(problem)))
-
-
-@dataclass(frozen=True, slots=True)
 class DaemonReport:
     """How a run ended and what it did (this process only). ``fatal_error``
     says what stopped it when ``reason`` is FATAL or FAILED."""
@@ -191,30 +155,6 @@ class DaemonReport:
     # What stopped the run, as the error the command line maps to its exit
     # code: the database failing first, else the runtime's fatal error.
     failure: TierbatchError | None = None
-
-
-class _SnapshotTrigger:
-    """Marks the debounced saver dirty on every registry decision."""
-
-    def __init__(self) -> None:
-        self.saver: DebouncedSaver | None = None
-
-    def _dirty(self) -> None:
-        saver = self.saver
-        if saver is not None:
-            saver.mark_dirty()
-
-    def on_grant(self, grant: Grant, tier_rank: int) -> None:
-        self._dirty()
-
-    def on_sent(self, grant_id: int, model: str, at: float) -> None:
-        self._dirty()
-
-    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
-        self._dirty()
-
-    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
-        self._dirty()
 
 
 class _WakingSink:
@@ -320,7 +260,7 @@ class Daemon:
         self._ran = True
         started = time.monotonic()
         quota = load_quota_state(self._snapshot)
-        trigger = _SnapshotTrigger()
+        trigger = SnapshotTrigger()
         observers: list[RegistryObserver] = [trigger]
         provider = self._provider
         if self._metrics is not None:
