@@ -1,6 +1,7 @@
 """The Gemini emulator behind the local Gemini-compatible server: it decides
 every request (route, key, quota, faults) and writes Gemini's answer JSON.
-The socket server around it is ``fake_gemini``.
+The socket server around it is ``fake_gemini``; reading a request's route,
+query and prompt is ``gemini_requests``'.
 
 It speaks the two routes the runtime uses, ``POST /{v1,v1beta}/models/
 {model}:generateContent`` and ``:countTokens``, the way Gemini does: the same
@@ -61,12 +62,11 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import structlog
 
 from tierbatch.actors.clock import Clock, wall_offset
-from tierbatch.adapters.gemini.prompt import ARTICLES_MARKER, articles_from_user_text
 from tierbatch.adapters.simulation.batch_emulator import (
     BatchEmulator,
     BatchFaultRates,
@@ -89,10 +89,21 @@ from tierbatch.adapters.simulation.fake_entities import (
     AnswerQuality,
     answer_document,
     answer_text,
-    fake_prompt_token_count,
     fake_token_count,
 )
 from tierbatch.adapters.simulation.faults import check_rates, draw_fault
+from tierbatch.adapters.simulation.gemini_requests import (
+    BadRequestBodyError,
+    Prompt,
+    Route,
+    int_query,
+    json_body,
+    parse_prompt,
+    parse_resource,
+    parse_route,
+    query_key,
+    wants_int_enums,
+)
 from tierbatch.adapters.simulation.http_transport import (
     HttpRequest,
     HttpResponse,
@@ -121,10 +132,7 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 _KEY_SYNTAX = re.compile(r"[A-Za-z0-9._~-]{1,256}")
-_ROUTE = re.compile(r"/(?P<version>v1|v1beta|v1alpha)/(?P<resource>.+):(?P<method>[A-Za-z]+)")
-_METHODS = frozenset({"generateContent", "countTokens"})
 
-# Protobuf enum numbers, for the legacy SDK's ``$alt=json;enum-encoding=int``.
 _FINISH_REASON_INT = {"STOP": 1, "MAX_TOKENS": 2, "SAFETY": 3}
 _BLOCK_REASON_INT = {"SAFETY": 1}
 _HARM_CATEGORY_INT = {"HARM_CATEGORY_DANGEROUS_CONTENT": 10}
@@ -301,95 +309,6 @@ def key_fingerprint(key: str) -> str:
 # The Gemini side
 
 
-@dataclass(frozen=True, slots=True)
-class _Route:
-    version: str
-    model: str
-    method: str
-
-
-def parse_route(method: str, target: str) -> _Route | None:
-    """The API version, model and method of a generateContent/countTokens
-    URL, tolerating an encoded ``:`` or ``/`` and a repeated ``models/``."""
-    if method != "POST":
-        return None
-    match = _ROUTE.fullmatch(unquote(urlsplit(target).path))
-    if match is None or match["method"] not in _METHODS:
-        return None
-    resource = match["resource"]
-    while resource.startswith("models/"):
-        resource = resource[len("models/") :]
-    if not resource or "/" in resource:
-        return None
-    return _Route(match["version"], resource, match["method"])
-
-
-def _content_texts(content: Any) -> list[str]:
-    """Text parts of a Content (dict with parts), a list of them, or a string."""
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        return [t for item in content for t in _content_texts(item)]
-    if isinstance(content, dict):
-        if "parts" in content:
-            return _content_texts(content["parts"])
-        text = content.get("text")
-        return [text] if isinstance(text, str) else []
-    return []
-
-
-@dataclass(frozen=True, slots=True)
-class _Prompt:
-    system: list[str]
-    user: list[str]
-    max_output_tokens: int | None
-
-    @property
-    def input_tokens(self) -> int:
-        return fake_prompt_token_count([*self.system, *self.user])
-
-    def articles(self) -> list[dict[str, str]]:
-        """The articles of the prompt template; none when there is no such
-        section or it does not parse."""
-        for text in self.user:
-            if ARTICLES_MARKER in text:
-                try:
-                    return articles_from_user_text(text)
-                except ValueError:
-                    return []
-        return []
-
-
-def _parse_prompt(body: Mapping[str, Any]) -> _Prompt:
-    """Texts from a GenerateContentRequest in camelCase or snake_case; a
-    countTokens body may wrap one in ``generateContentRequest``."""
-    inner = body.get("generateContentRequest") or body.get("generate_content_request")
-    if isinstance(inner, dict) and not body.get("contents"):
-        body = inner
-    system = body.get("systemInstruction", body.get("system_instruction"))
-    config = body.get("generationConfig", body.get("generation_config")) or {}
-    max_tokens = None
-    if isinstance(config, dict):
-        raw = config.get("maxOutputTokens", config.get("max_output_tokens"))
-        if isinstance(raw, int | str) and str(raw).isdigit() and int(raw) > 0:
-            max_tokens = int(raw)
-    return _Prompt(_content_texts(system), _content_texts(body.get("contents", [])), max_tokens)
-
-
-class _BadRequestBodyError(Exception):
-    pass
-
-
-def _json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _BadRequestBodyError(f"Invalid JSON payload received. {exc}") from exc
-    if not isinstance(document, dict):
-        raise _BadRequestBodyError("Invalid JSON payload received. Expected an object.")
-    return document
-
-
 class GeminiEmulator:
     """Decides and answers requests (routes, keys, quota, faults). Lives in
     the server's loop thread; also usable directly in tests."""
@@ -431,21 +350,21 @@ class GeminiEmulator:
         now = self.now()
         route = parse_route(request.method, request.target)
         if route is None:
-            resource = _parse_resource(request.method, request.target)
+            resource = parse_resource(request.method, request.target)
             if resource is not None:
                 return self._resource(now, request, *resource)
             return self._refuse(
                 now, "", None, 404, error_body(404, "NOT_FOUND", "Requested entity was not found.")
             )
-        key = request.headers.get("x-goog-api-key") or _query_key(request.target)
+        key = request.headers.get("x-goog-api-key") or query_key(request.target)
         auth = self._auth_error(key)
         if auth is not None:
             return self._refuse(now, key, route, auth[0], auth[1])
         try:
-            body = _json_body(request.body)
-        except _BadRequestBodyError as exc:
+            body = json_body(request.body)
+        except BadRequestBodyError as exc:
             return self._refuse(now, key, route, 400, error_body(400, "INVALID_ARGUMENT", str(exc)))
-        prompt = _parse_prompt(body)
+        prompt = parse_prompt(body)
         if not prompt.user:
             message = "* GenerateContentRequest.contents: contents is not specified\n"
             return self._refuse(now, key, route, 400, error_body(400, "INVALID_ARGUMENT", message))
@@ -456,10 +375,10 @@ class GeminiEmulator:
             tokens = prompt.input_tokens
             self._record(now, key, route, 200, input_tokens=tokens)
             return HttpResponse.of_json(200, {"totalTokens": tokens})
-        return await self._generate(now, key, route, prompt, _int_enums(request.target))
+        return await self._generate(now, key, route, prompt, wants_int_enums(request.target))
 
     def _resource(
-        self, now: float, request: HttpRequest, route: _Route, ids: Mapping[str, str]
+        self, now: float, request: HttpRequest, route: Route, ids: Mapping[str, str]
     ) -> HttpResponse:
         """The model catalogue, batch jobs and files (see the module docstring)."""
         query = parse_qs(urlsplit(request.target).query)
@@ -473,7 +392,7 @@ class GeminiEmulator:
             )
             self._record(now, "", route, response.status, fingerprint=owner)
             return response
-        key = request.headers.get("x-goog-api-key") or _query_key(request.target)
+        key = request.headers.get("x-goog-api-key") or query_key(request.target)
         auth = self._auth_error(key)
         if auth is not None:
             return self._refuse(now, key, route, auth[0], auth[1])
@@ -481,8 +400,8 @@ class GeminiEmulator:
         body: dict[str, Any] = {}
         if request.method == "POST":
             try:
-                body = _json_body(request.body)
-            except _BadRequestBodyError as exc:
+                body = json_body(request.body)
+            except BadRequestBodyError as exc:
                 document = error_body(400, "INVALID_ARGUMENT", str(exc))
                 return self._refuse(now, key, route, 400, document)
         response = self._dispatch(route, ids, query, body, owner, request, base_url)
@@ -491,7 +410,7 @@ class GeminiEmulator:
 
     def _dispatch(
         self,
-        route: _Route,
+        route: Route,
         ids: Mapping[str, str],
         query: Mapping[str, list[str]],
         body: Mapping[str, Any],
@@ -500,7 +419,7 @@ class GeminiEmulator:
         base_url: str,
     ) -> HttpResponse:
         batches = self.batches
-        page_size = _int_query(query, "pageSize")
+        page_size = int_query(query, "pageSize")
         page_token = query.get("pageToken", [None])[0]
         match route.method:
             case "models.get":
@@ -538,7 +457,7 @@ class GeminiEmulator:
     def _batch_answer(self, model: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """One request of a batch job: the response generateContent would
         give without faults, or a google.rpc.Status error object."""
-        prompt = _parse_prompt(request)
+        prompt = parse_prompt(request)
         if not prompt.user:
             message = "* GenerateContentRequest.contents: contents is not specified"
             return {"error": {"code": 3, "message": message}}
@@ -571,7 +490,7 @@ class GeminiEmulator:
         return None
 
     async def _generate(
-        self, now: float, key: str, route: _Route, prompt: _Prompt, int_enums: bool
+        self, now: float, key: str, route: Route, prompt: Prompt, int_enums: bool
     ) -> HttpResponse:
         model = route.model
         input_tokens = prompt.input_tokens
@@ -742,7 +661,7 @@ class GeminiEmulator:
         self,
         now: float,
         key: str,
-        route: _Route | None,
+        route: Route | None,
         status: int,
         document: Mapping[str, Any],
     ) -> HttpResponse:
@@ -753,7 +672,7 @@ class GeminiEmulator:
         self,
         now: float,
         key: str,
-        route: _Route | None,
+        route: Route | None,
         status: int,
         article_ids: tuple[str, ...] = (),
         input_tokens: int = 0,
@@ -789,58 +708,6 @@ class GeminiEmulator:
             fault=entry.fault,
             article_ids=list(article_ids),
         )
-
-
-_VERSION = r"(?P<version>v1|v1beta|v1alpha)"
-_NAME = r"[^/:]+"
-_RESOURCES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
-    (method, re.compile(pattern), name)
-    for method, pattern, name in (
-        ("GET", rf"/{_VERSION}/models", "models.list"),
-        ("GET", rf"/{_VERSION}/models/(?P<model>{_NAME})", "models.get"),
-        ("POST", rf"/{_VERSION}/models/(?P<model>{_NAME}):batchGenerateContent", "batches.create"),
-        ("GET", rf"/{_VERSION}/batches", "batches.list"),
-        ("GET", rf"/{_VERSION}/batches/(?P<id>{_NAME})", "batches.get"),
-        ("DELETE", rf"/{_VERSION}/batches/(?P<id>{_NAME})", "batches.delete"),
-        ("POST", rf"/{_VERSION}/batches/(?P<id>{_NAME}):cancel", "batches.cancel"),
-        ("POST", rf"/upload/{_VERSION}/files", "files.upload"),
-        ("GET", rf"/{_VERSION}/files/(?P<id>{_NAME})", "files.get"),
-        ("DELETE", rf"/{_VERSION}/files/(?P<id>{_NAME})", "files.delete"),
-        ("GET", rf"(?:/download)?/{_VERSION}/files/(?P<id>{_NAME}):download", "files.download"),
-    )
-)
-
-
-def _parse_resource(method: str, target: str) -> tuple[_Route, dict[str, str]] | None:
-    """The route of a catalogue, batch or file request: (route, path ids)."""
-    path = unquote(urlsplit(target).path)
-    for allowed, pattern, name in _RESOURCES:
-        if method != allowed:
-            continue
-        match = pattern.fullmatch(path)
-        if match is not None:
-            groups = {k: v for k, v in match.groupdict().items() if v is not None}
-            route = _Route(groups.pop("version"), groups.pop("model", ""), name)
-            return route, groups
-    return None
-
-
-def _int_query(query: Mapping[str, list[str]], name: str) -> int | None:
-    values = query.get(name)
-    if not values or not values[0].isdigit():
-        return None
-    return int(values[0])
-
-
-def _query_key(target: str) -> str:
-    values = parse_qs(urlsplit(target).query).get("key")
-    return values[0] if values else ""
-
-
-def _int_enums(target: str) -> bool:
-    """The legacy SDK asks for integer enums with ``$alt=json;enum-encoding=int``."""
-    alt = parse_qs(urlsplit(target).query).get("$alt", [""])[0]
-    return "enum-encoding=int" in alt
 
 
 def _response_id(seed: int, n: int) -> str:
