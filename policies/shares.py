@@ -57,6 +57,15 @@ class ShareThresholds:
     def observed(self) -> int:
         return len(self._recent)
 
+    @property
+    def window(self) -> int:
+        return self._window
+
+    def widen(self, window: int) -> None:
+        """Hold at least ``window`` priorities from now on (a run seeding its
+        whole input widens the window to fit it; it never narrows)."""
+        self._window = max(self._window, window)
+
     def observe(self, priority: float) -> None:
         """Count one article's priority (NaN counts as the lowest)."""
         index = _bin(priority)
