@@ -439,6 +439,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         secrets=_secret_values(config),
     )
     options = _daemon_options(args, exit_when_done=one_shot)
+    as_of_given = _parse_as_of(args.as_of) if one_shot else None
     clock = SystemClock()
     raw_provider, description = make_provider(config, clock)
     synthetic = _is_simulated(raw_provider)
@@ -457,7 +458,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
                 file=out,
                 flush=True,
             )
-            as_of = _as_of(args.as_of, seed, out, err)
+            as_of = _as_of(args.as_of, as_of_given, seed, out, err)
         metrics = Metrics() if args.metrics_port is not None else None
         if metrics is not None:
             server = _serve_metrics(metrics, args.metrics_port)
@@ -566,14 +567,24 @@ def _articles_of(source: str | IO[bytes]) -> Iterator[Article]:
     return (item for item in read_articles(source) if isinstance(item, Article))
 
 
-def _as_of(text: str | None, seed: _Seed, out: TextIO, err: TextIO) -> float | None:
-    """``--as-of`` in epoch seconds (None: the wall clock), said on ``out``."""
+def _parse_as_of(text: str | None) -> float | None:
+    """An explicit ``--as-of`` instant, checked before anything is queued
+    (None: none given, or ``newest``)."""
     if text is None:
         return None
     try:
-        at = parse_as_of(text)
+        return parse_as_of(text)
     except AsOfError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _as_of(
+    text: str | None, given: float | None, seed: _Seed, out: TextIO, err: TextIO
+) -> float | None:
+    """``--as-of`` in epoch seconds (None: the wall clock), said on ``out``."""
+    if text is None:
+        return None
+    at = given
     if at is None:
         at = newest_published(seed())
         if at is None:
