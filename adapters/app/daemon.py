@@ -552,6 +552,8 @@ class Daemon:
         if self._tiers_file is None:
             return
         split = runtime.tier_thresholds()
+        if split.uses_shares and split.window == 0:
+            return  # nothing ranked yet: a share implies no threshold
         values = tuple(t.min_priority for t in split.tiers)
         if values == self._saved_thresholds:
             return

@@ -122,11 +122,11 @@ def read_status(
         snapshot_problem=problem,
         quota=quota,
         grounding=report.grounding,
-        tier_rules=_read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
+        tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
     )
 
 
-def _read_tier_rules(path: Path, config: Config, now: float) -> TierRules:
+def read_tier_rules(path: Path, config: Config, now: float) -> TierRules:
     """The config's ladder, with the thresholds the daemon saved for its
     share tiers (fixed thresholds come from the config itself)."""
     last = len(config.tiers) - 1
@@ -321,5 +321,6 @@ __all__ = [
     "TierRule",
     "TierRules",
     "read_status",
+    "read_tier_rules",
     "render_status",
 ]
