@@ -258,7 +258,7 @@ class BatchComposer(pykka.ThreadingActor):
             seeded = priority is not None
             if priority is None:
                 priority = self._score(article, wall)
-            tier = assigner.assign(priority, seeded=seeded)
+            tier = assigner.assign(article.id, priority, seeded=seeded)
             item = ledger.admit(article, priority, now, tier)
             chars = len(article.text) + len(article.title)
             self._meter.submitted(

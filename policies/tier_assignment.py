@@ -14,13 +14,22 @@ arrives. ``split`` reports how the seeded articles fall into the tiers.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
 from tierbatch.policies.shares import ShareThresholds
 from tierbatch.policies.tiers import TierLadder
 
-__all__ = ["TierAssigner", "TierCount", "TierSplit", "TierThreshold"]
+__all__ = ["TierAssigner", "TierCount", "TierSplit", "TierThreshold", "tie_draw"]
+
+
+def tie_draw(article_id: str) -> float:
+    """A number in [0, 1) fixed by the article id: it decides which of the
+    articles tied in a share tier's boundary bin go up (the same on every
+    run and in every process, unlike ``hash``)."""
+    digest = hashlib.blake2b(article_id.encode("utf-8", "surrogatepass"), digest_size=8)
+    return int.from_bytes(digest.digest(), "big") / 2**64
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +81,8 @@ class TierAssigner:
             )
         self._window = window
         self._seeded: dict[str, float] = {}
-        self._seed_priorities: list[float] = []
+        # (priority, tie draw) of every seeded article, for ``split``.
+        self._seed_priorities: list[tuple[float, float]] = []
 
     @property
     def uses_shares(self) -> bool:
@@ -83,7 +93,7 @@ class TierAssigner:
         if article_id in self._seeded or math.isnan(priority):
             return
         self._seeded[article_id] = priority
-        self._seed_priorities.append(priority)
+        self._seed_priorities.append((priority, tie_draw(article_id)))
         if self._shares is not None:
             # The whole input fits: none of it slides out before it arrives.
             self._shares.widen(len(self._seed_priorities))
@@ -93,14 +103,15 @@ class TierAssigner:
         """The priority the article was seeded with (then forgotten), or None."""
         return self._seeded.pop(article_id, None)
 
-    def assign(self, priority: float, *, seeded: bool = False) -> int:
+    def assign(self, article_id: str, priority: float, *, seeded: bool = False) -> int:
         """The tier index for a new article's ``priority``; a seeded article
-        was counted already and is not observed again."""
+        was counted already and is not observed again. Ties at a share
+        tier's boundary are broken by the article's ``tie_draw``."""
         if self._shares is None:
             return self._ladder.index_for(priority)
         if not seeded:
             self._shares.observe(priority)
-        return self._shares.tier_for(priority)
+        return self._shares.tier_for(priority, tie_draw(article_id))
 
     def thresholds(self) -> tuple[TierThreshold, ...]:
         """Every tier's ``min_priority`` now, highest first; the lowest tier
@@ -121,8 +132,12 @@ class TierAssigner:
         """How the seeded articles fall into the tiers at today's thresholds."""
         thresholds = self.thresholds()
         counts = [0] * len(thresholds)
-        for priority in self._seed_priorities:
-            counts[self._tier_at(priority, thresholds)] += 1
+        shares = self._shares
+        for priority, draw in self._seed_priorities:
+            if shares is None:
+                counts[self._tier_at(priority, thresholds)] += 1
+            else:
+                counts[shares.tier_for(priority, draw)] += 1
         total = len(self._seed_priorities)
         return TierSplit(
             tiers=tuple(

@@ -218,6 +218,25 @@ def test_as_of_newest_keeps_a_replay_of_last_weeks_feed_from_being_all_cold(
     assert served_by_tier(db) == {k: v for k, v in split.items() if v}
 
 
+def test_tied_priorities_do_not_all_go_to_the_top_share_tier(tmp_path: Path) -> None:
+    """Regression: a share tier took the whole histogram bin where its rank
+    fell, so a feed whose priorities tie (last week's feed scored against
+    the wall clock: no hotness left, every source of default goodness) put
+    every article in the hot tier, at the hot tier's price."""
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    feed = write_feed(tmp_path / "old.jsonl", 400, end=week_ago, clusters=40, seed=9)
+    config = write_config(tmp_path / "s.toml", hot="share = 0.1", warm="share = 0.3")
+    db = tmp_path / "ties.sqlite"
+    code, out, err = run_cli(
+        "run", str(feed), "--db", str(db), "--config", str(config), "--no-progress"
+    )
+    assert code == EXIT_OK, err
+    split = split_of(out)
+    assert split["hot"] / 400 == pytest.approx(0.10, abs=0.04), out
+    assert split["warm"] / 400 == pytest.approx(0.30, abs=0.06), out
+    assert served_by_tier(db) == split
+
+
 @pytest.mark.parametrize("bad", ["yesterday", "2026-13-01", ""])
 def test_a_bad_as_of_is_a_usage_error_naming_the_flag(
     bad: str, low_feed: Path, tmp_path: Path

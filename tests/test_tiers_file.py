@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tierbatch.adapters.app.daemon import default_snapshot_path
 from tierbatch.adapters.app.status_report import read_tier_rules, render_tier_rules
 from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.tiers_file import (
     TiersFileError,
     default_tiers_path,
     read_tiers,
+    tiers_path_beside,
     write_tiers,
 )
 from tierbatch.policies.tier_assignment import TierCount, TierSplit
@@ -65,6 +67,12 @@ def test_written_thresholds_read_back_and_replace_the_old_file(tmp_path: Path) -
 def test_a_postgres_url_keeps_its_file_in_the_current_folder() -> None:
     path = default_tiers_path("postgresql://u@db.internal:5433/news")
     assert path == Path("postgresql-db.internal-5433-news.tiers.json")
+
+
+def test_the_file_goes_where_the_quota_snapshot_goes(tmp_path: Path) -> None:
+    db = tmp_path / "q.sqlite"
+    assert tiers_path_beside(default_snapshot_path(db)) == default_tiers_path(db)
+    assert tiers_path_beside(tmp_path / "state.bin") == tmp_path / "state.bin.tiers.json"
 
 
 def test_status_shows_a_share_tiers_saved_threshold_and_the_fixed_ones(tmp_path: Path) -> None:

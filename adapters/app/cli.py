@@ -79,7 +79,7 @@ from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
 from tierbatch.adapters.storage.open_store import is_postgres_url, open_store
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import StorageError, Store, default_owner
-from tierbatch.adapters.storage.tiers_file import default_tiers_path
+from tierbatch.adapters.storage.tiers_file import tiers_path_beside
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
 from tierbatch.policies.tier_assignment import TierSplit
@@ -485,7 +485,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             as_of=as_of,
             tier_seed=seed,
             on_tier_split=lambda split: _print_tier_split(split, out, err),
-            tiers_file=default_tiers_path(args.db),
+            tiers_file=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
         )
         with signals_stop(daemon):
             report = daemon.run()
@@ -804,7 +804,7 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             args.db,
             args.snapshot or default_snapshot_path(args.db),
             config,
-            tiers_path=default_tiers_path(args.db),
+            tiers_path=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
         )
     except StatusError as exc:
         raise UsageError(str(exc)) from None

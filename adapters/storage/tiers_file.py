@@ -22,7 +22,18 @@ from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.policies.tier_assignment import TierSplit
 
 TIERS_SUFFIX = ".tiers.json"
+SNAPSHOT_SUFFIX = ".quota.msgpack"  # as adapters.app.daemon names the quota snapshot
 FORMAT = 1
+
+
+def tiers_path_beside(snapshot: str | os.PathLike[str]) -> Path:
+    """The tiers file kept with a quota snapshot: ``X.quota.msgpack`` ->
+    ``X.tiers.json`` (any other name gets ``.tiers.json`` appended), so
+    ``--snapshot`` places both, and the default is ``<db>.tiers.json``."""
+    path = Path(snapshot)
+    name = path.name
+    stem = name[: -len(SNAPSHOT_SUFFIX)] if name.endswith(SNAPSHOT_SUFFIX) else name
+    return path.with_name(stem + TIERS_SUFFIX)
 
 
 def default_tiers_path(db_path: str | os.PathLike[str]) -> Path:
