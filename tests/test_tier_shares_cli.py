@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 from cli_helpers import query
 
+from tierbatch.actors.clock import ScaledClock
 from tierbatch.adapters.app.cli import EXIT_OK, EXIT_USAGE, main
+from tierbatch.adapters.app.daemon import Daemon, DaemonOptions, StopReason, default_snapshot_path
+from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.storage.config_file import load_config
+from tierbatch.adapters.storage.ingest import ingest_jsonl
+from tierbatch.adapters.storage.snapshot_file import SnapshotFile
+from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
+from tierbatch.adapters.storage.tiers_file import read_tiers
 
 AS_OF = datetime(2026, 11, 24, 12, tzinfo=UTC)
 AS_OF_TEXT = "2026-11-24T12:00:00Z"
@@ -247,3 +255,40 @@ def test_a_bad_as_of_is_a_usage_error_naming_the_flag(
     assert code == EXIT_USAGE
     assert f"--as-of {bad}: expected 'newest' or an ISO 8601 instant" in err
     assert not (tmp_path / "x.sqlite").exists()  # refused before anything was queued
+
+
+def test_the_daemon_ranks_a_stream_over_its_sliding_window_and_saves_thresholds(
+    low_feed: Path, tmp_path: Path
+) -> None:
+    """No seeding: the window fills as articles are leased and submitted,
+    and the top tenth still lands in hot."""
+    config = load_config(write_config(tmp_path / "s.toml", hot="share = 0.1", warm="share = 0.3"))
+    db = tmp_path / "stream.sqlite"
+    store = SqliteStore(db, owner=default_owner())
+    tiers_file = tmp_path / "stream.tiers.json"
+    try:
+        ingest_jsonl(store, low_feed)
+        clock = ScaledClock(speed=20.0)
+        provider, _ = make_provider(config, clock)
+        daemon = Daemon(
+            config,
+            store,
+            provider=provider,
+            snapshot=SnapshotFile(default_snapshot_path(db)),
+            options=DaemonOptions(poll_interval_s=0.05, exit_when_done=True),
+            clock=clock,
+            as_of=AS_OF.timestamp(),
+            tiers_file=tiers_file,
+        )
+        report = daemon.run()
+    finally:
+        store.close()
+    assert report.reason is StopReason.FINISHED
+    served = served_by_tier(db)
+    assert sum(served.values()) == 600
+    assert served["hot"] / 600 == pytest.approx(0.10, abs=0.04)
+    assert served["warm"] / 600 == pytest.approx(0.30, abs=0.06)
+    saved = read_tiers(tiers_file)
+    assert saved is not None and saved.as_of == AS_OF.timestamp()
+    assert [t.tier for t in saved.tiers] == ["hot", "warm", "cold"]
+    assert saved.tiers[0].min_priority >= saved.tiers[1].min_priority > 0.0
