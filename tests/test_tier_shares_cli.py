@@ -8,12 +8,13 @@ import io
 import json
 import random
 import re
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cli_helpers import query
+from cli_helpers import DaemonProcess, child_env, query, states, wait_until
 
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.adapters.app.cli import EXIT_OK, EXIT_USAGE, main
@@ -23,7 +24,7 @@ from tierbatch.adapters.storage.config_file import load_config
 from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
-from tierbatch.adapters.storage.tiers_file import read_tiers
+from tierbatch.adapters.storage.tiers_file import default_tiers_path, read_tiers
 
 AS_OF = datetime(2026, 11, 24, 12, tzinfo=UTC)
 AS_OF_TEXT = "2026-11-24T12:00:00Z"
@@ -292,3 +293,26 @@ def test_the_daemon_ranks_a_stream_over_its_sliding_window_and_saves_thresholds(
     assert saved is not None and saved.as_of == AS_OF.timestamp()
     assert [t.tier for t in saved.tiers] == ["hot", "warm", "cold"]
     assert saved.tiers[0].min_priority >= saved.tiers[1].min_priority > 0.0
+
+
+def test_daemon_as_of_scores_a_backfill_against_the_instant(low_feed: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "s.toml", hot="share = 0.1", warm="share = 0.3")
+    db = tmp_path / "backfill.sqlite"
+    code, _, err = run_cli("enqueue", str(low_feed), "--db", str(db))
+    assert code == EXIT_OK, err
+    args = ["daemon", "--db", str(db), "--config", str(config), "--as-of", AS_OF_TEXT]
+    with DaemonProcess(args, child_env()) as daemon:
+        daemon.wait_for_event("daemon ready")
+        wait_until(lambda: states(db).get("done", 0) == 600, 60, "every article done")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0, daemon.stderr()
+        assert f"as of: {AS_OF_TEXT}" in daemon.stdout()
+    saved = read_tiers(default_tiers_path(db))
+    assert saved is not None and saved.as_of == AS_OF.timestamp()
+    assert served_by_tier(db)["hot"] / 600 == pytest.approx(0.10, abs=0.04)
+
+
+def test_daemon_as_of_newest_is_a_usage_error(tmp_path: Path) -> None:
+    code, _, err = run_cli("daemon", "--db", str(tmp_path / "d.sqlite"), "--as-of", "newest")
+    assert code == EXIT_USAGE
+    assert "--as-of newest: a daemon has no input" in err

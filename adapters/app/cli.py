@@ -212,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(daemon)
     _add_processing(daemon, json_default=True)
+    daemon.add_argument(
+        "--as-of",
+        metavar="INSTANT",
+        help="compute hotness against this ISO 8601 instant instead of the wall clock "
+        "(a daemon working through a backfill); 'newest' needs an input: run only",
+    )
     daemon.set_defaults(command=_cmd_daemon)
 
     enqueue = commands.add_parser(
@@ -439,7 +445,12 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         secrets=_secret_values(config),
     )
     options = _daemon_options(args, exit_when_done=one_shot)
-    as_of_given = _parse_as_of(args.as_of) if one_shot else None
+    as_of_given = _parse_as_of(args.as_of)
+    if not one_shot and args.as_of is not None and as_of_given is None:
+        raise UsageError(
+            "--as-of newest: a daemon has no input to take the newest article from; "
+            "give an instant such as 2026-11-24T12:00:00Z"
+        )
     clock = SystemClock()
     raw_provider, description = make_provider(config, clock)
     synthetic = _is_simulated(raw_provider)
@@ -450,7 +461,9 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         stack.callback(store.close)
         ingest: IngestReport | None = None
         seed: Callable[[], Iterable[Article]] | None = None
-        as_of: float | None = None
+        as_of = as_of_given
+        if as_of is not None and not one_shot:
+            print(f"as of: {describe(as_of)}", file=out, flush=True)
         if one_shot:
             ingest, seed = _ingest_input(store, args, stack)
             print(
