@@ -25,6 +25,7 @@ from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
 from tierbatch.adapters.storage.tiers_file import default_tiers_path, read_tiers
+from tierbatch.policies.articles import Article
 
 AS_OF = datetime(2026, 11, 24, 12, tzinfo=UTC)
 AS_OF_TEXT = "2026-11-24T12:00:00Z"
@@ -316,3 +317,33 @@ def test_daemon_as_of_newest_is_a_usage_error(tmp_path: Path) -> None:
     code, _, err = run_cli("daemon", "--db", str(tmp_path / "d.sqlite"), "--as-of", "newest")
     assert code == EXIT_USAGE
     assert "--as-of newest: a daemon has no input" in err
+
+
+def test_an_input_that_cannot_be_read_again_runs_unseeded(low_feed: Path, tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path / "s.toml", hot="share = 0.1", warm="share = 0.3"))
+    db = tmp_path / "unseeded.sqlite"
+    store = SqliteStore(db, owner=default_owner())
+    told: list[object] = []
+
+    def gone() -> list[Article]:
+        raise FileNotFoundError(2, "No such file or directory", str(low_feed))
+
+    try:
+        ingest_jsonl(store, low_feed)
+        clock = ScaledClock(speed=20.0)
+        provider, _ = make_provider(config, clock)
+        report = Daemon(
+            config,
+            store,
+            provider=provider,
+            snapshot=SnapshotFile(default_snapshot_path(db)),
+            options=DaemonOptions(poll_interval_s=0.05, exit_when_done=True),
+            clock=clock,
+            as_of=AS_OF.timestamp(),
+            tier_seed=gone,
+            on_tier_split=told.append,
+        ).run()
+    finally:
+        store.close()
+    assert report.reason is StopReason.FINISHED and not told
+    assert sum(served_by_tier(db).values()) == 600

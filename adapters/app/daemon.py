@@ -393,6 +393,11 @@ class Daemon:
                 self._seed_tiers(runtime)
             except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
                 _log.error("tier seeding failed", error=str(exc))
+            except OSError as exc:  # the input could not be read again: go on unseeded
+                _log.warning(
+                    "tier seeding failed; the share window fills as articles arrive",
+                    error=str(exc),
+                )
             _log.info(
                 "daemon ready",
                 db=self.store.path,
