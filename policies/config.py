@@ -8,12 +8,15 @@ naming the offending key and the problem. Reading files is an adapter's job
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from tierbatch.policies.errors import UnknownModelError
+from tierbatch.policies.errors import (
+    ConfigError,  # noqa: F401 (its old home)
+    UnknownModelError,
+)
 from tierbatch.policies.grounding import GroundingAction, GroundingPolicy
 
 
@@ -39,7 +42,9 @@ class ModelSpec:
 @dataclass(frozen=True, slots=True)
 class TierSpec:
     """A tier: articles with priority >= ``min_priority`` (and below the tier
-    above) are served by ``model`` then ``fallback_model`` then the global
+    above) -- or, with ``share``, the next ``share`` of recent articles by
+    priority rank (``policies.shares``; ``min_priority`` is then unused) --
+    are served by ``model`` then ``fallback_model`` then the global
     fallback. ``max_articles_per_request`` is how many articles one request
     may pack. ``fallback_patience_s``: how long a pack may hold out for its
     primary model. Within it, the pack waits for the primary when that frees
@@ -58,6 +63,7 @@ class TierSpec:
     max_articles_per_request: int = 1
     fallback_patience_s: float = 0.0
     adaptive_pack: bool = False
+    share: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,8 @@ class ComposerConfig:
     mix: Mapping[str, int]
     max_queued: int = 100_000
     aging_s: float = 600.0
+    # How many recent priorities a tier ``share`` ranks over (policies.shares).
+    share_window: int = 10_000
 
     @property
     def batch_size(self) -> int:
@@ -197,8 +205,8 @@ class GroundingConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``parse_config`` orders ``tiers`` highest
-    ``min_priority`` first, so the first tier an article's priority reaches
-    is its tier."""
+    first (by ``min_priority``; in a ladder with shares, as listed in the
+    file), so the first tier an article's priority reaches is its tier."""
 
     models: Mapping[str, ModelSpec]
     tiers: tuple[TierSpec, ...]
@@ -220,6 +228,23 @@ class Config:
             raise UnknownModelError(name, tuple(self.models)) from None
 
 
+def parse_config(data: Mapping[str, Any]) -> Config:
+    """``policies.config_parsing.parse_config``, where it was (imported on
+    call: the parser imports this module)."""
+    from tierbatch.policies.config_parsing import parse_config as parse
+
+    return parse(data)
+
+
+def ladder_order(tiers: Sequence[TierSpec]) -> tuple[TierSpec, ...]:
+    """The tiers highest first: by ``min_priority`` (ties keep their order),
+    or, in a ladder where any tier has a ``share``, as listed (a share has
+    no threshold to sort by; ``parse_config`` checks the listed order)."""
+    if any(tier.share is not None for tier in tiers):
+        return tuple(tiers)
+    return tuple(sorted(tiers, key=lambda t: -t.min_priority))
+
+
 def config_to_mapping(config: Config) -> dict[str, Any]:
     """The resolved settings as plain TOML-shaped data (``None`` entries are
     left out, as TOML has no null); ``parse_config`` reads it back to an
@@ -235,11 +260,12 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             name: {k: v for k, v in _flat(spec).items() if k != "name"}
             for name, spec in config.models.items()
         },
-        "tiers": [_flat(tier) for tier in config.tiers],
+        "tiers": [_tier_mapping(tier) for tier in config.tiers],
         "composer": {
             "mix": dict(config.composer.mix),
             "max_queued": config.composer.max_queued,
             "aging_s": config.composer.aging_s,
+            "share_window": config.composer.share_window,
         },
         "priority": priority,
         "quota": _flat(config.quota),
@@ -248,6 +274,14 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
         "runtime": _flat(config.runtime),
         "grounding": _flat(config.grounding),
     }
+
+
+def _tier_mapping(tier: TierSpec) -> dict[str, Any]:
+    """A tier as the file writes it: a share tier has no ``min_priority``."""
+    flat = _flat(tier)
+    if tier.share is not None:
+        del flat["min_priority"]
+    return flat
 
 
 def _flat(obj: Any) -> dict[str, Any]:

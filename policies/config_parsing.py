@@ -6,7 +6,7 @@ problem. Reading files is an adapter's job
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -24,6 +24,7 @@ from tierbatch.policies.config import (
     RetryConfig,
     RuntimeConfig,
     TierSpec,
+    ladder_order,
 )
 from tierbatch.policies.config_reader import (
     AT_LEAST_ONE,
@@ -69,7 +70,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     global_fallback = root.string("global_fallback", REQUIRED)
     models = _parse_models(root)
     tiers = _parse_tiers(root)
-    composer = _parse_composer(root.table("composer"), [t for _, t in tiers])
+    composer = _parse_composer(root.table("composer"), ladder_order([t for _, t in tiers]))
     priority = _parse_priority(root.table("priority"))
     quota = _parse_quota(root.table("quota"))
     retry = _parse_retry(root.table("retry"))
@@ -85,7 +86,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         raise ConfigError(first.key, first.problem, more=[(p.key, p.problem) for p in rest])
     return Config(
         models=models,
-        tiers=tuple(sorted((t for _, t in tiers), key=lambda t: -t.min_priority)),
+        tiers=ladder_order([t for _, t in tiers]),
         global_fallback=global_fallback,
         composer=composer,
         priority=priority,
@@ -134,29 +135,36 @@ def _parse_models(root: TableReader) -> dict[str, ModelSpec]:
     return models
 
 
+_SHARE: Final = Range(above=0, max=1)
+
+
 def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
     """The tiers with their index in the file, for error keys."""
     raw = root.raw("tiers")
     problems = root.problems
     if raw is REQUIRED or (isinstance(raw, list) and not raw):
-        problems.add("tiers", "expected at least one [[tiers]] entry (name, min_priority, model)")
+        problems.add(
+            "tiers", "expected at least one [[tiers]] entry (name, min_priority or share, model)"
+        )
         return []
     if not isinstance(raw, list):
         problems.add("tiers", "expected an array of tables: write each tier as [[tiers]]")
         return []
+    with_shares = any(isinstance(item, Mapping) and "share" in item for item in raw)
     tiers: list[tuple[int, TierSpec]] = []
     names: dict[str, int] = {}
     thresholds: dict[float, int] = {}
     for index, item in enumerate(raw):
         key = f"tiers[{index}]"
         if not isinstance(item, Mapping):
-            problems.add(key, "expected a table (name, min_priority, model, ...)")
+            problems.add(key, "expected a table (name, min_priority or share, model, ...)")
             continue
         r = TableReader(item, key, problems)
         name = r.string("name", REQUIRED)
         before = len(problems)
-        min_priority = r.number("min_priority", REQUIRED, UNIT)
-        threshold_ok = len(problems) == before
+        lowest = index == len(raw) - 1
+        min_priority, share = _tier_rank(r, key, lowest=lowest, with_shares=with_shares)
+        threshold_ok = len(problems) == before and share is None and r.has("min_priority")
         tier = TierSpec(
             name=name,
             min_priority=min_priority,
@@ -169,22 +177,89 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
                 "fallback_patience_s", _NO_TIER.fallback_patience_s, NON_NEGATIVE
             ),
             adaptive_pack=r.boolean("adaptive_pack", _NO_TIER.adaptive_pack),
+            share=share,
         )
         r.finish()
         if name and name in names:
             problems.add(f"{key}.name", f"duplicate tier name {name!r} (tiers[{names[name]}])")
         elif name:
             names[name] = index
-        if threshold_ok and min_priority in thresholds:
+        if threshold_ok and min_priority in thresholds and not (with_shares and lowest):
             problems.add(
                 f"{key}.min_priority",
                 f"same min_priority as tiers[{thresholds[min_priority]}] ({min_priority}); "
                 "thresholds must differ so every priority maps to exactly one tier",
             )
+        elif threshold_ok and with_shares and not lowest:
+            higher = [i for t, i in thresholds.items() if t < min_priority]
+            if higher:
+                problems.add(
+                    f"{key}.min_priority",
+                    f"{min_priority} is above tiers[{higher[0]}].min_priority; in a ladder "
+                    "with shares the tiers are listed highest first, so thresholds must "
+                    "fall down the list",
+                )
+            thresholds[min_priority] = index
         elif threshold_ok:
             thresholds[min_priority] = index
         tiers.append((index, tier))
+    if with_shares:
+        _check_share_sum(tiers, problems)
     return tiers
+
+
+def _tier_rank(
+    r: TableReader, key: str, *, lowest: bool, with_shares: bool
+) -> tuple[float, float | None]:
+    """A tier's ``(min_priority, share)``: exactly one of the two is set,
+    except the lowest tier of a ladder with shares, which takes the rest
+    (any ``min_priority`` it has is unused: the lowest tier catches all)."""
+    has_min, has_share = r.has("min_priority"), r.has("share")
+    if has_min and has_share:
+        r.raw("share")
+        r.raw("min_priority")
+        r.problems.add(
+            f"{key}.share",
+            "a tier takes either min_priority (a threshold) or share (a fraction of the "
+            "articles), not both",
+        )
+        return 0.0, None
+    if has_share:
+        share = r.number("share", REQUIRED, _SHARE)
+        if lowest:
+            r.problems.add(
+                f"{key}.share",
+                "the lowest tier takes the rest (1 minus the other tiers' shares); "
+                "remove its share",
+            )
+            return 0.0, None
+        return 0.0, share
+    if has_min or not (with_shares and lowest):
+        what = "a number in [0, 1] (a threshold), or share = a fraction in (0, 1]"
+        if not has_min:
+            r.raw("min_priority")
+            r.problems.add(f"{key}.min_priority", f"missing; expected {what}")
+            return 0.0, None
+        return r.number("min_priority", REQUIRED, UNIT), None
+    return 0.0, None
+
+
+def _check_share_sum(tiers: list[tuple[int, TierSpec]], problems: Problems) -> None:
+    """The shares leave the lowest tier the rest: they add up to at most 1."""
+    total = 0.0
+    parts: list[str] = []
+    for index, tier in tiers:
+        if tier.share is None:
+            continue
+        total += tier.share
+        parts.append(f"tiers[{index}] {tier.share:g}")
+        if total > 1 + 1e-9:
+            problems.add(
+                f"tiers[{index}].share",
+                f"the shares add up to {total:g} ({' + '.join(parts)}), more than 1; "
+                "they must leave the lowest tier the rest",
+            )
+            return
 
 
 def _check_model_names(
@@ -207,7 +282,7 @@ def _check_model_names(
     check("global_fallback", global_fallback)
 
 
-def _parse_composer(r: TableReader, tiers: list[TierSpec]) -> ComposerConfig:
+def _parse_composer(r: TableReader, tiers: Sequence[TierSpec]) -> ComposerConfig:
     problems = r.problems
     mix: dict[str, int] = {}
     raw_mix = r.raw("mix")
@@ -239,13 +314,13 @@ def _parse_composer(r: TableReader, tiers: list[TierSpec]) -> ComposerConfig:
                 )
         if len(problems) == before and sum(mix.values()) == 0:
             problems.add("composer.mix", "weights sum to 0; give at least one tier a slot")
-        ranked = sorted(tiers, key=lambda t: -t.min_priority)
-        order = {t.name: i for i, t in enumerate(ranked)}
+        order = {t.name: i for i, t in enumerate(tiers)}
         mix = dict(sorted(mix.items(), key=lambda kv: order.get(kv[0], len(order))))
     composer = ComposerConfig(
         mix=mix,
         max_queued=r.integer("max_queued", _NO_COMPOSER.max_queued, AT_LEAST_ONE),
         aging_s=r.number("aging_s", _NO_COMPOSER.aging_s, NON_NEGATIVE, allow_inf=True),
+        share_window=r.integer("share_window", _NO_COMPOSER.share_window, AT_LEAST_ONE),
     )
     r.finish()
     return composer

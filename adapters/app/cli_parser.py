@@ -58,6 +58,13 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
     _add_db(run)
     _add_processing(run)
+    run.add_argument(
+        "--as-of",
+        metavar="WHEN",
+        help="compute hotness against this instant instead of the wall clock, for "
+        "backfills: 'newest' (the newest published_at of the input) or an ISO 8601 "
+        "instant such as 2026-11-24T12:00:00Z (naive: UTC)",
+    )
     run.set_defaults(command=commands.run)
 
     daemon = subparsers.add_parser(
@@ -72,6 +79,12 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     )
     _add_db(daemon)
     _add_processing(daemon, json_default=True)
+    daemon.add_argument(
+        "--as-of",
+        metavar="INSTANT",
+        help="compute hotness against this ISO 8601 instant instead of the wall clock "
+        "(a daemon working through a backfill); 'newest' needs an input: run only",
+    )
     daemon.set_defaults(command=commands.daemon)
 
     enqueue = subparsers.add_parser(
