@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from tierbatch.adapters.gemini.prompt import ARTICLES_MARKER, articles_from_user_text
 from tierbatch.adapters.simulation.fake_entities import fake_prompt_token_count
+from tierbatch.policies.errors import TierbatchError
 
 _ROUTE = re.compile(r"/(?P<version>v1|v1beta|v1alpha)/(?P<resource>.+):(?P<method>[A-Za-z]+)")
 _METHODS = frozenset({"generateContent", "countTokens"})
@@ -96,7 +97,7 @@ def parse_prompt(body: Mapping[str, Any]) -> Prompt:
     return Prompt(content_texts(system), content_texts(body.get("contents", [])), max_tokens)
 
 
-class BadRequestBodyError(Exception):
+class BadRequestBodyError(TierbatchError, ValueError):
     """A body that is not a JSON object: Gemini answers 400."""
 
 
