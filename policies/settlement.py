@@ -266,7 +266,12 @@ def settle_answers(
     it was queued. Every extraction's entities are checked against the
     pack's texts and kept, flagged or dropped as ``grounding`` says."""
     shares = attribute(
-        spec, [m.est_tokens for m in members], usage.input_tokens, usage.output_tokens
+        spec,
+        [m.est_tokens for m in members],
+        usage.input_tokens,
+        usage.output_tokens,
+        thinking_tokens=usage.thinking_tokens,
+        cached_tokens=usage.cached_tokens,
     )
     done: list[Done] = []
     invalid: list[ArticleProgress] = []

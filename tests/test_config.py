@@ -22,6 +22,7 @@ from tierbatch.adapters.storage.config_file import (
     parse_config_text,
     render_config,
 )
+from tierbatch.policies.budget_config import BudgetConfig
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,
@@ -136,12 +137,15 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         ("runtime", RuntimeConfig),
         ("composer", ComposerConfig),
         ("grounding", GroundingConfig),
+        ("budget", BudgetConfig),
     ]:
         assert set(data[section]) == field_names(cls), section
     # base_url is documented as a comment: TOML cannot spell its default (None).
     assert set(data["provider"]) | {"base_url"} == field_names(ProviderConfig)
+    # The cached and thinking prices too: their defaults derive from the others.
+    optional = {"name", "price_cached_per_m", "price_thinking_per_m"}
     for spec in data["models"].values():
-        assert set(spec) | {"name"} == field_names(ModelSpec)
+        assert set(spec) | optional == field_names(ModelSpec)
     assert set().union(*data["tiers"]) == field_names(TierSpec)
 
     assert dataclasses.replace(config.priority, domains={}) == PriorityConfig()
@@ -152,6 +156,7 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         RuntimeConfig(),
         GroundingConfig(),
     )
+    assert config.budget == BudgetConfig()
     defaults = ComposerConfig(mix={})
     assert (config.composer.max_queued, config.composer.aging_s) == (
         defaults.max_queued,

@@ -432,7 +432,10 @@ class Daemon:
                 failed = isinstance(runtime.fatal_error, RuntimeFailure)
                 return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
-            if self._wall_stepped(wall_steps) or now >= next_renew:
+            stepped = self._wall_stepped(wall_steps)
+            if stepped:
+                runtime.recheck_quota()  # a new quota day (and budget) may have begun
+            if stepped or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = now + renew_every
             stats = runtime.stats()

@@ -373,8 +373,14 @@ def _candidate_text(candidate: types.Candidate | None) -> str | None:
 def _usage(metadata: types.GenerateContentResponseUsageMetadata | None, estimate: int) -> Usage:
     if metadata is None or metadata.prompt_token_count is None:
         return Usage(input_tokens=estimate, output_tokens=0)
-    output = (metadata.candidates_token_count or 0) + (metadata.thoughts_token_count or 0)
-    return Usage(input_tokens=metadata.prompt_token_count, output_tokens=output)
+    thinking = metadata.thoughts_token_count or 0
+    output = (metadata.candidates_token_count or 0) + thinking
+    return Usage(
+        input_tokens=metadata.prompt_token_count,
+        output_tokens=output,
+        thinking_tokens=thinking,
+        cached_tokens=metadata.cached_content_token_count or 0,
+    )
 
 
 def _millis(seconds: float) -> int:

@@ -476,6 +476,9 @@ def _usage(metadata: Any, estimate: int) -> Usage:
     prompt = int(getattr(metadata, "prompt_token_count", 0) or 0)
     if prompt <= 0:
         return Usage(input_tokens=estimate, output_tokens=0)
-    output = int(getattr(metadata, "candidates_token_count", 0) or 0)
-    output += int(getattr(metadata, "thoughts_token_count", 0) or 0)
-    return Usage(input_tokens=prompt, output_tokens=output)
+    thinking = int(getattr(metadata, "thoughts_token_count", 0) or 0)
+    output = int(getattr(metadata, "candidates_token_count", 0) or 0) + thinking
+    cached = int(getattr(metadata, "cached_content_token_count", 0) or 0)
+    return Usage(
+        input_tokens=prompt, output_tokens=output, thinking_tokens=thinking, cached_tokens=cached
+    )
