@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -39,6 +40,7 @@ import structlog
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
     Daemon,
@@ -88,6 +90,7 @@ EXIT_INTERRUPTED = 5
 EXIT_STORAGE = 6
 EXIT_RUNTIME_FAILED = 7
 EXIT_MODEL_MISSING = 8
+EXIT_BUDGET = 9
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -113,8 +116,10 @@ exit codes:
      stopped before leasing anything (the articles stay queued); a missing
      model that leaves every tier a model only warns and is routed around.
      --no-check skips the check. models: some configured model is missing
+  9  run only: the daily budget ([budget]) is spent; the articles it holds
+     stay queued until the quota day's midnight (run again then)
   When several apply, the first of 6, then 7 or 4 (only one can stop a run),
-  then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
+  then 5, 9, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
   refuses the configuration, 6 when the database fails, 7 when the runtime
   fails and 8 when the check at start finds a tier without models. models
   exits 0 when every configured model exists, 4 when the key is refused, 8
@@ -594,6 +599,10 @@ def _print_summary(
         notes.append(f"stopped: the provider refused the configuration ({report.fatal_error})")
     elif report.reason in (StopReason.SIGNAL, StopReason.IMMEDIATE) and left:
         notes.append("stopped by a signal before the queue was empty")
+    elif report.reason is StopReason.BUDGET:
+        notes.append("stopped: the daily budget is spent; the rest stay queued until midnight")
+    if report.budget is not None:
+        notes.append(budget_line(report.budget, time.time()))
     summary = build_summary(
         config,
         provider=description,
@@ -635,6 +644,13 @@ def _exit_code(
         return EXIT_PROVIDER_REFUSED
     if not one_shot:
         return EXIT_OK
+    if left and report.reason is StopReason.BUDGET:
+        print(
+            f"tierbatch: the daily budget is spent; {left} article(s) stay queued in {db} "
+            "until the quota day's midnight: run again then",
+            file=err,
+        )
+        return EXIT_BUDGET
     if left and report.reason is not StopReason.FINISHED:
         return EXIT_INTERRUPTED
     if ingest is not None and ingest.rejected:

@@ -59,7 +59,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
+from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch, wall_offset
 from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
@@ -78,6 +78,7 @@ from tierbatch.adapters.storage.snapshot_file import (
 )
 from tierbatch.adapters.storage.store import StorageError, Store
 from tierbatch.policies.articles import Article
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
@@ -138,6 +139,7 @@ class StopReason(StrEnum):
     FATAL = "fatal"  # the provider refused the configuration (401/403)
     STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
     FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
+    BUDGET = "budget"  # run: the daily budget holds all the work left
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,8 @@ class DaemonReport:
     quota_state: QuotaStateLoad
     # The database failed (during the run or at shutdown): what and where.
     storage_error: str | None = None
+    # The daily budget at the end of the run (None without a [budget]).
+    budget: BudgetState | None = None
 
 
 class _SnapshotTrigger:
@@ -396,6 +400,7 @@ class Daemon:
             released=released,
             quota_state=quota,
             storage_error="; ".join(problems) or None,
+            budget=final.budget if final is not None else None,
         )
         _log.info(
             "daemon stopped",
@@ -461,6 +466,12 @@ class Daemon:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
             self._report(runtime, stats, started, rate, db_counts)
+            if opts.exit_when_done and budget_holds_all(stats):
+                _log.info(
+                    "the daily budget holds all the work left; stopping",
+                    stopped=list(stats.budget.stopped_tiers) if stats.budget else [],
+                )
+                return StopReason.BUDGET
             if (
                 opts.exit_when_done
                 and now < db_idle_until
@@ -636,7 +647,7 @@ class Daemon:
         finished = self._tally.terminal
         now = self._clock.now()
         if self._metrics is not None:
-            self._metrics.update(stats, now, db_counts)
+            self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
         self._progress.update(
             ProgressView(
                 elapsed_s=elapsed,
@@ -647,6 +658,7 @@ class Daemon:
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,
+                wall_now=now + wall_offset(self._clock),
             )
         )
 
@@ -668,6 +680,19 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def budget_holds_all(stats: RuntimeStats) -> bool:
+    """Whether the daily budget holds every piece of work the runtime has:
+    nothing in flight (no settlement can free money), and every tier with
+    articles queued or requests waiting may not spend."""
+    budget = stats.budget
+    if budget is None or stats.in_flight_requests or not budget.stopped_tiers:
+        return False
+    waiting = {tier for tier, n in budget.waiting if n}
+    queued = {tier for tier, n in stats.queued_by_tier.items() if n}
+    work = waiting | queued
+    return bool(work) and work <= set(budget.stopped_tiers)
 
 
 def _guarded(what: str, step: Any) -> Any:

@@ -11,6 +11,7 @@ the daemon will count (a snapshot from yesterday shows 0 today).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -21,9 +22,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from tierbatch.actors.runtime import make_budget
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
 from tierbatch.adapters.storage.store import GroundingCount, ResultCount, StorageError
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -64,6 +68,9 @@ class Status:
     quota: tuple[ModelQuota, ...]
     # The grounding check's outcomes per tier, model and pack size.
     grounding: tuple[GroundingCount, ...] = ()
+    # The daily budget as the snapshot has it (None: no [budget] configured).
+    budget: BudgetState | None = None
+    now: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,6 +90,7 @@ def read_status(
         raise StatusError(str(exc)) from exc
     snapshot = Path(snapshot_path)
     quota, problem, age = _read_quota(snapshot, config, now)
+    budget = _read_budget(snapshot, config, now)
     return Status(
         db=display_name(db_path),
         states=report.states,
@@ -97,7 +105,21 @@ def read_status(
         snapshot_problem=problem,
         quota=quota,
         grounding=report.grounding,
+        budget=budget,
+        now=now,
     )
+
+
+def _read_budget(path: Path, config: Config, now: float) -> BudgetState | None:
+    """The day's budget as the daemon will count it: the snapshot's spend
+    (calls in flight at its estimate), 0 when it is from an earlier day."""
+    if not config.budget.enabled:
+        return None
+    state: Any = None
+    with contextlib.suppress(OSError, CorruptSnapshot):
+        state = decode(path.read_bytes())
+    budget = make_budget(config, state if isinstance(state, dict) else None)
+    return None if budget is None else budget.state(now)
 
 
 def _read_quota(
@@ -176,6 +198,8 @@ def render_status(status: Status, file: TextIO) -> None:
         console.print(table)
     if status.grounding:
         console.print(grounding_table(status.grounding))
+    if status.budget is not None:
+        console.print(budget_line(status.budget, status.now))
     if status.snapshot_problem:
         console.print(f"quota snapshot {status.snapshot}: {status.snapshot_problem}")
     elif status.snapshot_age_s is None:
