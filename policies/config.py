@@ -28,6 +28,7 @@ from tierbatch.policies.config_reader import (
     join_key,
 )
 from tierbatch.policies.grounding import GroundingAction, GroundingPolicy
+from tierbatch.policies.task import TaskConfig, parse_task
 
 
 class ConfigError(ValueError):
@@ -291,6 +292,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know
@@ -350,6 +352,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     runtime = _parse_runtime(root.table("runtime"))
     grounding = _parse_grounding(root.table("grounding"))
     budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
+    task = parse_task(root.table("task"))
     root.refuse("api_key", _API_KEY_REFUSAL)
     root.finish()
     if models:
@@ -369,6 +372,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         runtime=runtime,
         grounding=grounding,
         budget=budget,
+        task=task,
     )
 
 
@@ -759,6 +763,17 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             "on_exhausted": config.budget.on_exhausted.value,
             "output_ratio": config.budget.output_ratio,
             "tiers": dict(config.budget.tiers),
+        },
+        "task": {
+            "instructions": config.task.instructions,
+            "allow_mixed_versions": config.task.allow_mixed_versions,
+            "entity_types": [
+                {"name": t.name, "description": t.description} for t in config.task.entity_types
+            ],
+            "extra_fields": [
+                {"name": f.name, "type": f.type.value, "description": f.description}
+                for f in config.task.extra_fields
+            ],
         },
     }
 

@@ -47,6 +47,7 @@ from tierbatch.adapters.app.daemon import (
     DaemonOptions,
     DaemonReport,
     StopReason,
+    check_task_versions,
     default_snapshot_path,
     signals_stop,
 )
@@ -80,6 +81,7 @@ from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import StorageError, Store, default_owner
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
+from tierbatch.policies.task import MixedTaskVersions
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -154,7 +156,7 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl) as exc:
+    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl, MixedTaskVersions) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
     except StorageError as exc:  # opening the database is a UsageError; this is later
@@ -368,6 +370,12 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         "--no-progress", action="store_true", help="no live display nor progress log lines"
     )
     parser.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="let results of this task version join a results table that holds results of "
+        "another one (default: refused, naming the versions; task.allow_mixed_versions)",
+    )
+    parser.add_argument(
         "--progress-interval",
         type=float,
         default=10.0,
@@ -440,6 +448,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     with ExitStack() as stack:
         store = _open_store(args.db)
         stack.callback(store.close)
+        check_task_versions(store, config, allow=args.allow_mixed_versions)
         ingest: IngestReport | None = None
         if one_shot:
             ingest = _ingest_input(store, args)
@@ -471,6 +480,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
+            allow_mixed_versions=args.allow_mixed_versions,
         )
         with signals_stop(daemon):
             report = daemon.run()

@@ -84,6 +84,7 @@ from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.task import check_versions, task_version
 
 _log = structlog.get_logger("tierbatch.daemon")
 
@@ -268,8 +269,10 @@ class Daemon:
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
+        allow_mixed_versions: bool = False,
     ) -> None:
         self.config = config
+        self._allow_mixed_versions = allow_mixed_versions
         self.store = store
         self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
@@ -315,6 +318,7 @@ class Daemon:
         if self._ran:
             raise RuntimeError("Daemon.run may be called once; create a new Daemon")
         self._ran = True
+        check_task_versions(self.store, self.config, allow=self._allow_mixed_versions)
         started = time.monotonic()
         quota = load_quota_state(self._snapshot, self.config)
         trigger = _SnapshotTrigger()
@@ -680,6 +684,18 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def check_task_versions(store: Store, config: Config, *, allow: bool = False) -> None:
+    """Refuse (``MixedTaskVersions``, naming the versions) a store whose
+    results table holds results of another task version than ``config``'s,
+    unless ``allow`` or ``task.allow_mixed_versions`` says mixing is fine."""
+    check_versions(
+        store.task_versions(),
+        task_version(config.task),
+        allowed=allow or config.task.allow_mixed_versions,
+        where=f"the results table of {store.path}",
+    )
 
 
 def budget_holds_all(stats: RuntimeStats) -> bool:

@@ -91,6 +91,7 @@ from tierbatch.adapters.simulation.fake_entities import (
     answer_text,
     fake_prompt_token_count,
     fake_token_count,
+    task_from_schema,
 )
 from tierbatch.adapters.simulation.faults import check_rates, draw_fault
 from tierbatch.adapters.simulation.http_transport import (
@@ -100,6 +101,7 @@ from tierbatch.adapters.simulation.http_transport import (
 from tierbatch.adapters.simulation.model_catalog import BadPageToken, ModelCatalog
 from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.task import TaskConfig
 
 __all__ = [
     "AnswerQuality",
@@ -343,6 +345,7 @@ class _Prompt:
     system: list[str]
     user: list[str]
     max_output_tokens: int | None
+    task: TaskConfig | None = None  # what the response schema asks for
 
     @property
     def input_tokens(self) -> int:
@@ -369,11 +372,14 @@ def _parse_prompt(body: Mapping[str, Any]) -> _Prompt:
     system = body.get("systemInstruction", body.get("system_instruction"))
     config = body.get("generationConfig", body.get("generation_config")) or {}
     max_tokens = None
+    task = None
     if isinstance(config, dict):
         raw = config.get("maxOutputTokens", config.get("max_output_tokens"))
         if isinstance(raw, int | str) and str(raw).isdigit() and int(raw) > 0:
             max_tokens = int(raw)
-    return _Prompt(_content_texts(system), _content_texts(body.get("contents", [])), max_tokens)
+        task = task_from_schema(config.get("responseSchema", config.get("response_schema")))
+    texts = _content_texts(body.get("contents", []))
+    return _Prompt(_content_texts(system), texts, max_tokens, task)
 
 
 class _BadRequestBody(Exception):
@@ -557,6 +563,7 @@ class GeminiEmulator:
             prompt.max_output_tokens,
             ServerFault.NONE,
             int_enums=False,
+            task=prompt.task,
         )
         return {"response": document}
 
@@ -624,7 +631,7 @@ class GeminiEmulator:
             return HttpResponse.of_json(status, error_body(status, code, message))
 
         response, output_tokens, finish = self._answer(
-            model, articles, input_tokens, prompt.max_output_tokens, fault, int_enums
+            model, articles, input_tokens, prompt.max_output_tokens, fault, int_enums, prompt.task
         )
         self._record(
             now,
@@ -650,11 +657,12 @@ class GeminiEmulator:
         max_output_tokens: int | None,
         fault: ServerFault,
         int_enums: bool,
+        task: TaskConfig | None = None,
     ) -> tuple[HttpResponse, int, str]:
         """A 200 answer for the drawn fault: (response, output tokens,
         finish reason)."""
         document, output_tokens, finish = self._document(
-            model, articles, input_tokens, max_output_tokens, fault, int_enums
+            model, articles, input_tokens, max_output_tokens, fault, int_enums, task
         )
         if fault is ServerFault.MALFORMED_BODY:
             body = json.dumps(document, ensure_ascii=False).encode()
@@ -669,6 +677,7 @@ class GeminiEmulator:
         max_output_tokens: int | None,
         fault: ServerFault,
         int_enums: bool,
+        task: TaskConfig | None = None,
     ) -> tuple[dict[str, Any], int, str]:
         """The GenerateContentResponse JSON for the drawn fault: (document,
         output tokens, finish reason)."""
@@ -709,7 +718,7 @@ class GeminiEmulator:
             return unsafe, 0, "SAFETY"
 
         quality = self.config.quality_for(model)
-        text = answer_text(answer_document(articles, model, quality, self._quality_rng))
+        text = answer_text(answer_document(articles, model, quality, self._quality_rng, task))
         finish = "STOP"
         if fault is ServerFault.MAX_TOKENS:
             text = text[: max(1, len(text) // 2)]
