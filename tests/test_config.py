@@ -43,6 +43,7 @@ from tierbatch.policies.config import (
 from tierbatch.policies.config_reader import join_key
 from tierbatch.policies.costs import cost_usd
 from tierbatch.policies.grounding import Grounding, GroundingAction, GroundingPolicy
+from tierbatch.policies.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -157,6 +158,8 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         GroundingConfig(),
     )
     assert config.budget == BudgetConfig()
+    assert set(data["task"]) == field_names(TaskConfig)
+    assert config.task == TaskConfig() and config.task.is_default
     defaults = ComposerConfig(mix={})
     assert (config.composer.max_queued, config.composer.aging_s) == (
         defaults.max_queued,
