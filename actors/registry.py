@@ -283,11 +283,12 @@ class ModelRegistry(pykka.ThreadingActor):
 
     def _on_backlog(self, tiers: Sequence[TierBacklog]) -> None:
         self._backlog = {t.tier: t for t in tiers}
+        moved = self._backlog_moved()
+        if moved:
+            self._plan_due = True
         if self._budget is not None:
             self._budget.set_backlog({t.tier: (t.articles, t.tokens_per_article) for t in tiers})
-            self._serve(self._read_clock()[0])  # a smaller reserve may free a lower tier
-        if self._backlog_moved():
-            self._plan_due = True
+        if moved or self._budget is not None:  # a smaller reserve may free a lower tier
             self._serve(self._read_clock()[0])
 
     # ---- decisions -------------------------------------------------------------

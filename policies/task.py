@@ -16,7 +16,6 @@ answers to different questions without saying so.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -114,17 +113,14 @@ def task_version(task: TaskConfig) -> str:
     """``<PROMPT_FORMAT>-<12 hex digits>``: a hash of what shapes the answers
     (not of ``allow_mixed_versions``). Equal tasks have equal versions
     across processes and machines."""
-    canonical = json.dumps(
-        {
-            "format": PROMPT_FORMAT,
-            "types": [[t.name, t.description] for t in task.entity_types],
-            "instructions": task.instructions,
-            "fields": [[f.name, f.type.value, f.description] for f in task.extra_fields],
-        },
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    parts = [PROMPT_FORMAT, "types"]
+    for t in task.entity_types:
+        parts += [t.name, t.description]
+    parts += ["instructions", task.instructions, "fields"]
+    for f in task.extra_fields:
+        parts += [f.name, f.type.value, f.description]
+    # Length-prefixed, so no choice of text can make two tasks collide.
+    canonical = "".join(f"{len(p)}:{p};" for p in parts)
     return f"{PROMPT_FORMAT}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
 
 
