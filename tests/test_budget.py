@@ -236,3 +236,66 @@ def test_budget_mistakes_name_their_keys() -> None:
         parse_config(raw_config(usd_per_day=-1, on_exhausted="wait", tiers={"hott": 1.0}))
     keys = {key for key, _ in caught.value.problems}
     assert keys == {"budget.usd_per_day", "budget.on_exhausted", "budget.tiers.hott"}
+
+
+# ---- usage metadata, end to end over HTTP ---------------------------------------------
+
+
+def test_cached_and_thinking_tokens_are_read_and_priced_over_http() -> None:
+    """google-genai against the local server, which reports the repeated
+    system instruction as cached and some thinking: the registry counts both,
+    and the articles' costs price them at their own rates."""
+    from dataclasses import replace
+
+    from runtime_helpers import make_articles, small_config
+
+    from tierbatch.actors.clock import ScaledClock
+    from tierbatch.actors.runtime import Runtime
+    from tierbatch.actors.sinks import CollectingSink
+    from tierbatch.adapters.gemini.genai_provider import GenaiProvider
+    from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+    from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
+    from tierbatch.policies.config import ProviderConfig, ProviderKind
+    from tierbatch.policies.results import Done
+
+    base = small_config(extractors=1, max_packs=4)
+    models = {name: replace(spec, price_thinking_per_m=8.0) for name, spec in base.models.items()}
+    config = replace(base, models=models)
+    clock = ScaledClock(1.0)
+    server = FakeGeminiServer(
+        FakeGeminiConfig(models=models, seed=4, implicit_cache=True, thinking_tokens=50),
+        clock=clock,
+    )
+    url = server.start()
+    try:
+        provider = GenaiProvider(
+            ProviderConfig(kind=ProviderKind.GENAI, base_url=url), api_key="test-key-123"
+        )
+        sink = CollectingSink()
+        with Runtime(config, provider, sink, clock=clock) as runtime:
+            runtime.submit(make_articles(60, seed=3))
+            assert runtime.drain(timeout=60)
+            stats = runtime.stats()
+    finally:
+        server.stop()
+    done = [r for r in sink.results if isinstance(r, Done)]
+    assert len(done) == 60
+    expected = 0.0
+    for status in stats.models:
+        c = status.counters
+        if not c["succeeded"]:
+            continue
+        assert c["thinking_tokens"] == 50 * c["succeeded"]
+        assert 0 < c["cached_tokens"] < c["input_tokens"]
+        spec = models[status.model]
+        usage = Usage(
+            int(c["input_tokens"]),
+            int(c["output_tokens"]),
+            int(c["thinking_tokens"]),
+            int(c["cached_tokens"]),
+        )
+        expected += usage_cost(spec, usage)
+        uncached = replace(usage, cached_tokens=0)
+        unthinking = replace(usage, thinking_tokens=0)
+        assert usage_cost(spec, uncached) > usage_cost(spec, usage) > usage_cost(spec, unthinking)
+    assert sum(r.cost_usd for r in done) == pytest.approx(expected, rel=0.02)
