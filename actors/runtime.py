@@ -41,6 +41,7 @@ from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
     BacklogElsewhere,
     BeginShutdown,
+    GetBudgetState,
     GetComposerStats,
     GetPlan,
     GetQuotaSnapshot,
@@ -56,6 +57,7 @@ from tierbatch.actors.messages import (
     Submit,
     TakeReturned,
     TakeUnfinished,
+    Wake,
     WhenDrained,
     WhenSpace,
     WindDown,
@@ -68,6 +70,7 @@ from tierbatch.actors.stats import RuntimeStats, SubmitReceipt
 from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarting, Supervisor
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
+from tierbatch.policies.budget import BudgetSnapshotError, BudgetState, DailyBudget
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import (
     ActorDiedError,
@@ -133,6 +136,7 @@ class Runtime:
         self._counted = CountingSink(sink)
         self.clock: Clock = clock or SystemClock()
         self._policy = self._quota_policy(quota_state)
+        self._budget = make_budget(config, quota_state)
         self._ladder = TierLadder(config.tiers, config.global_fallback)
         self._observer = observer
         self._crash_hook = crash_hook
@@ -182,6 +186,7 @@ class Runtime:
             raise RuntimeNotRunningError("this Runtime was already started; create a new one")
         self._started = True
         config, clock, policy, ladder = self.config, self.clock, self._policy, self._ladder
+        budget = self._budget
         self._loop = LoopThread()
         self._loop.start()
         threads = self._threads
@@ -192,6 +197,7 @@ class Runtime:
             self._on_actor_died,
             threads,
             tiers=tier_shapes(config, ladder) if config.quota.plan else (),
+            budget=budget,
         )
         registry = self._registry
         self._composer = BatchComposer.start(
@@ -422,6 +428,18 @@ class Runtime:
         except pykka.ActorDeadError:
             raise self._dead("composer") from None
 
+    def recheck_quota(self) -> None:
+        """Have the registry read the clock and serve its waiters now, not
+        at its timer: after the wall clock stepped (a new quota day, and a
+        new daily budget, may have begun), or when a test moved its clock."""
+        registry = self._registry
+        if registry is None:
+            raise RuntimeNotRunningError("the runtime is not running")
+        try:
+            registry.tell(Wake(-1))
+        except pykka.ActorDeadError:
+            raise self._dead("registry") from None
+
     def seed_tiers(self, articles: Iterable[Article], *, clusters_observed: bool = True) -> None:
         """Count the priorities of articles that will be submitted later
         towards the tier shares first (a one-shot run seeds its whole input,
@@ -493,13 +511,24 @@ class Runtime:
         if not quota:
             return replace(part, results=self._counted.counts())
         models: tuple[ModelStatus, ...] = self._ask(self._registry, "registry", GetQuotaStatus())
+        budget: BudgetState | None = (
+            self._ask(self._registry, "registry", GetBudgetState())
+            if self.config.budget.enabled
+            else None
+        )
         now = self.clock.now()
         cooldowns = {
             m.model: max(m.cooldown_until or 0.0, m.exhausted_until or 0.0)
             for m in models
             if max(m.cooldown_until or 0.0, m.exhausted_until or 0.0) > now
         }
-        return replace(part, results=self._counted.counts(), models=models, cooldowns=cooldowns)
+        return replace(
+            part,
+            results=self._counted.counts(),
+            models=models,
+            cooldowns=cooldowns,
+            budget=budget,
+        )
 
     def result_counts(self) -> TallySnapshot:
         """The terminal results handed to the sink so far, counted once each
@@ -519,7 +548,10 @@ class Runtime:
             with contextlib.suppress(RuntimeFailureError):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
-        return self._policy.snapshot()
+        last = self._policy.snapshot()
+        if self._budget is not None:
+            last["budget"] = self._budget.snapshot()
+        return last
 
     @property
     def fatal_error(self) -> FatalProviderError | RuntimeFailureError | None:
@@ -668,6 +700,31 @@ class Runtime:
         )
         _tell(self._composer, Pause(str(error)))
         _tell(self._registry, ReleaseHolder(extractor_id))
+
+
+def make_budget(config: Config, quota_state: Mapping[str, Any] | None) -> DailyBudget | None:
+    """The daily budget of ``config`` (None without one), with the day's
+    spend of ``quota_state`` when it holds one; calls it recorded in flight
+    count as spent (their fate is unknown). A saved budget this build
+    cannot read is logged and ignored: the day then counts from 0."""
+    if not config.budget.enabled:
+        return None
+    budget = DailyBudget(
+        config.budget,
+        [(t.name, config.model(t.model)) for t in config.tiers],
+        config.models,
+        config.quota.timezone,
+    )
+    saved = None if quota_state is None else quota_state.get("budget")
+    if saved is not None:
+        try:
+            budget.restore(saved)
+        except BudgetSnapshotError as exc:
+            _log.warning(
+                "the saved daily budget could not be read; counting from 0", error=str(exc)
+            )
+        budget.forget_in_flight()
+    return budget
 
 
 def tier_shapes(config: Config, ladder: TierLadder) -> tuple[TierShape, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.tally import TallySnapshot
 
@@ -50,6 +51,8 @@ class RuntimeStats:
     # The adaptive tiers' pack sizes now (tier -> articles per request;
     # tiers[].adaptive_pack).
     pack_sizes: dict[str, int] = field(default_factory=dict)
+    # The daily budget now (None without a [budget]).
+    budget: BudgetState | None = None
 
     @property
     def in_flight_requests(self) -> int:

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
+from tierbatch.policies.budget_config import BudgetConfig
 from tierbatch.policies.errors import (
     ConfigError,  # noqa: F401 (its old home)
     UnknownModelError,
 )
 from tierbatch.policies.grounding import GroundingAction, GroundingPolicy
+from tierbatch.policies.task import TaskConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,11 @@ class ModelSpec:
 
     ``rpm`` requests per minute, ``tpm`` input tokens per minute, ``rpd``
     requests per Pacific day; 0 means unlimited. ``max_in_flight`` caps
-    concurrent requests (0: unlimited). Prices are USD per million tokens.
+    concurrent requests (0: unlimited). Prices are USD per million tokens:
+    ``price_cached_per_m`` is for input tokens served from the (implicit)
+    cache -- None: ``CACHED_PRICE_SHARE`` of the input price -- and
+    ``price_thinking_per_m`` for thinking tokens -- None: the output price,
+    as Gemini bills them.
     """
 
     name: str
@@ -37,6 +43,26 @@ class ModelSpec:
     price_in_per_m: float = 0.0
     price_out_per_m: float = 0.0
     max_input_tokens: int = 1_000_000
+    price_cached_per_m: float | None = None
+    price_thinking_per_m: float | None = None
+
+    @property
+    def cached_price_per_m(self) -> float:
+        if self.price_cached_per_m is not None:
+            return self.price_cached_per_m
+        return self.price_in_per_m * CACHED_PRICE_SHARE
+
+    @property
+    def thinking_price_per_m(self) -> float:
+        if self.price_thinking_per_m is not None:
+            return self.price_thinking_per_m
+        return self.price_out_per_m
+
+
+CACHED_PRICE_SHARE: Final = 0.1
+"""What a cached input token costs as a share of an uncached one when a
+model sets no ``price_cached_per_m``: Gemini 2.5 models bill implicitly
+cached tokens at a tenth of the input price (check your model's price page)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +244,8 @@ class Config:
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know
@@ -273,6 +301,23 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
         "provider": provider,
         "runtime": _flat(config.runtime),
         "grounding": _flat(config.grounding),
+        "budget": {
+            "usd_per_day": config.budget.usd_per_day,
+            "on_exhausted": config.budget.on_exhausted.value,
+            "output_ratio": config.budget.output_ratio,
+            "tiers": dict(config.budget.tiers),
+        },
+        "task": {
+            "instructions": config.task.instructions,
+            "allow_mixed_versions": config.task.allow_mixed_versions,
+            "entity_types": [
+                {"name": t.name, "description": t.description} for t in config.task.entity_types
+            ],
+            "extra_fields": [
+                {"name": f.name, "type": f.type.value, "description": f.description}
+                for f in config.task.extra_fields
+            ],
+        },
     }
 
 

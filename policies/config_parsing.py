@@ -11,6 +11,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tierbatch.policies.articles import normalise_domain
+from tierbatch.policies.budget_config import parse_budget
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,
@@ -40,6 +41,7 @@ from tierbatch.policies.config_reader import (
 )
 from tierbatch.policies.errors import ConfigError
 from tierbatch.policies.grounding import GroundingAction
+from tierbatch.policies.task import parse_task
 
 API_VERSIONS: Final = ("v1", "v1beta", "v1alpha")
 """The REST API versions the Gemini SDKs accept."""
@@ -77,6 +79,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     provider = _parse_provider(root.table("provider"))
     runtime = _parse_runtime(root.table("runtime"))
     grounding = _parse_grounding(root.table("grounding"))
+    budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
+    task = parse_task(root.table("task"))
     root.refuse("api_key", _API_KEY_REFUSAL)
     root.finish()
     if models:
@@ -95,6 +99,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         provider=provider,
         runtime=runtime,
         grounding=grounding,
+        budget=budget,
+        task=task,
     )
 
 
@@ -130,9 +136,16 @@ def _parse_models(root: TableReader) -> dict[str, ModelSpec]:
             max_input_tokens=r.integer(
                 "max_input_tokens", _NO_MODEL.max_input_tokens, AT_LEAST_ONE
             ),
+            price_cached_per_m=_optional_number(r, "price_cached_per_m"),
+            price_thinking_per_m=_optional_number(r, "price_thinking_per_m"),
         )
         r.finish()
     return models
+
+
+def _optional_number(r: TableReader, name: str) -> float | None:
+    """A number >= 0, or None when absent (TOML has no null)."""
+    return r.number(name, 0.0) if r.has(name) else None
 
 
 _SHARE: Final = Range(above=0, max=1)

@@ -457,6 +457,8 @@ class QuotaPolicy:
                 _bump(counters, "succeeded")
                 _bump(counters, "input_tokens", used)
                 _bump(counters, "output_tokens", max(outcome.usage.output_tokens, 0))
+                _bump(counters, "thinking_tokens", max(outcome.usage.thinking_tokens, 0))
+                _bump(counters, "cached_tokens", max(outcome.usage.cached_tokens, 0))
             case RateLimited():
                 self._rate_limited(state, held, outcome, now, wall_offset)
             case ServerError() | TimedOut():

@@ -64,7 +64,9 @@ COUNTER_NAMES: Final = (
     "abandoned",
     "cancelled",
     "input_tokens",  # as reported by Succeeded usage
-    "output_tokens",
+    "output_tokens",  # thinking included
+    "thinking_tokens",  # the part of output_tokens that was thinking
+    "cached_tokens",  # the part of input_tokens served from the cache
 )
 """Integer counters of every model; ``cooldown_s`` (float) is added to them:
 the seconds by which cooldowns extended the model's cooldown deadline, so

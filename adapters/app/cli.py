@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -43,6 +44,7 @@ import structlog
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.app.as_of import AsOfError, describe, newest_published, parse_as_of
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.call_stats import CallStatsProvider
 from tierbatch.adapters.app.cli_parser import Commands, build_parser
 from tierbatch.adapters.app.daemon import (
@@ -50,9 +52,11 @@ from tierbatch.adapters.app.daemon import (
     DaemonOptions,
     DaemonReport,
     StopReason,
+    check_task_versions,
     signals_stop,
 )
 from tierbatch.adapters.app.exit_codes import (
+    EXIT_BUDGET,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_MODEL_MISSING,
@@ -172,6 +176,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     with ExitStack() as stack:
         store = _open_store(args.db)
         stack.callback(store.close)
+        check_task_versions(store, config, allow=args.allow_mixed_versions)
         ingest: IngestReport | None = None
         seed: Callable[[], Iterable[Article]] | None = None
         as_of = as_of_given
@@ -208,6 +213,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
+            allow_mixed_versions=args.allow_mixed_versions,
             as_of=as_of,
             tier_seed=seed,
             on_tier_split=lambda split: _print_tier_split(split, out, err),
@@ -413,6 +419,10 @@ def _print_summary(
         notes.append(f"stopped: the provider refused the configuration ({report.fatal_error})")
     elif report.reason in (StopReason.SIGNAL, StopReason.IMMEDIATE) and left:
         notes.append("stopped by a signal before the queue was empty")
+    elif report.reason is StopReason.BUDGET:
+        notes.append("stopped: the daily budget is spent; the rest stay queued until midnight")
+    if report.budget is not None:
+        notes.append(budget_line(report.budget, time.time()))
     summary = build_summary(
         config,
         provider=description,
@@ -442,7 +452,14 @@ def _exit_code(
     if report.failure is not None:
         codes.append(_stopped(report.failure, left, db, err))
     if one_shot:
-        if left and report.reason is not StopReason.FINISHED:
+        if left and report.reason is StopReason.BUDGET:
+            print(
+                f"tierbatch: the daily budget is spent; {left} article(s) stay queued in {db} "
+                "until the quota day's midnight: run again then",
+                file=err,
+            )
+            codes.append(EXIT_BUDGET)
+        elif left and report.reason is not StopReason.FINISHED:
             codes.append(EXIT_INTERRUPTED)
         if ingest is not None and ingest.rejected:
             codes.append(EXIT_REJECTED)

@@ -248,6 +248,12 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         "--no-progress", action="store_true", help="no live display nor progress log lines"
     )
     parser.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="let results of this task version join a results table that holds results of "
+        "another one (default: refused, naming the versions; task.allow_mixed_versions)",
+    )
+    parser.add_argument(
         "--progress-interval",
         type=float,
         default=10.0,

@@ -59,7 +59,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock
+from tierbatch.actors.clock import Clock, SystemClock, wall_offset
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
@@ -79,6 +79,7 @@ from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFil
 from tierbatch.adapters.storage.store import Store
 from tierbatch.adapters.storage.tiers_file import write_tiers
 from tierbatch.policies.articles import Article
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import (
     FatalProviderError,
@@ -91,6 +92,7 @@ from tierbatch.policies.errors import (
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tally import TallySnapshot
+from tierbatch.policies.task import check_versions, task_version
 from tierbatch.policies.tier_assignment import TierSplit
 
 _log = structlog.get_logger(__name__)
@@ -157,6 +159,7 @@ class StopReason(StrEnum):
     FATAL = "fatal"  # the provider refused the configuration (401/403)
     STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
     FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
+    BUDGET = "budget"  # run: the daily budget holds all the work left
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,8 @@ class DaemonReport:
     # What stopped the run, as the error the command line maps to its exit
     # code: the database failing first, else the runtime's fatal error.
     failure: TierbatchError | None = None
+    # The daily budget at the end of the run (None without a [budget]).
+    budget: BudgetState | None = None
 
 
 class _WakingSink:
@@ -235,12 +240,14 @@ class Daemon:
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
+        allow_mixed_versions: bool = False,
         as_of: float | None = None,
         tier_seed: Callable[[], Iterable[Article]] | None = None,
         on_tier_split: Callable[[TierSplit], None] | None = None,
         tiers_file: Path | None = None,
     ) -> None:
         self.config = config
+        self._allow_mixed_versions = allow_mixed_versions
         self._as_of = as_of
         self._tier_seed = tier_seed
         self._on_tier_split = on_tier_split
@@ -294,6 +301,7 @@ class Daemon:
         if self._ran:
             raise RuntimeError("Daemon.run may be called once; create a new Daemon")
         self._ran = True
+        check_task_versions(self.store, self.config, allow=self._allow_mixed_versions)
         started = time.monotonic()
         quota = load_quota_state(self._snapshot)
         trigger = SnapshotTrigger()
@@ -410,6 +418,7 @@ class Daemon:
             quota_state=quota,
             storage_error=storage_error,
             failure=StorageError(storage_error) if storage_error is not None else fatal,
+            budget=final.budget if final is not None else None,
         )
         _log.info(
             "daemon stopped",
@@ -445,7 +454,8 @@ class Daemon:
                 failed = isinstance(runtime.fatal_error, RuntimeFailureError)
                 return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
-            leases.keep()
+            if leases.keep():
+                runtime.recheck_quota()  # a new quota day (and budget) may have begun
             stats = runtime.stats(quota=False)
             idle_db = now < db_idle_until
             if stats.queued <= low_water and not idle_db:
@@ -469,7 +479,13 @@ class Daemon:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
                 self._save_thresholds(runtime)
-            self._report(runtime, started, db_counts)
+            reported = self._report(runtime, started, db_counts)
+            if opts.exit_when_done and reported is not None and budget_holds_all(reported):
+                _log.info(
+                    "the daily budget holds all the work left; stopping",
+                    stopped=list(reported.budget.stopped_tiers) if reported.budget else [],
+                )
+                return StopReason.BUDGET
             if (
                 opts.exit_when_done
                 and now < db_idle_until
@@ -659,21 +675,22 @@ class Daemon:
         *,
         draining: bool = False,
         stats: RuntimeStats | None = None,
-    ) -> None:
+    ) -> RuntimeStats | None:
         """Refresh the metrics and the progress display from the runtime's
         stats: at most every ``_REPORT_INTERVAL_S`` (the registry is asked
-        only then), always with fresh database counts or given ``stats``."""
+        only then), always with fresh database counts or given ``stats``.
+        Returns the stats it showed (None: not due yet)."""
         real = time.monotonic()
         if stats is None:
             if db_counts is None and real < self._next_report:
-                return
+                return None
             stats = runtime.stats()
         self._next_report = real + _REPORT_INTERVAL_S
         elapsed = real - started
         finished = stats.terminal
         now = self._clock.now()
         if self._metrics is not None:
-            self._metrics.update(stats, now, db_counts)
+            self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
         self._progress.update(
             ProgressView(
                 elapsed_s=elapsed,
@@ -684,8 +701,10 @@ class Daemon:
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,
+                wall_now=now + wall_offset(self._clock),
             )
         )
+        return stats
 
     def _storage(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a store operation; a failure is logged and retried on a later
@@ -705,6 +724,31 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def check_task_versions(store: Store, config: Config, *, allow: bool = False) -> None:
+    """Refuse (``MixedTaskVersionsError``, naming the versions) a store whose
+    results table holds results of another task version than ``config``'s,
+    unless ``allow`` or ``task.allow_mixed_versions`` says mixing is fine."""
+    check_versions(
+        store.task_versions(),
+        task_version(config.task),
+        allowed=allow or config.task.allow_mixed_versions,
+        where=f"the results table of {store.path}",
+    )
+
+
+def budget_holds_all(stats: RuntimeStats) -> bool:
+    """Whether the daily budget holds every piece of work the runtime has:
+    nothing in flight (no settlement can free money), and every tier with
+    articles queued or requests waiting may not spend."""
+    budget = stats.budget
+    if budget is None or stats.in_flight_requests or not budget.stopped_tiers:
+        return False
+    waiting = {tier for tier, n in budget.waiting if n}
+    queued = {tier for tier, n in stats.queued_by_tier.items() if n}
+    work = waiting | queued
+    return bool(work) and work <= set(budget.stopped_tiers)
 
 
 def _guarded(what: str, step: Any) -> Any:

@@ -16,6 +16,7 @@ from tierbatch.policies.errors import (
     StorageError,
     TierbatchError,
 )
+from tierbatch.policies.task import MixedTaskVersionsError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -26,6 +27,7 @@ EXIT_INTERRUPTED = 5
 EXIT_STORAGE = 6
 EXIT_RUNTIME_FAILED = 7
 EXIT_MODEL_MISSING = 8
+EXIT_BUDGET = 9
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -51,8 +53,10 @@ exit codes:
      stopped before leasing anything (the articles stay queued); a missing
      model that leaves every tier a model only warns and is routed around.
      --no-check skips the check. models: some configured model is missing
+  9  run only: the daily budget ([budget]) is spent; the articles it holds
+     stay queued until the quota day's midnight (run again then)
   When several apply, the first of 6, then 7 or 4 (only one can stop a run),
-  then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
+  then 5, 9, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
   refuses the configuration, 6 when the database fails, 7 when the runtime
   fails and 8 when the check at start finds a tier without models. models
   exits 0 when every configured model exists, 4 when the key is refused, 8
@@ -71,6 +75,7 @@ _EXIT_CODE_OF_ERROR: tuple[tuple[type[TierbatchError], int], ...] = (
     (ConfigError, EXIT_USAGE),
     (MissingApiKeyError, EXIT_USAGE),
     (InvalidBaseUrlError, EXIT_USAGE),
+    (MixedTaskVersionsError, EXIT_USAGE),
     (FatalProviderError, EXIT_PROVIDER_REFUSED),
     (NoModelLeftError, EXIT_MODEL_MISSING),
     (RuntimeFailureError, EXIT_RUNTIME_FAILED),
@@ -84,6 +89,7 @@ _EXIT_PRECEDENCE = (
     EXIT_PROVIDER_REFUSED,
     EXIT_MODEL_MISSING,
     EXIT_INTERRUPTED,
+    EXIT_BUDGET,
     EXIT_REJECTED,
     EXIT_FAILED,
 )

@@ -37,9 +37,10 @@ class LeaseKeeper:
         self._next = monotonic() + self._every
         self._wall_steps = WallStepWatch(clock)
 
-    def keep(self) -> None:
+    def keep(self) -> bool:
         """Renew the leases if a third of the lease time has passed since
-        the last renewal, or the wall clock stepped since the last look."""
+        the last renewal, or the wall clock stepped since the last look;
+        returns whether it stepped."""
         stepped = self._wall_steps.step()
         if stepped is not None:
             _log.warning("wall clock stepped; renewing leases now", step_s=round(stepped, 3))
@@ -47,3 +48,4 @@ class LeaseKeeper:
         if stepped is not None or now >= self._next:
             self._renew()
             self._next = now + self._every
+        return stepped is not None

@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tierbatch.policies.config import Config
-from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.costs import usage_cost
 from tierbatch.policies.errors import UnknownModelError
+from tierbatch.policies.outcomes import Usage
 from tierbatch.policies.pack_quality import GroundingRow
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.tally import TallySnapshot
@@ -46,6 +47,8 @@ class ModelUsage:
     cooldown_s: float
     input_tokens: int
     output_tokens: int
+    thinking_tokens: int = 0
+    cached_tokens: int = 0
 
 
 def usage_between(
@@ -65,6 +68,8 @@ def usage_between(
             cooldown_s=max(0.0, delta(s, "cooldown_s")),
             input_tokens=int(delta(s, "input_tokens")),
             output_tokens=int(delta(s, "output_tokens")),
+            thinking_tokens=int(delta(s, "thinking_tokens")),
+            cached_tokens=int(delta(s, "cached_tokens")),
         )
         for s in after
     )
@@ -172,7 +177,10 @@ def build_summary(
             continue
         try:
             spec = config.model(u.model)
-            cost = cost_usd(spec, max(0, u.input_tokens), max(0, u.output_tokens))
+            cost = usage_cost(
+                spec,
+                Usage(u.input_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens),
+            )
         except UnknownModelError:
             cost = 0.0
         models.append(

@@ -13,8 +13,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from tierbatch.adapters.gemini.prompt import ARTICLES_MARKER, articles_from_user_text
-from tierbatch.adapters.simulation.fake_entities import fake_prompt_token_count
+from tierbatch.adapters.simulation.fake_entities import fake_prompt_token_count, task_from_schema
 from tierbatch.policies.errors import TierbatchError
+from tierbatch.policies.task import TaskConfig
 
 _ROUTE = re.compile(r"/(?P<version>v1|v1beta|v1alpha)/(?P<resource>.+):(?P<method>[A-Za-z]+)")
 _METHODS = frozenset({"generateContent", "countTokens"})
@@ -64,6 +65,7 @@ class Prompt:
     system: list[str]
     user: list[str]
     max_output_tokens: int | None
+    task: TaskConfig | None = None  # what the response schema asks for
 
     @property
     def input_tokens(self) -> int:
@@ -90,11 +92,14 @@ def parse_prompt(body: Mapping[str, Any]) -> Prompt:
     system = body.get("systemInstruction", body.get("system_instruction"))
     config = body.get("generationConfig", body.get("generation_config")) or {}
     max_tokens = None
+    task = None
     if isinstance(config, dict):
         raw = config.get("maxOutputTokens", config.get("max_output_tokens"))
         if isinstance(raw, int | str) and str(raw).isdigit() and int(raw) > 0:
             max_tokens = int(raw)
-    return Prompt(content_texts(system), content_texts(body.get("contents", [])), max_tokens)
+        task = task_from_schema(config.get("responseSchema", config.get("response_schema")))
+    texts = content_texts(body.get("contents", []))
+    return Prompt(content_texts(system), texts, max_tokens, task)
 
 
 class BadRequestBodyError(TierbatchError, ValueError):
