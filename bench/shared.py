@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from bench.logs import quiet_logs
 from tierbatch.adapters.app.cli import main as cli_main
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
@@ -93,6 +94,9 @@ name = "cold"
 min_priority = 0.0
 model = "{_MODEL}"
 max_articles_per_request = 1
+
+[composer]
+mix = {{ hot = 2, cold = 4 }}
 
 [quota]
 window_s = {window_s}
@@ -153,14 +157,15 @@ def run_once(daemons: int, n: int, rpm: int, window_s: float, margin_s: float) -
                                 "0.1",
                             ],
                             stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
+                            stderr=(folder / f"daemon-{i}.log").open("wb"),
                             env=env,
                         )
                     )
                 deadline = time.monotonic() + 60 + 3 * math.ceil(n / rpm) * window_s
                 while store.counts().get("done", 0) + store.counts().get("failed", 0) < n:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"{daemons} daemon(s): not done in time")
+                    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                        tail = (folder / "daemon-0.log").read_text("utf-8", "replace")[-3000:]
+                        raise SystemExit(f"{daemons} daemon(s): not done in time\n{tail}")
                     time.sleep(0.2)
                 status = _status(str(db))
                 ids = [r.article_id for r in store.results()]
@@ -210,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--margin-s", type=float, default=0.25)
     parser.add_argument("--daemons", type=int, nargs="+", default=[1, 3])
     args = parser.parse_args(argv)
+    quiet_logs()
     print(
         f"{args.articles} articles, one request each; one quota of {args.rpm} requests "
         f"per {args.window_s:g} s (server side, strict rolling window); margin {args.margin_s} s"
