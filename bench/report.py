@@ -216,7 +216,43 @@ def workload_tables(workload: str, runs: dict[str, dict[str, Any]], settings: Be
             rows,
         )
     )
+    grounding = grounding_table(runs, systems)
+    if grounding:
+        out += ["", grounding]
     return "\n".join(out)
+
+
+def grounding_table(runs: dict[str, dict[str, Any]], systems: list[str]) -> str:
+    """What packing cost in quality, per system that checked it (tierbatch):
+    per tier, model and pack size, the share of entities found only in
+    another article of the request, and in none. Empty without the data
+    (runs of earlier versions, the baselines)."""
+    rows = []
+    for s in systems:
+        r = runs[s]
+        if not _ok(r):
+            continue
+        for g in r.get("system_stats", {}).get("grounding") or []:
+            entities = g["grounded"] + g["cross_article"] + g["ungrounded"]
+            rows.append(
+                [
+                    s,
+                    g["tier"],
+                    g["model"],
+                    str(g["pack_size"]),
+                    f"{g['articles']:,}",
+                    f"{entities:,}",
+                    _pct(g["cross_article"] / entities if entities else None, 1),
+                    _pct(g["ungrounded"] / entities if entities else None, 1),
+                ]
+            )
+    if not rows:
+        return ""
+    header = ["system", "tier", "model", "pack size", "done", "entities"]
+    header += ["cross-article", "ungrounded"]
+    return "Grounding (each entity checked against its request's articles):\n\n" + _table(
+        header, rows
+    )
 
 
 def scale_table(scale: list[dict[str, Any]]) -> str:

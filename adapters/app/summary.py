@@ -4,7 +4,8 @@ Two sources, because neither alone tells the whole story:
 
 * ``ResultTally`` counts the terminal results this process wrote -- articles
   per tier and model, fallbacks, failures by reason, the tokens and cost
-  attributed to each article;
+  attributed to each article, and the grounding check's outcomes per tier,
+  model and pack size;
 * ``ModelUsage`` is the difference of the registry's per-model counters
   between the start and the end of the run -- requests, 429s, cooldown time
   and the tokens every request consumed, including requests whose answers
@@ -30,6 +31,7 @@ from rich.table import Table
 
 from tierbatch.policies.config import Config, UnknownModelError
 from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.pack_quality import GroundingRow, GroundingTally
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import Done, TerminalResult
 
@@ -52,6 +54,7 @@ class TallySnapshot:
     done: Mapping[tuple[str, str], TierModelCount]
     failed_by_tier: Mapping[str, int]
     failed_by_reason: Mapping[str, int]
+    grounding: tuple[GroundingRow, ...] = ()
 
     @property
     def done_total(self) -> int:
@@ -70,9 +73,12 @@ class ResultTally:
         self._done: dict[tuple[str, str], TierModelCount] = {}
         self._failed_by_tier: Counter[str] = Counter()
         self._failed_by_reason: Counter[str] = Counter()
+        self._grounding = GroundingTally()
 
     def add(self, results: Iterable[TerminalResult]) -> None:
+        results = list(results)
         with self._lock:
+            self._grounding.add(results)
             for result in results:
                 if isinstance(result, Done):
                     row = self._done.setdefault((result.tier, result.model), TierModelCount())
@@ -101,6 +107,7 @@ class ResultTally:
                 },
                 failed_by_tier=dict(self._failed_by_tier),
                 failed_by_reason=dict(self._failed_by_reason),
+                grounding=self._grounding.rows(),
             )
 
 
@@ -183,6 +190,7 @@ class RunSummary:
     rejected: int = 0
     left_queued: int = 0
     notes: tuple[str, ...] = field(default=())
+    grounding: tuple[GroundingRow, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -269,6 +277,7 @@ def build_summary(
         rejected=rejected,
         left_queued=left_queued,
         notes=tuple(notes),
+        grounding=tally.grounding,
     )
 
 
@@ -301,6 +310,8 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         console.print(_tier_table(summary.tiers))
     if summary.models:
         console.print(_model_table(summary.models))
+    if summary.grounding:
+        console.print(_grounding_table(summary.grounding))
     if summary.failed_by_reason:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
         console.print(f"failed by reason: {reasons}")
@@ -358,6 +369,28 @@ def _model_table(rows: Sequence[ModelRow]) -> Table:
             f"{_count(r.input_tokens)}/{_count(r.output_tokens)}",
             f"{r.cost_usd:.4f}",
             f"{r.per_s:.1f}",
+        )
+    return table
+
+
+def _grounding_table(rows: Sequence[GroundingRow]) -> Table:
+    """What packing cost in quality: per tier, model and pack size, the share
+    of entities found only in another article of the request (cross-article)
+    and in none (ungrounded), before any drop."""
+    table = _table("grounding per tier, model and pack size")
+    table.add_column("tier", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    for name in ("pack", "done", "entities", "cross-\narticle", "un-\ngrounded"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            r.tier,
+            r.model,
+            str(r.pack_size or "?"),
+            str(r.articles),
+            str(r.counts.total),
+            f"{r.cross_article_share:.1%}",
+            f"{r.ungrounded_share:.1%}",
         )
     return table
 

@@ -86,6 +86,7 @@ from tierbatch.adapters.simulation.error_bodies import (
     quota_error_body,
 )
 from tierbatch.adapters.simulation.fake_entities import (
+    AnswerQuality,
     answer_document,
     answer_text,
     fake_prompt_token_count,
@@ -101,6 +102,7 @@ from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
 
 __all__ = [
+    "AnswerQuality",
     "BatchFaultRates",
     "BatchSettings",
     "BatchState",
@@ -208,7 +210,11 @@ class FakeGeminiConfig:
     name that is not retired. ``without_batch``: models whose
     ``supportedGenerationMethods`` lack ``batchGenerateContent`` (and that
     refuse batch jobs). ``batch``: batch jobs' turnaround and faults
-    (``batch_emulator``).
+    (``batch_emulator``). ``quality``: how well the model keeps a request's
+    articles apart (``AnswerQuality``: the rates of cross-article and
+    invented entities), one for every model or a mapping model -> quality
+    (models not in it never err); drawn from their own seeded stream, so
+    they never change the faults drawn.
     """
 
     models: Mapping[str, ModelSpec] = field(default_factory=dict, hash=False)
@@ -227,6 +233,9 @@ class FakeGeminiConfig:
     catalog: AbstractSet[str] | None = field(default=None, hash=False)
     without_batch: AbstractSet[str] = field(default=frozenset(), hash=False)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    quality: AnswerQuality | Mapping[str, AnswerQuality] = field(
+        default_factory=AnswerQuality, hash=False
+    )
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -242,6 +251,11 @@ class FakeGeminiConfig:
             return self.faults
         return self.faults.get(model, _NO_FAULTS)
 
+    def quality_for(self, model: str) -> AnswerQuality:
+        if isinstance(self.quality, AnswerQuality):
+            return self.quality
+        return self.quality.get(model, _PERFECT)
+
     def latency_for(self, model: str) -> float:
         if isinstance(self.latency_s, Mapping):
             return float(self.latency_s.get(model, 0.0))
@@ -249,6 +263,7 @@ class FakeGeminiConfig:
 
 
 _NO_FAULTS = FaultRates()
+_PERFECT = AnswerQuality()
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +404,8 @@ class GeminiEmulator:
             config.models, config.window_s, config.timezone, free_tier=config.free_tier
         )
         self._rng = random.Random(config.seed)
+        # The answers' quality draws have a stream of their own.
+        self._quality_rng = random.Random(f"{config.seed}:quality")
         self._started = time.monotonic()
         self._served = 0
         self.log: list[ServedRequest] = []
@@ -691,7 +708,8 @@ class GeminiEmulator:
             unsafe = {"candidates": [candidate], "usageMetadata": blocked_usage, **trailer}
             return unsafe, 0, "SAFETY"
 
-        text = answer_text(answer_document(articles, model))
+        quality = self.config.quality_for(model)
+        text = answer_text(answer_document(articles, model, quality, self._quality_rng))
         finish = "STOP"
         if fault is ServerFault.MAX_TOKENS:
             text = text[: max(1, len(text) // 2)]
