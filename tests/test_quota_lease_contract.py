@@ -5,13 +5,17 @@ the owner of the current epoch, and the daemons ``status`` shows."""
 
 from __future__ import annotations
 
+import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from runtime_helpers import small_config
 from store_backends import Backend, FakeClock, PostgresBackend, SqliteBackend
 
+from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.open_store import read_report
 from tierbatch.adapters.storage.quota_lease import ROLE_FOLLOWER, ROLE_OWNER, DaemonInfo
 
@@ -146,3 +150,35 @@ def test_status_shows_live_daemons_and_forgets_stopped_ones(backend: Backend) ->
     finally:
         a.close()
         b.close()
+
+
+def test_status_text_and_json_show_the_owner_and_each_daemons_share(
+    backend: Backend, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    a, b, c = (backend.open(name, clock) for name in "abc")
+    try:
+        a.claim_quota("127.0.0.1:1111", LEASE_S)
+        owner = DaemonInfo("a", "h", 11, ROLE_OWNER, "127.0.0.1:1111", clock.now, grants=30)
+        a.heartbeat(replace(owner, grant_rate=3.0), LEASE_S)
+        follower = DaemonInfo("b", "h", 22, ROLE_FOLLOWER, None, clock.now, grants=10)
+        b.heartbeat(replace(follower, grant_rate=1.0), LEASE_S)
+        clock.now -= 2 * LEASE_S  # c's last heartbeat: its row expired since
+        c.heartbeat(DaemonInfo("c", "h", 33, ROLE_FOLLOWER, None, clock.now, grants=5), LEASE_S)
+        clock.now += 2 * LEASE_S
+    finally:
+        for s in (a, b, c):
+            s.close()
+    status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now + 1)
+    as_json = status.to_json()
+    assert as_json["quota_owner"]["owner"] == "a"
+    assert as_json["quota_owner"]["live"] is True
+    shares = {d["pid"]: d["share"] for d in as_json["daemons"]}
+    assert shares == {11: pytest.approx(0.75), 22: pytest.approx(0.25)}
+    out = io.StringIO()
+    render_status(status, out)
+    text = out.getvalue()
+    assert "shared quota: owned by a at 127.0.0.1:1111 (epoch 1" in text
+    assert "h:11" in text and "owner (127.0.0.1:1111)" in text and "75%" in text
+    assert "h:22" in text and "follower" in text and "25%" in text
+    assert "h:33" not in text
