@@ -2,13 +2,14 @@
 as the same registry message, with its times moved from the sender's
 steady clock to the receiver's (each has its own origin); garbage is a
 ``FrameError``, never an exception of another kind; a bad ``--quota-address``
-is refused naming the problem."""
+is refused naming the problem, before the daemon opens its database."""
 
 from __future__ import annotations
 
 import io
 import struct
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -25,6 +26,7 @@ from tierbatch.actors.messages import (
     Sent,
     Withdraw,
 )
+from tierbatch.adapters.app.cli import main
 from tierbatch.adapters.app.quota_server import parse_address
 from tierbatch.adapters.app.quota_wire import (
     FrameError,
@@ -184,3 +186,20 @@ def test_quota_addresses(text: str, expected: tuple[str, int]) -> None:
 def test_a_bad_quota_address_names_the_problem(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_address(text)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--quota-address", "127.0.0.1:http"], "quota address '127.0.0.1:http'"),
+        (["--quota-lease-s", "0"], "quota_lease_s must be > 0"),
+    ],
+)
+def test_the_daemon_refuses_bad_sharing_flags_before_touching_the_database(
+    tmp_path: Path, flags: list[str], named: str
+) -> None:
+    db = tmp_path / "queue.sqlite"
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["daemon", "--db", str(db), *flags], stdout=out, stderr=err) == 2
+    assert named in err.getvalue()
+    assert not db.exists()
