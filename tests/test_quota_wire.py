@@ -20,24 +20,30 @@ from tierbatch.actors.messages import (
     AcquireFailed,
     AdoptGrants,
     Backlog,
+    GetBudgetState,
     Granted,
     ReleaseHolder,
     Report,
     Sent,
+    Wake,
     Withdraw,
 )
 from tierbatch.adapters.app.cli import main
 from tierbatch.adapters.app.quota_server import parse_address
 from tierbatch.adapters.app.quota_wire import (
     FrameError,
+    decode_answer,
     decode_from_follower,
     decode_grant,
+    encode_answer,
+    encode_ask,
     encode_reply,
     encode_to_owner,
     pack_frame,
     read_frame,
 )
 from tierbatch.policies.backlog import TierBacklog
+from tierbatch.policies.budget import BudgetState, OnExhausted, TierBudget
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -203,3 +209,30 @@ def test_the_daemon_refuses_bad_sharing_flags_before_touching_the_database(
     assert main(["daemon", "--db", str(db), *flags], stdout=out, stderr=err) == 2
     assert named in err.getvalue()
     assert not db.exists()
+
+
+def test_a_wake_and_the_budget_question_cross_the_wire() -> None:
+    """A follower's wall-clock step wakes the owner's registry, and a
+    follower's runtime with a [budget] asks the owner for the day's budget."""
+    assert through_the_wire(Wake(7)) == Wake(-1)
+    frame = read_frame(io.BytesIO(pack_frame(encode_ask(3, GetBudgetState()))))
+    assert frame is not None
+    assert decode_from_follower(frame, RECEIVER) is GetBudgetState
+    budget = BudgetState(
+        usd_per_day=5.0,
+        day=20_000,
+        spent_usd=1.25,
+        committed_usd=1.5,
+        resets_at=1_800_000_000.0,
+        on_exhausted=OnExhausted.STOP,
+        tiers=(
+            TierBudget("hot", 1.0, 1.2, None, 0.5, True),
+            TierBudget("cold", 0.25, 0.3, 1.0, 0.0, False),
+        ),
+        waiting=(("cold", 4),),
+    )
+    answer = encode_answer(3, GetBudgetState, budget, RECEIVER)
+    sent = read_frame(io.BytesIO(pack_frame(answer)))
+    assert sent is not None
+    assert decode_answer(GetBudgetState, sent["value"], SENDER) == budget
+    assert decode_answer(GetBudgetState, None, SENDER) is None

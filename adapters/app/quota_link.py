@@ -56,7 +56,7 @@ from tierbatch.actors.messages import GetQuotaSnapshot
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.registry_handle import RegistryHandle
-from tierbatch.actors.runtime import tier_shapes
+from tierbatch.actors.runtime import make_budget, tier_shapes
 from tierbatch.adapters.app.quota_client import QuotaClient
 from tierbatch.adapters.app.quota_server import QuotaServer
 from tierbatch.adapters.app.quota_wire import FrameError
@@ -442,6 +442,10 @@ class QuotaLink:
             FanOutObserver(observers),
             self._handle.registry_died,
             tiers=tier_shapes(config, ladder) if config.quota.plan else (),
+            # The daily budget is the quota's too: one for every daemon, saved
+            # with the quota state (calls the dead owner had in flight count
+            # as spent).
+            budget=make_budget(config, load.state),
         )
         self._server.serve(registry, owner=self._store.owner, epoch=epoch)
         saves = _Saves(self._store, epoch, self._snapshot, self._clock, registry)

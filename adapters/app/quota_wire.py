@@ -37,6 +37,7 @@ from tierbatch.actors.messages import (
     AcquireFailed,
     AdoptGrants,
     Backlog,
+    GetBudgetState,
     GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
@@ -44,9 +45,11 @@ from tierbatch.actors.messages import (
     ReleaseHolder,
     Report,
     Sent,
+    Wake,
     Withdraw,
 )
 from tierbatch.policies.backlog import TierBacklog
+from tierbatch.policies.budget import BudgetState, OnExhausted, TierBudget
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -84,6 +87,7 @@ ASKS: dict[str, type] = {
     "status": GetQuotaStatus,
     "snapshot": GetQuotaSnapshot,
     "plan": GetPlan,
+    "budget": GetBudgetState,
 }
 ASK_NAMES = {kind: name for name, kind in ASKS.items()}
 
@@ -167,6 +171,8 @@ def encode_to_owner(message: Any, offset: float) -> dict[str, Any]:
             return {"k": "withdraw", "request_id": request_id, "holder": holder}
         case ReleaseHolder(holder):
             return {"k": "release", "holder": holder}
+        case Wake():  # the sender's clock stepped: the owner reads its own
+            return {"k": "wake"}
         case Backlog(tiers):
             return {
                 "k": "backlog",
@@ -236,6 +242,8 @@ def _decode_from_follower(f: Mapping[str, Any], offset: float) -> Any:
         return Withdraw(_int(f["request_id"]), _int(f["holder"]))
     if kind == "release":
         return ReleaseHolder(_int(f["holder"]))
+    if kind == "wake":
+        return Wake(-1)
     if kind == "backlog":
         return Backlog(
             tuple(
@@ -314,6 +322,8 @@ def encode_answer(ask_id: int, what: type, value: Any, offset: float) -> dict[st
         encoded: Any = [_encode_status(s, offset) for s in value]
     elif what is GetPlan:
         encoded = None if value is None else _encode_plan(value)
+    elif what is GetBudgetState:
+        encoded = None if value is None else _encode_budget(value)
     else:  # a snapshot: plain data with wall-clock times already
         encoded = value
     return {"k": "answer", "id": ask_id, "value": encoded}
@@ -325,6 +335,8 @@ def decode_answer(what: type, value: Any, offset: float) -> Any:
             return tuple(_decode_status(s, offset) for s in value)
         if what is GetPlan:
             return None if value is None else _decode_plan(value)
+        if what is GetBudgetState:
+            return None if value is None else _decode_budget(value)
         return value
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad answer: {exc!r}") from None
@@ -463,6 +475,42 @@ def _decode_plan(p: Mapping[str, Any]) -> Plan:
         makespan_s=None if p["makespan_s"] is None else _num(p["makespan_s"]),
         horizon_s=_num(p["horizon_s"]),
         spare={str(m): _num(n) for m, n in p["spare"].items()},
+    )
+
+
+def _encode_budget(b: BudgetState) -> list[Any]:
+    """Its times are wall-clock already (``resets_at``)."""
+    return [
+        b.usd_per_day,
+        b.day,
+        b.spent_usd,
+        b.committed_usd,
+        b.resets_at,
+        str(b.on_exhausted),
+        [
+            [t.tier, t.spent_usd, t.committed_usd, t.cap_usd, t.reserved_usd, t.may_spend]
+            for t in b.tiers
+        ],
+        [[tier, n] for tier, n in b.waiting],
+    ]
+
+
+def _decode_budget(b: Any) -> BudgetState:
+    usd, day, spent, committed, resets_at, on_exhausted, tiers, waiting = b
+    return BudgetState(
+        _num(usd),
+        _int(day),
+        _num(spent),
+        _num(committed),
+        _num(resets_at),
+        OnExhausted(on_exhausted),
+        tuple(
+            TierBudget(
+                str(tier), _num(s), _num(c), None if cap is None else _num(cap), _num(r), bool(m)
+            )
+            for tier, s, c, cap, r, m in tiers
+        ),
+        tuple((str(tier), _int(n)) for tier, n in waiting),
     )
 
 
