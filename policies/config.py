@@ -150,6 +150,18 @@ class LimiterMode(StrEnum):
     WINDOW = "window"
 
 
+class ProviderLimiter(StrEnum):
+    """How a provider enforces a per-minute limit -- what the simulated
+    provider and the local Gemini-compatible server emulate.
+
+    ``window``: a rolling window of ``window_s`` (a request counts while it
+    is younger than the window); ``bucket``: a token bucket refilled at the
+    limit's rate, holding ``bucket_s`` seconds' worth."""
+
+    WINDOW = "window"
+    BUCKET = "bucket"
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaConfig:
     """``window_s`` is the rolling rate-limit window (Gemini: 60 s);

@@ -259,6 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="tierbatch config whose model limits to enforce"
     )
     fake.add_argument("--window-s", type=float, default=60.0, help="rate-limit window (default 60)")
+    fake.add_argument(
+        "--limiter",
+        choices=("window", "bucket"),
+        default="window",
+        help="how the per-minute limits are enforced: a rolling window of --window-s "
+        "(default), or a token bucket refilled at the limit's rate",
+    )
+    fake.add_argument(
+        "--bucket-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --limiter bucket: the bucket holds S seconds' worth of the limit (default 10)",
+    )
     fake.add_argument("--latency-s", type=float, default=0.0, help="answer latency in seconds")
     fake.add_argument(
         "--server-error-rate", type=float, default=0.0, help="share of requests answered 5xx"
@@ -754,6 +768,7 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
         BatchSettings,
         FakeGeminiConfig,
         FaultRates,
+        ProviderLimiter,
     )
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -767,6 +782,8 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
         fake_config = FakeGeminiConfig(
             models=models,
             window_s=args.window_s,
+            limiter=ProviderLimiter(args.limiter),
+            bucket_s=args.bucket_s,
             latency_s=args.latency_s,
             faults=FaultRates(server_error=args.server_error_rate),
             valid_keys=frozenset(args.valid_key) if args.valid_key else None,
@@ -787,9 +804,15 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
         raise UsageError(str(exc)) from None
     stop = threading.Event()
 
+    shape = (
+        f"token buckets holding {fake_config.bucket_s:g} s of each limit"
+        if fake_config.limiter is ProviderLimiter.BUCKET
+        else f"a rolling {fake_config.window_s:g} s window"
+    )
+
     def on_ready(base_url: str) -> None:
         print(
-            f"fake Gemini listening on {base_url}\n"
+            f"fake Gemini listening on {base_url} (per-minute limits: {shape})\n"
             f'point tierbatch at it: [provider] kind = "genai", base_url = "{base_url}" '
             "and any GEMINI_API_KEY; Ctrl-C stops it",
             file=out,

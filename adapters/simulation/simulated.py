@@ -45,8 +45,8 @@ from tierbatch.adapters.simulation.fake_entities import (
     fake_token_count,
 )
 from tierbatch.adapters.simulation.faults import check_rates, draw_fault
-from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
-from tierbatch.policies.config import ModelSpec
+from tierbatch.adapters.simulation.quota_emulator import DEFAULT_BUCKET_S, QuotaEmulator
+from tierbatch.policies.config import ModelSpec, ProviderLimiter
 from tierbatch.policies.outcomes import (
     BadRequest,
     CallOutcome,
@@ -175,6 +175,9 @@ class SimulatedProvider:
 
     ``latency_s``: median clock seconds per call (per model, or one for all),
     plus ``latency_per_article_s`` for each article of the pack.
+    ``models`` are the limits it enforces, per minute as a rolling window of
+    ``window_s`` or as token buckets holding ``bucket_s`` seconds' worth
+    (``limiter``; see ``quota_emulator``).
     Not thread-safe: drive it from one event loop. ``calls`` may be read from
     any thread once the run is over.
     """
@@ -192,6 +195,8 @@ class SimulatedProvider:
         faults: SimulatedFaults = SimulatedFaults(),
         retired: Collection[str] = (),
         key: str = "simulated",
+        limiter: ProviderLimiter | str = ProviderLimiter.WINDOW,
+        bucket_s: float = DEFAULT_BUCKET_S,
     ) -> None:
         self._models = dict(models)
         self._clock = clock
@@ -202,7 +207,7 @@ class SimulatedProvider:
         self._faults = faults
         self._retired = frozenset(retired)
         self._key = key
-        self.quota = QuotaEmulator(models, window_s, timezone)
+        self.quota = QuotaEmulator(models, window_s, timezone, limiter=limiter, bucket_s=bucket_s)
         self._calls: list[SimulatedCall] = []
         self._next_index = 0
         self._in_flight = 0
