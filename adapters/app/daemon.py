@@ -644,6 +644,7 @@ class Daemon:
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,
+                plan=runtime.plan(),
             )
         )
 
