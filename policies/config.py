@@ -236,6 +236,51 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SimulatedLimits:
+    """The limits the simulated provider enforces for one model instead of
+    the configured ones (None: the configured one)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """What the simulated provider (``provider.kind = "simulated"``, or
+    ``auto`` without an API key) emulates. ``limiter``: how it enforces the
+    per-minute limits, a rolling window of ``quota.window_s`` or a token
+    bucket holding ``bucket_s`` seconds' worth (``ProviderLimiter``);
+    ``models``: per model, the limits it really enforces when they differ
+    from the configured ones -- lower, as when a config copies a higher
+    tier's published limits, to rehearse the registry meeting 429s and
+    learning the true limits."""
+
+    limiter: ProviderLimiter = ProviderLimiter.WINDOW
+    bucket_s: float = 10.0
+    models: Mapping[str, SimulatedLimits] = field(default_factory=dict)
+
+    def enforced(self, models: Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
+        """``models`` with the simulated provider's own limits applied."""
+        out = dict(models)
+        for name, limits in self.models.items():
+            spec = out.get(name)
+            if spec is None:
+                continue
+            out[name] = ModelSpec(
+                name=spec.name,
+                rpm=spec.rpm if limits.rpm is None else limits.rpm,
+                tpm=spec.tpm if limits.tpm is None else limits.tpm,
+                rpd=spec.rpd if limits.rpd is None else limits.rpd,
+                max_in_flight=spec.max_in_flight,
+                price_in_per_m=spec.price_in_per_m,
+                price_out_per_m=spec.price_out_per_m,
+                max_input_tokens=spec.max_input_tokens,
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``parse_config`` orders ``tiers`` highest
     ``min_priority`` first, so the first tier an article's priority reaches
@@ -250,6 +295,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know
@@ -307,6 +353,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     retry = _parse_retry(root.table("retry"))
     provider = _parse_provider(root.table("provider"))
     runtime = _parse_runtime(root.table("runtime"))
+    simulation = _parse_simulation(root.table("simulation"), models)
     root.refuse("api_key", _API_KEY_REFUSAL)
     root.finish()
     if models:
@@ -324,6 +371,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         retry=retry,
         provider=provider,
         runtime=runtime,
+        simulation=simulation,
     )
 
 
@@ -647,6 +695,35 @@ def _parse_runtime(r: TableReader) -> RuntimeConfig:
     return runtime
 
 
+def _parse_simulation(r: TableReader, models: Mapping[str, ModelSpec]) -> SimulationConfig:
+    d = SimulationConfig()
+    limiter = r.choice("limiter", d.limiter.value, tuple(m.value for m in ProviderLimiter))
+    bucket_s = r.number("bucket_s", d.bucket_s, POSITIVE)
+    table = r.table("models")
+    overrides: dict[str, SimulatedLimits] = {}
+    for name, _ in table.entries():
+        limits = table.table(name)
+        if models and name not in models:
+            hint = did_you_mean(name, models)
+            table.problems.add(
+                limits.path, f"not a configured model{hint}; expected one of the [models] names"
+            )
+        overrides[name] = SimulatedLimits(
+            rpm=_optional_limit(limits, "rpm"),
+            tpm=_optional_limit(limits, "tpm"),
+            rpd=_optional_limit(limits, "rpd"),
+        )
+        limits.finish()
+    r.finish()
+    return SimulationConfig(ProviderLimiter(limiter), bucket_s, overrides)
+
+
+def _optional_limit(r: TableReader, name: str) -> int | None:
+    if r.raw(name) is REQUIRED:
+        return None
+    return r.integer(name, 0, NON_NEGATIVE)
+
+
 def config_to_mapping(config: Config) -> dict[str, Any]:
     """The resolved settings as plain TOML-shaped data (``None`` entries are
     left out, as TOML has no null); ``parse_config`` reads it back to an
@@ -673,6 +750,11 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
         "retry": _flat(config.retry),
         "provider": provider,
         "runtime": _flat(config.runtime),
+        "simulation": {
+            "limiter": config.simulation.limiter.value,
+            "bucket_s": config.simulation.bucket_s,
+            "models": {name: _flat(limits) for name, limits in config.simulation.models.items()},
+        },
     }
 
 

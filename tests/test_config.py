@@ -33,6 +33,7 @@ from tierbatch.policies.config import (
     QuotaConfig,
     RetryConfig,
     RuntimeConfig,
+    SimulationConfig,
     TierSpec,
     UnknownModelError,
     config_to_mapping,
@@ -133,6 +134,7 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         ("retry", RetryConfig),
         ("runtime", RuntimeConfig),
         ("composer", ComposerConfig),
+        ("simulation", SimulationConfig),
     ]:
         assert set(data[section]) == field_names(cls), section
     # base_url is documented as a comment: TOML cannot spell its default (None).
@@ -142,11 +144,12 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
     assert set().union(*data["tiers"]) == field_names(TierSpec)
 
     assert dataclasses.replace(config.priority, domains={}) == PriorityConfig()
-    assert (config.quota, config.retry, config.provider, config.runtime) == (
+    assert (config.quota, config.retry, config.provider, config.runtime, config.simulation) == (
         QuotaConfig(),
         RetryConfig(),
         ProviderConfig(),
         RuntimeConfig(),
+        SimulationConfig(),
     )
     defaults = ComposerConfig(mix={})
     assert (config.composer.max_queued, config.composer.aging_s) == (

@@ -5,6 +5,7 @@
     tierbatch daemon --db ingest.sqlite                  # long-running
     tierbatch enqueue ARTICLES.jsonl --db ingest.sqlite
     tierbatch status --db ingest.sqlite [--json]
+    tierbatch plan ARTICLES.jsonl | --db ingest.sqlite | --sample [--json]
     tierbatch config check tierbatch.toml
     tierbatch models [--config tierbatch.toml]            # does the provider have them?
     tierbatch serve-fake-gemini --port 8765
@@ -27,17 +28,16 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import replace
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
 import structlog
 
-from tierbatch.actors.clock import SystemClock
+from tierbatch.actors.clock import Clock, SystemClock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
@@ -64,16 +64,33 @@ from tierbatch.adapters.app.model_check import (
     render_report,
     report_json,
 )
+from tierbatch.adapters.app.plan_report import (
+    PlanReport,
+    plan_for,
+    plan_lines,
+    render_plan,
+)
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
 from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.sample import load_demo_config, sample_articles
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
-from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
+from tierbatch.adapters.app.summary import (
+    BoundReport,
+    build_summary,
+    provider_line,
+    render_summary,
+)
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
-from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
-from tierbatch.adapters.storage.open_store import is_postgres_url, open_store
+from tierbatch.adapters.storage.jsonl_input import read_articles
+from tierbatch.adapters.storage.open_store import (
+    display_name,
+    is_postgres_url,
+    open_store,
+    read_backlog,
+)
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import StorageError, Store, default_owner
 from tierbatch.policies.articles import Article
@@ -122,7 +139,6 @@ exit codes:
 """
 
 DB_ENV = "TIERBATCH_DB"
-SAMPLE_NAME = "sample_articles.jsonl"
 _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
 _log = structlog.get_logger("tierbatch.cli")
 
@@ -135,9 +151,17 @@ class UsageError(Exception):
 
 
 def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    clock: Clock | None = None,
 ) -> int:
-    """Run the ``tierbatch`` command line; returns the exit code."""
+    """Run the ``tierbatch`` command line; returns the exit code.
+
+    ``clock``: what ``run`` and ``daemon`` run on (default the system
+    clock); in-process callers such as tests pass a ``ScaledClock`` to
+    rehearse quota minutes in seconds."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
@@ -145,6 +169,7 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args.clock = clock
     saved = saved_configuration()
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
@@ -183,7 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("articles", nargs="?", metavar="ARTICLES.jsonl", help="input file")
-    source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
+    source.add_argument(
+        "--sample",
+        action="store_true",
+        help="use the shipped sample articles (without --config: under the demo's tight "
+        "quotas, adapters/data/demo.toml)",
+    )
     _add_db(run)
     _add_processing(run)
     run.set_defaults(command=_cmd_run)
@@ -219,6 +249,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     status.set_defaults(command=_cmd_status)
+
+    plan = commands.add_parser(
+        "plan",
+        help="what the quotas allow for a backlog: the tier split, the plan per tier and "
+        "model, when each tier is done, which limit binds",
+        description="Size a backlog before running it: score the articles as the composer "
+        "would, split them into tiers and requests, and plan them on the quotas -- fresh, "
+        "or the quota snapshot's (today's usage and learnt limits) when there is one. "
+        "Prints the plan (requests per tier and model, per quota window), when each tier "
+        "is done, which limits bind, and the bound: when the last request can go.",
+    )
+    plan_source = plan.add_mutually_exclusive_group()
+    plan_source.add_argument(
+        "articles", nargs="?", metavar="ARTICLES.jsonl", help="input file ('-': stdin)"
+    )
+    plan_source.add_argument(
+        "--sample", action="store_true", help="the shipped sample (replayed, as run --sample)"
+    )
+    plan_source.add_argument(
+        "--db",
+        metavar="DB",
+        help="what a queue database still holds, queued and leased (default: $TIERBATCH_DB)",
+    )
+    plan.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config (default: built-in; with --sample: the demo's)",
+    )
+    plan.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        help="quota snapshot to plan from (default with --db: DB.quota.msgpack)",
+    )
+    plan.add_argument(
+        "--fresh", action="store_true", help="plan on fresh quotas, ignoring any snapshot"
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    plan.set_defaults(command=_cmd_plan)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(title="config commands", required=True, metavar="CMD")
@@ -419,7 +487,7 @@ def _cmd_daemon(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bool) -> int:
-    config = load_config(args.config)
+    config = _load_config(args)
     json_logs = args.log_json if one_shot else not args.log_console
     configure_logging(
         json_lines=json_logs,
@@ -427,7 +495,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         secrets=_secret_values(config),
     )
     options = _daemon_options(args, exit_when_done=one_shot)
-    clock = SystemClock()
+    clock: Clock = args.clock or SystemClock()
     raw_provider, description = make_provider(config, clock)
     synthetic = _is_simulated(raw_provider)
     provider = _with_call_stats(raw_provider, args.stats_interval)
@@ -455,11 +523,17 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
                 _close_provider(provider)
                 return _stopped_by_check(decision, store.pending(), args.db, err)
             unavailable = dict(decision.unavailable)
+        snapshot_path = Path(args.snapshot) if args.snapshot else default_snapshot_path(args.db)
+        start_plan = (
+            _plan_at_start(config, args.db, snapshot_path, unavailable, clock, out)
+            if one_shot
+            else None
+        )
         daemon = Daemon(
             config,
             store,
             provider=provider,
-            snapshot=SnapshotFile(args.snapshot or default_snapshot_path(args.db)),
+            snapshot=SnapshotFile(snapshot_path),
             options=options,
             provider_description=description,
             clock=clock,
@@ -467,8 +541,10 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
         )
+        began = clock.now()
         with signals_stop(daemon):
             report = daemon.run()
+        ran_s = clock.now() - began
         if report.quota_state.problem:
             print(
                 f"warning: the quota snapshot could not be used ({report.quota_state.problem}); "
@@ -478,7 +554,11 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         left = store.pending()
         if one_shot:
             assert ingest is not None
-            _print_summary(config, report, ingest, left, description, synthetic, out)
+            bound = None
+            if start_plan is not None and start_plan.bound_s is not None and not left:
+                best = start_plan.best or start_plan.sizing
+                bound = BoundReport(start_plan.bound_s, ran_s, best.bottleneck())
+            _print_summary(config, report, ingest, left, description, synthetic, out, bound)
         return _exit_code(report, ingest, left, store.path, one_shot, err)
 
 
@@ -519,21 +599,8 @@ def _ingest_input(store: Store, args: argparse.Namespace) -> IngestReport:
 
 def _ingest_sample(store: Store, now: datetime) -> IngestReport:
     """Enqueue the shipped sample as a replay: its publication times are
-    shifted so the newest article is from ``now``. Hotness decays with age,
-    so the sample's fixed dates would otherwise make every story cold and
-    the demo would show one tier only."""
-    sample = resources.files("tierbatch.adapters") / "data" / SAMPLE_NAME
-    with sample.open("rb") as stream:
-        items = list(read_articles(stream))
-    articles = [item for item in items if isinstance(item, Article)]
-    rejects = [item for item in items if isinstance(item, Rejected)]
-    dates = [a.published_at for a in articles if a.published_at is not None]
-    if dates:
-        shift = now - max(dates)
-        articles = [
-            replace(a, published_at=a.published_at + shift) if a.published_at else a
-            for a in articles
-        ]
+    shifted so the newest article is from ``now`` (see ``sample``)."""
+    articles, rejects = sample_articles(now)
     report = store.enqueue(articles)
     rejected = store.add_rejects("sample", rejects)
     return IngestReport(report.inserted, report.duplicates, rejected)
@@ -557,6 +624,53 @@ def _ingest_line(report: IngestReport, name: str) -> str:
     if report.rejected:
         line += f", {report.rejected} line(s) rejected (see the rejects table)"
     return line
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    """``--config``, else the demo's for ``--sample``, else the built-in one."""
+    if args.config is None and getattr(args, "sample", False):
+        return load_demo_config()
+    return load_config(args.config)
+
+
+RUN_PLAN_LIMIT = 50_000
+"""``run`` plans its backlog at start (and ends its summary with the bound)
+when the database holds at most this many articles to do: beyond that,
+reading and scoring them all would hold up the start (``tierbatch plan``
+sizes any backlog)."""
+
+
+def _plan_at_start(
+    config: Config,
+    db: str,
+    snapshot: Path,
+    unavailable: Mapping[str, str],
+    clock: Clock,
+    out: TextIO,
+) -> PlanReport | None:
+    """The plan for the whole queue with the quotas the run starts with,
+    printed in short; None when the queue is too large to plan at start or
+    cannot be read (the run goes on without a bound)."""
+    try:
+        articles, unusable = read_backlog(db)
+    except StorageError as exc:
+        _log.warning("the backlog could not be read for the plan at start", error=str(exc))
+        return None
+    if not articles or len(articles) > RUN_PLAN_LIMIT:
+        return None
+    report = plan_for(
+        config,
+        articles,
+        snapshot,
+        clock.wall(),
+        source="the queue",
+        unusable=unusable,
+        unavailable=unavailable,
+    )
+    for line in plan_lines(report):
+        print(line, file=out)
+    out.flush()
+    return report
 
 
 def _progress(
@@ -586,6 +700,7 @@ def _print_summary(
     description: str,
     synthetic: bool,
     out: TextIO,
+    bound: BoundReport | None = None,
 ) -> None:
     notes = []
     if report.reason is StopReason.FAILED:
@@ -606,6 +721,7 @@ def _print_summary(
         rejected=ingest.rejected,
         left_queued=left,
         notes=notes,
+        bound=bound,
     )
     render_summary(summary, out)
     out.flush()
@@ -716,6 +832,60 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         render_status(status, out)
     return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load_config(args)
+    configure_logging(json_lines=False, level="warning")
+    now = time.time()
+    snapshot = Path(args.snapshot) if args.snapshot else None
+    if args.sample:
+        articles, rejects = sample_articles(datetime.fromtimestamp(now, UTC))
+        source, unusable = _SAMPLE_LABEL, len(rejects)
+    elif args.articles:
+        articles, unusable = _read_plan_input(args.articles)
+        source = args.articles
+    else:
+        db = args.db or os.environ.get(DB_ENV)
+        if not db:
+            raise UsageError(f"plan: give ARTICLES.jsonl, --sample or --db (or set ${DB_ENV})")
+        try:
+            articles, unusable = read_backlog(db)
+        except StorageError as exc:
+            raise UsageError(str(exc)) from None
+        source = f"the database {display_name(db)} (queued and leased)"
+        snapshot = snapshot or default_snapshot_path(db)
+    report = plan_for(
+        config,
+        articles,
+        None if args.fresh else snapshot,
+        now,
+        source=source,
+        unusable=unusable,
+    )
+    if args.json:
+        json.dump(report.to_json(), out, indent=2, sort_keys=True)
+        out.write("\n")
+    else:
+        render_plan(report, out)
+    return EXIT_OK
+
+
+def _read_plan_input(path: str) -> tuple[list[Article], int]:
+    """The valid articles of a JSONL file (or stdin), and how many lines were not."""
+    if path != "-" and not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    articles: list[Article] = []
+    rejected = 0
+    try:
+        for item in read_articles(sys.stdin.buffer if path == "-" else path):
+            if isinstance(item, Article):
+                articles.append(item)
+            else:
+                rejected += 1
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return articles, rejected
 
 
 def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -28,6 +28,7 @@ from typing import TextIO
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tierbatch.adapters.app.learnt_limits import LearntLimits
@@ -318,7 +319,7 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         soft_wrap=False,
     )
     console.print()
-    console.print(provider_line(summary.provider, summary.synthetic))
+    console.print(escape(provider_line(summary.provider, summary.synthetic)), soft_wrap=True)
     total = summary.done + summary.failed
     rate = total / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     console.print(
@@ -332,7 +333,7 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         console.print(_model_table(summary.models))
         learnt = [m.learnt.sentence() for m in summary.models if m.learnt is not None]
         if learnt:
-            console.print("learnt from the provider: " + "; ".join(learnt), soft_wrap=True)
+            console.print(escape("learnt from the provider: " + "; ".join(learnt)), soft_wrap=True)
     if summary.failed_by_reason:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
         console.print(f"failed by reason: {reasons}")
@@ -355,7 +356,7 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
     for note in summary.notes:
         console.print(note)
     if summary.bound is not None:
-        console.print(bound_line(summary.bound), soft_wrap=True)
+        console.print(escape(bound_line(summary.bound)), soft_wrap=True)
 
 
 def bound_line(bound: BoundReport) -> str:

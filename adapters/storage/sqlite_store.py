@@ -113,7 +113,13 @@ from typing import Any, TypeVar
 
 import structlog
 
-from tierbatch.adapters.storage.queue_rows import Candidate, Holder, epoch_of, usable_id
+from tierbatch.adapters.storage.queue_rows import (
+    Candidate,
+    Holder,
+    backlog_articles,
+    epoch_of,
+    usable_id,
+)
 from tierbatch.adapters.storage.queue_sql import read_queue_report
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.sqlite_schema import SCHEMA
@@ -127,6 +133,7 @@ from tierbatch.adapters.storage.store import (
     default_owner,
     refused_counts,
 )
+from tierbatch.policies.articles import Article
 
 log = structlog.get_logger(__name__)
 
@@ -298,6 +305,26 @@ def read_sqlite_report(path: str | os.PathLike[str], now: float) -> QueueReport:
     """What ``tierbatch status`` shows, through a read-only connection
     (``mode=ro``): in WAL mode it never blocks the daemon writing next to
     it, and it never creates tables or takes a write lock."""
+    return _read_only(
+        path, lambda conn: read_queue_report(lambda sql, p: conn.execute(sql, p).fetchall(), now)
+    )
+
+
+def read_sqlite_backlog(path: str | os.PathLike[str]) -> tuple[list[Article], int]:
+    """The queued and leased articles (for ``tierbatch plan``), read-only as
+    ``read_sqlite_report``, and how many rows are not usable articles."""
+    return _read_only(
+        path,
+        lambda conn: backlog_articles(
+            conn.execute(
+                "SELECT CAST(id AS BLOB), CAST(payload AS BLOB) FROM articles"
+                " WHERE state IN ('queued', 'leased') ORDER BY rowid"
+            )
+        ),
+    )
+
+
+def _read_only(path: str | os.PathLike[str], read: Callable[[sqlite3.Connection], T]) -> T:
     name = os.fspath(path)
     if not Path(name).is_file():
         raise StorageError(f"{name}: no such database")
@@ -306,7 +333,7 @@ def read_sqlite_report(path: str | os.PathLike[str], now: float) -> QueueReport:
     except sqlite3.Error as exc:
         raise StorageError(f"{name}: cannot open: {exc}") from exc
     try:
-        return read_queue_report(lambda sql, params: conn.execute(sql, params).fetchall(), now)
+        return read(conn)
     except sqlite3.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {exc}") from exc
     finally:
