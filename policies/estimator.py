@@ -97,6 +97,13 @@ class LimitEstimate:
         self._window_limited = False
         self._window_refused = False
         self._last_cut = -math.inf
+        # The burst last cut for short 429s: what went in it, what of it
+        # was refused since (every refusal of one burst tells how much of it
+        # the provider did not absorb).
+        self._cut_burst = 0.0
+        self._cut_refused = 0
+        # The last short refusal of a paced request (at the pacing's edge).
+        self._edge_refused_at = -math.inf
 
     # ---- the pacing bucket -------------------------------------------------------
 
@@ -187,8 +194,15 @@ class LimitEstimate:
         short = retry_delay_s is not None and 0 < retry_delay_s < self.config.short_delay
         margin = 1 - self.config.margin
         if sent_at is not None and sent_at < self._last_cut:
+            if short and self._cut_burst > 0:
+                # Another refusal of the burst already cut: less was absorbed.
+                self._cut_refused += 1
+                absorbed = max(1.0, self._cut_burst - self._cut_refused)
+                self.burst = max(1.0, min(self.burst, math.floor(absorbed * margin)))
+                self._sync(now, retry_delay_s)
             return not short
         self._last_cut = now
+        self._cut_burst = 0.0
         if tokens_scope:
             if self.configured_tpm and tokens_in_window < self.tpm:
                 self.tpm = _cut(self.tpm, tokens_in_window * margin)
@@ -196,12 +210,24 @@ class LimitEstimate:
         if short and self.paced and (in_burst or self.probing) and self.burst > 1:
             # The burst was too big for what the provider absorbs at once.
             self.shape = LimiterShape.BUCKET
-            absorbed = max(1.0, self._absorbed(now))
+            sent = max(1.0, self._absorbed(now))
+            self._cut_burst, self._cut_refused = sent, 1
+            absorbed = max(1.0, sent - 1)
             self.burst = max(1.0, min(self.burst, math.floor(absorbed * margin)))
             self.probing = False
-            self._level = min(self._level, 0.0)
-            self._level_at = now
+            self._sync(now, retry_delay_s)
             return False
+        if short and self.paced and self.shape is not LimiterShape.WINDOW:
+            # Refused at the pacing's edge with the next token near: our
+            # pacing ran a little ahead of the provider's bucket (its phase,
+            # not its rate). Wait as it says; only a second such refusal
+            # within a window is evidence of a lower rate.
+            self.probing = False
+            self._sync(now, retry_delay_s)
+            if now - self._edge_refused_at >= self.config.window_s:
+                self._edge_refused_at = now
+                return False
+            self._edge_refused_at = now
         # Our steady rate, or the window as a whole, is more than it admits.
         self.probing = False
         accepted = float(accepted_in_window)
@@ -216,6 +242,13 @@ class LimitEstimate:
             self.rpm = _cut(self.rpm, accepted * margin)
             self.burst = min(self.burst, float(self.rpm))
         return not short
+
+    def _sync(self, now: float, retry_delay_s: float | None) -> None:
+        """Align the pacing with the provider's: it admits the next request
+        after ``retry_delay_s``, so the level reaches one request then."""
+        delay = 0.0 if retry_delay_s is None else retry_delay_s
+        self._level = min(self.level(now), 1.0 - delay * self.rate_per_s)
+        self._level_at = now
 
     def _absorbed(self, now: float) -> float:
         """How much of a burst the provider took at once: the burst less the

@@ -274,17 +274,26 @@ def plan_dispatch(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     horizon_s: float = DEFAULT_HORIZON_S,
+    finish_by_s: float | None = None,
 ) -> Plan:
     """The plan for ``tiers`` (any order; ranked by ``rank``) on ``models``.
 
     A model named in a chain but absent from ``models`` is unavailable.
     ``tolerance``: how much later than the minimum makespan the whole
     backlog may finish so that higher tiers finish earlier.
+    ``finish_by_s``: an earlier plan's promise for the same backlog,
+    seconds from now: the backlog still finishes by then when it can. A
+    replanning caller passes it so the tolerance is spent once, not once
+    per replan: each fresh plan would otherwise let the higher tiers take a
+    further ``tolerance`` of the lower tiers' models, and over a run of
+    frequent replans the makespan slips by far more than ``tolerance``.
     """
     if tolerance < 0 or not math.isfinite(tolerance):
         raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
     if not horizon_s > 0:
         raise ValueError(f"horizon_s must be > 0, got {horizon_s}")
+    if finish_by_s is not None and math.isnan(finish_by_s):
+        raise ValueError("finish_by_s must be a number")
     ordered = sorted(tiers, key=lambda t: t.rank)
     problem = _Problem(ordered, models)
     active = [i for i, t in enumerate(ordered) if t.requests > 0 or t.arrivals_per_s > 0]
@@ -297,7 +306,7 @@ def plan_dispatch(
         )
     makespan = problem.min_makespan(active)
     if makespan is not None:
-        return problem.finite_plan(active, makespan, tolerance, horizon_s)
+        return problem.finite_plan(active, makespan, tolerance, horizon_s, finish_by_s)
     return problem.stream_plan(active, horizon_s)
 
 
@@ -509,9 +518,18 @@ class _Problem:
         return best
 
     def finite_plan(
-        self, active: Sequence[int], makespan: float, tolerance: float, horizon_s: float
+        self,
+        active: Sequence[int],
+        makespan: float,
+        tolerance: float,
+        horizon_s: float,
+        finish_by_s: float | None = None,
     ) -> Plan:
-        latest = self._round_down(makespan * (1 + tolerance), active, floor=makespan)
+        target = makespan * (1 + tolerance)
+        if finish_by_s is not None:
+            # An earlier promise caps the slack (never below the minimum).
+            target = min(target, max(makespan, finish_by_s))
+        latest = self._round_down(target, active, floor=makespan)
         fixed: dict[int, float] = dict.fromkeys(active, latest)
         for i in active:  # rank order: the highest tier first
             others = {j: d for j, d in fixed.items() if j != i}
