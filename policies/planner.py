@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -424,7 +424,120 @@ class _Problem:
         result = solve(LinearProgram(c, a_ub, b_ub, a_eq, b_eq))
         if result.status is not LpStatus.OPTIMAL:
             return None
-        return self._round_up(result.x[t_var], active)
+        horizon = result.x[t_var]
+        rounded = self._round_up(horizon, active)
+        if any(self.tiers[i].arrivals_per_s > 0 for i in active):
+            return rounded  # the demand grows with the horizon: keep the safe rounding
+        return self._first_feasible_step(active, horizon, rounded)
+
+    def _first_feasible_step(self, active: Sequence[int], horizon: float, upper: float) -> float:
+        """The earliest moment, from the LP's ``horizon`` (found on lines
+        through the windows' steps) to ``upper`` (the next step of every
+        model, always feasible), by which the demand fits the real steps.
+        The windows of different models step at different moments, so the
+        line's horizon can fall just after one model's step and just before
+        another's: rounding it up to the next step of every model waits a
+        whole window for models whose share had already arrived (after one
+        burst, the next replan planned the backlog a window late). Between
+        two consecutive steps of any model the stepped capacities are
+        constant: one small LP per interval finds the first that fits."""
+        stepped = self._stepped(active)
+        if not stepped or upper <= horizon + 1e-9:
+            return upper
+        corners = {horizon, upper}
+        for cap in stepped:
+            first = cap.first_step + cap.delay_s
+            k = max(0, math.floor((horizon - first) / cap.step_s))
+            while (at := first + k * cap.step_s) < upper - 1e-9:
+                if at > horizon:
+                    corners.add(at)
+                k += 1
+        points = sorted(c for c in corners if horizon <= c <= upper)
+        members = set(active)
+        width = self._width(1)
+        t_var = len(self.pairs)
+        for lo, hi in zip(points, [*points[1:], upper], strict=True):
+            found = self._earliest_in(members, active, max(lo, 0.0), hi, width, t_var)
+            if found is not None:
+                return found
+        return upper
+
+    def _earliest_in(
+        self,
+        members: set[int],
+        active: Sequence[int],
+        lo: float,
+        hi: float,
+        width: int,
+        t_var: int,
+    ) -> float | None:
+        """The earliest horizon in [lo, hi] by which the demand fits, the
+        stepped models held at what they have admitted by ``lo``."""
+        a_ub: list[list[float]] = []
+        b_ub: list[float] = []
+        for model in self.names:
+            cap = self.models[model]
+            if cap.step_s > 0:
+                for row, _, tag in self._rows_for_model(model, members, lo, None, width):
+                    a_ub.append(row)
+                    if tag.kind == "requests":
+                        b_ub.append(cap.requests_by(lo))
+                    elif tag.kind == "tokens":
+                        b_ub.append(cap.tokens_by(lo))
+                    else:
+                        b_ub.append(cap.left_today)
+            else:
+                for row, bound, _ in self._rows_for_model(model, members, None, t_var, width):
+                    a_ub.append(row)
+                    b_ub.append(bound)
+        for row in self._inactive_zero(active, width):
+            a_ub.append(row)
+            b_ub.append(0.0)
+        for sign, bound in ((-1.0, -lo), (1.0, hi)):
+            row = [0.0] * width
+            row[t_var] = sign
+            a_ub.append(row)
+            b_ub.append(bound)
+        a_eq, b_eq = self._demand_rows(active, dict.fromkeys(active, t_var), width)
+        c = [0.0] * width
+        c[t_var] = 1.0
+        result = solve(LinearProgram(c, a_ub, b_ub, a_eq, b_eq))
+        if result.status is not LpStatus.OPTIMAL:
+            return None
+        return max(lo, result.x[t_var])
+
+    def _served_by(
+        self,
+        x: Sequence[float],
+        members: set[int],
+        horizon: float,
+        only: Collection[str] | None = None,
+    ) -> float:
+        """When every model has admitted what ``x`` puts on it (tiers in
+        ``members``), at least ``horizon``. The LP runs on lines through the
+        windows' steps, and the windows of different models step at
+        different moments: rounding the LP's horizon up to the next step of
+        every model waits a whole window for models whose share had already
+        arrived at their last step (a backlog sent in one burst would plan
+        a window late after the first replan)."""
+        requests: dict[str, float] = {}
+        tokens: dict[str, float] = {}
+        for k, (i, m) in enumerate(self.pairs):
+            if i in members and x[k] > _TIGHT:
+                requests[m] = requests.get(m, 0.0) + x[k]
+                tokens[m] = tokens.get(m, 0.0) + x[k] * self.tiers[i].tokens_per_request
+        latest = horizon
+        for model, used in requests.items():
+            cap = self.models[model]
+            if cap.step_s <= 0 or (only is not None and model not in only):
+                continue
+            at = cap.round_up(max(0.0, horizon - cap.step_s))
+            while at < horizon - 1e-9 and (
+                cap.requests_by(at) < used - 1e-6 or cap.tokens_by(at) < tokens[model] * (1 - 1e-9)
+            ):
+                at = cap.round_up(at + cap.step_s * 1e-3)
+            latest = max(latest, at if at < horizon - 1e-9 else cap.round_up(horizon))
+        return latest
 
     def _stepped(self, tiers: Sequence[int]) -> list[ModelCapacity]:
         return [
@@ -541,7 +654,17 @@ class _Problem:
         ):  # pragma: no cover - fixed deadlines were feasible
             fixed = dict.fromkeys(active, latest)
             result, tags = self._edf_lp(active, fixed, None, (0.0, 0.0), None)
-        finish: dict[int, float | None] = {i: self._round_up(fixed[i], [i]) for i in active}
+        finish: dict[int, float | None] = {}
+        for i in active:
+            rounded = self._round_up(fixed[i], [i])
+            if result.status is LpStatus.OPTIMAL and self.tiers[i].arrivals_per_s <= 0:
+                # Earliest deadline first: what the tiers due by this one's
+                # deadline take of its models has arrived by then.
+                due = {j for j in active if fixed[j] <= fixed[i] + 1e-9}
+                rounded = min(
+                    rounded, self._served_by(result.x, due, fixed[i], self.tiers[i].chain)
+                )
+            finish[i] = rounded
         return self._plan(result, tags, fixed, finish, makespan, horizon_s, max(fixed.values()))
 
     def _round_down(self, horizon: float, tiers: Sequence[int], *, floor: float) -> float:
