@@ -364,7 +364,9 @@ class ModelRegistry(pykka.ThreadingActor):
             demands, capacity, finish_by_s=None if promise is None else max(0.0, promise - now)
         )
         self._promise = _promised_finish(plan, now)
-        self._allowances = Allowances(plan, made_at=now)
+        paced = [m for m, cap in capacity.items() if cap.step_s <= 0]
+        carry = None if self._allowances is None else self._allowances.carry_over(now)
+        self._allowances = Allowances(plan, made_at=now, paced=paced, carry=carry)
         self._planned_at = now
         self._plan_due = False
         self._planned_backlog = {t: float(b.articles) for t, b in self._backlog.items()}

@@ -809,9 +809,24 @@ class Allowances:
     will need it. Without a plan every tier may use every model.
     """
 
-    def __init__(self, plan: Plan | None = None, made_at: float = 0.0) -> None:
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        made_at: float = 0.0,
+        *,
+        paced: Collection[str] = (),
+        carry: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
         self._plan = plan
         self._made_at = made_at
+        # Models whose capacity comes continuously (paced, a token bucket):
+        # a tier's share of one that is not its primary accrues over the
+        # tier's span, from ``carry`` (what the last plan had accrued and
+        # not spent, at most one request) -- a share taken at once would be
+        # the next minutes' capacity taken now, from the tiers that need it
+        # then, and every replan would hand it out again.
+        self._paced = frozenset(paced)
+        self._carry = dict(carry or {})
         self._used: dict[tuple[str, str], float] = {}
         self._over: dict[str, float] = {}
         self._primary: dict[str, str] = {}
@@ -848,11 +863,38 @@ class Allowances:
         span = self._plan.makespan_s if self._plan.makespan_s is not None else self._plan.horizon_s
         return min(spare, spare * self._phase(span, now) + 1.0) - self._over.get(model, 0.0)
 
+    def _credit(self, tier: str, model: str, now: float) -> float:
+        """A paced model's share accrued by ``now`` and not yet used."""
+        assert self._plan is not None
+        planned = self._plan.requests(tier, model)
+        span = self._span.get(tier, self._plan.horizon_s)
+        accrued = self._carry.get((tier, model), 0.0) + planned * self._phase(span, now)
+        return min(accrued, planned) - self._used.get((tier, model), 0.0)
+
+    def _has_own(self, tier: str, model: str, now: float) -> bool:
+        if model in self._paced:
+            return self._credit(tier, model, now) >= 1.0 - 1e-6
+        return self._own_room(tier, model, now) >= 1.0 - 1e-6
+
+    def carry_over(self, now: float) -> dict[tuple[str, str], float]:
+        """What the next plan starts from on paced models: the credit
+        accrued and not spent, at most one request."""
+        if self._plan is None:
+            return {}
+        out = {}
+        for tier in self._plan.tiers:
+            for model in tier.requests:
+                if model in self._paced and self._primary.get(tier.tier) != model:
+                    credit = self._credit(tier.tier, model, now)
+                    if credit > 0:
+                        out[(tier.tier, model)] = min(1.0, credit)
+        return out
+
     def may_use(self, tier: str, model: str, now: float) -> bool:
         plan = self._plan
         if plan is None or self._primary.get(tier) == model:
             return True
-        if self._own_room(tier, model, now) >= 1.0 - 1e-6:
+        if self._has_own(tier, model, now):
             return True
         if self._spare_room(model, now) >= 1.0 - 1e-6:
             return True
@@ -868,7 +910,7 @@ class Allowances:
         if self._plan is None:
             return
         key = (tier, model)
-        own = self._primary.get(tier) == model or self._own_room(tier, model, now) >= 1.0 - 1e-6
+        own = self._primary.get(tier) == model or self._has_own(tier, model, now)
         if not own:
             self._over[model] = self._over.get(model, 0.0) + 1.0
         self._used[key] = self._used.get(key, 0.0) + 1.0
