@@ -7,7 +7,9 @@ suspect after a crash, terminal -- is the pure ``Ledger``'s business
 (``tierbatch.policies.ledger``); this actor serialises the messages that
 move articles, hands results to the sink (once per article: this is the
 single place where an article becomes terminal), and answers the drain and
-space waiters.
+space waiters. It also keeps the pack quality (``policies.pack_quality``):
+every answered request's grounding outcomes come here, warnings are logged
+from here, and the adaptive tiers' pack sizes go out with every batch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -32,6 +34,7 @@ from tierbatch.actors.messages import (
     GetComposerStats,
     GiveBack,
     ObserveClusters,
+    PackChecked,
     Pause,
     RequestWork,
     Submit,
@@ -47,7 +50,9 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.backlog import BacklogMeter
 from tierbatch.policies.composition import Composer
 from tierbatch.policies.config import Config
+from tierbatch.policies.grounding import GroundingCounts
 from tierbatch.policies.ledger import Ledger
+from tierbatch.policies.pack_quality import PackQuality
 from tierbatch.policies.priority import ClusterTracker, article_time, score
 from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tiers import TierLadder
@@ -84,6 +89,8 @@ class ComposerStats:
     requeued_after_crash: int
     sink_backlog: int
     paused: str | None
+    # The adaptive tiers' pack sizes now (tier -> articles per request).
+    pack_sizes: dict[str, int] = field(default_factory=dict)
 
 
 # Called when the composer dies: which actor, the exception, and the
@@ -124,6 +131,8 @@ class BatchComposer(pykka.ThreadingActor):
             config.retry.poison_after,
         )
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
+        self._quality = PackQuality(config.tiers, config.grounding)
+        self._pack_sizes = tuple(self._quality.sizes.items())
         self._capacity = config.composer.max_queued
         self._idle: deque[RequestWork] = deque()
         self._dead: set[int] = set()  # extractors that died (ids are never reused)
@@ -143,6 +152,8 @@ class BatchComposer(pykka.ThreadingActor):
                     self._dispatch()
             case Finished(extractor, results):
                 self._on_finished(extractor, results)
+            case PackChecked(tier, model, pack_size, counts):
+                self._on_pack_checked(tier, model, pack_size, counts)
             case Submit(articles, observe):
                 return self._on_submit(articles, observe)
             case BacklogElsewhere(articles, arrivals_per_s):
@@ -263,7 +274,7 @@ class BatchComposer(pykka.ThreadingActor):
             if batch is None:
                 self._idle.appendleft(request)
                 break
-            request.reply(WorkBatch(batch))
+            request.reply(WorkBatch(batch, self._pack_sizes))
         if self._space_waiters and self._has_space():
             self._resolve(self._space_waiters, True)
         self._report_backlog(now)
@@ -276,6 +287,13 @@ class BatchComposer(pykka.ThreadingActor):
             self._backlog_to(Backlog(backlog))
 
     # ---- results ---------------------------------------------------------------
+
+    def _on_pack_checked(
+        self, tier: str, model: str, pack_size: int, counts: GroundingCounts
+    ) -> None:
+        for note in self._quality.observe(tier, model, pack_size, counts):
+            getattr(_log, note.level)(note.event, **note.fields)
+        self._pack_sizes = tuple(self._quality.sizes.items())
 
     def _on_finished(self, extractor: int, results: tuple[TerminalResult, ...]) -> None:
         finish = self._ledger.finish(extractor, results)
@@ -407,4 +425,5 @@ class BatchComposer(pykka.ThreadingActor):
             requeued_after_crash=tallies.requeued_after_crash,
             sink_backlog=len(self._unsunk),
             paused=self._paused,
+            pack_sizes=dict(self._pack_sizes),
         )

@@ -34,6 +34,7 @@ from tierbatch.actors.messages import (
     Finished,
     GiveBack,
     Granted,
+    PackChecked,
     Quiesce,
     Report,
     RequestWork,
@@ -136,9 +137,12 @@ class Extractor(pykka.ThreadingActor):
         self._clock = deps.clock
         self._estimator = TokenEstimator()
         self._budget = RetryBudget.of(deps.config.retry)
+        self._grounding = deps.config.grounding.policy
         self._packs: dict[int, _Pack] = {}
         self._pack_ids = itertools.count(1)
         self._capacity = deps.config.runtime.max_packs_in_flight
+        # The adaptive tiers' pack sizes, as the composer last said (by tier name).
+        self._pack_sizes: dict[str, int] = {}
         self._work_requested = False
         self._halted = False
         # Winding down: no new call, no retry; what is not done goes back.
@@ -190,7 +194,8 @@ class Extractor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case WorkBatch(batch):
+            case WorkBatch(batch, pack_sizes):
+                self._pack_sizes = dict(pack_sizes)
                 self._handling = tuple(item.article.id for item in batch.items)
                 self._work_requested = False
                 if self._deps.crash_hook is not None:
@@ -238,8 +243,12 @@ class Extractor(pykka.ThreadingActor):
                 self._acquire(self._new_pack(tier, group, batch_id))
 
     def _limits(self, tier: int) -> PackLimits:
+        spec = self._ladder.tiers[tier]
         return PackLimits.of(
-            self._ladder.tiers[tier], self._cfg.runtime, request_overhead(self._estimator)
+            spec,
+            self._cfg.runtime,
+            request_overhead(self._estimator),
+            self._pack_sizes.get(spec.name),
         )
 
     def _chain(self, pack: Pack) -> tuple[str, ...]:
@@ -401,7 +410,11 @@ class Extractor(pykka.ThreadingActor):
             usage=usage,
             budget=self._budget,
             now=self._clock.now(),
+            grounding=self._grounding,
         )
+        if plan.done:
+            tier = self._ladder.tiers[pack.tier].name
+            self._to_composer(PackChecked(tier, model, len(pack.members), plan.grounding))
         self._send(plan.done)
         self._finish_failed(plan.spent, pack.tier)
         for retry in plan.retries:

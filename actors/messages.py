@@ -11,6 +11,7 @@ from tierbatch.actors.ports import PackAnswer
 from tierbatch.policies.articles import Article
 from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.composition import Batch
+from tierbatch.policies.grounding import GroundingCounts
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant
 from tierbatch.policies.results import TerminalResult
@@ -166,7 +167,21 @@ class RequestWork:
 
 @dataclass(frozen=True, slots=True)
 class WorkBatch:
+    """A batch to work on; ``pack_sizes`` are the adaptive tiers' pack
+    sizes now, (tier name, articles) -- the extractor packs no more."""
+
     batch: Batch
+    pack_sizes: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PackChecked:
+    """An answered request's grounding outcomes (``policies.pack_quality``)."""
+
+    tier: str
+    model: str
+    pack_size: int
+    counts: GroundingCounts
 
 
 @dataclass(frozen=True, slots=True)

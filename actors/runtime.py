@@ -27,7 +27,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -120,6 +120,8 @@ class RuntimeStats:
     models: tuple[ModelStatus, ...]
     cooldowns: dict[str, float]
     paused: str | None
+    # The adaptive tiers' pack sizes now (tiers[].adaptive_pack).
+    pack_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def terminal(self) -> int:
@@ -506,6 +508,7 @@ class Runtime:
             models=models,
             cooldowns=cooldowns,
             paused=c.paused,
+            pack_sizes=c.pack_sizes,
         )
 
     def quota_snapshot(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tierbatch.policies.config import (
     RuntimeConfig,
     TierSpec,
 )
+from tierbatch.policies.pack_quality import GroundingTally
 from tierbatch.policies.results import Done, TerminalResult
 
 # Tier thresholds: each tier's domains have a goodness between these.
@@ -85,8 +86,25 @@ class RecorderSink:
 
     def __init__(self, recorder: Recorder) -> None:
         self._recorder = recorder
+        self.grounding = GroundingTally()
+
+    def grounding_rows(self) -> list[dict[str, object]]:
+        """The grounding check's outcomes per tier, model and pack size."""
+        return [
+            {
+                "tier": row.tier,
+                "model": row.model,
+                "pack_size": row.pack_size,
+                "articles": row.articles,
+                "grounded": row.counts.grounded,
+                "cross_article": row.counts.cross_article,
+                "ungrounded": row.counts.ungrounded,
+            }
+            for row in self.grounding.rows()
+        ]
 
     def write(self, results: Sequence[TerminalResult]) -> None:
+        self.grounding.add(results)
         now = time.time()
         for r in results:
             if isinstance(r, Done):
@@ -128,6 +146,7 @@ class TierbatchSystem:
         self.packed = packed
         self._runtime: Runtime | None = None
         self._provider = LagRecordingProvider(_NoProvider())
+        self._sink: RecorderSink | None = None
 
     def prepare(self, ctx: RunContext) -> None:
         config = bench_config(ctx.settings, ctx.base_url, packed=self.packed)
@@ -139,7 +158,8 @@ class TierbatchSystem:
             )
         )
         self._provider = provider
-        self._runtime = Runtime(config, provider, RecorderSink(ctx.recorder)).start()
+        self._sink = RecorderSink(ctx.recorder)
+        self._runtime = Runtime(config, provider, self._sink).start()
 
     def run(self, ctx: RunContext) -> SystemResult:
         runtime = self._runtime
@@ -166,6 +186,7 @@ class TierbatchSystem:
                 "done_by_model": dict(stats.done_by_model),
                 "failed_by_reason": dict(stats.failed_by_reason),
                 "calls": [list(c) for c in self._provider.calls],
+                "grounding": self._sink.grounding_rows() if self._sink else [],
             },
             cpu_by_thread={
                 name: cpu - cpu_before.get(name, 0.0) for name, cpu in cpu_after.items()

@@ -26,6 +26,7 @@ from tierbatch.policies.config_reader import (
     did_you_mean,
     join_key,
 )
+from tierbatch.policies.grounding import GroundingAction, GroundingPolicy
 
 
 class ConfigError(ValueError):
@@ -99,7 +100,11 @@ class TierSpec:
     primary model. Within it, the pack waits for the primary when that frees
     in time, and takes a fallback only if no other tier's packs are waiting
     for that model as their own primary; after it, any model of the chain
-    with room will do. 0: take whatever model has room first."""
+    with room will do. 0: take whatever model has room first.
+    ``adaptive_pack``: pack fewer articles while a model mixes them up
+    (``policies.pack_quality``): the pack size halves, down to 1, when the
+    share of cross-article entities passes ``grounding.cross_article_threshold``,
+    and grows back one article at a time over clean requests."""
 
     name: str
     min_priority: float
@@ -107,6 +112,7 @@ class TierSpec:
     fallback_model: str | None = None
     max_articles_per_request: int = 1
     fallback_patience_s: float = 0.0
+    adaptive_pack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +287,26 @@ class SimulationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GroundingConfig:
+    """The grounding check of every answer (``policies.grounding``): what
+    happens to an entity of each outcome (``keep``, ``flag``: keep it with
+    its outcome as a flag, ``drop``), and when the share of cross-article
+    entities is worth a warning: a model's share over its last
+    ``window_requests`` requests of a tier above ``cross_article_threshold``
+    (tiers with ``adaptive_pack`` then pack fewer articles)."""
+
+    grounded: GroundingAction = GroundingAction.KEEP
+    cross_article: GroundingAction = GroundingAction.DROP
+    ungrounded: GroundingAction = GroundingAction.FLAG
+    window_requests: int = 20
+    cross_article_threshold: float = 0.05
+
+    @property
+    def policy(self) -> GroundingPolicy:
+        return GroundingPolicy(self.grounded, self.cross_article, self.ungrounded)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``parse_config`` orders ``tiers`` highest
     ``min_priority`` first, so the first tier an article's priority reaches
@@ -296,6 +322,7 @@ class Config:
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know
@@ -354,6 +381,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     provider = _parse_provider(root.table("provider"))
     runtime = _parse_runtime(root.table("runtime"))
     simulation = _parse_simulation(root.table("simulation"), models)
+    grounding = _parse_grounding(root.table("grounding"))
     root.refuse("api_key", _API_KEY_REFUSAL)
     root.finish()
     if models:
@@ -372,6 +400,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         provider=provider,
         runtime=runtime,
         simulation=simulation,
+        grounding=grounding,
     )
 
 
@@ -446,6 +475,7 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
             fallback_patience_s=r.number(
                 "fallback_patience_s", _NO_TIER.fallback_patience_s, NON_NEGATIVE
             ),
+            adaptive_pack=r.boolean("adaptive_pack", _NO_TIER.adaptive_pack),
         )
         r.finish()
         if name and name in names:
@@ -724,6 +754,33 @@ def _optional_limit(r: TableReader, name: str) -> int | None:
     return r.integer(name, 0, NON_NEGATIVE)
 
 
+_ACTIONS: Final = tuple(a.value for a in GroundingAction)
+
+
+def _parse_grounding(r: TableReader) -> GroundingConfig:
+    d = GroundingConfig()
+
+    def action(name: str, default: GroundingAction) -> GroundingAction:
+        return GroundingAction(r.choice(name, default.value, _ACTIONS))
+
+    grounding = GroundingConfig(
+        grounded=action("grounded", d.grounded),
+        cross_article=action("cross_article", d.cross_article),
+        ungrounded=action("ungrounded", d.ungrounded),
+        window_requests=r.integer("window_requests", d.window_requests, AT_LEAST_ONE),
+        cross_article_threshold=r.number(
+            "cross_article_threshold", d.cross_article_threshold, UNIT
+        ),
+    )
+    r.finish()
+    if grounding.grounded is GroundingAction.DROP:
+        r.problems.add(
+            r.key("grounded"),
+            "'drop' would drop every entity found in its own article; expected 'keep' or 'flag'",
+        )
+    return grounding
+
+
 def config_to_mapping(config: Config) -> dict[str, Any]:
     """The resolved settings as plain TOML-shaped data (``None`` entries are
     left out, as TOML has no null); ``parse_config`` reads it back to an
@@ -755,6 +812,7 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             "bucket_s": config.simulation.bucket_s,
             "models": {name: _flat(limits) for name, limits in config.simulation.models.items()},
         },
+        "grounding": _flat(config.grounding),
     }
 
 

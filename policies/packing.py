@@ -64,8 +64,20 @@ class PackLimits:
             raise ValueError(f"overhead must be >= 0, got {self.overhead}")
 
     @classmethod
-    def of(cls, tier: TierSpec, runtime: RuntimeConfig, overhead: int) -> PackLimits:
-        return cls(tier.max_articles_per_request, runtime.max_input_tokens_per_request, overhead)
+    def of(
+        cls,
+        tier: TierSpec,
+        runtime: RuntimeConfig,
+        overhead: int,
+        max_articles: int | None = None,
+    ) -> PackLimits:
+        """The limits of ``tier``'s requests; ``max_articles`` lowers the
+        tier's ``max_articles_per_request`` (an adaptive pack size, see
+        ``policies.pack_quality``), never raises it."""
+        articles = tier.max_articles_per_request
+        if max_articles is not None:
+            articles = max(1, min(articles, max_articles))
+        return cls(articles, runtime.max_input_tokens_per_request, overhead)
 
 
 def request_overhead(estimator: TokenEstimator) -> int:

@@ -608,7 +608,14 @@ class QuotaPolicy:
         if held is None:
             return False
         entry, state = held.entry, held.state
-        if entry.handle is None or at <= entry.granted_at or not state.counted(entry):
+        if entry.handle is None or not state.counted(entry):
+            return True
+        if at <= entry.granted_at:
+            return True
+        if state.window.is_held(entry.handle):
+            # Its place now counts from when it left (never earlier).
+            entry.expires_at = at + self._window_s
+            state.window.place(entry.handle, entry.expires_at)
             return True
         state.window.remove(entry.handle)
         state.entries.pop(entry.handle, None)
@@ -708,11 +715,8 @@ class QuotaPolicy:
         clears passed deadlines, starts a new day's count."""
         state.window.expire(now)
         if len(state.entries) > 2 * len(state.window) + 256:
-            state.entries = {
-                handle: state.entries[handle]
-                for handle, _, _ in state.window.entries()
-                if handle in state.entries
-            }
+            live = [handle for handle, _, _ in state.window.entries()]
+            state.entries = {h: state.entries[h] for h in live if h in state.entries}
         accepted, horizon = state.accepted, now - self._quota.window_s
         while accepted and accepted[0][0] <= horizon:
             accepted.popleft()
@@ -780,8 +784,8 @@ class QuotaPolicy:
         if state.first_use is None:
             state.first_use = now
         entry = _Entry(grant_id, now, now + self._window_s, est_tokens, state.day)
-        entry.handle = state.window.add(entry.expires_at, est_tokens)
-        entry.expires_at = state.window.expiry(entry.handle)
+        # Counted from the grant until it is sent (``sent`` moves it then).
+        entry.handle = state.window.hold(est_tokens, entry.expires_at)
         state.entries[entry.handle] = entry
         estimate = state.estimate
         near_limit = bool(estimate.rpm) and state.window.requests >= 0.9 * estimate.rpm
@@ -1097,6 +1101,7 @@ def _snapshot_model(state: _ModelState, wall_offset: float) -> dict[str, Any]:
             window.append(
                 [e.grant_id, e.granted_at + wall_offset, tokens, e.day, expires_at + wall_offset]
             )
+
     return {
         "window": window,
         "day": state.day,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tierbatch.policies.grounding import Grounding, GroundingCounts
+
 
 class EntityType(StrEnum):
     PERSON = "person"
@@ -22,13 +24,18 @@ class Entity:
     """A named entity found in an article.
 
     ``salience`` is the model's importance estimate in [0, 1];
-    ``mentions`` how often the entity is mentioned.
+    ``mentions`` how often the entity is mentioned. ``flag`` is the outcome
+    of the grounding check (``policies.grounding``) when the configured
+    action for it is ``flag``: a downstream user filters on it; None for an
+    entity kept without a flag (and for results of versions before the
+    check).
     """
 
     name: str
     type: EntityType
     salience: float
     mentions: int = 1
+    flag: Grounding | None = None
 
 
 class ProblemKind(StrEnum):
@@ -71,7 +78,12 @@ class FailureReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """The article's entities, and how they were obtained."""
+    """The article's entities, and how they were obtained.
+
+    ``grounding`` counts the outcomes of the grounding check over the
+    entities the model gave (before the configured drops), ``pack_size``
+    the articles of the request that answered; None and 0 for results of
+    versions before the check."""
 
     article_id: str
     entities: tuple[Entity, ...]
@@ -84,6 +96,8 @@ class Done:
     cost_usd: float = 0.0
     fallback: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    grounding: GroundingCounts | None = None
+    pack_size: int = 0
 
     @property
     def ok(self) -> bool:

@@ -5,15 +5,20 @@ The quota policy asks, for every waiting request at the head of a model,
 moment the oldest entries' expiry brings both the request count and the
 token sum under their limits. Scanning the entries for that costs as many
 steps as the window holds requests (thousands at Gemini's limits), on every
-decision. Here the entries sit in expiry order and two Fenwick trees over
-their positions hold the requests and tokens still counted, so prefix sums
-and "the first entry at which the sum reaches x" take O(log n): an entry
-refunded or moved in the middle is one point update.
+decision. Here the entries sit in expiry order and Fenwick trees over their
+positions hold the requests and tokens still counted, so prefix sums and
+"the first entry at which the sum reaches x" take O(log n), and an entry
+refunded in the middle is one point update.
 
-Entries are kept in expiry order. Most arrive last (a request's place
-starts when it is sent); one that arrives a little out of order -- its send
-was marked after a later grant's -- is slid into place, which moves only the
-few entries behind it. Pure and single-owner, like the rest of ``policies``.
+A request's place counts from its grant, and moves to its send time when
+it leaves (never earlier). Grants arrive in time order and so do sends,
+but a send is usually marked after later grants: keeping both in one sorted
+array would slide every later grant back on each send. So the window keeps
+two lanes, each in expiry order and appended to at the end -- places still
+counting from their grant, and places counting from their send -- and
+answers a question about the window by a binary search over both.
+
+Pure and single-owner, like the rest of ``policies``.
 """
 
 from __future__ import annotations
@@ -58,219 +63,326 @@ class _Fenwick:
             i -= i & -i
         return total
 
-    def reach(self, target: int) -> int:
-        """The smallest ``count`` with ``prefix(count) >= target`` (values are
-        non-negative); ``n + 1`` when even the whole sum falls short."""
-        if target <= 0:
-            return 0
-        position = 0
-        remaining = target
-        step = 1 << self._n.bit_length()
-        tree = self._tree
-        while step:
-            nxt = position + step
-            if nxt <= self._n and tree[nxt] < remaining:
-                position = nxt
-                remaining -= tree[nxt]
-            step >>= 1
-        return position + 1 if position < self._n else self._n + 1
 
-
-class RollingWindow:
-    """Places in a rolling window: requests and tokens until their expiry.
-
-    ``add`` returns a handle (the entry's position) for ``remove`` and
-    ``retoken``. ``expire`` drops what has expired; the read-only queries may
-    be asked about any ``now`` at or after the last ``expire``.
-    """
+class _Lane:
+    """Entries in expiry order with their counted requests and tokens."""
 
     def __init__(self) -> None:
-        self._expiry: list[float] = []
+        self.expiry: list[float] = []
         self._requests: list[int] = []
         self._tokens: list[int] = []
-        self._handles: list[int] = []  # local index -> handle
-        self._where: dict[int, int] = {}  # handle -> local index (while not expired)
-        self._next_handle = 0
-        self._head = 0  # local index of the first entry not yet expired
-        self._tree_requests = _Fenwick([])
-        self._tree_tokens = _Fenwick([])
-        self.requests = 0  # counted entries from the head on
+        self._handles: list[int] = []
+        self._where: dict[int, int] = {}  # handle -> local index
+        self.head = 0  # first entry not yet expired
+        self._tree_r = _Fenwick([])
+        self._tree_t = _Fenwick([])
+        self.requests = 0  # counted from the head on
         self.tokens = 0
 
-    def __len__(self) -> int:
-        return len(self._expiry) - self._head
-
-    # ---- changes ---------------------------------------------------------------
-
-    def add(self, expires_at: float, tokens: int) -> int:
-        """Count one request of ``tokens`` until ``expires_at``."""
-        handle = self._next_handle
-        self._next_handle += 1
-        index = bisect.bisect_right(self._expiry, expires_at, lo=self._head)
-        end = len(self._expiry)
-        self._expiry.append(expires_at)
+    def insert(self, handle: int, expires_at: float, tokens: int) -> None:
+        index = bisect.bisect_right(self.expiry, expires_at, lo=self.head)
+        end = len(self.expiry)
+        self.expiry.append(expires_at)
         self._requests.append(0)
         self._tokens.append(0)
         self._handles.append(handle)
-        if end >= self._tree_requests._n:
+        if end >= self._tree_r._n:
             self._rebuild()
-        # Slide the entries behind the new one back by one place.
-        for j in range(end, index, -1):
+        for j in range(end, index, -1):  # nearly always none: appended last
             self._move(j - 1, j)
-        self._expiry[index] = expires_at
+        self.expiry[index] = expires_at
         self._requests[index] = 1
         self._tokens[index] = tokens
         self._handles[index] = handle
         self._where[handle] = index
-        self._tree_requests.add(index, 1)
-        self._tree_tokens.add(index, tokens)
+        self._tree_r.add(index, 1)
+        self._tree_t.add(index, tokens)
         self.requests += 1
         self.tokens += tokens
-        return handle
 
     def _move(self, src: int, dst: int) -> None:
         r, tk = self._requests[src], self._tokens[src]
         if r or tk:
-            self._tree_requests.add(src, -r)
-            self._tree_tokens.add(src, -tk)
-            self._tree_requests.add(dst, r)
-            self._tree_tokens.add(dst, tk)
-        self._expiry[dst] = self._expiry[src]
+            self._tree_r.add(src, -r)
+            self._tree_t.add(src, -tk)
+            self._tree_r.add(dst, r)
+            self._tree_t.add(dst, tk)
+        self.expiry[dst] = self.expiry[src]
         self._requests[dst] = r
         self._tokens[dst] = tk
         handle = self._handles[src]
         self._handles[dst] = handle
         self._where[handle] = dst
 
-    def _local(self, handle: int) -> int | None:
-        local = self._where.get(handle)
-        if local is None or local < self._head or not self._requests[local]:
+    def local(self, handle: int) -> int | None:
+        index = self._where.get(handle)
+        if index is None or index < self.head or not self._requests[index]:
             return None
-        return local
+        return index
+
+    def tokens_of(self, index: int) -> int:
+        return self._tokens[index]
+
+    def remove(self, index: int) -> None:
+        tokens = self._tokens[index]
+        self._requests[index] = 0
+        self._tokens[index] = 0
+        self._tree_r.add(index, -1)
+        self._tree_t.add(index, -tokens)
+        self.requests -= 1
+        self.tokens -= tokens
+
+    def retoken(self, index: int, tokens: int) -> None:
+        delta = tokens - self._tokens[index]
+        self._tokens[index] = tokens
+        self._tree_t.add(index, delta)
+        self.tokens += delta
+
+    def expire(self, now: float) -> list[int]:
+        """Drop what has expired at ``now``; returns the dropped handles."""
+        end = bisect.bisect_right(self.expiry, now, lo=self.head)
+        gone = []
+        for index in range(self.head, end):
+            if self._requests[index]:
+                self.remove(index)
+            handle = self._handles[index]
+            self._where.pop(handle, None)
+            gone.append(handle)
+        self.head = end
+        if self.head > 1024 and self.head * 2 > len(self.expiry):
+            self._compact()
+        return gone
+
+    def _compact(self) -> None:
+        head = self.head
+        self.expiry = self.expiry[head:]
+        self._requests = self._requests[head:]
+        self._tokens = self._tokens[head:]
+        self._handles = self._handles[head:]
+        self._where = {h: i for i, h in enumerate(self._handles) if h in self._where}
+        self.head = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        size = max(64, 2 * len(self.expiry))
+        self._tree_r = _Fenwick(self._requests + [0] * (size - len(self._requests)))
+        self._tree_t = _Fenwick(self._tokens + [0] * (size - len(self._tokens)))
+
+    # -- queries -------------------------------------------------------------
+
+    def end_at(self, moment: float) -> int:
+        """Local end of the entries expired at ``moment``."""
+        return bisect.bisect_right(self.expiry, moment, lo=self.head)
+
+    def cumulative(self, end: int) -> tuple[int, int]:
+        """Requests and tokens of the entries from the head up to ``end``."""
+        if end <= self.head:
+            return 0, 0
+        return (
+            self._tree_r.prefix(end) - self._tree_r.prefix(self.head),
+            self._tree_t.prefix(end) - self._tree_t.prefix(self.head),
+        )
+
+    def entries(self) -> Iterator[tuple[int, float, int]]:
+        for index in range(self.head, len(self.expiry)):
+            if self._requests[index]:
+                yield self._handles[index], self.expiry[index], self._tokens[index]
+
+    def first_counted_from(self, start: int) -> float | None:
+        """Expiry of the first counted entry at or after local ``start``."""
+        base_r = self._tree_r.prefix(start)
+        lo, hi = start, len(self.expiry)
+        if self._tree_r.prefix(hi) - base_r <= 0:
+            return None
+        while lo < hi:  # smallest end with one counted request in [start, end)
+            mid = (lo + hi) // 2
+            if self._tree_r.prefix(mid + 1) - base_r >= 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.expiry[lo]
+
+
+class RollingWindow:
+    """Places in a rolling window: requests and tokens until their expiry.
+
+    ``hold`` counts a granted request until its provisional expiry (grant
+    time plus the window); ``place`` moves it to its send time plus the
+    window when it leaves; ``add`` counts one with a known expiry (a
+    restored snapshot). Handles stay valid for ``remove``/``retoken``.
+    ``expire`` drops what has expired; the read-only queries may be asked
+    about any ``now`` at or after the last ``expire``.
+    """
+
+    def __init__(self) -> None:
+        self._granted = _Lane()
+        self._sent = _Lane()
+        self._lane: dict[int, _Lane] = {}
+        self._next_handle = 0
+
+    def __len__(self) -> int:
+        return len(self._lane)
+
+    @property
+    def requests(self) -> int:
+        return self._granted.requests + self._sent.requests
+
+    @property
+    def tokens(self) -> int:
+        return self._granted.tokens + self._sent.tokens
+
+    def _new_handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    # ---- changes ---------------------------------------------------------------
+
+    def add(self, expires_at: float, tokens: int) -> int:
+        handle = self._new_handle()
+        self._sent.insert(handle, expires_at, tokens)
+        self._lane[handle] = self._sent
+        return handle
+
+    def hold(self, tokens: int, expires_at: float) -> int:
+        handle = self._new_handle()
+        self._granted.insert(handle, expires_at, tokens)
+        self._lane[handle] = self._granted
+        return handle
+
+    def is_held(self, handle: int) -> bool:
+        return self._lane.get(handle) is self._granted and self._granted.local(handle) is not None
+
+    def place(self, handle: int, expires_at: float) -> bool:
+        """A held request left: its place now ends at ``expires_at``. False
+        when it is not held any more (placed, removed or expired)."""
+        if not self.is_held(handle):
+            return False
+        index = self._granted.local(handle)
+        assert index is not None
+        tokens = self._granted.tokens_of(index)
+        self._granted.remove(index)
+        self._sent.insert(handle, expires_at, tokens)
+        self._lane[handle] = self._sent
+        return True
+
+    def _find(self, handle: int) -> tuple[_Lane, int] | None:
+        lane = self._lane.get(handle)
+        if lane is None:
+            return None
+        index = lane.local(handle)
+        return None if index is None else (lane, index)
 
     def remove(self, handle: int) -> bool:
         """Stop counting an entry; False when it had expired or was removed."""
-        local = self._local(handle)
-        if local is None:
+        found = self._find(handle)
+        if found is None:
             return False
-        tokens = self._tokens[local]
-        self._requests[local] = 0
-        self._tokens[local] = 0
-        self._tree_requests.add(local, -1)
-        self._tree_tokens.add(local, -tokens)
-        self.requests -= 1
-        self.tokens -= tokens
+        found[0].remove(found[1])
         return True
 
     def retoken(self, handle: int, tokens: int) -> bool:
         """A counted entry used ``tokens`` rather than its estimate."""
-        local = self._local(handle)
-        if local is None:
+        found = self._find(handle)
+        if found is None:
             return False
-        delta = tokens - self._tokens[local]
-        self._tokens[local] = tokens
-        self._tree_tokens.add(local, delta)
-        self.tokens += delta
+        found[0].retoken(found[1], tokens)
         return True
 
     def counted(self, handle: int) -> bool:
-        return self._local(handle) is not None
+        return self._find(handle) is not None
 
     def expiry(self, handle: int) -> float:
-        local = self._where.get(handle)
-        if local is None:
+        lane = self._lane.get(handle)
+        index = None if lane is None else lane._where.get(handle)
+        if lane is None or index is None:
             raise KeyError(f"window entry {handle} has expired")
-        return self._expiry[local]
+        return lane.expiry[index]
 
     def expire(self, now: float) -> None:
-        """Drop every entry whose place has expired at ``now``."""
-        end = bisect.bisect_right(self._expiry, now, lo=self._head)
-        if end == self._head:
-            return
-        gone_r = self._tree_requests.prefix(end) - self._tree_requests.prefix(self._head)
-        gone_t = self._tree_tokens.prefix(end) - self._tree_tokens.prefix(self._head)
-        self.requests -= gone_r
-        self.tokens -= gone_t
-        for local in range(self._head, end):
-            if self._requests[local]:
-                self._tree_requests.add(local, -1)
-                self._tree_tokens.add(local, -self._tokens[local])
-                self._requests[local] = 0
-                self._tokens[local] = 0
-            self._where.pop(self._handles[local], None)
-        self._head = end
-        if self._head > 1024 and self._head * 2 > len(self._expiry):
-            self._compact()
-
-    def _compact(self) -> None:
-        head = self._head
-        self._expiry = self._expiry[head:]
-        self._requests = self._requests[head:]
-        self._tokens = self._tokens[head:]
-        self._handles = self._handles[head:]
-        self._where = {handle: i for i, handle in enumerate(self._handles) if handle in self._where}
-        self._head = 0
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        size = max(64, 2 * len(self._expiry))
-        self._tree_requests = _Fenwick(self._requests + [0] * (size - len(self._requests)))
-        self._tree_tokens = _Fenwick(self._tokens + [0] * (size - len(self._tokens)))
+        for lane in (self._granted, self._sent):
+            for handle in lane.expire(now):
+                if self._lane.get(handle) is lane:
+                    del self._lane[handle]
 
     # ---- queries (read-only) ----------------------------------------------------
 
-    def _gone(self, now: float) -> tuple[int, int, int]:
-        """Local end of the entries expired at ``now``, and their sums."""
-        end = bisect.bisect_right(self._expiry, now, lo=self._head)
-        if end == self._head:
-            return end, 0, 0
-        head = self._head
-        return (
-            end,
-            self._tree_requests.prefix(end) - self._tree_requests.prefix(head),
-            self._tree_tokens.prefix(end) - self._tree_tokens.prefix(head),
-        )
-
     def live(self, now: float) -> tuple[int, int]:
         """Requests and tokens still in the window at ``now``."""
-        _, gone_r, gone_t = self._gone(now)
-        return self.requests - gone_r, self.tokens - gone_t
+        requests, tokens = self.requests, self.tokens
+        for lane in (self._granted, self._sent):
+            gone_r, gone_t = lane.cumulative(lane.end_at(now))
+            requests -= gone_r
+            tokens -= gone_t
+        return requests, tokens
+
+    def _gone_by(self, moment: float) -> tuple[int, int]:
+        """Requests and tokens whose places have expired by ``moment``."""
+        r = t = 0
+        for lane in (self._granted, self._sent):
+            gone_r, gone_t = lane.cumulative(lane.end_at(moment))
+            r += gone_r
+            t += gone_t
+        return r, t
+
+    def _first_moment(self, target: int, kind: int) -> float | None:
+        """The earliest expiry by which ``target`` requests (kind 0) or tokens
+        (kind 1) have gone, counted over both lanes from their heads."""
+        best: float | None = None
+        for lane in (self._granted, self._sent):
+            lo, hi = lane.head, len(lane.expiry)
+            if lo >= hi or self._gone_by(lane.expiry[hi - 1])[kind] < target:
+                continue
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._gone_by(lane.expiry[mid])[kind] >= target:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            moment = lane.expiry[lo]
+            best = moment if best is None else min(best, moment)
+        return best
 
     def frees_at(self, now: float, rpm: int, tpm: int, est_tokens: int) -> float:
         """When one more request of ``est_tokens`` fits under ``rpm`` requests
         and ``tpm`` tokens (0: no such limit): ``now``, or the expiry that
         brings both sums low enough (``math.inf``: never)."""
-        end, gone_r, gone_t = self._gone(now)
+        gone_r, gone_t = self._gone_by(now)
         excess_r = self.requests - gone_r + 1 - rpm if rpm else 0
         excess_t = self.tokens - gone_t + est_tokens - tpm if tpm else 0
         if excess_r <= 0 and excess_t <= 0:
             return now
-        need = 0
-        if excess_r > 0:
-            need = self._tree_requests.reach(self._tree_requests.prefix(end) + excess_r)
-        if excess_t > 0:
-            need = max(need, self._tree_tokens.reach(self._tree_tokens.prefix(end) + excess_t))
-        if need > len(self._expiry):
-            return math.inf
-        return self._expiry[need - 1]
+        moment = now
+        for excess, base, kind in ((excess_r, gone_r, 0), (excess_t, gone_t, 1)):
+            if excess > 0:
+                found = self._first_moment(base + excess, kind)
+                if found is None:
+                    return math.inf
+                moment = max(moment, found)
+        return moment
 
     def oldest_expiry(self, now: float) -> float | None:
         """When the oldest entry still counted at ``now`` expires."""
-        end, _, _ = self._gone(now)
-        need = self._tree_requests.reach(self._tree_requests.prefix(end) + 1)
-        if need > len(self._expiry):
-            return None
-        return self._expiry[need - 1]
+        moments = [
+            m
+            for lane in (self._granted, self._sent)
+            if (m := lane.first_counted_from(lane.end_at(now))) is not None
+        ]
+        return min(moments, default=None)
 
     def newest_expiry(self, now: float) -> float | None:
-        """When the newest entry still in the window expires (entries are in
-        expiry order, so it is the last one; refunded ones aside)."""
-        if self.live(now)[0] <= 0 or not self._expiry:
-            return None
-        return self._expiry[-1]
+        """When the newest entry still counted at ``now`` expires."""
+        moments = []
+        for lane in (self._granted, self._sent):
+            requests, _ = lane.cumulative(len(lane.expiry))
+            gone, _ = lane.cumulative(lane.end_at(now))
+            if requests - gone > 0 and lane.expiry:
+                moments.append(lane.expiry[-1])
+        return max(moments, default=None)
 
     def entries(self) -> Iterator[tuple[int, float, int]]:
-        """``(handle, expires_at, tokens)`` of every counted entry, oldest first."""
-        for local in range(self._head, len(self._expiry)):
-            if self._requests[local]:
-                yield self._handles[local], self._expiry[local], self._tokens[local]
+        """``(handle, expires_at, tokens)`` of every counted entry, in expiry order."""
+        merged = sorted(
+            [*self._granted.entries(), *self._sent.entries()], key=lambda entry: entry[1]
+        )
+        yield from merged

@@ -10,7 +10,10 @@ The extractor's decisions, as pure functions it only carries out:
   spend quota on refusals); an abandoned call gives the articles back
   untried.
 - ``settle_answers`` sorts a model's answer article by article: an
-  extraction becomes ``Done`` with its share of the tokens and cost; an
+  extraction becomes ``Done`` with its share of the tokens and cost, its
+  entities checked against the request's texts (``ground_entities``: each
+  kept, flagged or dropped as the grounding policy says, the outcomes
+  counted per article); an
   invalid answer counts a failure and is retried on the chain without that
   model -- except a truncated one, which is retried in halves on the same
   chain, because it was the answer that did not fit, not the model that
@@ -22,12 +25,19 @@ Both leave the retry budget to ``RetryBudget`` and say which articles end.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tierbatch.policies.attempts import ArticleProgress, RetryBudget
 from tierbatch.policies.config import ModelSpec, TierSpec
 from tierbatch.policies.costs import attribute
+from tierbatch.policies.grounding import (
+    Grounding,
+    GroundingAction,
+    GroundingCounts,
+    GroundingPolicy,
+    PackTexts,
+)
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -45,6 +55,7 @@ from tierbatch.policies.results import (
     AnswerProblem,
     ArticleAnswer,
     Done,
+    Entity,
     Extraction,
     FailureReason,
     ProblemKind,
@@ -196,11 +207,44 @@ class RetryPack:
 @dataclass(frozen=True, slots=True)
 class AnswerPlan:
     """A settled answer: the results to record, the articles whose budget is
-    spent (they end failed), and the packs to try again."""
+    spent (they end failed), and the packs to try again. ``grounding`` sums
+    the grounding outcomes of the ``done`` articles' entities."""
 
     done: tuple[Done, ...]
     spent: tuple[ArticleProgress, ...]
     retries: tuple[RetryPack, ...]
+    grounding: GroundingCounts = field(default_factory=GroundingCounts)
+
+
+DEFAULT_GROUNDING = GroundingPolicy()
+
+
+def pack_texts(members: Sequence[ArticleProgress]) -> PackTexts:
+    """The texts a request's answer is checked against: its articles'."""
+    return PackTexts((a.id, a.title, a.text) for a in (m.item.article for m in members))
+
+
+def ground_entities(
+    texts: PackTexts, policy: GroundingPolicy, article_id: str, entities: Sequence[Entity]
+) -> tuple[tuple[Entity, ...], GroundingCounts]:
+    """``entities`` given for ``article_id`` as ``policy`` keeps them (a
+    flagged one carries its outcome in ``Entity.flag``), and the count of
+    every outcome before any drop."""
+    kept: list[Entity] = []
+    tally = dict.fromkeys(Grounding, 0)
+    actions = {outcome: policy.action(outcome) for outcome in Grounding}
+    for entity in entities:
+        outcome = texts.check(article_id, entity.name)
+        tally[outcome] += 1
+        action = actions[outcome]
+        if action is GroundingAction.KEEP:
+            kept.append(entity)
+        elif action is GroundingAction.FLAG:
+            kept.append(replace(entity, flag=outcome))
+    counts = GroundingCounts(
+        tally[Grounding.GROUNDED], tally[Grounding.CROSS_ARTICLE], tally[Grounding.UNGROUNDED]
+    )
+    return tuple(kept), counts
 
 
 def settle_answers(
@@ -214,25 +258,33 @@ def settle_answers(
     usage: Usage,
     budget: RetryBudget,
     now: float,
+    grounding: GroundingPolicy = DEFAULT_GROUNDING,
 ) -> AnswerPlan:
     """Settle every member of a pack that ``model`` answered with ``answers``
     (by article id; an absent id is a ``MISSING`` answer); ``spec`` has its
     prices. ``now`` (steady time) measures each article's latency from when
-    it was queued."""
+    it was queued. Every extraction's entities are checked against the
+    pack's texts and kept, flagged or dropped as ``grounding`` says."""
     shares = attribute(
         spec, [m.est_tokens for m in members], usage.input_tokens, usage.output_tokens
     )
     done: list[Done] = []
     invalid: list[ArticleProgress] = []
     truncated: list[ArticleProgress] = []
+    texts: PackTexts | None = None
+    total = GroundingCounts()
     for member, share in zip(members, shares, strict=True):
         article = member.item.article
         answer = answers.get(article.id, AnswerProblem(ProblemKind.MISSING))
         if isinstance(answer, Extraction):
+            if texts is None:
+                texts = pack_texts(members)
+            entities, counts = ground_entities(texts, grounding, article.id, answer.entities)
+            total += counts
             done.append(
                 Done(
                     article_id=article.id,
-                    entities=answer.entities,
+                    entities=entities,
                     model=model,
                     tier=tier.name,
                     attempts=member.attempts,
@@ -242,6 +294,8 @@ def settle_answers(
                     cost_usd=share.cost_usd,
                     fallback=model != tier.model,
                     metadata=article.metadata,
+                    grounding=counts,
+                    pack_size=len(members),
                 )
             )
             continue
@@ -266,7 +320,7 @@ def settle_answers(
                 # may answer it more briefly, alone.
                 _cap(survivors, 1)
             retries.append(RetryPack(tuple(survivors), excluded | {model}))
-    return AnswerPlan(tuple(done), tuple(spent), tuple(retries))
+    return AnswerPlan(tuple(done), tuple(spent), tuple(retries), total)
 
 
 def _cap(members: Sequence[ArticleProgress], size: int) -> None:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from schema_v1 import POSTGRES_V1, SQLITE_V1
 
 from tierbatch.adapters.storage.sqlite_store import SqliteStore
 from tierbatch.adapters.storage.store import Store
 from tierbatch.policies.articles import Article
+from tierbatch.policies.grounding import Grounding, GroundingCounts
 from tierbatch.policies.results import Done, Entity, EntityType, Failed, FailureReason
 
 Clock = Callable[[], float]
@@ -48,6 +52,19 @@ def done(article_id: str, model: str = "gemini-a", tier: str = "high") -> Done:
         cost_usd=0.001,
         fallback=model != "gemini-a",
         metadata={"lang": "en"},
+    )
+
+
+def grounded_done(article_id: str, tier: str = "high", pack_size: int = 4) -> Done:
+    """A result with the grounding check's counts and a flagged entity."""
+    return replace(
+        done(article_id, tier=tier),
+        entities=(
+            Entity("Ada Lovelace", EntityType.PERSON, 0.9, 2),
+            Entity("Charles Babbage", EntityType.PERSON, 0.4, 1, flag=Grounding.UNGROUNDED),
+        ),
+        grounding=GroundingCounts(grounded=1, cross_article=2, ungrounded=1),
+        pack_size=pack_size,
     )
 
 
@@ -91,6 +108,12 @@ class SqliteBackend:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.query(sql, params)
+
+    def create_v1(self) -> None:
+        """A database as a store of schema version 1 created it."""
+        for statement in SQLITE_V1:
+            self.execute(statement)
+        self.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
 
     def insert_payloads(self, rows: Sequence[tuple[object, object, str]]) -> None:
         """Insert ``(id, payload, kind)`` rows without any validation; kind
@@ -139,6 +162,12 @@ class PostgresBackend:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.query(sql, params)
+
+    def create_v1(self) -> None:
+        """A database as a store of schema version 1 created it."""
+        for statement in POSTGRES_V1:
+            self.execute(statement)
+        self.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
 
     def insert_payloads(self, rows: Sequence[tuple[object, object, str]]) -> None:
         import psycopg

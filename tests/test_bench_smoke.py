@@ -113,6 +113,18 @@ def test_tierbatch_measures_its_actor_threads(bench_run: Path) -> None:
     assert lags["grant_to_call"]["p50"] is not None
 
 
+def test_tierbatch_reports_what_packing_cost_in_quality(bench_run: Path) -> None:
+    m = _runs(bench_run)["tierbatch-packed"]
+    rows = m["system_stats"]["grounding"]
+    assert sum(r["articles"] for r in rows) == m["done"]
+    assert any(r["pack_size"] > 1 for r in rows)
+    # The local server's fake model names only what is in each article.
+    assert all(r["cross_article"] == r["ungrounded"] == 0 for r in rows)
+    text = (bench_run / "report.md").read_text()
+    assert "Grounding (each entity checked against its request's articles):" in text
+    assert "| system | tier | model | pack size | done | entities |" in text
+
+
 def test_scale_run_wrote_every_result_once(bench_run: Path) -> None:
     scale = json.loads((bench_run / "scale" / "scale-500.json").read_text())
     assert "error" not in scale, scale.get("error")

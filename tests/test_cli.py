@@ -93,6 +93,7 @@ def test_run_sample_processes_every_article_once_and_prints_summary(
     assert f"{len(ids)} article(s) queued" in out
     assert f"{len(ids)} article(s) finished" in out
     assert "per tier" in out and "per model" in out
+    assert "grounding per tier, model and pack size" in out
     # The summary repeats which provider ran.
     assert out.count("results are synthetic") == 2
     rows = query(db, "SELECT article_id, COUNT(*) FROM results GROUP BY article_id")
@@ -153,9 +154,14 @@ def test_status_reads_counts_and_quota(sample_run: tuple[Path, int, str]) -> Non
     assert status["snapshot_problem"] is None
     used = {q["model"]: q["requests_today"] for q in status["quota"]}
     assert sum(used.values()) > 0
+    # The fakes name only what is in each article: every entity is grounded.
+    assert sum(g["articles"] for g in status["grounding"]) == n
+    assert all(g["cross_article"] == g["ungrounded"] == 0 for g in status["grounding"])
+    assert all(g["grounded"] > 0 for g in status["grounding"])
     code, text, _ = run_cli("status", "--db", str(db))
     assert code == EXIT_OK
     assert f"{n} done" in text and "today / rpd" in text
+    assert "grounding: entities checked against their articles" in text
 
 
 def test_status_does_not_wait_for_a_writer(sample_run: tuple[Path, int, str]) -> None:

@@ -26,6 +26,7 @@ from tierbatch.policies.config import (
     ComposerConfig,
     Config,
     ConfigError,
+    GroundingConfig,
     ModelSpec,
     PriorityConfig,
     ProviderConfig,
@@ -41,6 +42,7 @@ from tierbatch.policies.config import (
 )
 from tierbatch.policies.config_reader import join_key
 from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.grounding import Grounding, GroundingAction, GroundingPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -135,6 +137,7 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         ("runtime", RuntimeConfig),
         ("composer", ComposerConfig),
         ("simulation", SimulationConfig),
+        ("grounding", GroundingConfig),
     ]:
         assert set(data[section]) == field_names(cls), section
     # base_url is documented as a comment: TOML cannot spell its default (None).
@@ -144,12 +147,20 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
     assert set().union(*data["tiers"]) == field_names(TierSpec)
 
     assert dataclasses.replace(config.priority, domains={}) == PriorityConfig()
-    assert (config.quota, config.retry, config.provider, config.runtime, config.simulation) == (
+    assert (
+        config.quota,
+        config.retry,
+        config.provider,
+        config.runtime,
+        config.simulation,
+        config.grounding,
+    ) == (
         QuotaConfig(),
         RetryConfig(),
         ProviderConfig(),
         RuntimeConfig(),
         SimulationConfig(),
+        GroundingConfig(),
     )
     defaults = ComposerConfig(mix={})
     assert (config.composer.max_queued, config.composer.aging_s) == (
@@ -224,6 +235,20 @@ def test_aging_may_be_disabled_with_infinity() -> None:
     config = parse_config(data)
     assert config.composer.aging_s == math.inf
     assert parse_config(tomllib.loads(render_config(config))) == config
+
+
+def test_the_grounding_section_sets_the_action_of_each_outcome() -> None:
+    data = base()
+    data["grounding"] = {"grounded": "flag", "cross_article": "keep", "ungrounded": "drop"}
+    data["grounding"] |= {"window_requests": 5, "cross_article_threshold": 0.2}
+    data["tiers"][0]["adaptive_pack"] = True
+    config = parse_config(data)
+    assert config.grounding == GroundingConfig(
+        GroundingAction.FLAG, GroundingAction.KEEP, GroundingAction.DROP, 5, 0.2
+    )
+    assert config.grounding.policy.action(Grounding.UNGROUNDED) is GroundingAction.DROP
+    assert [t.adaptive_pack for t in config.tiers] == [True, False, False]
+    assert parse_config(base()).grounding.policy == GroundingPolicy()
 
 
 def test_an_explicit_zero_weight_is_allowed() -> None:
@@ -411,6 +436,25 @@ CASES: list[tuple[str, Callable[[Mapping], None], str]] = [
         "runtime.max_input_tokens_per_request",
     ),
     ("section not a table", _set(("quota",), 5), "quota"),
+    (
+        "unknown grounding action",
+        _set(("grounding", "cross_article"), "dorp"),
+        "grounding.cross_article",
+    ),
+    ("grounding action not a string", _set(("grounding", "ungrounded"), 1), "grounding.ungrounded"),
+    ("grounded entities dropped", _set(("grounding", "grounded"), "drop"), "grounding.grounded"),
+    (
+        "zero grounding window",
+        _set(("grounding", "window_requests"), 0),
+        "grounding.window_requests",
+    ),
+    (
+        "threshold above 1",
+        _set(("grounding", "cross_article_threshold"), 1.5),
+        "grounding.cross_article_threshold",
+    ),
+    ("unknown grounding key", _set(("grounding", "treshold"), 0.1), "grounding.treshold"),
+    ("adaptive pack not a bool", _set(("tiers", 0, "adaptive_pack"), 1), "tiers[0].adaptive_pack"),
 ]
 
 
@@ -612,7 +656,11 @@ def config_mappings(draw: st.DrawFn) -> Mapping:
         tier = {"name": name, "min_priority": threshold, "model": draw(model)}
         tier |= _some(
             draw,
-            {"fallback_model": draw(model), "max_articles_per_request": draw(st.integers(1, 50))},
+            {
+                "fallback_model": draw(model),
+                "max_articles_per_request": draw(st.integers(1, 50)),
+                "adaptive_pack": draw(st.booleans()),
+            },
         )
         tiers.append(tier)
     weights = draw(st.lists(st.integers(0, 20), min_size=len(tier_names), max_size=len(tier_names)))
@@ -693,10 +741,20 @@ def config_mappings(draw: st.DrawFn) -> Mapping:
                 "max_input_tokens_per_request": draw(at_least_one),
             },
         ),
+        "grounding": _some(
+            draw,
+            {
+                "grounded": draw(st.sampled_from(["keep", "flag"])),
+                "cross_article": draw(st.sampled_from(["keep", "flag", "drop"])),
+                "ungrounded": draw(st.sampled_from(["keep", "flag", "drop"])),
+                "window_requests": draw(st.integers(1, 1000)),
+                "cross_article_threshold": draw(unit),
+            },
+        ),
     }
     # Whole optional sections may be left out too.
     for section in draw(
-        st.sets(st.sampled_from(["priority", "quota", "retry", "provider", "runtime"]))
+        st.sets(st.sampled_from(["priority", "quota", "retry", "provider", "runtime", "grounding"]))
     ):
         del data[section]
     return data
@@ -734,8 +792,13 @@ def test_any_entry_of_the_wrong_type_is_reported_under_its_own_key(
     data: Mapping, pick: st.DataObject
 ) -> None:
     path, key = pick.draw(st.sampled_from(_leaf_paths(data)))
+    current: Any = data
+    for step in path:
+        current = current[step]
+    # true is the right type for a boolean entry (tiers[].adaptive_pack)
+    wrong = [{"x": 1}] if isinstance(current, bool) else [True, {"x": 1}]
     broken = copy.deepcopy(data)
-    _set(path, pick.draw(st.sampled_from([True, {"x": 1}])))(broken)
+    _set(path, pick.draw(st.sampled_from(wrong)))(broken)
     assert error_of(broken).key == key
 
 

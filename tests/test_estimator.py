@@ -25,7 +25,9 @@ def burst(est: LimitEstimate, n: int, at: float = 0.0) -> list[float]:
     return sent
 
 
-def refuse(est: LimitEstimate, now: float, sent_at: float, *, in_burst: bool, accepted: int) -> bool:
+def refuse(
+    est: LimitEstimate, now: float, sent_at: float, *, in_burst: bool, accepted: int
+) -> bool:
     return est.on_rate_limited(
         now,
         tokens_scope=False,

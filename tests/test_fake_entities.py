@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tierbatch.adapters.simulation.fake_entities import (
+    AnswerQuality,
     answer_document,
     answer_text,
     article_text,
+    degrade,
     extract_entities,
     fake_prompt_token_count,
     fake_token_count,
 )
+from tierbatch.policies.grounding import Grounding, PackTexts
 from tierbatch.policies.results import Entity, EntityType
 
 ARTICLE = (
@@ -156,3 +161,57 @@ def test_never_fails_and_names_come_from_the_text(text: str, model: str) -> None
         assert isinstance(e.type, EntityType)
         for word in e.name.split():
             assert word in text
+
+
+OTHER = (
+    "Storm Ciaran closed the port of Lisbon on Tuesday. Fishermen in Porto said the "
+    "Portuguese Navy had warned them. Maria Silva of Lusa News counted twelve boats."
+)
+
+
+def _pack():
+    texts = {"a": article_text("Climate summit", ARTICLE), "b": article_text("Storm", OTHER)}
+    found = {i: extract_entities(t, "m") for i, t in texts.items()}
+    return texts, found, PackTexts((i, "", t) for i, t in texts.items())
+
+
+def test_a_model_that_loses_track_names_other_articles_entities() -> None:
+    texts, found, pack = _pack()
+    mixed = degrade(found, texts, AnswerQuality(cross_article=1.0), random.Random(1))
+    for article_id, entities in mixed.items():
+        assert len(entities) == len(found[article_id])
+        outcomes = {pack.check(article_id, e.name) for e in entities}
+        # every entity swapped, as far as the other article had ones to give
+        assert Grounding.CROSS_ARTICLE in outcomes
+        assert Grounding.UNGROUNDED not in outcomes
+    invented = degrade(found, texts, AnswerQuality(invented=1.0), random.Random(1))
+    for article_id, entities in invented.items():
+        assert {pack.check(article_id, e.name) for e in entities} == {Grounding.UNGROUNDED}
+
+
+def test_a_perfect_model_and_a_lone_article_stay_grounded() -> None:
+    texts, found, pack = _pack()
+    assert degrade(found, texts, AnswerQuality(), random.Random(1)) == found
+    alone = {"a": found["a"]}
+    kept = degrade(alone, {"a": texts["a"]}, AnswerQuality(cross_article=1.0), random.Random(1))
+    assert kept == alone  # nothing of another article to mix in
+    document = answer_document(
+        [{"id": "a", "title": "Climate summit", "text": ARTICLE}, {"id": "b", "text": OTHER}],
+        "m",
+        AnswerQuality(invented=0.5),
+        random.Random(3),
+    )
+    outcomes = [
+        pack.check(item["id"], e["name"]) for item in document["articles"] for e in item["entities"]
+    ]
+    assert set(outcomes) == {Grounding.GROUNDED, Grounding.UNGROUNDED}
+
+
+def test_answer_quality_rates_are_validated() -> None:
+    for bad in (
+        {"cross_article": -0.1},
+        {"invented": 1.5},
+        {"cross_article": 0.6, "invented": 0.6},
+    ):
+        with pytest.raises(ValueError, match="rate"):
+            AnswerQuality(**bad)

@@ -6,10 +6,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tierbatch.policies.grounding import (
+    _WORD,
     Grounding,
     GroundingAction,
     GroundingPolicy,
     PackTexts,
+    _fold,
+    _stem,
     count,
     normalised_words,
 )
@@ -114,3 +117,10 @@ def test_a_name_copied_from_another_article_and_absent_from_its_own_is_cross_art
 def test_the_check_never_raises_on_any_text(title, text, name):
     pack = PackTexts([("x", title, text), ("y", text, title)])
     assert pack.check("x", name) in set(Grounding)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_the_ascii_fast_path_normalises_as_the_general_one(text):
+    general = tuple(_stem(w) for w in _WORD.findall(_fold(text)))
+    assert normalised_words(text) == general

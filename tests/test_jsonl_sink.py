@@ -66,6 +66,8 @@ FIELDS = {
     "detail",
     "metadata",
     "finished_at",
+    "grounding",
+    "pack_size",
 }
 
 

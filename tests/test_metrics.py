@@ -7,6 +7,7 @@ import asyncio
 import io
 import threading
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
 from tierbatch.policies.articles import Article
+from tierbatch.policies.grounding import GroundingCounts
 from tierbatch.policies.outcomes import (
     RateLimited,
     RateLimitScope,
@@ -245,3 +247,28 @@ def test_cli_announces_the_metrics_endpoint(
     )
     assert code == EXIT_OK, err.getvalue()
     assert f"metrics: http://{LOOPBACK}:" in out.getvalue()
+
+
+def test_grounding_outcomes_and_adaptive_pack_sizes_are_exported() -> None:
+    metrics = Metrics()
+    counts = GroundingCounts(grounded=7, cross_article=2, ungrounded=1)
+    metrics.observe_results(
+        [
+            Done("a", (), "m-pro", "hot", 1, 250, 40, 1.5, grounding=counts, pack_size=4),
+            Done("b", (), "m-pro", "hot", 1, 250, 40, 1.5, grounding=counts, pack_size=4),
+            Done("c", (), "m-pro", "hot", 1, 250, 40, 1.5),  # before the check: not counted
+        ]
+    )
+    metrics.update(replace(stats(1000.0), pack_sizes={"hot": 2}), 1000.0)
+    server = metrics.serve(0)
+    try:
+        samples = scrape(server.url)
+    finally:
+        server.close()
+
+    def entities(outcome: str) -> float:
+        labels = {"model": "m-pro", "tier": "hot", "pack_size": "4", "grounding": outcome}
+        return value(samples, "tierbatch_entities_total", **labels)
+
+    assert (entities("grounded"), entities("cross_article"), entities("ungrounded")) == (14, 4, 2)
+    assert value(samples, "tierbatch_pack_size", tier="hot") == 2

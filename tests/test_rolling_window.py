@@ -35,6 +35,8 @@ class Reference:
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.floats(0.0, SPAN), st.integers(0, 50)),
+        st.tuples(st.just("hold"), st.floats(0.0, SPAN), st.integers(0, 50)),
+        st.tuples(st.just("place"), st.integers(0, 200), st.floats(0.0, SPAN)),
         st.tuples(st.just("remove"), st.integers(0, 200), st.just(0)),
         st.tuples(st.just("retoken"), st.integers(0, 200), st.integers(0, 50)),
         st.tuples(st.just("tick"), st.floats(0, 30), st.just(0)),
@@ -56,6 +58,14 @@ def test_sums_and_frees_at_match_a_plain_list(steps, rpm, tpm, est):
             handles.append(handle)
             ref.entries[handle] = (window.expiry(handle), b)
             assert window.expiry(handle) == now + a  # exact, in or out of order
+        elif op == "hold":
+            handle = window.hold(b, now + a)
+            handles.append(handle)
+            ref.entries[handle] = (now + a, b)
+        elif op == "place" and handles:
+            handle = handles[int(a) % len(handles)]
+            if window.place(handle, now + b):
+                ref.entries[handle] = (now + b, ref.entries[handle][1])
         elif op == "remove" and handles:
             handle = handles[int(a) % len(handles)]
             if window.remove(handle):

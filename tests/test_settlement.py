@@ -12,6 +12,12 @@ from tierbatch.policies.attempts import ArticleProgress, RetryBudget
 from tierbatch.policies.composition import Queued
 from tierbatch.policies.config import ModelSpec, RetryConfig, TierSpec
 from tierbatch.policies.costs import article_share, attribute, cost_usd
+from tierbatch.policies.grounding import (
+    Grounding,
+    GroundingAction,
+    GroundingCounts,
+    GroundingPolicy,
+)
 from tierbatch.policies.outcomes import (
     Abandoned,
     AuthFailed,
@@ -52,7 +58,7 @@ ENTITY = Entity("Acme", EntityType.ORGANISATION, 0.5)
 
 
 def progress(i: int, tokens: int = 100, *, attempts: int = 1, at: float = 0.0) -> ArticleProgress:
-    article = Article(f"a{i}", "text", metadata={"n": i})
+    article = Article(f"a{i}", "Acme said so.", metadata={"n": i})
     return ArticleProgress(Queued(article, 0.5, 1, 1, at, i), tokens, attempts=attempts)
 
 
@@ -222,6 +228,8 @@ def test_answers_become_results_with_their_share_of_tokens_and_cost():
         latency_s=9.0,
         cost_usd=(200 * 0.3 + 10 * 2.5) / 1e6,
         fallback=True,
+        grounding=GroundingCounts(grounded=1),
+        pack_size=3,
     )
     assert first.metadata == {"n": 0}
     assert (second.input_tokens, second.output_tokens) == (600, 30)
@@ -301,3 +309,56 @@ def test_negative_usage_costs_nothing():
     share = article_share(SPEC, 1, 1, -10, 5)
     assert share.input_tokens == -10
     assert share.cost_usd == cost_usd(SPEC, 0, 5)
+
+
+# ---- grounding -----------------------------------------------------------------------
+
+
+def _article(i: int, title: str, text: str) -> ArticleProgress:
+    return ArticleProgress(Queued(Article(f"g{i}", text, title=title), 0.5, 1, 1, 0.0, i), 100)
+
+
+GROUNDING_PACK = [
+    _article(0, "Fed meets", "Jerome Powell spoke in Zürich."),
+    _article(1, "Storm", "Buses stopped in Lisbon."),
+]
+
+
+def _entity(name: str) -> Entity:
+    return Entity(name, EntityType.OTHER, 0.5)
+
+
+def _settle(answers, policy=None):
+    return settle_answers(
+        GROUNDING_PACK, answers, model="flash", spec=SPEC, tier=TIER, excluded=frozenset(),
+        usage=Usage(100, 10), budget=RetryBudget(10, 4), now=1.0,
+        grounding=policy or GroundingPolicy(),
+    )  # fmt: skip
+
+
+def test_every_entity_is_checked_against_the_pack_by_default_kept_dropped_or_flagged():
+    plan = _settle(
+        {
+            "g0": Extraction((_entity("Jerome Powell"), _entity("Lisbon"), _entity("Lagarde"))),
+            "g1": Extraction((_entity("lisbon"), _entity("bus"))),
+        }
+    )
+    first, second = plan.done
+    assert first.entities == (
+        _entity("Jerome Powell"),
+        Entity("Lagarde", EntityType.OTHER, 0.5, flag=Grounding.UNGROUNDED),
+    )  # Lisbon is the other article's: dropped; Lagarde is in neither: flagged
+    assert first.grounding == GroundingCounts(grounded=1, cross_article=1, ungrounded=1)
+    assert second.entities == (_entity("lisbon"), _entity("bus"))
+    assert second.grounding == GroundingCounts(grounded=2)
+    assert (first.pack_size, second.pack_size) == (2, 2)
+    assert plan.grounding == GroundingCounts(grounded=3, cross_article=1, ungrounded=1)
+
+
+def test_the_configured_actions_decide_each_outcome():
+    keep_all = GroundingPolicy(cross_article=GroundingAction.FLAG, ungrounded=GroundingAction.DROP)
+    plan = _settle({"g0": Extraction((_entity("Lisbon"), _entity("Lagarde")))}, keep_all)
+    (done,) = plan.done
+    assert done.entities == (Entity("Lisbon", EntityType.OTHER, 0.5, flag=Grounding.CROSS_ARTICLE),)
+    assert done.grounding == GroundingCounts(cross_article=1, ungrounded=1)  # before the drop
+    assert [m.article_id for r in plan.retries for m in r.members] == ["g1"]  # missing answer

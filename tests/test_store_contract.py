@@ -43,6 +43,7 @@ from store_backends import (
     can_store,
     done,
     failed,
+    grounded_done,
 )
 
 from tierbatch.actors.clock import ScaledClock
@@ -53,7 +54,13 @@ from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import read_articles
 from tierbatch.adapters.storage.open_store import read_backlog
 from tierbatch.adapters.storage.results_sink import ResultsSink
-from tierbatch.adapters.storage.store import EnqueueReport, ResultCount, StorageError, Store
+from tierbatch.adapters.storage.store import (
+    EnqueueReport,
+    GroundingCount,
+    ResultCount,
+    StorageError,
+    Store,
+)
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import (
     Done,
@@ -404,6 +411,73 @@ def test_result_counts_group_by_status_tier_and_model(store: Store) -> None:
         ResultCount("done", "high", "gemini-a", 2, 200, 40, pytest.approx(0.002)),  # type: ignore[arg-type]
         ResultCount("failed", "low", "gemini-a", 1, 0, 0, 0.0),
     ]
+
+
+def test_grounding_counts_pack_size_and_flags_round_trip(store: Store, backend: Backend) -> None:
+    results = [grounded_done("1"), done("2"), failed("3")]
+    assert store.write_results(results) == 3
+    assert list(store.results()) == results
+    rows = backend.query(
+        "SELECT article_id, pack_size, grounded, cross_article, ungrounded, entities"
+        " FROM results ORDER BY article_id"
+    )
+    assert [row[:5] for row in rows] == [
+        ("1", 4, 1, 2, 1),
+        ("2", None, None, None, None),  # no check: a result as older versions wrote it
+        ("3", None, None, None, None),
+    ]
+    flags = [e.get("flag") for e in json.loads(rows[0][5])]
+    assert flags == [None, "ungrounded"]  # only a flagged entity carries the key
+
+
+def test_status_shows_the_grounding_shares_per_tier_model_and_pack_size(
+    store: Store, backend: Backend, clock: FakeClock, tmp_path: Path
+) -> None:
+    store.write_results(
+        [grounded_done("1"), grounded_done("2"), grounded_done("3", pack_size=1), done("4")]
+    )
+    status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now)
+    assert status.grounding == (
+        GroundingCount("high", "gemini-a", 1, 1, 1, 2, 1),
+        GroundingCount("high", "gemini-a", 4, 2, 2, 4, 2),
+    )
+    assert status.grounding[1].cross_article_share == 0.5
+    assert status.to_json()["grounding"][0]["cross_article"] == 2
+    text = io.StringIO()
+    render_status(status, text)
+    out = text.getvalue()
+    assert "grounding" in out
+    assert "50.0%" in out and "25.0%" in out  # cross-article and ungrounded shares
+
+
+def test_a_database_of_schema_version_1_is_migrated_in_place(
+    backend: Backend, clock: FakeClock, tmp_path: Path
+) -> None:
+    backend.create_v1()
+    old_entities = '[{"name":"Ada","type":"person","salience":0.9,"mentions":1}]'
+    backend.execute(
+        "INSERT INTO results (article_id, status, entities, model, tier, attempts, input_tokens,"
+        " output_tokens, latency_s, cost_usd, fallback, finished_at)"
+        " VALUES ('old', 'done', ?, 'gemini-a', 'high', 1, 10, 2, 0.5, 0.0, 0, 1.0)",
+        (old_entities,),
+    )
+    version = "SELECT value FROM meta WHERE key = 'schema_version'"
+    # status only looks: a version-1 database is read as it is, not migrated
+    status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now)
+    assert status.states["done"] == 0 and status.grounding == ()
+    assert backend.query(version) == [("1",)]
+    with backend.open("owner-a", clock) as store:  # type: ignore[attr-defined]
+        assert backend.query(version) == [("2",)]
+        (old,) = store.results()
+        assert isinstance(old, Done)
+        assert (old.grounding, old.pack_size, old.entities[0].flag) == (None, 0, None)
+        assert store.write_results([grounded_done("new")]) == 1
+        assert list(store.results(["new"])) == [grounded_done("new")]
+    with backend.open("owner-b", clock) as again:  # type: ignore[attr-defined]
+        assert [r.article_id for r in again.results()] == ["old", "new"]
+    assert backend.query(version) == [("2",)]
+    status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now)
+    assert status.grounding == (GroundingCount("high", "gemini-a", 4, 1, 1, 2, 1),)
 
 
 def test_results_pages_through_many_rows_and_filters_by_id(store: Store) -> None:

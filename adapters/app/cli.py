@@ -396,6 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="share of batch jobs that end EXPIRED",
     )
+    fake.add_argument(
+        "--cross-article-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of answered entities swapped for one of another article of the request",
+    )
+    fake.add_argument(
+        "--invented-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of answered entities swapped for a name in no article",
+    )
     fake.set_defaults(command=_cmd_serve_fake_gemini)
     return parser
 
@@ -934,6 +948,7 @@ def _cmd_models(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from tierbatch.adapters.simulation.fake_gemini import serve_forever
     from tierbatch.adapters.simulation.gemini_emulator import (
+        AnswerQuality,
         BatchFaultRates,
         BatchSettings,
         FakeGeminiConfig,
@@ -969,6 +984,7 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
                     expiry=args.batch_expiry_rate,
                 ),
             ),
+            quality=AnswerQuality(args.cross_article_rate, args.invented_rate),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -175,6 +175,19 @@ class Metrics:
             ["model", "shape"],
             registry=r,
         )
+        self.entities = Counter(
+            "tierbatch_entities",
+            "Entities of done articles by the grounding check's outcome (grounded, "
+            "cross_article, ungrounded; before any drop), model, tier and request pack size",
+            ["model", "tier", "pack_size", "grounding"],
+            registry=r,
+        )
+        self.pack_size = Gauge(
+            "tierbatch_pack_size",
+            "Articles per request an adaptive tier packs now (tiers[].adaptive_pack)",
+            ["tier"],
+            registry=r,
+        )
         self.db_articles = Gauge(
             "tierbatch_db_articles",
             "Articles in the database queue table, by state",
@@ -189,6 +202,15 @@ class Metrics:
             if isinstance(result, Done):
                 self.articles.labels("done", result.tier).inc()
                 self.article_latency.labels(result.tier).observe(result.latency_s)
+                g = result.grounding
+                if g is not None:
+                    size = str(result.pack_size)
+                    for outcome, n in (
+                        ("grounded", g.grounded),
+                        ("cross_article", g.cross_article),
+                        ("ungrounded", g.ungrounded),
+                    ):
+                        self.entities.labels(result.model, result.tier, size, outcome).inc(n)
             else:
                 self.articles.labels("failed", result.tier).inc()
                 self.failures.labels(str(result.reason)).inc()
@@ -200,6 +222,8 @@ class Metrics:
         for tier, depth in stats.queued_by_tier.items():
             self.queue_depth.labels(tier).set(depth)
         self.in_extractors.set(stats.in_extractors)
+        for tier, size in stats.pack_sizes.items():
+            self.pack_size.labels(tier).set(size)
         for status in stats.models:
             self.in_flight.labels(status.model).set(status.in_flight)
             self.requests_today.labels(status.model).set(status.requests_today)

@@ -26,7 +26,7 @@ from rich.table import Table
 from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
-from tierbatch.adapters.storage.store import ResultCount, StorageError
+from tierbatch.adapters.storage.store import GroundingCount, ResultCount, StorageError
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -85,6 +85,8 @@ class Status:
     snapshot_age_s: float | None
     snapshot_problem: str | None
     quota: tuple[ModelQuota, ...]
+    # The grounding check's outcomes per tier, model and pack size.
+    grounding: tuple[GroundingCount, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +119,7 @@ def read_status(
         snapshot_age_s=age,
         snapshot_problem=problem,
         quota=quota,
+        grounding=report.grounding,
     )
 
 
@@ -200,6 +203,8 @@ def render_status(status: Status, file: TextIO) -> None:
                 f"{r.cost_usd:.4f}",
             )
         console.print(table)
+    if status.grounding:
+        console.print(grounding_table(status.grounding))
     if status.snapshot_problem:
         console.print(f"quota snapshot {status.snapshot}: {status.snapshot_problem}")
     elif status.snapshot_age_s is None:
@@ -224,6 +229,31 @@ def render_status(status: Status, file: TextIO) -> None:
                 _state(q),
             )
         console.print(table)
+
+
+def grounding_table(rows: tuple[GroundingCount, ...]) -> Table:
+    """Per tier, model and pack size: the share of entities found only in
+    another article of the request, and in none."""
+    table = Table(
+        title="grounding: entities checked against their articles",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    for name in ("tier", "model", "pack size", "articles", "entities"):
+        table.add_column(name, justify="left" if name in ("tier", "model") else "right")
+    table.add_column("cross-article", justify="right")
+    table.add_column("ungrounded", justify="right")
+    for g in rows:
+        table.add_row(
+            g.tier or "-",
+            g.model or "-",
+            str(g.pack_size or "?"),
+            str(g.articles),
+            str(g.entities),
+            f"{g.cross_article_share:.1%}",
+            f"{g.ungrounded_share:.1%}",
+        )
+    return table
 
 
 def _state(q: ModelQuota) -> str:

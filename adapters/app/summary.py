@@ -4,7 +4,8 @@ Two sources, because neither alone tells the whole story:
 
 * ``ResultTally`` counts the terminal results this process wrote -- articles
   per tier and model, fallbacks, failures by reason, the tokens and cost
-  attributed to each article;
+  attributed to each article, and the grounding check's outcomes per tier,
+  model and pack size;
 * ``ModelUsage`` is the difference of the registry's per-model counters
   between the start and the end of the run -- requests, 429s, cooldown time
   and the tokens every request consumed, including requests whose answers
@@ -34,6 +35,7 @@ from rich.table import Table
 from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.policies.config import Config, UnknownModelError
 from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.pack_quality import GroundingRow, GroundingTally
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import Done, TerminalResult
 
@@ -56,6 +58,7 @@ class TallySnapshot:
     done: Mapping[tuple[str, str], TierModelCount]
     failed_by_tier: Mapping[str, int]
     failed_by_reason: Mapping[str, int]
+    grounding: tuple[GroundingRow, ...] = ()
 
     @property
     def done_total(self) -> int:
@@ -74,9 +77,12 @@ class ResultTally:
         self._done: dict[tuple[str, str], TierModelCount] = {}
         self._failed_by_tier: Counter[str] = Counter()
         self._failed_by_reason: Counter[str] = Counter()
+        self._grounding = GroundingTally()
 
     def add(self, results: Iterable[TerminalResult]) -> None:
+        results = list(results)
         with self._lock:
+            self._grounding.add(results)
             for result in results:
                 if isinstance(result, Done):
                     row = self._done.setdefault((result.tier, result.model), TierModelCount())
@@ -105,6 +111,7 @@ class ResultTally:
                 },
                 failed_by_tier=dict(self._failed_by_tier),
                 failed_by_reason=dict(self._failed_by_reason),
+                grounding=self._grounding.rows(),
             )
 
 
@@ -210,6 +217,7 @@ class RunSummary:
     left_queued: int = 0
     notes: tuple[str, ...] = field(default=())
     bound: BoundReport | None = None
+    grounding: tuple[GroundingRow, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -299,6 +307,7 @@ def build_summary(
         left_queued=left_queued,
         notes=tuple(notes),
         bound=bound,
+        grounding=tally.grounding,
     )
 
 
@@ -334,6 +343,8 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         learnt = [m.learnt.sentence() for m in summary.models if m.learnt is not None]
         if learnt:
             console.print(escape("learnt from the provider: " + "; ".join(learnt)), soft_wrap=True)
+    if summary.grounding:
+        console.print(_grounding_table(summary.grounding))
     if summary.failed_by_reason:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.failed_by_reason.items()))
         console.print(f"failed by reason: {reasons}")
@@ -418,6 +429,28 @@ def _learnt_rpm(learnt: LearntLimits | None) -> str:
     if learnt.learnt_rpm != learnt.configured_rpm:
         return f"{learnt.configured_rpm}→{learnt.learnt_rpm}"
     return str(learnt.configured_rpm)
+
+
+def _grounding_table(rows: Sequence[GroundingRow]) -> Table:
+    """What packing cost in quality: per tier, model and pack size, the share
+    of entities found only in another article of the request (cross-article)
+    and in none (ungrounded), before any drop."""
+    table = _table("grounding per tier, model and pack size")
+    table.add_column("tier", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    for name in ("pack", "done", "entities", "cross-\narticle", "un-\ngrounded"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        table.add_row(
+            r.tier,
+            r.model,
+            str(r.pack_size or "?"),
+            str(r.articles),
+            str(r.counts.total),
+            f"{r.cross_article_share:.1%}",
+            f"{r.ungrounded_share:.1%}",
+        )
+    return table
 
 
 def _table(title: str) -> Table:

@@ -10,6 +10,11 @@ The rules are deliberately simple -- runs of capitalised words, classified by
 keywords and a small gazetteer -- yet good enough that the entities look like
 a model's and vary with the article, which is what the runtime's parser,
 validator and sinks need to be exercised on.
+
+Every entity found this way is in its article's text. ``AnswerQuality`` and
+``degrade`` make a model that loses track of a pack: at configurable rates
+an entity is swapped for one of another article of the request, or for a
+name that is in no article -- what the grounding check must catch.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tierbatch.policies.grounding import Grounding, PackTexts
 from tierbatch.policies.results import Entity, EntityType
 
 MAX_ENTITIES = 25
@@ -471,24 +477,117 @@ def entity_json(entity: Entity) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerQuality:
+    """How well a fake model keeps the articles of a request apart. For each
+    entity of an answer, ``cross_article`` is the chance it is swapped for
+    an entity of another article of the request (one its own article does
+    not name: only possible in a request of two or more), ``invented`` the
+    chance it is swapped for a name no article contains. Exclusive: their
+    sum must be <= 1. The default is a model that never errs."""
+
+    cross_article: float = 0.0
+    invented: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("cross_article", "invented"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} rate must be in [0, 1], got {rate}")
+        if self.cross_article + self.invented > 1.0 + 1e-9:
+            raise ValueError(
+                "cross_article + invented rates must sum to <= 1, "
+                f"got {self.cross_article + self.invented}"
+            )
+
+    @property
+    def perfect(self) -> bool:
+        return self.cross_article == 0.0 and self.invented == 0.0
+
+
+_SYLLABLES = ("zor", "vex", "qua", "lim", "bru", "tha", "nok", "fel", "dri", "osk", "yun", "pim")
+
+
+def _invented_name(rng: random.Random, texts: PackTexts, article_id: str) -> str:
+    """A two-word name that no article of the pack contains."""
+    while True:
+        words = [
+            "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+            for _ in range(2)
+        ]
+        name = " ".join(words)
+        if texts.check(article_id, name) is Grounding.UNGROUNDED:
+            return name
+
+
+def degrade(
+    found: Mapping[str, tuple[Entity, ...]],
+    texts: Mapping[str, str],
+    quality: AnswerQuality,
+    rng: random.Random,
+) -> dict[str, tuple[Entity, ...]]:
+    """``found`` (article id -> its entities, in request order) as a model
+    of ``quality`` would answer it: some entities swapped for another
+    article's, some for invented names. ``texts``: what each article's
+    entities were read from (``article_text``)."""
+    if quality.perfect:
+        return dict(found)
+    pack = PackTexts((article_id, "", text) for article_id, text in texts.items())
+    out: dict[str, tuple[Entity, ...]] = {}
+    for article_id, entities in found.items():
+        names = {e.name.lower() for e in entities}
+        others = [
+            e
+            for other_id, other in found.items()
+            if other_id != article_id
+            for e in other
+            if pack.check(article_id, e.name) is Grounding.CROSS_ARTICLE
+        ]
+        answer: list[Entity] = []
+        for entity in entities:
+            u = rng.random()
+            if u < quality.cross_article:
+                candidates = [e for e in others if e.name.lower() not in names]
+                if candidates:
+                    swapped = rng.choice(candidates)
+                    names.add(swapped.name.lower())
+                    answer.append(Entity(swapped.name, swapped.type, entity.salience, 1))
+                    continue
+            elif u < quality.cross_article + quality.invented:
+                name = _invented_name(rng, pack, article_id)
+                names.add(name.lower())
+                answer.append(Entity(name, entity.type, entity.salience, entity.mentions))
+                continue
+            answer.append(entity)
+        out[article_id] = tuple(answer)
+    return out
+
+
 def answer_document(
     articles: Sequence[Mapping[str, str]],
     model: str,
+    quality: AnswerQuality | None = None,
+    rng: random.Random | None = None,
 ) -> dict[str, Any]:
     """The JSON answer ``{"articles": [{"id", "entities"}]}`` a model in JSON
-    mode would give for ``articles`` (dicts with id, title, text)."""
+    mode would give for ``articles`` (dicts with id, title, text); with a
+    ``quality`` short of perfect, degraded by ``degrade`` with ``rng``."""
+    pairs = [
+        (a.get("id", ""), article_text(a.get("title", ""), a.get("text", ""))) for a in articles
+    ]
+    entities = [extract_entities(text, model) for _, text in pairs]
+    if quality is not None and not quality.perfect:
+        degraded = degrade(
+            {i: e for (i, _), e in zip(pairs, entities, strict=True)},
+            dict(pairs),
+            quality,
+            rng or random.Random(0),
+        )
+        entities = [degraded[i] for i, _ in pairs]
     return {
         "articles": [
-            {
-                "id": a.get("id", ""),
-                "entities": [
-                    entity_json(e)
-                    for e in extract_entities(
-                        article_text(a.get("title", ""), a.get("text", "")), model
-                    )
-                ],
-            }
-            for a in articles
+            {"id": i, "entities": [entity_json(e) for e in found]}
+            for (i, _), found in zip(pairs, entities, strict=True)
         ]
     }
 

@@ -87,6 +87,7 @@ from tierbatch.adapters.simulation.error_bodies import (
     quota_error_body,
 )
 from tierbatch.adapters.simulation.fake_entities import (
+    AnswerQuality,
     answer_document,
     answer_text,
     fake_prompt_token_count,
@@ -102,6 +103,7 @@ from tierbatch.adapters.simulation.quota_emulator import DEFAULT_BUCKET_S, Quota
 from tierbatch.policies.config import ModelSpec, ProviderLimiter
 
 __all__ = [
+    "AnswerQuality",
     "BatchFaultRates",
     "BatchSettings",
     "BatchState",
@@ -212,7 +214,11 @@ class FakeGeminiConfig:
     refuse batch jobs). ``batch``: batch jobs' turnaround and faults
     (``batch_emulator``). ``limiter``: how the per-minute limits are
     enforced, a rolling window of ``window_s`` or a token bucket holding
-    ``bucket_s`` seconds' worth (``quota_emulator``).
+    ``bucket_s`` seconds' worth (``quota_emulator``). ``quality``: how
+    well the model keeps a request's articles apart (``AnswerQuality``: the
+    rates of cross-article and invented entities), one for every model or a
+    mapping model -> quality (models not in it never err); drawn from their
+    own seeded stream, so they never change the faults drawn.
     """
 
     models: Mapping[str, ModelSpec] = field(default_factory=dict, hash=False)
@@ -233,6 +239,9 @@ class FakeGeminiConfig:
     batch: BatchSettings = field(default_factory=BatchSettings)
     limiter: ProviderLimiter = ProviderLimiter.WINDOW
     bucket_s: float = DEFAULT_BUCKET_S
+    quality: AnswerQuality | Mapping[str, AnswerQuality] = field(
+        default_factory=AnswerQuality, hash=False
+    )
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -255,6 +264,11 @@ class FakeGeminiConfig:
             return self.faults
         return self.faults.get(model, _NO_FAULTS)
 
+    def quality_for(self, model: str) -> AnswerQuality:
+        if isinstance(self.quality, AnswerQuality):
+            return self.quality
+        return self.quality.get(model, _PERFECT)
+
     def latency_for(self, model: str) -> float:
         if isinstance(self.latency_s, Mapping):
             return float(self.latency_s.get(model, 0.0))
@@ -262,6 +276,7 @@ class FakeGeminiConfig:
 
 
 _NO_FAULTS = FaultRates()
+_PERFECT = AnswerQuality()
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +422,8 @@ class GeminiEmulator:
             bucket_s=config.bucket_s,
         )
         self._rng = random.Random(config.seed)
+        # The answers' quality draws have a stream of their own.
+        self._quality_rng = random.Random(f"{config.seed}:quality")
         self._started = time.monotonic()
         self._served = 0
         self.log: list[ServedRequest] = []
@@ -709,7 +726,8 @@ class GeminiEmulator:
             unsafe = {"candidates": [candidate], "usageMetadata": blocked_usage, **trailer}
             return unsafe, 0, "SAFETY"
 
-        text = answer_text(answer_document(articles, model))
+        quality = self.config.quality_for(model)
+        text = answer_text(answer_document(articles, model, quality, self._quality_rng))
         finish = "STOP"
         if fault is ServerFault.MAX_TOKENS:
             text = text[: max(1, len(text) // 2)]

@@ -38,8 +38,10 @@ from tierbatch.actors.ports import (
 )
 from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
 from tierbatch.adapters.simulation.fake_entities import (
+    AnswerQuality,
     answer_text,
     article_text,
+    degrade,
     entity_json,
     extract_entities,
     fake_token_count,
@@ -71,6 +73,7 @@ SIMULATED_METHODS = ("generateContent", "countTokens", BATCH_METHOD)
 HANG_FACTOR = 1.1
 """A hung call sleeps this much longer than the request's timeout, so the
 runtime's own timeout fires first."""
+PERFECT = AnswerQuality()
 
 
 class Fault(StrEnum):
@@ -178,6 +181,10 @@ class SimulatedProvider:
     ``models`` are the limits it enforces, per minute as a rolling window of
     ``window_s`` or as token buckets holding ``bucket_s`` seconds' worth
     (``limiter``; see ``quota_emulator``).
+    ``quality``: how well the model keeps a pack's articles apart (one for
+    every model, or per model; see ``AnswerQuality``): its cross-article and
+    invented entities are drawn from their own seeded stream, so they never
+    change which faults a run sees.
     Not thread-safe: drive it from one event loop. ``calls`` may be read from
     any thread once the run is over.
     """
@@ -197,6 +204,7 @@ class SimulatedProvider:
         key: str = "simulated",
         limiter: ProviderLimiter | str = ProviderLimiter.WINDOW,
         bucket_s: float = DEFAULT_BUCKET_S,
+        quality: AnswerQuality | Mapping[str, AnswerQuality] = PERFECT,
     ) -> None:
         self._models = dict(models)
         self._clock = clock
@@ -205,6 +213,7 @@ class SimulatedProvider:
         self._latency = latency_s if isinstance(latency_s, float | int) else dict(latency_s)
         self._latency_per_article_s = latency_per_article_s
         self._faults = faults
+        self._quality = quality
         self._retired = frozenset(retired)
         self._key = key
         self.quota = QuotaEmulator(models, window_s, timezone, limiter=limiter, bucket_s=bucket_s)
@@ -338,7 +347,9 @@ class SimulatedProvider:
             return await self._reply(
                 record, ServerError(503, "The model is overloaded."), "server_error"
             )
-        answers, output_tokens = _answers(request, fault, rng)
+        quality = self._quality_for(model)
+        quality_rng = random.Random(f"{self._seed}:{record.index}:quality")
+        answers, output_tokens = _answers(request, fault, rng, quality, quality_rng)
         record.output_tokens = output_tokens
         usage = Succeeded(Usage(input_tokens, output_tokens))
         return await self._reply(record, usage, "succeeded", answers=answers)
@@ -357,6 +368,11 @@ class SimulatedProvider:
             await asyncio.sleep(self._clock.to_real(wait))
         record.finish(self.now(), label)
         return PackAnswer(outcome, dict(answers or {}))
+
+    def _quality_for(self, model: str) -> AnswerQuality:
+        if isinstance(self._quality, AnswerQuality):
+            return self._quality
+        return self._quality.get(model, PERFECT)
 
     def _latency_for(self, model: str, articles: int, rng: random.Random) -> float:
         if isinstance(self._latency, dict):
@@ -412,12 +428,19 @@ class _Recorder:
 
 
 def _answers(
-    request: ExtractionRequest, fault: Fault, rng: random.Random
+    request: ExtractionRequest,
+    fault: Fault,
+    rng: random.Random,
+    quality: AnswerQuality = PERFECT,
+    quality_rng: random.Random | None = None,
 ) -> tuple[dict[str, ArticleAnswer], int]:
-    """Per-article answers with the drawn answer fault applied, and the
-    output tokens of the JSON the model would have returned."""
+    """Per-article answers of a model of ``quality`` with the drawn answer
+    fault applied, and the output tokens of the JSON it would have returned."""
     articles = request.articles
-    found = {a.id: extract_entities(article_text(a.title, a.text), request.model) for a in articles}
+    texts = {a.id: article_text(a.title, a.text) for a in articles}
+    found = {i: extract_entities(text, request.model) for i, text in texts.items()}
+    if not quality.perfect:
+        found = degrade(found, texts, quality, quality_rng or random.Random(0))
     answers: dict[str, ArticleAnswer] = {i: Extraction(e) for i, e in found.items()}
     returned = list(found)
     if fault is Fault.SAFETY and articles:

@@ -7,7 +7,8 @@ results, the rejects and the counters of the SQLite store (``sqlite_store``
 documents them; the algorithms are shared, in ``sql_queue``), through
 psycopg 3 (the ``postgres`` extra).
 
-Schema (version 1), created on first use::
+Schema (version 2), created on first use (a version-1 database is
+migrated in place, as in SQLite)::
 
     CREATE TABLE articles (
         id TEXT PRIMARY KEY, payload TEXT NOT NULL,
@@ -20,7 +21,8 @@ Schema (version 1), created on first use::
     CREATE TABLE results (article_id TEXT PRIMARY KEY, status, entities, model,
         tier, attempts, input_tokens, output_tokens, latency_s, cost_usd,
         fallback, reason, detail, metadata, finished_at DOUBLE PRECISION,
-        seq BIGINT GENERATED ALWAYS AS IDENTITY);   -- insertion order
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,    -- insertion order
+        pack_size, grounded, cross_article, ungrounded);   -- the grounding check
     CREATE TABLE rejects (source, line_no BIGINT, reason, raw_prefix, at);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
         -- schema_version, stale_results, duplicate_results
@@ -94,12 +96,14 @@ from tierbatch.adapters.storage.queue_rows import (
 from tierbatch.adapters.storage.queue_sql import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_SQL,
+    grounding_counts_sql,
+    migrations_from,
     read_queue_report,
     result_counts_sql,
     to_format_params,
 )
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
-from tierbatch.adapters.storage.store import IncompatibleSchema, QueueReport, StorageError
+from tierbatch.adapters.storage.store import QueueReport, StorageError
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import TerminalResult
 
@@ -108,6 +112,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _RESULT_COUNTS = result_counts_sql(' COLLATE "C"')
+_GROUNDING_COUNTS = grounding_counts_sql(' COLLATE "C"')
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _RETRYABLE = (errors.SerializationFailure, errors.DeadlockDetected)
 
@@ -230,9 +235,7 @@ class PostgresStore(SqlQueueStore):
             if row is not None and row[0] == str(SCHEMA_VERSION):
                 return  # nothing to create: no DDL, no table locks
             if row is not None:
-                raise IncompatibleSchema(
-                    f"{self.path}: schema version {row[0]}, this tierbatch uses {SCHEMA_VERSION}"
-                )
+                migrations_from(str(row[0]), self.path)  # refuses what it cannot migrate
         for statement in SCHEMA:
             conn.execute(statement)
         self._check_schema_version(conn)
@@ -288,6 +291,7 @@ def read_postgres_report(url: str, now: float | None) -> QueueReport:
                 lambda sql, params: conn.execute(to_format_params(sql), params).fetchall(),
                 float(now),
                 _RESULT_COUNTS,
+                _GROUNDING_COUNTS,
             )
     except psycopg.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {_message(exc)}") from exc

@@ -1,5 +1,5 @@
 """What the SQLite and PostgreSQL stores share of their SQL: the schema
-version, the statements both dialects accept (written with ``?``
+version and its migrations, the statements both dialects accept (written with ``?``
 placeholders; ``to_format_params`` turns them into psycopg's ``%s``), the
 result row codec and the read-only look ``tierbatch status`` takes.
 
@@ -20,11 +20,28 @@ from tierbatch.adapters.storage.result_json import (
     result_from_json,
     result_to_json,
 )
-from tierbatch.adapters.storage.store import QueueReport, ResultCount, refused_counts
+from tierbatch.adapters.storage.store import (
+    GroundingCount,
+    IncompatibleSchema,
+    QueueReport,
+    ResultCount,
+    refused_counts,
+)
 from tierbatch.policies.results import TerminalResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATES = ("queued", "leased", "done", "failed")
+
+# What brings a database of an older version to the next one, in place
+# (run in the store's schema transaction, then the version is updated).
+# Version 2 stores the grounding check with each result: the request's
+# pack size and the per-article counts (NULL in rows written before).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: tuple(
+        f"ALTER TABLE results ADD COLUMN {column} INTEGER"
+        for column in ("pack_size", "grounded", "cross_article", "ungrounded")
+    ),
+}
 
 
 def schema(
@@ -72,7 +89,11 @@ def schema(
         reason TEXT,
         detail TEXT,
         metadata TEXT,
-        finished_at {real} NOT NULL{seq}
+        finished_at {real} NOT NULL{seq},
+        pack_size INTEGER,
+        grounded INTEGER,
+        cross_article INTEGER,
+        ungrounded INTEGER
     )""",
         f"""CREATE TABLE IF NOT EXISTS rejects (
         source TEXT NOT NULL,
@@ -100,7 +121,12 @@ RESULT_COLUMNS = (
     "detail",
     "metadata",
     "finished_at",
+    "pack_size",
+    "grounded",
+    "cross_article",
+    "ungrounded",
 )
+GROUNDING_COLUMNS = ("grounded", "cross_article", "ungrounded")
 INSERT_RESULT = (
     f"INSERT INTO results ({', '.join(RESULT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(RESULT_COLUMNS))}) ON CONFLICT (article_id) DO NOTHING"
@@ -147,6 +173,7 @@ META_ADD = """INSERT INTO meta (key, value) VALUES (?, CAST(? AS TEXT))
 REFUSED_SQL = "SELECT key, value FROM meta WHERE key IN ('stale_results', 'duplicate_results')"
 SCHEMA_VERSION_SQL = "SELECT value FROM meta WHERE key = 'schema_version'"
 SET_SCHEMA_VERSION = "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+UPDATE_SCHEMA_VERSION = "UPDATE meta SET value = ? WHERE key = 'schema_version'"
 STATE_COUNTS_SQL = "SELECT state, COUNT(*) FROM articles GROUP BY state"
 PENDING_SQL = "SELECT COUNT(*) FROM articles WHERE state IN ('queued', 'leased')"
 REJECTS_SQL = "SELECT source, line_no, reason, raw_prefix, at FROM rejects"
@@ -167,6 +194,40 @@ def result_counts_sql(collate: str = "") -> str:
 RESULT_COUNTS_SQL = result_counts_sql()
 
 
+def grounding_counts_sql(collate: str = "") -> str:
+    """The grounding outcomes of done results per tier, model and pack
+    size (rows written before the check, without counts, left out)."""
+    groups = ("COALESCE(tier, '')", "COALESCE(model, '')", "COALESCE(pack_size, 0)")
+    order = ", ".join(g + collate for g in groups[:2]) + ", 3"
+    return (
+        f"SELECT {', '.join(groups)}, COUNT(*),"
+        " SUM(grounded), SUM(cross_article), SUM(ungrounded)"
+        " FROM results WHERE status = 'done' AND grounded IS NOT NULL"
+        f" GROUP BY 1, 2, 3 ORDER BY {order}"
+    )
+
+
+GROUNDING_COUNTS_SQL = grounding_counts_sql()
+
+
+def migrations_from(version: str, path: str) -> list[str]:
+    """The statements that bring a database of schema ``version`` to
+    ``SCHEMA_VERSION`` (none when it is there); a version this tierbatch
+    cannot migrate raises ``IncompatibleSchema``."""
+    if version == str(SCHEMA_VERSION):
+        return []
+    statements: list[str] = []
+    step = int(version) if version.isdigit() else None
+    while step is not None and step in MIGRATIONS:
+        statements += MIGRATIONS[step]
+        step += 1
+    if step != SCHEMA_VERSION:
+        raise IncompatibleSchema(
+            f"{path}: schema version {version}, this tierbatch uses {SCHEMA_VERSION}"
+        )
+    return statements
+
+
 def to_format_params(sql: str) -> str:
     """``?`` placeholders as psycopg's ``%s`` (the shared statements hold no
     other ``?`` or ``%``)."""
@@ -184,6 +245,9 @@ def result_row(result: TerminalResult, now: float) -> tuple[Any, ...]:
     record["metadata"] = dumps(record["metadata"]) if record["metadata"] else None
     record["fallback"] = int(record["fallback"])
     record["finished_at"] = now
+    grounding = record.pop("grounding") or {}
+    for column in GROUNDING_COLUMNS:
+        record[column] = grounding.get(column)
     return tuple(record[column] for column in RESULT_COLUMNS)
 
 
@@ -192,6 +256,9 @@ def result_from_row(row: Sequence[Any]) -> TerminalResult:
     record = dict(zip(RESULT_COLUMNS, row, strict=True))
     record["entities"] = json.loads(record["entities"] or "[]")
     record["metadata"] = json.loads(record["metadata"]) if record["metadata"] else {}
+    counts = [record.pop(column) for column in GROUNDING_COLUMNS]
+    if counts[0] is not None:
+        record["grounding"] = dict(zip(GROUNDING_COLUMNS, counts, strict=True))
     if record["status"] not in (DONE, FAILED):
         raise UnknownResultStatus(f"result {record['article_id']!r}: unknown status")
     return result_from_json(record)
@@ -200,9 +267,16 @@ def result_from_row(row: Sequence[Any]) -> TerminalResult:
 Query = Callable[[str, Sequence[Any]], list[Any]]
 
 
-def read_queue_report(query: Query, now: float, counts_sql: str = RESULT_COUNTS_SQL) -> QueueReport:
+def read_queue_report(
+    query: Query,
+    now: float,
+    counts_sql: str = RESULT_COUNTS_SQL,
+    grounding_sql: str = GROUNDING_COUNTS_SQL,
+) -> QueueReport:
     """What ``tierbatch status`` shows, read through ``query`` (``?``
-    placeholders; the caller runs it read-only, in one snapshot if it can)."""
+    placeholders; the caller runs it read-only, in one snapshot if it can).
+    A database of schema version 1 (not migrated yet: no daemon of this
+    version has opened it) has no grounding columns: none are shown."""
     states = dict.fromkeys(STATES, 0)
     for state, count in query(STATE_COUNTS_SQL, ()):
         states[state] = int(count)
@@ -216,10 +290,18 @@ def read_queue_report(query: Query, now: float, counts_sql: str = RESULT_COUNTS_
             "SELECT source, COUNT(*) FROM rejects GROUP BY source ORDER BY source", ()
         )
     }
+    version = query(SCHEMA_VERSION_SQL, ())
+    grounding: tuple[GroundingCount, ...] = ()
+    if not version or version[0][0] != "1":
+        grounding = tuple(
+            GroundingCount(tier, model, int(size), int(n), int(g), int(c), int(u))
+            for tier, model, size, n, g, c, u in query(grounding_sql, ())
+        )
     return QueueReport(
         states=states,
         expired_leases=int(expired),
         results=results,
         rejects_by_source=by_source,
         refused=refused_counts(query(REFUSED_SQL, ())),
+        grounding=grounding,
     )

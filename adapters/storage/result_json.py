@@ -8,8 +8,10 @@ key                meaning
 =================  =========================================================
 ``article_id``     the article's id
 ``status``         ``"done"`` or ``"failed"``
-``entities``       list of ``{"name", "type", "salience", "mentions"}``
-                   (empty when failed)
+``entities``       list of ``{"name", "type", "salience", "mentions"}``,
+                   with ``"flag"`` (the grounding outcome: ``"grounded"``,
+                   ``"cross_article"`` or ``"ungrounded"``) on an entity
+                   the ``[grounding]`` config flags (empty when failed)
 ``model``          the model that answered; when failed, the last one tried
                    (or null)
 ``tier``           the article's tier
@@ -22,7 +24,15 @@ key                meaning
 ``reason``         a ``FailureReason`` value (null when done)
 ``detail``         what was tried, when failed (null when done)
 ``metadata``       the result's metadata (the article's extra input fields)
+``grounding``      ``{"grounded", "cross_article", "ungrounded"}``: how many
+                   of the answer's entities had each outcome, before any
+                   drop (null when failed)
+``pack_size``      articles in the request that answered (null when failed)
 =================  =========================================================
+
+Records written before the grounding check lack ``grounding``,
+``pack_size`` and every ``flag``; they read back with ``None``, 0 and no
+flags.
 
 Values that JSON cannot hold (in metadata) are written as their ``str()``
 rather than failing the write: a result is never dropped for its metadata.
@@ -34,6 +44,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from tierbatch.policies.grounding import Grounding, GroundingCounts
 from tierbatch.policies.results import (
     Done,
     Entity,
@@ -52,10 +63,45 @@ class InvalidResultRecord(ValueError):
 
 
 def entities_to_json(entities: tuple[Entity, ...]) -> list[dict[str, Any]]:
-    return [
-        {"name": e.name, "type": e.type.value, "salience": e.salience, "mentions": e.mentions}
-        for e in entities
-    ]
+    """An entity without a flag has no ``flag`` key: unflagged entities are
+    written as before the grounding check."""
+    out: list[dict[str, Any]] = []
+    for e in entities:
+        item: dict[str, Any] = {
+            "name": e.name,
+            "type": e.type.value,
+            "salience": e.salience,
+            "mentions": e.mentions,
+        }
+        if e.flag is not None:
+            item["flag"] = e.flag.value
+        out.append(item)
+    return out
+
+
+def grounding_to_json(counts: GroundingCounts | None) -> dict[str, int] | None:
+    if counts is None:
+        return None
+    return {
+        "grounded": counts.grounded,
+        "cross_article": counts.cross_article,
+        "ungrounded": counts.ungrounded,
+    }
+
+
+def grounding_from_json(value: object) -> GroundingCounts | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidResultRecord(f"grounding: expected an object, got {type(value).__name__}")
+    try:
+        return GroundingCounts(
+            int(value.get("grounded") or 0),
+            int(value.get("cross_article") or 0),
+            int(value.get("ungrounded") or 0),
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidResultRecord(f"grounding: {exc!r}") from None
 
 
 def entities_from_json(items: object) -> tuple[Entity, ...]:
@@ -68,6 +114,7 @@ def entities_from_json(items: object) -> tuple[Entity, ...]:
                 type=EntityType(item["type"]),
                 salience=float(item["salience"]),
                 mentions=int(item.get("mentions", 1)),
+                flag=Grounding(item["flag"]) if item.get("flag") is not None else None,
             )
             for item in items
         )
@@ -93,6 +140,8 @@ def result_to_json(result: TerminalResult) -> dict[str, Any]:
             "reason": None,
             "detail": None,
             "metadata": dict(result.metadata),
+            "grounding": grounding_to_json(result.grounding),
+            "pack_size": result.pack_size or None,
         }
     return {
         "article_id": result.article_id,
@@ -109,6 +158,8 @@ def result_to_json(result: TerminalResult) -> dict[str, Any]:
         "reason": result.reason.value,
         "detail": result.detail,
         "metadata": dict(result.metadata),
+        "grounding": None,
+        "pack_size": None,
     }
 
 
@@ -130,6 +181,8 @@ def result_from_json(record: Mapping[str, Any]) -> TerminalResult:
                 cost_usd=float(record.get("cost_usd") or 0.0),
                 fallback=bool(record.get("fallback")),
                 metadata=metadata,
+                grounding=grounding_from_json(record.get("grounding")),
+                pack_size=int(record.get("pack_size") or 0),
             )
         if status == FAILED:
             return Failed(

@@ -51,13 +51,14 @@ from tierbatch.adapters.storage.queue_sql import (
     STATE_COUNTS_SQL,
     STATES,
     TAKE,
+    UPDATE_SCHEMA_VERSION,
     UnknownResultStatus,
+    migrations_from,
     result_from_row,
     result_row,
 )
 from tierbatch.adapters.storage.store import (
     EnqueueReport,
-    IncompatibleSchema,
     ResultCount,
     StorageError,
     StoredReject,
@@ -220,13 +221,21 @@ class SqlQueueStore(ABC):
         self.close()
 
     def _check_schema_version(self, conn: Any) -> None:
+        """Record the version of a new database; bring an older one up to
+        date in place (``MIGRATIONS``, in the caller's schema transaction,
+        so two processes starting at once migrate it once); refuse one this
+        tierbatch cannot migrate."""
         row = self._execute(conn, SCHEMA_VERSION_SQL).fetchone()
         if row is None:
             self._execute(conn, SET_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
-        elif row[0] != str(SCHEMA_VERSION):
-            raise IncompatibleSchema(
-                f"{self.path}: schema version {row[0]}, this tierbatch uses {SCHEMA_VERSION}"
-            )
+            return
+        statements = migrations_from(str(row[0]), self.path)
+        if not statements:
+            return
+        for statement in statements:
+            self._execute(conn, statement)
+        self._execute(conn, UPDATE_SCHEMA_VERSION, (str(SCHEMA_VERSION),))
+        log.info("database schema migrated", path=self.path, from_version=row[0], to=SCHEMA_VERSION)
 
     # -- queue ------------------------------------------------------------
 

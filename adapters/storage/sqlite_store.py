@@ -6,7 +6,7 @@ terminal result back in the same database. A lease expires unless renewed, so
 articles held by a daemon that died are leased again by the next one: an
 article is never lost, and its result is written exactly once.
 
-Schema (version 1)::
+Schema (version 2)::
 
     CREATE TABLE articles (              -- the queue
         id            TEXT PRIMARY KEY,
@@ -28,19 +28,31 @@ Schema (version 1)::
 
     CREATE TABLE results (               -- exactly one terminal row per article
         article_id TEXT PRIMARY KEY, status TEXT NOT NULL,  -- 'done' | 'failed'
-        entities TEXT NOT NULL,           -- JSON [{"name","type","salience","mentions"}]
+        entities TEXT NOT NULL,           -- JSON [{"name","type","salience","mentions"}],
+                                          -- plus "flag" on an entity the grounding
+                                          -- config flags
         model TEXT, tier TEXT, attempts INTEGER,
         input_tokens INTEGER, output_tokens INTEGER, latency_s REAL, cost_usd REAL,
         fallback INTEGER NOT NULL,        -- 0 | 1
         reason TEXT, detail TEXT,         -- FailureReason value and what was tried
         metadata TEXT,                    -- JSON object
-        finished_at REAL NOT NULL
+        finished_at REAL NOT NULL,
+        pack_size INTEGER,                -- articles in the request that answered
+        grounded INTEGER, cross_article INTEGER, ungrounded INTEGER
+                                          -- the grounding check's counts of the
+                                          -- answer's entities, before drops
+                                          -- (NULL: failed, or written by version 1)
     );
     CREATE TABLE rejects (source TEXT NOT NULL, line_no INTEGER, reason TEXT NOT NULL,
                           raw_prefix TEXT, at REAL NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         -- schema_version; stale_results and duplicate_results: how many
         -- results were refused (see "Results" below), over the database's life
+
+A database of schema version 1 is migrated in place when a store opens it
+(``ALTER TABLE results ADD COLUMN`` for the four grounding columns, in the
+schema transaction); its existing results keep NULL there. ``tierbatch
+status`` reads a version-1 database as it is, without the grounding table.
 
 Inserting from another process needs only the id and the payload (the JSONL
 input format, see ``tierbatch.adapters.storage.jsonl_input``)::

@@ -68,6 +68,33 @@ class ResultCount:
 
 
 @dataclass(frozen=True, slots=True)
+class GroundingCount:
+    """Done results of one tier, model and request pack size, and how many
+    of their entities the grounding check found grounded, only in another
+    article of the request (cross-article), or nowhere (ungrounded)."""
+
+    tier: str
+    model: str
+    pack_size: int
+    articles: int
+    grounded: int
+    cross_article: int
+    ungrounded: int
+
+    @property
+    def entities(self) -> int:
+        return self.grounded + self.cross_article + self.ungrounded
+
+    @property
+    def cross_article_share(self) -> float:
+        return self.cross_article / self.entities if self.entities else 0.0
+
+    @property
+    def ungrounded_share(self) -> float:
+        return self.ungrounded / self.entities if self.entities else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class StoredReject:
     source: str
     line_no: int
@@ -86,6 +113,8 @@ class QueueReport:
     rejects_by_source: dict[str, int]
     # Results refused over the database's life (see ``refused_counts``).
     refused: dict[str, int]
+    # The grounding outcomes per tier, model and pack size (schema >= 2).
+    grounding: tuple[GroundingCount, ...] = ()
 
 
 def default_owner() -> str:
