@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tierbatch.adapters.storage.config_file import (
@@ -760,6 +760,7 @@ def config_mappings(draw: st.DrawFn) -> Mapping:
     return data
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(config_mappings())
 def test_random_valid_configs_round_trip(data: Mapping) -> None:
     config = parse_config(data)
@@ -787,6 +788,7 @@ def _leaf_paths(data: Mapping) -> list[tuple[tuple[Any, ...], str]]:
     return leaves
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(config_mappings(), st.data())
 def test_any_entry_of_the_wrong_type_is_reported_under_its_own_key(
     data: Mapping, pick: st.DataObject
