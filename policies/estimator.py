@@ -203,10 +203,14 @@ class LimitEstimate:
             return not short
         self._last_cut = now
         self._cut_burst = 0.0
-        if tokens_scope:
+        if tokens_scope and not (short and self.paced):
             if self.configured_tpm and tokens_in_window < self.tpm:
                 self.tpm = _cut(self.tpm, tokens_in_window * margin)
             return True
+        # From here on a short tokens-per-minute 429 reads like a requests
+        # one: a token bucket refusing a burst (of large packed requests)
+        # shrinks the burst, a lone refusal at the pacing's edge is its
+        # phase, and only repeated ones lower the learnt tpm.
         if short and self.paced and (in_burst or self.probing) and self.burst > 1:
             # The burst was too big for what the provider absorbs at once.
             self.shape = LimiterShape.BUCKET
@@ -230,6 +234,14 @@ class LimitEstimate:
             self._edge_refused_at = now
         # Our steady rate, or the window as a whole, is more than it admits.
         self.probing = False
+        if tokens_scope:
+            # (short, paced: a refill-rate refusal of tokens)
+            window = self.config.window_s
+            span = window if observed_s is None else min(window, observed_s)
+            took = tokens_in_window * window / max(span, self.config.short_delay)
+            if self.configured_tpm and took < self.tpm:
+                self.tpm = _cut(self.tpm, took * margin)
+            return False
         accepted = float(accepted_in_window)
         if short:
             # A refill-rate refusal: what it accepted per second, per window.

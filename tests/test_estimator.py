@@ -87,3 +87,44 @@ def test_short_429s_at_the_pacing_edge_twice_in_a_window_do_lower_the_rpm():
     refuse(est, 40.05, 40.0, in_burst=False, accepted=60)
     assert est.rpm < 120
     assert est.rpm == pytest.approx(60 * 60 / 40.05 * 0.9, abs=1.5)
+
+
+def test_a_token_bucket_refusing_a_burst_of_packed_requests_shrinks_the_burst_not_the_tpm():
+    """Packed requests meet the tokens-per-minute bucket first: the first
+    burst's short token 429s halved the learnt tpm (and every later one
+    halved it again, the floor aside), so the packed bench workload ran at
+    40% of the rolling window's throughput against a bucket."""
+    est = LimitEstimate(120, 600_000, EstimatorConfig(window_s=60.0))
+    sent = burst(est, 30)
+    for i, at in enumerate(sent[20:]):
+        keep = est.on_rate_limited(
+            0.1 + i * 1e-3,
+            tokens_scope=True,
+            retry_delay_s=SHORT,
+            accepted_in_window=20,
+            tokens_in_window=20 * 5_000,
+            in_burst=True,
+            observed_s=0.1,
+            sent_at=at,
+        )
+        assert keep is False
+    assert est.tpm == 600_000
+    assert est.shape is LimiterShape.BUCKET
+    assert est.burst <= 20
+
+
+def test_a_long_tokens_429_still_lowers_the_tpm():
+    est = LimitEstimate(120, 600_000, EstimatorConfig(window_s=60.0))
+    est.on_grant(0.0)
+    keep = est.on_rate_limited(
+        30.0,
+        tokens_scope=True,
+        retry_delay_s=30.0,
+        accepted_in_window=40,
+        tokens_in_window=200_000,
+        in_burst=False,
+        observed_s=30.0,
+        sent_at=0.0,
+    )
+    assert keep is True
+    assert est.tpm == 300_000  # to what it took, never below half in one cut
