@@ -122,6 +122,11 @@ class GetQuotaSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class GetBudgetState:
+    """The daily budget as of now (``BudgetState``; None without a budget)."""
+
+
+@dataclass(frozen=True, slots=True)
 class GetPlan:
     """The dispatch plan in force (None before the first one)."""
 
@@ -136,6 +141,28 @@ class Submit:
 
     articles: tuple[Article, ...]
     observe: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SeedTiers:
+    """Count the priorities of articles that will arrive later towards the
+    tier shares, before any of them is submitted (a one-shot run seeds its
+    whole input, so its split is exact). ``observe`` as for ``Submit``."""
+
+    articles: tuple[Article, ...]
+    observe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GetTierSplit:
+    """How the seeded articles fall into the tiers (answered with a
+    ``TierSplit``); seeding is over after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetTierThresholds:
+    """Every tier's ``min_priority`` now (answered with a ``TierSplit``
+    whose counts are 0: only thresholds and the window's fill)."""
 
 
 @dataclass(frozen=True, slots=True)

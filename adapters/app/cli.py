@@ -27,24 +27,28 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock
 from tierbatch.actors.ports import Provider
+from tierbatch.adapters.app.as_of import AsOfError, describe, newest_published, parse_as_of
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
     DaemonReport,
     StopReason,
+    check_task_versions,
     default_snapshot_path,
     signals_stop,
 )
@@ -80,6 +84,7 @@ from tierbatch.adapters.app.summary import (
     provider_line,
     render_summary,
 )
+from tierbatch.adapters.app.tier_split import empty_tier_warnings, split_lines
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
@@ -93,8 +98,11 @@ from tierbatch.adapters.storage.open_store import (
 )
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import StorageError, Store, default_owner
+from tierbatch.adapters.storage.tiers_file import tiers_path_beside
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
+from tierbatch.policies.task import MixedTaskVersions
+from tierbatch.policies.tier_assignment import TierSplit
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -105,6 +113,7 @@ EXIT_INTERRUPTED = 5
 EXIT_STORAGE = 6
 EXIT_RUNTIME_FAILED = 7
 EXIT_MODEL_MISSING = 8
+EXIT_BUDGET = 9
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -130,8 +139,10 @@ exit codes:
      stopped before leasing anything (the articles stay queued); a missing
      model that leaves every tier a model only warns and is routed around.
      --no-check skips the check. models: some configured model is missing
+  9  run only: the daily budget ([budget]) is spent; the articles it holds
+     stay queued until the quota day's midnight (run again then)
   When several apply, the first of 6, then 7 or 4 (only one can stop a run),
-  then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
+  then 5, 9, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
   refuses the configuration, 6 when the database fails, 7 when the runtime
   fails and 8 when the check at start finds a tier without models. models
   exits 0 when every configured model exists, 4 when the key is refused, 8
@@ -174,7 +185,7 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl) as exc:
+    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl, MixedTaskVersions) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
     except StorageError as exc:  # opening the database is a UsageError; this is later
@@ -216,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(run)
     _add_processing(run)
+    run.add_argument(
+        "--as-of",
+        metavar="WHEN",
+        help="compute hotness against this instant instead of the wall clock, for "
+        "backfills: 'newest' (the newest published_at of the input) or an ISO 8601 "
+        "instant such as 2026-11-24T12:00:00Z (naive: UTC)",
+    )
     run.set_defaults(command=_cmd_run)
 
     daemon = commands.add_parser(
@@ -230,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(daemon)
     _add_processing(daemon, json_default=True)
+    daemon.add_argument(
+        "--as-of",
+        metavar="INSTANT",
+        help="compute hotness against this ISO 8601 instant instead of the wall clock "
+        "(a daemon working through a backfill); 'newest' needs an input: run only",
+    )
     daemon.set_defaults(command=_cmd_daemon)
 
     enqueue = commands.add_parser(
@@ -445,6 +469,12 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         "--no-progress", action="store_true", help="no live display nor progress log lines"
     )
     parser.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="let results of this task version join a results table that holds results of "
+        "another one (default: refused, naming the versions; task.allow_mixed_versions)",
+    )
+    parser.add_argument(
         "--progress-interval",
         type=float,
         default=10.0,
@@ -509,6 +539,12 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         secrets=_secret_values(config),
     )
     options = _daemon_options(args, exit_when_done=one_shot)
+    as_of_given = _parse_as_of(args.as_of)
+    if not one_shot and args.as_of is not None and as_of_given is None:
+        raise UsageError(
+            "--as-of newest: a daemon has no input to take the newest article from; "
+            "give an instant such as 2026-11-24T12:00:00Z"
+        )
     clock: Clock = args.clock or SystemClock()
     raw_provider, description = make_provider(config, clock)
     synthetic = _is_simulated(raw_provider)
@@ -517,14 +553,20 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     with ExitStack() as stack:
         store = _open_store(args.db)
         stack.callback(store.close)
+        check_task_versions(store, config, allow=args.allow_mixed_versions)
         ingest: IngestReport | None = None
+        seed: Callable[[], Iterable[Article]] | None = None
+        as_of = as_of_given
+        if as_of is not None and not one_shot:
+            print(f"as of: {describe(as_of)}", file=out, flush=True)
         if one_shot:
-            ingest = _ingest_input(store, args)
+            ingest, seed = _ingest_input(store, args, stack)
             print(
                 _ingest_line(ingest, _SAMPLE_LABEL if args.sample else args.articles),
                 file=out,
                 flush=True,
             )
+            as_of = _as_of(args.as_of, as_of_given, seed, out, err)
         metrics = Metrics() if args.metrics_port is not None else None
         if metrics is not None:
             server = _serve_metrics(metrics, args.metrics_port)
@@ -554,6 +596,11 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
+            allow_mixed_versions=args.allow_mixed_versions,
+            as_of=as_of,
+            tier_seed=seed,
+            on_tier_split=lambda split: _print_tier_split(split, out, err),
+            tiers_file=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
         )
         began = clock.now()
         with signals_stop(daemon):
@@ -605,19 +652,92 @@ def _open_store(db: str) -> Store:
         raise UsageError(str(exc)) from None
 
 
-def _ingest_input(store: Store, args: argparse.Namespace) -> IngestReport:
+_Seed = Callable[[], Iterable[Article]]
+
+
+def _ingest_input(
+    store: Store, args: argparse.Namespace, stack: ExitStack
+) -> tuple[IngestReport, _Seed]:
+    """Enqueue the run's input; also a way to read its articles again (to
+    seed the tier shares and find the newest): the file is read anew, the
+    sample kept, and stdin spooled (to a temporary file past 64 MiB)."""
     if args.sample:
         return _ingest_sample(store, datetime.now(UTC))
-    return _ingest_path(store, args.articles)
+    path: str = args.articles
+    if path == "-":
+        spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=64 << 20))  # noqa: SIM115
+        _copy(sys.stdin.buffer, spool)
+        spool.seek(0)
+        report = ingest_jsonl(store, spool, source_name="<stdin>")
+
+        def reread_spool() -> Iterator[Article]:
+            spool.seek(0)
+            return _articles_of(spool)
+
+        return report, reread_spool
+    report = _ingest_path(store, path)
+    return report, lambda: _articles_of(path)
 
 
-def _ingest_sample(store: Store, now: datetime) -> IngestReport:
+def _copy(source: IO[bytes], target: IO[bytes]) -> None:
+    while chunk := source.read(1 << 20):
+        target.write(chunk)
+
+
+def _articles_of(source: str | IO[bytes]) -> Iterator[Article]:
+    return (item for item in read_articles(source) if isinstance(item, Article))
+
+
+def _parse_as_of(text: str | None) -> float | None:
+    """An explicit ``--as-of`` instant, checked before anything is queued
+    (None: none given, or ``newest``)."""
+    if text is None:
+        return None
+    try:
+        return parse_as_of(text)
+    except AsOfError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _as_of(
+    text: str | None, given: float | None, seed: _Seed, out: TextIO, err: TextIO
+) -> float | None:
+    """``--as-of`` in epoch seconds (None: the wall clock), said on ``out``."""
+    if text is None:
+        return None
+    at = given
+    if at is None:
+        at = newest_published(seed())
+        if at is None:
+            print(
+                "warning: --as-of newest: no article of the input has a published_at; "
+                "hotness is computed against the wall clock",
+                file=err,
+                flush=True,
+            )
+            return None
+        print(f"as of: {describe(at)} (the newest article of the input)", file=out, flush=True)
+    else:
+        print(f"as of: {describe(at)}", file=out, flush=True)
+    return at
+
+
+def _print_tier_split(split: TierSplit, out: TextIO, err: TextIO) -> None:
+    for line in split_lines(split):
+        print(line, file=out)
+    out.flush()
+    for line in empty_tier_warnings(split):
+        print(line, file=err)
+    err.flush()
+
+
+def _ingest_sample(store: Store, now: datetime) -> tuple[IngestReport, _Seed]:
     """Enqueue the shipped sample as a replay: its publication times are
     shifted so the newest article is from ``now`` (see ``sample``)."""
     articles, rejects = sample_articles(now)
     report = store.enqueue(articles)
     rejected = store.add_rejects("sample", rejects)
-    return IngestReport(report.inserted, report.duplicates, rejected)
+    return IngestReport(report.inserted, report.duplicates, rejected), lambda: articles
 
 
 def _ingest_path(store: Store, path: str) -> IngestReport:
@@ -723,6 +843,10 @@ def _print_summary(
         notes.append(f"stopped: the provider refused the configuration ({report.fatal_error})")
     elif report.reason in (StopReason.SIGNAL, StopReason.IMMEDIATE) and left:
         notes.append("stopped by a signal before the queue was empty")
+    elif report.reason is StopReason.BUDGET:
+        notes.append("stopped: the daily budget is spent; the rest stay queued until midnight")
+    if report.budget is not None:
+        notes.append(budget_line(report.budget, time.time()))
     summary = build_summary(
         config,
         provider=description,
@@ -765,6 +889,13 @@ def _exit_code(
         return EXIT_PROVIDER_REFUSED
     if not one_shot:
         return EXIT_OK
+    if left and report.reason is StopReason.BUDGET:
+        print(
+            f"tierbatch: the daily budget is spent; {left} article(s) stay queued in {db} "
+            "until the quota day's midnight: run again then",
+            file=err,
+        )
+        return EXIT_BUDGET
     if left and report.reason is not StopReason.FINISHED:
         return EXIT_INTERRUPTED
     if ingest is not None and ingest.rejected:
@@ -837,7 +968,12 @@ def _cmd_enqueue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config)
     try:
-        status = read_status(args.db, args.snapshot or default_snapshot_path(args.db), config)
+        status = read_status(
+            args.db,
+            args.snapshot or default_snapshot_path(args.db),
+            config,
+            tiers_path=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
+        )
     except StatusError as exc:
         raise UsageError(str(exc)) from None
     if args.json:

@@ -50,7 +50,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -59,7 +59,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
+from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch, wall_offset
 from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
@@ -77,17 +77,38 @@ from tierbatch.adapters.storage.snapshot_file import (
     decode,
 )
 from tierbatch.adapters.storage.store import StorageError, Store
+from tierbatch.adapters.storage.tiers_file import write_tiers
 from tierbatch.policies.articles import Article
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.task import check_versions, task_version
+from tierbatch.policies.tier_assignment import TierSplit
 
 _log = structlog.get_logger("tierbatch.daemon")
 
 SNAPSHOT_SUFFIX = ".quota.msgpack"
 _MAX_STORAGE_FAILURES = 20
+_SEED_CHUNK = 2000
+
+
+def log_tier_split(split: TierSplit) -> None:
+    """The split at the start of a run: a line per tier, a warning per
+    empty one (a threshold no article of the input reaches)."""
+    for t in split.tiers:
+        _log.info(
+            "tier split",
+            tier=t.tier,
+            articles=t.articles,
+            fraction=round(t.fraction, 4),
+            share=t.share,
+            min_priority=round(t.min_priority, 4),
+        )
+    for name in split.empty:
+        _log.warning("tier receives no article of the input", tier=name, total=split.total)
 
 
 def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
@@ -138,6 +159,7 @@ class StopReason(StrEnum):
     FATAL = "fatal"  # the provider refused the configuration (401/403)
     STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
     FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
+    BUDGET = "budget"  # run: the daily budget holds all the work left
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +206,8 @@ class DaemonReport:
     quota_state: QuotaStateLoad
     # The database failed (during the run or at shutdown): what and where.
     storage_error: str | None = None
+    # The daily budget at the end of the run (None without a [budget]).
+    budget: BudgetState | None = None
 
 
 class _SnapshotTrigger:
@@ -249,6 +273,12 @@ class Daemon:
     fed by the runtime; ``progress`` is updated as the loop turns.
     ``unavailable_models`` (model -> reason) are routed around from the
     start (the models check found them missing). ``run`` may be called once.
+    ``as_of``: priority compares publication times with this instant (epoch
+    seconds) instead of the wall clock. ``tier_seed``: a one-shot run's
+    whole input, whose priorities fill the tier-share window before anything
+    is leased (``Runtime.seed_tiers``); ``on_tier_split`` is then told how
+    it splits into tiers. ``tiers_file``: where the tier thresholds in use
+    are saved for ``status`` (at start, then as they move).
     """
 
     def __init__(
@@ -264,8 +294,19 @@ class Daemon:
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
+        allow_mixed_versions: bool = False,
+        as_of: float | None = None,
+        tier_seed: Callable[[], Iterable[Article]] | None = None,
+        on_tier_split: Callable[[TierSplit], None] | None = None,
+        tiers_file: Path | None = None,
     ) -> None:
         self.config = config
+        self._allow_mixed_versions = allow_mixed_versions
+        self._as_of = as_of
+        self._tier_seed = tier_seed
+        self._on_tier_split = on_tier_split
+        self._tiers_file = tiers_file
+        self._saved_thresholds: tuple[float, ...] | None = None
         self.store = store
         self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
@@ -311,6 +352,7 @@ class Daemon:
         if self._ran:
             raise RuntimeError("Daemon.run may be called once; create a new Daemon")
         self._ran = True
+        check_task_versions(self.store, self.config, allow=self._allow_mixed_versions)
         started = time.monotonic()
         quota = load_quota_state(self._snapshot, self.config)
         trigger = _SnapshotTrigger()
@@ -330,6 +372,7 @@ class Daemon:
             quota_state=quota.state,
             observer=FanOutObserver(observers),
             unavailable_models=self._unavailable_models,
+            as_of=self._as_of,
         )
         try:
             runtime.start()
@@ -354,6 +397,15 @@ class Daemon:
                 self._prewarm(runtime)
             except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
                 _log.error("cluster prewarm failed", error=str(exc))
+            try:
+                self._seed_tiers(runtime)
+            except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
+                _log.error("tier seeding failed", error=str(exc))
+            except OSError as exc:  # the input could not be read again: go on unseeded
+                _log.warning(
+                    "tier seeding failed; the share window fills as articles arrive",
+                    error=str(exc),
+                )
             _log.info(
                 "daemon ready",
                 db=self.store.path,
@@ -396,6 +448,7 @@ class Daemon:
             released=released,
             quota_state=quota,
             storage_error="; ".join(problems) or None,
+            budget=final.budget if final is not None else None,
         )
         _log.info(
             "daemon stopped",
@@ -432,7 +485,10 @@ class Daemon:
                 failed = isinstance(runtime.fatal_error, RuntimeFailure)
                 return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
-            if self._wall_stepped(wall_steps) or now >= next_renew:
+            stepped = self._wall_stepped(wall_steps)
+            if stepped:
+                runtime.recheck_quota()  # a new quota day (and budget) may have begun
+            if stepped or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = now + renew_every
             stats = runtime.stats()
@@ -457,7 +513,14 @@ class Daemon:
             if now >= next_db_count:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
+                self._save_thresholds(runtime)
             self._report(runtime, stats, started, rate, db_counts)
+            if opts.exit_when_done and budget_holds_all(stats):
+                _log.info(
+                    "the daily budget holds all the work left; stopping",
+                    stopped=list(stats.budget.stopped_tiers) if stats.budget else [],
+                )
+                return StopReason.BUDGET
             if (
                 opts.exit_when_done
                 and now < db_idle_until
@@ -487,6 +550,42 @@ class Daemon:
         self._prewarmed = {article_id for article_id, _, _ in backlog}
         if backlog:
             _log.info("cluster statistics warmed from the backlog", articles=len(backlog))
+
+    def _seed_tiers(self, runtime: Runtime) -> None:
+        """Fill the tier-share window with the whole input before leasing,
+        report the split (a warning per empty tier), save the thresholds."""
+        if self._tier_seed is not None:
+            chunk: list[Article] = []
+            for article in self._tier_seed():
+                chunk.append(article)
+                if len(chunk) >= _SEED_CHUNK:
+                    runtime.seed_tiers(chunk)
+                    chunk = []
+            if chunk:
+                runtime.seed_tiers(chunk)
+            split = runtime.tier_split()
+            log_tier_split(split)
+            if self._on_tier_split is not None:
+                self._on_tier_split(split)
+        self._save_thresholds(runtime)
+
+    def _save_thresholds(self, runtime: Runtime) -> None:
+        """Save the tier thresholds for ``status`` when they moved. Best
+        effort: a failed write is logged, never stops the loop."""
+        if self._tiers_file is None:
+            return
+        split = runtime.tier_thresholds()
+        if split.uses_shares and split.window == 0:
+            return  # nothing ranked yet: a share implies no threshold
+        values = tuple(t.min_priority for t in split.tiers)
+        if values == self._saved_thresholds:
+            return
+        try:
+            write_tiers(self._tiers_file, split, as_of=self._as_of, saved_at=self._clock.wall())
+        except OSError as exc:
+            _log.warning("tier thresholds not saved", path=str(self._tiers_file), error=str(exc))
+            return
+        self._saved_thresholds = values
 
     def _submit(self, runtime: Runtime, leased: list[Article]) -> None:
         if self._prewarmed:
@@ -633,7 +732,7 @@ class Daemon:
         finished = self._tally.terminal
         now = self._clock.now()
         if self._metrics is not None:
-            self._metrics.update(stats, now, db_counts)
+            self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
         self._progress.update(
             ProgressView(
                 elapsed_s=elapsed,
@@ -645,6 +744,7 @@ class Daemon:
                 models=self.config.models,
                 draining=draining,
                 plan=runtime.plan(),
+                wall_now=now + wall_offset(self._clock),
             )
         )
 
@@ -666,6 +766,31 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def check_task_versions(store: Store, config: Config, *, allow: bool = False) -> None:
+    """Refuse (``MixedTaskVersions``, naming the versions) a store whose
+    results table holds results of another task version than ``config``'s,
+    unless ``allow`` or ``task.allow_mixed_versions`` says mixing is fine."""
+    check_versions(
+        store.task_versions(),
+        task_version(config.task),
+        allowed=allow or config.task.allow_mixed_versions,
+        where=f"the results table of {store.path}",
+    )
+
+
+def budget_holds_all(stats: RuntimeStats) -> bool:
+    """Whether the daily budget holds every piece of work the runtime has:
+    nothing in flight (no settlement can free money), and every tier with
+    articles queued or requests waiting may not spend."""
+    budget = stats.budget
+    if budget is None or stats.in_flight_requests or not budget.stopped_tiers:
+        return False
+    waiting = {tier for tier, n in budget.waiting if n}
+    queued = {tier for tier, n in stats.queued_by_tier.items() if n}
+    work = waiting | queued
+    return bool(work) and work <= set(budget.stopped_tiers)
 
 
 def _guarded(what: str, step: Any) -> Any:

@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.policies.config import ModelSpec
 
@@ -56,6 +57,8 @@ class ProgressView:
     models: Mapping[str, ModelSpec]
     draining: bool = False
     plan: Plan | None = None
+    # Wall-clock time at ``now`` (for the daily budget's reset); None: unknown.
+    wall_now: float | None = None
 
 
 class ProgressReporter(Protocol):
@@ -138,7 +141,19 @@ class LogProgress:
             cooling_down=sorted(stats.cooldowns),
             db=dict(view.db_counts) if view.db_counts is not None else None,
             draining=view.draining,
+            **_budget_fields(view),
         )
+
+
+def _budget_fields(view: ProgressView) -> dict[str, object]:
+    budget = view.stats.budget
+    if budget is None:
+        return {}
+    return {
+        "budget_spent_usd": round(budget.spent_usd, 6),
+        "budget_usd_per_day": budget.usd_per_day,
+        "budget_stopped": list(budget.stopped_tiers),
+    }
 
 
 class LiveProgress:
@@ -231,6 +246,10 @@ def render_view(view: ProgressView, title: str = "", db: Mapping[str, int] | Non
             cooling,
         )
     parts: list[Text | Table] = [head, tiers, models]
+    if stats.budget is not None:
+        wall = view.wall_now if view.wall_now is not None else time.time()
+        style = "yellow" if stats.budget.stopped_tiers else ""
+        parts.insert(1, Text(budget_line(stats.budget, wall), style=style))
     if view.plan is not None:
         parts.append(plan_text(view.plan))
     return Group(*parts)

@@ -34,7 +34,8 @@ from rich.table import Table
 
 from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.policies.config import Config, UnknownModelError
-from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.costs import usage_cost
+from tierbatch.policies.outcomes import Usage
 from tierbatch.policies.pack_quality import GroundingRow, GroundingTally
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import Done, TerminalResult
@@ -127,6 +128,8 @@ class ModelUsage:
     input_tokens: int
     output_tokens: int
     learnt: LearntLimits | None = None
+    thinking_tokens: int = 0
+    cached_tokens: int = 0
 
 
 def usage_between(
@@ -147,6 +150,8 @@ def usage_between(
             input_tokens=int(delta(s, "input_tokens")),
             output_tokens=int(delta(s, "output_tokens")),
             learnt=LearntLimits.of(s),
+            thinking_tokens=int(delta(s, "thinking_tokens")),
+            cached_tokens=int(delta(s, "cached_tokens")),
         )
         for s in after
     )
@@ -275,7 +280,10 @@ def build_summary(
             continue
         try:
             spec = config.model(u.model)
-            cost = cost_usd(spec, max(0, u.input_tokens), max(0, u.output_tokens))
+            cost = usage_cost(
+                spec,
+                Usage(u.input_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens),
+            )
         except UnknownModelError:
             cost = 0.0
         models.append(
