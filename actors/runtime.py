@@ -111,7 +111,11 @@ class Runtime:
     every batch it receives (an exception there crashes that extractor);
     ``unavailable_models`` (model -> reason) are routed around from the
     start, as after a 404 -- what a models check before the run found
-    missing.
+    missing. ``registry`` is a registry started elsewhere (a
+    ``RegistryHandle`` to a quota shared with other processes): the runtime
+    then starts none of its own, ignores ``quota_state``, ``observer`` and
+    ``unavailable_models`` (whoever owns the registry applies them), and
+    leaves stopping it to its owner.
     """
 
     def __init__(
@@ -125,9 +129,11 @@ class Runtime:
         observer: RegistryObserver | None = None,
         crash_hook: Any = None,
         unavailable_models: Mapping[str, str] | None = None,
+        registry: Any = None,
         as_of: float | None = None,
     ) -> None:
         self.config = config
+        self._external_registry = registry
         self._as_of = as_of
         self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
@@ -135,8 +141,15 @@ class Runtime:
         # Every result passes here on its way to ``sink``: the one count.
         self._counted = CountingSink(sink)
         self.clock: Clock = clock or SystemClock()
-        self._policy = self._quota_policy(quota_state)
-        self._budget = make_budget(config, quota_state)
+        # A registry of our own gets its policy and budget here, so a
+        # snapshot that cannot be used fails before anything starts; an
+        # external one (a shared quota) is its owner's.
+        self._policy: QuotaPolicy | None = (
+            None if registry is not None else self._quota_policy(quota_state)
+        )
+        self._budget: DailyBudget | None = (
+            None if registry is not None else make_budget(config, quota_state)
+        )
         self._ladder = TierLadder(config.tiers, config.global_fallback)
         self._observer = observer
         self._crash_hook = crash_hook
@@ -185,20 +198,17 @@ class Runtime:
         if self._started:
             raise RuntimeNotRunningError("this Runtime was already started; create a new one")
         self._started = True
-        config, clock, policy, ladder = self.config, self.clock, self._policy, self._ladder
-        budget = self._budget
+        config, clock, ladder = self.config, self.clock, self._ladder
+        if self._external_registry is not None:
+            self._registry = self._external_registry
+            watch = getattr(self._registry, "watch", None)
+            if watch is not None:
+                watch(self._on_actor_died)
+        else:
+            self._registry = self._start_registry()
         self._loop = LoopThread()
         self._loop.start()
         threads = self._threads
-        self._registry = ModelRegistry.start(
-            policy,
-            clock,
-            self._observer,
-            self._on_actor_died,
-            threads,
-            tiers=tier_shapes(config, ladder) if config.quota.plan else (),
-            budget=budget,
-        )
         registry = self._registry
         self._composer = BatchComposer.start(
             config,
@@ -253,6 +263,20 @@ class Runtime:
         )
         return self
 
+    def _start_registry(self) -> pykka.ActorRef[Any]:
+        policy = self._policy
+        assert policy is not None  # made in __init__ unless the registry is external
+        config = self.config
+        return ModelRegistry.start(
+            policy,
+            self.clock,
+            self._observer,
+            self._on_actor_died,
+            self._threads,
+            tiers=tier_shapes(config, self._ladder) if config.quota.plan else (),
+            budget=self._budget,
+        )
+
     def __enter__(self) -> Runtime:
         return self.start()
 
@@ -306,7 +330,8 @@ class Runtime:
             unfinished = list(self._composer_leftovers)
         self._composer_leftovers = ()
         steps.stop_all("composer", [composer] if composer else [])
-        steps.stop_all("registry", [registry] if registry else [])
+        if self._external_registry is None:  # an external one is its owner's to stop
+            steps.stop_all("registry", [registry] if registry else [])
         loop = self._loop
         if loop is not None:
             steps.run(
@@ -542,12 +567,14 @@ class Runtime:
         registry died, its last state is read directly (nothing changes it
         any more), so the day's usage can still be saved."""
         registry = self._registry
-        if registry is None:
+        if registry is None or (self._policy is None and self._external_registry is None):
             raise RuntimeNotRunningError("the runtime is not running")
         if registry.is_alive():
             with contextlib.suppress(RuntimeFailureError):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
+        if self._policy is None:
+            raise RuntimeNotRunningError("the shared registry is gone")
         last = self._policy.snapshot()
         if self._budget is not None:
             last["budget"] = self._budget.snapshot()

@@ -21,9 +21,12 @@ from tierbatch.policies.config import (
     PriorityConfig,
     ProviderConfig,
     ProviderKind,
+    ProviderLimiter,
     QuotaConfig,
     RetryConfig,
     RuntimeConfig,
+    SimulatedLimits,
+    SimulationConfig,
     TierSpec,
     ladder_order,
 )
@@ -78,6 +81,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     retry = _parse_retry(root.table("retry"))
     provider = _parse_provider(root.table("provider"))
     runtime = _parse_runtime(root.table("runtime"))
+    simulation = _parse_simulation(root.table("simulation"), models)
     grounding = _parse_grounding(root.table("grounding"))
     budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
     task = parse_task(root.table("task"))
@@ -98,6 +102,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         retry=retry,
         provider=provider,
         runtime=runtime,
+        simulation=simulation,
         grounding=grounding,
         budget=budget,
         task=task,
@@ -504,6 +509,35 @@ def _parse_runtime(r: TableReader) -> RuntimeConfig:
     )
     r.finish()
     return runtime
+
+
+def _parse_simulation(r: TableReader, models: Mapping[str, ModelSpec]) -> SimulationConfig:
+    d = SimulationConfig()
+    limiter = r.choice("limiter", d.limiter.value, tuple(m.value for m in ProviderLimiter))
+    bucket_s = r.number("bucket_s", d.bucket_s, POSITIVE)
+    table = r.table("models")
+    overrides: dict[str, SimulatedLimits] = {}
+    for name, _ in table.entries():
+        limits = table.table(name)
+        if models and name not in models:
+            hint = did_you_mean(name, models)
+            table.problems.add(
+                limits.path, f"not a configured model{hint}; expected one of the [models] names"
+            )
+        overrides[name] = SimulatedLimits(
+            rpm=_optional_limit(limits, "rpm"),
+            tpm=_optional_limit(limits, "tpm"),
+            rpd=_optional_limit(limits, "rpd"),
+        )
+        limits.finish()
+    r.finish()
+    return SimulationConfig(ProviderLimiter(limiter), bucket_s, overrides)
+
+
+def _optional_limit(r: TableReader, name: str) -> int | None:
+    if r.raw(name) is REQUIRED:
+        return None
+    return r.integer(name, 0, NON_NEGATIVE)
 
 
 _ACTIONS: Final = tuple(a.value for a in GroundingAction)

@@ -15,6 +15,7 @@ from tierbatch.adapters.app.logging_setup import LEVEL_NAMES
 from tierbatch.adapters.app.model_check import DEFAULT_LOOKUP_TIMEOUT_S
 
 DB_ENV = "TIERBATCH_DB"
+QUOTA_ADDRESS_ENV = "TIERBATCH_QUOTA_ADDRESS"
 
 # A command's handler: the parsed arguments, stdout and stderr -> exit code.
 Command = Callable[[argparse.Namespace, TextIO, TextIO], int]
@@ -28,6 +29,7 @@ class Commands:
     daemon: Command
     enqueue: Command
     status: Command
+    plan: Command
     config_check: Command
     models: Command
     serve_fake_gemini: Command
@@ -55,7 +57,12 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     )
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("articles", nargs="?", metavar="ARTICLES.jsonl", help="input file")
-    source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
+    source.add_argument(
+        "--sample",
+        action="store_true",
+        help="use the shipped sample articles (without --config: under the demo's tight "
+        "quotas, adapters/data/demo.toml)",
+    )
     _add_db(run)
     _add_processing(run)
     run.add_argument(
@@ -105,6 +112,44 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     status.set_defaults(command=commands.status)
 
+    plan = subparsers.add_parser(
+        "plan",
+        help="what the quotas allow for a backlog: the tier split, the plan per tier and "
+        "model, when each tier is done, which limit binds",
+        description="Size a backlog before running it: score the articles as the composer "
+        "would, split them into tiers and requests, and plan them on the quotas -- fresh, "
+        "or the quota snapshot's (today's usage and learnt limits) when there is one. "
+        "Prints the plan (requests per tier and model, per quota window), when each tier "
+        "is done, which limits bind, and the bound: when the last request can go.",
+    )
+    plan_source = plan.add_mutually_exclusive_group()
+    plan_source.add_argument(
+        "articles", nargs="?", metavar="ARTICLES.jsonl", help="input file ('-': stdin)"
+    )
+    plan_source.add_argument(
+        "--sample", action="store_true", help="the shipped sample (replayed, as run --sample)"
+    )
+    plan_source.add_argument(
+        "--db",
+        metavar="DB",
+        help="what a queue database still holds, queued and leased (default: $TIERBATCH_DB)",
+    )
+    plan.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config (default: built-in; with --sample: the demo's)",
+    )
+    plan.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        help="quota snapshot to plan from (default with --db: DB.quota.msgpack)",
+    )
+    plan.add_argument(
+        "--fresh", action="store_true", help="plan on fresh quotas, ignoring any snapshot"
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    plan.set_defaults(command=commands.plan)
+
     config = subparsers.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(title="config commands", required=True, metavar="CMD")
     check = config_commands.add_parser(
@@ -144,6 +189,20 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="tierbatch config whose model limits to enforce"
     )
     fake.add_argument("--window-s", type=float, default=60.0, help="rate-limit window (default 60)")
+    fake.add_argument(
+        "--limiter",
+        choices=("window", "bucket"),
+        default="window",
+        help="how the per-minute limits are enforced: a rolling window of --window-s "
+        "(default), or a token bucket refilled at the limit's rate",
+    )
+    fake.add_argument(
+        "--bucket-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --limiter bucket: the bucket holds S seconds' worth of the limit (default 10)",
+    )
     fake.add_argument("--latency-s", type=float, default=0.0, help="answer latency in seconds")
     fake.add_argument(
         "--server-error-rate", type=float, default=0.0, help="share of requests answered 5xx"
@@ -295,4 +354,20 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         default=0.5,
         metavar="S",
         help="seconds between looks for new rows when idle (default 0.5)",
+    )
+    parser.add_argument(
+        "--quota-address",
+        default=os.environ.get(QUOTA_ADDRESS_ENV) or "127.0.0.1:0",
+        metavar="HOST[:PORT]",
+        help="where this process serves grants to the other daemons on the database while "
+        "it owns their shared quota; the others must reach it there (default 127.0.0.1 "
+        f"and any free port, or ${QUOTA_ADDRESS_ENV})",
+    )
+    parser.add_argument(
+        "--quota-lease-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="lease of the shared quota's owner, renewed every third of it: how long a "
+        "dead owner strands the quota (default 10)",
     )

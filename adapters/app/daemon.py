@@ -20,11 +20,15 @@ back into the results table, and it is built to be killed:
   row leased that many times without a result (each time its daemon died)
   gets a ``poison`` result instead of killing the next daemon too. A bad
   payload gets a ``bad_request`` result; neither stops the loop.
-* **Quota state survives.** The registry's state is restored from the
-  snapshot file at start, saved (debounced) whenever the registry decides
-  something, and saved once more after draining, so a restart in the middle
-  of the day still knows what the day has spent. A snapshot that cannot be
-  used is set aside and the run starts fresh, saying so.
+* **One quota for every daemon.** The daemons on one queue share one
+  registry (``quota_link``): one of them, elected through the database,
+  owns the quota state and serves grants to the others; a lone daemon
+  simply owns it. The owner restores the state at start (from the
+  database, or the snapshot file), saves it while granting and once more
+  when it stops, so a restart in the middle of the day -- or another daemon
+  taking over from a dead owner -- still knows what the day has spent. A
+  snapshot that cannot be used is set aside and counting starts fresh,
+  saying so.
 * **Signals.** The first SIGTERM/SIGINT stops leasing and dispatching at
   once: no new provider call starts, the leases of everything not in a
   call are released at once, and only the calls in flight may finish, for
@@ -51,7 +55,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -60,22 +64,27 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, wall_offset
-from tierbatch.actors.observer import FanOutObserver, RegistryObserver
+from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider
+from tierbatch.actors.registry_handle import RegistryHandle
 from tierbatch.actors.runtime import Runtime, RuntimeStats
 from tierbatch.adapters.app.leases import LeaseKeeper
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
 from tierbatch.adapters.app.quota_file import (
-    QuotaStateLoad,
-    SnapshotTrigger,
     default_snapshot_path,  # noqa: F401 (its old home)
-    load_quota_state,
-    set_aside,
 )
+from tierbatch.adapters.app.quota_link import (
+    QuotaLink,
+    QuotaStateLoad,
+    QuotaUnavailableError,
+    SharingOptions,
+    load_quota_state,  # noqa: F401 (re-exported)
+)
+from tierbatch.adapters.app.quota_server import parse_address
 from tierbatch.adapters.app.summary import ModelUsage, usage_between
 from tierbatch.adapters.storage.results_sink import ResultsSink
-from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFile
+from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import Store
 from tierbatch.adapters.storage.tiers_file import write_tiers
 from tierbatch.policies.articles import Article
@@ -89,7 +98,8 @@ from tierbatch.policies.errors import (
     StorageError,
     TierbatchError,
 )
-from tierbatch.policies.quota import ModelStatus
+from tierbatch.policies.outcomes import CallOutcome
+from tierbatch.policies.quota import Grant, ModelStatus
 from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tally import TallySnapshot
 from tierbatch.policies.task import check_versions, task_version
@@ -131,6 +141,9 @@ class DaemonOptions:
     count towards their clusters' hotness before anything is leased, so an
     article's priority reflects its story's whole backlog, not just what was
     leased so far (0 turns it off; it bounds memory and start-up time).
+    ``quota_address``: where this daemon serves grants to the others when it
+    owns the shared quota (``HOST`` or ``HOST:PORT``; port 0: any free
+    one); ``quota_lease_s``: how long a dead owner can strand the quota.
     """
 
     lease_s: float = 60.0
@@ -141,9 +154,13 @@ class DaemonOptions:
     db_count_interval_s: float = 5.0
     exit_when_done: bool = False
     prewarm_clusters: int = 200_000
+    quota_address: str = "127.0.0.1:0"
+    quota_lease_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "poll_interval_s", "snapshot_interval_s", "db_count_interval_s"):
+        parse_address(self.quota_address)  # raises ValueError naming the problem
+        names = ("lease_s", "poll_interval_s", "snapshot_interval_s", "db_count_interval_s")
+        for name in (*names, "quota_lease_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.drain_timeout_s < 0:
@@ -181,6 +198,27 @@ class DaemonReport:
     failure: TierbatchError | None = None
     # The daily budget at the end of the run (None without a [budget]).
     budget: BudgetState | None = None
+
+
+class _CooldownsOnly:
+    """The shared registry's observer for this daemon's metrics: its own
+    grants and outcomes come from its ``RegistryHandle``, so only the
+    cooldowns (the quota's, whoever's call caused them) come from here."""
+
+    def __init__(self, inner: RegistryObserver) -> None:
+        self._inner = inner
+
+    def on_grant(self, grant: Grant, tier_rank: int) -> None:
+        pass
+
+    def on_sent(self, grant_id: int, model: str, at: float) -> None:
+        pass
+
+    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
+        pass
+
+    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
+        self._inner.on_cooldown(model, start, until, reason)
 
 
 class _WakingSink:
@@ -275,6 +313,7 @@ class Daemon:
         self._next_report = 0.0
         self._results_sink: ResultsSink | None = None
         self._released_at_signal = 0
+        self._link: QuotaLink | None = None
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -303,56 +342,35 @@ class Daemon:
         self._ran = True
         check_task_versions(self.store, self.config, allow=self._allow_mixed_versions)
         started = time.monotonic()
-        quota = load_quota_state(self._snapshot)
-        trigger = SnapshotTrigger()
-        observers: list[RegistryObserver] = [trigger]
         provider = self._provider
         if self._metrics is not None:
-            observers.append(MetricsObserver(self._metrics))
             provider = TimedProvider(provider, self._metrics)
+        handle, link = self._quota_link()
+        self._link = link
         results_sink = ResultsSink(self.store)
         self._results_sink = results_sink
         sink = _WakingSink(results_sink, self._wake, self._metrics)
-
-        def new_runtime(state: dict[str, Any] | None) -> Runtime:
-            return Runtime(
-                self.config,
-                provider,
-                sink,
-                clock=self._clock,
-                quota_state=state,
-                observer=FanOutObserver(observers),
-                unavailable_models=self._unavailable_models,
-                as_of=self._as_of,
-            )
-
+        runtime = Runtime(
+            self.config, provider, sink, clock=self._clock, registry=handle, as_of=self._as_of
+        )
+        self._runtime = runtime
+        if self._metrics is not None:
+            self._metrics.count_results_from(runtime.result_counts)
         try:
-            try:
-                runtime = new_runtime(quota.state)  # restores the snapshot: checks it once
-            except SnapshotError as exc:
-                quota = set_aside(self._snapshot, exc)
-                runtime = new_runtime(None)
-            self._runtime = runtime
-            if self._metrics is not None:
-                self._metrics.count_results_from(runtime.result_counts)
             runtime.start()
         except BaseException:
             results_sink.close()
+            link.close()
             raise
-        saver: DebouncedSaver | None = None
         reason = StopReason.IMMEDIATE
         baseline: tuple[ModelStatus, ...] = ()
         final: RuntimeStats | None = None
         released = 0
         problems: list[str] = []
+        quota = link.quota_load
         try:
             with contextlib.suppress(FatalProviderError, RuntimeFailureError):
                 baseline = runtime.stats().models
-            saver = DebouncedSaver(
-                self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
-            )
-            trigger.saver = saver
-            saver.mark_dirty()
             try:
                 self._prewarm(runtime)
             except (FatalProviderError, RuntimeFailureError) as exc:  # the loop stops at once
@@ -371,6 +389,9 @@ class Daemon:
                 db=self.store.path,
                 snapshot=str(self._snapshot.path),
                 quota_state="restored" if quota.state is not None else "fresh",
+                quota_role=link.role,
+                quota_epoch=link.epoch,
+                quota_address=link.address,
                 provider=self._provider_description,
                 lease_s=self.options.lease_s,
                 pid=os.getpid(),
@@ -397,7 +418,7 @@ class Daemon:
                 final = runtime.stats()
                 self._report(runtime, started, None, stats=final)
         finally:
-            released, shutdown_problems = self._shut_down(runtime, saver, results_sink)
+            released, shutdown_problems = self._shut_down(runtime, link, results_sink)
             released += self._released_at_signal
             problems.extend(shutdown_problems)
         fatal = runtime.fatal_error
@@ -413,7 +434,9 @@ class Daemon:
             fatal_error=None if fatal is None else str(fatal),
             elapsed_s=time.monotonic() - started,
             tally=runtime.result_counts(),
-            usage=usage_between(baseline, final.models) if final is not None else (),
+            usage=_own_usage(usage_between(baseline, final.models), handle)
+            if final is not None
+            else (),
             released=released,
             quota_state=quota,
             storage_error=storage_error,
@@ -427,6 +450,46 @@ class Daemon:
             released=released,
         )
         return report
+
+    def _quota_link(self) -> tuple[RegistryHandle, QuotaLink]:
+        """This daemon's way to the shared quota: joined, or owned."""
+        opts, quota = self.options, self.config.quota
+        window_s = quota.window_s + quota.margin_s
+        host, port = parse_address(opts.quota_address)
+        sharing = SharingOptions(
+            host=host,
+            port=port,
+            lease_s=opts.quota_lease_s,
+            save_interval_s=min(1.0, opts.snapshot_interval_s, window_s / 8),
+        )
+        metrics = None if self._metrics is None else MetricsObserver(self._metrics)
+        handle = RegistryHandle(
+            self._clock,
+            window_s=window_s,
+            keep_s=sharing.lease_s + sharing.save_interval_s,
+            observer=metrics,
+        )
+        try:
+            link = QuotaLink(
+                self.config,
+                self.store,
+                self._clock,
+                handle,
+                options=sharing,
+                snapshot=self._snapshot,
+                observer=None if metrics is None else _CooldownsOnly(metrics),
+                unavailable_models=self._unavailable_models,
+            )
+        except OSError as exc:
+            raise QuotaUnavailableError(
+                f"cannot serve the shared quota on {opts.quota_address}: {exc.strerror or exc}"
+            ) from None
+        try:
+            link.start()
+        except BaseException:
+            link.close()
+            raise
+        return handle, link
 
     @staticmethod
     def _stopped_by(runtime: Runtime, step: Any) -> Any:
@@ -616,14 +679,15 @@ class Daemon:
         return StopReason.IMMEDIATE
 
     def _shut_down(
-        self, runtime: Runtime, saver: DebouncedSaver | None, results_sink: ResultsSink
+        self, runtime: Runtime, link: QuotaLink, results_sink: ResultsSink
     ) -> tuple[int, list[str]]:
-        """Save the quota state, stop the runtime, hand back unfinished leases,
-        write the last results; returns how many leases were released and
-        the database problems met.
+        """Stop the runtime, leave the shared quota (an owner saves its state
+        once more and hands the quota to the next daemon), hand back
+        unfinished leases, write the last results; returns how many leases
+        were released and the database problems met.
 
-        The final save happens while the registry still runs (after the
-        drain, so it includes every request that finished). Every step runs
+        The final save happens after the runtime stopped, so it includes
+        every request that finished. Every step runs
         whatever became of the ones before it (each in its own guard): a
         failed runtime still has its threads stopped, its results written
         and this owner's leases released. The order is what keeps a failing
@@ -635,9 +699,8 @@ class Daemon:
         problems: list[str] = []
         released = 0
         try:
-            if saver is not None:
-                _guarded("final quota snapshot", saver.close)
             unfinished = _guarded("runtime stop", lambda: runtime.stop(drain=False)) or []
+            _guarded("leave the shared quota", link.close)
             if unfinished:
                 try:
                     released += self.store.release([a.id for a in unfinished])
@@ -689,6 +752,8 @@ class Daemon:
         elapsed = real - started
         finished = stats.terminal
         now = self._clock.now()
+        if self._link is not None:  # for this daemon's heartbeat
+            self._link.backlog = stats.queued + stats.in_extractors
         if self._metrics is not None:
             self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
         self._progress.update(
@@ -701,6 +766,7 @@ class Daemon:
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,
+                plan=runtime.plan(),
                 wall_now=now + wall_offset(self._clock),
             )
         )
@@ -724,6 +790,23 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def _own_usage(usage: Sequence[ModelUsage], handle: RegistryHandle) -> tuple[ModelUsage, ...]:
+    """The run's usage per model with this daemon's own requests, 429s and
+    tokens (the shared registry counts every daemon's); cooldown time is
+    the quota's."""
+    own = handle.counters()
+    return tuple(
+        replace(
+            u,
+            requests=own.get(u.model, {}).get("granted", 0),
+            rate_limited=own.get(u.model, {}).get("rate_limited", 0),
+            input_tokens=own.get(u.model, {}).get("input_tokens", 0),
+            output_tokens=own.get(u.model, {}).get("output_tokens", 0),
+        )
+        for u in usage
+    )
 
 
 def check_task_versions(store: Store, config: Config, *, allow: bool = False) -> None:

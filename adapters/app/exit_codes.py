@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tierbatch.adapters.app.model_check import NoModelLeftError
+from tierbatch.adapters.app.quota_link import QuotaUnavailableError
 from tierbatch.adapters.gemini.api_key import MissingApiKeyError
 from tierbatch.adapters.gemini.origin import InvalidBaseUrlError
 from tierbatch.policies.errors import (
@@ -76,6 +77,7 @@ _EXIT_CODE_OF_ERROR: tuple[tuple[type[TierbatchError], int], ...] = (
     (MissingApiKeyError, EXIT_USAGE),
     (InvalidBaseUrlError, EXIT_USAGE),
     (MixedTaskVersionsError, EXIT_USAGE),
+    (QuotaUnavailableError, EXIT_USAGE),  # the quota address, or an owner never reached
     (FatalProviderError, EXIT_PROVIDER_REFUSED),
     (NoModelLeftError, EXIT_MODEL_MISSING),
     (RuntimeFailureError, EXIT_RUNTIME_FAILED),

@@ -1,6 +1,7 @@
-"""The daemon's quota snapshot file: where it lives, reading it (bytes that
-are not a snapshot are set aside), and the observer that has it saved after
-every registry decision. The ``Runtime`` restores the content, once."""
+"""The daemon's quota snapshot file: where it lives, and reading it (a file
+that is not a snapshot, or one the quota policy cannot restore, is set
+aside). The quota's owner (``quota_link``) restores from it when the
+database holds no quota state yet, and saves to it while it owns the quota."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
-from tierbatch.adapters.storage.snapshot_file import DebouncedSaver, SnapshotFile, decode
+from tierbatch.adapters.storage.snapshot_file import SnapshotFile, decode
+from tierbatch.policies.config import Config
 from tierbatch.policies.errors import SnapshotError
-from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant
+from tierbatch.policies.quota import QuotaPolicy
 
 SNAPSHOT_SUFFIX = ".quota.msgpack"
 
@@ -28,53 +29,35 @@ def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class QuotaStateLoad:
-    """The restored quota state (None: start fresh) and, when the snapshot
-    could not be used, why and where it was moved."""
+    """The restored quota state (None: start fresh) and, when a snapshot
+    could not be used, why and where it was moved (None: a database row,
+    which the next save replaces)."""
 
     state: dict[str, Any] | None
     problem: str | None = None
     moved_to: Path | None = None
+    source: str = "fresh"  # "database", "file", "fresh", or "owner" (a follower's)
 
 
-def load_quota_state(snapshot: SnapshotFile) -> QuotaStateLoad:
-    """Read the snapshot's bytes. Bytes that are not a snapshot are set aside
-    with the reason logged (counting from zero is safer than not running);
-    whether the registry can use the content is the ``Runtime``'s to say
-    (it restores it, once: see ``set_aside``)."""
+def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
+    """Read the snapshot file and check that the registry can restore it.
+
+    Bytes that are not a snapshot, and a snapshot the quota policy refuses
+    (another version, inconsistent content), are both set aside with the
+    reason logged: counting from zero is safer than not running.
+    """
     try:
         data = snapshot.path.read_bytes()
     except FileNotFoundError:
         return QuotaStateLoad(None)
     try:
-        return QuotaStateLoad(decode(data))
+        state = decode(data)
+        QuotaPolicy.restore(config.models, config.quota, state)
     except SnapshotError as exc:
         return set_aside(snapshot, exc)
+    return QuotaStateLoad(state, source="file")
 
 
 def set_aside(snapshot: SnapshotFile, problem: SnapshotError) -> QuotaStateLoad:
     """Move an unusable snapshot aside: counting starts fresh."""
     return QuotaStateLoad(None, str(problem), snapshot.set_aside(str(problem)))
-
-
-class SnapshotTrigger:
-    """Marks the debounced saver dirty on every registry decision."""
-
-    def __init__(self) -> None:
-        self.saver: DebouncedSaver | None = None
-
-    def _dirty(self) -> None:
-        saver = self.saver
-        if saver is not None:
-            saver.mark_dirty()
-
-    def on_grant(self, grant: Grant, tier_rank: int) -> None:
-        self._dirty()
-
-    def on_sent(self, grant_id: int, model: str, at: float) -> None:
-        self._dirty()
-
-    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
-        self._dirty()
-
-    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
-        self._dirty()
