@@ -139,6 +139,14 @@ class Runtime:
     exception there crashes that extractor); ``unavailable_models`` (model
     -> reason) are routed around from the start, as after a 404 -- what a
     models check before the run found missing.
+
+    ``registry``: where quota comes from when it is not this process's own
+    ModelRegistry -- a callable returning a handle shaped like its
+    ``ActorRef`` (``tell``, ``ask``, ``is_alive``, ``stop``) on a registry
+    shared with other processes (``tierbatch.adapters.ray``). Its state is
+    then that registry's: ``quota_state``, ``observer`` and
+    ``unavailable_models`` are not used, ``stop`` leaves it running, and
+    ``StopGranting`` stops this runtime's requests only.
     """
 
     def __init__(
@@ -152,8 +160,10 @@ class Runtime:
         observer: RegistryObserver | None = None,
         crash_hook: Any = None,
         unavailable_models: Mapping[str, str] | None = None,
+        registry: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
+        self._shared_registry = registry
         self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
         self.sink = sink
@@ -190,31 +200,14 @@ class Runtime:
             raise RuntimeNotRunning("this Runtime was already started; create a new one")
         self._started = True
         config, clock = self.config, self.clock
-        if self._quota_state is not None:
-            # The snapshot's times are wall-clock; this process's steady clock
-            # has its own origin, so convert with the offset now.
-            policy = QuotaPolicy.restore(
-                config.models, config.quota, self._quota_state, wall_offset=wall_offset(clock)
-            )
-            policy.forget_in_flight()
-            policy.clear_unavailable()  # a new process probes 404ed models again
-        else:
-            policy = QuotaPolicy(config.models, config.quota)
-        for model, reason in self._unavailable_models.items():
-            policy.mark_unavailable(model, reason)
-        self._policy = policy
-        self._loop = LoopThread()
-        self._loop.start()
         threads = self._threads
         ladder = TierLadder(config.tiers, config.global_fallback)
-        self._registry = ModelRegistry.start(
-            policy,
-            clock,
-            self._observer,
-            self._on_actor_died,
-            threads,
-            tiers=tier_shapes(config, ladder) if config.quota.plan else (),
-        )
+        if self._shared_registry is not None:
+            self._registry = self._shared_registry()
+        else:
+            self._registry = self._start_registry(ladder)
+        self._loop = LoopThread()
+        self._loop.start()
         registry = self._registry
         self._composer = BatchComposer.start(
             config,
@@ -266,6 +259,31 @@ class Runtime:
             models=sorted(config.models),
         )
         return self
+
+    def _start_registry(self, ladder: TierLadder) -> pykka.ActorRef[Any]:
+        """This process's own registry, restored from ``quota_state``."""
+        config, clock = self.config, self.clock
+        if self._quota_state is not None:
+            # The snapshot's times are wall-clock; this process's steady clock
+            # has its own origin, so convert with the offset now.
+            policy = QuotaPolicy.restore(
+                config.models, config.quota, self._quota_state, wall_offset=wall_offset(clock)
+            )
+            policy.forget_in_flight()
+            policy.clear_unavailable()  # a new process probes 404ed models again
+        else:
+            policy = QuotaPolicy(config.models, config.quota)
+        for model, reason in self._unavailable_models.items():
+            policy.mark_unavailable(model, reason)
+        self._policy = policy
+        return ModelRegistry.start(
+            policy,
+            clock,
+            self._observer,
+            self._on_actor_died,
+            self._threads,
+            tiers=tier_shapes(config, ladder) if config.quota.plan else (),
+        )
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -516,12 +534,14 @@ class Runtime:
         registry died, its last state is read directly (nothing changes it
         any more), so the day's usage can still be saved."""
         registry = self._registry
-        if registry is None or self._policy is None:
+        if registry is None:
             raise RuntimeNotRunning("the runtime is not running")
-        if registry.is_alive():
+        if registry.is_alive() or self._policy is None:
             with contextlib.suppress(RuntimeFailure):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
+        if self._policy is None:
+            raise RuntimeNotRunning("the shared registry cannot be reached")
         return self._policy.snapshot()
 
     @property

@@ -33,7 +33,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
@@ -68,7 +68,7 @@ from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgres
 from tierbatch.adapters.app.provider_factory import make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
-from tierbatch.adapters.gemini.api_key import MissingApiKey
+from tierbatch.adapters.gemini.api_key import MissingApiKey, find_api_key
 from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
@@ -200,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(daemon)
     _add_processing(daemon, json_default=True)
+    daemon.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="share one quota with every daemon of a Ray cluster: 'auto' (the cluster "
+        "this node joined with 'ray start') or the head's HOST:PORT. Needs "
+        "pip install 'tierbatch[ray]'",
+    )
+    daemon.add_argument(
+        "--ray-project",
+        metavar="NAME",
+        help="the shared registry's name: one per Gemini project (default: "
+        "$TIERBATCH_RAY_PROJECT, else a fingerprint of the API key)",
+    )
     daemon.set_defaults(command=_cmd_daemon)
 
     enqueue = commands.add_parser(
@@ -455,17 +468,19 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
                 _close_provider(provider)
                 return _stopped_by_check(decision, store.pending(), args.db, err)
             unavailable = dict(decision.unavailable)
+        snapshot = SnapshotFile(args.snapshot or default_snapshot_path(args.db))
         daemon = Daemon(
             config,
             store,
             provider=provider,
-            snapshot=SnapshotFile(args.snapshot or default_snapshot_path(args.db)),
+            snapshot=snapshot,
             options=options,
             provider_description=description,
             clock=clock,
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
+            registry=_ray_registry(args, config, clock, snapshot.path),
         )
         with signals_stop(daemon):
             report = daemon.run()
@@ -480,6 +495,33 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             assert ingest is not None
             _print_summary(config, report, ingest, left, description, synthetic, out)
         return _exit_code(report, ingest, left, store.path, one_shot, err)
+
+
+def _ray_registry(
+    args: argparse.Namespace, config: Config, clock: SystemClock, snapshot: Path
+) -> Callable[[], Any] | None:
+    """With ``--ray``: join the cluster now (a bad address is a usage
+    error before anything starts) and return what connects the runtime to
+    the project's shared registry actor."""
+    address = getattr(args, "ray", None)
+    if address is None:
+        return None
+    from tierbatch.adapters.ray.cluster import (
+        RayUnavailable,
+        connect,
+        project_name,
+        registry_for,
+    )
+
+    try:
+        connect(address)
+    except RayUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    project = args.ray_project or project_name(
+        config, find_api_key(config.provider.api_key_env)
+    )
+    path = str(snapshot.resolve())
+    return lambda: registry_for(project, config, clock, snapshot_path=path)
 
 
 def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> DaemonOptions:

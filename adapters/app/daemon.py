@@ -50,7 +50,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -264,9 +264,13 @@ class Daemon:
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
+        registry: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        # A registry shared with other daemons (Ray): it owns the quota
+        # state and its snapshot; this daemon neither loads nor saves one.
+        self._shared_registry = registry
         self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
         self._provider = provider
@@ -312,7 +316,8 @@ class Daemon:
             raise RuntimeError("Daemon.run may be called once; create a new Daemon")
         self._ran = True
         started = time.monotonic()
-        quota = load_quota_state(self._snapshot, self.config)
+        shared = self._shared_registry is not None
+        quota = QuotaStateLoad(None) if shared else load_quota_state(self._snapshot, self.config)
         trigger = _SnapshotTrigger()
         observers: list[RegistryObserver] = [trigger]
         provider = self._provider
@@ -330,6 +335,7 @@ class Daemon:
             quota_state=quota.state,
             observer=FanOutObserver(observers),
             unavailable_models=self._unavailable_models,
+            registry=self._shared_registry,
         )
         try:
             runtime.start()
@@ -345,11 +351,12 @@ class Daemon:
         try:
             with contextlib.suppress(FatalProviderError, RuntimeFailure):
                 baseline = runtime.stats().models
-            saver = DebouncedSaver(
-                self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
-            )
-            trigger.saver = saver
-            saver.mark_dirty()
+            if not shared:
+                saver = DebouncedSaver(
+                    self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
+                )
+                trigger.saver = saver
+                saver.mark_dirty()
             try:
                 self._prewarm(runtime)
             except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
@@ -357,8 +364,12 @@ class Daemon:
             _log.info(
                 "daemon ready",
                 db=self.store.path,
-                snapshot=str(self._snapshot.path),
-                quota_state="restored" if quota.state is not None else "fresh",
+                snapshot="(the shared registry's)" if shared else str(self._snapshot.path),
+                quota_state="shared"
+                if shared
+                else "restored"
+                if quota.state is not None
+                else "fresh",
                 provider=self._provider_description,
                 lease_s=self.options.lease_s,
                 pid=os.getpid(),
