@@ -1,0 +1,269 @@
+"""The registry on Ray, with a real local Ray head (the session's
+``ray_head``): two ``tierbatch daemon --ray`` processes on one queue share
+one quota against a strict Gemini-compatible server, and the registry
+actor, killed, comes back with its state from the cluster's store."""
+
+from __future__ import annotations
+
+import io
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import (
+    DaemonProcess,
+    called_ids,
+    child_env,
+    query,
+    sample_ids,
+    sample_lines,
+    states,
+    wait_until,
+    write_config,
+)
+from ray_cluster import RayHead
+
+from tierbatch.actors.clock import SystemClock
+from tierbatch.actors.messages import (
+    Acquire,
+    AcquireFailed,
+    Backlog,
+    GetQuotaStatus,
+    Granted,
+    Report,
+    Sent,
+    StopGranting,
+)
+from tierbatch.adapters.ray.registry_actor import merged_backlog, shift_status
+from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
+from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
+from tierbatch.adapters.storage.config_file import load_config
+from tierbatch.adapters.storage.ingest import ingest_jsonl
+from tierbatch.adapters.storage.sqlite_store import SqliteStore
+from tierbatch.policies.backlog import TierBacklog
+from tierbatch.policies.outcomes import RateLimited, RateLimitScope, Succeeded, Usage
+from tierbatch.policies.quota import ModelStatus
+
+WINDOW_S = 2.0
+
+
+def test_one_backlog_from_many_daemons_counts_the_shared_queue_once() -> None:
+    merged = merged_backlog(
+        {
+            "a": (TierBacklog("hot", 100, 50.0), TierBacklog("cold", 10)),
+            "b": (TierBacklog("hot", 90, 40.0), TierBacklog("cold", 30)),
+        }
+    )
+    assert sorted(merged.tiers, key=lambda t: t.tier) == [
+        TierBacklog("cold", 30),
+        TierBacklog("hot", 100, 50.0),
+    ]
+    assert merged_backlog({}) == Backlog(())
+
+
+def test_status_deadlines_move_between_clocks_and_none_stays_none() -> None:
+    status = ModelStatus("m", 0, 0, 0, 0, 10.0, "429", None, None, {})
+    (moved,) = shift_status((status,), 100.0)
+    assert (moved.cooldown_until, moved.exhausted_until) == (110.0, None)
+
+
+# ---- with a Ray cluster ---------------------------------------------------------------
+
+
+@pytest.fixture
+def ray_driver(ray_head: RayHead) -> Iterator[RayHead]:
+    """This test process joined to the session's cluster."""
+    from tierbatch.adapters.ray.cluster import connect
+
+    connect(ray_head.address)
+    yield ray_head
+
+
+def acquire(handle: Any, request_id: int, chain: tuple[str, ...]) -> Any:
+    answer: Future[Any] = Future()
+    clock = SystemClock()
+    handle.tell(
+        Acquire(
+            request_id=request_id,
+            holder=1,
+            chain=chain,
+            est_tokens=100,
+            tier_rank=0,
+            enqueued_at=clock.now(),
+            reply=answer.set_result,
+            tier="hot",
+        )
+    )
+    return answer.result(timeout=30)
+
+
+def status_of(handle: Any, model: str) -> ModelStatus:
+    statuses: tuple[ModelStatus, ...] = handle.ask(GetQuotaStatus(), timeout=30)
+    return next(s for s in statuses if s.model == model)
+
+
+def test_registry_actor_restarted_restores_usage_and_cooldowns(
+    ray_driver: RayHead, tmp_path: Path
+) -> None:
+    import msgpack
+    import ray
+
+    from tierbatch.adapters.ray.cluster import kill_registry, registry_for
+    from tierbatch.adapters.ray.registry_actor import _kv_get, kv_key
+
+    config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
+    clock = SystemClock()
+    project = f"restart-{uuid.uuid4().hex[:8]}"
+    handle = registry_for(project, config, clock, snapshot_path=str(tmp_path / "q.msgpack"))
+    assert handle.restored_from == "fresh"
+    for request_id in range(1, 6):
+        answer = acquire(handle, request_id, ("m-lite",))
+        assert isinstance(answer, Granted) and answer.grant.model == "m-lite"
+        handle.tell(Sent(answer.grant.grant_id, clock.now()))
+        handle.tell(Report(answer.grant.grant_id, Succeeded(Usage(100, 10))))
+    cooled = acquire(handle, 6, ("m-pro",))
+    assert isinstance(cooled, Granted)
+    handle.tell(
+        Report(cooled.grant.grant_id, RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, 300.0))
+    )
+    before = status_of(handle, "m-pro")
+    assert before.cooldown_until is not None and before.cooldown_until > clock.now() + 200
+
+    def saved_lite_requests() -> int:
+        raw = _kv_get(kv_key(project))
+        if not raw:
+            return 0
+        state = msgpack.unpackb(raw, raw=False)
+        return int(state["models"]["m-lite"]["requests_today"])
+
+    # The actor saves on its own (debounced): wait for it to have saved everything.
+    wait_until(
+        lambda: saved_lite_requests() == 5 and status_of(handle, "m-pro").cooldown_until,
+        30,
+        "the quota state saved to the cluster",
+    )
+    wait_until(lambda: (tmp_path / "q.msgpack").is_file(), 30, "the snapshot file")
+    assert kill_registry(project, no_restart=False)  # Ray restarts it: __init__ runs again
+
+    # The same handle goes on working: its calls wait for the restarted actor.
+    after_lite = status_of(handle, "m-lite")
+    after_pro = status_of(handle, "m-pro")
+    assert after_lite.requests_today == 5
+    assert after_pro.requests_today == 1
+    assert after_pro.cooldown_until is not None
+    assert abs(after_pro.cooldown_until - before.cooldown_until) < 1.0
+    actor = ray.get_actor(f"tierbatch-registry-{project}", namespace="tierbatch")
+    info = ray.get(actor.info.remote(), timeout=30)
+    assert info["restored_from"] == "cluster"
+    # A cooling model is skipped for the next grant; new grant ids start past the old ones.
+    answer = acquire(handle, 7, ("m-pro", "m-lite"))
+    assert isinstance(answer, Granted) and answer.grant.model == "m-lite"
+    assert answer.grant.grant_id > 1_000_000_000
+    handle.stop()
+    kill_registry(project)
+
+
+def test_stop_granting_stops_this_daemon_only(ray_driver: RayHead, tmp_path: Path) -> None:
+    from tierbatch.adapters.ray.cluster import kill_registry, registry_for
+
+    config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
+    clock = SystemClock()
+    project = f"stop-{uuid.uuid4().hex[:8]}"
+    leaving = registry_for(project, config, clock)
+    staying = registry_for(project, config, clock)
+    leaving.tell(StopGranting())
+    refused = acquire(leaving, 1, ("m-lite",))
+    assert isinstance(refused, AcquireFailed) and refused.reason == "stopped"
+    assert isinstance(acquire(staying, 1, ("m-lite",)), Granted)
+    leaving.stop()
+    staying.stop()
+    kill_registry(project)
+
+
+# ---- two daemon processes ----------------------------------------------------------------
+
+
+def test_two_daemons_joined_through_ray_share_one_quota(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
+    n = 240
+    # Strict limits, the same on the server and in the config, per 2 s window:
+    # either daemon alone could spend them all.
+    config_path = write_config(
+        tmp_path / "c.toml", window_s=WINDOW_S, pro_rpm=8, lite_rpm=16, max_packs=8
+    )
+    models = load_config(config_path).models
+    server = FakeGeminiServer(FakeGeminiConfig(models=models, window_s=WINDOW_S, latency_s=0.05))
+    server.start()
+    config_path = write_config(
+        tmp_path / "c.toml",
+        base_url=server.base_url,
+        window_s=WINDOW_S,
+        pro_rpm=8,
+        lite_rpm=16,
+        max_packs=8,
+    )
+    db = tmp_path / "q.sqlite"
+    project = f"two-{uuid.uuid4().hex[:8]}"
+    args = [
+        "daemon",
+        "--db",
+        str(db),
+        "--config",
+        str(config_path),
+        "--poll-interval",
+        "0.05",
+        "--ray",
+        ray_head.address,
+        "--ray-project",
+        project,
+    ]
+    daemons = [
+        DaemonProcess([*args, "--snapshot", str(tmp_path / f"{i}.msgpack")], child_env())
+        for i in range(2)
+    ]
+    try:
+        for daemon in daemons:
+            daemon.wait_for_event("daemon ready", timeout=120)
+        with SqliteStore(db, owner="producer") as store:
+            report = ingest_jsonl(
+                store, io.BytesIO("\n".join(sample_lines(n)).encode()), source_name="test"
+            )
+        assert report.inserted == n
+        started = time.monotonic()
+        wait_until(lambda: states(db).get("done", 0) == n, 120, "every article done")
+        elapsed = time.monotonic() - started
+        for daemon in daemons:
+            daemon.signal(signal.SIGTERM)
+        for daemon in daemons:
+            assert daemon.wait(60) == 0, daemon.stderr()
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+        server.stop()
+    log = server.log
+    calls = [e for e in log if e.method == "generateContent"]
+    refused = [e for e in calls if e.status == 429]
+    answered = Counter(called_ids([e for e in calls if e.status == 200]))
+    print(
+        f"\ntwo daemons on Ray, {n} articles in {elapsed:.1f} s: {len(calls)} requests, "
+        f"{len(refused)} answered 429"
+    )
+    assert states(db) == {"done": n}
+    assert query(db, "SELECT COUNT(DISTINCT article_id), COUNT(*) FROM results") == [(n, n)]
+    assert set(answered) == set(sample_ids(n)) and max(answered.values()) == 1
+    finished = [
+        next(e["finished"] for e in d.events if e.get("event") == "daemon stopped")
+        for d in daemons
+    ]
+    assert sum(finished) == n and all(finished), finished
+    # One quota for both: a 429 only where the server's window and ours
+    # disagree at an edge -- not the half of all requests two private
+    # registries spend.
+    assert len(refused) <= max(2, 0.02 * len(calls)), len(refused)
