@@ -81,7 +81,11 @@ class RayHead:
         ]
         for flag, port in ports.items():
             argv += [flag, str(port)]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        # A loopback-only throwaway: no auth token (Ray would otherwise write
+        # one to ~/.ray for the next cluster to trip over).
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+        env = dict(os.environ)
         self._proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,

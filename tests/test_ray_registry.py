@@ -132,6 +132,7 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
     handle.tell(
         Report(cooled.grant.grant_id, RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, 300.0))
     )
+    wait_until(lambda: status_of(handle, "m-pro").cooldown_until, 30, "the 429's cooldown")
     before = status_of(handle, "m-pro")
     assert before.cooldown_until is not None and before.cooldown_until > clock.now() + 200
 

@@ -333,6 +333,11 @@ class RegistryActor:
             case _:
                 raise TypeError(f"RegistryActor: unexpected message {message!r}")
 
+    async def tell_many(self, client: str, messages: Sequence[Any]) -> None:
+        """Several one-way messages in one call, in order."""
+        for message in messages:
+            await self.tell(client, message)
+
     def _drop_pending(self, match: Callable[[tuple[int, int]], bool]) -> None:
         """Answer None to the pending calls the registry dropped unanswered
         (a withdrawn request, a released holder's waits). A grant decided

@@ -74,6 +74,9 @@ class RemoteRegistryRef:
         self._stopped_granting = False
         self._alive = True
         self._stopping = threading.Event()
+        self._outbox: list[Any] = []
+        self._send_lock = threading.Lock()  # one flush at a time, in order
+        self._flush_due = threading.Event()
         import ray
 
         self._ray = ray
@@ -82,6 +85,7 @@ class RemoteRegistryRef:
             target=self._beat, args=(heartbeat_s,), name="tierbatch-ray-heartbeat", daemon=True
         )
         self._heartbeat.start()
+        threading.Thread(target=self._flusher, name="tierbatch-ray-flusher", daemon=True).start()
 
     # ---- the ActorRef interface ------------------------------------------------------
 
@@ -121,7 +125,9 @@ class RemoteRegistryRef:
             case GetQuotaStatus() | GetQuotaSnapshot() | GetPlan():
                 if not self._alive:
                     raise pykka.ActorDeadError("the registry handle is stopped")
-                pending = self._actor.ask.remote(message).future()
+                with self._send_lock:  # after what this client told before it
+                    self._flush_locked()
+                    pending = self._actor.ask.remote(message).future()
                 pending.add_done_callback(lambda done: self._answer_question(message, done, future))
             case _:
                 raise TypeError(f"RemoteRegistryRef: unexpected question {message!r}")
@@ -132,8 +138,10 @@ class RemoteRegistryRef:
         abandons its grants still out) -- the actor itself lives on."""
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         if self._alive:
+            self._flush()
             self._alive = False
             self._stopping.set()
+            self._flush_due.set()
             try:
                 self._ray.get(self._actor.leave.remote(self.client), timeout=LEAVE_TIMEOUT_S)
             except Exception as exc:  # the registry drops us after its client timeout anyway
@@ -148,8 +156,33 @@ class RemoteRegistryRef:
         return self._base + holder
 
     def _send(self, message: Any) -> None:
-        ref = self._actor.tell.remote(self.client, message)
-        ref.future().add_done_callback(self._check_sent)
+        """Queue a one-way message; the flusher sends what queued up in one
+        call, so a request's ``Sent`` and ``Report`` cost no call of their
+        own under load. The client's order is kept (an ``Acquire`` flushes
+        what is queued before it goes)."""
+        with self._lock:
+            self._outbox.append(message)
+        self._flush_due.set()
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        """Send what queued up (the caller holds ``_send_lock``)."""
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+        if batch:
+            ref = self._actor.tell_many.remote(self.client, batch)
+            ref.future().add_done_callback(self._check_sent)
+
+    def _flusher(self) -> None:
+        while True:
+            self._flush_due.wait()
+            self._flush_due.clear()
+            self._flush()
+            if self._stopping.is_set():
+                return
 
     def _check_sent(self, done: concurrent.futures.Future[Any]) -> None:
         exc = done.exception()
@@ -181,7 +214,9 @@ class RemoteRegistryRef:
             enqueued_at=msg.enqueued_at + offset,
             deadline=None if msg.deadline is None else msg.deadline + offset,
         )
-        pending = self._actor.acquire.remote(self.client, wire).future()
+        with self._send_lock:  # after what this client told before it
+            self._flush_locked()
+            pending = self._actor.acquire.remote(self.client, wire).future()
         pending.add_done_callback(lambda done: self._answered(msg, done))
 
     def _answered(self, msg: Acquire, done: concurrent.futures.Future[Any]) -> None:
