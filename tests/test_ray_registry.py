@@ -149,7 +149,7 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
         30,
         "the quota state saved to the cluster",
     )
-    wait_until(lambda: (tmp_path / "q.msgpack").is_file(), 30, "the snapshot file")
+    wait_until((tmp_path / "q.msgpack").is_file, 30, "the snapshot file")
     assert kill_registry(project, no_restart=False)  # Ray restarts it: __init__ runs again
 
     # The same handle goes on working: its calls wait for the restarted actor.
@@ -190,9 +190,7 @@ def test_stop_granting_stops_this_daemon_only(ray_driver: RayHead, tmp_path: Pat
 # ---- two daemon processes ----------------------------------------------------------------
 
 
-def test_two_daemons_joined_through_ray_share_one_quota(
-    ray_head: RayHead, tmp_path: Path
-) -> None:
+def test_two_daemons_joined_through_ray_share_one_quota(ray_head: RayHead, tmp_path: Path) -> None:
     n = 240
     # Strict limits, the same on the server and in the config, per 2 s window:
     # either daemon alone could spend them all.
@@ -260,8 +258,7 @@ def test_two_daemons_joined_through_ray_share_one_quota(
     assert query(db, "SELECT COUNT(DISTINCT article_id), COUNT(*) FROM results") == [(n, n)]
     assert set(answered) == set(sample_ids(n)) and max(answered.values()) == 1
     finished = [
-        next(e["finished"] for e in d.events if e.get("event") == "daemon stopped")
-        for d in daemons
+        next(e["finished"] for e in d.events if e.get("event") == "daemon stopped") for d in daemons
     ]
     assert sum(finished) == n and all(finished), finished
     # One quota for both: a 429 only where the server's window and ours

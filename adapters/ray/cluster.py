@@ -34,9 +34,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise RayUnavailable(
-            "--ray needs Ray: pip install 'tierbatch[ray]'"
-        ) from exc
+        raise RayUnavailable("--ray needs Ray: pip install 'tierbatch[ray]'") from exc
     return ray
 
 

@@ -82,9 +82,7 @@ def kv_key(project: str) -> bytes:
     return f"tierbatch/quota/{project}".encode()
 
 
-def shift_status(
-    statuses: Sequence[ModelStatus], delta: float
-) -> tuple[ModelStatus, ...]:
+def shift_status(statuses: Sequence[ModelStatus], delta: float) -> tuple[ModelStatus, ...]:
     """``statuses`` with their deadlines moved by ``delta`` seconds (steady
     to wall: + the wall offset; wall to steady: - it)."""
     shifted = []
@@ -297,12 +295,12 @@ class RegistryActor:
             dataclasses.replace(
                 msg,
                 reply=reply,
-                enqueued_at=self._steady(msg.enqueued_at),
+                enqueued_at=msg.enqueued_at - wall_offset(self._clock),
                 deadline=self._steady(msg.deadline),
             )
         )
         try:
-            answer = await future
+            answer: Granted | AcquireFailed | None = await future
         finally:
             if self._pending.get(key) is future:
                 del self._pending[key]
@@ -325,7 +323,7 @@ class RegistryActor:
                 self._drop_pending(lambda key: key == (holder, request_id))
             case ReleaseHolder(holder):
                 await self._ask(message)
-                self._drop_pending(lambda key: key[0] == holder)
+                self._drop_holder(holder)
                 self._holders.get(client, set()).discard(holder)
             case Backlog(tiers):
                 self._backlogs[client] = tiers
@@ -337,6 +335,9 @@ class RegistryActor:
         """Several one-way messages in one call, in order."""
         for message in messages:
             await self.tell(client, message)
+
+    def _drop_holder(self, holder: int) -> None:
+        self._drop_pending(lambda key: key[0] == holder)
 
     def _drop_pending(self, match: Callable[[tuple[int, int]], bool]) -> None:
         """Answer None to the pending calls the registry dropped unanswered
@@ -369,7 +370,7 @@ class RegistryActor:
         self._seen.pop(client, None)
         for holder in sorted(self._holders.pop(client, set())):
             await self._ask(ReleaseHolder(holder))
-            self._drop_pending(lambda key, h=holder: key[0] == h)
+            self._drop_holder(holder)
         if self._backlogs.pop(client, None) is not None:
             self._registry.tell(merged_backlog(self._backlogs))
 
