@@ -103,6 +103,12 @@ def acquire(handle: Any, request_id: int, chain: tuple[str, ...]) -> Any:
     return answer.result(timeout=30)
 
 
+def actor_of(project: str) -> Any:
+    import ray
+
+    return ray.get_actor(f"tierbatch-registry-{project}", namespace="tierbatch")
+
+
 def status_of(handle: Any, model: str) -> ModelStatus:
     statuses: tuple[ModelStatus, ...] = handle.ask(GetQuotaStatus(), timeout=30)
     return next(s for s in statuses if s.model == model)
@@ -150,6 +156,22 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
         "the quota state saved to the cluster",
     )
     wait_until((tmp_path / "q.msgpack").is_file, 30, "the snapshot file")
+    # A request waiting (for the cooling model, until its deadline) when the actor dies.
+    waiting: Future[Any] = Future()
+    handle.tell(
+        Acquire(
+            request_id=100,
+            holder=2,
+            chain=("m-pro",),
+            est_tokens=100,
+            tier_rank=0,
+            enqueued_at=clock.now(),
+            reply=waiting.set_result,
+            deadline=clock.now() + 6.0,
+            tier="hot",
+        )
+    )
+    wait_until(lambda: ray.get(actor_of(project).info.remote())["waiting"] == 1, 30, "a waiter")
     assert kill_registry(project, no_restart=False)  # Ray restarts it: __init__ runs again
 
     # The same handle goes on working: its calls wait for the restarted actor.
@@ -159,9 +181,12 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
     assert after_pro.requests_today == 1
     assert after_pro.cooldown_until is not None
     assert abs(after_pro.cooldown_until - before.cooldown_until) < 1.0
-    actor = ray.get_actor(f"tierbatch-registry-{project}", namespace="tierbatch")
-    info = ray.get(actor.info.remote(), timeout=30)
+    info = ray.get(actor_of(project).info.remote(), timeout=30)
     assert info["restored_from"] == "cluster"
+    # Its call was retried on the restarted actor, which still knows the
+    # cooldown: the request waited there until its deadline.
+    expired = waiting.result(timeout=60)
+    assert isinstance(expired, AcquireFailed) and expired.reason == "expired", expired
     # A cooling model is skipped for the next grant; new grant ids start past the old ones.
     answer = acquire(handle, 7, ("m-pro", "m-lite"))
     assert isinstance(answer, Granted) and answer.grant.model == "m-lite"
