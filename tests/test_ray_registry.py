@@ -290,3 +290,49 @@ def test_two_daemons_joined_through_ray_share_one_quota(ray_head: RayHead, tmp_p
     # disagree at an edge -- not the half of all requests two private
     # registries spend.
     assert len(refused) <= max(2, 0.02 * len(calls)), len(refused)
+
+
+def test_a_silent_daemon_loses_its_waits_and_grants(ray_driver: RayHead, tmp_path: Path) -> None:
+    """A daemon killed outright sends no ``leave``: when its heartbeat stops,
+    the registry drops its waiting requests and abandons its grants."""
+    import ray
+
+    from tierbatch.adapters.ray.cluster import kill_registry, registry_for
+
+    config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
+    clock = SystemClock()
+    project = f"silent-{uuid.uuid4().hex[:8]}"
+    survivor = registry_for(project, config, clock, client_timeout_s=1.5, heartbeat_s=0.3)
+    victim = registry_for(project, config, clock, heartbeat_s=0.3)
+    held = acquire(victim, 1, ("m-lite",))
+    assert isinstance(held, Granted)
+    cooled = acquire(victim, 2, ("m-pro",))
+    assert isinstance(cooled, Granted)
+    victim.tell(
+        Report(cooled.grant.grant_id, RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, 300.0))
+    )
+    victim.tell(
+        Acquire(
+            request_id=3,
+            holder=1,
+            chain=("m-pro",),
+            est_tokens=100,
+            tier_rank=0,
+            enqueued_at=clock.now(),
+            reply=lambda _answer: None,
+            tier="hot",
+        )
+    )
+    wait_until(lambda: ray.get(actor_of(project).info.remote())["waiting"] == 1, 30, "a waiter")
+    assert status_of(survivor, "m-lite").in_flight == 1
+    victim._stopping.set()  # its heartbeat stops, as when its process is killed
+    wait_until(
+        lambda: ray.get(actor_of(project).info.remote())["clients"] == [survivor.client],
+        30,
+        "the silent client dropped",
+    )
+    assert ray.get(actor_of(project).info.remote())["waiting"] == 0
+    assert status_of(survivor, "m-lite").in_flight == 0  # its grant abandoned, not leaked
+    assert status_of(survivor, "m-lite").requests_today == 1  # ... and still spent
+    survivor.stop()
+    kill_registry(project)
