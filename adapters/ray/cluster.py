@@ -56,7 +56,7 @@ def connect(address: str) -> None:
         raise RayUnavailable(f"--ray {address}: cannot join the Ray cluster: {exc}") from exc
 
 
-def project_name(config: Config, api_key: str | None = None) -> str:
+def project_name(api_key: str | None = None) -> str:
     """The registry's name: one per Gemini project. An explicit name wins;
     otherwise a short fingerprint of the API key (keys are per project; the
     key itself never leaves this process), else "default"."""
