@@ -517,7 +517,7 @@ def _ray_registry(
         connect(address)
     except RayUnavailable as exc:
         raise UsageError(str(exc)) from None
-    project = args.ray_project or project_name(config, find_api_key(config.provider.api_key_env))
+    project = args.ray_project or project_name(find_api_key(config.provider.api_key_env))
     path = str(snapshot.resolve())
     return lambda: registry_for(project, config, clock, snapshot_path=path)
 
