@@ -49,6 +49,7 @@ def write_config(
     poison_after: int = 3,
     pro_rpm: int = 6000,
     lite_rpm: int = 6000,
+    margin_s: float = 0.0,
 ) -> Path:
     """Two models, two tiers; every sample article is 'hot' (goodness 0.5
     reaches min_priority 0.5), served by m-pro then m-lite. With
@@ -98,7 +99,7 @@ goodness_weight = 1.0
 
 [quota]
 window_s = {window_s}
-margin_s = 0.0
+margin_s = {margin_s}
 
 [retry]
 request_timeout_s = 10.0

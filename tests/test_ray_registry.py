@@ -73,6 +73,20 @@ def test_status_deadlines_move_between_clocks_and_none_stays_none() -> None:
     assert (moved.cooldown_until, moved.exhausted_until) == (110.0, None)
 
 
+def test_the_registry_is_named_per_project_never_by_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tierbatch.adapters.ray.cluster import project_name
+
+    monkeypatch.delenv("TIERBATCH_RAY_PROJECT", raising=False)
+    named = project_name("AIza-secret-key")
+    assert named.startswith("key-") and "secret" not in named
+    assert project_name("AIza-secret-key") == named != project_name("another-key")
+    assert project_name(None) == "default"
+    monkeypatch.setenv("TIERBATCH_RAY_PROJECT", "news-prod")
+    assert project_name("AIza-secret-key") == "news-prod"
+
+
 # ---- with a Ray cluster ---------------------------------------------------------------
 
 
@@ -232,6 +246,9 @@ def test_two_daemons_joined_through_ray_share_one_quota(ray_head: RayHead, tmp_p
         pro_rpm=8,
         lite_rpm=16,
         max_packs=8,
+        # The windows are 2 s: a loaded machine's scheduling jitter is a
+        # visible share of that (the default margin is 0.5 s of 60 s).
+        margin_s=0.1,
     )
     db = tmp_path / "q.sqlite"
     project = f"two-{uuid.uuid4().hex[:8]}"
@@ -336,3 +353,12 @@ def test_a_silent_daemon_loses_its_waits_and_grants(ray_driver: RayHead, tmp_pat
     assert status_of(survivor, "m-lite").requests_today == 1  # ... and still spent
     survivor.stop()
     kill_registry(project)
+
+
+def test_a_config_unlike_the_registrys_is_told_apart(tmp_path: Path) -> None:
+    from tierbatch.adapters.ray.registry_actor import config_fingerprint
+
+    one = load_config(write_config(tmp_path / "a.toml", pro_rpm=10))
+    same = load_config(write_config(tmp_path / "b.toml", pro_rpm=10))
+    other = load_config(write_config(tmp_path / "c.toml", pro_rpm=20))
+    assert config_fingerprint(one) == config_fingerprint(same) != config_fingerprint(other)

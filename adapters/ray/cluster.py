@@ -16,7 +16,12 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock
-from tierbatch.adapters.ray.registry_actor import NAMESPACE, RegistryActor, actor_name
+from tierbatch.adapters.ray.registry_actor import (
+    NAMESPACE,
+    RegistryActor,
+    actor_name,
+    config_fingerprint,
+)
 from tierbatch.adapters.ray.remote_registry import RemoteRegistryRef
 from tierbatch.policies.config import Config
 
@@ -100,6 +105,15 @@ def registry_for(
         client_timeout_s=client_timeout_s,
     )
     handle = RemoteRegistryRef(actor, clock, heartbeat_s=heartbeat_s)
+    theirs = ray.get(actor.info.remote())["config"]
+    if theirs != config_fingerprint(config):
+        _log.warning(
+            "this daemon's config (models, quota, tiers) differs from the one the shared "
+            "registry was created with; the registry's limits and plan apply",
+            project=project,
+            ours=config_fingerprint(config),
+            registry=theirs,
+        )
     _log.info(
         "registry actor found",
         project=project,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +73,14 @@ NAMESPACE = "tierbatch"
 GRANT_ID_GAP = 1_000_000_000
 # ModelStatus fields that are steady-clock times.
 _STATUS_TIMES = ("cooldown_until", "exhausted_until")
+
+
+def config_fingerprint(config: Config) -> str:
+    """What the registry's decisions depend on -- models, quota settings,
+    tiers -- in a few hex digits, so a daemon can tell that its config is
+    not the one the shared registry was created with."""
+    relevant = (sorted(config.models.items()), config.quota, config.tiers, config.global_fallback)
+    return hashlib.sha256(repr(relevant).encode()).hexdigest()[:12]
 
 
 def actor_name(project: str) -> str:
@@ -386,6 +395,7 @@ class RegistryActor:
         self._ensure_running()
         return {
             "project": self._project,
+            "config": config_fingerprint(self._config),
             "restored_from": self.restored_from,
             "clients": sorted(self._seen),
             "waiting": len(self._pending),
