@@ -362,3 +362,18 @@ def test_a_config_unlike_the_registrys_is_told_apart(tmp_path: Path) -> None:
     same = load_config(write_config(tmp_path / "b.toml", pro_rpm=10))
     other = load_config(write_config(tmp_path / "c.toml", pro_rpm=20))
     assert config_fingerprint(one) == config_fingerprint(same) != config_fingerprint(other)
+
+
+def test_daemon_with_a_ray_address_nobody_listens_on_is_a_usage_error(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from ray_cluster import free_port
+
+    from tierbatch.adapters.app.cli import main
+
+    address = f"127.0.0.1:{free_port()}"
+    out, err = io.StringIO(), io.StringIO()
+    config = write_config(tmp_path / "c.toml")
+    argv = ["daemon", "--db", str(tmp_path / "q.sqlite"), "--config", str(config)]
+    code = main([*argv, "--no-check", "--ray", address], stdout=out, stderr=err)
+    assert code == 2
+    assert f"--ray {address}: no Ray head answers there" in err.getvalue()

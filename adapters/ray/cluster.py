@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from typing import Any
 
 import structlog
@@ -49,6 +50,8 @@ def connect(address: str) -> None:
     ray = _ray()
     if ray.is_initialized():
         return
+    if address != "auto":
+        _probe(address)
     try:
         ray.init(
             address=address,
@@ -59,6 +62,21 @@ def connect(address: str) -> None:
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise RayUnavailable(f"--ray {address}: cannot join the Ray cluster: {exc}") from exc
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a head that is not there: ``ray.init`` would retry for
+    minutes before it gives up on an address nobody listens on."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise RayUnavailable(f"--ray {address}: expected 'auto' or HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise RayUnavailable(
+            f"--ray {address}: no Ray head answers there ({exc.strerror or exc})"
+        ) from None
 
 
 def project_name(api_key: str | None = None) -> str:
