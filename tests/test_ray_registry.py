@@ -377,3 +377,43 @@ def test_daemon_with_a_ray_address_nobody_listens_on_is_a_usage_error(tmp_path: 
     code = main([*argv, "--no-check", "--ray", address], stdout=out, stderr=err)
     assert code == 2
     assert f"--ray {address}: no Ray head answers there" in err.getvalue()
+
+
+def test_a_withdrawn_request_ends_its_call_without_an_answer(
+    ray_driver: RayHead, tmp_path: Path
+) -> None:
+    import ray
+
+    from tierbatch.actors.messages import Withdraw
+    from tierbatch.adapters.ray.cluster import kill_registry, registry_for
+
+    config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
+    clock = SystemClock()
+    project = f"withdraw-{uuid.uuid4().hex[:8]}"
+    handle = registry_for(project, config, clock)
+    cooled = acquire(handle, 1, ("m-pro",))
+    assert isinstance(cooled, Granted)
+    handle.tell(
+        Report(cooled.grant.grant_id, RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, 300.0))
+    )
+    answers: list[Any] = []
+    handle.tell(
+        Acquire(
+            request_id=2,
+            holder=1,
+            chain=("m-pro",),
+            est_tokens=100,
+            tier_rank=0,
+            enqueued_at=clock.now(),
+            reply=answers.append,
+            tier="hot",
+        )
+    )
+    wait_until(lambda: ray.get(actor_of(project).info.remote())["waiting"] == 1, 30, "a waiter")
+    handle.tell(Withdraw(2, 1))
+    wait_until(lambda: ray.get(actor_of(project).info.remote())["waiting"] == 0, 30, "withdrawn")
+    # The registry is still answering, and the withdrawn request got no answer.
+    assert isinstance(acquire(handle, 3, ("m-lite",)), Granted)
+    assert answers == []
+    handle.stop()
+    kill_registry(project)
