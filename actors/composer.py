@@ -32,11 +32,14 @@ from tierbatch.actors.messages import (
     ExtractorDied,
     Finished,
     GetComposerStats,
+    GetTierSplit,
+    GetTierThresholds,
     GiveBack,
     ObserveClusters,
     PackChecked,
     Pause,
     RequestWork,
+    SeedTiers,
     Submit,
     TakeReturned,
     TakeUnfinished,
@@ -55,6 +58,7 @@ from tierbatch.policies.ledger import Ledger
 from tierbatch.policies.pack_quality import PackQuality
 from tierbatch.policies.priority import ClusterTracker, article_time, score
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.tier_assignment import TierAssigner
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -113,8 +117,12 @@ class BatchComposer(pykka.ThreadingActor):
         on_died: ComposerDied | None = None,
         threads: ThreadLedger | None = None,
         backlog_to: Callable[[Backlog], None] | None = None,
+        as_of: float | None = None,
     ) -> None:
         super().__init__()
+        # Priority compares publication times with this instant (epoch
+        # seconds) instead of the wall clock: a replay of an old feed.
+        self._as_of = as_of
         self._threads = threads
         # The work ahead per tier, reported to the registry for its plan.
         self._backlog_to = backlog_to
@@ -131,6 +139,7 @@ class BatchComposer(pykka.ThreadingActor):
             config.retry.poison_after,
         )
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
+        self._assigner = TierAssigner(ladder, config.composer.share_window)
         self._quality = PackQuality(config.tiers, config.grounding)
         self._pack_sizes = tuple(self._quality.sizes.items())
         self._capacity = config.composer.max_queued
@@ -159,8 +168,16 @@ class BatchComposer(pykka.ThreadingActor):
             case BacklogElsewhere(articles, arrivals_per_s):
                 self._meter.elsewhere(articles, arrivals_per_s)
                 self._report_backlog(self._clock.now())
+            case SeedTiers(articles, observe):
+                self._on_seed(articles, observe)
+            case GetTierSplit():
+                split = self._assigner.split()
+                self._assigner.end_seeding()
+                return split
+            case GetTierThresholds():
+                return self._assigner.current()
             case ObserveClusters(observations):
-                wall = self._clock.wall()  # publication times are wall-clock times
+                wall = self._priority_now()  # publication times are wall-clock times
                 for cluster_id, at in observations:
                     self._clusters.observe(cluster_id, min(at, wall))
             case GiveBack(extractor, ids):
@@ -222,9 +239,9 @@ class BatchComposer(pykka.ThreadingActor):
         if ledger.shutting_down:
             raise ShuttingDown("the runtime is shutting down: it takes no more articles")
         # Queue age (aging, latency) runs on steady time; priority compares
-        # publication times, so it runs on the wall clock.
-        now, wall = self._clock.now(), self._clock.wall()
-        cfg = self._config.priority
+        # publication times, so it runs on the wall clock (or ``as_of``).
+        now, wall = self._clock.now(), self._priority_now()
+        assigner = self._assigner
         consumed = accepted = 0
         duplicates: list[str] = []
         for article in articles:
@@ -235,12 +252,14 @@ class BatchComposer(pykka.ThreadingActor):
             if ledger.queued >= self._capacity:
                 break
             seen_at = article_time(article, wall)
-            stats = None
-            if article.cluster_id is not None:
-                if observe:
-                    self._clusters.observe(article.cluster_id, min(seen_at, wall))
-                stats = self._clusters.stats(article.cluster_id, wall)
-            item = ledger.admit(article, score(article, stats, wall, cfg), now)
+            if observe and article.cluster_id is not None:
+                self._clusters.observe(article.cluster_id, min(seen_at, wall))
+            priority = assigner.seeded_priority(article.id)
+            seeded = priority is not None
+            if priority is None:
+                priority = self._score(article, wall)
+            tier = assigner.assign(article.id, priority, seeded=seeded)
+            item = ledger.admit(article, priority, now, tier)
             chars = len(article.text) + len(article.title)
             self._meter.submitted(
                 self._tier_names[item.tier],
@@ -257,6 +276,28 @@ class BatchComposer(pykka.ThreadingActor):
             )
         self._dispatch()
         return SubmitResult(consumed, accepted, tuple(duplicates))
+
+    def _priority_now(self) -> float:
+        return self._clock.wall() if self._as_of is None else self._as_of
+
+    def _score(self, article: Article, wall: float) -> float:
+        stats = None
+        if article.cluster_id is not None:
+            stats = self._clusters.stats(article.cluster_id, wall)
+        return score(article, stats, wall, self._config.priority)
+
+    def _on_seed(self, articles: tuple[Article, ...], observe: bool) -> None:
+        """Priorities of articles to come, counted towards the tier shares
+        ahead (``SeedTiers``); each keeps the priority it was seeded with."""
+        wall = self._priority_now()
+        if observe:
+            for article in articles:
+                if article.cluster_id is not None:
+                    at = min(article_time(article, wall), wall)
+                    self._clusters.observe(article.cluster_id, at)
+        for article in articles:
+            if not self._ledger.is_known(article.id):
+                self._assigner.seed(article.id, self._score(article, wall))
 
     def _dispatch(self) -> None:
         if self._paused is not None:
