@@ -48,10 +48,10 @@ def connect(address: str) -> None:
     """Join the cluster at ``address`` ("auto": the one this node runs).
     Raises ``RayUnavailable`` naming the address when that fails."""
     ray = _ray()
-    if ray.is_initialized():
-        return
     if address != "auto":
         _probe(address)
+    if ray.is_initialized():
+        return
     try:
         ray.init(
             address=address,
