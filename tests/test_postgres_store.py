@@ -119,7 +119,7 @@ def test_the_schema_is_created_once_even_by_stores_starting_together(postgres_ur
         }
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     assert {"articles", "results", "rejects", "meta"} <= tables
-    assert version == [("2",)]
+    assert version == [("3",)]
 
 
 def test_an_incompatible_schema_version_is_refused(postgres_url: str) -> None:

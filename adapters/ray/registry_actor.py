@@ -46,6 +46,7 @@ from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
     Backlog,
+    GetBudgetState,
     GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
@@ -53,10 +54,11 @@ from tierbatch.actors.messages import (
     ReleaseHolder,
     Report,
     Sent,
+    Wake,
     Withdraw,
 )
 from tierbatch.actors.registry import ModelRegistry
-from tierbatch.actors.runtime import tier_shapes
+from tierbatch.actors.runtime import make_budget, tier_shapes
 from tierbatch.adapters.storage.snapshot_file import SnapshotError, SnapshotFile
 from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.config import Config
@@ -180,7 +182,7 @@ class RegistryActor:
         self._seen: dict[str, float] = {}
         self._backlogs: dict[str, tuple[TierBacklog, ...]] = {}
         self.restored_from = "fresh"
-        policy = self._restore()
+        policy, state = self._restore()
         ladder = TierLadder(config.tiers, config.global_fallback)
         self._dirty = _Dirty()
         self._tasks: list[asyncio.Task[None]] = []
@@ -190,6 +192,7 @@ class RegistryActor:
             self._dirty,
             _registry_died,
             tiers=tier_shapes(config, ladder) if config.quota.plan else (),
+            budget=make_budget(config, state),
         )
         _log.info("registry actor started", project=project, quota_state=self.restored_from)
 
@@ -207,7 +210,9 @@ class RegistryActor:
 
     # ---- state -------------------------------------------------------------------
 
-    def _restore(self) -> QuotaPolicy:
+    def _restore(self) -> tuple[QuotaPolicy, Mapping[str, Any] | None]:
+        """The quota policy from the first usable saved state (and that
+        state, for the daily budget), else a fresh one."""
         cfg = self._config
         for source, state in self._saved_states():
             try:
@@ -222,8 +227,8 @@ class RegistryActor:
             policy.forget_in_flight()
             policy.clear_unavailable()
             self.restored_from = source
-            return policy
-        return QuotaPolicy(cfg.models, cfg.quota)
+            return policy, state
+        return QuotaPolicy(cfg.models, cfg.quota), None
 
     def _saved_states(self) -> list[tuple[str, Mapping[str, Any]]]:
         found: list[tuple[str, Mapping[str, Any]]] = []
@@ -323,7 +328,7 @@ class RegistryActor:
         """Every other message a client sends, in the client's order."""
         self._touch(client)
         match message:
-            case Report():
+            case Report() | Wake():  # a Wake: serve now (a daemon saw the wall clock step)
                 self._registry.tell(message)
             case Sent(grant_id, at):
                 self._registry.tell(Sent(grant_id, at - wall_offset(self._clock)))
@@ -357,13 +362,13 @@ class RegistryActor:
 
     async def ask(self, message: Any) -> Any:
         """A question: quota status (deadlines as wall times), the snapshot,
-        or the plan."""
+        the plan, or the daily budget (its times are wall times already)."""
         self._ensure_running()
         match message:
             case GetQuotaStatus():
                 statuses = await self._ask(message)
                 return shift_status(statuses, wall_offset(self._clock))
-            case GetQuotaSnapshot() | GetPlan():
+            case GetQuotaSnapshot() | GetPlan() | GetBudgetState():
                 return await self._ask(message)
         raise TypeError(f"RegistryActor: unexpected question {message!r}")
 

@@ -37,6 +37,7 @@ from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
     Backlog,
+    GetBudgetState,
     GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
@@ -45,6 +46,7 @@ from tierbatch.actors.messages import (
     Report,
     Sent,
     StopGranting,
+    Wake,
     Withdraw,
 )
 from tierbatch.adapters.ray.registry_actor import shift_status
@@ -109,7 +111,7 @@ class RemoteRegistryRef:
                 self._send(ReleaseHolder(self._holder(holder)))
             case Sent(grant_id, at):
                 self._send(Sent(grant_id, at + wall_offset(self._clock)))
-            case Report() | Backlog():
+            case Report() | Backlog() | Wake():
                 self._send(message)
             case StopGranting():
                 self._stop_granting()
@@ -122,7 +124,7 @@ class RemoteRegistryRef:
             case StopGranting():
                 self.tell(message)
                 future.set(None)
-            case GetQuotaStatus() | GetQuotaSnapshot() | GetPlan():
+            case GetQuotaStatus() | GetQuotaSnapshot() | GetPlan() | GetBudgetState():
                 if not self._alive:
                     raise pykka.ActorDeadError("the registry handle is stopped")
                 with self._send_lock:  # after what this client told before it

@@ -29,18 +29,21 @@ from tierbatch.adapters.storage.store import (
 )
 from tierbatch.policies.results import TerminalResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("queued", "leased", "done", "failed")
 
 # What brings a database of an older version to the next one, in place
 # (run in the store's schema transaction, then the version is updated).
 # Version 2 stores the grounding check with each result: the request's
 # pack size and the per-article counts (NULL in rows written before).
+# Version 3 stores the extraction task's version with each result
+# (``policies.task``; NULL in rows written before).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: tuple(
         f"ALTER TABLE results ADD COLUMN {column} INTEGER"
         for column in ("pack_size", "grounded", "cross_article", "ungrounded")
     ),
+    2: ("ALTER TABLE results ADD COLUMN task_version TEXT",),
 }
 
 
@@ -93,7 +96,8 @@ def schema(
         pack_size INTEGER,
         grounded INTEGER,
         cross_article INTEGER,
-        ungrounded INTEGER
+        ungrounded INTEGER,
+        task_version TEXT
     )""",
         f"""CREATE TABLE IF NOT EXISTS rejects (
         source TEXT NOT NULL,
@@ -125,6 +129,7 @@ RESULT_COLUMNS = (
     "grounded",
     "cross_article",
     "ungrounded",
+    "task_version",
 )
 GROUNDING_COLUMNS = ("grounded", "cross_article", "ungrounded")
 INSERT_RESULT = (
@@ -176,6 +181,11 @@ SET_SCHEMA_VERSION = "INSERT INTO meta (key, value) VALUES ('schema_version', ?)
 UPDATE_SCHEMA_VERSION = "UPDATE meta SET value = ? WHERE key = 'schema_version'"
 STATE_COUNTS_SQL = "SELECT state, COUNT(*) FROM articles GROUP BY state"
 PENDING_SQL = "SELECT COUNT(*) FROM articles WHERE state IN ('queued', 'leased')"
+# Done results per task version (NULL: written before task versions).
+TASK_VERSIONS_SQL = (
+    "SELECT task_version, COUNT(*) FROM results WHERE status = 'done' "
+    "GROUP BY task_version ORDER BY task_version"
+)
 REJECTS_SQL = "SELECT source, line_no, reason, raw_prefix, at FROM rejects"
 
 
