@@ -246,9 +246,10 @@ def test_two_daemons_joined_through_ray_share_one_quota(ray_head: RayHead, tmp_p
         pro_rpm=8,
         lite_rpm=16,
         max_packs=8,
-        # The windows are 2 s: a loaded machine's scheduling jitter is a
-        # visible share of that (the default margin is 0.5 s of 60 s).
-        margin_s=0.1,
+        # The windows are 2 s: a loaded machine's scheduling jitter between
+        # a request's send and the server's reading it (in this process) is
+        # a visible share of that; the default margin is 0.5 s of 60 s.
+        margin_s=0.3,
     )
     db = tmp_path / "q.sqlite"
     project = f"two-{uuid.uuid4().hex[:8]}"
