@@ -38,6 +38,7 @@ from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
+    AdoptGrants,
     Backlog,
     GetBudgetState,
     GetPlan,
@@ -64,7 +65,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
 )
 from tierbatch.policies.planner import Allowances, Plan, TierShape, plan_dispatch
-from tierbatch.policies.quota import QuotaPolicy
+from tierbatch.policies.quota import OutstandingGrant, QuotaPolicy
 from tierbatch.policies.waiting import Expired, Unroutable, Waiter, WaitingList
 from tierbatch.policies.waiting import Granted as WaitGranted
 
@@ -119,6 +120,8 @@ class ModelRegistry(pykka.ThreadingActor):
         self._allowances: Allowances | None = None
         self._replan_s = replan_s
         self._planned_at = -float("inf")
+        # When the last plan promised the known backlog done (clock time).
+        self._promise: float | None = None
         self._plan_due = False
         self._limits: dict[str, tuple[int, int, float, str]] = {}
         self._warned_unavailable: set[str] = set()
@@ -204,6 +207,8 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._on_release_holder(holder)
             case Backlog(tiers):
                 self._on_backlog(tiers)
+            case AdoptGrants(holder, grants):
+                self._on_adopt(holder, grants)
             case StopGranting():
                 self._stopped_granting = True
                 self._answer_waiters("the runtime is shutting down")
@@ -279,6 +284,12 @@ class ModelRegistry(pykka.ThreadingActor):
                     self._budget.settle(grant_id, Abandoned(), now + offset)
         for waiter in self._waiting.remove_holder(holder):
             self._requests.pop((waiter.holder, waiter.request_id), None)
+        self._serve(now)
+
+    def _on_adopt(self, holder: int, grants: Sequence[OutstandingGrant]) -> None:
+        now, offset = self._read_clock()
+        for grant in self._policy.adopt(grants, now, wall_offset=offset):
+            self._grants[grant.grant_id] = (holder, grant.model)
         self._serve(now)
 
     def _on_backlog(self, tiers: Sequence[TierBacklog]) -> None:
@@ -388,6 +399,13 @@ class ModelRegistry(pykka.ThreadingActor):
                 return True
         return False
 
+    def _backlog_grew(self) -> bool:
+        """Whether any tier has more work waiting than when it was last planned."""
+        return any(
+            float(backlog.articles) > self._planned_backlog.get(tier, 0.0) + 1e-9
+            for tier, backlog in self._backlog.items()
+        )
+
     def _maybe_replan(self, now: float) -> None:
         if not self._shapes or not self._backlog:
             return
@@ -415,8 +433,17 @@ class ModelRegistry(pykka.ThreadingActor):
                 )
             )
         capacity = self._policy.capacity(now, wall_offset=self._offset)
-        plan = plan_dispatch(demands, capacity)
-        self._allowances = Allowances(plan, made_at=now)
+        # The last plan's promise holds unless new work came: the planner's
+        # tolerance (higher tiers finishing earlier at a little cost to the
+        # makespan) is spent once per backlog, not once per replan.
+        promise = None if self._promise is None or self._backlog_grew() else self._promise
+        plan = plan_dispatch(
+            demands, capacity, finish_by_s=None if promise is None else max(0.0, promise - now)
+        )
+        self._promise = _promised_finish(plan, now)
+        paced = [m for m, cap in capacity.items() if cap.step_s <= 0]
+        carry = None if self._allowances is None else self._allowances.carry_over(now)
+        self._allowances = Allowances(plan, made_at=now, paced=paced, carry=carry)
         self._planned_at = now
         self._plan_due = False
         self._planned_backlog = {t: float(b.articles) for t, b in self._backlog.items()}
@@ -489,6 +516,15 @@ class ModelRegistry(pykka.ThreadingActor):
             model=model,
             detail=message,
         )
+
+
+def _promised_finish(plan: Plan, now: float) -> float | None:
+    """When ``plan`` has the known backlog done (clock time), or None for a
+    stream the quota cannot keep up with."""
+    if plan.makespan_s is None:
+        return None
+    finishes = [t.finish_s for t in plan.tiers if t.finish_s is not None and t.demand > 0]
+    return now + max([plan.makespan_s, *finishes])
 
 
 __all__ = ["ModelRegistry", "Plan"]

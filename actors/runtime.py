@@ -147,15 +147,11 @@ class Runtime:
     testing aid called by an extractor with every batch it receives (an
     exception there crashes that extractor); ``unavailable_models`` (model
     -> reason) are routed around from the start, as after a 404 -- what a
-    models check before the run found missing.
-
-    ``registry``: where quota comes from when it is not this process's own
-    ModelRegistry -- a callable returning a handle shaped like its
-    ``ActorRef`` (``tell``, ``ask``, ``is_alive``, ``stop``) on a registry
-    shared with other processes (``tierbatch.adapters.ray``). Its state is
-    then that registry's: ``quota_state``, ``observer`` and
-    ``unavailable_models`` are not used, ``stop`` leaves it running, and
-    ``StopGranting`` stops this runtime's requests only.
+    models check before the run found missing. ``registry`` is a registry
+    started elsewhere (a ``RegistryHandle`` to a quota shared with other
+    processes): the runtime then starts none of its own, ignores
+    ``quota_state``, ``observer`` and ``unavailable_models`` (whoever owns
+    the registry applies them), and leaves stopping it to its owner.
     """
 
     def __init__(
@@ -169,11 +165,11 @@ class Runtime:
         observer: RegistryObserver | None = None,
         crash_hook: Any = None,
         unavailable_models: Mapping[str, str] | None = None,
-        registry: Callable[[], Any] | None = None,
+        registry: Any = None,
         as_of: float | None = None,
     ) -> None:
         self.config = config
-        self._shared_registry = registry
+        self._external_registry = registry
         self._as_of = as_of
         self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
@@ -212,14 +208,17 @@ class Runtime:
             raise RuntimeNotRunning("this Runtime was already started; create a new one")
         self._started = True
         config, clock = self.config, self.clock
-        threads = self._threads
         ladder = TierLadder(config.tiers, config.global_fallback)
-        if self._shared_registry is not None:
-            self._registry = self._shared_registry()
+        if self._external_registry is not None:
+            self._registry = self._external_registry
+            watch = getattr(self._registry, "watch", None)
+            if watch is not None:
+                watch(self._on_actor_died)
         else:
             self._registry = self._start_registry(ladder)
         self._loop = LoopThread()
         self._loop.start()
+        threads = self._threads
         registry = self._registry
         self._composer = BatchComposer.start(
             config,
@@ -274,7 +273,6 @@ class Runtime:
         return self
 
     def _start_registry(self, ladder: TierLadder) -> pykka.ActorRef[Any]:
-        """This process's own registry, restored from ``quota_state``."""
         config, clock = self.config, self.clock
         if self._quota_state is not None:
             # The snapshot's times are wall-clock; this process's steady clock
@@ -354,7 +352,8 @@ class Runtime:
             unfinished = list(self._composer_leftovers)
         self._composer_leftovers = ()
         steps.stop_all("composer", [composer] if composer else [])
-        steps.stop_all("registry", [registry] if registry else [])
+        if self._external_registry is None:  # an external one is its owner's to stop
+            steps.stop_all("registry", [registry] if registry else [])
         loop = self._loop
         if loop is not None:
             steps.run(
@@ -589,14 +588,14 @@ class Runtime:
         registry died, its last state is read directly (nothing changes it
         any more), so the day's usage can still be saved."""
         registry = self._registry
-        if registry is None:
+        if registry is None or (self._policy is None and self._external_registry is None):
             raise RuntimeNotRunning("the runtime is not running")
-        if registry.is_alive() or self._policy is None:
+        if registry.is_alive():
             with contextlib.suppress(RuntimeFailure):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
         if self._policy is None:
-            raise RuntimeNotRunning("the shared registry cannot be reached")
+            raise RuntimeNotRunning("the shared registry is gone")
         last = self._policy.snapshot()
         if self._budget is not None:
             last["budget"] = self._budget.snapshot()

@@ -1,12 +1,19 @@
 """``tierbatch status``: what a database and its quota snapshot say, read-only.
 
+With several daemons on the database it also shows every live daemon (its
+role in the shared quota, its backlog and its share of the grants) and
+reads the quota state the owner saved in the database when that is newer
+than the snapshot file.
+
 It reads the database read-only -- an SQLite file with a ``mode=ro``
 connection (in WAL mode readers never block the daemon writing next to
 them), a PostgreSQL database in one read-only snapshot -- and never takes a
 write lock, creates tables or moves a corrupt snapshot aside: it only
 looks. The quota state is read from the snapshot file the daemon saves and
 interpreted with the quota policy itself, so "used today" means exactly what
-the daemon will count (a snapshot from yesterday shows 0 today).
+the daemon will count (a snapshot from yesterday shows 0 today), and the
+limits, burst and limiter shape shown are those the daemon learnt of the
+provider and will start from ("configured 240, learnt 120").
 """
 
 from __future__ import annotations
@@ -24,9 +31,16 @@ from rich.table import Table
 
 from tierbatch.actors.runtime import make_budget
 from tierbatch.adapters.app.budget_view import budget_line
+from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.adapters.storage.open_store import display_name, read_report
+from tierbatch.adapters.storage.quota_lease import DaemonInfo, QuotaOwner
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
-from tierbatch.adapters.storage.store import GroundingCount, ResultCount, StorageError
+from tierbatch.adapters.storage.store import (
+    GroundingCount,
+    QueueReport,
+    ResultCount,
+    StorageError,
+)
 from tierbatch.adapters.storage.tiers_file import TiersFileError, read_tiers
 from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config, ModelSpec
@@ -49,6 +63,26 @@ class ModelQuota:
     cooldown_reason: str | None
     exhausted_s: float
     unavailable: str | None
+    # What the daemon learnt of the provider (``learnt_limits``): the
+    # effective limits, the burst it may send at once, the limiter's shape.
+    configured_rpm: int = 0
+    learnt_rpm: int = 0
+    configured_tpm: int = 0
+    learnt_tpm: int = 0
+    burst: float = 0.0
+    limiter: str = "unknown"
+
+    @property
+    def learnt(self) -> LearntLimits:
+        return LearntLimits(
+            self.model,
+            self.configured_rpm,
+            self.learnt_rpm,
+            self.configured_tpm,
+            self.learnt_tpm,
+            self.burst,
+            self.limiter,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +104,33 @@ class TierRules:
     saved_age_s: float | None = None
     as_of: float | None = None
     problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonView:
+    """A live daemon: ``share`` is its part of the grants lately (of the
+    grant rates; of all grants when nobody was granted anything lately)."""
+
+    owner: str
+    host: str
+    pid: int
+    role: str
+    address: str | None
+    heartbeat_s_ago: float
+    backlog: int
+    waiting: int
+    grants: int
+    grants_per_s: float
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaOwnerView:
+    owner: str
+    address: str
+    epoch: int
+    live: bool
+    lease_s_left: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +156,9 @@ class Status:
     now: float = 0.0
     # Each tier's min_priority (a share tier's as the daemon last saved it).
     tier_rules: TierRules | None = None
+    # The shared quota: its owner (None: never shared) and the live daemons.
+    quota_owner: QuotaOwnerView | None = None
+    daemons: tuple[DaemonView, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,9 +177,11 @@ def read_status(
         report = read_report(db_path, now)
     except StorageError as exc:
         raise StatusError(str(exc)) from exc
-    snapshot = Path(snapshot_path)
-    quota, problem, age = _read_quota(snapshot, config, now)
-    budget = _read_budget(snapshot, config, now)
+    snapshot, data, age, problem = _quota_source(report, Path(snapshot_path), now)
+    quota: tuple[ModelQuota, ...] = ()
+    if data is not None:
+        quota, problem = _read_quota(data, config, now)
+    budget = _read_budget(data, config, now)
     return Status(
         db=display_name(db_path),
         states=report.states,
@@ -125,7 +191,7 @@ def read_status(
         rejects_by_source=report.rejects_by_source,
         stale_results=report.refused["stale_results"],
         duplicate_results=report.refused["duplicate_results"],
-        snapshot=str(snapshot),
+        snapshot=snapshot,
         snapshot_age_s=age,
         snapshot_problem=problem,
         quota=quota,
@@ -133,17 +199,20 @@ def read_status(
         budget=budget,
         now=now,
         tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
+        quota_owner=_owner_view(report.quota_owner),
+        daemons=_daemon_views(report.daemons, now),
     )
 
 
-def _read_budget(path: Path, config: Config, now: float) -> BudgetState | None:
-    """The day's budget as the daemon will count it: the snapshot's spend
+def _read_budget(data: bytes | None, config: Config, now: float) -> BudgetState | None:
+    """The day's budget as the daemon will count it: the quota state's spend
     (calls in flight at its estimate), 0 when it is from an earlier day."""
     if not config.budget.enabled:
         return None
     state: Any = None
-    with contextlib.suppress(OSError, CorruptSnapshot):
-        state = decode(path.read_bytes())
+    if data is not None:
+        with contextlib.suppress(CorruptSnapshot):
+            state = decode(data)
     budget = make_budget(config, state if isinstance(state, dict) else None)
     return None if budget is None else budget.state(now)
 
@@ -175,16 +244,59 @@ def read_tier_rules(path: Path, config: Config, now: float) -> TierRules:
     return TierRules(rules, str(path), saved.window, age, saved.as_of)
 
 
-def _read_quota(
-    path: Path, config: Config, now: float
-) -> tuple[tuple[ModelQuota, ...], str | None, float | None]:
+def _quota_source(
+    report: QueueReport, path: Path, now: float
+) -> tuple[str, bytes | None, float | None, str | None]:
+    """Where the quota state is read from -- the snapshot file, or the
+    database's row when it is newer -- its bytes, age and a problem."""
+    row = report.quota_state
+    data: bytes | None = None
+    age: float | None = None
+    problem: str | None = None
     try:
         data = path.read_bytes()
         age = max(0.0, now - path.stat().st_mtime)
     except FileNotFoundError:
-        return (), None, None
+        pass
     except OSError as exc:
-        return (), f"cannot read: {exc}", None
+        problem = f"cannot read: {exc}"
+    if row is not None and (data is None or now - row.saved_at <= (age or 0.0)):
+        return f"database (saved by {row.owner})", row.state, max(0.0, now - row.saved_at), None
+    return str(path), data, age, problem
+
+
+def _owner_view(owner: QuotaOwner | None) -> QuotaOwnerView | None:
+    if owner is None:
+        return None
+    left = max(0.0, owner.lease_expires - owner.read_at)
+    return QuotaOwnerView(owner.owner, owner.address, owner.epoch, owner.live, left)
+
+
+def _daemon_views(rows: tuple[DaemonInfo, ...], now: float) -> tuple[DaemonView, ...]:
+    live = [d for d in rows if d.expires_at >= now]
+    rates = sum(d.grant_rate for d in live)
+    totals = sum(d.grants for d in live)
+    return tuple(
+        DaemonView(
+            owner=d.owner,
+            host=d.host,
+            pid=d.pid,
+            role=d.role,
+            address=d.address,
+            heartbeat_s_ago=max(0.0, now - d.heartbeat_at),
+            backlog=d.backlog,
+            waiting=d.waiting,
+            grants=d.grants,
+            grants_per_s=d.grant_rate,
+            share=(d.grant_rate / rates) if rates else (d.grants / totals if totals else 0.0),
+        )
+        for d in live
+    )
+
+
+def _read_quota(
+    data: bytes, config: Config, now: float
+) -> tuple[tuple[ModelQuota, ...], str | None]:
     try:
         state = decode(data)
         models = dict(config.models)
@@ -193,7 +305,7 @@ def _read_quota(
                 models[name] = ModelSpec(name=name, rpm=0, tpm=0, rpd=0)
         policy = QuotaPolicy.restore(models, config.quota, state)
     except (CorruptSnapshot, QuotaSnapshotError) as exc:
-        return (), f"unusable ({exc}); the daemon will set it aside and start fresh", age
+        return (), f"unusable ({exc}); the daemon will set it aside and start fresh"
     quota = []
     for s in policy.status(now):
         spec = models[s.model]
@@ -208,9 +320,15 @@ def _read_quota(
                 cooldown_reason=s.cooldown_reason,
                 exhausted_s=max(0.0, (s.exhausted_until or now) - now),
                 unavailable=s.unavailable,
+                configured_rpm=s.configured_rpm,
+                learnt_rpm=s.learnt_rpm,
+                configured_tpm=s.configured_tpm,
+                learnt_tpm=s.learnt_tpm,
+                burst=s.burst,
+                limiter=s.limiter,
             )
         )
-    return tuple(quota), None, age
+    return tuple(quota), None
 
 
 def render_status(status: Status, file: TextIO) -> None:
@@ -232,6 +350,7 @@ def render_status(status: Status, file: TextIO) -> None:
             f"results refused: {status.stale_results} from a stale lease owner (dropped), "
             f"{status.duplicate_results} duplicate(s) (ignored)"
         )
+    _render_daemons(status, console)
     if status.results:
         table = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
         for name in ("status", "tier", "model", "articles", "tokens in", "tokens out", "cost $"):
@@ -264,17 +383,60 @@ def render_status(status: Status, file: TextIO) -> None:
             f"quota snapshot {status.snapshot} (saved {status.snapshot_age_s:.0f} s ago):"
         )
         table = Table(box=box.SIMPLE_HEAD)
-        for name in ("model", "today / rpd", "window / rpm", "cooldown", "state"):
+        columns = ("model", "today / rpd", "window / rpm", "tpm", "burst", "cooldown", "state")
+        for name in columns:
             table.add_column(name, justify="left" if name in ("model", "state") else "right")
         for q in status.quota:
+            learnt = q.learnt
             table.add_row(
                 q.model,
                 f"{q.requests_today} / {q.rpd or '∞'}",
-                f"{q.requests_in_window} / {q.rpm or '∞'}",
+                f"{q.requests_in_window} / {learnt.rpm_text}",
+                learnt.tpm_text,
+                learnt.burst_text,
                 f"{q.cooldown_s:.0f} s" if q.cooldown_s else "-",
                 _state(q),
             )
         console.print(table)
+
+
+def _render_daemons(status: Status, console: Console) -> None:
+    owner = status.quota_owner
+    if owner is None and not status.daemons:
+        return
+    if owner is not None:
+        lease = f"lease {owner.lease_s_left:.0f} s left" if owner.live else "lease expired"
+        console.print(
+            f"shared quota: owned by {owner.owner} at {owner.address} "
+            f"(epoch {owner.epoch}, {lease})"
+        )
+    if not status.daemons:
+        console.print("daemons: none live")
+        return
+    table = Table(title="daemons", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in (
+        "daemon",
+        "role",
+        "heartbeat",
+        "backlog",
+        "waiting",
+        "grants",
+        "grants/s",
+        "share",
+    ):
+        table.add_column(name, justify="left" if name in ("daemon", "role") else "right")
+    for d in status.daemons:
+        table.add_row(
+            f"{d.host}:{d.pid}",
+            d.role + (f" ({d.address})" if d.address else ""),
+            f"{d.heartbeat_s_ago:.0f} s ago",
+            str(d.backlog),
+            str(d.waiting),
+            str(d.grants),
+            f"{d.grants_per_s:.1f}",
+            f"{100 * d.share:.0f}%",
+        )
+    console.print(table)
 
 
 def render_tier_rules(rules: TierRules, console: Console) -> None:
@@ -339,7 +501,9 @@ def _state(q: ModelQuota) -> str:
 
 
 __all__ = [
+    "DaemonView",
     "ModelQuota",
+    "QuotaOwnerView",
     "Status",
     "StatusError",
     "TierRule",
