@@ -29,18 +29,40 @@ from tierbatch.adapters.storage.store import (
 )
 from tierbatch.policies.results import TerminalResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATES = ("queued", "leased", "done", "failed")
 
 # What brings a database of an older version to the next one, in place
 # (run in the store's schema transaction, then the version is updated).
 # Version 2 stores the grounding check with each result: the request's
 # pack size and the per-article counts (NULL in rows written before).
+# Version 3 adds the Batch API's jobs (``batch_jobs``, see ``batch_store``).
+BATCH_JOBS_TABLE = """CREATE TABLE IF NOT EXISTS batch_jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        phase TEXT NOT NULL
+            CHECK (phase IN ('submitting', 'submitted', 'settled', 'returned')),
+        tier TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests TEXT NOT NULL,
+        articles INTEGER NOT NULL,
+        api_state TEXT,
+        poller TEXT,
+        poll_expires DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        cost_usd DOUBLE PRECISION,
+        interactive_cost_usd DOUBLE PRECISION,
+        detail TEXT
+    )"""
+BATCH_JOBS_INDEX = "CREATE INDEX IF NOT EXISTS batch_jobs_phase ON batch_jobs (phase)"
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: tuple(
         f"ALTER TABLE results ADD COLUMN {column} INTEGER"
         for column in ("pack_size", "grounded", "cross_article", "ungrounded")
     ),
+    2: (BATCH_JOBS_TABLE, BATCH_JOBS_INDEX),
 }
 
 
@@ -102,6 +124,8 @@ def schema(
         raw_prefix TEXT,
         at {real} NOT NULL
     )""",
+        BATCH_JOBS_TABLE,
+        BATCH_JOBS_INDEX,
     ]
 
 
