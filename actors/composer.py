@@ -29,6 +29,7 @@ from tierbatch.actors.messages import (
     Backlog,
     BacklogElsewhere,
     BeginShutdown,
+    Classify,
     ExtractorDied,
     Finished,
     GetComposerStats,
@@ -126,6 +127,7 @@ class BatchComposer(pykka.ThreadingActor):
         self._clock = clock
         self._on_died = on_died
         ladder = TierLadder(config.tiers, config.global_fallback)
+        self._ladder = ladder
         self._ledger = Ledger(
             Composer(ladder, config.composer.mix, config.composer.aging_s),
             config.retry.poison_after,
@@ -156,6 +158,8 @@ class BatchComposer(pykka.ThreadingActor):
                 self._on_pack_checked(tier, model, pack_size, counts)
             case Submit(articles, observe):
                 return self._on_submit(articles, observe)
+            case Classify(articles, observe):
+                return self._classify(articles, observe)
             case BacklogElsewhere(articles, arrivals_per_s):
                 self._meter.elsewhere(articles, arrivals_per_s)
                 self._report_backlog(self._clock.now())
@@ -257,6 +261,21 @@ class BatchComposer(pykka.ThreadingActor):
             )
         self._dispatch()
         return SubmitResult(consumed, accepted, tuple(duplicates))
+
+    def _classify(self, articles: tuple[Article, ...], observe: bool) -> tuple[str, ...]:
+        wall = self._clock.wall()
+        cfg = self._config.priority
+        ladder = self._ladder
+        names: list[str] = []
+        for article in articles:
+            stats = None
+            if article.cluster_id is not None:
+                if observe:
+                    seen_at = min(article_time(article, wall), wall)
+                    self._clusters.observe(article.cluster_id, seen_at)
+                stats = self._clusters.stats(article.cluster_id, wall)
+            names.append(self._tier_names[ladder.index_for(score(article, stats, wall, cfg))])
+        return tuple(names)
 
     def _dispatch(self) -> None:
         if self._paused is not None:

@@ -139,6 +139,17 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
+class Classify:
+    """The tier name of each article, as ``Submit`` would tier it, without
+    queueing it (a daemon routes a batch tier's articles elsewhere this
+    way); ``observe``: count them towards their clusters' hotness, as
+    ``Submit`` does."""
+
+    articles: tuple[Article, ...]
+    observe: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ObserveClusters:
     """Count articles towards their clusters' hotness without queueing them
     (a daemon warms the statistics from its whole backlog this way)."""

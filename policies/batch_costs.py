@@ -49,7 +49,9 @@ def tokens_cost_usd(
     a cached prompt token costs ``cached_share`` of an input token.
     Negative counts (a broken answer) cost nothing."""
     if not 0 < discount <= 1 or not 0 <= cached_share <= 1:
-        raise ValueError(f"discount in (0, 1] and cached_share in [0, 1]: {discount}, {cached_share}")
+        raise ValueError(
+            f"discount in (0, 1] and cached_share in [0, 1]: {discount}, {cached_share}"
+        )
     cached = min(max(0, tokens.cached), max(0, tokens.prompt))
     fresh = max(0, tokens.prompt) - cached
     input_usd = (fresh + cached * cached_share) * model.price_in_per_m

@@ -27,7 +27,7 @@ more (its poll lease expired), so the create call it races with is over.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from tierbatch.policies.articles import Article
@@ -43,7 +43,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
     Usage,
 )
-from tierbatch.policies.results import ArticleAnswer, Failed, FailureReason, TerminalResult
+from tierbatch.policies.results import ArticleAnswer, FailureReason, TerminalResult
 from tierbatch.policies.settlement import settle_answers
 
 __all__ = [
@@ -141,7 +141,7 @@ class RequestAnswer:
 
     outcome: CallOutcome
     answers: Mapping[str, ArticleAnswer]
-    tokens: TokenCounts = TokenCounts()
+    tokens: TokenCounts = field(default_factory=TokenCounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +189,7 @@ def settle_job(
     size. An article with an invalid answer, or of a request that failed
     inside the job, ends ``Failed`` -- only that article (or that request's
     articles); the job's others are done. An article whose payload is
-    missing from ``articles`` (it cannot be checked) ends ``Failed`` too.
+    missing from ``articles`` (the job no longer holds it) gets no result.
     ``now - submitted_at`` is each article's latency."""
     budget = RetryBudget(1, 1)  # a batch answer is final: no retry inside the job
     results: list[TerminalResult] = []
@@ -203,10 +203,6 @@ def settle_job(
             for n, i in enumerate(request.article_ids)
             if i in articles
         ]
-        for missing in (i for i in request.article_ids if i not in articles):
-            results.append(
-                Failed(missing, FailureReason.BAD_REQUEST, "payload not found", tier.name)
-            )
         for member in members:
             member.tried(model)
         if answer is None or not isinstance(answer.outcome, Succeeded):
@@ -215,7 +211,9 @@ def settle_job(
             detail = f"batch job {job_name}, request {request.key}: " + (
                 _describe(outcome) if outcome is not None else "no result"
             )
-            reason = _failure_reason(outcome) if outcome is not None else FailureReason.RETRIES_EXHAUSTED
+            reason = (
+                _failure_reason(outcome) if outcome is not None else FailureReason.RETRIES_EXHAUSTED
+            )
             for member in members:
                 member.failed(reason, detail)
                 results.append(member.result(tier.name))
@@ -225,9 +223,7 @@ def settle_job(
             spec, answer.tokens, discount=batch.discount, cached_share=batch.cached_price_share
         )
         cost += request_cost
-        interactive += tokens_cost_usd(
-            spec, answer.tokens, cached_share=batch.cached_price_share
-        )
+        interactive += tokens_cost_usd(spec, answer.tokens, cached_share=batch.cached_price_share)
         usage = Usage(answer.tokens.prompt, answer.tokens.billed_output)
         plan = settle_answers(
             members,

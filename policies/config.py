@@ -776,9 +776,7 @@ def _parse_batch(r: TableReader) -> BatchConfig:
         ),
         discount=r.number("discount", d.discount, Range(above=0, max=1)),
         on_job_failure=BatchFailure(
-            r.choice(
-                "on_job_failure", d.on_job_failure.value, tuple(f.value for f in BatchFailure)
-            )
+            r.choice("on_job_failure", d.on_job_failure.value, tuple(f.value for f in BatchFailure))
         ),
         give_up_s=r.number("give_up_s", d.give_up_s, POSITIVE),
         cached_price_share=r.number("cached_price_share", d.cached_price_share, UNIT),

@@ -49,9 +49,7 @@ from tierbatch.policies.results import TerminalResult
 __all__ = ["BatchJobStore", "BatchReport", "JobRecord", "job_owner", "read_batch_report"]
 
 _ARTICLE_LEASE_MARGIN_S = 3600.0
-_JOB_COLUMNS = (
-    "id, name, phase, tier, model, requests, api_state, poller, poll_expires, created_at"
-)
+_JOB_COLUMNS = "id, name, phase, tier, model, requests, api_state, poller, poll_expires, created_at"
 
 
 def job_owner(job_id: str) -> str:
@@ -152,7 +150,12 @@ class BatchJobStore:
     # ---- the life of a job --------------------------------------------------------
 
     def begin(
-        self, job_id: str, tier: str, model: str, requests: Sequence[JobRequest], poll_lease_s: float
+        self,
+        job_id: str,
+        tier: str,
+        model: str,
+        requests: Sequence[JobRequest],
+        poll_lease_s: float,
     ) -> tuple[JobRequest, ...]:
         """Write the ``submitting`` row and hand the articles' leases from
         this owner to the job, in one transaction, before the job is
