@@ -65,7 +65,7 @@ from tierbatch.adapters.app.model_check import (
     report_json,
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
-from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
 from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
 from tierbatch.adapters.gemini.api_key import MissingApiKey
@@ -466,6 +466,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
+            batch_backend=make_batch_backend(config, raw_provider),
         )
         with signals_stop(daemon):
             report = daemon.run()

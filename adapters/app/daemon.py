@@ -64,9 +64,11 @@ from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailur
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.runtime import Runtime, RuntimeStats
+from tierbatch.adapters.app.batch_dispatcher import BatchBackend, BatchDispatcher
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
 from tierbatch.adapters.app.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
+from tierbatch.adapters.storage.batch_store import BatchJobStore, BatchReport
 from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.snapshot_file import (
@@ -76,9 +78,11 @@ from tierbatch.adapters.storage.snapshot_file import (
     SnapshotFile,
     decode,
 )
+from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.store import StorageError, Store
 from tierbatch.policies.articles import Article
-from tierbatch.policies.config import Config
+from tierbatch.policies.batch_routing import Route, routes
+from tierbatch.policies.config import Config, TierMode
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -184,6 +188,8 @@ class DaemonReport:
     quota_state: QuotaStateLoad
     # The database failed (during the run or at shutdown): what and where.
     storage_error: str | None = None
+    # The Batch API's jobs in the database at the end (None: no tier uses it).
+    batch: BatchReport | None = None
 
 
 class _SnapshotTrigger:
@@ -264,8 +270,13 @@ class Daemon:
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
+        batch_backend: BatchBackend | None = None,
     ) -> None:
         self.config = config
+        self._batch_backend = batch_backend
+        self._batch: BatchDispatcher | None = None
+        self._batch_jobs: BatchJobStore | None = None
+        self._auto = any(t.mode is TierMode.AUTO for t in config.tiers)
         self.store = store
         self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
@@ -336,6 +347,7 @@ class Daemon:
         except BaseException:
             results_sink.close()
             raise
+        self._start_batch()
         saver: DebouncedSaver | None = None
         reason = StopReason.IMMEDIATE
         baseline: tuple[ModelStatus, ...] = ()
@@ -396,6 +408,7 @@ class Daemon:
             released=released,
             quota_state=quota,
             storage_error="; ".join(problems) or None,
+            batch=self._batch_report(),
         )
         _log.info(
             "daemon stopped",
@@ -435,6 +448,7 @@ class Daemon:
             if self._wall_stepped(wall_steps) or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = now + renew_every
+            self._take_back_from_batch(runtime)
             stats = runtime.stats()
             idle_db = now < db_idle_until
             if stats.queued <= low_water and not idle_db:
@@ -457,6 +471,9 @@ class Daemon:
             if now >= next_db_count:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
+                if db_counts is not None and self._batch is not None and self._auto:
+                    # the auto tiers' deadline is judged on the whole backlog
+                    runtime.backlog_elsewhere(db_counts.get("queued", 0))
             self._report(runtime, stats, started, rate, db_counts)
             if (
                 opts.exit_when_done
@@ -499,10 +516,20 @@ class Daemon:
             self._submit_part(runtime, leased, clusters_observed=False)
 
     def _submit_part(
-        self, runtime: Runtime, leased: list[Article], *, clusters_observed: bool
+        self,
+        runtime: Runtime,
+        leased: list[Article],
+        *,
+        clusters_observed: bool,
+        route: bool = True,
     ) -> None:
         if not leased:
             return
+        if route and self._batch is not None:
+            leased = self._route(runtime, leased, clusters_observed)
+            clusters_observed = True
+            if not leased:
+                return
         try:
             receipt = runtime.submit(leased, block=False, clusters_observed=clusters_observed)
         except QueueFull as full:
@@ -518,6 +545,69 @@ class Daemon:
                 count=len(receipt.duplicates),
                 first=receipt.duplicates[0],
             )
+
+    # ---- the Batch API -------------------------------------------------------------
+
+    def _start_batch(self) -> None:
+        """The batch dispatcher, when a tier uses the Batch API and there is
+        one to use (google-genai's); else those tiers run interactively."""
+        if not self.config.uses_batch:
+            return
+        tiers = [t.name for t in self.config.tiers if t.mode is not TierMode.INTERACTIVE]
+        if self._batch_backend is None or not isinstance(self.store, SqlQueueStore):
+            _log.warning(
+                "tiers use the Batch API but the provider has none (google-genai only); "
+                "they run interactively",
+                tiers=tiers,
+            )
+            return
+        self._batch_jobs = BatchJobStore(self.store, give_up_s=self.config.batch.give_up_s)
+        self._batch = BatchDispatcher(
+            self.config,
+            self._batch_jobs,
+            self._batch_backend,
+            lease_s=self.options.lease_s,
+            wake=self._wake,
+        )
+        self._batch.start()
+        _log.info(
+            "batch dispatcher started",
+            tiers=tiers,
+            poll_interval_s=self.config.batch.poll_interval_s,
+        )
+
+    def _route(self, runtime: Runtime, leased: list[Article], observed: bool) -> list[Article]:
+        """Send the leased articles of tiers that go to batch now to the
+        dispatcher; returns the others (their clusters are counted)."""
+        assert self._batch is not None
+        tiers = runtime.tiers_of(leased, clusters_observed=observed)
+        way = routes(self.config.tiers, runtime.plan() if self._auto else None)
+        to_batch = [
+            (tier, a) for tier, a in zip(tiers, leased, strict=True) if way[tier] is Route.BATCH
+        ]
+        if not to_batch:
+            return leased
+        self._batch.add(to_batch)
+        _log.debug("articles routed to the Batch API", count=len(to_batch))
+        batched = {a.id for _, a in to_batch}
+        return [a for a in leased if a.id not in batched]
+
+    def _take_back_from_batch(self, runtime: Runtime) -> None:
+        """Articles of batch jobs that failed, to call interactively."""
+        if self._batch is None:
+            return
+        back = self._batch.take_interactive()
+        if back:
+            self._submit_part(runtime, back, clusters_observed=False, route=False)
+
+    def _batch_report(self) -> BatchReport | None:
+        if self._batch_jobs is None:
+            return None
+        try:
+            return self._batch_jobs.report()
+        except StorageError as exc:
+            _log.warning("batch jobs not read", error=str(exc))
+            return None
 
     def _drain(self, runtime: Runtime, started: float) -> StopReason:
         """Stop at once, except for the calls in flight: no new call starts
@@ -577,6 +667,8 @@ class Daemon:
         problems: list[str] = []
         released = 0
         try:
+            if self._batch is not None:
+                _guarded("batch dispatcher stop", self._batch.stop)
             if saver is not None:
                 _guarded("final quota snapshot", saver.close)
             unfinished = _guarded("runtime stop", lambda: runtime.stop(drain=False)) or []
