@@ -66,7 +66,12 @@ from tierbatch.adapters.app.model_check import (
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
 from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
-from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
+from tierbatch.adapters.app.status_report import (
+    StatusError,
+    batch_line,
+    read_status,
+    render_status,
+)
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.origin import InvalidBaseUrl
@@ -609,6 +614,9 @@ def _print_summary(
         notes=notes,
     )
     render_summary(summary, out)
+    line = batch_line(report.batch) if report.batch is not None else None
+    if line:
+        print(line, file=out)
     out.flush()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,7 +23,12 @@ from rich.table import Table
 
 from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
-from tierbatch.adapters.storage.store import GroundingCount, ResultCount, StorageError
+from tierbatch.adapters.storage.store import (
+    BatchReport,
+    GroundingCount,
+    ResultCount,
+    StorageError,
+)
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -64,6 +69,8 @@ class Status:
     quota: tuple[ModelQuota, ...]
     # The grounding check's outcomes per tier, model and pack size.
     grounding: tuple[GroundingCount, ...] = ()
+    # The Batch API's jobs: in flight, over, and the money they saved.
+    batch: BatchReport = field(default_factory=BatchReport)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +104,7 @@ def read_status(
         snapshot_problem=problem,
         quota=quota,
         grounding=report.grounding,
+        batch=report.batch,
     )
 
 
@@ -176,6 +184,9 @@ def render_status(status: Status, file: TextIO) -> None:
         console.print(table)
     if status.grounding:
         console.print(grounding_table(status.grounding))
+    line = batch_line(status.batch)
+    if line:
+        console.print(line)
     if status.snapshot_problem:
         console.print(f"quota snapshot {status.snapshot}: {status.snapshot_problem}")
     elif status.snapshot_age_s is None:
@@ -196,6 +207,17 @@ def render_status(status: Status, file: TextIO) -> None:
                 _state(q),
             )
         console.print(table)
+
+
+def batch_line(batch: BatchReport) -> str | None:
+    """The Batch API's jobs in one line (None when there were none)."""
+    if not (batch.in_flight or batch.settled or batch.returned):
+        return None
+    return (
+        f"batch jobs: {batch.in_flight} in flight ({batch.articles_in_flight} articles), "
+        f"{batch.settled} settled, {batch.returned} returned; cost ${batch.cost_usd:.4f}, "
+        f"saved ${batch.saved_usd:.4f} against interactive prices"
+    )
 
 
 def grounding_table(rows: tuple[GroundingCount, ...]) -> Table:

@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tierbatch.adapters.storage.queue_rows import article_of
-from tierbatch.adapters.storage.queue_sql import RELEASE_SET
+from tierbatch.adapters.storage.queue_sql import RELEASE_SET, read_batch_report
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
-from tierbatch.adapters.storage.store import StorageError
+from tierbatch.adapters.storage.store import BatchReport, StorageError
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_jobs import JobPhase, JobRequest
 from tierbatch.policies.results import TerminalResult
@@ -73,47 +73,6 @@ class JobRecord:
     @property
     def article_ids(self) -> tuple[str, ...]:
         return tuple(i for r in self.requests for i in r.article_ids)
-
-
-@dataclass(frozen=True, slots=True)
-class BatchReport:
-    """What ``status`` shows of the jobs: in flight (jobs, articles), and
-    over (settled, returned), with the money the settled ones saved."""
-
-    in_flight: int = 0
-    articles_in_flight: int = 0
-    settled: int = 0
-    returned: int = 0
-    cost_usd: float = 0.0
-    interactive_cost_usd: float = 0.0
-
-    @property
-    def saved_usd(self) -> float:
-        return self.interactive_cost_usd - self.cost_usd
-
-
-REPORT_SQL = (
-    "SELECT phase, COUNT(*), COALESCE(SUM(articles), 0), COALESCE(SUM(cost_usd), 0.0),"
-    " COALESCE(SUM(interactive_cost_usd), 0.0) FROM batch_jobs GROUP BY phase"
-)
-
-
-def read_batch_report(query: Any) -> BatchReport:
-    """The jobs' report through ``query(sql, params)`` (a read)."""
-    counts: dict[str, tuple[int, int, float, float]] = {}
-    for phase, jobs, articles, cost, interactive in query(REPORT_SQL, ()):
-        counts[str(phase)] = (int(jobs), int(articles), float(cost), float(interactive))
-    flight = [counts.get(p.value, (0, 0, 0.0, 0.0)) for p in JobPhase if p.in_flight]
-    settled = counts.get(JobPhase.SETTLED.value, (0, 0, 0.0, 0.0))
-    returned = counts.get(JobPhase.RETURNED.value, (0, 0, 0.0, 0.0))
-    return BatchReport(
-        in_flight=sum(f[0] for f in flight),
-        articles_in_flight=sum(f[1] for f in flight),
-        settled=settled[0],
-        returned=returned[0],
-        cost_usd=settled[2],
-        interactive_cost_usd=settled[3],
-    )
 
 
 def _requests_json(requests: Sequence[JobRequest]) -> str:

@@ -21,12 +21,14 @@ from tierbatch.adapters.storage.result_json import (
     result_to_json,
 )
 from tierbatch.adapters.storage.store import (
+    BatchReport,
     GroundingCount,
     IncompatibleSchema,
     QueueReport,
     ResultCount,
     refused_counts,
 )
+from tierbatch.policies.batch_jobs import JobPhase
 from tierbatch.policies.results import TerminalResult
 
 SCHEMA_VERSION = 3
@@ -203,6 +205,31 @@ PENDING_SQL = "SELECT COUNT(*) FROM articles WHERE state IN ('queued', 'leased')
 REJECTS_SQL = "SELECT source, line_no, reason, raw_prefix, at FROM rejects"
 
 
+REPORT_SQL = (
+    "SELECT phase, COUNT(*), COALESCE(SUM(articles), 0), COALESCE(SUM(cost_usd), 0.0),"
+    " COALESCE(SUM(interactive_cost_usd), 0.0) FROM batch_jobs GROUP BY phase"
+)
+
+
+def read_batch_report(query: Callable[[str, Sequence[Any]], list[Any]]) -> BatchReport:
+    """The jobs' report through ``query(sql, params)`` (a read)."""
+    counts: dict[str, tuple[int, int, float, float]] = {}
+    for phase, jobs, articles, cost, interactive in query(REPORT_SQL, ()):
+        counts[str(phase)] = (int(jobs), int(articles), float(cost), float(interactive))
+    none = (0, 0, 0.0, 0.0)
+    flight = [counts.get(p.value, none) for p in JobPhase if p.in_flight]
+    settled = counts.get(JobPhase.SETTLED.value, none)
+    returned = counts.get(JobPhase.RETURNED.value, none)
+    return BatchReport(
+        in_flight=sum(f[0] for f in flight),
+        articles_in_flight=sum(f[1] for f in flight),
+        settled=settled[0],
+        returned=returned[0],
+        cost_usd=settled[2],
+        interactive_cost_usd=settled[3],
+    )
+
+
 def result_counts_sql(collate: str = "") -> str:
     """Results per status, tier and model; ``collate`` orders the groups by
     code point where the database's default collation would not."""
@@ -321,7 +348,11 @@ def read_queue_report(
             GroundingCount(tier, model, int(size), int(n), int(g), int(c), int(u))
             for tier, model, size, n, g, c, u in query(grounding_sql, ())
         )
+    batch = BatchReport()
+    if version and version[0][0] not in ("1", "2"):
+        batch = read_batch_report(query)
     return QueueReport(
+        batch=batch,
         states=states,
         expired_leases=int(expired),
         results=results,
