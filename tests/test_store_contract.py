@@ -52,6 +52,7 @@ from tierbatch.actors.runtime import Runtime
 from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import read_articles
+from tierbatch.adapters.storage.queue_sql import SCHEMA_VERSION
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.store import (
     EnqueueReport,
@@ -466,7 +467,7 @@ def test_a_database_of_schema_version_1_is_migrated_in_place(
     assert status.states["done"] == 0 and status.grounding == ()
     assert backend.query(version) == [("1",)]
     with backend.open("owner-a", clock) as store:  # type: ignore[attr-defined]
-        assert backend.query(version) == [("2",)]
+        assert backend.query(version) == [(str(SCHEMA_VERSION),)]
         (old,) = store.results()
         assert isinstance(old, Done)
         assert (old.grounding, old.pack_size, old.entities[0].flag) == (None, 0, None)
@@ -474,7 +475,8 @@ def test_a_database_of_schema_version_1_is_migrated_in_place(
         assert list(store.results(["new"])) == [grounded_done("new")]
     with backend.open("owner-b", clock) as again:  # type: ignore[attr-defined]
         assert [r.article_id for r in again.results()] == ["old", "new"]
-    assert backend.query(version) == [("2",)]
+    assert backend.query(version) == [(str(SCHEMA_VERSION),)]
+    assert backend.query("SELECT COUNT(*) FROM batch_jobs") == [(0,)]  # version 3's table
     status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now)
     assert status.grounding == (GroundingCount("high", "gemini-a", 4, 1, 1, 2, 1),)
 
