@@ -6,13 +6,27 @@ poll lease expires, and a returned job's articles go back."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from store_backends import FakeClock, article, done
-from test_store_contract import Backend, backend, clock  # noqa: F401 - fixtures
+import pytest
+from store_backends import Backend, FakeClock, PostgresBackend, SqliteBackend, article, done
 
 from tierbatch.adapters.storage.batch_store import BatchJobStore, job_owner
 from tierbatch.policies.batch_jobs import JobPhase, JobRequest
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SqliteBackend(tmp_path)
+    return PostgresBackend(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
 
 REQUESTS = [JobRequest("r0", ("1", "2")), JobRequest("r1", ("3",))]
 
