@@ -9,7 +9,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 from cli_helpers import (
+    TEST_KEY,
     DaemonProcess,
     child_env,
     query,
@@ -18,6 +20,7 @@ from cli_helpers import (
     states,
     wait_until,
     write_config,
+    write_jsonl,
 )
 from test_daemon import enqueue, run_cli
 from test_fake_gemini_batch import ManualClock
@@ -87,3 +90,43 @@ def test_daemon_killed_mid_poll_resumes_the_same_job_without_a_second_submit(
     assert code == 0
     assert "batch jobs: 0 in flight" in out
     assert "saved" in out
+
+
+def auto_config(path: Path, base_url: str) -> Path:
+    """The hot tier ``auto`` with a 10 s deadline, every model of its chain
+    at 2 requests a minute: the interactive quota cannot meet it."""
+    write_config(path, base_url=base_url)
+    text = path.read_text(encoding="utf-8")
+    text = text.replace('name = "hot"\n', 'name = "hot"\nmode = "auto"\nmax_latency_s = 10.0\n', 1)
+    text = text.replace("rpm = 6000", "rpm = 2").replace("window_s = 2.0", "window_s = 60.0")
+    text += "\n[batch]\npoll_interval_s = 0.1\ncollect_s = 0.2\n"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_auto_tier_sends_what_the_quota_cannot_finish_in_time_to_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 30
+    monkeypatch.setenv("GEMINI_API_KEY", TEST_KEY)
+    settings = BatchSettings(pending_s=0.1, turnaround_s=0.5)
+    with FakeGeminiServer(FakeGeminiConfig(batch=settings)) as server:
+        config = auto_config(tmp_path / "c.toml", server.base_url)
+        articles = write_jsonl(tmp_path / "in.jsonl", sample_lines(n))
+        db = tmp_path / "r.sqlite"
+        code, out, err = run_cli(
+            "run", str(articles), "--db", str(db), "--config", str(config), "--no-progress"
+        )
+        log = server.log
+    assert code == 0, err
+    assert creates_in(log) >= 1
+    interactive = [r for r in log if r.method == "generateContent"]
+    assert len(interactive) <= 2  # at most the quota's first window went interactive
+    rows = query(db, "SELECT status, model FROM results")
+    assert len(rows) == n and all(status == "done" for status, _ in rows)
+    assert "batch jobs: 0 in flight" in out and "saved $" in out
+    assert "30 done" in out or "done: 30" in out or " 30 " in out
+
+
+def creates_in(log: list) -> int:  # type: ignore[type-arg]
+    return sum(r.method == "batches.create" for r in log)

@@ -66,6 +66,7 @@ from tierbatch.policies.batch_jobs import (
 )
 from tierbatch.policies.config import BatchFailure, Config, ModelSpec, TierSpec
 from tierbatch.policies.outcomes import AuthFailed, BadRequest, ModelNotFound
+from tierbatch.policies.results import TerminalResult
 
 __all__ = ["BatchBackend", "BatchDispatcher", "DispatcherStats"]
 
@@ -107,7 +108,9 @@ def _new_job_id() -> str:
 class BatchDispatcher:
     """See the module docstring. ``lease_s`` is the daemon's lease time (the
     poll lease of the jobs, and the lease articles handed to interactive
-    calls get); ``tick_s`` how often the thread looks for due work."""
+    calls get); ``tick_s`` how often the thread looks for due work;
+    ``on_results`` sees the results of every job it settled (the daemon's
+    tally and metrics); ``wake`` is set when a job ends."""
 
     def __init__(
         self,
@@ -119,6 +122,7 @@ class BatchDispatcher:
         tick_s: float = 0.1,
         new_job_id: Callable[[], str] = _new_job_id,
         wake: threading.Event | None = None,
+        on_results: Callable[[Sequence[TerminalResult]], None] | None = None,
     ) -> None:
         self._config = config
         self._jobs = jobs
@@ -127,6 +131,7 @@ class BatchDispatcher:
         self._tick_s = tick_s
         self._new_job_id = new_job_id
         self._wake_daemon = wake
+        self._on_results = on_results
         self._tiers = {t.name: t for t in config.tiers}
         self._lock = threading.Lock()
         self._waiting: dict[str, deque[tuple[float, Article]]] = {}
@@ -382,6 +387,8 @@ class BatchDispatcher:
             detail=detail,
         )
         self._settled += 1
+        if new and self._on_results is not None:
+            self._on_results(settlement.results)
         _log.info(
             "batch job settled",
             job_id=record.job_id,

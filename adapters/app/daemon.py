@@ -347,7 +347,7 @@ class Daemon:
         except BaseException:
             results_sink.close()
             raise
-        self._start_batch()
+        self._start_batch(runtime)
         saver: DebouncedSaver | None = None
         reason = StopReason.IMMEDIATE
         baseline: tuple[ModelStatus, ...] = ()
@@ -548,7 +548,7 @@ class Daemon:
 
     # ---- the Batch API -------------------------------------------------------------
 
-    def _start_batch(self) -> None:
+    def _start_batch(self, runtime: Runtime) -> None:
         """The batch dispatcher, when a tier uses the Batch API and there is
         one to use (google-genai's); else those tiers run interactively."""
         if not self.config.uses_batch:
@@ -568,13 +568,29 @@ class Daemon:
             self._batch_backend,
             lease_s=self.options.lease_s,
             wake=self._wake,
+            on_results=self._batch_results,
         )
         self._batch.start()
+        if self._auto:
+            # Plan the whole backlog before the first lease, so the auto
+            # tiers' first articles are routed by a plan, not by its absence
+            # (``stats`` is a round trip through the composer, which has
+            # passed the backlog on to the registry by then).
+            with contextlib.suppress(StorageError):
+                runtime.backlog_elsewhere(self.store.counts().get("queued", 0))
+                runtime.stats()
         _log.info(
             "batch dispatcher started",
             tiers=tiers,
             poll_interval_s=self.config.batch.poll_interval_s,
         )
+
+    def _batch_results(self, results: Sequence[TerminalResult]) -> None:
+        """A settled job's results, counted like the runtime's (the
+        dispatcher's thread; the tally is thread-safe)."""
+        self._tally.add(results)
+        if self._metrics is not None:
+            self._metrics.observe_results(results)
 
     def _route(self, runtime: Runtime, leased: list[Article], observed: bool) -> list[Article]:
         """Send the leased articles of tiers that go to batch now to the

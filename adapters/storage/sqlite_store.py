@@ -48,11 +48,13 @@ Schema (version 2)::
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         -- schema_version; stale_results and duplicate_results: how many
         -- results were refused (see "Results" below), over the database's life
+    CREATE TABLE batch_jobs (...);  -- the Batch API's jobs (schema 3), see batch_store
 
 A database of schema version 1 is migrated in place when a store opens it
 (``ALTER TABLE results ADD COLUMN`` for the four grounding columns, in the
 schema transaction); its existing results keep NULL there. ``tierbatch
 status`` reads a version-1 database as it is, without the grounding table.
+Version 2 is brought to 3 by creating ``batch_jobs``.
 
 Inserting from another process needs only the id and the payload (the JSONL
 input format, see ``tierbatch.adapters.storage.jsonl_input``)::
