@@ -88,8 +88,10 @@ def _problem(settings: BenchSettings, workload: Workload, packed: bool, windows:
         j = int(offset // w)
         if j < windows:  # later arrivals cannot be served within these windows
             arrivals[j][item.tier] += 1
-    rpm = [[float(settings.model(m).rpm) for m in models] for _ in range(windows)]
-    tpm = [[float(settings.model(m).tpm) for m in models] for _ in range(windows)]
+    # Against what the server enforces, not what the systems are told.
+    scale = workload.enforced
+    rpm = [[float(round(settings.model(m).rpm * scale)) for m in models] for _ in range(windows)]
+    tpm = [[float(round(settings.model(m).tpm * scale)) for m in models] for _ in range(windows)]
     for spend in workload.storm:
         j = int(spend.at_s // w)
         if j < windows:
@@ -112,7 +114,7 @@ def _problem(settings: BenchSettings, workload: Workload, packed: bool, windows:
         arrivals=arrivals,
         rpm=rpm,
         tpm=tpm,
-        rpd=[float(settings.model(m).rpd) for m in models],
+        rpd=[float(round(settings.model(m).rpd * scale)) for m in models],
     )
 
 

@@ -129,14 +129,20 @@ def measure_waiting(requests: int, waiting: int) -> dict[str, float]:
 
 def measure_http(requests: int) -> dict[str, Any]:
     from tierbatch.adapters.gemini.genai_provider import GenaiProvider
-    from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, build_prompt
+    from tierbatch.adapters.gemini.prompt import (
+        RESPONSE_SCHEMA,
+        SYSTEM_INSTRUCTION,
+        build_user_text,
+    )
     from tierbatch.policies.config import ProviderConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(unlimited_spec(60.0, 0.0, Path(tmp) / "server.jsonl"), Path(tmp))
         base_url = server.start()
         try:
-            bare = _bare_genai(base_url, requests, RESPONSE_SCHEMA, build_prompt)
+            bare = _bare_genai(
+                base_url, requests, RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+            )
             provider = GenaiProvider(ProviderConfig(base_url=base_url), api_key=API_KEY)
             runtime = _run(_config(4, 16, 0, 60.0), provider, _articles(requests, "h"))
         finally:
@@ -145,13 +151,19 @@ def measure_http(requests: int) -> dict[str, Any]:
     return {"bare": bare, "runtime": runtime, "runtime_share_us": share}
 
 
-def _bare_genai(base_url: str, n: int, schema: Any, build_prompt: Any) -> dict[str, float]:
+def _bare_genai(
+    base_url: str, n: int, schema: Any, system: str, build_user_text: Any
+) -> dict[str, float]:
     from google import genai
     from google.genai import types
 
     articles = _articles(n, "b")
+    # Built once, as the runtime's provider does.
     config = types.GenerateContentConfig(
-        response_mime_type="application/json", response_schema=schema, temperature=0.0
+        response_mime_type="application/json",
+        response_schema=schema,
+        temperature=0.0,
+        system_instruction=system,
     )
 
     async def main() -> None:
@@ -163,11 +175,8 @@ def _bare_genai(base_url: str, n: int, schema: Any, build_prompt: Any) -> dict[s
 
         async def one(article: Any) -> None:
             async with gate:
-                system, user = build_prompt((article,))
                 await client.aio.models.generate_content(
-                    model="m",
-                    contents=user,
-                    config=config.model_copy(update={"system_instruction": system}),
+                    model="m", contents=build_user_text((article,)), config=config
                 )
 
         await asyncio.gather(*(one(a) for a in articles))

@@ -38,6 +38,9 @@ from bench.workloads import Workload
 BINS_PER_WINDOW = 4
 
 
+SETTLE_WINDOWS = 2
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile; None for no values."""
     if not values:
@@ -99,6 +102,10 @@ def compute_metrics(
             for i in e["ids"]:
                 served_by[i].add(e["model"])
                 answered_times[i] += 1
+    # After the first two windows: what is left once a system has had the
+    # time to learn a limit it was told wrong (the over-claimed and bucket targets).
+    settled = [e for e in server_log if e["at"] >= t0 + SETTLE_WINDOWS * w]
+    settled_limited = sum(1 for e in settled if e["status"] == 429)
     unverified = sum(1 for i, c in done.items() if c.model not in served_by.get(i, set()))
     reserved = sum(1 for n in answered_times.values() if n > 1)
 
@@ -155,6 +162,9 @@ def compute_metrics(
         "status": {str(k): v for k, v in sorted(status.items())},
         "rate_limited": rate_limited,
         "rate_limited_per_1000": rate_limited / requests * 1000 if requests else 0.0,
+        "rate_limited_settled_per_1000": (
+            settled_limited / len(settled) * 1000 if settled else 0.0
+        ),
         "fallback_articles": fallback_articles,
         "fidelity": fidelity,
         "hot_fidelity_when_primary_free": hot_when_free,

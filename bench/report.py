@@ -26,6 +26,9 @@ TARGET_429_PER_1000 = 5.0
 TARGET_HOT_FIDELITY = 0.99
 TARGET_ACTOR_US = 200.0
 TARGET_SEED_FACTOR = 10.0
+# Workloads where the provider differs from what the config says, with
+# their own targets: (share of the bound, 429s per 1000 after two windows).
+TARGET_MISTOLD = {"overclaimed": (0.90, 20.0), "bucket": (0.95, 10.0)}
 FLAT_MEMORY = 1.10
 FLAT_CPU = 1.25
 
@@ -314,9 +317,9 @@ def targets(data: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
             return None, "no tierbatch run"
         return all(results), "; ".join(notes)
 
-    alone = [w for w in runs if w != "storm"]
+    alone = [w for w in runs if w != "storm" and w not in TARGET_MISTOLD]
     ok, note = each(
-        list(runs),
+        [w for w in runs if w not in TARGET_MISTOLD],
         lambda w, r: (
             (r["bound_ratio"] or 0) >= TARGET_BOUND,
             _pct(r["bound_ratio"], 1),
@@ -331,6 +334,25 @@ def targets(data: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         ),
     )
     out.append(("<= 0.5% of requests answered 429 when tierbatch is the only user", ok, note))
+    for w, (share, per_1000) in TARGET_MISTOLD.items():
+        if w not in runs:
+            continue
+        ok, note = each(
+            [w],
+            lambda w, r, share=share, per_1000=per_1000: (
+                (r["bound_ratio"] or 0) >= share
+                and r.get("rate_limited_settled_per_1000", 1e9) <= per_1000,
+                f"{_pct(r['bound_ratio'], 1)} of the bound, "
+                f"{r.get('rate_limited_settled_per_1000', 0) / 10:.1f}% 429s after two windows",
+            ),
+        )
+        out.append(
+            (
+                f"{w}: >= {share:.0%} of the bound, <= {per_1000 / 10:g}% 429s after two windows",
+                ok,
+                note,
+            )
+        )
     lost_dup = [
         (w, s, r["lost"], r["duplicated"])
         for w, by in runs.items()

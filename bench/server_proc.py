@@ -34,9 +34,19 @@ def server_spec(
     settings: BenchSettings, workload: Workload | None, log_path: Path
 ) -> dict[str, Any]:
     """What the server process needs: quotas, latencies, faults, the storm."""
+    enforced = workload.enforced if workload else 1.0
     return {
         "window_s": settings.window_s,
-        "models": {m.name: {"rpm": m.rpm, "tpm": m.tpm, "rpd": m.rpd} for m in settings.models},
+        "models": {
+            m.name: {
+                "rpm": max(1, round(m.rpm * enforced)),
+                "tpm": max(1, round(m.tpm * enforced)),
+                "rpd": max(1, round(m.rpd * enforced)) if m.rpd else 0,
+            }
+            for m in settings.models
+        },
+        "limiter": workload.limiter if workload else "window",
+        "bucket_s": settings.real(workload.bucket_s) if workload else 1.0,
         "latency_s": {m.name: settings.real(m.latency_s) for m in settings.models},
         "retired": list(workload.retired) if workload else [],
         "outages": {k: list(v) for k, v in workload.outages.items()} if workload else {},
@@ -167,6 +177,8 @@ def _serve(spec: dict[str, Any]) -> None:
         for name, q in spec["models"].items()
     }
     latency = spec["latency_s"]
+    limiter = spec.get("limiter", "window")
+    shape = {} if limiter == "window" else {"limiter": limiter, "bucket_s": spec["bucket_s"]}
     config = FakeGeminiConfig(
         models=models,
         window_s=float(spec["window_s"]),
@@ -174,6 +186,7 @@ def _serve(spec: dict[str, Any]) -> None:
         retired=frozenset(spec["retired"]),
         outages={k: (float(v[0]), float(v[1])) for k, v in spec["outages"].items()},
         seed=int(spec["seed"]),
+        **shape,
     )
     server = FakeGeminiServer(config, port=int(spec.get("port", 0)))
     base_url = server.start()

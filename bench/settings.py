@@ -30,7 +30,7 @@ SYSTEMS = (
     "openai-parallel",
     "litellm-router",
 )
-WORKLOADS = ("steady", "daemon", "storm", "outage")
+WORKLOADS = ("steady", "daemon", "storm", "outage", "overclaimed", "bucket")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,8 @@ STORM_CHUNKS_PER_WINDOW = 20
 BASE_ARRIVAL_LOAD = 0.6
 BURST_LOAD = 1.5
 BURST_SPREAD = 0.2
+OVERCLAIM_ENFORCED = 0.5
+BUCKET_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,13 @@ class Workload:
     storm: tuple[StormSpend, ...] = ()
     outages: dict[str, tuple[float, float]] = field(default_factory=dict)
     retired: tuple[str, ...] = ()
+    # The share of each configured limit the server really enforces (the
+    # systems are told the configured ones): 0.5 is a config that over-claims 2x.
+    enforced: float = 1.0
+    # How the server enforces a per-minute limit: a rolling window, or a token
+    # bucket holding ``bucket_s`` unscaled seconds' worth, refilled at the rate.
+    limiter: str = "window"
+    bucket_s: float = 10.0
 
     @property
     def size(self) -> int:
@@ -114,6 +123,25 @@ def build_workload(settings: BenchSettings, name: str) -> Workload:
             arrivals,
             outages={PRO: (start, end)},
             retired=(FLASH,),
+        )
+    if name == "overclaimed":
+        return Workload(
+            name,
+            f"backlog; the config claims {1 / OVERCLAIM_ENFORCED:g}x the limits the server "
+            "enforces (the bound is the enforced one's)",
+            articles,
+            arrivals,
+            enforced=OVERCLAIM_ENFORCED,
+        )
+    if name == "bucket":
+        return Workload(
+            name,
+            f"backlog; the server enforces each per-minute limit as a token bucket holding "
+            f"{BUCKET_S:g} s' worth (unscaled), refilled at the limit's rate",
+            articles,
+            arrivals,
+            limiter="bucket",
+            bucket_s=BUCKET_S,
         )
     raise ValueError(f"unknown workload {name!r}")
 
