@@ -9,7 +9,8 @@ the shipped default config at list prices, with time scaled: one quota
 minute is ``--window-s`` seconds, every model admits a tenth of its
 published requests per minute, and the cold tier's model ``--cold-rpm``,
 so the cold tier's backlog does not fit in the deadline interactively.
-The only difference between the two runs is the cold tier's ``mode`` (``interactive`` vs ``auto`` with
+The only difference between the two runs is the cold tier's ``mode``
+(``interactive`` vs ``auto`` with
 ``max_latency_s = --deadline-s``). The server's batch jobs run for
 ``--turnaround-s`` (a day, scaled). Costs are the results table's
 ``cost_usd`` (a batch result's is its share of its request at the batch
