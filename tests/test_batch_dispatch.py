@@ -293,3 +293,25 @@ def test_nameless_row_whose_job_never_reached_the_api_gives_articles_back(
         assert again.store.counts()["queued"] == 2
     finally:
         again.close()
+
+
+def test_a_refused_job_sends_its_articles_to_interactive_calls(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    settings = BatchSettings(pending_s=60.0, turnaround_s=TURNAROUND_S)
+    server = FakeGeminiServer(
+        FakeGeminiConfig(batch=settings, without_batch=frozenset({MODEL})), clock=clock
+    )
+    server.start()
+    setup = Setup(tmp_path, server, config(), 3).start()
+    try:
+        setup.wait_phase("returned")
+        (job,) = setup.jobs.jobs()
+        assert job["detail"].startswith("not created")
+        back: list[Article] = []
+        wait_until(lambda: bool(back.extend(setup.dispatcher.take_interactive()) or back), 10, "")
+        assert sorted(a.id for a in back) == ["b0", "b1", "b2"]
+        assert setup.store.release() == 3  # leased to this daemon again
+    finally:
+        setup.close()
+        server.stop()

@@ -141,6 +141,7 @@ class BatchDispatcher:
         self._poll_now = threading.Event()
         self._thread: threading.Thread | None = None
         self._submitted = self._settled = self._returned = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- the daemon's side (any thread) ----------------------------------------------
 
@@ -301,7 +302,9 @@ class BatchDispatcher:
             except BatchError as exc:
                 _log.warning("batch job not cancelled", job=name, error=str(exc))
 
-        asyncio.get_running_loop().create_task(cancel())
+        task = asyncio.get_running_loop().create_task(cancel())
+        self._tasks.add(task)  # a task nobody holds may be collected before it runs
+        task.add_done_callback(self._tasks.discard)
 
     # ---- polling -------------------------------------------------------------------------
 
@@ -352,7 +355,7 @@ class BatchDispatcher:
             self._give_back(record.job_id, "cancelled", "not over within batch.give_up_s")
 
     def _jobs_now(self) -> float:
-        return self._jobs._now()
+        return self._jobs.now()
 
     async def _settle(self, record: JobRecord) -> None:
         assert record.name is not None

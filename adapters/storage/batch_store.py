@@ -97,7 +97,8 @@ class BatchJobStore:
     def owner(self) -> str:
         return self._store.owner
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The store's clock (epoch seconds; PostgreSQL: the server's)."""
         return self._store._clock()
 
     def _tx(self, work: Any) -> Any:
@@ -123,7 +124,7 @@ class BatchJobStore:
         dropped; none at all: no row was written)."""
 
         def work(conn: Any) -> tuple[JobRequest, ...]:
-            now = self._now()
+            now = self.now()
             ids = [i for r in requests for i in r.article_ids]
             held: set[str] = set()
             for start in range(0, len(ids), 500):
@@ -180,7 +181,7 @@ class BatchJobStore:
         False when the row is no longer that (another daemon resolved it)."""
 
         def work(conn: Any) -> bool:
-            now = self._now()
+            now = self.now()
             cursor = self._run(
                 conn,
                 "UPDATE batch_jobs SET name = ?, phase = 'submitted', api_state = 'pending',"
@@ -197,7 +198,7 @@ class BatchJobStore:
         those whose poll lease expired; each one's lease is renewed."""
 
         def work(conn: Any) -> list[JobRecord]:
-            now = self._now()
+            now = self.now()
             self._run(
                 conn,
                 "UPDATE batch_jobs SET poller = ?, poll_expires = ?"
@@ -222,7 +223,7 @@ class BatchJobStore:
             lambda conn: self._run(
                 conn,
                 "UPDATE batch_jobs SET api_state = ?, updated_at = ? WHERE id = ? AND poller = ?",
-                (api_state, self._now(), job_id, self.owner),
+                (api_state, self.now(), job_id, self.owner),
             )
         )
 
@@ -253,7 +254,7 @@ class BatchJobStore:
         left alone: 0). Returns how many results were new."""
 
         def work(conn: Any) -> int:
-            now = self._now()
+            now = self.now()
             cursor = self._run(
                 conn,
                 "UPDATE batch_jobs SET phase = 'settled', api_state = 'succeeded',"
@@ -282,7 +283,7 @@ class BatchJobStore:
         alone."""
 
         def work(conn: Any) -> list[Article]:
-            now = self._now()
+            now = self.now()
             cursor = self._run(
                 conn,
                 "UPDATE batch_jobs SET phase = 'returned', api_state = COALESCE(?, api_state),"
