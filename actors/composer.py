@@ -127,7 +127,6 @@ class BatchComposer(pykka.ThreadingActor):
         self._clock = clock
         self._on_died = on_died
         ladder = TierLadder(config.tiers, config.global_fallback)
-        self._ladder = ladder
         self._ledger = Ledger(
             Composer(ladder, config.composer.mix, config.composer.aging_s),
             config.retry.poison_after,
@@ -265,7 +264,6 @@ class BatchComposer(pykka.ThreadingActor):
     def _classify(self, articles: tuple[Article, ...], observe: bool) -> tuple[str, ...]:
         wall = self._clock.wall()
         cfg = self._config.priority
-        ladder = self._ladder
         names: list[str] = []
         for article in articles:
             stats = None
@@ -274,7 +272,8 @@ class BatchComposer(pykka.ThreadingActor):
                     seen_at = min(article_time(article, wall), wall)
                     self._clusters.observe(article.cluster_id, seen_at)
                 stats = self._clusters.stats(article.cluster_id, wall)
-            names.append(self._tier_names[ladder.index_for(score(article, stats, wall, cfg))])
+            tier = self._ledger.tier_for(score(article, stats, wall, cfg))
+            names.append(self._tier_names[tier])
         return tuple(names)
 
     def _dispatch(self) -> None:

@@ -146,6 +146,10 @@ class Ledger:
 
     # ---- moves ------------------------------------------------------------------
 
+    def tier_for(self, priority: float) -> int:
+        """The tier index ``admit`` would queue an article of ``priority`` in."""
+        return self._queues.tier_for(priority)
+
     def admit(self, article: Article, priority: float, now: float) -> Queued:
         """Queue a new article (the caller has checked ``is_known``)."""
         item = self._queues.push(article, priority, now)
