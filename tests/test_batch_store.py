@@ -88,6 +88,8 @@ def test_a_dead_daemons_jobs_are_taken_over_after_its_poll_lease(
         )
         assert store.counts()["queued"] == 3
         assert jobs.report().returned == 1
+        # the job's lease stays a strike, so failing jobs cannot go round for ever
+        assert backend.query("SELECT attempts FROM articles WHERE id = '1'") == [(1,)]
 
 
 def test_give_back_to_interactive_leases_the_articles_to_this_owner(

@@ -616,7 +616,7 @@ def _print_summary(
     render_summary(summary, out)
     line = batch_line(report.batch) if report.batch is not None else None
     if line:
-        print(line, file=out)
+        print(f"{line} (the estimated cost above counts interactive requests only)", file=out)
     out.flush()
 
 

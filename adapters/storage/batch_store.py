@@ -52,6 +52,11 @@ _ARTICLE_LEASE_MARGIN_S = 3600.0
 _JOB_COLUMNS = "id, name, phase, tier, model, requests, api_state, poller, poll_expires, created_at"
 
 
+_REQUEUE_COUNTED = """UPDATE articles
+    SET state = 'queued', lease_owner = NULL, lease_expires = NULL, updated_at = ?
+    WHERE lease_owner = ? AND state = 'leased'"""
+
+
 def job_owner(job_id: str) -> str:
     """The lease owner of a job's articles."""
     return f"batch:{job_id}"
@@ -277,7 +282,9 @@ class BatchJobStore:
         self, job_id: str, *, api_state: str | None, detail: str, to_owner_for_s: float | None
     ) -> list[Article]:
         """Mark the job returned and its articles' leases given back: to
-        the queue (``to_owner_for_s`` None), or to this owner for that many
+        the queue (``to_owner_for_s`` None; the lease counts towards
+        ``retry.poison_after``, as a lease that ended without a result
+        does), or to this owner for that many
         seconds, for interactive calls -- then they are returned (nothing
         for the queue). A job already over, or another daemon's, is left
         alone."""
@@ -295,11 +302,10 @@ class BatchJobStore:
                 return []
             owner = job_owner(job_id)
             if to_owner_for_s is None:
-                self._run(
-                    conn,
-                    RELEASE_SET + "lease_owner = ? AND state = 'leased'",
-                    (now, owner),
-                )
+                # Unlike a daemon's release, the lease stays counted: an
+                # article whose jobs keep failing ends ``poison`` after
+                # ``retry.poison_after`` leases instead of going round for ever.
+                self._run(conn, _REQUEUE_COUNTED, (now, owner))
                 return []
             rows = self._run(
                 conn,
