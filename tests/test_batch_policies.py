@@ -1,14 +1,19 @@
 """The Batch API's pure decisions: routing (``auto`` by the dispatch plan),
-job steps, when a job is due, packing, the batch price and settlement."""
+job steps, when a job is due, packing, the batch price and settlement; and
+the check at start naming a batch tier whose model cannot batch."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from runtime_helpers import small_config
 
+from tierbatch.actors.ports import BATCH_METHOD, ModelInfo
+from tierbatch.adapters.app.model_check import ModelLookup, batch_warnings
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_costs import TokenCounts, split_cost, tokens_cost_usd
 from tierbatch.policies.batch_jobs import (
@@ -226,3 +231,20 @@ def test_settle_job_skips_articles_the_job_no_longer_holds() -> None:
         now=1.0,
     )
     assert [r.article_id for r in settled.results] == ["a0"]
+
+
+# ---- the models check at start --------------------------------------------------------
+
+
+def test_the_check_at_start_warns_of_a_batch_tier_whose_model_cannot_batch() -> None:
+    config = small_config()
+    cold = replace(config.tiers[2], mode=TierMode.BATCH)
+    config = replace(config, tiers=(*config.tiers[:2], cold))
+    lookups = [
+        ModelLookup(cold.model, ModelInfo(cold.model, methods=("generateContent",))),
+        ModelLookup(config.tiers[0].model, ModelInfo(config.tiers[0].model, methods=())),
+    ]
+    (line,) = batch_warnings(lookups, config)  # the interactive hot tier is not named
+    assert f"tier cold (mode = 'batch') runs on {cold.model}" in line
+    able = [ModelLookup(cold.model, ModelInfo(cold.model, methods=(BATCH_METHOD,)))]
+    assert batch_warnings(able, config) == []
