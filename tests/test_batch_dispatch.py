@@ -22,6 +22,7 @@ from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.adapters.storage.batch_store import BatchJobStore
 from tierbatch.adapters.storage.sqlite_store import SqliteStore
+from tierbatch.adapters.storage.store import StorageError
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_jobs import JobRequest
 from tierbatch.policies.config import Config, ProviderConfig, parse_config
@@ -315,3 +316,26 @@ def test_a_refused_job_sends_its_articles_to_interactive_calls(
     finally:
         setup.close()
         server.stop()
+
+
+def test_articles_whose_job_row_could_not_be_written_are_submitted_later(
+    tmp_path: Path, server: FakeGeminiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = Setup(tmp_path, server, config(), 3)
+    real_begin = setup.jobs.begin
+    failures = iter([True])
+
+    def flaky_begin(*args: Any, **kwargs: Any) -> Any:
+        if next(failures, False):
+            raise StorageError("disk full")
+        return real_begin(*args, **kwargs)
+
+    monkeypatch.setattr(setup.jobs, "begin", flaky_begin)
+    setup.start()
+    try:
+        setup.wait_phase("submitted")
+        (job,) = setup.jobs.jobs()
+        assert job["articles"] == 3
+        assert creates(server) == 1
+    finally:
+        setup.close()

@@ -231,6 +231,13 @@ class BatchDispatcher:
                     due.append((tier, taken))
         return due
 
+    def _put_back(self, tier: str, articles: Sequence[Article]) -> None:
+        """Articles taken for a job that could not be written: first in line again."""
+        now = time.monotonic()
+        with self._lock:
+            queue = self._waiting.setdefault(tier, deque())
+            queue.extendleft((now, a) for a in reversed(articles))
+
     async def _submit_due(self) -> None:
         for tier, articles in self._take_due():
             await self._submit(tier, articles)
@@ -249,7 +256,11 @@ class BatchDispatcher:
         with self._lock:
             self._submitting.add(job_id)
         try:
-            kept = self._jobs.begin(job_id, tier.name, model, requests, self._lease_s)
+            try:
+                kept = self._jobs.begin(job_id, tier.name, model, requests, self._lease_s)
+            except StorageError:
+                self._put_back(tier.name, articles)  # still the daemon's leases: try again
+                raise
             if not kept:
                 return
             items = [BatchItem(r.key, tuple(by_id[i] for i in r.article_ids)) for r in kept]
