@@ -633,6 +633,10 @@ class Daemon:
         released at the end)."""
         opts = self.options
         returned = runtime.begin_shutdown()
+        if self._batch is not None:
+            # no job is submitted after the signal either; jobs in flight
+            # are resumed by the next daemon
+            _guarded("batch dispatcher stop", self._batch.stop)
         released = self._storage(self.store.release, [a.id for a in returned]) or 0
         self._released_at_signal = released
         _log.info(
