@@ -15,7 +15,7 @@ from here, and the adaptive tiers' pack sizes go out with every batch.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,11 +33,14 @@ from tierbatch.actors.messages import (
     ExtractorDied,
     Finished,
     GetComposerStats,
+    GetTierSplit,
+    GetTierThresholds,
     GiveBack,
     ObserveClusters,
     PackChecked,
     Pause,
     RequestWork,
+    SeedTiers,
     Submit,
     TakeReturned,
     TakeUnfinished,
@@ -56,6 +59,7 @@ from tierbatch.policies.ledger import Ledger
 from tierbatch.policies.pack_quality import PackQuality
 from tierbatch.policies.priority import ClusterTracker, article_time, score
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.tier_assignment import TierAssigner
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -114,8 +118,12 @@ class BatchComposer(pykka.ThreadingActor):
         on_died: ComposerDied | None = None,
         threads: ThreadLedger | None = None,
         backlog_to: Callable[[Backlog], None] | None = None,
+        as_of: float | None = None,
     ) -> None:
         super().__init__()
+        # Priority compares publication times with this instant (epoch
+        # seconds) instead of the wall clock: a replay of an old feed.
+        self._as_of = as_of
         self._threads = threads
         # The work ahead per tier, reported to the registry for its plan.
         self._backlog_to = backlog_to
@@ -132,9 +140,12 @@ class BatchComposer(pykka.ThreadingActor):
             config.retry.poison_after,
         )
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
+        self._assigner = TierAssigner(ladder, config.composer.share_window)
         self._quality = PackQuality(config.tiers, config.grounding)
         self._pack_sizes = tuple(self._quality.sizes.items())
         self._capacity = config.composer.max_queued
+        # Priority and tier of articles ``Classify`` tiered, until submitted.
+        self._classified: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._idle: deque[RequestWork] = deque()
         self._dead: set[int] = set()  # extractors that died (ids are never reused)
         self._drain_waiters: list[pykka.ThreadingFuture[bool]] = []
@@ -162,8 +173,16 @@ class BatchComposer(pykka.ThreadingActor):
             case BacklogElsewhere(articles, arrivals_per_s):
                 self._meter.elsewhere(articles, arrivals_per_s)
                 self._report_backlog(self._clock.now())
+            case SeedTiers(articles, observe):
+                self._on_seed(articles, observe)
+            case GetTierSplit():
+                split = self._assigner.split()
+                self._assigner.end_seeding()
+                return split
+            case GetTierThresholds():
+                return self._assigner.current()
             case ObserveClusters(observations):
-                wall = self._clock.wall()  # publication times are wall-clock times
+                wall = self._priority_now()  # publication times are wall-clock times
                 for cluster_id, at in observations:
                     self._clusters.observe(cluster_id, min(at, wall))
             case GiveBack(extractor, ids):
@@ -225,9 +244,9 @@ class BatchComposer(pykka.ThreadingActor):
         if ledger.shutting_down:
             raise ShuttingDown("the runtime is shutting down: it takes no more articles")
         # Queue age (aging, latency) runs on steady time; priority compares
-        # publication times, so it runs on the wall clock.
-        now, wall = self._clock.now(), self._clock.wall()
-        cfg = self._config.priority
+        # publication times, so it runs on the wall clock (or ``as_of``).
+        now, wall = self._clock.now(), self._priority_now()
+        assigner = self._assigner
         consumed = accepted = 0
         duplicates: list[str] = []
         for article in articles:
@@ -238,12 +257,19 @@ class BatchComposer(pykka.ThreadingActor):
             if ledger.queued >= self._capacity:
                 break
             seen_at = article_time(article, wall)
-            stats = None
-            if article.cluster_id is not None:
-                if observe:
-                    self._clusters.observe(article.cluster_id, min(seen_at, wall))
-                stats = self._clusters.stats(article.cluster_id, wall)
-            item = ledger.admit(article, score(article, stats, wall, cfg), now)
+            if observe and article.cluster_id is not None:
+                self._clusters.observe(article.cluster_id, min(seen_at, wall))
+            classified = self._classified.pop(article.id, None)
+            if classified is not None:  # tiered by ``Classify``, and counted then
+                priority, tier = classified
+            else:
+                seeded_priority = assigner.seeded_priority(article.id)
+                seeded = seeded_priority is not None
+                priority = (
+                    self._score(article, wall) if seeded_priority is None else seeded_priority
+                )
+                tier = assigner.assign(article.id, priority, seeded=seeded)
+            item = ledger.admit(article, priority, now, tier)
             chars = len(article.text) + len(article.title)
             self._meter.submitted(
                 self._tier_names[item.tier],
@@ -262,19 +288,51 @@ class BatchComposer(pykka.ThreadingActor):
         return SubmitResult(consumed, accepted, tuple(duplicates))
 
     def _classify(self, articles: tuple[Article, ...], observe: bool) -> tuple[str, ...]:
-        wall = self._clock.wall()
-        cfg = self._config.priority
+        """The tier each article is queued in, decided now as ``Submit``
+        decides it (the share window counts it now); a later ``Submit`` of
+        the same article takes that tier and priority instead of counting
+        it a second time."""
+        wall = self._priority_now()
+        assigner = self._assigner
         names: list[str] = []
         for article in articles:
-            stats = None
-            if article.cluster_id is not None:
-                if observe:
-                    seen_at = min(article_time(article, wall), wall)
-                    self._clusters.observe(article.cluster_id, seen_at)
-                stats = self._clusters.stats(article.cluster_id, wall)
-            tier = self._ledger.tier_for(score(article, stats, wall, cfg))
-            names.append(self._tier_names[tier])
+            if observe and article.cluster_id is not None:
+                self._clusters.observe(article.cluster_id, min(article_time(article, wall), wall))
+            known = self._classified.pop(article.id, None)
+            if known is None:
+                priority = assigner.seeded_priority(article.id)
+                seeded = priority is not None
+                if priority is None:
+                    priority = self._score(article, wall)
+                known = (priority, assigner.assign(article.id, priority, seeded=seeded))
+            self._classified[article.id] = known
+            while len(self._classified) > self._capacity:
+                # those routed elsewhere are never submitted: forget the oldest
+                self._classified.popitem(last=False)
+            names.append(self._tier_names[known[1]])
         return tuple(names)
+
+    def _priority_now(self) -> float:
+        return self._clock.wall() if self._as_of is None else self._as_of
+
+    def _score(self, article: Article, wall: float) -> float:
+        stats = None
+        if article.cluster_id is not None:
+            stats = self._clusters.stats(article.cluster_id, wall)
+        return score(article, stats, wall, self._config.priority)
+
+    def _on_seed(self, articles: tuple[Article, ...], observe: bool) -> None:
+        """Priorities of articles to come, counted towards the tier shares
+        ahead (``SeedTiers``); each keeps the priority it was seeded with."""
+        wall = self._priority_now()
+        if observe:
+            for article in articles:
+                if article.cluster_id is not None:
+                    at = min(article_time(article, wall), wall)
+                    self._clusters.observe(article.cluster_id, at)
+        for article in articles:
+            if not self._ledger.is_known(article.id):
+                self._assigner.seed(article.id, self._score(article, wall))
 
     def _dispatch(self) -> None:
         if self._paused is not None:

@@ -150,6 +150,28 @@ class Classify:
 
 
 @dataclass(frozen=True, slots=True)
+class SeedTiers:
+    """Count the priorities of articles that will arrive later towards the
+    tier shares, before any of them is submitted (a one-shot run seeds its
+    whole input, so its split is exact). ``observe`` as for ``Submit``."""
+
+    articles: tuple[Article, ...]
+    observe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GetTierSplit:
+    """How the seeded articles fall into the tiers (answered with a
+    ``TierSplit``); seeding is over after it."""
+
+
+@dataclass(frozen=True, slots=True)
+class GetTierThresholds:
+    """Every tier's ``min_priority`` now (answered with a ``TierSplit``
+    whose counts are 0: only thresholds and the window's fill)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ObserveClusters:
     """Count articles towards their clusters' hotness without queueing them
     (a daemon warms the statistics from its whole backlog this way)."""

@@ -54,10 +54,13 @@ from tierbatch.actors.messages import (
     GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
+    GetTierSplit,
+    GetTierThresholds,
     ObserveClusters,
     Pause,
     Quiesce,
     ReleaseHolder,
+    SeedTiers,
     StopGranting,
     Submit,
     TakeReturned,
@@ -75,6 +78,7 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
 from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
+from tierbatch.policies.tier_assignment import TierSplit
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -153,8 +157,10 @@ class Runtime:
         observer: RegistryObserver | None = None,
         crash_hook: Any = None,
         unavailable_models: Mapping[str, str] | None = None,
+        as_of: float | None = None,
     ) -> None:
         self.config = config
+        self._as_of = as_of
         self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
         self.sink = sink
@@ -224,6 +230,7 @@ class Runtime:
             self._on_composer_died,
             threads,
             backlog_to=lambda backlog: _tell(registry, backlog),
+            as_of=self._as_of,
         )
         composer, loop = self._composer, self._loop
         deps = ExtractorDeps(
@@ -455,6 +462,27 @@ class Runtime:
             composer.tell(ObserveClusters(tuple(observations)))
         except pykka.ActorDeadError:
             raise self._dead("composer") from None
+
+    def seed_tiers(self, articles: Iterable[Article], *, clusters_observed: bool = True) -> None:
+        """Count the priorities of articles that will be submitted later
+        towards the tier shares first (a one-shot run seeds its whole input,
+        so its tier split is exact rather than a warm-up). A seeded article
+        keeps the priority it was seeded with. Call in chunks; then
+        ``tier_split``. ``clusters_observed=False`` also counts the articles
+        towards cluster hotness (nothing else did)."""
+        composer = self._running_composer()
+        self._ask(composer, "composer", SeedTiers(tuple(articles), observe=not clusters_observed))
+
+    def tier_split(self) -> TierSplit:
+        """How the seeded articles fall into the tiers now; ends seeding."""
+        split: TierSplit = self._ask(self._running_composer(), "composer", GetTierSplit())
+        return split
+
+    def tier_thresholds(self) -> TierSplit:
+        """Every tier's ``min_priority`` now (a share tier's moves with the
+        window of recent priorities); counts are 0."""
+        split: TierSplit = self._ask(self._running_composer(), "composer", GetTierThresholds())
+        return split
 
     def backlog_elsewhere(self, articles: int, arrivals_per_s: float = 0.0) -> None:
         """Tell the dispatch plan how many articles wait outside the runtime

@@ -240,18 +240,19 @@ class Composer:
 
     # -- putting work in -------------------------------------------------
 
-    def tier_for(self, priority: float) -> int:
-        """The tier index a new article of ``priority`` is queued in (what
-        a daemon asks to route an article before it is queued)."""
-        return self._ladder.index_for(priority)
-
-    def push(self, article: Article, priority: float, now: float) -> Queued:
-        """Queue a new article in the tier its priority gives."""
+    def push(
+        self, article: Article, priority: float, now: float, tier: int | None = None
+    ) -> Queued:
+        """Queue a new article in ``tier``, by default the tier its priority
+        gives on the ladder (a ladder with shares passes the tier it ranked)."""
         if math.isnan(priority):
             raise ValueError(f"article {article.id!r}: priority is NaN")
         if article.id in self._live:
             raise AlreadyQueuedError(article.id)
-        tier = self.tier_for(priority)
+        if tier is None:
+            tier = self._ladder.index_for(priority)
+        elif not 0 <= tier < len(self._tiers):
+            raise ValueError(f"article {article.id!r}: tier {tier} outside the ladder")
         item = Queued(article, priority, tier, tier, now, self._next_seq)
         self._insert(item)
         return item

@@ -107,7 +107,9 @@ class TierMode(StrEnum):
 @dataclass(frozen=True, slots=True)
 class TierSpec:
     """A tier: articles with priority >= ``min_priority`` (and below the tier
-    above) are served by ``model`` then ``fallback_model`` then the global
+    above) -- or, with ``share``, the next ``share`` of recent articles by
+    priority rank (``policies.shares``; ``min_priority`` is then unused) --
+    are served by ``model`` then ``fallback_model`` then the global
     fallback. ``max_articles_per_request`` is how many articles one request
     may pack. ``fallback_patience_s``: how long a pack may hold out for its
     primary model. Within it, the pack waits for the primary when that frees
@@ -126,6 +128,7 @@ class TierSpec:
     max_articles_per_request: int = 1
     fallback_patience_s: float = 0.0
     adaptive_pack: bool = False
+    share: float | None = None
     mode: TierMode = TierMode.INTERACTIVE
     max_latency_s: float | None = None
 
@@ -185,6 +188,8 @@ class ComposerConfig:
     mix: Mapping[str, int]
     max_queued: int = 100_000
     aging_s: float = 600.0
+    # How many recent priorities a tier ``share`` ranks over (policies.shares).
+    share_window: int = 10_000
 
     @property
     def batch_size(self) -> int:
@@ -299,8 +304,8 @@ class GroundingConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration. ``parse_config`` orders ``tiers`` highest
-    ``min_priority`` first, so the first tier an article's priority reaches
-    is its tier."""
+    first (by ``min_priority``; in a ladder with shares, as listed in the
+    file), so the first tier an article's priority reaches is its tier."""
 
     models: Mapping[str, ModelSpec]
     tiers: tuple[TierSpec, ...]
@@ -369,7 +374,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     global_fallback = root.string("global_fallback", REQUIRED)
     models = _parse_models(root)
     tiers = _parse_tiers(root)
-    composer = _parse_composer(root.table("composer"), [t for _, t in tiers])
+    composer = _parse_composer(root.table("composer"), ladder_order([t for _, t in tiers]))
     priority = _parse_priority(root.table("priority"))
     quota = _parse_quota(root.table("quota"))
     retry = _parse_retry(root.table("retry"))
@@ -386,7 +391,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         raise ConfigError(first.key, first.problem, more=[(p.key, p.problem) for p in rest])
     return Config(
         models=models,
-        tiers=tuple(sorted((t for _, t in tiers), key=lambda t: -t.min_priority)),
+        tiers=ladder_order([t for _, t in tiers]),
         global_fallback=global_fallback,
         composer=composer,
         priority=priority,
@@ -436,29 +441,45 @@ def _parse_models(root: TableReader) -> dict[str, ModelSpec]:
     return models
 
 
+_SHARE: Final = Range(above=0, max=1)
+
+
+def ladder_order(tiers: Sequence[TierSpec]) -> tuple[TierSpec, ...]:
+    """The tiers highest first: by ``min_priority`` (ties keep their order),
+    or, in a ladder where any tier has a ``share``, as listed (a share has
+    no threshold to sort by; ``parse_config`` checks the listed order)."""
+    if any(tier.share is not None for tier in tiers):
+        return tuple(tiers)
+    return tuple(sorted(tiers, key=lambda t: -t.min_priority))
+
+
 def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
     """The tiers with their index in the file, for error keys."""
     raw = root.raw("tiers")
     problems = root.problems
     if raw is REQUIRED or (isinstance(raw, list) and not raw):
-        problems.add("tiers", "expected at least one [[tiers]] entry (name, min_priority, model)")
+        problems.add(
+            "tiers", "expected at least one [[tiers]] entry (name, min_priority or share, model)"
+        )
         return []
     if not isinstance(raw, list):
         problems.add("tiers", "expected an array of tables: write each tier as [[tiers]]")
         return []
+    with_shares = any(isinstance(item, Mapping) and "share" in item for item in raw)
     tiers: list[tuple[int, TierSpec]] = []
     names: dict[str, int] = {}
     thresholds: dict[float, int] = {}
     for index, item in enumerate(raw):
         key = f"tiers[{index}]"
         if not isinstance(item, Mapping):
-            problems.add(key, "expected a table (name, min_priority, model, ...)")
+            problems.add(key, "expected a table (name, min_priority or share, model, ...)")
             continue
         r = TableReader(item, key, problems)
         name = r.string("name", REQUIRED)
         before = len(problems)
-        min_priority = r.number("min_priority", REQUIRED, UNIT)
-        threshold_ok = len(problems) == before
+        lowest = index == len(raw) - 1
+        min_priority, share = _tier_rank(r, key, lowest=lowest, with_shares=with_shares)
+        threshold_ok = len(problems) == before and share is None and r.has("min_priority")
         tier = TierSpec(
             name=name,
             min_priority=min_priority,
@@ -471,6 +492,7 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
                 "fallback_patience_s", _NO_TIER.fallback_patience_s, NON_NEGATIVE
             ),
             adaptive_pack=r.boolean("adaptive_pack", _NO_TIER.adaptive_pack),
+            share=share,
             mode=TierMode(r.choice("mode", _NO_TIER.mode.value, _MODES)),
             max_latency_s=_optional_positive(r, "max_latency_s"),
         )
@@ -486,15 +508,27 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
             problems.add(f"{key}.name", f"duplicate tier name {name!r} (tiers[{names[name]}])")
         elif name:
             names[name] = index
-        if threshold_ok and min_priority in thresholds:
+        if threshold_ok and min_priority in thresholds and not (with_shares and lowest):
             problems.add(
                 f"{key}.min_priority",
                 f"same min_priority as tiers[{thresholds[min_priority]}] ({min_priority}); "
                 "thresholds must differ so every priority maps to exactly one tier",
             )
+        elif threshold_ok and with_shares and not lowest:
+            higher = [i for t, i in thresholds.items() if t < min_priority]
+            if higher:
+                problems.add(
+                    f"{key}.min_priority",
+                    f"{min_priority} is above tiers[{higher[0]}].min_priority; in a ladder "
+                    "with shares the tiers are listed highest first, so thresholds must "
+                    "fall down the list",
+                )
+            thresholds[min_priority] = index
         elif threshold_ok:
             thresholds[min_priority] = index
         tiers.append((index, tier))
+    if with_shares:
+        _check_share_sum(tiers, problems)
     return tiers
 
 
@@ -506,6 +540,60 @@ def _optional_positive(r: TableReader, name: str) -> float | None:
     if not r.has(name):
         return None
     return r.number(name, REQUIRED, POSITIVE)
+
+
+def _tier_rank(
+    r: TableReader, key: str, *, lowest: bool, with_shares: bool
+) -> tuple[float, float | None]:
+    """A tier's ``(min_priority, share)``: exactly one of the two is set,
+    except the lowest tier of a ladder with shares, which takes the rest
+    (any ``min_priority`` it has is unused: the lowest tier catches all)."""
+    has_min, has_share = r.has("min_priority"), r.has("share")
+    if has_min and has_share:
+        r.raw("share")
+        r.raw("min_priority")
+        r.problems.add(
+            f"{key}.share",
+            "a tier takes either min_priority (a threshold) or share (a fraction of the "
+            "articles), not both",
+        )
+        return 0.0, None
+    if has_share:
+        share = r.number("share", REQUIRED, _SHARE)
+        if lowest:
+            r.problems.add(
+                f"{key}.share",
+                "the lowest tier takes the rest (1 minus the other tiers' shares); "
+                "remove its share",
+            )
+            return 0.0, None
+        return 0.0, share
+    if has_min or not (with_shares and lowest):
+        what = "a number in [0, 1] (a threshold), or share = a fraction in (0, 1]"
+        if not has_min:
+            r.raw("min_priority")
+            r.problems.add(f"{key}.min_priority", f"missing; expected {what}")
+            return 0.0, None
+        return r.number("min_priority", REQUIRED, UNIT), None
+    return 0.0, None
+
+
+def _check_share_sum(tiers: list[tuple[int, TierSpec]], problems: Problems) -> None:
+    """The shares leave the lowest tier the rest: they add up to at most 1."""
+    total = 0.0
+    parts: list[str] = []
+    for index, tier in tiers:
+        if tier.share is None:
+            continue
+        total += tier.share
+        parts.append(f"tiers[{index}] {tier.share:g}")
+        if total > 1 + 1e-9:
+            problems.add(
+                f"tiers[{index}].share",
+                f"the shares add up to {total:g} ({' + '.join(parts)}), more than 1; "
+                "they must leave the lowest tier the rest",
+            )
+            return
 
 
 def _check_model_names(
@@ -528,7 +616,7 @@ def _check_model_names(
     check("global_fallback", global_fallback)
 
 
-def _parse_composer(r: TableReader, tiers: list[TierSpec]) -> ComposerConfig:
+def _parse_composer(r: TableReader, tiers: Sequence[TierSpec]) -> ComposerConfig:
     problems = r.problems
     mix: dict[str, int] = {}
     raw_mix = r.raw("mix")
@@ -560,13 +648,13 @@ def _parse_composer(r: TableReader, tiers: list[TierSpec]) -> ComposerConfig:
                 )
         if len(problems) == before and sum(mix.values()) == 0:
             problems.add("composer.mix", "weights sum to 0; give at least one tier a slot")
-        ranked = sorted(tiers, key=lambda t: -t.min_priority)
-        order = {t.name: i for i, t in enumerate(ranked)}
+        order = {t.name: i for i, t in enumerate(tiers)}
         mix = dict(sorted(mix.items(), key=lambda kv: order.get(kv[0], len(order))))
     composer = ComposerConfig(
         mix=mix,
         max_queued=r.integer("max_queued", _NO_COMPOSER.max_queued, AT_LEAST_ONE),
         aging_s=r.number("aging_s", _NO_COMPOSER.aging_s, NON_NEGATIVE, allow_inf=True),
+        share_window=r.integer("share_window", _NO_COMPOSER.share_window, AT_LEAST_ONE),
     )
     r.finish()
     return composer
@@ -800,11 +888,12 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             name: {k: v for k, v in _flat(spec).items() if k != "name"}
             for name, spec in config.models.items()
         },
-        "tiers": [{**_flat(tier), "mode": tier.mode.value} for tier in config.tiers],
+        "tiers": [{**_tier_mapping(tier), "mode": tier.mode.value} for tier in config.tiers],
         "composer": {
             "mix": dict(config.composer.mix),
             "max_queued": config.composer.max_queued,
             "aging_s": config.composer.aging_s,
+            "share_window": config.composer.share_window,
         },
         "priority": priority,
         "quota": _flat(config.quota),
@@ -814,6 +903,14 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
         "grounding": _flat(config.grounding),
         "batch": {**_flat(config.batch), "on_job_failure": config.batch.on_job_failure.value},
     }
+
+
+def _tier_mapping(tier: TierSpec) -> dict[str, Any]:
+    """A tier as the file writes it: a share tier has no ``min_priority``."""
+    flat = _flat(tier)
+    if tier.share is not None:
+        del flat["min_priority"]
+    return flat
 
 
 def _flat(obj: Any) -> dict[str, Any]:

@@ -146,13 +146,12 @@ class Ledger:
 
     # ---- moves ------------------------------------------------------------------
 
-    def tier_for(self, priority: float) -> int:
-        """The tier index ``admit`` would queue an article of ``priority`` in."""
-        return self._queues.tier_for(priority)
-
-    def admit(self, article: Article, priority: float, now: float) -> Queued:
-        """Queue a new article (the caller has checked ``is_known``)."""
-        item = self._queues.push(article, priority, now)
+    def admit(
+        self, article: Article, priority: float, now: float, tier: int | None = None
+    ) -> Queued:
+        """Queue a new article (the caller has checked ``is_known``), in
+        ``tier`` or the one its priority gives."""
+        item = self._queues.push(article, priority, now, tier)
         self._live.add(article.id)
         self.tallies.submitted += 1
         return item

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tierbatch.policies.config import TierSpec
+from tierbatch.policies.config import TierSpec, ladder_order
 
 
 class UnknownTierError(KeyError):
@@ -17,7 +17,8 @@ class UnknownTierError(KeyError):
 
 
 class TierLadder:
-    """Tiers ordered by ``min_priority``, highest first.
+    """Tiers ordered by ``min_priority``, highest first (a ladder with
+    shares keeps the order it is given: see ``config.ladder_order``).
 
     The lowest tier catches every priority, even one below its own
     ``min_priority``, so no article is ever left without a tier. Tiers with
@@ -27,7 +28,7 @@ class TierLadder:
     def __init__(self, tiers: Sequence[TierSpec], global_fallback: str) -> None:
         if not tiers:
             raise ValueError("a tier ladder needs at least one tier")
-        ordered = tuple(sorted(tiers, key=lambda tier: -tier.min_priority))
+        ordered = ladder_order(tiers)
         index: dict[str, int] = {}
         for i, tier in enumerate(ordered):
             if tier.name in index:
@@ -68,10 +69,17 @@ class TierLadder:
         self._check(index)
         return self._tiers[index]
 
+    @property
+    def uses_shares(self) -> bool:
+        """Some tier takes a share of the articles rather than a threshold:
+        tiers then come from ``policies.tier_assignment``, not ``index_for``."""
+        return any(tier.share is not None for tier in self._tiers)
+
     def index_for(self, priority: float) -> int:
         """The highest tier whose threshold ``priority`` reaches; else the lowest.
 
-        NaN reaches no threshold, so it lands in the lowest tier.
+        NaN reaches no threshold, so it lands in the lowest tier. Share tiers
+        are not known here (their thresholds move): see ``uses_shares``.
         """
         for i, tier in enumerate(self._tiers[:-1]):
             if priority >= tier.min_priority:

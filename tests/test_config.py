@@ -146,7 +146,11 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
     assert set(data["provider"]) | {"base_url"} == field_names(ProviderConfig)
     for spec in data["models"].values():
         assert set(spec) | {"name"} == field_names(ModelSpec)
-    assert set().union(*data["tiers"]) == field_names(TierSpec)
+    # share is the alternative to min_priority, documented as a comment: a
+    # tier takes one of the two.
+    example = (EXAMPLES / "tierbatch.toml").read_text(encoding="utf-8")
+    assert "\n# share = " in example
+    assert set().union(*data["tiers"]) | {"share"} == field_names(TierSpec)
 
     assert dataclasses.replace(config.priority, domains={}) == PriorityConfig()
     assert config.batch == BatchConfig()

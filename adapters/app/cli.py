@@ -26,19 +26,21 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import IO, TextIO
 
 import structlog
 
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
+from tierbatch.adapters.app.as_of import AsOfError, describe, newest_published, parse_as_of
 from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
     Daemon,
@@ -73,6 +75,7 @@ from tierbatch.adapters.app.status_report import (
     render_status,
 )
 from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
+from tierbatch.adapters.app.tier_split import empty_tier_warnings, split_lines
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
@@ -81,8 +84,10 @@ from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
 from tierbatch.adapters.storage.open_store import is_postgres_url, open_store
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import StorageError, Store, default_owner
+from tierbatch.adapters.storage.tiers_file import tiers_path_beside
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
+from tierbatch.policies.tier_assignment import TierSplit
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -191,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
     _add_db(run)
     _add_processing(run)
+    run.add_argument(
+        "--as-of",
+        metavar="WHEN",
+        help="compute hotness against this instant instead of the wall clock, for "
+        "backfills: 'newest' (the newest published_at of the input) or an ISO 8601 "
+        "instant such as 2026-11-24T12:00:00Z (naive: UTC)",
+    )
     run.set_defaults(command=_cmd_run)
 
     daemon = commands.add_parser(
@@ -205,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(daemon)
     _add_processing(daemon, json_default=True)
+    daemon.add_argument(
+        "--as-of",
+        metavar="INSTANT",
+        help="compute hotness against this ISO 8601 instant instead of the wall clock "
+        "(a daemon working through a backfill); 'newest' needs an input: run only",
+    )
     daemon.set_defaults(command=_cmd_daemon)
 
     enqueue = commands.add_parser(
@@ -432,6 +450,12 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         secrets=_secret_values(config),
     )
     options = _daemon_options(args, exit_when_done=one_shot)
+    as_of_given = _parse_as_of(args.as_of)
+    if not one_shot and args.as_of is not None and as_of_given is None:
+        raise UsageError(
+            "--as-of newest: a daemon has no input to take the newest article from; "
+            "give an instant such as 2026-11-24T12:00:00Z"
+        )
     clock = SystemClock()
     raw_provider, description = make_provider(config, clock)
     synthetic = _is_simulated(raw_provider)
@@ -441,13 +465,18 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         store = _open_store(args.db)
         stack.callback(store.close)
         ingest: IngestReport | None = None
+        seed: Callable[[], Iterable[Article]] | None = None
+        as_of = as_of_given
+        if as_of is not None and not one_shot:
+            print(f"as of: {describe(as_of)}", file=out, flush=True)
         if one_shot:
-            ingest = _ingest_input(store, args)
+            ingest, seed = _ingest_input(store, args, stack)
             print(
                 _ingest_line(ingest, _SAMPLE_LABEL if args.sample else args.articles),
                 file=out,
                 flush=True,
             )
+            as_of = _as_of(args.as_of, as_of_given, seed, out, err)
         metrics = Metrics() if args.metrics_port is not None else None
         if metrics is not None:
             server = _serve_metrics(metrics, args.metrics_port)
@@ -472,6 +501,10 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
             batch_backend=make_batch_backend(config, raw_provider),
+            as_of=as_of,
+            tier_seed=seed,
+            on_tier_split=lambda split: _print_tier_split(split, out, err),
+            tiers_file=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
         )
         with signals_stop(daemon):
             report = daemon.run()
@@ -517,13 +550,86 @@ def _open_store(db: str) -> Store:
         raise UsageError(str(exc)) from None
 
 
-def _ingest_input(store: Store, args: argparse.Namespace) -> IngestReport:
+_Seed = Callable[[], Iterable[Article]]
+
+
+def _ingest_input(
+    store: Store, args: argparse.Namespace, stack: ExitStack
+) -> tuple[IngestReport, _Seed]:
+    """Enqueue the run's input; also a way to read its articles again (to
+    seed the tier shares and find the newest): the file is read anew, the
+    sample kept, and stdin spooled (to a temporary file past 64 MiB)."""
     if args.sample:
         return _ingest_sample(store, datetime.now(UTC))
-    return _ingest_path(store, args.articles)
+    path: str = args.articles
+    if path == "-":
+        spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=64 << 20))  # noqa: SIM115
+        _copy(sys.stdin.buffer, spool)
+        spool.seek(0)
+        report = ingest_jsonl(store, spool, source_name="<stdin>")
+
+        def reread_spool() -> Iterator[Article]:
+            spool.seek(0)
+            return _articles_of(spool)
+
+        return report, reread_spool
+    report = _ingest_path(store, path)
+    return report, lambda: _articles_of(path)
 
 
-def _ingest_sample(store: Store, now: datetime) -> IngestReport:
+def _copy(source: IO[bytes], target: IO[bytes]) -> None:
+    while chunk := source.read(1 << 20):
+        target.write(chunk)
+
+
+def _articles_of(source: str | IO[bytes]) -> Iterator[Article]:
+    return (item for item in read_articles(source) if isinstance(item, Article))
+
+
+def _parse_as_of(text: str | None) -> float | None:
+    """An explicit ``--as-of`` instant, checked before anything is queued
+    (None: none given, or ``newest``)."""
+    if text is None:
+        return None
+    try:
+        return parse_as_of(text)
+    except AsOfError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _as_of(
+    text: str | None, given: float | None, seed: _Seed, out: TextIO, err: TextIO
+) -> float | None:
+    """``--as-of`` in epoch seconds (None: the wall clock), said on ``out``."""
+    if text is None:
+        return None
+    at = given
+    if at is None:
+        at = newest_published(seed())
+        if at is None:
+            print(
+                "warning: --as-of newest: no article of the input has a published_at; "
+                "hotness is computed against the wall clock",
+                file=err,
+                flush=True,
+            )
+            return None
+        print(f"as of: {describe(at)} (the newest article of the input)", file=out, flush=True)
+    else:
+        print(f"as of: {describe(at)}", file=out, flush=True)
+    return at
+
+
+def _print_tier_split(split: TierSplit, out: TextIO, err: TextIO) -> None:
+    for line in split_lines(split):
+        print(line, file=out)
+    out.flush()
+    for line in empty_tier_warnings(split):
+        print(line, file=err)
+    err.flush()
+
+
+def _ingest_sample(store: Store, now: datetime) -> tuple[IngestReport, _Seed]:
     """Enqueue the shipped sample as a replay: its publication times are
     shifted so the newest article is from ``now``. Hotness decays with age,
     so the sample's fixed dates would otherwise make every story cold and
@@ -542,7 +648,7 @@ def _ingest_sample(store: Store, now: datetime) -> IngestReport:
         ]
     report = store.enqueue(articles)
     rejected = store.add_rejects("sample", rejects)
-    return IngestReport(report.inserted, report.duplicates, rejected)
+    return IngestReport(report.inserted, report.duplicates, rejected), lambda: articles
 
 
 def _ingest_path(store: Store, path: str) -> IngestReport:
@@ -716,7 +822,12 @@ def _cmd_enqueue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     config = load_config(args.config)
     try:
-        status = read_status(args.db, args.snapshot or default_snapshot_path(args.db), config)
+        status = read_status(
+            args.db,
+            args.snapshot or default_snapshot_path(args.db),
+            config,
+            tiers_path=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
+        )
     except StatusError as exc:
         raise UsageError(str(exc)) from None
     if args.json:

@@ -50,7 +50,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -80,6 +80,7 @@ from tierbatch.adapters.storage.snapshot_file import (
 )
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.store import StorageError, Store
+from tierbatch.adapters.storage.tiers_file import write_tiers
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_routing import Route, routes
 from tierbatch.policies.config import Config, TierMode
@@ -87,11 +88,29 @@ from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.tier_assignment import TierSplit
 
 _log = structlog.get_logger("tierbatch.daemon")
 
 SNAPSHOT_SUFFIX = ".quota.msgpack"
 _MAX_STORAGE_FAILURES = 20
+_SEED_CHUNK = 2000
+
+
+def log_tier_split(split: TierSplit) -> None:
+    """The split at the start of a run: a line per tier, a warning per
+    empty one (a threshold no article of the input reaches)."""
+    for t in split.tiers:
+        _log.info(
+            "tier split",
+            tier=t.tier,
+            articles=t.articles,
+            fraction=round(t.fraction, 4),
+            share=t.share,
+            min_priority=round(t.min_priority, 4),
+        )
+    for name in split.empty:
+        _log.warning("tier receives no article of the input", tier=name, total=split.total)
 
 
 def default_snapshot_path(db_path: str | os.PathLike[str]) -> Path:
@@ -255,6 +274,12 @@ class Daemon:
     fed by the runtime; ``progress`` is updated as the loop turns.
     ``unavailable_models`` (model -> reason) are routed around from the
     start (the models check found them missing). ``run`` may be called once.
+    ``as_of``: priority compares publication times with this instant (epoch
+    seconds) instead of the wall clock. ``tier_seed``: a one-shot run's
+    whole input, whose priorities fill the tier-share window before anything
+    is leased (``Runtime.seed_tiers``); ``on_tier_split`` is then told how
+    it splits into tiers. ``tiers_file``: where the tier thresholds in use
+    are saved for ``status`` (at start, then as they move).
     """
 
     def __init__(
@@ -271,12 +296,21 @@ class Daemon:
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
         batch_backend: BatchBackend | None = None,
+        as_of: float | None = None,
+        tier_seed: Callable[[], Iterable[Article]] | None = None,
+        on_tier_split: Callable[[TierSplit], None] | None = None,
+        tiers_file: Path | None = None,
     ) -> None:
         self.config = config
         self._batch_backend = batch_backend
         self._batch: BatchDispatcher | None = None
         self._batch_jobs: BatchJobStore | None = None
         self._auto = any(t.mode is TierMode.AUTO for t in config.tiers)
+        self._as_of = as_of
+        self._tier_seed = tier_seed
+        self._on_tier_split = on_tier_split
+        self._tiers_file = tiers_file
+        self._saved_thresholds: tuple[float, ...] | None = None
         self.store = store
         self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
@@ -341,6 +375,7 @@ class Daemon:
             quota_state=quota.state,
             observer=FanOutObserver(observers),
             unavailable_models=self._unavailable_models,
+            as_of=self._as_of,
         )
         try:
             runtime.start()
@@ -366,6 +401,15 @@ class Daemon:
                 self._prewarm(runtime)
             except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
                 _log.error("cluster prewarm failed", error=str(exc))
+            try:
+                self._seed_tiers(runtime)
+            except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
+                _log.error("tier seeding failed", error=str(exc))
+            except OSError as exc:  # the input could not be read again: go on unseeded
+                _log.warning(
+                    "tier seeding failed; the share window fills as articles arrive",
+                    error=str(exc),
+                )
             _log.info(
                 "daemon ready",
                 db=self.store.path,
@@ -474,6 +518,7 @@ class Daemon:
                 if db_counts is not None and self._batch is not None and self._auto:
                     # the auto tiers' deadline is judged on the whole backlog
                     runtime.backlog_elsewhere(db_counts.get("queued", 0))
+                self._save_thresholds(runtime)
             self._report(runtime, stats, started, rate, db_counts)
             if (
                 opts.exit_when_done
@@ -504,6 +549,42 @@ class Daemon:
         self._prewarmed = {article_id for article_id, _, _ in backlog}
         if backlog:
             _log.info("cluster statistics warmed from the backlog", articles=len(backlog))
+
+    def _seed_tiers(self, runtime: Runtime) -> None:
+        """Fill the tier-share window with the whole input before leasing,
+        report the split (a warning per empty tier), save the thresholds."""
+        if self._tier_seed is not None:
+            chunk: list[Article] = []
+            for article in self._tier_seed():
+                chunk.append(article)
+                if len(chunk) >= _SEED_CHUNK:
+                    runtime.seed_tiers(chunk)
+                    chunk = []
+            if chunk:
+                runtime.seed_tiers(chunk)
+            split = runtime.tier_split()
+            log_tier_split(split)
+            if self._on_tier_split is not None:
+                self._on_tier_split(split)
+        self._save_thresholds(runtime)
+
+    def _save_thresholds(self, runtime: Runtime) -> None:
+        """Save the tier thresholds for ``status`` when they moved. Best
+        effort: a failed write is logged, never stops the loop."""
+        if self._tiers_file is None:
+            return
+        split = runtime.tier_thresholds()
+        if split.uses_shares and split.window == 0:
+            return  # nothing ranked yet: a share implies no threshold
+        values = tuple(t.min_priority for t in split.tiers)
+        if values == self._saved_thresholds:
+            return
+        try:
+            write_tiers(self._tiers_file, split, as_of=self._as_of, saved_at=self._clock.wall())
+        except OSError as exc:
+            _log.warning("tier thresholds not saved", path=str(self._tiers_file), error=str(exc))
+            return
+        self._saved_thresholds = values
 
     def _submit(self, runtime: Runtime, leased: list[Article]) -> None:
         if self._prewarmed:

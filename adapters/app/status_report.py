@@ -29,6 +29,7 @@ from tierbatch.adapters.storage.store import (
     ResultCount,
     StorageError,
 )
+from tierbatch.adapters.storage.tiers_file import TiersFileError, read_tiers
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -52,6 +53,27 @@ class ModelQuota:
 
 
 @dataclass(frozen=True, slots=True)
+class TierRule:
+    """A tier's threshold: fixed (``share`` None) or the one its share
+    implies now, as the daemon last saved it (None: not known yet)."""
+
+    tier: str
+    share: float | None
+    min_priority: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TierRules:
+    tiers: tuple[TierRule, ...]
+    path: str
+    # How many recent priorities the share window held, when saved.
+    window: int | None = None
+    saved_age_s: float | None = None
+    as_of: float | None = None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     db: str
     states: dict[str, int]
@@ -71,6 +93,8 @@ class Status:
     grounding: tuple[GroundingCount, ...] = ()
     # The Batch API's jobs: in flight, over, and the money they saved.
     batch: BatchReport = field(default_factory=BatchReport)
+    # Each tier's min_priority (a share tier's as the daemon last saved it).
+    tier_rules: TierRules | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +106,7 @@ def read_status(
     config: Config,
     *,
     now: float | None = None,
+    tiers_path: str | os.PathLike[str] | None = None,
 ) -> Status:
     now = time.time() if now is None else now
     try:
@@ -105,7 +130,35 @@ def read_status(
         quota=quota,
         grounding=report.grounding,
         batch=report.batch,
+        tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
     )
+
+
+def read_tier_rules(path: Path, config: Config, now: float) -> TierRules:
+    """The config's ladder, with the thresholds the daemon saved for its
+    share tiers (fixed thresholds come from the config itself)."""
+    last = len(config.tiers) - 1
+    fixed = tuple(
+        TierRule(
+            t.name, t.share, None if t.share is not None else (0.0 if i == last else t.min_priority)
+        )
+        for i, t in enumerate(config.tiers)
+    )
+    try:
+        saved = read_tiers(path)
+        age = max(0.0, now - path.stat().st_mtime) if saved is not None else None
+    except (OSError, TiersFileError) as exc:
+        return TierRules(fixed, str(path), problem=f"cannot read: {exc}")
+    if saved is None:
+        return TierRules(fixed, str(path))
+    by_name = {t.tier: t for t in saved.tiers}
+    rules = tuple(
+        TierRule(r.tier, r.share, by_name[r.tier].min_priority)
+        if r.share is not None and r.tier in by_name
+        else r
+        for r in fixed
+    )
+    return TierRules(rules, str(path), saved.window, age, saved.as_of)
 
 
 def _read_quota(
@@ -187,6 +240,8 @@ def render_status(status: Status, file: TextIO) -> None:
     line = batch_line(status.batch)
     if line:
         console.print(line)
+    if status.tier_rules is not None:
+        render_tier_rules(status.tier_rules, console)
     if status.snapshot_problem:
         console.print(f"quota snapshot {status.snapshot}: {status.snapshot_problem}")
     elif status.snapshot_age_s is None:
@@ -218,6 +273,32 @@ def batch_line(batch: BatchReport) -> str | None:
         f"{batch.settled} settled, {batch.returned} returned; cost ${batch.cost_usd:.4f}, "
         f"saved ${batch.saved_usd:.4f} against interactive prices"
     )
+
+
+def render_tier_rules(rules: TierRules, console: Console) -> None:
+    """``tiers:`` and a line per tier: its share and the threshold it implies."""
+    shares = any(r.share is not None for r in rules.tiers)
+    if rules.problem:
+        head = f"tiers ({rules.path} {rules.problem}):"
+    elif shares and rules.saved_age_s is not None:
+        head = (
+            f"tiers (thresholds the shares imply over {rules.window} recent priorities, "
+            f"saved {rules.saved_age_s:.0f} s ago):"
+        )
+    elif shares:
+        head = "tiers (no run has saved the thresholds its shares imply yet):"
+    else:
+        head = "tiers:"
+    console.print(head)
+    last = len(rules.tiers) - 1
+    for i, r in enumerate(rules.tiers):
+        if r.share is not None:
+            at = "?" if r.min_priority is None else f"{r.min_priority:.3f}"
+            console.print(f"  {r.tier}: share {r.share:.0%}, min_priority >= {at}")
+        elif i == last:
+            console.print(f"  {r.tier}: the rest")
+        else:
+            console.print(f"  {r.tier}: min_priority >= {r.min_priority:g}")
 
 
 def grounding_table(rows: tuple[GroundingCount, ...]) -> Table:
@@ -255,4 +336,13 @@ def _state(q: ModelQuota) -> str:
     return "ok"
 
 
-__all__ = ["ModelQuota", "Status", "StatusError", "read_status", "render_status"]
+__all__ = [
+    "ModelQuota",
+    "Status",
+    "StatusError",
+    "TierRule",
+    "TierRules",
+    "read_status",
+    "read_tier_rules",
+    "render_status",
+]
