@@ -71,6 +71,7 @@ from tierbatch.policies.settlement import (
     plan_retry,
     settle_answers,
 )
+from tierbatch.policies.task import task_version
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -138,6 +139,7 @@ class Extractor(pykka.ThreadingActor):
         self._estimator = TokenEstimator()
         self._budget = RetryBudget.of(deps.config.retry)
         self._grounding = deps.config.grounding.policy
+        self._task_version = task_version(deps.config.task)
         self._packs: dict[int, _Pack] = {}
         self._pack_ids = itertools.count(1)
         self._capacity = deps.config.runtime.max_packs_in_flight
@@ -411,6 +413,7 @@ class Extractor(pykka.ThreadingActor):
             budget=self._budget,
             now=self._clock.now(),
             grounding=self._grounding,
+            task_version=self._task_version,
         )
         if plan.done:
             tier = self._ladder.tiers[pack.tier].name

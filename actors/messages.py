@@ -122,6 +122,11 @@ class GetQuotaSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class GetBudgetState:
+    """The daily budget as of now (``BudgetState``; None without a budget)."""
+
+
+@dataclass(frozen=True, slots=True)
 class GetPlan:
     """The dispatch plan in force (None before the first one)."""
 

@@ -27,6 +27,12 @@ class RegistryObserver(Protocol):
     def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None: ...
 
 
+# An observer may also define ``on_budget(state: BudgetState, at: float)``:
+# the registry calls it (when present) whenever the daily budget stops or
+# frees a tier, and at the reset. It is optional so existing observers need
+# no change.
+
+
 class NullObserver:
     """Observes nothing."""
 
@@ -64,3 +70,9 @@ class FanOutObserver:
     def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
         for o in self._observers:
             o.on_cooldown(model, start, until, reason)
+
+    def on_budget(self, state: object, at: float) -> None:
+        for o in self._observers:
+            notify = getattr(o, "on_budget", None)
+            if notify is not None:
+                notify(state, at)

@@ -39,6 +39,7 @@ from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
     Backlog,
+    GetBudgetState,
     GetPlan,
     GetQuotaSnapshot,
     GetQuotaStatus,
@@ -54,6 +55,7 @@ from tierbatch.actors.observer import NullObserver, RegistryObserver
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.actors.waker import Waker
 from tierbatch.policies.backlog import TierBacklog
+from tierbatch.policies.budget import BudgetGate, BudgetState, DailyBudget
 from tierbatch.policies.outcomes import (
     Abandoned,
     ModelNotFound,
@@ -97,8 +99,11 @@ class ModelRegistry(pykka.ThreadingActor):
         *,
         tiers: Sequence[TierShape] = (),
         replan_s: float = 1.0,
+        budget: DailyBudget | None = None,
     ) -> None:
         super().__init__()
+        self._budget = budget
+        self._budget_stopped: tuple[str, ...] = ()  # tiers the budget stopped, as last logged
         self._threads = threads
         self._policy = policy
         self._clock = clock
@@ -143,6 +148,8 @@ class ModelRegistry(pykka.ThreadingActor):
         # Calls still out are of unknown fate: count them spent.
         for grant_id in list(self._grants):
             self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
+            if self._budget is not None:
+                self._budget.settle(grant_id, Abandoned(), now + offset)
         self._grants.clear()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
@@ -205,7 +212,12 @@ class ModelRegistry(pykka.ThreadingActor):
                 now, offset = self._read_clock()
                 return self._policy.status(now, wall_offset=offset)
             case GetQuotaSnapshot():
-                return self._policy.snapshot(wall_offset=self._read_clock()[1])
+                snapshot = self._policy.snapshot(wall_offset=self._read_clock()[1])
+                if self._budget is not None:
+                    snapshot["budget"] = self._budget.snapshot()
+                return snapshot
+            case GetBudgetState():
+                return self._budget_state()
             case GetPlan():
                 return None if self._allowances is None else self._allowances.plan
             case _:
@@ -241,6 +253,8 @@ class ModelRegistry(pykka.ThreadingActor):
     def _on_report(self, grant_id: int, outcome: Any) -> None:
         now, offset = self._read_clock()
         held = self._grants.pop(grant_id, None)
+        if self._budget is not None:
+            self._budget.settle(grant_id, outcome, now + offset)
         if not self._policy.report(grant_id, outcome, now, wall_offset=offset) or held is None:
             return
         _, model = held
@@ -261,14 +275,20 @@ class ModelRegistry(pykka.ThreadingActor):
             if owner == holder:
                 del self._grants[grant_id]
                 self._policy.report(grant_id, Abandoned(), now, wall_offset=offset)
+                if self._budget is not None:
+                    self._budget.settle(grant_id, Abandoned(), now + offset)
         for waiter in self._waiting.remove_holder(holder):
             self._requests.pop((waiter.holder, waiter.request_id), None)
         self._serve(now)
 
     def _on_backlog(self, tiers: Sequence[TierBacklog]) -> None:
         self._backlog = {t.tier: t for t in tiers}
-        if self._backlog_moved():
+        moved = self._backlog_moved()
+        if moved:
             self._plan_due = True
+        if self._budget is not None:
+            self._budget.set_backlog({t.tier: (t.articles, t.tokens_per_article) for t in tiers})
+        if moved or self._budget is not None:  # a smaller reserve may free a lower tier
             self._serve(self._read_clock()[0])
 
     # ---- decisions -------------------------------------------------------------
@@ -279,11 +299,23 @@ class ModelRegistry(pykka.ThreadingActor):
             return
         self._maybe_replan(now)
         view = self._policy.view(self._offset)
-        self._decide(self._waiting.serve(now, view, self._allowances))
+        budget = self._budget
+        gate = (
+            None
+            if budget is None
+            else BudgetGate(budget, now + self._offset, self._waiting.waiting_by_tier())
+        )
+        self._decide(self._waiting.serve(now, view, self._allowances, gate))
+        if budget is not None:
+            self._observe_budget(now)
         if not self._waiting:
             self._waker.arm(None)
             return
         wake = self._waiting.next_wake(now, view)
+        if budget is not None and self._budget_stopped:
+            # Waiters the budget holds are freed at the next midnight at the latest.
+            reset = budget.next_reset(now + self._offset) - self._offset
+            wake = reset if wake is None else min(wake, reset)
         if self._allowances is not None:
             # A waiter the plan holds back is freed by the next plan: make
             # sure one comes even if nothing else happens.
@@ -308,6 +340,42 @@ class ModelRegistry(pykka.ThreadingActor):
                 ask.reply(AcquireFailed(ask.request_id, "expired", "deadline passed"))
             elif isinstance(decision, Unroutable):
                 ask.reply(AcquireFailed(ask.request_id, "no_route", decision.reason))
+
+    # ---- the budget ------------------------------------------------------------
+
+    def _budget_state(self) -> BudgetState | None:
+        if self._budget is None:
+            return None
+        now, offset = self._read_clock()
+        return self._budget.state(now + offset, self._waiting.waiting_by_tier())
+
+    def _observe_budget(self, now: float) -> None:
+        """Log (and tell the observer) when the budget stops or frees a tier."""
+        assert self._budget is not None
+        wall = now + self._offset
+        waiting = self._waiting.waiting_by_tier()
+        budget = self._budget
+        stopped = tuple(t for t in budget.tiers if not budget.may_spend(t, wall, waiting))
+        if stopped == self._budget_stopped:
+            return
+        before = set(self._budget_stopped)
+        self._budget_stopped = stopped
+        state = budget.state(wall, waiting)
+        for tier in stopped:
+            if tier not in before:
+                _log.info(
+                    "daily budget: tier stops spending",
+                    tier=tier,
+                    committed_usd=round(state.committed_usd, 6),
+                    usd_per_day=state.usd_per_day,
+                    on_exhausted=str(state.on_exhausted),
+                    resets_in_s=round(state.resets_at - wall, 1),
+                )
+        for tier in before - set(stopped):
+            _log.info("daily budget: tier may spend again", tier=tier)
+        notify = getattr(self._observer, "on_budget", None)
+        if notify is not None:
+            notify(state, now)
 
     # ---- the plan --------------------------------------------------------------
 

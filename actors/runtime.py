@@ -50,6 +50,7 @@ from tierbatch.actors.messages import (
     BacklogElsewhere,
     BeginShutdown,
     Classify,
+    GetBudgetState,
     GetComposerStats,
     GetPlan,
     GetQuotaSnapshot,
@@ -65,6 +66,7 @@ from tierbatch.actors.messages import (
     Submit,
     TakeReturned,
     TakeUnfinished,
+    Wake,
     WhenDrained,
     WhenSpace,
     WindDown,
@@ -75,6 +77,7 @@ from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarting, Supervisor
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
+from tierbatch.policies.budget import BudgetSnapshotError, BudgetState, DailyBudget
 from tierbatch.policies.config import Config
 from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
@@ -127,6 +130,8 @@ class RuntimeStats:
     paused: str | None
     # The adaptive tiers' pack sizes now (tiers[].adaptive_pack).
     pack_sizes: dict[str, int] = field(default_factory=dict)
+    # The daily budget now (None without a [budget]).
+    budget: BudgetState | None = None
 
     @property
     def terminal(self) -> int:
@@ -179,6 +184,7 @@ class Runtime:
         self._dispatch_stopped = threading.Event()
         self._loop: LoopThread | None = None
         self._policy: QuotaPolicy | None = None
+        self._budget: DailyBudget | None = None
         self._registry: pykka.ActorRef[Any] | None = None
         self._composer: pykka.ActorRef[Any] | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
@@ -210,6 +216,8 @@ class Runtime:
         for model, reason in self._unavailable_models.items():
             policy.mark_unavailable(model, reason)
         self._policy = policy
+        budget = make_budget(config, self._quota_state)
+        self._budget = budget
         self._loop = LoopThread()
         self._loop.start()
         threads = self._threads
@@ -221,6 +229,7 @@ class Runtime:
             self._on_actor_died,
             threads,
             tiers=tier_shapes(config, ladder) if config.quota.plan else (),
+            budget=budget,
         )
         registry = self._registry
         self._composer = BatchComposer.start(
@@ -463,6 +472,18 @@ class Runtime:
         except pykka.ActorDeadError:
             raise self._dead("composer") from None
 
+    def recheck_quota(self) -> None:
+        """Have the registry read the clock and serve its waiters now, not
+        at its timer: after the wall clock stepped (a new quota day, and a
+        new daily budget, may have begun), or when a test moved its clock."""
+        registry = self._registry
+        if registry is None:
+            raise RuntimeNotRunning("the runtime is not running")
+        try:
+            registry.tell(Wake(-1))
+        except pykka.ActorDeadError:
+            raise self._dead("registry") from None
+
     def seed_tiers(self, articles: Iterable[Article], *, clusters_observed: bool = True) -> None:
         """Count the priorities of articles that will be submitted later
         towards the tier shares first (a one-shot run seeds its whole input,
@@ -529,6 +550,11 @@ class Runtime:
         assert self._registry is not None
         c: ComposerStats = self._ask(composer, "composer", GetComposerStats())
         models: tuple[ModelStatus, ...] = self._ask(self._registry, "registry", GetQuotaStatus())
+        budget: BudgetState | None = (
+            self._ask(self._registry, "registry", GetBudgetState())
+            if self.config.budget.enabled
+            else None
+        )
         now = self.clock.now()
         cooldowns = {
             m.model: max(m.cooldown_until or 0.0, m.exhausted_until or 0.0)
@@ -553,6 +579,7 @@ class Runtime:
             cooldowns=cooldowns,
             paused=c.paused,
             pack_sizes=c.pack_sizes,
+            budget=budget,
         )
 
     def quota_snapshot(self) -> dict[str, Any]:
@@ -566,7 +593,10 @@ class Runtime:
             with contextlib.suppress(RuntimeFailure):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
-        return self._policy.snapshot()
+        last = self._policy.snapshot()
+        if self._budget is not None:
+            last["budget"] = self._budget.snapshot()
+        return last
 
     @property
     def fatal_error(self) -> Exception | None:
@@ -716,6 +746,31 @@ class Runtime:
         )
         _tell(self._composer, Pause(str(error)))
         _tell(self._registry, ReleaseHolder(extractor_id))
+
+
+def make_budget(config: Config, quota_state: Mapping[str, Any] | None) -> DailyBudget | None:
+    """The daily budget of ``config`` (None without one), with the day's
+    spend of ``quota_state`` when it holds one; calls it recorded in flight
+    count as spent (their fate is unknown). A saved budget this build
+    cannot read is logged and ignored: the day then counts from 0."""
+    if not config.budget.enabled:
+        return None
+    budget = DailyBudget(
+        config.budget,
+        [(t.name, config.model(t.model)) for t in config.tiers],
+        config.models,
+        config.quota.timezone,
+    )
+    saved = None if quota_state is None else quota_state.get("budget")
+    if saved is not None:
+        try:
+            budget.restore(saved)
+        except BudgetSnapshotError as exc:
+            _log.warning(
+                "the saved daily budget could not be read; counting from 0", error=str(exc)
+            )
+        budget.forget_in_flight()
+    return budget
 
 
 def tier_shapes(config: Config, ladder: TierLadder) -> tuple[TierShape, ...]:

@@ -2,9 +2,10 @@
 
 Gemini bills a request's prompt tokens at the input price -- those served
 from its context cache (``cached_content_token_count``, part of
-``prompt_token_count``) at a reduced share of it -- and its answer and
-thinking tokens (``candidates_token_count``, ``thoughts_token_count``) at
-the output price; a batch request pays ``discount`` of all that (half).
+``prompt_token_count``) at the cached price -- and its answer and thinking
+tokens (``candidates_token_count``, ``thoughts_token_count``) at the output
+and thinking prices (``policies.costs``); a batch request pays
+``discount`` of all that (half).
 The same counts priced at the interactive rate are what the request would
 have cost as an interactive call: the difference is the money batch saved.
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.costs import cost_usd
 
 __all__ = ["TokenCounts", "split_cost", "tokens_cost_usd"]
 
@@ -42,21 +44,22 @@ class TokenCounts:
         return max(0, self.output) + max(0, self.thoughts)
 
 
-def tokens_cost_usd(
-    model: ModelSpec, tokens: TokenCounts, *, discount: float = 1.0, cached_share: float = 1.0
-) -> float:
-    """USD for ``tokens`` at ``model``'s list prices times ``discount``;
-    a cached prompt token costs ``cached_share`` of an input token.
-    Negative counts (a broken answer) cost nothing."""
-    if not 0 < discount <= 1 or not 0 <= cached_share <= 1:
-        raise ValueError(
-            f"discount in (0, 1] and cached_share in [0, 1]: {discount}, {cached_share}"
-        )
-    cached = min(max(0, tokens.cached), max(0, tokens.prompt))
-    fresh = max(0, tokens.prompt) - cached
-    input_usd = (fresh + cached * cached_share) * model.price_in_per_m
-    output_usd = tokens.billed_output * model.price_out_per_m
-    return (input_usd + output_usd) / 1e6 * discount
+def tokens_cost_usd(model: ModelSpec, tokens: TokenCounts, *, discount: float = 1.0) -> float:
+    """USD for ``tokens`` at ``model``'s list prices (``costs.cost_usd``:
+    cached prompt tokens at the cached price, thinking tokens at the
+    thinking price) times ``discount``. Negative counts (a broken answer)
+    cost nothing."""
+    if not 0 < discount <= 1:
+        raise ValueError(f"discount must be in (0, 1], got {discount}")
+    prompt, output, thoughts = max(0, tokens.prompt), max(0, tokens.output), max(0, tokens.thoughts)
+    usd = cost_usd(
+        model,
+        prompt,
+        output + thoughts,
+        thinking_tokens=thoughts,
+        cached_tokens=min(max(0, tokens.cached), prompt),
+    )
+    return usd * discount
 
 
 def split_cost(total_usd: float, weights: Sequence[int]) -> list[float]:

@@ -181,6 +181,7 @@ def settle_job(
     grounding: GroundingPolicy,
     submitted_at: float,
     now: float,
+    task_version: str = "",
 ) -> JobSettlement:
     """Every article of a succeeded job, settled as an interactive answer
     is (``settlement.settle_answers``: the grounding check, one ``Done`` per
@@ -190,7 +191,8 @@ def settle_job(
     inside the job, ends ``Failed`` -- only that article (or that request's
     articles); the job's others are done. An article whose payload is
     missing from ``articles`` (the job no longer holds it) gets no result.
-    ``now - submitted_at`` is each article's latency."""
+    ``now - submitted_at`` is each article's latency; ``task_version`` is
+    recorded with every ``Done``, as for interactive answers."""
     budget = RetryBudget(1, 1)  # a batch answer is final: no retry inside the job
     results: list[TerminalResult] = []
     cost = interactive = 0.0
@@ -219,11 +221,9 @@ def settle_job(
                 results.append(member.result(tier.name))
             continue
         used += answer.tokens
-        request_cost = tokens_cost_usd(
-            spec, answer.tokens, discount=batch.discount, cached_share=batch.cached_price_share
-        )
+        request_cost = tokens_cost_usd(spec, answer.tokens, discount=batch.discount)
         cost += request_cost
-        interactive += tokens_cost_usd(spec, answer.tokens, cached_share=batch.cached_price_share)
+        interactive += tokens_cost_usd(spec, answer.tokens)
         usage = Usage(answer.tokens.prompt, answer.tokens.billed_output)
         plan = settle_answers(
             members,
@@ -236,6 +236,7 @@ def settle_job(
             budget=budget,
             now=now,
             grounding=grounding,
+            task_version=task_version,
         )
         shares = split_cost(request_cost, [m.est_tokens for m in members])
         share_of = {m.article_id: s for m, s in zip(members, shares, strict=True)}

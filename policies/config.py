@@ -14,6 +14,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tierbatch.policies.articles import normalise_domain
+from tierbatch.policies.budget_config import BudgetConfig, parse_budget
 from tierbatch.policies.config_reader import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -27,6 +28,7 @@ from tierbatch.policies.config_reader import (
     join_key,
 )
 from tierbatch.policies.grounding import GroundingAction, GroundingPolicy
+from tierbatch.policies.task import TaskConfig, parse_task
 
 
 class ConfigError(ValueError):
@@ -78,7 +80,11 @@ class ModelSpec:
 
     ``rpm`` requests per minute, ``tpm`` input tokens per minute, ``rpd``
     requests per Pacific day; 0 means unlimited. ``max_in_flight`` caps
-    concurrent requests (0: unlimited). Prices are USD per million tokens.
+    concurrent requests (0: unlimited). Prices are USD per million tokens:
+    ``price_cached_per_m`` is for input tokens served from the (implicit)
+    cache -- None: ``CACHED_PRICE_SHARE`` of the input price -- and
+    ``price_thinking_per_m`` for thinking tokens -- None: the output price,
+    as Gemini bills them.
     """
 
     name: str
@@ -89,6 +95,26 @@ class ModelSpec:
     price_in_per_m: float = 0.0
     price_out_per_m: float = 0.0
     max_input_tokens: int = 1_000_000
+    price_cached_per_m: float | None = None
+    price_thinking_per_m: float | None = None
+
+    @property
+    def cached_price_per_m(self) -> float:
+        if self.price_cached_per_m is not None:
+            return self.price_cached_per_m
+        return self.price_in_per_m * CACHED_PRICE_SHARE
+
+    @property
+    def thinking_price_per_m(self) -> float:
+        if self.price_thinking_per_m is not None:
+            return self.price_thinking_per_m
+        return self.price_out_per_m
+
+
+CACHED_PRICE_SHARE: Final = 0.1
+"""What a cached input token costs as a share of an uncached one when a
+model sets no ``price_cached_per_m``: Gemini 2.5 models bill implicitly
+cached tokens at a tenth of the input price (check your model's price page)."""
 
 
 class TierMode(StrEnum):
@@ -153,8 +179,8 @@ class BatchConfig:
     share of the interactive price a batch token costs (Gemini: 0.5);
     ``on_job_failure``: see ``BatchFailure``; ``give_up_s``: a job not over
     this long after its creation is cancelled and its articles go back
-    (Gemini expires jobs after 48 h); ``cached_price_share``: the share of
-    the input price a cached prompt token costs."""
+    (Gemini expires jobs after 48 h). Cached and thinking tokens are
+    priced as the model says (``ModelSpec.price_cached_per_m``, ...)."""
 
     poll_interval_s: float = 30.0
     collect_s: float = 60.0
@@ -162,7 +188,6 @@ class BatchConfig:
     discount: float = 0.5
     on_job_failure: BatchFailure = BatchFailure.QUEUE
     give_up_s: float = 49 * 3600.0
-    cached_price_share: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +342,8 @@ class Config:
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
 
     @property
@@ -382,6 +409,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     runtime = _parse_runtime(root.table("runtime"))
     grounding = _parse_grounding(root.table("grounding"))
     batch = _parse_batch(root.table("batch"))
+    budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
+    task = parse_task(root.table("task"))
     root.refuse("api_key", _API_KEY_REFUSAL)
     root.finish()
     if models:
@@ -401,6 +430,8 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         runtime=runtime,
         grounding=grounding,
         batch=batch,
+        budget=budget,
+        task=task,
     )
 
 
@@ -436,9 +467,16 @@ def _parse_models(root: TableReader) -> dict[str, ModelSpec]:
             max_input_tokens=r.integer(
                 "max_input_tokens", _NO_MODEL.max_input_tokens, AT_LEAST_ONE
             ),
+            price_cached_per_m=_optional_number(r, "price_cached_per_m"),
+            price_thinking_per_m=_optional_number(r, "price_thinking_per_m"),
         )
         r.finish()
     return models
+
+
+def _optional_number(r: TableReader, name: str) -> float | None:
+    """A number >= 0, or None when absent (TOML has no null)."""
+    return r.number(name, 0.0) if r.has(name) else None
 
 
 _SHARE: Final = Range(above=0, max=1)
@@ -867,7 +905,6 @@ def _parse_batch(r: TableReader) -> BatchConfig:
             r.choice("on_job_failure", d.on_job_failure.value, tuple(f.value for f in BatchFailure))
         ),
         give_up_s=r.number("give_up_s", d.give_up_s, POSITIVE),
-        cached_price_share=r.number("cached_price_share", d.cached_price_share, UNIT),
     )
     r.finish()
     return batch
@@ -902,6 +939,23 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
         "runtime": _flat(config.runtime),
         "grounding": _flat(config.grounding),
         "batch": {**_flat(config.batch), "on_job_failure": config.batch.on_job_failure.value},
+        "budget": {
+            "usd_per_day": config.budget.usd_per_day,
+            "on_exhausted": config.budget.on_exhausted.value,
+            "output_ratio": config.budget.output_ratio,
+            "tiers": dict(config.budget.tiers),
+        },
+        "task": {
+            "instructions": config.task.instructions,
+            "allow_mixed_versions": config.task.allow_mixed_versions,
+            "entity_types": [
+                {"name": t.name, "description": t.description} for t in config.task.entity_types
+            ],
+            "extra_fields": [
+                {"name": f.name, "type": f.type.value, "description": f.description}
+                for f in config.task.extra_fields
+            ],
+        },
     }
 
 

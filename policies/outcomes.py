@@ -25,10 +25,18 @@ class RateLimitScope(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens a call consumed, from the answer's ``usageMetadata``."""
+    """Tokens a call consumed, from the answer's ``usageMetadata``.
+
+    ``input_tokens`` is ``prompt_token_count`` (cached tokens included);
+    ``output_tokens`` is what is billed as output: ``candidates_token_count``
+    plus ``thoughts_token_count``. ``thinking_tokens`` and ``cached_tokens``
+    (``cached_content_token_count``) say how much of each was thinking and
+    served from the implicit cache, which ``policies.costs`` prices apart."""
 
     input_tokens: int
     output_tokens: int
+    thinking_tokens: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

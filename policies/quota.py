@@ -220,7 +220,9 @@ COUNTER_NAMES: Final = (
     "abandoned",
     "cancelled",
     "input_tokens",  # as reported by Succeeded usage
-    "output_tokens",
+    "output_tokens",  # thinking included
+    "thinking_tokens",  # the part of output_tokens that was thinking
+    "cached_tokens",  # the part of input_tokens served from the cache
 )
 """Integer counters of every model; ``cooldown_s`` (float) is added to them:
 the seconds by which cooldowns extended the model's cooldown deadline, so
@@ -566,6 +568,8 @@ class QuotaPolicy:
                 _bump(counters, "succeeded")
                 _bump(counters, "input_tokens", used)
                 _bump(counters, "output_tokens", max(outcome.usage.output_tokens, 0))
+                _bump(counters, "thinking_tokens", max(outcome.usage.thinking_tokens, 0))
+                _bump(counters, "cached_tokens", max(outcome.usage.cached_tokens, 0))
             case RateLimited():
                 self._rate_limited(state, held, outcome, now, wall_offset)
             case ServerError() | TimedOut():

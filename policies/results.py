@@ -23,8 +23,11 @@ class EntityType(StrEnum):
 class Entity:
     """A named entity found in an article.
 
-    ``salience`` is the model's importance estimate in [0, 1];
-    ``mentions`` how often the entity is mentioned. ``flag`` is the outcome
+    ``type`` is one of the task's entity types (``EntityType`` values for
+    the built-in task; ``policies.task``); ``salience`` is the model's
+    importance estimate in [0, 1]; ``mentions`` how often the entity is
+    mentioned; ``fields`` the task's extra fields the model gave, as
+    (name, value) pairs in the task's order. ``flag`` is the outcome
     of the grounding check (``policies.grounding``) when the configured
     action for it is ``flag``: a downstream user filters on it; None for an
     entity kept without a flag (and for results of versions before the
@@ -32,10 +35,11 @@ class Entity:
     """
 
     name: str
-    type: EntityType
+    type: str
     salience: float
     mentions: int = 1
     flag: Grounding | None = None
+    fields: tuple[tuple[str, str | float | int | bool], ...] = ()
 
 
 class ProblemKind(StrEnum):
@@ -98,6 +102,8 @@ class Done:
     metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
     grounding: GroundingCounts | None = None
     pack_size: int = 0
+    # The task version that produced it (policies.task); "" before versions.
+    task_version: str = ""
 
     @property
     def ok(self) -> bool:

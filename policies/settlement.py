@@ -259,14 +259,21 @@ def settle_answers(
     budget: RetryBudget,
     now: float,
     grounding: GroundingPolicy = DEFAULT_GROUNDING,
+    task_version: str = "",
 ) -> AnswerPlan:
     """Settle every member of a pack that ``model`` answered with ``answers``
     (by article id; an absent id is a ``MISSING`` answer); ``spec`` has its
     prices. ``now`` (steady time) measures each article's latency from when
     it was queued. Every extraction's entities are checked against the
-    pack's texts and kept, flagged or dropped as ``grounding`` says."""
+    pack's texts and kept, flagged or dropped as ``grounding`` says; every
+    result records ``task_version``."""
     shares = attribute(
-        spec, [m.est_tokens for m in members], usage.input_tokens, usage.output_tokens
+        spec,
+        [m.est_tokens for m in members],
+        usage.input_tokens,
+        usage.output_tokens,
+        thinking_tokens=usage.thinking_tokens,
+        cached_tokens=usage.cached_tokens,
     )
     done: list[Done] = []
     invalid: list[ArticleProgress] = []
@@ -296,6 +303,7 @@ def settle_answers(
                     metadata=article.metadata,
                     grounding=counts,
                     pack_size=len(members),
+                    task_version=task_version,
                 )
             )
             continue

@@ -38,6 +38,7 @@ from tierbatch.policies.quota import Grant
 __all__ = [
     "Decision",
     "Expired",
+    "GrantGate",
     "Granted",
     "QuotaView",
     "Unroutable",
@@ -103,6 +104,16 @@ class QuotaView(Protocol):
     def never_reason(self, model: str, est_tokens: int) -> str | None:
         """Why ``model`` can never take ``est_tokens``, or None."""
         ...
+
+
+class GrantGate(Protocol):
+    """A check beyond quota and plan on every grant (the daily budget):
+    ``may_grant`` is asked before ``waiter`` may take ``model``; ``granted``
+    is told of every grant made, at once, so the next check counts it."""
+
+    def may_grant(self, waiter: Waiter, model: str) -> bool: ...
+
+    def granted(self, waiter: Waiter, grant: Grant) -> None: ...
 
 
 class _Claim(IntEnum):
@@ -228,21 +239,28 @@ class WaitingList:
     # ---- serving ------------------------------------------------------------------
 
     def serve(
-        self, now: float, quota: QuotaView, allowances: Allowances | None = None
+        self,
+        now: float,
+        quota: QuotaView,
+        allowances: Allowances | None = None,
+        gate: GrantGate | None = None,
     ) -> list[Decision]:
         """Every decision that can be made at ``now``: grants in order, and
-        waiters whose deadline passed or whose chain can never serve them."""
+        waiters whose deadline passed or whose chain can never serve them.
+        A waiter ``gate`` refuses waits, and holds nobody else back."""
         decisions: list[Decision] = []
         self._expire(now, decisions)
         self._end_patience(now)
         while True:
-            best = self._next_grant(now, quota, allowances, decisions)
+            best = self._next_grant(now, quota, allowances, decisions, gate)
             if best is None:
                 return decisions
             live, model = best
             grant = quota.grant(model, live.waiter.est_tokens, now)
             if allowances is not None:
                 allowances.record(live.waiter.tier, model, now)
+            if gate is not None:
+                gate.granted(live.waiter, grant)
             self._drop(live)
             decisions.append(Granted(live.waiter, grant))
 
@@ -294,6 +312,7 @@ class WaitingList:
         quota: QuotaView,
         allowances: Allowances | None,
         decisions: list[Decision],
+        gate: GrantGate | None = None,
     ) -> tuple[_Live, str] | None:
         """The best (waiter, model) that can be granted now, if any: per model
         its first eligible waiter, unless one ahead of it holds the model;
@@ -306,6 +325,8 @@ class WaitingList:
                 waiter = live.waiter
                 if allowances is not None and not allowances.may_use(waiter.tier, model, now):
                     continue  # its tier's share of this model is spent
+                if gate is not None and not gate.may_grant(waiter, model):
+                    continue  # its tier's budget is spent
                 if quota.never_reason(model, waiter.est_tokens) is not None:
                     self._reroute(live, quota, decisions)
                     continue

@@ -347,3 +347,36 @@ def test_submit_does_not_rewrite_the_shared_response_schema(
     before = copy.deepcopy(RESPONSE_SCHEMA)
     run(client(server).submit(MODEL, ITEMS))
     assert before == RESPONSE_SCHEMA
+
+
+@pytest.mark.parametrize("inline_limit", [None, 0], ids=["inline", "file"])
+def test_a_batch_job_asks_for_the_configured_task(
+    server: FakeGeminiServer, clock: ManualClock, inline_limit: int | None
+) -> None:
+    """Batch requests carry the task's system instruction and schema (the
+    local server answers the types the schema names), and the answers are
+    read against the task, as interactive calls are."""
+    from tierbatch.adapters.gemini.prompt import task_prompt
+    from tierbatch.policies.results import Extraction
+    from tierbatch.policies.task import EntityTypeSpec, ExtraField, FieldType, TaskConfig
+
+    task = TaskConfig(
+        entity_types=(EntityTypeSpec("person", "a person"), EntityTypeSpec("body", "a group")),
+        extra_fields=(ExtraField("nick", FieldType.STRING, "a nickname"),),
+    )
+    extra = {} if inline_limit is None else {"inline_limit_bytes": inline_limit}
+    batch = client(server, task=task, **extra)
+    assert batch.prompt == task_prompt(task)
+    job = run(batch.submit(MODEL, ITEMS))
+    clock.advance(PENDING_S + TURNAROUND_S)
+    assert run(batch.poll(job)) is JobState.SUCCEEDED
+    results = run(batch.results(job))
+    entities = [
+        e
+        for answer in results.values()
+        for extraction in answer.answers.values()
+        if isinstance(extraction, Extraction)
+        for e in extraction.entities
+    ]
+    assert entities and {e.type for e in entities} <= {"person", "body"}
+    assert all(dict(e.fields).keys() == {"nick"} for e in entities)

@@ -27,6 +27,7 @@ from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_jobs import JobRequest
 from tierbatch.policies.config import Config, ProviderConfig, parse_config
 from tierbatch.policies.results import Done, Failed
+from tierbatch.policies.task import task_version
 
 KEY = "batch-test-KEY-0123456789"
 MODEL = "gemini-2.5-flash"
@@ -163,6 +164,7 @@ def test_inline_job_settles_every_article_once_at_the_batch_price(
         assert set(results) == {a.id for a in setup.articles}
         assert all(isinstance(r, Done) and r.model == MODEL for r in results.values())
         assert all(r.grounding is not None and r.pack_size in (1, 2) for r in results.values())
+        assert {r.task_version for r in results.values()} == {task_version(config().task)}
         (job,) = setup.jobs.jobs()
         assert job["cost_usd"] > 0
         assert job["cost_usd"] == pytest.approx(job["interactive_cost_usd"] / 2)

@@ -139,10 +139,14 @@ def test_pack_requests_keeps_every_article_once_within_limits(
 
 def test_batch_price_counts_prompt_output_thinking_and_cached_tokens() -> None:
     tokens = TokenCounts(prompt=1_000_000, output=100_000, thoughts=50_000, cached=400_000)
-    full = tokens_cost_usd(SPEC, tokens, cached_share=0.25)
+    spec = replace(SPEC, price_cached_per_m=0.25, price_thinking_per_m=8.0)
+    full = tokens_cost_usd(spec, tokens)
     # 600k fresh + 400k cached at a quarter, 150k output (answer + thinking)
-    assert full == pytest.approx((600_000 + 100_000) * 1.0 / 1e6 + 150_000 * 4.0 / 1e6)
-    assert tokens_cost_usd(SPEC, tokens, discount=0.5, cached_share=0.25) == pytest.approx(full / 2)
+    # 600k fresh at 1.0 + 400k cached at 0.25, 100k answer at 4.0 + 50k thinking at 8.0
+    assert full == pytest.approx(
+        (600_000 * 1.0 + 400_000 * 0.25 + 100_000 * 4.0 + 50_000 * 8.0) / 1e6
+    )
+    assert tokens_cost_usd(spec, tokens, discount=0.5) == pytest.approx(full / 2)
     assert tokens_cost_usd(SPEC, TokenCounts(prompt=-5, output=-1)) == 0.0
     assert split_cost(1.0, [1, 3]) == [0.25, 0.75]
     assert split_cost(1.0, [0, 0]) == [0.5, 0.5]
@@ -210,7 +214,7 @@ def test_settle_job_fails_only_the_failed_requests_articles_and_prices_the_rest(
     assert "request r1" in by_id["a2"].detail
     assert isinstance(by_id["a3"], Failed) and "no result" in by_id["a3"].detail
     assert settled.failed_requests == 2
-    full = tokens_cost_usd(SPEC, tokens, cached_share=batch.cached_price_share)
+    full = tokens_cost_usd(SPEC, tokens)
     assert settled.interactive_cost_usd == pytest.approx(full)
     assert settled.cost_usd == pytest.approx(full * batch.discount)
     assert math.isclose(done.cost_usd, settled.cost_usd * 17 / (17 + 11))

@@ -22,6 +22,7 @@ from tierbatch.adapters.storage.config_file import (
     parse_config_text,
     render_config,
 )
+from tierbatch.policies.budget_config import BudgetConfig
 from tierbatch.policies.config import (
     BatchConfig,
     BatchFailure,
@@ -45,6 +46,7 @@ from tierbatch.policies.config import (
 from tierbatch.policies.config_reader import join_key
 from tierbatch.policies.costs import cost_usd
 from tierbatch.policies.grounding import Grounding, GroundingAction, GroundingPolicy
+from tierbatch.policies.task import TaskConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -140,12 +142,15 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         ("composer", ComposerConfig),
         ("grounding", GroundingConfig),
         ("batch", BatchConfig),
+        ("budget", BudgetConfig),
     ]:
         assert set(data[section]) == field_names(cls), section
     # base_url is documented as a comment: TOML cannot spell its default (None).
     assert set(data["provider"]) | {"base_url"} == field_names(ProviderConfig)
+    # The cached and thinking prices too: their defaults derive from the others.
+    optional = {"name", "price_cached_per_m", "price_thinking_per_m"}
     for spec in data["models"].values():
-        assert set(spec) | {"name"} == field_names(ModelSpec)
+        assert set(spec) | optional == field_names(ModelSpec)
     # share is the alternative to min_priority, documented as a comment: a
     # tier takes one of the two.
     example = (EXAMPLES / "tierbatch.toml").read_text(encoding="utf-8")
@@ -161,6 +166,9 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         RuntimeConfig(),
         GroundingConfig(),
     )
+    assert config.budget == BudgetConfig()
+    assert set(data["task"]) == field_names(TaskConfig)
+    assert config.task == TaskConfig() and config.task.is_default
     defaults = ComposerConfig(mix={})
     assert (config.composer.max_queued, config.composer.aging_s) == (
         defaults.max_queued,

@@ -68,6 +68,7 @@ FIELDS = {
     "finished_at",
     "grounding",
     "pack_size",
+    "task_version",
 }
 
 

@@ -32,6 +32,8 @@ from tierbatch.adapters.storage.ingest import ingest_jsonl
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.sqlite_store import SqliteStore, default_owner
 from tierbatch.policies.articles import Article
+from tierbatch.policies.budget import BudgetState, TierBudget
+from tierbatch.policies.budget_config import OnExhausted
 from tierbatch.policies.grounding import GroundingCounts
 from tierbatch.policies.outcomes import (
     RateLimited,
@@ -272,3 +274,31 @@ def test_grounding_outcomes_and_adaptive_pack_sizes_are_exported() -> None:
 
     assert (entities("grounded"), entities("cross_article"), entities("ungrounded")) == (14, 4, 2)
     assert value(samples, "tierbatch_pack_size", tier="hot") == 2
+
+
+def test_the_daily_budget_is_exported() -> None:
+    budget = BudgetState(
+        usd_per_day=5.0,
+        day=1,
+        spent_usd=4.5,
+        committed_usd=5.25,
+        resets_at=2000.0 + 3600.0,
+        on_exhausted=OnExhausted.STOP,
+        tiers=(
+            TierBudget("hot", 4.0, 4.5, None, 0.0, True),
+            TierBudget("cold", 0.5, 0.75, None, 0.0, False),
+        ),
+    )
+    metrics = Metrics()
+    metrics.update(replace(stats(1000.0), budget=budget), 1000.0, wall_offset=1000.0)
+    server = metrics.serve(0)
+    try:
+        samples = scrape(server.url)
+    finally:
+        server.close()
+    assert value(samples, "tierbatch_budget_usd_per_day") == 5.0
+    assert value(samples, "tierbatch_budget_spent_usd", tier="hot") == 4.0
+    assert value(samples, "tierbatch_budget_committed_usd", tier="cold") == 0.75
+    assert value(samples, "tierbatch_budget_stopped", tier="cold") == 1
+    assert value(samples, "tierbatch_budget_stopped", tier="hot") == 0
+    assert value(samples, "tierbatch_budget_reset_seconds") == 3600.0

@@ -13,7 +13,7 @@ import pytest
 from tierbatch.actors.clock import ScaledClock
 from tierbatch.actors.messages import Acquire, AcquireFailed, Granted, Report
 from tierbatch.actors.registry import ModelRegistry
-from tierbatch.policies.config import ModelSpec, QuotaConfig
+from tierbatch.policies.config import LimiterMode, ModelSpec, QuotaConfig
 from tierbatch.policies.outcomes import RateLimited, RateLimitScope, Succeeded, Usage
 from tierbatch.policies.quota import QuotaPolicy
 
@@ -66,7 +66,12 @@ def registry():
     def start(**models: int) -> Caller:
         clock = ScaledClock(SPEED)
         specs = {name: ModelSpec(name, rpm=rpm, tpm=0, rpd=0) for name, rpm in models.items()}
-        ref = ModelRegistry.start(QuotaPolicy(specs, QuotaConfig()), clock)
+        # The order of service, not what a 429 teaches: a lone 429 inside the
+        # configured limit would otherwise cut the learnt limit, and whether
+        # it reads as a bucket's or a window's depends on real-time jitter at
+        # this clock speed.
+        config = QuotaConfig(limiter=LimiterMode.WINDOW, learn_limits=False)
+        ref = ModelRegistry.start(QuotaPolicy(specs, config), clock)
         refs.append(ref)
         return Caller(ref, clock)
 

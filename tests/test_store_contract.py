@@ -16,6 +16,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from tierbatch.actors.runtime import Runtime
 from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import read_articles
-from tierbatch.adapters.storage.queue_sql import SCHEMA_VERSION
+from tierbatch.adapters.storage.queue_sql import MIGRATIONS, SCHEMA_VERSION
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.store import (
     EnqueueReport,
@@ -471,14 +472,39 @@ def test_a_database_of_schema_version_1_is_migrated_in_place(
         (old,) = store.results()
         assert isinstance(old, Done)
         assert (old.grounding, old.pack_size, old.entities[0].flag) == (None, 0, None)
+        assert old.task_version == ""
         assert store.write_results([grounded_done("new")]) == 1
         assert list(store.results(["new"])) == [grounded_done("new")]
     with backend.open("owner-b", clock) as again:  # type: ignore[attr-defined]
         assert [r.article_id for r in again.results()] == ["old", "new"]
     assert backend.query(version) == [(str(SCHEMA_VERSION),)]
-    assert backend.query("SELECT COUNT(*) FROM batch_jobs") == [(0,)]  # version 3's table
+    assert backend.query("SELECT COUNT(*) FROM batch_jobs") == [(0,)]  # version 4's table
     status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now)
     assert status.grounding == (GroundingCount("high", "gemini-a", 4, 1, 1, 2, 1),)
+
+
+def test_a_database_of_schema_version_2_gains_task_versions_in_place(
+    backend: Backend, clock: FakeClock
+) -> None:
+    backend.create_v1()
+    for statement in MIGRATIONS[1]:  # what version 2 was
+        backend.execute(statement)
+    backend.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    backend.execute(
+        "INSERT INTO results (article_id, status, entities, model, tier, attempts, input_tokens,"
+        " output_tokens, latency_s, cost_usd, fallback, finished_at)"
+        " VALUES ('old', 'done', '[]', 'gemini-a', 'high', 1, 10, 2, 0.5, 0.0, 0, 1.0)",
+    )
+    with backend.open("owner-a", clock) as store:  # type: ignore[attr-defined]
+        (old,) = store.results()
+        assert isinstance(old, Done) and old.task_version == ""
+        new = replace(grounded_done("new"), task_version="entities-v1-abc")
+        assert store.write_results([new]) == 1
+        assert list(store.results(["new"])) == [new]
+        assert store.task_versions() == {"": 1, "entities-v1-abc": 1}
+    assert backend.query("SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
 
 
 def test_results_pages_through_many_rows_and_filters_by_id(store: Store) -> None:

@@ -67,6 +67,7 @@ from tierbatch.policies.batch_jobs import (
 from tierbatch.policies.config import BatchFailure, Config, ModelSpec, TierSpec
 from tierbatch.policies.outcomes import AuthFailed, BadRequest, ModelNotFound
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.task import task_version
 
 __all__ = ["BatchBackend", "BatchDispatcher", "DispatcherStats"]
 
@@ -133,6 +134,7 @@ class BatchDispatcher:
         self._wake_daemon = wake
         self._on_results = on_results
         self._tiers = {t.name: t for t in config.tiers}
+        self._task_version = task_version(config.task)
         self._lock = threading.Lock()
         self._waiting: dict[str, deque[tuple[float, Article]]] = {}
         self._interactive: list[Article] = []
@@ -391,6 +393,7 @@ class BatchDispatcher:
             grounding=self._config.grounding.policy,
             submitted_at=record.created_at,
             now=self._jobs_now(),
+            task_version=self._task_version,
         )
         detail = f"{len(settlement.results)} results, {settlement.failed_requests} failed requests"
         new = self._jobs.settle(

@@ -28,6 +28,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -41,12 +42,14 @@ import structlog
 from tierbatch.actors.clock import SystemClock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.app.as_of import AsOfError, describe, newest_published, parse_as_of
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.call_stats import DEFAULT_INTERVAL_S, CallStatsProvider
 from tierbatch.adapters.app.daemon import (
     Daemon,
     DaemonOptions,
     DaemonReport,
     StopReason,
+    check_task_versions,
     default_snapshot_path,
     signals_stop,
 )
@@ -87,6 +90,7 @@ from tierbatch.adapters.storage.store import StorageError, Store, default_owner
 from tierbatch.adapters.storage.tiers_file import tiers_path_beside
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config, ConfigError
+from tierbatch.policies.task import MixedTaskVersions
 from tierbatch.policies.tier_assignment import TierSplit
 
 EXIT_OK = 0
@@ -98,6 +102,7 @@ EXIT_INTERRUPTED = 5
 EXIT_STORAGE = 6
 EXIT_RUNTIME_FAILED = 7
 EXIT_MODEL_MISSING = 8
+EXIT_BUDGET = 9
 
 EXIT_CODES_HELP = """\
 exit codes:
@@ -123,8 +128,10 @@ exit codes:
      stopped before leasing anything (the articles stay queued); a missing
      model that leaves every tier a model only warns and is routed around.
      --no-check skips the check. models: some configured model is missing
+  9  run only: the daily budget ([budget]) is spent; the articles it holds
+     stay queued until the quota day's midnight (run again then)
   When several apply, the first of 6, then 7 or 4 (only one can stop a run),
-  then 5, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
+  then 5, 9, 3, 1 wins. daemon exits 0 on SIGTERM/SIGINT, 4 when the provider
   refuses the configuration, 6 when the database fails, 7 when the runtime
   fails and 8 when the check at start finds a tier without models. models
   exits 0 when every configured model exists, 4 when the key is refused, 8
@@ -159,7 +166,7 @@ def main(
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
         return command(args, out, err)
-    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl) as exc:
+    except (UsageError, ConfigError, MissingApiKey, InvalidBaseUrl, MixedTaskVersions) as exc:
         print(f"tierbatch: error: {exc}", file=err)
         return EXIT_USAGE
     except StorageError as exc:  # opening the database is a UsageError; this is later
@@ -386,6 +393,12 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         "--no-progress", action="store_true", help="no live display nor progress log lines"
     )
     parser.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="let results of this task version join a results table that holds results of "
+        "another one (default: refused, naming the versions; task.allow_mixed_versions)",
+    )
+    parser.add_argument(
         "--progress-interval",
         type=float,
         default=10.0,
@@ -464,6 +477,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
     with ExitStack() as stack:
         store = _open_store(args.db)
         stack.callback(store.close)
+        check_task_versions(store, config, allow=args.allow_mixed_versions)
         ingest: IngestReport | None = None
         seed: Callable[[], Iterable[Article]] | None = None
         as_of = as_of_given
@@ -501,6 +515,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
             batch_backend=make_batch_backend(config, raw_provider),
+            allow_mixed_versions=args.allow_mixed_versions,
             as_of=as_of,
             tier_seed=seed,
             on_tier_split=lambda split: _print_tier_split(split, out, err),
@@ -706,6 +721,10 @@ def _print_summary(
         notes.append(f"stopped: the provider refused the configuration ({report.fatal_error})")
     elif report.reason in (StopReason.SIGNAL, StopReason.IMMEDIATE) and left:
         notes.append("stopped by a signal before the queue was empty")
+    elif report.reason is StopReason.BUDGET:
+        notes.append("stopped: the daily budget is spent; the rest stay queued until midnight")
+    if report.budget is not None:
+        notes.append(budget_line(report.budget, time.time()))
     summary = build_summary(
         config,
         provider=description,
@@ -750,6 +769,13 @@ def _exit_code(
         return EXIT_PROVIDER_REFUSED
     if not one_shot:
         return EXIT_OK
+    if left and report.reason is StopReason.BUDGET:
+        print(
+            f"tierbatch: the daily budget is spent; {left} article(s) stay queued in {db} "
+            "until the quota day's midnight: run again then",
+            file=err,
+        )
+        return EXIT_BUDGET
     if left and report.reason is not StopReason.FINISHED:
         return EXIT_INTERRUPTED
     if ingest is not None and ingest.rejected:

@@ -59,7 +59,7 @@ from typing import Any
 
 import structlog
 
-from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch
+from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch, wall_offset
 from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
 from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.ports import Provider
@@ -83,11 +83,13 @@ from tierbatch.adapters.storage.store import StorageError, Store
 from tierbatch.adapters.storage.tiers_file import write_tiers
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_routing import Route, routes
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config, TierMode
 from tierbatch.policies.outcomes import CallOutcome
 from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
 from tierbatch.policies.results import TerminalResult
+from tierbatch.policies.task import check_versions, task_version
 from tierbatch.policies.tier_assignment import TierSplit
 
 _log = structlog.get_logger("tierbatch.daemon")
@@ -161,6 +163,7 @@ class StopReason(StrEnum):
     FATAL = "fatal"  # the provider refused the configuration (401/403)
     STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
     FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
+    BUDGET = "budget"  # run: the daily budget holds all the work left
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,8 @@ class DaemonReport:
     storage_error: str | None = None
     # The Batch API's jobs in the database at the end (None: no tier uses it).
     batch: BatchReport | None = None
+    # The daily budget at the end of the run (None without a [budget]).
+    budget: BudgetState | None = None
 
 
 class _SnapshotTrigger:
@@ -296,6 +301,7 @@ class Daemon:
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
         batch_backend: BatchBackend | None = None,
+        allow_mixed_versions: bool = False,
         as_of: float | None = None,
         tier_seed: Callable[[], Iterable[Article]] | None = None,
         on_tier_split: Callable[[TierSplit], None] | None = None,
@@ -306,6 +312,7 @@ class Daemon:
         self._batch: BatchDispatcher | None = None
         self._batch_jobs: BatchJobStore | None = None
         self._auto = any(t.mode is TierMode.AUTO for t in config.tiers)
+        self._allow_mixed_versions = allow_mixed_versions
         self._as_of = as_of
         self._tier_seed = tier_seed
         self._on_tier_split = on_tier_split
@@ -356,6 +363,7 @@ class Daemon:
         if self._ran:
             raise RuntimeError("Daemon.run may be called once; create a new Daemon")
         self._ran = True
+        check_task_versions(self.store, self.config, allow=self._allow_mixed_versions)
         started = time.monotonic()
         quota = load_quota_state(self._snapshot, self.config)
         trigger = _SnapshotTrigger()
@@ -453,6 +461,7 @@ class Daemon:
             quota_state=quota,
             storage_error="; ".join(problems) or None,
             batch=self._batch_report(),
+            budget=final.budget if final is not None else None,
         )
         _log.info(
             "daemon stopped",
@@ -489,7 +498,10 @@ class Daemon:
                 failed = isinstance(runtime.fatal_error, RuntimeFailure)
                 return StopReason.FAILED if failed else StopReason.FATAL
             now = time.monotonic()
-            if self._wall_stepped(wall_steps) or now >= next_renew:
+            stepped = self._wall_stepped(wall_steps)
+            if stepped:
+                runtime.recheck_quota()  # a new quota day (and budget) may have begun
+            if stepped or now >= next_renew:
                 self._storage(self.store.renew, opts.lease_s)
                 next_renew = now + renew_every
             self._take_back_from_batch(runtime)
@@ -520,6 +532,12 @@ class Daemon:
                     runtime.backlog_elsewhere(db_counts.get("queued", 0))
                 self._save_thresholds(runtime)
             self._report(runtime, stats, started, rate, db_counts)
+            if opts.exit_when_done and budget_holds_all(stats):
+                _log.info(
+                    "the daily budget holds all the work left; stopping",
+                    stopped=list(stats.budget.stopped_tiers) if stats.budget else [],
+                )
+                return StopReason.BUDGET
             if (
                 opts.exit_when_done
                 and now < db_idle_until
@@ -826,7 +844,7 @@ class Daemon:
         finished = self._tally.terminal
         now = self._clock.now()
         if self._metrics is not None:
-            self._metrics.update(stats, now, db_counts)
+            self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
         self._progress.update(
             ProgressView(
                 elapsed_s=elapsed,
@@ -837,6 +855,7 @@ class Daemon:
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,
+                wall_now=now + wall_offset(self._clock),
             )
         )
 
@@ -858,6 +877,31 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def check_task_versions(store: Store, config: Config, *, allow: bool = False) -> None:
+    """Refuse (``MixedTaskVersions``, naming the versions) a store whose
+    results table holds results of another task version than ``config``'s,
+    unless ``allow`` or ``task.allow_mixed_versions`` says mixing is fine."""
+    check_versions(
+        store.task_versions(),
+        task_version(config.task),
+        allowed=allow or config.task.allow_mixed_versions,
+        where=f"the results table of {store.path}",
+    )
+
+
+def budget_holds_all(stats: RuntimeStats) -> bool:
+    """Whether the daily budget holds every piece of work the runtime has:
+    nothing in flight (no settlement can free money), and every tier with
+    articles queued or requests waiting may not spend."""
+    budget = stats.budget
+    if budget is None or stats.in_flight_requests or not budget.stopped_tiers:
+        return False
+    waiting = {tier for tier, n in budget.waiting if n}
+    queued = {tier for tier, n in stats.queued_by_tier.items() if n}
+    work = waiting | queued
+    return bool(work) and work <= set(budget.stopped_tiers)
 
 
 def _guarded(what: str, step: Any) -> Any:

@@ -149,6 +149,34 @@ class Metrics:
             ["tier"],
             registry=r,
         )
+        self.budget_usd = Gauge(
+            "tierbatch_budget_usd_per_day",
+            "The daily budget in USD ([budget] usd_per_day; 0: none)",
+            registry=r,
+        )
+        self.budget_spent = Gauge(
+            "tierbatch_budget_spent_usd",
+            "USD spent today (settled calls), by tier",
+            ["tier"],
+            registry=r,
+        )
+        self.budget_committed = Gauge(
+            "tierbatch_budget_committed_usd",
+            "USD committed today: spent plus the estimates of calls in flight, by tier",
+            ["tier"],
+            registry=r,
+        )
+        self.budget_stopped = Gauge(
+            "tierbatch_budget_stopped",
+            "1 while the daily budget lets the tier start no call",
+            ["tier"],
+            registry=r,
+        )
+        self.budget_reset = Gauge(
+            "tierbatch_budget_reset_seconds",
+            "Seconds until the daily budget resets (the quota day's midnight)",
+            registry=r,
+        )
         self.db_articles = Gauge(
             "tierbatch_db_articles",
             "Articles in the database queue table, by state",
@@ -177,9 +205,16 @@ class Metrics:
                 self.failures.labels(str(result.reason)).inc()
 
     def update(
-        self, stats: RuntimeStats, now: float, db_counts: Mapping[str, int] | None = None
+        self,
+        stats: RuntimeStats,
+        now: float,
+        db_counts: Mapping[str, int] | None = None,
+        *,
+        wall_offset: float = 0.0,
     ) -> None:
-        """Refresh the gauges from a ``Runtime.stats()`` taken at ``now``."""
+        """Refresh the gauges from a ``Runtime.stats()`` taken at steady
+        ``now``; ``wall_offset`` turns it into wall time (the budget's reset
+        is a wall-clock time)."""
         for tier, depth in stats.queued_by_tier.items():
             self.queue_depth.labels(tier).set(depth)
         self.in_extractors.set(stats.in_extractors)
@@ -191,6 +226,14 @@ class Metrics:
             until = stats.cooldowns.get(status.model, 0.0)
             self.cooling.labels(status.model).set(1 if until > now else 0)
             self.cooldown_remaining.labels(status.model).set(max(0.0, until - now))
+        budget = stats.budget
+        if budget is not None:
+            self.budget_usd.set(budget.usd_per_day)
+            for row in budget.tiers:
+                self.budget_spent.labels(row.tier).set(row.spent_usd)
+                self.budget_committed.labels(row.tier).set(row.committed_usd)
+                self.budget_stopped.labels(row.tier).set(0 if row.may_spend else 1)
+            self.budget_reset.set(max(0.0, budget.resets_at - (now + wall_offset)))
         if db_counts is not None:
             for state, count in db_counts.items():
                 self.db_articles.labels(state).set(count)

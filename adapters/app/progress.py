@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.policies.config import ModelSpec
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class ProgressView:
     db_counts: Mapping[str, int] | None
     models: Mapping[str, ModelSpec]
     draining: bool = False
+    # Wall-clock time at ``now`` (for the daily budget's reset); None: unknown.
+    wall_now: float | None = None
 
 
 class ProgressReporter(Protocol):
@@ -131,7 +134,19 @@ class LogProgress:
             cooling_down=sorted(stats.cooldowns),
             db=dict(view.db_counts) if view.db_counts is not None else None,
             draining=view.draining,
+            **_budget_fields(view),
         )
+
+
+def _budget_fields(view: ProgressView) -> dict[str, object]:
+    budget = view.stats.budget
+    if budget is None:
+        return {}
+    return {
+        "budget_spent_usd": round(budget.spent_usd, 6),
+        "budget_usd_per_day": budget.usd_per_day,
+        "budget_stopped": list(budget.stopped_tiers),
+    }
 
 
 class LiveProgress:
@@ -216,4 +231,8 @@ def render_view(view: ProgressView, title: str = "", db: Mapping[str, int] | Non
             f"{status.requests_today} / {rpd}",
             cooling,
         )
-    return Group(head, tiers, models)
+    if stats.budget is None:
+        return Group(head, tiers, models)
+    wall = view.wall_now if view.wall_now is not None else time.time()
+    style = "yellow" if stats.budget.stopped_tiers else ""
+    return Group(head, Text(budget_line(stats.budget, wall), style=style), tiers, models)

@@ -53,13 +53,17 @@ def make_provider(
             api_key=api_key,
             default_timeout_s=config.retry.request_timeout_s,
             max_connections=calls_in_flight_limit(config),
+            task=config.task,
         )
         return genai_provider, genai_provider.description
     if kind is ProviderKind.LEGACY:
         from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
 
         legacy_provider = LegacyProvider(
-            config.provider, api_key=api_key, max_workers=calls_in_flight_limit(config)
+            config.provider,
+            api_key=api_key,
+            max_workers=calls_in_flight_limit(config),
+            task=config.task,
         )
         return legacy_provider, legacy_provider.description
     return _simulated(config, clock, "simulated (provider.kind = simulated)")
@@ -80,6 +84,7 @@ def make_batch_backend(config: Config, provider: object) -> Any | None:
         config.provider,
         api_key=find_api_key(config.provider.api_key_env, None),
         timeout_s=config.retry.request_timeout_s,
+        task=config.task,
     )
 
 
@@ -87,6 +92,10 @@ def _simulated(config: Config, clock: Clock, description: str) -> tuple[Provider
     from tierbatch.adapters.simulation.simulated import SimulatedProvider
 
     provider = SimulatedProvider(
-        config.models, clock, window_s=config.quota.window_s, timezone=config.quota.timezone
+        config.models,
+        clock,
+        window_s=config.quota.window_s,
+        timezone=config.quota.timezone,
+        task=config.task,
     )
     return provider, description

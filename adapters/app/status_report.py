@@ -11,6 +11,7 @@ the daemon will count (a snapshot from yesterday shows 0 today).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from tierbatch.actors.runtime import make_budget
+from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
 from tierbatch.adapters.storage.store import (
@@ -30,6 +33,7 @@ from tierbatch.adapters.storage.store import (
     StorageError,
 )
 from tierbatch.adapters.storage.tiers_file import TiersFileError, read_tiers
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config, ModelSpec
 from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
@@ -93,6 +97,9 @@ class Status:
     grounding: tuple[GroundingCount, ...] = ()
     # The Batch API's jobs: in flight, over, and the money they saved.
     batch: BatchReport = field(default_factory=BatchReport)
+    # The daily budget as the snapshot has it (None: no [budget] configured).
+    budget: BudgetState | None = None
+    now: float = 0.0
     # Each tier's min_priority (a share tier's as the daemon last saved it).
     tier_rules: TierRules | None = None
 
@@ -115,6 +122,7 @@ def read_status(
         raise StatusError(str(exc)) from exc
     snapshot = Path(snapshot_path)
     quota, problem, age = _read_quota(snapshot, config, now)
+    budget = _read_budget(snapshot, config, now)
     return Status(
         db=display_name(db_path),
         states=report.states,
@@ -130,8 +138,22 @@ def read_status(
         quota=quota,
         grounding=report.grounding,
         batch=report.batch,
+        budget=budget,
+        now=now,
         tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
     )
+
+
+def _read_budget(path: Path, config: Config, now: float) -> BudgetState | None:
+    """The day's budget as the daemon will count it: the snapshot's spend
+    (calls in flight at its estimate), 0 when it is from an earlier day."""
+    if not config.budget.enabled:
+        return None
+    state: Any = None
+    with contextlib.suppress(OSError, CorruptSnapshot):
+        state = decode(path.read_bytes())
+    budget = make_budget(config, state if isinstance(state, dict) else None)
+    return None if budget is None else budget.state(now)
 
 
 def read_tier_rules(path: Path, config: Config, now: float) -> TierRules:
@@ -240,6 +262,8 @@ def render_status(status: Status, file: TextIO) -> None:
     line = batch_line(status.batch)
     if line:
         console.print(line)
+    if status.budget is not None:
+        console.print(budget_line(status.budget, status.now))
     if status.tier_rules is not None:
         render_tier_rules(status.tier_rules, console)
     if status.snapshot_problem:

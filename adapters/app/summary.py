@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from tierbatch.policies.config import Config, UnknownModelError
-from tierbatch.policies.costs import cost_usd
+from tierbatch.policies.costs import usage_cost
+from tierbatch.policies.outcomes import Usage
 from tierbatch.policies.pack_quality import GroundingRow, GroundingTally
 from tierbatch.policies.quota import ModelStatus
 from tierbatch.policies.results import Done, TerminalResult
@@ -121,6 +122,8 @@ class ModelUsage:
     cooldown_s: float
     input_tokens: int
     output_tokens: int
+    thinking_tokens: int = 0
+    cached_tokens: int = 0
 
 
 def usage_between(
@@ -140,6 +143,8 @@ def usage_between(
             cooldown_s=max(0.0, delta(s, "cooldown_s")),
             input_tokens=int(delta(s, "input_tokens")),
             output_tokens=int(delta(s, "output_tokens")),
+            thinking_tokens=int(delta(s, "thinking_tokens")),
+            cached_tokens=int(delta(s, "cached_tokens")),
         )
         for s in after
     )
@@ -247,7 +252,10 @@ def build_summary(
             continue
         try:
             spec = config.model(u.model)
-            cost = cost_usd(spec, max(0, u.input_tokens), max(0, u.output_tokens))
+            cost = usage_cost(
+                spec,
+                Usage(u.input_tokens, u.output_tokens, u.thinking_tokens, u.cached_tokens),
+            )
         except UnknownModelError:
             cost = 0.0
         models.append(

@@ -33,7 +33,12 @@ Decisions, so callers know what to expect:
   string becomes ``other``; ``salience`` a finite number, clamped into
   [0, 1] when it is off by at most ``SALIENCE_TOLERANCE`` (rounding noise),
   invalid beyond; ``mentions`` an integer >= 1 (an integral float such as
-  ``3.0`` is accepted), 1 when absent.
+  ``3.0`` is accepted), 1 when absent. For a configured task
+  (``policies.task``) ``type`` is matched case-insensitively against the
+  task's type names instead, and any other label becomes ``other``; each of
+  the task's extra fields is kept when present and of its type (a JSON
+  integer is a number too; an integral float is an integer), and makes the
+  item invalid when present with another type; other keys are ignored.
 * Entities with the same name (case-insensitive) and type are merged: the
   first spelling is kept, salience is the maximum, mentions are summed.
 """
@@ -55,6 +60,7 @@ from tierbatch.policies.results import (
     Extraction,
     ProblemKind,
 )
+from tierbatch.policies.task import ExtraField, FieldType, TaskConfig
 
 SALIENCE_TOLERANCE = 0.05
 """How far outside [0, 1] a salience may be and still be clamped."""
@@ -121,9 +127,10 @@ def parse_answer(
     finish_reason: str | None,
     block_reason: str | None,
     expected_ids: Sequence[str],
+    task: TaskConfig | None = None,
 ) -> dict[str, ArticleAnswer]:
     """Exactly one answer per expected id; never raises. See the module docstring."""
-    return analyse_answer(text, finish_reason, block_reason, expected_ids).answers
+    return analyse_answer(text, finish_reason, block_reason, expected_ids, task).answers
 
 
 def analyse_answer(
@@ -131,8 +138,10 @@ def analyse_answer(
     finish_reason: str | None,
     block_reason: str | None,
     expected_ids: Sequence[str],
+    task: TaskConfig | None = None,
 ) -> ParsedAnswer:
     """Like ``parse_answer``, also reporting unknown and duplicate ids."""
+    reader = _EntityReader.of(task)
     ids = list(dict.fromkeys(expected_ids))
     block = normalise_reason(block_reason)
     finish = normalise_reason(finish_reason)
@@ -144,7 +153,7 @@ def analyse_answer(
     if finish in TRUNCATION_FINISH_REASONS:
         items = _complete_items(body)
         rest = AnswerProblem(ProblemKind.TRUNCATED, "finishReason MAX_TOKENS")
-        return _demultiplex(items, ids, rest)
+        return _demultiplex(items, ids, rest, reader)
     if not body.strip():
         return _all(ids, AnswerProblem(ProblemKind.MALFORMED, "empty answer"))
     try:
@@ -156,7 +165,7 @@ def analyse_answer(
         detail = 'not {"articles": [...]}'
         return _all(ids, AnswerProblem(ProblemKind.MALFORMED, detail))
     missing = AnswerProblem(ProblemKind.MISSING, "no item for this id in the answer")
-    return _demultiplex(data["articles"], ids, missing)
+    return _demultiplex(data["articles"], ids, missing, reader)
 
 
 def normalise_reason(reason: object) -> str:
@@ -178,7 +187,9 @@ def _all(ids: Sequence[str], answer: ArticleAnswer) -> ParsedAnswer:
     return ParsedAnswer({i: answer for i in ids})
 
 
-def _demultiplex(items: Sequence[Any], ids: Sequence[str], absent: AnswerProblem) -> ParsedAnswer:
+def _demultiplex(
+    items: Sequence[Any], ids: Sequence[str], absent: AnswerProblem, reader: _EntityReader
+) -> ParsedAnswer:
     """Match items to ids; ``absent`` is the answer for ids with no item."""
     expected = set(ids)
     found: dict[str, ArticleAnswer] = {}
@@ -198,7 +209,7 @@ def _demultiplex(items: Sequence[Any], ids: Sequence[str], absent: AnswerProblem
             duplicates.append(item_id)
             if isinstance(previous, Extraction):
                 continue
-        found[item_id] = _validate_item(item)
+        found[item_id] = _validate_item(item, reader)
     answers = {i: found.get(i, absent) for i in ids}
     return ParsedAnswer(answers, tuple(unknown), tuple(duplicates), unusable)
 
@@ -215,18 +226,76 @@ def _item_id(item: Any) -> str | None:
     return None
 
 
-def _validate_item(item: dict[str, Any]) -> ArticleAnswer:
+class _EntityReader:
+    """How one task's entity labels and extra fields are read."""
+
+    __slots__ = ("fields", "types")
+
+    def __init__(self, types: Mapping[str, str] | None, fields: Sequence[ExtraField]) -> None:
+        self.types = types  # casefolded label -> type name; None: the built-in types
+        self.fields = tuple(fields)
+
+    @classmethod
+    def of(cls, task: TaskConfig | None) -> _EntityReader:
+        if task is None or task.is_default:
+            return _BUILT_IN
+        return cls({name.casefold(): name for name in task.type_names}, task.extra_fields)
+
+    def type_for(self, label: str) -> str:
+        if self.types is None:
+            return entity_type_for(label)
+        return self.types.get(label.strip().casefold(), EntityType.OTHER.value)
+
+    def extra(self, raw: dict[str, Any], index: int) -> tuple[tuple[str, Any], ...]:
+        out: list[tuple[str, Any]] = []
+        for f in self.fields:
+            if f.name not in raw or raw[f.name] is None:
+                continue
+            value = _field_value(raw[f.name], f.type)
+            if value is None:
+                raise _InvalidItem(f"entity {index}: {f.name} is not {_A_TYPE[f.type]}")
+            out.append((f.name, value))
+        return tuple(out)
+
+
+_BUILT_IN = _EntityReader(None, ())
+_A_TYPE = {
+    FieldType.STRING: "a string",
+    FieldType.NUMBER: "a number",
+    FieldType.INTEGER: "an integer",
+    FieldType.BOOLEAN: "a boolean",
+}
+
+
+def _field_value(value: Any, kind: FieldType) -> str | float | int | bool | None:
+    """``value`` as a field of ``kind``, or None when it is not one."""
+    if kind is FieldType.BOOLEAN:
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind is FieldType.STRING:
+        return _WHITESPACE.sub(" ", value).strip() if isinstance(value, str) else None
+    if kind is FieldType.INTEGER:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _validate_item(item: dict[str, Any], reader: _EntityReader = _BUILT_IN) -> ArticleAnswer:
     entities = item.get("entities")
     if not isinstance(entities, list):
         return AnswerProblem(ProblemKind.INVALID, "entities is not a list")
     try:
-        parsed = [_entity(e, n) for n, e in enumerate(entities)]
+        parsed = [_entity(e, n, reader) for n, e in enumerate(entities)]
     except _InvalidItem as exc:
         return AnswerProblem(ProblemKind.INVALID, str(exc))
     return Extraction(_merge(parsed))
 
 
-def _entity(raw: Any, index: int) -> Entity:
+def _entity(raw: Any, index: int, reader: _EntityReader = _BUILT_IN) -> Entity:
     if not isinstance(raw, dict):
         raise _InvalidItem(f"entity {index} is not an object")
     name = raw.get("name")
@@ -237,9 +306,10 @@ def _entity(raw: Any, index: int) -> Entity:
         raise _InvalidItem(f"entity {index}: type is not a string")
     return Entity(
         name=_WHITESPACE.sub(" ", name).strip(),
-        type=entity_type_for(label),
+        type=reader.type_for(label),
         salience=_salience(raw.get("salience"), index),
         mentions=_mentions(raw.get("mentions", 1), index),
+        fields=reader.extra(raw, index),
     )
 
 
@@ -262,7 +332,7 @@ def _mentions(value: Any, index: int) -> int:
 
 
 def _merge(entities: Sequence[Entity]) -> tuple[Entity, ...]:
-    merged: dict[tuple[str, EntityType], Entity] = {}
+    merged: dict[tuple[str, str], Entity] = {}
     for e in entities:
         key = (e.name.casefold(), e.type)
         seen = merged.get(key)
@@ -270,7 +340,11 @@ def _merge(entities: Sequence[Entity]) -> tuple[Entity, ...]:
             merged[key] = e
         else:
             merged[key] = Entity(
-                seen.name, seen.type, max(seen.salience, e.salience), seen.mentions + e.mentions
+                seen.name,
+                seen.type,
+                max(seen.salience, e.salience),
+                seen.mentions + e.mentions,
+                fields=seen.fields or e.fields,
             )
     return tuple(merged.values())
 

@@ -59,7 +59,7 @@ from tierbatch.adapters.gemini.genai_provider import (
 )
 from tierbatch.adapters.gemini.http_client import new_async_client
 from tierbatch.adapters.gemini.origin import base_origin
-from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.prompt import build_user_text, task_prompt
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_costs import TokenCounts
 from tierbatch.policies.config import ProviderConfig
@@ -72,6 +72,7 @@ from tierbatch.policies.outcomes import (
     ServerError,
     Succeeded,
 )
+from tierbatch.policies.task import TaskConfig
 
 __all__ = [
     "INLINE_LIMIT_BYTES",
@@ -177,10 +178,12 @@ class GeminiBatchClient:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         inline_limit_bytes: int = INLINE_LIMIT_BYTES,
+        task: TaskConfig | None = None,
     ) -> None:
         if inline_limit_bytes < 0:
             raise ValueError(f"inline_limit_bytes must be >= 0, got {inline_limit_bytes}")
         self._config = config
+        self.prompt = task_prompt(task)  # the extraction task, as interactive calls send it
         self._key = require_api_key(config.api_key_env, api_key)
         self._timeout_s = timeout_s
         self.inline_limit_bytes = inline_limit_bytes
@@ -360,13 +363,13 @@ class GeminiBatchClient:
         """One GenerateContentRequest as REST JSON: the interactive prompt."""
         generation: dict[str, Any] = {
             "responseMimeType": "application/json",
-            "responseSchema": RESPONSE_SCHEMA,
+            "responseSchema": self.prompt.response_schema,
             "maxOutputTokens": self._config.max_output_tokens,
             "temperature": self._config.temperature,
         }
         return {
             "contents": [{"role": "user", "parts": [{"text": build_user_text(articles)}]}],
-            "systemInstruction": {"parts": [{"text": SYSTEM_INSTRUCTION}]},
+            "systemInstruction": {"parts": [{"text": self.prompt.system_instruction}]},
             "generationConfig": generation,
         }
 
@@ -375,11 +378,11 @@ class GeminiBatchClient:
             contents=build_user_text(item.articles),
             metadata={"key": item.key},
             config=types.GenerateContentConfig(
-                system_instruction=SYSTEM_INSTRUCTION,
+                system_instruction=self.prompt.system_instruction,
                 response_mime_type="application/json",
                 # a copy: the SDK's batch converter adds propertyOrdering to
                 # the dict it is given, in place
-                response_schema=copy.deepcopy(RESPONSE_SCHEMA),
+                response_schema=copy.deepcopy(self.prompt.response_schema),
                 max_output_tokens=self._config.max_output_tokens,
                 temperature=self._config.temperature,
             ),
@@ -413,7 +416,7 @@ class GeminiBatchClient:
                 stray += 1
                 continue
             if isinstance(entry, types.GenerateContentResponse):
-                answers[key] = read_response(entry, wanted[key], 0).pack_answer
+                answers[key] = read_response(entry, wanted[key], 0, self.prompt.task).pack_answer
                 if tokens_out is not None:
                     tokens_out[key] = token_counts(entry.usage_metadata)
             else:

@@ -65,7 +65,7 @@ from tierbatch.adapters.gemini.error_mapping import (
 )
 from tierbatch.adapters.gemini.http_client import new_async_client, timing_of_this_call
 from tierbatch.adapters.gemini.origin import ForeignOrigin, base_origin
-from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.prompt import build_user_text, task_prompt
 from tierbatch.policies.config import ProviderConfig
 from tierbatch.policies.outcomes import (
     CallOutcome,
@@ -75,6 +75,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
     Usage,
 )
+from tierbatch.policies.task import TaskConfig
 
 DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_MAX_CONNECTIONS = 256
@@ -127,6 +128,7 @@ class GenaiProvider:
         api_key: str | None = None,
         default_timeout_s: float = 60.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        task: TaskConfig | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be >= 1, got {max_connections}")
@@ -134,6 +136,7 @@ class GenaiProvider:
         self._key = require_api_key(config.api_key_env, api_key)
         self._default_timeout_s = default_timeout_s
         self.max_connections = max_connections
+        self.prompt = task_prompt(task)
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -163,7 +166,8 @@ class GenaiProvider:
                         contents=build_user_text(request.articles),
                         config=self._generation_config(request.timeout_s),
                     )
-            return _answer(response, request, ids, log, time.monotonic() - started)
+            elapsed = time.monotonic() - started
+            return _answer(response, request, ids, log, elapsed, self.prompt.task)
         except Exception as exc:
             elapsed = time.monotonic() - started
             outcome = self._outcome_for_exception(exc, timing)
@@ -225,9 +229,9 @@ class GenaiProvider:
 
     def _generation_config(self, timeout_s: float) -> types.GenerateContentConfig:
         return types.GenerateContentConfig(
-            system_instruction=SYSTEM_INSTRUCTION,
+            system_instruction=self.prompt.system_instruction,
             response_mime_type="application/json",
-            response_schema=RESPONSE_SCHEMA,
+            response_schema=self.prompt.response_schema,
             max_output_tokens=self._config.max_output_tokens,
             temperature=self._config.temperature,
             http_options=types.HttpOptions(timeout=_millis(timeout_s)),
@@ -331,7 +335,10 @@ class ResponseReading:
 
 
 def read_response(
-    response: types.GenerateContentResponse, ids: Sequence[str], est_input_tokens: int
+    response: types.GenerateContentResponse,
+    ids: Sequence[str],
+    est_input_tokens: int,
+    task: TaskConfig | None = None,
 ) -> ResponseReading:
     """What the interactive adapter and the batch client make of an answer:
     one validation policy whatever the way the answer came."""
@@ -339,7 +346,7 @@ def read_response(
     finish = normalise_reason(candidate.finish_reason) if candidate else None
     feedback = response.prompt_feedback
     block = normalise_reason(feedback.block_reason) if feedback else None
-    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
+    parsed = analyse_answer(_candidate_text(candidate), finish, block, ids, task)
     usage = _usage(response.usage_metadata, est_input_tokens)
     return ResponseReading(parsed, finish, block, usage)
 
@@ -350,8 +357,9 @@ def _answer(
     ids: list[str],
     log: Any,
     elapsed_s: float,
+    task: TaskConfig | None = None,
 ) -> PackAnswer:
-    reading = read_response(response, ids, request.est_input_tokens)
+    reading = read_response(response, ids, request.est_input_tokens, task)
     log_answer(
         log,
         reading.parsed,
@@ -373,8 +381,14 @@ def _candidate_text(candidate: types.Candidate | None) -> str | None:
 def _usage(metadata: types.GenerateContentResponseUsageMetadata | None, estimate: int) -> Usage:
     if metadata is None or metadata.prompt_token_count is None:
         return Usage(input_tokens=estimate, output_tokens=0)
-    output = (metadata.candidates_token_count or 0) + (metadata.thoughts_token_count or 0)
-    return Usage(input_tokens=metadata.prompt_token_count, output_tokens=output)
+    thinking = metadata.thoughts_token_count or 0
+    output = (metadata.candidates_token_count or 0) + thinking
+    return Usage(
+        input_tokens=metadata.prompt_token_count,
+        output_tokens=output,
+        thinking_tokens=thinking,
+        cached_tokens=metadata.cached_content_token_count or 0,
+    )
 
 
 def _millis(seconds: float) -> int:

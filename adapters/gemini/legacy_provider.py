@@ -80,7 +80,7 @@ from tierbatch.adapters.gemini.error_mapping import (
 )
 from tierbatch.adapters.gemini.genai_provider import DEFAULT_MAX_CONNECTIONS, gemini_base_url
 from tierbatch.adapters.gemini.origin import ForeignOrigin, Origin, base_origin, require_origin
-from tierbatch.adapters.gemini.prompt import RESPONSE_SCHEMA, SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.prompt import build_user_text, task_prompt
 from tierbatch.policies.config import ProviderConfig
 from tierbatch.policies.outcomes import (
     CallOutcome,
@@ -90,6 +90,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
     Usage,
 )
+from tierbatch.policies.task import TaskConfig
 
 END_OF_LIFE = "2025-11-30"
 LEGACY_API_VERSION = "v1beta"
@@ -185,11 +186,13 @@ class LegacyProvider:
         *,
         api_key: str | None = None,
         max_workers: int = DEFAULT_MAX_CONNECTIONS,
+        task: TaskConfig | None = None,
     ) -> None:
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
         self._sdk = load_legacy_sdk()
         self._config = config
+        self.prompt = task_prompt(task)
         self._key = require_api_key(config.api_key_env, api_key)
         _log_end_of_life_once()
         if config.api_version != LEGACY_API_VERSION:
@@ -317,11 +320,11 @@ class LegacyProvider:
             if model is None:
                 model = self._sdk.genai.GenerativeModel(
                     name,
-                    system_instruction=SYSTEM_INSTRUCTION,
+                    system_instruction=self.prompt.system_instruction,
                     generation_config=self._sdk.genai.GenerationConfig(
                         response_mime_type="application/json",
                         # the SDK rewrites the schema dict it is given
-                        response_schema=copy.deepcopy(RESPONSE_SCHEMA),
+                        response_schema=copy.deepcopy(self.prompt.response_schema),
                         max_output_tokens=self._config.max_output_tokens,
                         temperature=self._config.temperature,
                     ),
@@ -352,7 +355,7 @@ class LegacyProvider:
             response.prompt_feedback.block_reason,
             protos.GenerateContentResponse.PromptFeedback.BlockReason,
         )
-        parsed = analyse_answer(_candidate_text(candidate), finish, block, ids)
+        parsed = analyse_answer(_candidate_text(candidate), finish, block, ids, self.prompt.task)
         usage = _usage(response.usage_metadata, request.est_input_tokens)
         log_answer(log, parsed, finish=finish, block=block, usage=usage, elapsed_s=elapsed_s)
         return PackAnswer(Succeeded(usage), parsed.answers)
@@ -476,6 +479,9 @@ def _usage(metadata: Any, estimate: int) -> Usage:
     prompt = int(getattr(metadata, "prompt_token_count", 0) or 0)
     if prompt <= 0:
         return Usage(input_tokens=estimate, output_tokens=0)
-    output = int(getattr(metadata, "candidates_token_count", 0) or 0)
-    output += int(getattr(metadata, "thoughts_token_count", 0) or 0)
-    return Usage(input_tokens=prompt, output_tokens=output)
+    thinking = int(getattr(metadata, "thoughts_token_count", 0) or 0)
+    output = int(getattr(metadata, "candidates_token_count", 0) or 0) + thinking
+    cached = int(getattr(metadata, "cached_content_token_count", 0) or 0)
+    return Usage(
+        input_tokens=prompt, output_tokens=output, thinking_tokens=thinking, cached_tokens=cached
+    )

@@ -24,12 +24,14 @@ import json
 import math
 import random
 import re
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tierbatch.policies.grounding import Grounding, PackTexts
 from tierbatch.policies.results import Entity, EntityType
+from tierbatch.policies.task import EntityTypeSpec, ExtraField, FieldType, TaskConfig
 
 MAX_ENTITIES = 25
 """No article gets more entities than this, as a model's answer is bounded too."""
@@ -467,14 +469,67 @@ def article_text(title: str, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
+def for_task(entities: Sequence[Entity], task: TaskConfig | None) -> tuple[Entity, ...]:
+    """The fake entities as answers to a configured task: a type the task
+    shares with the built-in ones is kept; any other gets one of the task's
+    types, the same for the same name on every call; each extra field gets
+    a plausible value of its type (a string from the name, the salience, the
+    mentions, true). The built-in task leaves them as they are."""
+    if task is None or task.is_default:
+        return tuple(entities)
+    names = task.type_names
+    out = []
+    for e in entities:
+        kind = (
+            str(e.type) if str(e.type) in names else names[zlib.crc32(e.name.encode()) % len(names)]
+        )
+        fields = tuple((f.name, _fake_field(e, f.type)) for f in task.extra_fields)
+        out.append(Entity(e.name, kind, e.salience, e.mentions, e.flag, fields))
+    return tuple(out)
+
+
+def task_from_schema(schema: object) -> TaskConfig | None:
+    """The task a request's ``responseSchema`` asks for, as far as answering
+    goes: the entity types of its ``type`` enum and its extra entity
+    properties (None: the built-in task, or a schema of another shape)."""
+    try:
+        entity = schema["properties"]["articles"]["items"]["properties"]["entities"]["items"]  # type: ignore[index]
+        properties = entity["properties"]
+        names = [str(n) for n in properties["type"]["enum"]]
+    except (KeyError, TypeError):
+        return None
+    kinds = {"STRING": FieldType.STRING, "NUMBER": FieldType.NUMBER}
+    kinds |= {"INTEGER": FieldType.INTEGER, "BOOLEAN": FieldType.BOOLEAN}
+    fields = tuple(
+        ExtraField(str(name), kinds.get(str(spec.get("type", "")).upper(), FieldType.STRING), "")
+        for name, spec in properties.items()
+        if name not in ("name", "type", "salience", "mentions") and isinstance(spec, Mapping)
+    )
+    if names == [t.value for t in EntityType] and not fields:
+        return None
+    return TaskConfig(entity_types=tuple(EntityTypeSpec(n, "") for n in names), extra_fields=fields)
+
+
+def _fake_field(entity: Entity, kind: FieldType) -> str | float | int | bool:
+    if kind is FieldType.STRING:
+        return "".join(ch for ch in entity.name if ch.isalnum())[:4].upper() or "X"
+    if kind is FieldType.NUMBER:
+        return entity.salience
+    if kind is FieldType.INTEGER:
+        return entity.mentions
+    return True
+
+
 def entity_json(entity: Entity) -> dict[str, Any]:
     """One entity as the response schema spells it."""
-    return {
+    item: dict[str, Any] = {
         "name": entity.name,
-        "type": entity.type.value,
+        "type": str(entity.type),
         "salience": entity.salience,
         "mentions": entity.mentions,
     }
+    item.update(entity.fields)
+    return item
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,14 +623,16 @@ def answer_document(
     model: str,
     quality: AnswerQuality | None = None,
     rng: random.Random | None = None,
+    task: TaskConfig | None = None,
 ) -> dict[str, Any]:
     """The JSON answer ``{"articles": [{"id", "entities"}]}`` a model in JSON
     mode would give for ``articles`` (dicts with id, title, text); with a
-    ``quality`` short of perfect, degraded by ``degrade`` with ``rng``."""
+    ``quality`` short of perfect, degraded by ``degrade`` with ``rng``; of
+    the types and with the fields of ``task`` (``for_task``)."""
     pairs = [
         (a.get("id", ""), article_text(a.get("title", ""), a.get("text", ""))) for a in articles
     ]
-    entities = [extract_entities(text, model) for _, text in pairs]
+    entities = [for_task(extract_entities(text, model), task) for _, text in pairs]
     if quality is not None and not quality.perfect:
         degraded = degrade(
             {i: e for (i, _), e in zip(pairs, entities, strict=True)},

@@ -91,6 +91,7 @@ from tierbatch.adapters.simulation.fake_entities import (
     answer_text,
     fake_prompt_token_count,
     fake_token_count,
+    task_from_schema,
 )
 from tierbatch.adapters.simulation.faults import check_rates, draw_fault
 from tierbatch.adapters.simulation.http_transport import (
@@ -100,6 +101,7 @@ from tierbatch.adapters.simulation.http_transport import (
 from tierbatch.adapters.simulation.model_catalog import BadPageToken, ModelCatalog
 from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.task import TaskConfig
 
 __all__ = [
     "AnswerQuality",
@@ -236,6 +238,12 @@ class FakeGeminiConfig:
     quality: AnswerQuality | Mapping[str, AnswerQuality] = field(
         default_factory=AnswerQuality, hash=False
     )
+    # Usage metadata as Gemini 2.5 reports it: ``implicit_cache`` reports
+    # the system instruction as cached (``cachedContentTokenCount``) from the
+    # second request with the same one per key and model; ``thinking_tokens``
+    # are reported per answer as ``thoughtsTokenCount``.
+    implicit_cache: bool = False
+    thinking_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.window_s <= 0:
@@ -343,6 +351,7 @@ class _Prompt:
     system: list[str]
     user: list[str]
     max_output_tokens: int | None
+    task: TaskConfig | None = None  # what the response schema asks for
 
     @property
     def input_tokens(self) -> int:
@@ -369,11 +378,14 @@ def _parse_prompt(body: Mapping[str, Any]) -> _Prompt:
     system = body.get("systemInstruction", body.get("system_instruction"))
     config = body.get("generationConfig", body.get("generation_config")) or {}
     max_tokens = None
+    task = None
     if isinstance(config, dict):
         raw = config.get("maxOutputTokens", config.get("max_output_tokens"))
         if isinstance(raw, int | str) and str(raw).isdigit() and int(raw) > 0:
             max_tokens = int(raw)
-    return _Prompt(_content_texts(system), _content_texts(body.get("contents", [])), max_tokens)
+        task = task_from_schema(config.get("responseSchema", config.get("response_schema")))
+    texts = _content_texts(body.get("contents", []))
+    return _Prompt(_content_texts(system), texts, max_tokens, task)
 
 
 class _BadRequestBody(Exception):
@@ -408,6 +420,7 @@ class GeminiEmulator:
         self._quality_rng = random.Random(f"{config.seed}:quality")
         self._started = time.monotonic()
         self._served = 0
+        self._cached: set[tuple[str, str, str]] = set()  # (key, model, system instruction)
         self.log: list[ServedRequest] = []
         self.catalog = ModelCatalog(
             config.models,
@@ -557,6 +570,7 @@ class GeminiEmulator:
             prompt.max_output_tokens,
             ServerFault.NONE,
             int_enums=False,
+            task=prompt.task,
         )
         return {"response": document}
 
@@ -624,7 +638,14 @@ class GeminiEmulator:
             return HttpResponse.of_json(status, error_body(status, code, message))
 
         response, output_tokens, finish = self._answer(
-            model, articles, input_tokens, prompt.max_output_tokens, fault, int_enums
+            model,
+            articles,
+            input_tokens,
+            prompt.max_output_tokens,
+            fault,
+            int_enums,
+            prompt.task,
+            self._cached_tokens(key, model, prompt),
         )
         self._record(
             now,
@@ -650,11 +671,13 @@ class GeminiEmulator:
         max_output_tokens: int | None,
         fault: ServerFault,
         int_enums: bool,
+        task: TaskConfig | None = None,
+        cached_tokens: int = 0,
     ) -> tuple[HttpResponse, int, str]:
         """A 200 answer for the drawn fault: (response, output tokens,
         finish reason)."""
         document, output_tokens, finish = self._document(
-            model, articles, input_tokens, max_output_tokens, fault, int_enums
+            model, articles, input_tokens, max_output_tokens, fault, int_enums, task, cached_tokens
         )
         if fault is ServerFault.MALFORMED_BODY:
             body = json.dumps(document, ensure_ascii=False).encode()
@@ -669,6 +692,8 @@ class GeminiEmulator:
         max_output_tokens: int | None,
         fault: ServerFault,
         int_enums: bool,
+        task: TaskConfig | None = None,
+        cached_tokens: int = 0,
     ) -> tuple[dict[str, Any], int, str]:
         """The GenerateContentResponse JSON for the drawn fault: (document,
         output tokens, finish reason)."""
@@ -709,7 +734,7 @@ class GeminiEmulator:
             return unsafe, 0, "SAFETY"
 
         quality = self.config.quality_for(model)
-        text = answer_text(answer_document(articles, model, quality, self._quality_rng))
+        text = answer_text(answer_document(articles, model, quality, self._quality_rng, task))
         finish = "STOP"
         if fault is ServerFault.MAX_TOKENS:
             text = text[: max(1, len(text) // 2)]
@@ -725,13 +750,30 @@ class GeminiEmulator:
             "finishReason": enum(_FINISH_REASON_INT, finish),
             "index": 0,
         }
+        thinking = self.config.thinking_tokens
         usage: dict[str, Any] = {
             "promptTokenCount": input_tokens,
             "candidatesTokenCount": output_tokens,
-            "totalTokenCount": input_tokens + output_tokens,
+            "totalTokenCount": input_tokens + output_tokens + thinking,
         }
+        if thinking:
+            usage["thoughtsTokenCount"] = thinking
+        if cached_tokens:
+            usage["cachedContentTokenCount"] = min(cached_tokens, input_tokens)
         document: dict[str, Any] = {"candidates": [candidate], "usageMetadata": usage, **trailer}
         return document, output_tokens, finish
+
+    def _cached_tokens(self, key: str, model: str, prompt: _Prompt) -> int:
+        """With ``implicit_cache``: the system instruction's tokens when this
+        key already sent it to this model (Gemini caches a repeated prefix)."""
+        if not self.config.implicit_cache or not prompt.system:
+            return 0
+        system = "\n".join(prompt.system)
+        seen = (key, model, system)
+        if seen not in self._cached:
+            self._cached.add(seen)
+            return 0
+        return fake_prompt_token_count(prompt.system)
 
     async def _latency(self, model: str) -> None:
         latency = self.config.latency_for(model)

@@ -36,7 +36,7 @@ from tierbatch.actors.ports import (
     PackAnswer,
     mark_request_sent,
 )
-from tierbatch.adapters.gemini.prompt import SYSTEM_INSTRUCTION, build_user_text
+from tierbatch.adapters.gemini.prompt import build_user_text, task_prompt
 from tierbatch.adapters.simulation.fake_entities import (
     AnswerQuality,
     answer_text,
@@ -45,6 +45,7 @@ from tierbatch.adapters.simulation.fake_entities import (
     entity_json,
     extract_entities,
     fake_token_count,
+    for_task,
 )
 from tierbatch.adapters.simulation.faults import check_rates, draw_fault
 from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
@@ -60,6 +61,7 @@ from tierbatch.policies.outcomes import (
     Usage,
 )
 from tierbatch.policies.results import AnswerProblem, ArticleAnswer, Extraction, ProblemKind
+from tierbatch.policies.task import TaskConfig
 
 _log = structlog.get_logger(__name__)
 
@@ -165,10 +167,10 @@ class SimulatedCall:
     latency_s: float = 0.0
 
 
-def prompt_input_tokens(request: ExtractionRequest) -> int:
+def prompt_input_tokens(request: ExtractionRequest, task: TaskConfig | None = None) -> int:
     """What Gemini would count for the prompt the SDK adapters send: the
-    system instruction and the user turn built by ``adapters.prompt``."""
-    return fake_token_count(SYSTEM_INSTRUCTION) + fake_token_count(
+    system instruction of ``task`` and the user turn built by ``adapters.prompt``."""
+    return fake_token_count(task_prompt(task).system_instruction) + fake_token_count(
         build_user_text(request.articles)
     )
 
@@ -200,7 +202,9 @@ class SimulatedProvider:
         retired: Collection[str] = (),
         key: str = "simulated",
         quality: AnswerQuality | Mapping[str, AnswerQuality] = PERFECT,
+        task: TaskConfig | None = None,
     ) -> None:
+        self._task = task
         self._models = dict(models)
         self._clock = clock
         self._wall_offset = wall_offset(clock)  # the provider's time = steady + this
@@ -260,7 +264,7 @@ class SimulatedProvider:
         rng = random.Random(f"{self._seed}:{index}")
         started = self.now()
         mark_request_sent()  # it "arrives" now: the quota check below uses this time
-        input_tokens = prompt_input_tokens(request)
+        input_tokens = prompt_input_tokens(request, self._task)
         log = _log.bind(
             model=request.model,
             article_ids=[a.id for a in request.articles],
@@ -344,7 +348,7 @@ class SimulatedProvider:
             )
         quality = self._quality_for(model)
         quality_rng = random.Random(f"{self._seed}:{record.index}:quality")
-        answers, output_tokens = _answers(request, fault, rng, quality, quality_rng)
+        answers, output_tokens = _answers(request, fault, rng, quality, quality_rng, self._task)
         record.output_tokens = output_tokens
         usage = Succeeded(Usage(input_tokens, output_tokens))
         return await self._reply(record, usage, "succeeded", answers=answers)
@@ -428,12 +432,13 @@ def _answers(
     rng: random.Random,
     quality: AnswerQuality = PERFECT,
     quality_rng: random.Random | None = None,
+    task: TaskConfig | None = None,
 ) -> tuple[dict[str, ArticleAnswer], int]:
     """Per-article answers of a model of ``quality`` with the drawn answer
     fault applied, and the output tokens of the JSON it would have returned."""
     articles = request.articles
     texts = {a.id: article_text(a.title, a.text) for a in articles}
-    found = {i: extract_entities(text, request.model) for i, text in texts.items()}
+    found = {i: for_task(extract_entities(text, request.model), task) for i, text in texts.items()}
     if not quality.perfect:
         found = degrade(found, texts, quality, quality_rng or random.Random(0))
     answers: dict[str, ArticleAnswer] = {i: Extraction(e) for i, e in found.items()}

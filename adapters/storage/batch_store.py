@@ -1,5 +1,5 @@
 """The Batch API's jobs, durable in the queue's own database (SQLite or
-PostgreSQL): the ``batch_jobs`` table (schema version 3) and the leases of
+PostgreSQL): the ``batch_jobs`` table (schema version 4) and the leases of
 the articles a job carries.
 
 While a job is in flight its articles stay ``leased`` -- to the job, not to

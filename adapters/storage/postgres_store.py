@@ -22,7 +22,8 @@ migrated in place, as in SQLite)::
         tier, attempts, input_tokens, output_tokens, latency_s, cost_usd,
         fallback, reason, detail, metadata, finished_at DOUBLE PRECISION,
         seq BIGINT GENERATED ALWAYS AS IDENTITY,    -- insertion order
-        pack_size, grounded, cross_article, ungrounded);   -- the grounding check
+        pack_size, grounded, cross_article, ungrounded,    -- the grounding check
+        task_version);                                     -- the extraction task
     CREATE TABLE rejects (source, line_no BIGINT, reason, raw_prefix, at);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
         -- schema_version, stale_results, duplicate_results

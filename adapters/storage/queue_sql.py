@@ -31,14 +31,16 @@ from tierbatch.adapters.storage.store import (
 from tierbatch.policies.batch_jobs import JobPhase
 from tierbatch.policies.results import TerminalResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("queued", "leased", "done", "failed")
 
 # What brings a database of an older version to the next one, in place
 # (run in the store's schema transaction, then the version is updated).
 # Version 2 stores the grounding check with each result: the request's
 # pack size and the per-article counts (NULL in rows written before).
-# Version 3 adds the Batch API's jobs (``batch_jobs``, see ``batch_store``).
+# Version 3 stores the extraction task's version with each result
+# (``policies.task``; NULL in rows written before).
+# Version 4 adds the Batch API's jobs (``batch_jobs``, see ``batch_store``).
 BATCH_JOBS_TABLE = """CREATE TABLE IF NOT EXISTS batch_jobs (
         id TEXT PRIMARY KEY,
         name TEXT,
@@ -64,7 +66,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         f"ALTER TABLE results ADD COLUMN {column} INTEGER"
         for column in ("pack_size", "grounded", "cross_article", "ungrounded")
     ),
-    2: (BATCH_JOBS_TABLE, BATCH_JOBS_INDEX),
+    2: ("ALTER TABLE results ADD COLUMN task_version TEXT",),
+    3: (BATCH_JOBS_TABLE, BATCH_JOBS_INDEX),
 }
 
 
@@ -117,7 +120,8 @@ def schema(
         pack_size INTEGER,
         grounded INTEGER,
         cross_article INTEGER,
-        ungrounded INTEGER
+        ungrounded INTEGER,
+        task_version TEXT
     )""",
         f"""CREATE TABLE IF NOT EXISTS rejects (
         source TEXT NOT NULL,
@@ -151,6 +155,7 @@ RESULT_COLUMNS = (
     "grounded",
     "cross_article",
     "ungrounded",
+    "task_version",
 )
 GROUNDING_COLUMNS = ("grounded", "cross_article", "ungrounded")
 INSERT_RESULT = (
@@ -202,6 +207,11 @@ SET_SCHEMA_VERSION = "INSERT INTO meta (key, value) VALUES ('schema_version', ?)
 UPDATE_SCHEMA_VERSION = "UPDATE meta SET value = ? WHERE key = 'schema_version'"
 STATE_COUNTS_SQL = "SELECT state, COUNT(*) FROM articles GROUP BY state"
 PENDING_SQL = "SELECT COUNT(*) FROM articles WHERE state IN ('queued', 'leased')"
+# Done results per task version (NULL: written before task versions).
+TASK_VERSIONS_SQL = (
+    "SELECT task_version, COUNT(*) FROM results WHERE status = 'done' "
+    "GROUP BY task_version ORDER BY task_version"
+)
 REJECTS_SQL = "SELECT source, line_no, reason, raw_prefix, at FROM rejects"
 
 
@@ -349,7 +359,7 @@ def read_queue_report(
             for tier, model, size, n, g, c, u in query(grounding_sql, ())
         )
     batch = BatchReport()
-    if version and version[0][0] not in ("1", "2"):
+    if version and version[0][0] not in ("1", "2", "3"):
         batch = read_batch_report(query)
     return QueueReport(
         batch=batch,

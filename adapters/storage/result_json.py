@@ -11,7 +11,9 @@ key                meaning
 ``entities``       list of ``{"name", "type", "salience", "mentions"}``,
                    with ``"flag"`` (the grounding outcome: ``"grounded"``,
                    ``"cross_article"`` or ``"ungrounded"``) on an entity
-                   the ``[grounding]`` config flags (empty when failed)
+                   the ``[grounding]`` config flags, and ``"fields"`` (an
+                   object of the task's extra fields the model gave) on an
+                   entity that has any (empty when failed)
 ``model``          the model that answered; when failed, the last one tried
                    (or null)
 ``tier``           the article's tier
@@ -28,11 +30,14 @@ key                meaning
                    of the answer's entities had each outcome, before any
                    drop (null when failed)
 ``pack_size``      articles in the request that answered (null when failed)
+``task_version``   the extraction task's version (``policies.task``; null
+                   when failed)
 =================  =========================================================
 
 Records written before the grounding check lack ``grounding``,
 ``pack_size`` and every ``flag``; they read back with ``None``, 0 and no
-flags.
+flags. Records written before task versions lack ``task_version`` (read
+back as "").
 
 Values that JSON cannot hold (in metadata) are written as their ``str()``
 rather than failing the write: a result is never dropped for its metadata.
@@ -48,7 +53,6 @@ from tierbatch.policies.grounding import Grounding, GroundingCounts
 from tierbatch.policies.results import (
     Done,
     Entity,
-    EntityType,
     Failed,
     FailureReason,
     TerminalResult,
@@ -69,12 +73,14 @@ def entities_to_json(entities: tuple[Entity, ...]) -> list[dict[str, Any]]:
     for e in entities:
         item: dict[str, Any] = {
             "name": e.name,
-            "type": e.type.value,
+            "type": str(e.type),
             "salience": e.salience,
             "mentions": e.mentions,
         }
         if e.flag is not None:
             item["flag"] = e.flag.value
+        if e.fields:
+            item["fields"] = dict(e.fields)
         out.append(item)
     return out
 
@@ -111,15 +117,24 @@ def entities_from_json(items: object) -> tuple[Entity, ...]:
         return tuple(
             Entity(
                 name=str(item["name"]),
-                type=EntityType(item["type"]),
+                type=str(item["type"]),
                 salience=float(item["salience"]),
                 mentions=int(item.get("mentions", 1)),
                 flag=Grounding(item["flag"]) if item.get("flag") is not None else None,
+                fields=_fields_from_json(item.get("fields")),
             )
             for item in items
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidResultRecord(f"entities: {exc!r}") from None
+
+
+def _fields_from_json(value: object) -> tuple[tuple[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InvalidResultRecord(f"entity fields: expected an object, got {type(value).__name__}")
+    return tuple((str(k), v) for k, v in value.items())
 
 
 def result_to_json(result: TerminalResult) -> dict[str, Any]:
@@ -142,6 +157,7 @@ def result_to_json(result: TerminalResult) -> dict[str, Any]:
             "metadata": dict(result.metadata),
             "grounding": grounding_to_json(result.grounding),
             "pack_size": result.pack_size or None,
+            "task_version": result.task_version or None,
         }
     return {
         "article_id": result.article_id,
@@ -160,6 +176,7 @@ def result_to_json(result: TerminalResult) -> dict[str, Any]:
         "metadata": dict(result.metadata),
         "grounding": None,
         "pack_size": None,
+        "task_version": None,
     }
 
 
@@ -183,6 +200,7 @@ def result_from_json(record: Mapping[str, Any]) -> TerminalResult:
                 metadata=metadata,
                 grounding=grounding_from_json(record.get("grounding")),
                 pack_size=int(record.get("pack_size") or 0),
+                task_version=str(record.get("task_version") or ""),
             )
         if status == FAILED:
             return Failed(

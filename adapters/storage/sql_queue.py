@@ -51,6 +51,7 @@ from tierbatch.adapters.storage.queue_sql import (
     STATE_COUNTS_SQL,
     STATES,
     TAKE,
+    TASK_VERSIONS_SQL,
     UPDATE_SCHEMA_VERSION,
     UnknownResultStatus,
     migrations_from,
@@ -456,6 +457,10 @@ class SqlQueueStore(ABC):
     def pending(self) -> int:
         """Articles not finished yet: queued or leased."""
         return int(self._read(PENDING_SQL)[0][0])
+
+    def task_versions(self) -> dict[str, int]:
+        """Done results per task version ("" for rows written before versions)."""
+        return {str(v or ""): int(n) for v, n in self._read(TASK_VERSIONS_SQL)}
 
     def result_counts(self) -> list[ResultCount]:
         """Results per status, tier and model, with token and cost totals."""

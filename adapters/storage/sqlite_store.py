@@ -30,7 +30,8 @@ Schema (version 2)::
         article_id TEXT PRIMARY KEY, status TEXT NOT NULL,  -- 'done' | 'failed'
         entities TEXT NOT NULL,           -- JSON [{"name","type","salience","mentions"}],
                                           -- plus "flag" on an entity the grounding
-                                          -- config flags
+                                          -- config flags and "fields" (the task's
+                                          -- extra fields) on one that has any
         model TEXT, tier TEXT, attempts INTEGER,
         input_tokens INTEGER, output_tokens INTEGER, latency_s REAL, cost_usd REAL,
         fallback INTEGER NOT NULL,        -- 0 | 1
@@ -38,23 +39,26 @@ Schema (version 2)::
         metadata TEXT,                    -- JSON object
         finished_at REAL NOT NULL,
         pack_size INTEGER,                -- articles in the request that answered
-        grounded INTEGER, cross_article INTEGER, ungrounded INTEGER
+        grounded INTEGER, cross_article INTEGER, ungrounded INTEGER,
                                           -- the grounding check's counts of the
                                           -- answer's entities, before drops
                                           -- (NULL: failed, or written by version 1)
+        task_version TEXT                 -- the extraction task's version
+                                          -- (NULL: failed, or written by version <= 2)
     );
     CREATE TABLE rejects (source TEXT NOT NULL, line_no INTEGER, reason TEXT NOT NULL,
                           raw_prefix TEXT, at REAL NOT NULL);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         -- schema_version; stale_results and duplicate_results: how many
         -- results were refused (see "Results" below), over the database's life
-    CREATE TABLE batch_jobs (...);  -- the Batch API's jobs (schema 3), see batch_store
+    CREATE TABLE batch_jobs (...);  -- the Batch API's jobs (schema 4), see batch_store
 
-A database of schema version 1 is migrated in place when a store opens it
-(``ALTER TABLE results ADD COLUMN`` for the four grounding columns, in the
-schema transaction); its existing results keep NULL there. ``tierbatch
+A database of schema version 1 or 2 is migrated in place when a store opens
+it (``ALTER TABLE results ADD COLUMN`` for the four grounding columns, then
+``task_version``, in the schema transaction); its existing results keep NULL
+there. ``tierbatch
 status`` reads a version-1 database as it is, without the grounding table.
-Version 2 is brought to 3 by creating ``batch_jobs``.
+Version 3 is brought to 4 by creating ``batch_jobs``.
 
 Inserting from another process needs only the id and the payload (the JSONL
 input format, see ``tierbatch.adapters.storage.jsonl_input``)::
