@@ -13,7 +13,7 @@ from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.composition import Batch
 from tierbatch.policies.grounding import GroundingCounts
 from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant
+from tierbatch.policies.quota import Grant, OutstandingGrant
 from tierbatch.policies.results import TerminalResult
 
 # ---- ModelRegistry -----------------------------------------------------------
@@ -96,6 +96,16 @@ class ReleaseHolder:
     """A holder (an extractor) is gone: drop its waits, abandon its grants."""
 
     holder: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptGrants:
+    """A holder's grants from an owner of the shared quota that died, handed
+    to the registry that took over: each keeps its id and window place, and
+    its ``Report`` is accounted here (``QuotaPolicy.adopt``)."""
+
+    holder: int
+    grants: tuple[OutstandingGrant, ...]
 
 
 @dataclass(frozen=True, slots=True)

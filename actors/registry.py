@@ -38,6 +38,7 @@ from tierbatch.actors.clock import Clock, wall_offset
 from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
+    AdoptGrants,
     Backlog,
     GetBudgetState,
     GetPlan,
@@ -64,7 +65,7 @@ from tierbatch.policies.outcomes import (
     TimedOut,
 )
 from tierbatch.policies.planner import Allowances, Plan, TierShape, plan_dispatch
-from tierbatch.policies.quota import QuotaPolicy
+from tierbatch.policies.quota import OutstandingGrant, QuotaPolicy
 from tierbatch.policies.waiting import Expired, Unroutable, Waiter, WaitingList
 from tierbatch.policies.waiting import Granted as WaitGranted
 
@@ -204,6 +205,8 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._on_release_holder(holder)
             case Backlog(tiers):
                 self._on_backlog(tiers)
+            case AdoptGrants(holder, grants):
+                self._on_adopt(holder, grants)
             case StopGranting():
                 self._stopped_granting = True
                 self._answer_waiters("the runtime is shutting down")
@@ -279,6 +282,12 @@ class ModelRegistry(pykka.ThreadingActor):
                     self._budget.settle(grant_id, Abandoned(), now + offset)
         for waiter in self._waiting.remove_holder(holder):
             self._requests.pop((waiter.holder, waiter.request_id), None)
+        self._serve(now)
+
+    def _on_adopt(self, holder: int, grants: Sequence[OutstandingGrant]) -> None:
+        now, offset = self._read_clock()
+        for grant in self._policy.adopt(grants, now, wall_offset=offset):
+            self._grants[grant.grant_id] = (holder, grant.model)
         self._serve(now)
 
     def _on_backlog(self, tiers: Sequence[TierBacklog]) -> None:

@@ -148,7 +148,11 @@ class Runtime:
     testing aid called by an extractor with every batch it receives (an
     exception there crashes that extractor); ``unavailable_models`` (model
     -> reason) are routed around from the start, as after a 404 -- what a
-    models check before the run found missing.
+    models check before the run found missing. ``registry`` is a registry
+    started elsewhere (a ``RegistryHandle`` to a quota shared with other
+    processes): the runtime then starts none of its own, ignores
+    ``quota_state``, ``observer`` and ``unavailable_models`` (whoever owns
+    the registry applies them), and leaves stopping it to its owner.
     """
 
     def __init__(
@@ -162,9 +166,11 @@ class Runtime:
         observer: RegistryObserver | None = None,
         crash_hook: Any = None,
         unavailable_models: Mapping[str, str] | None = None,
+        registry: Any = None,
         as_of: float | None = None,
     ) -> None:
         self.config = config
+        self._external_registry = registry
         self._as_of = as_of
         self._unavailable_models = dict(unavailable_models or {})
         self.provider = provider
@@ -203,34 +209,17 @@ class Runtime:
             raise RuntimeNotRunning("this Runtime was already started; create a new one")
         self._started = True
         config, clock = self.config, self.clock
-        if self._quota_state is not None:
-            # The snapshot's times are wall-clock; this process's steady clock
-            # has its own origin, so convert with the offset now.
-            policy = QuotaPolicy.restore(
-                config.models, config.quota, self._quota_state, wall_offset=wall_offset(clock)
-            )
-            policy.forget_in_flight()
-            policy.clear_unavailable()  # a new process probes 404ed models again
+        ladder = TierLadder(config.tiers, config.global_fallback)
+        if self._external_registry is not None:
+            self._registry = self._external_registry
+            watch = getattr(self._registry, "watch", None)
+            if watch is not None:
+                watch(self._on_actor_died)
         else:
-            policy = QuotaPolicy(config.models, config.quota)
-        for model, reason in self._unavailable_models.items():
-            policy.mark_unavailable(model, reason)
-        self._policy = policy
-        budget = make_budget(config, self._quota_state)
-        self._budget = budget
+            self._registry = self._start_registry(ladder)
         self._loop = LoopThread()
         self._loop.start()
         threads = self._threads
-        ladder = TierLadder(config.tiers, config.global_fallback)
-        self._registry = ModelRegistry.start(
-            policy,
-            clock,
-            self._observer,
-            self._on_actor_died,
-            threads,
-            tiers=tier_shapes(config, ladder) if config.quota.plan else (),
-            budget=budget,
-        )
         registry = self._registry
         self._composer = BatchComposer.start(
             config,
@@ -283,6 +272,33 @@ class Runtime:
             models=sorted(config.models),
         )
         return self
+
+    def _start_registry(self, ladder: TierLadder) -> pykka.ActorRef[Any]:
+        config, clock = self.config, self.clock
+        if self._quota_state is not None:
+            # The snapshot's times are wall-clock; this process's steady clock
+            # has its own origin, so convert with the offset now.
+            policy = QuotaPolicy.restore(
+                config.models, config.quota, self._quota_state, wall_offset=wall_offset(clock)
+            )
+            policy.forget_in_flight()
+            policy.clear_unavailable()  # a new process probes 404ed models again
+        else:
+            policy = QuotaPolicy(config.models, config.quota)
+        for model, reason in self._unavailable_models.items():
+            policy.mark_unavailable(model, reason)
+        self._policy = policy
+        budget = make_budget(config, self._quota_state)
+        self._budget = budget
+        return ModelRegistry.start(
+            policy,
+            clock,
+            self._observer,
+            self._on_actor_died,
+            self._threads,
+            tiers=tier_shapes(config, ladder) if config.quota.plan else (),
+            budget=budget,
+        )
 
     def __enter__(self) -> Runtime:
         return self.start()
@@ -337,7 +353,8 @@ class Runtime:
             unfinished = list(self._composer_leftovers)
         self._composer_leftovers = ()
         steps.stop_all("composer", [composer] if composer else [])
-        steps.stop_all("registry", [registry] if registry else [])
+        if self._external_registry is None:  # an external one is its owner's to stop
+            steps.stop_all("registry", [registry] if registry else [])
         loop = self._loop
         if loop is not None:
             steps.run(
@@ -587,12 +604,14 @@ class Runtime:
         registry died, its last state is read directly (nothing changes it
         any more), so the day's usage can still be saved."""
         registry = self._registry
-        if registry is None or self._policy is None:
+        if registry is None or (self._policy is None and self._external_registry is None):
             raise RuntimeNotRunning("the runtime is not running")
         if registry.is_alive():
             with contextlib.suppress(RuntimeFailure):
                 snapshot: dict[str, Any] = self._ask(registry, "registry", GetQuotaSnapshot())
                 return snapshot
+        if self._policy is None:
+            raise RuntimeNotRunning("the shared registry is gone")
         last = self._policy.snapshot()
         if self._budget is not None:
             last["budget"] = self._budget.snapshot()

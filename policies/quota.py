@@ -83,6 +83,7 @@ __all__ = [
     "Grant",
     "ModelStatus",
     "NoRoute",
+    "OutstandingGrant",
     "QuotaAt",
     "QuotaPolicy",
     "SnapshotError",
@@ -141,6 +142,27 @@ class NoRoute:
 
 
 AcquireResult = Grant | Wait | NoRoute
+
+
+@dataclass(frozen=True, slots=True)
+class OutstandingGrant:
+    """A grant another owner of this quota made, handed over to this one
+    (``QuotaPolicy.adopt``): its holder still has it in flight, or finished
+    it recently. Times are steady times of the adopting process:
+    ``granted_at`` when it was granted, ``sent_at`` when its request left
+    (None: not yet)."""
+
+    grant_id: int
+    model: str
+    est_tokens: int
+    granted_at: float
+    sent_at: float | None = None
+    in_flight: bool = True
+
+    @property
+    def placed_at(self) -> float:
+        """Where its place in the window starts."""
+        return self.granted_at if self.sent_at is None else max(self.sent_at, self.granted_at)
 
 
 class CooldownReason(StrEnum):
@@ -328,6 +350,10 @@ class QuotaPolicy:
                 name, limits, LimitEstimate(limits.rpm, limits.tpm, estimator)
             )
         self._held: dict[int, _Held] = {}
+        # Grants ``forget_in_flight`` gave up on, which ``adopt`` may still claim.
+        self._forgotten: dict[int, _Held] = {}
+        # ``take_over``: grants made before this steady time are in the day's count.
+        self._counted_until: float | None = None
         self._next_grant_id = 1
 
     # -- decisions ---------------------------------------------------------
@@ -651,7 +677,70 @@ class QuotaPolicy:
         for held in self._held.values():
             held.state.in_flight -= 1
             _bump(held.state.counters, "abandoned")
+        self._forgotten.update(self._held)
         self._held.clear()
+
+    def take_over(self, *, saved_at: float | None, first_grant_id: int) -> None:
+        """This policy, restored from the snapshot a shared quota's owner
+        saved at ``saved_at`` (steady time; None: there was none), takes over
+        from that owner, which died: its grants in flight are set aside for
+        ``adopt`` to claim (``forget_in_flight``), grant ids start at
+        ``first_grant_id`` -- above any its predecessors handed out since
+        that snapshot, so an adopted grant never shares its id with a new
+        one -- and grants made before ``saved_at`` are in the day's count
+        already."""
+        self.forget_in_flight()
+        self._next_grant_id = max(self._next_grant_id, first_grant_id)
+        self._counted_until = saved_at
+
+    def adopt(
+        self, grants: Sequence[OutstandingGrant], now: float, *, wall_offset: float = 0.0
+    ) -> tuple[OutstandingGrant, ...]:
+        """Takes over grants a previous owner of this quota made (see
+        ``take_over``), so each keeps its id and its place in the window,
+        and its report is accounted as if granted here.
+
+        A grant the restored snapshot holds (in its window, or in flight) is
+        that same entry, counted once. Any other gets a place in the window
+        from when it left (none once that place has expired) and, if it was
+        made after the snapshot, counts towards its day's requests. An
+        in-flight one holds an in-flight slot until ``report``. Grants of
+        unknown models, and ids already held, are skipped. Returns the grants
+        adopted in flight."""
+        index: dict[int, tuple[_ModelState, _Entry]] | None = None
+        adopted: list[OutstandingGrant] = []
+        for grant in grants:
+            _check_tokens(grant.est_tokens)
+            state = self._models.get(grant.model)
+            if state is None or grant.grant_id in self._held:
+                continue
+            self._next_grant_id = max(self._next_grant_id, grant.grant_id + 1)
+            self._advance(state, now)
+            forgotten = self._forgotten.pop(grant.grant_id, None)
+            if forgotten is not None and forgotten.state is state:
+                entry = forgotten.entry
+                if grant.in_flight:  # not abandoned after all
+                    _bump(state.counters, "abandoned", -1)
+            else:
+                if index is None:
+                    index = {
+                        e.grant_id: (s, e)
+                        for s in self._models.values()
+                        for e in s.entries.values()
+                        if s.counted(e)
+                    }
+                found = index.get(grant.grant_id)
+                if found is not None and found[0] is state:
+                    entry = found[1]
+                else:
+                    entry = self._adopted_entry(state, grant, now, wall_offset)
+            if grant.in_flight:
+                self._held[grant.grant_id] = _Held(state, entry, grant.est_tokens)
+                state.in_flight += 1
+                if grant.sent_at is not None:
+                    self.sent(grant.grant_id, grant.sent_at)
+                adopted.append(grant)
+        return tuple(adopted)
 
     # -- views -------------------------------------------------------------
 
@@ -778,6 +867,28 @@ class QuotaPolicy:
             day_end = self._day_end(state.day, now, wall_offset)
             exhausted = day_end if exhausted is None else max(exhausted, day_end)
         return exhausted
+
+    def _adopted_entry(
+        self, state: _ModelState, grant: OutstandingGrant, now: float, wall_offset: float
+    ) -> _Entry:
+        """A grant the restored snapshot does not hold: a place in the window
+        while one is left and, made after the snapshot, its day's count."""
+        at = grant.placed_at
+        day = self._calendar.day(grant.granted_at + wall_offset)
+        entry = _Entry(grant.grant_id, at, at + self._window_s, grant.est_tokens, day)
+        counted = self._counted_until is not None and grant.granted_at <= self._counted_until
+        if entry.expires_at > now and (grant.in_flight or not counted):
+            entry.handle = state.window.add(entry.expires_at, grant.est_tokens)
+            entry.expires_at = state.window.expiry(entry.handle)
+            state.entries[entry.handle] = entry
+        if not counted:
+            if state.day is None or day > state.day:
+                state.day = day
+                state.requests_today = 0
+            if day == state.day:
+                state.requests_today += 1
+            _bump(state.counters, "granted")
+        return entry
 
     def _grant(self, state: _ModelState, est_tokens: int, now: float, today: int) -> Grant:
         grant_id = self._next_grant_id

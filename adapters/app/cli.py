@@ -71,6 +71,7 @@ from tierbatch.adapters.app.model_check import (
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
 from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
+from tierbatch.adapters.app.quota_link import QuotaUnavailable
 from tierbatch.adapters.app.status_report import (
     StatusError,
     batch_line,
@@ -139,6 +140,7 @@ exit codes:
 """
 
 DB_ENV = "TIERBATCH_DB"
+QUOTA_ADDRESS_ENV = "TIERBATCH_QUOTA_ADDRESS"
 SAMPLE_NAME = "sample_articles.jsonl"
 _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
 _log = structlog.get_logger("tierbatch.cli")
@@ -172,6 +174,9 @@ def main(
     except StorageError as exc:  # opening the database is a UsageError; this is later
         print(f"tierbatch: error: {_one_line(str(exc))}", file=err)
         return EXIT_STORAGE
+    except QuotaUnavailable as exc:  # the quota address, or an owner never reached
+        print(f"tierbatch: error: {exc}", file=err)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("tierbatch: interrupted", file=err)
         return 130
@@ -441,6 +446,22 @@ def _add_processing(parser: argparse.ArgumentParser, *, json_default: bool = Fal
         metavar="S",
         help="seconds between looks for new rows when idle (default 0.5)",
     )
+    parser.add_argument(
+        "--quota-address",
+        default=os.environ.get(QUOTA_ADDRESS_ENV) or "127.0.0.1:0",
+        metavar="HOST[:PORT]",
+        help="where this process serves grants to the other daemons on the database while "
+        "it owns their shared quota; the others must reach it there (default 127.0.0.1 "
+        f"and any free port, or ${QUOTA_ADDRESS_ENV})",
+    )
+    parser.add_argument(
+        "--quota-lease-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="lease of the shared quota's owner, renewed every third of it: how long a "
+        "dead owner strands the quota (default 10)",
+    )
 
 
 # ---- run and daemon ----------------------------------------------------------------
@@ -524,9 +545,11 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         with signals_stop(daemon):
             report = daemon.run()
         if report.quota_state.problem:
+            moved = report.quota_state.moved_to
             print(
                 f"warning: the quota snapshot could not be used ({report.quota_state.problem}); "
-                f"it was moved to {report.quota_state.moved_to} and quota counting started fresh",
+                + (f"it was moved to {moved} and " if moved is not None else "")
+                + "quota counting started fresh",
                 file=err,
             )
         left = store.pending()
@@ -543,6 +566,8 @@ def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> Daemon
             poll_interval_s=args.poll_interval,
             drain_timeout_s=args.drain_timeout,
             exit_when_done=exit_when_done,
+            quota_address=args.quota_address,
+            quota_lease_s=args.quota_lease_s,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

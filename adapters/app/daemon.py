@@ -20,11 +20,15 @@ back into the results table, and it is built to be killed:
   row leased that many times without a result (each time its daemon died)
   gets a ``poison`` result instead of killing the next daemon too. A bad
   payload gets a ``bad_request`` result; neither stops the loop.
-* **Quota state survives.** The registry's state is restored from the
-  snapshot file at start, saved (debounced) whenever the registry decides
-  something, and saved once more after draining, so a restart in the middle
-  of the day still knows what the day has spent. A snapshot that cannot be
-  used is set aside and the run starts fresh, saying so.
+* **One quota for every daemon.** The daemons on one queue share one
+  registry (``quota_link``): one of them, elected through the database,
+  owns the quota state and serves grants to the others; a lone daemon
+  simply owns it. The owner restores the state at start (from the
+  database, or the snapshot file), saves it while granting and once more
+  when it stops, so a restart in the middle of the day -- or another daemon
+  taking over from a dead owner -- still knows what the day has spent. A
+  snapshot that cannot be used is set aside and counting starts fresh,
+  saying so.
 * **Signals.** The first SIGTERM/SIGINT stops leasing and dispatching at
   once: no new provider call starts, the leases of everything not in a
   call are released at once, and only the calls in flight may finish, for
@@ -51,7 +55,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -61,23 +65,26 @@ import structlog
 
 from tierbatch.actors.clock import Clock, SystemClock, WallStepWatch, wall_offset
 from tierbatch.actors.errors import FatalProviderError, QueueFull, RuntimeFailure
-from tierbatch.actors.observer import FanOutObserver, RegistryObserver
+from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider
+from tierbatch.actors.registry_handle import RegistryHandle
 from tierbatch.actors.runtime import Runtime, RuntimeStats
 from tierbatch.adapters.app.batch_dispatcher import BatchBackend, BatchDispatcher
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
+from tierbatch.adapters.app.quota_link import (
+    QuotaLink,
+    QuotaStateLoad,
+    QuotaUnavailable,
+    SharingOptions,
+    load_quota_state,  # noqa: F401 (re-exported)
+)
+from tierbatch.adapters.app.quota_server import parse_address
 from tierbatch.adapters.app.summary import ModelUsage, ResultTally, TallySnapshot, usage_between
 from tierbatch.adapters.storage.batch_store import BatchJobStore, BatchReport
 from tierbatch.adapters.storage.open_store import file_stem, is_postgres_url
 from tierbatch.adapters.storage.results_sink import ResultsSink
-from tierbatch.adapters.storage.snapshot_file import (
-    CorruptSnapshot,
-    DebouncedSaver,
-    SnapshotError,
-    SnapshotFile,
-    decode,
-)
+from tierbatch.adapters.storage.snapshot_file import SnapshotError, SnapshotFile
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.store import StorageError, Store
 from tierbatch.adapters.storage.tiers_file import write_tiers
@@ -86,8 +93,7 @@ from tierbatch.policies.batch_routing import Route, routes
 from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config, TierMode
 from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
-from tierbatch.policies.quota import SnapshotError as QuotaSnapshotError
+from tierbatch.policies.quota import Grant, ModelStatus
 from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.task import check_versions, task_version
 from tierbatch.policies.tier_assignment import TierSplit
@@ -135,6 +141,9 @@ class DaemonOptions:
     count towards their clusters' hotness before anything is leased, so an
     article's priority reflects its story's whole backlog, not just what was
     leased so far (0 turns it off; it bounds memory and start-up time).
+    ``quota_address``: where this daemon serves grants to the others when it
+    owns the shared quota (``HOST`` or ``HOST:PORT``; port 0: any free
+    one); ``quota_lease_s``: how long a dead owner can strand the quota.
     """
 
     lease_s: float = 60.0
@@ -145,9 +154,13 @@ class DaemonOptions:
     db_count_interval_s: float = 5.0
     exit_when_done: bool = False
     prewarm_clusters: int = 200_000
+    quota_address: str = "127.0.0.1:0"
+    quota_lease_s: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("lease_s", "poll_interval_s", "snapshot_interval_s", "db_count_interval_s"):
+        parse_address(self.quota_address)  # raises ValueError naming the problem
+        names = ("lease_s", "poll_interval_s", "snapshot_interval_s", "db_count_interval_s")
+        for name in (*names, "quota_lease_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.drain_timeout_s < 0:
@@ -164,36 +177,6 @@ class StopReason(StrEnum):
     STORAGE = "storage"  # the database kept failing (see DaemonReport.storage_error)
     FAILED = "failed"  # the runtime failed: an actor died, extractors kept crashing
     BUDGET = "budget"  # run: the daily budget holds all the work left
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaStateLoad:
-    """The restored quota state (None: start fresh) and, when the snapshot
-    could not be used, why and where it was moved."""
-
-    state: dict[str, Any] | None
-    problem: str | None = None
-    moved_to: Path | None = None
-
-
-def load_quota_state(snapshot: SnapshotFile, config: Config) -> QuotaStateLoad:
-    """Read the snapshot and check that the registry can restore it.
-
-    Bytes that are not a snapshot, and a snapshot the quota policy refuses
-    (another version, inconsistent content), are both set aside with the
-    reason logged: counting from zero is safer than not running.
-    """
-    try:
-        data = snapshot.path.read_bytes()
-    except FileNotFoundError:
-        return QuotaStateLoad(None)
-    try:
-        state = decode(data)
-        QuotaPolicy.restore(config.models, config.quota, state)
-    except (CorruptSnapshot, QuotaSnapshotError) as exc:
-        problem = str(exc)
-        return QuotaStateLoad(None, problem, snapshot.set_aside(problem))
-    return QuotaStateLoad(state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,28 +199,25 @@ class DaemonReport:
     budget: BudgetState | None = None
 
 
-class _SnapshotTrigger:
-    """Marks the debounced saver dirty on every registry decision."""
+class _CooldownsOnly:
+    """The shared registry's observer for this daemon's metrics: its own
+    grants and outcomes come from its ``RegistryHandle``, so only the
+    cooldowns (the quota's, whoever's call caused them) come from here."""
 
-    def __init__(self) -> None:
-        self.saver: DebouncedSaver | None = None
-
-    def _dirty(self) -> None:
-        saver = self.saver
-        if saver is not None:
-            saver.mark_dirty()
+    def __init__(self, inner: RegistryObserver) -> None:
+        self._inner = inner
 
     def on_grant(self, grant: Grant, tier_rank: int) -> None:
-        self._dirty()
+        pass
 
     def on_sent(self, grant_id: int, model: str, at: float) -> None:
-        self._dirty()
+        pass
 
     def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
-        self._dirty()
+        pass
 
     def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
-        self._dirty()
+        self._inner.on_cooldown(model, start, until, reason)
 
 
 class _TallyingSink:
@@ -339,6 +319,7 @@ class Daemon:
         self._storage_failures = 0
         self._results_sink: ResultsSink | None = None
         self._released_at_signal = 0
+        self._link: QuotaLink | None = None
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -365,46 +346,33 @@ class Daemon:
         self._ran = True
         check_task_versions(self.store, self.config, allow=self._allow_mixed_versions)
         started = time.monotonic()
-        quota = load_quota_state(self._snapshot, self.config)
-        trigger = _SnapshotTrigger()
-        observers: list[RegistryObserver] = [trigger]
         provider = self._provider
         if self._metrics is not None:
-            observers.append(MetricsObserver(self._metrics))
             provider = TimedProvider(provider, self._metrics)
+        handle, link = self._quota_link()
+        self._link = link
         results_sink = ResultsSink(self.store)
         self._results_sink = results_sink
         sink = _TallyingSink(results_sink, self._tally, self._wake, self._metrics)
         runtime = Runtime(
-            self.config,
-            provider,
-            sink,
-            clock=self._clock,
-            quota_state=quota.state,
-            observer=FanOutObserver(observers),
-            unavailable_models=self._unavailable_models,
-            as_of=self._as_of,
+            self.config, provider, sink, clock=self._clock, registry=handle, as_of=self._as_of
         )
         try:
             runtime.start()
         except BaseException:
             results_sink.close()
+            link.close()
             raise
         self._start_batch(runtime)
-        saver: DebouncedSaver | None = None
         reason = StopReason.IMMEDIATE
         baseline: tuple[ModelStatus, ...] = ()
         final: RuntimeStats | None = None
         released = 0
         problems: list[str] = []
+        quota = link.quota_load
         try:
             with contextlib.suppress(FatalProviderError, RuntimeFailure):
                 baseline = runtime.stats().models
-            saver = DebouncedSaver(
-                self._snapshot, runtime.quota_snapshot, self.options.snapshot_interval_s
-            )
-            trigger.saver = saver
-            saver.mark_dirty()
             try:
                 self._prewarm(runtime)
             except (FatalProviderError, RuntimeFailure) as exc:  # the loop stops at once
@@ -423,6 +391,9 @@ class Daemon:
                 db=self.store.path,
                 snapshot=str(self._snapshot.path),
                 quota_state="restored" if quota.state is not None else "fresh",
+                quota_role=link.role,
+                quota_epoch=link.epoch,
+                quota_address=link.address,
                 provider=self._provider_description,
                 lease_s=self.options.lease_s,
                 pid=os.getpid(),
@@ -441,7 +412,7 @@ class Daemon:
             with contextlib.suppress(FatalProviderError, RuntimeFailure):
                 final = runtime.stats()
         finally:
-            released, shutdown_problems = self._shut_down(runtime, saver, results_sink)
+            released, shutdown_problems = self._shut_down(runtime, link, results_sink)
             released += self._released_at_signal
             problems.extend(shutdown_problems)
         fatal = runtime.fatal_error
@@ -456,7 +427,9 @@ class Daemon:
             fatal_error=None if fatal is None else str(fatal),
             elapsed_s=time.monotonic() - started,
             tally=self._tally.snapshot(),
-            usage=usage_between(baseline, final.models) if final is not None else (),
+            usage=_own_usage(usage_between(baseline, final.models), handle)
+            if final is not None
+            else (),
             released=released,
             quota_state=quota,
             storage_error="; ".join(problems) or None,
@@ -470,6 +443,46 @@ class Daemon:
             released=released,
         )
         return report
+
+    def _quota_link(self) -> tuple[RegistryHandle, QuotaLink]:
+        """This daemon's way to the shared quota: joined, or owned."""
+        opts, quota = self.options, self.config.quota
+        window_s = quota.window_s + quota.margin_s
+        host, port = parse_address(opts.quota_address)
+        sharing = SharingOptions(
+            host=host,
+            port=port,
+            lease_s=opts.quota_lease_s,
+            save_interval_s=min(1.0, opts.snapshot_interval_s, window_s / 8),
+        )
+        metrics = None if self._metrics is None else MetricsObserver(self._metrics)
+        handle = RegistryHandle(
+            self._clock,
+            window_s=window_s,
+            keep_s=sharing.lease_s + sharing.save_interval_s,
+            observer=metrics,
+        )
+        try:
+            link = QuotaLink(
+                self.config,
+                self.store,
+                self._clock,
+                handle,
+                options=sharing,
+                snapshot=self._snapshot,
+                observer=None if metrics is None else _CooldownsOnly(metrics),
+                unavailable_models=self._unavailable_models,
+            )
+        except OSError as exc:
+            raise QuotaUnavailable(
+                f"cannot serve the shared quota on {opts.quota_address}: {exc.strerror or exc}"
+            ) from None
+        try:
+            link.start()
+        except BaseException:
+            link.close()
+            raise
+        return handle, link
 
     @staticmethod
     def _stopped_by(runtime: Runtime, step: Any) -> Any:
@@ -767,14 +780,15 @@ class Daemon:
         return StopReason.IMMEDIATE
 
     def _shut_down(
-        self, runtime: Runtime, saver: DebouncedSaver | None, results_sink: ResultsSink
+        self, runtime: Runtime, link: QuotaLink, results_sink: ResultsSink
     ) -> tuple[int, list[str]]:
-        """Save the quota state, stop the runtime, hand back unfinished leases,
-        write the last results; returns how many leases were released and
-        the database problems met.
+        """Stop the runtime, leave the shared quota (an owner saves its state
+        once more and hands the quota to the next daemon), hand back
+        unfinished leases, write the last results; returns how many leases
+        were released and the database problems met.
 
-        The final save happens while the registry still runs (after the
-        drain, so it includes every request that finished). Every step runs
+        The final save happens after the runtime stopped, so it includes
+        every request that finished. Every step runs
         whatever became of the ones before it (each in its own guard): a
         failed runtime still has its threads stopped, its results written
         and this owner's leases released. The order is what keeps a failing
@@ -788,9 +802,8 @@ class Daemon:
         try:
             if self._batch is not None:
                 _guarded("batch dispatcher stop", self._batch.stop)
-            if saver is not None:
-                _guarded("final quota snapshot", saver.close)
             unfinished = _guarded("runtime stop", lambda: runtime.stop(drain=False)) or []
+            _guarded("leave the shared quota", link.close)
             if unfinished:
                 try:
                     released += self.store.release([a.id for a in unfinished])
@@ -843,6 +856,8 @@ class Daemon:
         elapsed = time.monotonic() - started
         finished = self._tally.terminal
         now = self._clock.now()
+        if self._link is not None:  # for this daemon's heartbeat
+            self._link.backlog = stats.queued + stats.in_extractors
         if self._metrics is not None:
             self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
         self._progress.update(
@@ -877,6 +892,23 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
+
+
+def _own_usage(usage: Sequence[ModelUsage], handle: RegistryHandle) -> tuple[ModelUsage, ...]:
+    """The run's usage per model with this daemon's own requests, 429s and
+    tokens (the shared registry counts every daemon's); cooldown time is
+    the quota's."""
+    own = handle.counters()
+    return tuple(
+        replace(
+            u,
+            requests=own.get(u.model, {}).get("granted", 0),
+            rate_limited=own.get(u.model, {}).get("rate_limited", 0),
+            input_tokens=own.get(u.model, {}).get("input_tokens", 0),
+            output_tokens=own.get(u.model, {}).get("output_tokens", 0),
+        )
+        for u in usage
+    )
 
 
 def check_task_versions(store: Store, config: Config, *, allow: bool = False) -> None:

@@ -1,5 +1,10 @@
 """``tierbatch status``: what a database and its quota snapshot say, read-only.
 
+With several daemons on the database it also shows every live daemon (its
+role in the shared quota, its backlog and its share of the grants) and
+reads the quota state the owner saved in the database when that is newer
+than the snapshot file.
+
 It reads the database read-only -- an SQLite file with a ``mode=ro``
 connection (in WAL mode readers never block the daemon writing next to
 them), a PostgreSQL database in one read-only snapshot -- and never takes a
@@ -25,10 +30,12 @@ from rich.table import Table
 from tierbatch.actors.runtime import make_budget
 from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.storage.open_store import display_name, read_report
+from tierbatch.adapters.storage.quota_lease import DaemonInfo, QuotaOwner
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
 from tierbatch.adapters.storage.store import (
     BatchReport,
     GroundingCount,
+    QueueReport,
     ResultCount,
     StorageError,
 )
@@ -78,6 +85,33 @@ class TierRules:
 
 
 @dataclass(frozen=True, slots=True)
+class DaemonView:
+    """A live daemon: ``share`` is its part of the grants lately (of the
+    grant rates; of all grants when nobody was granted anything lately)."""
+
+    owner: str
+    host: str
+    pid: int
+    role: str
+    address: str | None
+    heartbeat_s_ago: float
+    backlog: int
+    waiting: int
+    grants: int
+    grants_per_s: float
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaOwnerView:
+    owner: str
+    address: str
+    epoch: int
+    live: bool
+    lease_s_left: float
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     db: str
     states: dict[str, int]
@@ -102,6 +136,9 @@ class Status:
     now: float = 0.0
     # Each tier's min_priority (a share tier's as the daemon last saved it).
     tier_rules: TierRules | None = None
+    # The shared quota: its owner (None: never shared) and the live daemons.
+    quota_owner: QuotaOwnerView | None = None
+    daemons: tuple[DaemonView, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,9 +157,11 @@ def read_status(
         report = read_report(db_path, now)
     except StorageError as exc:
         raise StatusError(str(exc)) from exc
-    snapshot = Path(snapshot_path)
-    quota, problem, age = _read_quota(snapshot, config, now)
-    budget = _read_budget(snapshot, config, now)
+    snapshot, data, age, problem = _quota_source(report, Path(snapshot_path), now)
+    quota: tuple[ModelQuota, ...] = ()
+    if data is not None:
+        quota, problem = _read_quota(data, config, now)
+    budget = _read_budget(data, config, now)
     return Status(
         db=display_name(db_path),
         states=report.states,
@@ -132,7 +171,7 @@ def read_status(
         rejects_by_source=report.rejects_by_source,
         stale_results=report.refused["stale_results"],
         duplicate_results=report.refused["duplicate_results"],
-        snapshot=str(snapshot),
+        snapshot=snapshot,
         snapshot_age_s=age,
         snapshot_problem=problem,
         quota=quota,
@@ -141,17 +180,20 @@ def read_status(
         budget=budget,
         now=now,
         tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
+        quota_owner=_owner_view(report.quota_owner),
+        daemons=_daemon_views(report.daemons, now),
     )
 
 
-def _read_budget(path: Path, config: Config, now: float) -> BudgetState | None:
-    """The day's budget as the daemon will count it: the snapshot's spend
+def _read_budget(data: bytes | None, config: Config, now: float) -> BudgetState | None:
+    """The day's budget as the daemon will count it: the quota state's spend
     (calls in flight at its estimate), 0 when it is from an earlier day."""
     if not config.budget.enabled:
         return None
     state: Any = None
-    with contextlib.suppress(OSError, CorruptSnapshot):
-        state = decode(path.read_bytes())
+    if data is not None:
+        with contextlib.suppress(CorruptSnapshot):
+            state = decode(data)
     budget = make_budget(config, state if isinstance(state, dict) else None)
     return None if budget is None else budget.state(now)
 
@@ -183,16 +225,59 @@ def read_tier_rules(path: Path, config: Config, now: float) -> TierRules:
     return TierRules(rules, str(path), saved.window, age, saved.as_of)
 
 
-def _read_quota(
-    path: Path, config: Config, now: float
-) -> tuple[tuple[ModelQuota, ...], str | None, float | None]:
+def _quota_source(
+    report: QueueReport, path: Path, now: float
+) -> tuple[str, bytes | None, float | None, str | None]:
+    """Where the quota state is read from -- the snapshot file, or the
+    database's row when it is newer -- its bytes, age and a problem."""
+    row = report.quota_state
+    data: bytes | None = None
+    age: float | None = None
+    problem: str | None = None
     try:
         data = path.read_bytes()
         age = max(0.0, now - path.stat().st_mtime)
     except FileNotFoundError:
-        return (), None, None
+        pass
     except OSError as exc:
-        return (), f"cannot read: {exc}", None
+        problem = f"cannot read: {exc}"
+    if row is not None and (data is None or now - row.saved_at <= (age or 0.0)):
+        return f"database (saved by {row.owner})", row.state, max(0.0, now - row.saved_at), None
+    return str(path), data, age, problem
+
+
+def _owner_view(owner: QuotaOwner | None) -> QuotaOwnerView | None:
+    if owner is None:
+        return None
+    left = max(0.0, owner.lease_expires - owner.read_at)
+    return QuotaOwnerView(owner.owner, owner.address, owner.epoch, owner.live, left)
+
+
+def _daemon_views(rows: tuple[DaemonInfo, ...], now: float) -> tuple[DaemonView, ...]:
+    live = [d for d in rows if d.expires_at >= now]
+    rates = sum(d.grant_rate for d in live)
+    totals = sum(d.grants for d in live)
+    return tuple(
+        DaemonView(
+            owner=d.owner,
+            host=d.host,
+            pid=d.pid,
+            role=d.role,
+            address=d.address,
+            heartbeat_s_ago=max(0.0, now - d.heartbeat_at),
+            backlog=d.backlog,
+            waiting=d.waiting,
+            grants=d.grants,
+            grants_per_s=d.grant_rate,
+            share=(d.grant_rate / rates) if rates else (d.grants / totals if totals else 0.0),
+        )
+        for d in live
+    )
+
+
+def _read_quota(
+    data: bytes, config: Config, now: float
+) -> tuple[tuple[ModelQuota, ...], str | None]:
     try:
         state = decode(data)
         models = dict(config.models)
@@ -201,7 +286,7 @@ def _read_quota(
                 models[name] = ModelSpec(name=name, rpm=0, tpm=0, rpd=0)
         policy = QuotaPolicy.restore(models, config.quota, state)
     except (CorruptSnapshot, QuotaSnapshotError) as exc:
-        return (), f"unusable ({exc}); the daemon will set it aside and start fresh", age
+        return (), f"unusable ({exc}); the daemon will set it aside and start fresh"
     quota = []
     for s in policy.status(now):
         spec = models[s.model]
@@ -218,7 +303,7 @@ def _read_quota(
                 unavailable=s.unavailable,
             )
         )
-    return tuple(quota), None, age
+    return tuple(quota), None
 
 
 def render_status(status: Status, file: TextIO) -> None:
@@ -240,6 +325,7 @@ def render_status(status: Status, file: TextIO) -> None:
             f"results refused: {status.stale_results} from a stale lease owner (dropped), "
             f"{status.duplicate_results} duplicate(s) (ignored)"
         )
+    _render_daemons(status, console)
     if status.results:
         table = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
         for name in ("status", "tier", "model", "articles", "tokens in", "tokens out", "cost $"):
@@ -297,6 +383,45 @@ def batch_line(batch: BatchReport) -> str | None:
         f"{batch.settled} settled, {batch.returned} returned; cost ${batch.cost_usd:.4f}, "
         f"saved ${batch.saved_usd:.4f} against interactive prices"
     )
+
+
+def _render_daemons(status: Status, console: Console) -> None:
+    owner = status.quota_owner
+    if owner is None and not status.daemons:
+        return
+    if owner is not None:
+        lease = f"lease {owner.lease_s_left:.0f} s left" if owner.live else "lease expired"
+        console.print(
+            f"shared quota: owned by {owner.owner} at {owner.address} "
+            f"(epoch {owner.epoch}, {lease})"
+        )
+    if not status.daemons:
+        console.print("daemons: none live")
+        return
+    table = Table(title="daemons", box=box.SIMPLE_HEAD, title_justify="left")
+    for name in (
+        "daemon",
+        "role",
+        "heartbeat",
+        "backlog",
+        "waiting",
+        "grants",
+        "grants/s",
+        "share",
+    ):
+        table.add_column(name, justify="left" if name in ("daemon", "role") else "right")
+    for d in status.daemons:
+        table.add_row(
+            f"{d.host}:{d.pid}",
+            d.role + (f" ({d.address})" if d.address else ""),
+            f"{d.heartbeat_s_ago:.0f} s ago",
+            str(d.backlog),
+            str(d.waiting),
+            str(d.grants),
+            f"{d.grants_per_s:.1f}",
+            f"{100 * d.share:.0f}%",
+        )
+    console.print(table)
 
 
 def render_tier_rules(rules: TierRules, console: Console) -> None:
@@ -361,7 +486,9 @@ def _state(q: ModelQuota) -> str:
 
 
 __all__ = [
+    "DaemonView",
     "ModelQuota",
+    "QuotaOwnerView",
     "Status",
     "StatusError",
     "TierRule",

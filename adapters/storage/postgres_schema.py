@@ -6,6 +6,7 @@ spelling differs from the shared ones."""
 from __future__ import annotations
 
 from tierbatch.adapters.storage.queue_sql import RELEASE_SET, schema
+from tierbatch.adapters.storage.quota_lease import quota_schema
 
 NOW_SQL = "(EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION)"
 SCHEMA = (
@@ -16,6 +17,7 @@ SCHEMA = (
         identity="BIGINT GENERATED ALWAYS AS IDENTITY",
         nulls_last=" NULLS LAST",
     ),
+    *quota_schema(real="DOUBLE PRECISION", bigint="BIGINT", blob="BYTEA"),
     "CREATE UNIQUE INDEX IF NOT EXISTS results_seq ON results (seq)",
     # The payload as JSON, or NULL when it is not JSON PostgreSQL accepts:
     # PostgreSQL 15 has no "IS JSON" test, and a cast that fails would fail
@@ -32,6 +34,8 @@ SCHEMA = (
 # Serialises schema creation between processes starting at once.
 SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tierbatch schema'))"
 TABLE_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
+# The shared quota's tables came after schema version 1's first release.
+QUOTA_TABLES_EXIST = "SELECT to_regclass('daemons') IS NOT NULL"
 
 # Rows are locked with SKIP LOCKED: processes leasing at once never wait for
 # each other and never take the same row. Ties go by insertion order (seq),

@@ -67,6 +67,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
@@ -80,6 +81,7 @@ from tierbatch.adapters.storage.postgres_schema import (
     EXPIRED_CANDIDATES,
     HOLDERS,
     QUEUED_CANDIDATES,
+    QUOTA_TABLES_EXIST,
     RELEASE_ALL,
     RENEW,
     SCHEMA,
@@ -97,6 +99,7 @@ from tierbatch.adapters.storage.queue_sql import (
     result_counts_sql,
     to_format_params,
 )
+from tierbatch.adapters.storage.quota_lease import read_sharing
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.store import QueueReport, StorageError
 from tierbatch.policies.results import TerminalResult
@@ -122,6 +125,7 @@ class PostgresStore(SqlQueueStore):
     """
 
     _RESULT_COUNTS_SQL = _RESULT_COUNTS
+    _LOCK_OWNER_ROW = " FOR UPDATE"
     _RENEW_SQL = RENEW
     _RELEASE_ALL_SQL = RELEASE_ALL
 
@@ -226,9 +230,10 @@ class PostgresStore(SqlQueueStore):
         conn.execute(SCHEMA_LOCK)
         if conn.execute(TABLE_EXISTS).fetchone()[0]:
             row = conn.execute(SCHEMA_VERSION_SQL).fetchone()
-            if row is not None and row[0] == str(SCHEMA_VERSION):
+            current = row is not None and row[0] == str(SCHEMA_VERSION)
+            if current and conn.execute(QUOTA_TABLES_EXIST).fetchone()[0]:
                 return  # nothing to create: no DDL, no table locks
-            if row is not None:
+            if row is not None and not current:
                 migrations_from(str(row[0]), self.path)  # refuses what it cannot migrate
         for statement in SCHEMA:
             conn.execute(statement)
@@ -281,12 +286,16 @@ def read_postgres_report(url: str, now: float | None) -> QueueReport:
         with conn.transaction():
             if now is None:
                 ((now,),) = conn.execute(SERVER_TIME).fetchall()
-            return read_queue_report(
-                lambda sql, params: conn.execute(to_format_params(sql), params).fetchall(),
-                float(now),
-                _RESULT_COUNTS,
-                _GROUNDING_COUNTS,
-            )
+
+            def query(sql: str, params: Sequence[Any]) -> list[Any]:
+                return conn.execute(to_format_params(sql), params).fetchall()
+
+            def has_table(name: str) -> bool:
+                return bool(query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
+
+            report = read_queue_report(query, float(now), _RESULT_COUNTS, _GROUNDING_COUNTS)
+            owner, daemons, state = read_sharing(query, float(now), has_table)
+            return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
     except psycopg.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {_message(exc)}") from exc
     finally:

@@ -35,7 +35,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import structlog
@@ -180,12 +180,23 @@ def _fsync_directory(directory: Path) -> None:
         os.close(dir_fd)
 
 
+class SnapshotTarget(Protocol):
+    """Where a ``DebouncedSaver`` saves: a ``SnapshotFile``, or anything that
+    saves a state (raising ``SnapshotError``) and names where."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def save(self, state: Mapping[str, Any]) -> None: ...
+
+
 class DebouncedSaver:
     """Saves a snapshot at most every ``min_interval_s``, from its own thread.
 
     ``mark_dirty`` is cheap (sets a flag), so the registry can call it on
     every quota change. The first change after a quiet period is saved at
-    once, later ones are coalesced until the interval has passed.
+    once, later ones are coalesced until the interval has passed; an
+    ``urgent`` one (a cooldown began) is saved at once.
     ``get_state`` is called on the saver's thread: it must be safe to call
     from there (for a pykka actor, ask the actor for its state). A failed
     save is logged and retried after the interval. ``close`` saves once more
@@ -194,7 +205,7 @@ class DebouncedSaver:
 
     def __init__(
         self,
-        snapshot_file: SnapshotFile,
+        snapshot_file: SnapshotTarget,
         get_state: Callable[[], Mapping[str, Any]],
         min_interval_s: float = 5.0,
     ) -> None:
@@ -203,6 +214,8 @@ class DebouncedSaver:
         self._interval = min_interval_s
         self._dirty = threading.Event()
         self._stopping = threading.Event()
+        self._nudge = threading.Event()
+        self._urgent = False
         self._last_save = float("-inf")
         self._closed = False
         self.saves = 0
@@ -211,7 +224,10 @@ class DebouncedSaver:
         )
         self._thread.start()
 
-    def mark_dirty(self) -> None:
+    def mark_dirty(self, *, urgent: bool = False) -> None:
+        if urgent:
+            self._urgent = True
+            self._nudge.set()
         self._dirty.set()
 
     def close(self) -> None:
@@ -219,6 +235,7 @@ class DebouncedSaver:
             return
         self._closed = True
         self._stopping.set()
+        self._nudge.set()
         self._dirty.set()
         self._thread.join()
         self._save()
@@ -235,10 +252,13 @@ class DebouncedSaver:
             if self._stopping.is_set():
                 return
             wait = self._last_save + self._interval - time.monotonic()
-            if wait > 0:
-                if self._stopping.wait(wait):
+            if wait > 0 and not self._urgent:
+                self._nudge.wait(wait)
+                self._nudge.clear()
+                if self._stopping.is_set():
                     return
                 continue
+            self._urgent = False
             self._dirty.clear()
             try:
                 self._save()

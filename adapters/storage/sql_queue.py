@@ -58,6 +58,7 @@ from tierbatch.adapters.storage.queue_sql import (
     result_from_row,
     result_row,
 )
+from tierbatch.adapters.storage.quota_lease import QuotaLeaseStore
 from tierbatch.adapters.storage.store import (
     EnqueueReport,
     ResultCount,
@@ -74,8 +75,9 @@ T = TypeVar("T")
 ID_CHUNK = 500
 
 
-class SqlQueueStore(ABC):
-    """The queue, results and rejects of one database (see ``store.Store``).
+class SqlQueueStore(QuotaLeaseStore, ABC):
+    """The queue, results and rejects of one database (see ``store.Store``),
+    and the shared quota's rows (``quota_lease``).
 
     ``owner`` identifies this process's leases; ``clock`` gives epoch
     seconds for lease deadlines and timestamps (tests pass a fake one).

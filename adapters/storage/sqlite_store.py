@@ -126,6 +126,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,6 +134,7 @@ import structlog
 
 from tierbatch.adapters.storage.queue_rows import Candidate, Holder, epoch_of, usable_id
 from tierbatch.adapters.storage.queue_sql import read_queue_report
+from tierbatch.adapters.storage.quota_lease import read_sharing
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.sqlite_schema import SCHEMA
 from tierbatch.adapters.storage.store import (
@@ -323,8 +325,18 @@ def read_sqlite_report(path: str | os.PathLike[str], now: float) -> QueueReport:
         conn = sqlite3.connect(f"{Path(name).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise StorageError(f"{name}: cannot open: {exc}") from exc
+
+    def query(sql: str, params: Sequence[Any]) -> list[Any]:
+        return conn.execute(sql, params).fetchall()
+
+    def has_table(name: str) -> bool:
+        return bool(query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
     try:
-        return read_queue_report(lambda sql, params: conn.execute(sql, params).fetchall(), now)
+        conn.execute("BEGIN")  # one snapshot for every read
+        report = read_queue_report(query, now)
+        owner, daemons, state = read_sharing(query, now, has_table)
+        return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
     except sqlite3.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {exc}") from exc
     finally:

@@ -24,6 +24,11 @@ behaviour: ``SqliteStore`` (the embedded default, one file) and
   counted, a second result for an article is ignored and counted; a result
   is written once and never overwritten. The counters live in ``meta``.
 * Timestamps are Unix epoch seconds (floats) from the store's clock.
+* The shared quota (``quota_lease``): ``claim_quota`` takes the quota's
+  owner row only when its lease expired (the epoch goes up); renewing,
+  releasing and saving the quota snapshot only by the owner of that epoch,
+  the save checked inside its write transaction; every daemon heartbeats
+  its ``daemons`` row.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tierbatch.adapters.storage.jsonl_input import Rejected
+from tierbatch.adapters.storage.quota_lease import DaemonInfo, QuotaOwner, SavedQuota
 from tierbatch.policies.articles import Article
 from tierbatch.policies.results import TerminalResult
 
@@ -134,6 +140,10 @@ class QueueReport:
     grounding: tuple[GroundingCount, ...] = ()
     # The Batch API's jobs (schema >= 3).
     batch: BatchReport = field(default_factory=BatchReport)
+    # The shared quota: its owner, every daemon's row, the owner's last snapshot.
+    quota_owner: QuotaOwner | None = None
+    daemons: tuple[DaemonInfo, ...] = ()
+    quota_state: SavedQuota | None = None
 
 
 def default_owner() -> str:
@@ -196,6 +206,26 @@ class Store(Protocol):
     def task_versions(self) -> dict[str, int]: ...
 
     def rejects(self, source: str | None = None) -> list[StoredReject]: ...
+
+    # The shared quota (``quota_lease``).
+
+    def claim_quota(self, address: str, lease_s: float) -> QuotaOwner: ...
+
+    def renew_quota(self, epoch: int, lease_s: float) -> bool: ...
+
+    def release_quota(self, epoch: int) -> bool: ...
+
+    def quota_owner(self) -> QuotaOwner | None: ...
+
+    def save_quota_state(self, epoch: int, state: bytes, saved_at: float) -> bool: ...
+
+    def load_quota_state(self) -> SavedQuota | None: ...
+
+    def heartbeat(self, info: DaemonInfo, lease_s: float) -> None: ...
+
+    def forget_daemon(self) -> None: ...
+
+    def daemons(self) -> list[DaemonInfo]: ...
 
     def close(self) -> None: ...
 
