@@ -284,6 +284,12 @@ class BatchComposer(pykka.ThreadingActor):
             _log.warning(
                 "duplicate article ids refused", count=len(duplicates), first=duplicates[0]
             )
+        # The registry plans on the new work before any pack of it asks for
+        # quota: reported after the dispatch, the first packs' requests could
+        # reach it first and be granted without a plan (fallbacks taken that
+        # the plan keeps for the tiers that need them).
+        if accepted:
+            self._report_backlog(now)
         self._dispatch()
         return SubmitResult(consumed, accepted, tuple(duplicates))
 

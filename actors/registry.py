@@ -120,6 +120,8 @@ class ModelRegistry(pykka.ThreadingActor):
         self._allowances: Allowances | None = None
         self._replan_s = replan_s
         self._planned_at = -float("inf")
+        # When the last plan promised the known backlog done (clock time).
+        self._promise: float | None = None
         self._plan_due = False
         self._limits: dict[str, tuple[int, int, float, str]] = {}
         self._warned_unavailable: set[str] = set()
@@ -397,6 +399,13 @@ class ModelRegistry(pykka.ThreadingActor):
                 return True
         return False
 
+    def _backlog_grew(self) -> bool:
+        """Whether any tier has more work waiting than when it was last planned."""
+        return any(
+            float(backlog.articles) > self._planned_backlog.get(tier, 0.0) + 1e-9
+            for tier, backlog in self._backlog.items()
+        )
+
     def _maybe_replan(self, now: float) -> None:
         if not self._shapes or not self._backlog:
             return
@@ -424,8 +433,17 @@ class ModelRegistry(pykka.ThreadingActor):
                 )
             )
         capacity = self._policy.capacity(now, wall_offset=self._offset)
-        plan = plan_dispatch(demands, capacity)
-        self._allowances = Allowances(plan, made_at=now)
+        # The last plan's promise holds unless new work came: the planner's
+        # tolerance (higher tiers finishing earlier at a little cost to the
+        # makespan) is spent once per backlog, not once per replan.
+        promise = None if self._promise is None or self._backlog_grew() else self._promise
+        plan = plan_dispatch(
+            demands, capacity, finish_by_s=None if promise is None else max(0.0, promise - now)
+        )
+        self._promise = _promised_finish(plan, now)
+        paced = [m for m, cap in capacity.items() if cap.step_s <= 0]
+        carry = None if self._allowances is None else self._allowances.carry_over(now)
+        self._allowances = Allowances(plan, made_at=now, paced=paced, carry=carry)
         self._planned_at = now
         self._plan_due = False
         self._planned_backlog = {t: float(b.articles) for t, b in self._backlog.items()}
@@ -498,6 +516,15 @@ class ModelRegistry(pykka.ThreadingActor):
             model=model,
             detail=message,
         )
+
+
+def _promised_finish(plan: Plan, now: float) -> float | None:
+    """When ``plan`` has the known backlog done (clock time), or None for a
+    stream the quota cannot keep up with."""
+    if plan.makespan_s is None:
+        return None
+    finishes = [t.finish_s for t in plan.tiers if t.finish_s is not None and t.demand > 0]
+    return now + max([plan.makespan_s, *finishes])
 
 
 __all__ = ["ModelRegistry", "Plan"]

@@ -233,6 +233,18 @@ class LimiterMode(StrEnum):
     WINDOW = "window"
 
 
+class ProviderLimiter(StrEnum):
+    """How a provider enforces a per-minute limit -- what the simulated
+    provider and the local Gemini-compatible server emulate.
+
+    ``window``: a rolling window of ``window_s`` (a request counts while it
+    is younger than the window); ``bucket``: a token bucket refilled at the
+    limit's rate, holding ``bucket_s`` seconds' worth."""
+
+    WINDOW = "window"
+    BUCKET = "bucket"
+
+
 @dataclass(frozen=True, slots=True)
 class QuotaConfig:
     """``window_s`` is the rolling rate-limit window (Gemini: 60 s);
@@ -307,6 +319,51 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SimulatedLimits:
+    """The limits the simulated provider enforces for one model instead of
+    the configured ones (None: the configured one)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    rpd: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """What the simulated provider (``provider.kind = "simulated"``, or
+    ``auto`` without an API key) emulates. ``limiter``: how it enforces the
+    per-minute limits, a rolling window of ``quota.window_s`` or a token
+    bucket holding ``bucket_s`` seconds' worth (``ProviderLimiter``);
+    ``models``: per model, the limits it really enforces when they differ
+    from the configured ones -- lower, as when a config copies a higher
+    tier's published limits, to rehearse the registry meeting 429s and
+    learning the true limits."""
+
+    limiter: ProviderLimiter = ProviderLimiter.WINDOW
+    bucket_s: float = 10.0
+    models: Mapping[str, SimulatedLimits] = field(default_factory=dict)
+
+    def enforced(self, models: Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
+        """``models`` with the simulated provider's own limits applied."""
+        out = dict(models)
+        for name, limits in self.models.items():
+            spec = out.get(name)
+            if spec is None:
+                continue
+            out[name] = ModelSpec(
+                name=spec.name,
+                rpm=spec.rpm if limits.rpm is None else limits.rpm,
+                tpm=spec.tpm if limits.tpm is None else limits.tpm,
+                rpd=spec.rpd if limits.rpd is None else limits.rpd,
+                max_in_flight=spec.max_in_flight,
+                price_in_per_m=spec.price_in_per_m,
+                price_out_per_m=spec.price_out_per_m,
+                max_input_tokens=spec.max_input_tokens,
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class GroundingConfig:
     """The grounding check of every answer (``policies.grounding``): what
     happens to an entity of each outcome (``keep``, ``flag``: keep it with
@@ -341,6 +398,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -407,6 +465,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     retry = _parse_retry(root.table("retry"))
     provider = _parse_provider(root.table("provider"))
     runtime = _parse_runtime(root.table("runtime"))
+    simulation = _parse_simulation(root.table("simulation"), models)
     grounding = _parse_grounding(root.table("grounding"))
     batch = _parse_batch(root.table("batch"))
     budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
@@ -428,6 +487,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         retry=retry,
         provider=provider,
         runtime=runtime,
+        simulation=simulation,
         grounding=grounding,
         batch=batch,
         budget=budget,
@@ -865,6 +925,35 @@ def _parse_runtime(r: TableReader) -> RuntimeConfig:
     return runtime
 
 
+def _parse_simulation(r: TableReader, models: Mapping[str, ModelSpec]) -> SimulationConfig:
+    d = SimulationConfig()
+    limiter = r.choice("limiter", d.limiter.value, tuple(m.value for m in ProviderLimiter))
+    bucket_s = r.number("bucket_s", d.bucket_s, POSITIVE)
+    table = r.table("models")
+    overrides: dict[str, SimulatedLimits] = {}
+    for name, _ in table.entries():
+        limits = table.table(name)
+        if models and name not in models:
+            hint = did_you_mean(name, models)
+            table.problems.add(
+                limits.path, f"not a configured model{hint}; expected one of the [models] names"
+            )
+        overrides[name] = SimulatedLimits(
+            rpm=_optional_limit(limits, "rpm"),
+            tpm=_optional_limit(limits, "tpm"),
+            rpd=_optional_limit(limits, "rpd"),
+        )
+        limits.finish()
+    r.finish()
+    return SimulationConfig(ProviderLimiter(limiter), bucket_s, overrides)
+
+
+def _optional_limit(r: TableReader, name: str) -> int | None:
+    if r.raw(name) is REQUIRED:
+        return None
+    return r.integer(name, 0, NON_NEGATIVE)
+
+
 _ACTIONS: Final = tuple(a.value for a in GroundingAction)
 
 
@@ -937,6 +1026,11 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
         "retry": _flat(config.retry),
         "provider": provider,
         "runtime": _flat(config.runtime),
+        "simulation": {
+            "limiter": config.simulation.limiter.value,
+            "bucket_s": config.simulation.bucket_s,
+            "models": {name: _flat(limits) for name, limits in config.simulation.models.items()},
+        },
         "grounding": _flat(config.grounding),
         "batch": {**_flat(config.batch), "on_job_failure": config.batch.on_job_failure.value},
         "budget": {

@@ -93,10 +93,20 @@ class LimitEstimate:
         self.probing = config.pacing and rpm > 0 and self.burst < rpm
         self._level = self.burst
         self._level_at = -math.inf
+        # The input tokens' pacing level (full until the first grant).
+        self._tlevel = math.inf
+        self._tlevel_at = -math.inf
         self._window_started: float | None = None
         self._window_limited = False
         self._window_refused = False
         self._last_cut = -math.inf
+        # The burst last cut for short 429s: what went in it, what of it
+        # was refused since (every refusal of one burst tells how much of it
+        # the provider did not absorb).
+        self._cut_burst = 0.0
+        self._cut_refused = 0
+        # The last short refusal of a paced request (at the pacing's edge).
+        self._edge_refused_at = -math.inf
 
     # ---- the pacing bucket -------------------------------------------------------
 
@@ -118,14 +128,38 @@ class LimitEstimate:
         elapsed = max(0.0, now - self._level_at)
         return min(self.burst, self._level + elapsed * self.rate_per_s)
 
-    def ready_at(self, now: float) -> float:
-        """When the pacing lets one more request go (``now`` if it may)."""
-        level = self.level(now)
-        if level >= 1 - 1e-9:
-            return now
-        return now + (1 - level) / self.rate_per_s
+    @property
+    def token_burst(self) -> float:
+        """Input tokens that may go at once: the same share of a window's
+        tokens as the burst is of its requests (a bucket holds so many
+        seconds' worth of each limit)."""
+        if not self.paced or not self.tpm:
+            return math.inf
+        return self.tpm * min(1.0, self.burst / self.rpm)
 
-    def on_grant(self, now: float, *, near_limit: bool = False) -> bool:
+    def token_level(self, now: float) -> float:
+        """Input tokens that may go at once now (paced like the requests)."""
+        cap = self.token_burst
+        if math.isinf(cap) or self._tlevel_at == -math.inf:
+            return cap
+        elapsed = max(0.0, now - self._tlevel_at)
+        return min(cap, self._tlevel + elapsed * self.tpm / self.config.window_s)
+
+    def ready_at(self, now: float, tokens: int = 0) -> float:
+        """When the pacing lets one more request (of ``tokens`` input
+        tokens) go (``now`` if it may)."""
+        level = self.level(now)
+        at = now if level >= 1 - 1e-9 else now + (1 - level) / self.rate_per_s
+        if tokens > 0:
+            cap = self.token_burst
+            if not math.isinf(cap):
+                need = min(float(tokens), cap)
+                have = self.token_level(now)
+                if have < need - 1e-9:
+                    at = max(at, now + (need - have) * self.config.window_s / self.tpm)
+        return at
+
+    def on_grant(self, now: float, *, near_limit: bool = False, tokens: int = 0) -> bool:
         """A request goes now. Returns whether it went at the burst's edge
         (the pacing was the limit), which is what slow start grows on.
         ``near_limit``: the window is nearly full, so this window counts as
@@ -133,6 +167,9 @@ class LimitEstimate:
         if not self.paced:
             self._tick(now, limited=near_limit)
             return False
+        if tokens > 0 and not math.isinf(self.token_burst):
+            self._tlevel = self.token_level(now) - tokens
+            self._tlevel_at = now
         level = self.level(now)
         self._level = max(0.0, level - 1)
         self._level_at = now
@@ -187,23 +224,54 @@ class LimitEstimate:
         short = retry_delay_s is not None and 0 < retry_delay_s < self.config.short_delay
         margin = 1 - self.config.margin
         if sent_at is not None and sent_at < self._last_cut:
+            if short and self._cut_burst > 0:
+                # Another refusal of the burst already cut: less was absorbed.
+                self._cut_refused += 1
+                absorbed = max(1.0, self._cut_burst - self._cut_refused)
+                self.burst = max(1.0, min(self.burst, math.floor(absorbed * margin)))
+                self._sync(now, retry_delay_s, tokens=tokens_scope)
             return not short
         self._last_cut = now
-        if tokens_scope:
+        self._cut_burst = 0.0
+        if tokens_scope and not (short and self.paced):
             if self.configured_tpm and tokens_in_window < self.tpm:
                 self.tpm = _cut(self.tpm, tokens_in_window * margin)
             return True
+        # From here on a short tokens-per-minute 429 reads like a requests
+        # one: a token bucket refusing a burst (of large packed requests)
+        # shrinks the burst, a lone refusal at the pacing's edge is its
+        # phase, and only repeated ones lower the learnt tpm.
         if short and self.paced and (in_burst or self.probing) and self.burst > 1:
             # The burst was too big for what the provider absorbs at once.
             self.shape = LimiterShape.BUCKET
-            absorbed = max(1.0, self._absorbed(now))
+            sent = max(1.0, self._absorbed(now))
+            self._cut_burst, self._cut_refused = sent, 1
+            absorbed = max(1.0, sent - 1)
             self.burst = max(1.0, min(self.burst, math.floor(absorbed * margin)))
             self.probing = False
-            self._level = min(self._level, 0.0)
-            self._level_at = now
+            self._sync(now, retry_delay_s, tokens=tokens_scope)
             return False
+        if short and self.paced and self.shape is not LimiterShape.WINDOW:
+            # Refused at the pacing's edge with the next token near: our
+            # pacing ran a little ahead of the provider's bucket (its phase,
+            # not its rate). Wait as it says; only a second such refusal
+            # within a window is evidence of a lower rate.
+            self.probing = False
+            self._sync(now, retry_delay_s, tokens=tokens_scope)
+            if now - self._edge_refused_at >= self.config.window_s:
+                self._edge_refused_at = now
+                return False
+            self._edge_refused_at = now
         # Our steady rate, or the window as a whole, is more than it admits.
         self.probing = False
+        if tokens_scope:
+            # (short, paced: a refill-rate refusal of tokens)
+            window = self.config.window_s
+            span = window if observed_s is None else min(window, observed_s)
+            took = tokens_in_window * window / max(span, self.config.short_delay)
+            if self.configured_tpm and took < self.tpm:
+                self.tpm = _cut(self.tpm, took * margin)
+            return False
         accepted = float(accepted_in_window)
         if short:
             # A refill-rate refusal: what it accepted per second, per window.
@@ -216,6 +284,17 @@ class LimitEstimate:
             self.rpm = _cut(self.rpm, accepted * margin)
             self.burst = min(self.burst, float(self.rpm))
         return not short
+
+    def _sync(self, now: float, retry_delay_s: float | None, *, tokens: bool = False) -> None:
+        """Align the pacing with the provider's: it admits the next request
+        after ``retry_delay_s``, so the level reaches one request then (for
+        a tokens refusal: the tokens' level starts again from empty)."""
+        delay = 0.0 if retry_delay_s is None else retry_delay_s
+        self._level = min(self.level(now), 1.0 - delay * self.rate_per_s)
+        self._level_at = now
+        if tokens and not math.isinf(self.token_burst):
+            self._tlevel = min(self.token_level(now), 0.0)
+            self._tlevel_at = now
 
     def _absorbed(self, now: float) -> float:
         """How much of a burst the provider took at once: the burst less the
@@ -285,6 +364,8 @@ class LimitEstimate:
         )
         self._level = self.burst
         self._level_at = -math.inf
+        self._tlevel = math.inf
+        self._tlevel_at = -math.inf
 
 
 def _cut(limit: int, accepted: float) -> int:

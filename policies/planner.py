@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -274,17 +274,26 @@ def plan_dispatch(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     horizon_s: float = DEFAULT_HORIZON_S,
+    finish_by_s: float | None = None,
 ) -> Plan:
     """The plan for ``tiers`` (any order; ranked by ``rank``) on ``models``.
 
     A model named in a chain but absent from ``models`` is unavailable.
     ``tolerance``: how much later than the minimum makespan the whole
     backlog may finish so that higher tiers finish earlier.
+    ``finish_by_s``: an earlier plan's promise for the same backlog,
+    seconds from now: the backlog still finishes by then when it can. A
+    replanning caller passes it so the tolerance is spent once, not once
+    per replan: each fresh plan would otherwise let the higher tiers take a
+    further ``tolerance`` of the lower tiers' models, and over a run of
+    frequent replans the makespan slips by far more than ``tolerance``.
     """
     if tolerance < 0 or not math.isfinite(tolerance):
         raise ValueError(f"tolerance must be finite and >= 0, got {tolerance}")
     if not horizon_s > 0:
         raise ValueError(f"horizon_s must be > 0, got {horizon_s}")
+    if finish_by_s is not None and math.isnan(finish_by_s):
+        raise ValueError("finish_by_s must be a number")
     ordered = sorted(tiers, key=lambda t: t.rank)
     problem = _Problem(ordered, models)
     active = [i for i, t in enumerate(ordered) if t.requests > 0 or t.arrivals_per_s > 0]
@@ -297,7 +306,7 @@ def plan_dispatch(
         )
     makespan = problem.min_makespan(active)
     if makespan is not None:
-        return problem.finite_plan(active, makespan, tolerance, horizon_s)
+        return problem.finite_plan(active, makespan, tolerance, horizon_s, finish_by_s)
     return problem.stream_plan(active, horizon_s)
 
 
@@ -415,7 +424,120 @@ class _Problem:
         result = solve(LinearProgram(c, a_ub, b_ub, a_eq, b_eq))
         if result.status is not LpStatus.OPTIMAL:
             return None
-        return self._round_up(result.x[t_var], active)
+        horizon = result.x[t_var]
+        rounded = self._round_up(horizon, active)
+        if any(self.tiers[i].arrivals_per_s > 0 for i in active):
+            return rounded  # the demand grows with the horizon: keep the safe rounding
+        return self._first_feasible_step(active, horizon, rounded)
+
+    def _first_feasible_step(self, active: Sequence[int], horizon: float, upper: float) -> float:
+        """The earliest moment, from the LP's ``horizon`` (found on lines
+        through the windows' steps) to ``upper`` (the next step of every
+        model, always feasible), by which the demand fits the real steps.
+        The windows of different models step at different moments, so the
+        line's horizon can fall just after one model's step and just before
+        another's: rounding it up to the next step of every model waits a
+        whole window for models whose share had already arrived (after one
+        burst, the next replan planned the backlog a window late). Between
+        two consecutive steps of any model the stepped capacities are
+        constant: one small LP per interval finds the first that fits."""
+        stepped = self._stepped(active)
+        if not stepped or upper <= horizon + 1e-9:
+            return upper
+        corners = {horizon, upper}
+        for cap in stepped:
+            first = cap.first_step + cap.delay_s
+            k = max(0, math.floor((horizon - first) / cap.step_s))
+            while (at := first + k * cap.step_s) < upper - 1e-9:
+                if at > horizon:
+                    corners.add(at)
+                k += 1
+        points = sorted(c for c in corners if horizon <= c <= upper)
+        members = set(active)
+        width = self._width(1)
+        t_var = len(self.pairs)
+        for lo, hi in zip(points, [*points[1:], upper], strict=True):
+            found = self._earliest_in(members, active, max(lo, 0.0), hi, width, t_var)
+            if found is not None:
+                return found
+        return upper
+
+    def _earliest_in(
+        self,
+        members: set[int],
+        active: Sequence[int],
+        lo: float,
+        hi: float,
+        width: int,
+        t_var: int,
+    ) -> float | None:
+        """The earliest horizon in [lo, hi] by which the demand fits, the
+        stepped models held at what they have admitted by ``lo``."""
+        a_ub: list[list[float]] = []
+        b_ub: list[float] = []
+        for model in self.names:
+            cap = self.models[model]
+            if cap.step_s > 0:
+                for row, _, tag in self._rows_for_model(model, members, lo, None, width):
+                    a_ub.append(row)
+                    if tag.kind == "requests":
+                        b_ub.append(cap.requests_by(lo))
+                    elif tag.kind == "tokens":
+                        b_ub.append(cap.tokens_by(lo))
+                    else:
+                        b_ub.append(cap.left_today)
+            else:
+                for row, bound, _ in self._rows_for_model(model, members, None, t_var, width):
+                    a_ub.append(row)
+                    b_ub.append(bound)
+        for row in self._inactive_zero(active, width):
+            a_ub.append(row)
+            b_ub.append(0.0)
+        for sign, bound in ((-1.0, -lo), (1.0, hi)):
+            row = [0.0] * width
+            row[t_var] = sign
+            a_ub.append(row)
+            b_ub.append(bound)
+        a_eq, b_eq = self._demand_rows(active, dict.fromkeys(active, t_var), width)
+        c = [0.0] * width
+        c[t_var] = 1.0
+        result = solve(LinearProgram(c, a_ub, b_ub, a_eq, b_eq))
+        if result.status is not LpStatus.OPTIMAL:
+            return None
+        return max(lo, result.x[t_var])
+
+    def _served_by(
+        self,
+        x: Sequence[float],
+        members: set[int],
+        horizon: float,
+        only: Collection[str] | None = None,
+    ) -> float:
+        """When every model has admitted what ``x`` puts on it (tiers in
+        ``members``), at least ``horizon``. The LP runs on lines through the
+        windows' steps, and the windows of different models step at
+        different moments: rounding the LP's horizon up to the next step of
+        every model waits a whole window for models whose share had already
+        arrived at their last step (a backlog sent in one burst would plan
+        a window late after the first replan)."""
+        requests: dict[str, float] = {}
+        tokens: dict[str, float] = {}
+        for k, (i, m) in enumerate(self.pairs):
+            if i in members and x[k] > _TIGHT:
+                requests[m] = requests.get(m, 0.0) + x[k]
+                tokens[m] = tokens.get(m, 0.0) + x[k] * self.tiers[i].tokens_per_request
+        latest = horizon
+        for model, used in requests.items():
+            cap = self.models[model]
+            if cap.step_s <= 0 or (only is not None and model not in only):
+                continue
+            at = cap.round_up(max(0.0, horizon - cap.step_s))
+            while at < horizon - 1e-9 and (
+                cap.requests_by(at) < used - 1e-6 or cap.tokens_by(at) < tokens[model] * (1 - 1e-9)
+            ):
+                at = cap.round_up(at + cap.step_s * 1e-3)
+            latest = max(latest, at if at < horizon - 1e-9 else cap.round_up(horizon))
+        return latest
 
     def _stepped(self, tiers: Sequence[int]) -> list[ModelCapacity]:
         return [
@@ -509,9 +631,18 @@ class _Problem:
         return best
 
     def finite_plan(
-        self, active: Sequence[int], makespan: float, tolerance: float, horizon_s: float
+        self,
+        active: Sequence[int],
+        makespan: float,
+        tolerance: float,
+        horizon_s: float,
+        finish_by_s: float | None = None,
     ) -> Plan:
-        latest = self._round_down(makespan * (1 + tolerance), active, floor=makespan)
+        target = makespan * (1 + tolerance)
+        if finish_by_s is not None:
+            # An earlier promise caps the slack (never below the minimum).
+            target = min(target, max(makespan, finish_by_s))
+        latest = self._round_down(target, active, floor=makespan)
         fixed: dict[int, float] = dict.fromkeys(active, latest)
         for i in active:  # rank order: the highest tier first
             others = {j: d for j, d in fixed.items() if j != i}
@@ -523,7 +654,17 @@ class _Problem:
         ):  # pragma: no cover - fixed deadlines were feasible
             fixed = dict.fromkeys(active, latest)
             result, tags = self._edf_lp(active, fixed, None, (0.0, 0.0), None)
-        finish: dict[int, float | None] = {i: self._round_up(fixed[i], [i]) for i in active}
+        finish: dict[int, float | None] = {}
+        for i in active:
+            rounded = self._round_up(fixed[i], [i])
+            if result.status is LpStatus.OPTIMAL and self.tiers[i].arrivals_per_s <= 0:
+                # Earliest deadline first: what the tiers due by this one's
+                # deadline take of its models has arrived by then.
+                due = {j for j in active if fixed[j] <= fixed[i] + 1e-9}
+                rounded = min(
+                    rounded, self._served_by(result.x, due, fixed[i], self.tiers[i].chain)
+                )
+            finish[i] = rounded
         return self._plan(result, tags, fixed, finish, makespan, horizon_s, max(fixed.values()))
 
     def _round_down(self, horizon: float, tiers: Sequence[int], *, floor: float) -> float:
@@ -668,9 +809,24 @@ class Allowances:
     will need it. Without a plan every tier may use every model.
     """
 
-    def __init__(self, plan: Plan | None = None, made_at: float = 0.0) -> None:
+    def __init__(
+        self,
+        plan: Plan | None = None,
+        made_at: float = 0.0,
+        *,
+        paced: Collection[str] = (),
+        carry: Mapping[tuple[str, str], float] | None = None,
+    ) -> None:
         self._plan = plan
         self._made_at = made_at
+        # Models whose capacity comes continuously (paced, a token bucket):
+        # a tier's share of one that is not its primary accrues over the
+        # tier's span, from ``carry`` (what the last plan had accrued and
+        # not spent, at most one request) -- a share taken at once would be
+        # the next minutes' capacity taken now, from the tiers that need it
+        # then, and every replan would hand it out again.
+        self._paced = frozenset(paced)
+        self._carry = dict(carry or {})
         self._used: dict[tuple[str, str], float] = {}
         self._over: dict[str, float] = {}
         self._primary: dict[str, str] = {}
@@ -707,11 +863,38 @@ class Allowances:
         span = self._plan.makespan_s if self._plan.makespan_s is not None else self._plan.horizon_s
         return min(spare, spare * self._phase(span, now) + 1.0) - self._over.get(model, 0.0)
 
+    def _credit(self, tier: str, model: str, now: float) -> float:
+        """A paced model's share accrued by ``now`` and not yet used."""
+        assert self._plan is not None
+        planned = self._plan.requests(tier, model)
+        span = self._span.get(tier, self._plan.horizon_s)
+        accrued = self._carry.get((tier, model), 0.0) + planned * self._phase(span, now)
+        return min(accrued, planned) - self._used.get((tier, model), 0.0)
+
+    def _has_own(self, tier: str, model: str, now: float) -> bool:
+        if model in self._paced:
+            return self._credit(tier, model, now) >= 1.0 - 1e-6
+        return self._own_room(tier, model, now) >= 1.0 - 1e-6
+
+    def carry_over(self, now: float) -> dict[tuple[str, str], float]:
+        """What the next plan starts from on paced models: the credit
+        accrued and not spent, at most one request."""
+        if self._plan is None:
+            return {}
+        out = {}
+        for tier in self._plan.tiers:
+            for model in tier.requests:
+                if model in self._paced and self._primary.get(tier.tier) != model:
+                    credit = self._credit(tier.tier, model, now)
+                    if credit > 0:
+                        out[(tier.tier, model)] = min(1.0, credit)
+        return out
+
     def may_use(self, tier: str, model: str, now: float) -> bool:
         plan = self._plan
         if plan is None or self._primary.get(tier) == model:
             return True
-        if self._own_room(tier, model, now) >= 1.0 - 1e-6:
+        if self._has_own(tier, model, now):
             return True
         if self._spare_room(model, now) >= 1.0 - 1e-6:
             return True
@@ -727,7 +910,7 @@ class Allowances:
         if self._plan is None:
             return
         key = (tier, model)
-        own = self._primary.get(tier) == model or self._own_room(tier, model, now) >= 1.0 - 1e-6
+        own = self._primary.get(tier) == model or self._has_own(tier, model, now)
         if not own:
             self._over[model] = self._over.get(model, 0.0) + 1.0
         self._used[key] = self._used.get(key, 0.0) + 1.0

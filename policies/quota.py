@@ -837,7 +837,7 @@ class QuotaPolicy:
         estimate = state.estimate
         if estimate.rpm or estimate.tpm:
             at = max(at, state.window.frees_at(now, estimate.rpm, estimate.tpm, est_tokens))
-            at = max(at, estimate.ready_at(now))
+            at = max(at, estimate.ready_at(now, est_tokens))
         return at
 
     def _day_end(self, day: int | None, now: float, wall_offset: float) -> float:
@@ -904,7 +904,7 @@ class QuotaPolicy:
         state.entries[entry.handle] = entry
         estimate = state.estimate
         near_limit = bool(estimate.rpm) and state.window.requests >= 0.9 * estimate.rpm
-        at_edge = estimate.on_grant(now, near_limit=near_limit)
+        at_edge = estimate.on_grant(now, near_limit=near_limit, tokens=est_tokens)
         state.requests_today += 1
         state.in_flight += 1
         _bump(state.counters, "granted")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -29,6 +30,7 @@ from cli_helpers import (
     write_jsonl,
 )
 
+from tierbatch.actors.clock import Clock, ScaledClock
 from tierbatch.adapters.app.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -40,6 +42,7 @@ from tierbatch.adapters.app.cli import (
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.adapters.storage.config_file import load_config
+from tierbatch.adapters.storage.snapshot_file import decode
 from tierbatch.policies.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,20 +55,28 @@ def no_key(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def run_cli(*argv: str) -> tuple[int, str, str]:
+def run_cli(*argv: str, clock: Clock | None = None) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
-    code = main(list(argv), stdout=out, stderr=err)
+    code = main(list(argv), stdout=out, stderr=err, clock=clock)
     return code, out.getvalue(), err.getvalue()
+
+
+DEMO_SPEED = 30.0
+"""The demo's minute of quota in two seconds: the README's main-job command
+runs about a minute on the system clock."""
 
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, str]]:
-    """The README's main-job command, in-process, on a fresh database."""
+    """The README's main-job command, in-process, on a fresh database (on a
+    scaled clock: the demo's quotas make it take a minute otherwise)."""
     db = tmp_path_factory.mktemp("demo") / "tierbatch-demo.sqlite"
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("GEMINI_API_KEY", raising=False)
         mp.delenv("GOOGLE_API_KEY", raising=False)
-        code, out, _ = run_cli("run", "--sample", "--db", str(db), "--no-progress")
+        code, out, _ = run_cli(
+            "run", "--sample", "--db", str(db), "--no-progress", clock=ScaledClock(DEMO_SPEED)
+        )
     yield db, code, out
 
 
@@ -90,6 +101,45 @@ def test_run_sample_processes_every_article_once_and_prints_summary(
     assert all(count == 1 for _, count in rows)
     assert states(db) == {"done": len(ids)}
     assert Path(f"{db}.quota.msgpack").is_file()
+
+
+def test_the_demo_shows_plan_fallbacks_a_429_a_learnt_limit_and_the_bound(
+    sample_run: tuple[Path, int, str],
+) -> None:
+    """Without --config the sample runs under the demo's tight quotas: the
+    plan shares the models out, hot and warm overflow onto their fallbacks,
+    the simulated provider's true flash limit (10, configured 20) gives a
+    429, a cooldown and a learnt limit, and the summary ends with the bound."""
+    db, code, out = sample_run
+    assert code == EXIT_OK, out
+    assert "(enforcing gemini-2.5-flash rpm 10)" in out.splitlines()[0]
+    assert "plan: hot: " in out and "plan: cold: " in out
+    assert "plan: with these quotas this backlog takes " in out
+    primary = {"hot": "gemini-2.5-pro", "warm": "gemini-2.5-flash", "cold": "gemini-2.5-flash-lite"}
+    by_tier: dict[str, set[str]] = {}
+    fallbacks = 0
+    for tier, model in query(db, "SELECT tier, model FROM results WHERE status = 'done'"):
+        by_tier.setdefault(tier, set()).add(model)
+        fallbacks += model != primary[tier]
+    assert set(by_tier) == {"hot", "warm", "cold"}
+    # pro admits 30 of hot's 40 requests in the two windows the bound
+    # allows: hot overflows onto its fallbacks; cold has only flash-lite.
+    assert fallbacks > 0 and len(by_tier["hot"]) > 1
+    assert by_tier["cold"] == {"gemini-2.5-flash-lite"}
+    state = decode(Path(f"{db}.quota.msgpack").read_bytes())
+    flash = state["models"]["gemini-2.5-flash"]
+    assert flash["counters"]["rate_limited"] >= 1
+    assert flash["counters"]["cooldown_s"] > 0
+    assert flash["estimate"]["rpm"] < 20
+    assert (
+        "learnt from the provider: " in out and "gemini-2.5-flash: rpm configured 20, learnt" in out
+    )
+    last = out.rstrip().splitlines()[-1]
+    assert re.fullmatch(
+        r"bound: with the quotas at the start, this backlog's last request could go after "
+        r"60\.0 s at the earliest \(.*\); the run took \d+\.\d s: \d+% of the bound",
+        last,
+    ), last
 
 
 def test_status_reads_counts_and_quota(sample_run: tuple[Path, int, str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tierbatch.adapters.storage.config_file import (
@@ -37,6 +37,7 @@ from tierbatch.policies.config import (
     QuotaConfig,
     RetryConfig,
     RuntimeConfig,
+    SimulationConfig,
     TierMode,
     TierSpec,
     UnknownModelError,
@@ -140,6 +141,7 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         ("retry", RetryConfig),
         ("runtime", RuntimeConfig),
         ("composer", ComposerConfig),
+        ("simulation", SimulationConfig),
         ("grounding", GroundingConfig),
         ("batch", BatchConfig),
         ("budget", BudgetConfig),
@@ -159,11 +161,19 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
 
     assert dataclasses.replace(config.priority, domains={}) == PriorityConfig()
     assert config.batch == BatchConfig()
-    assert (config.quota, config.retry, config.provider, config.runtime, config.grounding) == (
+    assert (
+        config.quota,
+        config.retry,
+        config.provider,
+        config.runtime,
+        config.simulation,
+        config.grounding,
+    ) == (
         QuotaConfig(),
         RetryConfig(),
         ProviderConfig(),
         RuntimeConfig(),
+        SimulationConfig(),
         GroundingConfig(),
     )
     assert config.budget == BudgetConfig()
@@ -767,6 +777,7 @@ def config_mappings(draw: st.DrawFn) -> Mapping:
     return data
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(config_mappings())
 def test_random_valid_configs_round_trip(data: Mapping) -> None:
     config = parse_config(data)
@@ -794,6 +805,7 @@ def _leaf_paths(data: Mapping) -> list[tuple[tuple[Any, ...], str]]:
     return leaves
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(config_mappings(), st.data())
 def test_any_entry_of_the_wrong_type_is_reported_under_its_own_key(
     data: Mapping, pick: st.DataObject

@@ -34,7 +34,7 @@ from tierbatch.adapters.simulation.gemini_emulator import (
 )
 from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
 from tierbatch.policies.articles import Article
-from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.config import ModelSpec, ProviderLimiter
 
 MODEL = "gemini-2.5-flash"
 OTHER = "gemini-2.5-flash-lite"
@@ -449,6 +449,36 @@ def test_the_window_rolls_and_quota_is_per_key() -> None:
         assert 0 < delay <= 0.5
         time.sleep(delay + 0.02)  # the client waits out retryDelay, as it must
         assert post(s.base_url).status == 200
+
+
+def test_token_bucket_429_says_when_the_next_request_is_admitted() -> None:
+    # 600 a minute: ten a second, and the bucket holds 0.2 s of it: two.
+    config = {"models": {MODEL: spec(rpm=600)}, "limiter": ProviderLimiter.BUCKET, "bucket_s": 0.2}
+    with serve(**config) as s:
+        assert post(s.base_url).status == 200
+        assert post(s.base_url).status == 200
+        limited = post(s.base_url)
+        assert limited.status == 429
+        assert "Retry-After" not in limited.headers
+        error, (violation,) = _violation(limited)
+        assert violation["quotaId"] == QUOTA_IDS["minute"]
+        assert violation["quotaValue"] == "600"
+        types = [d["@type"].rsplit(".", 1)[1] for d in error["details"]]
+        assert types == ["QuotaFailure", "Help", "RetryInfo"]
+        delay = float(error["details"][2]["retryDelay"][:-1])
+        # A tenth of a second at most (the refill of one request), not a window.
+        assert 0 < delay <= 0.1
+        time.sleep(delay + 0.02)  # the client waits out retryDelay, as it must
+        assert post(s.base_url).status == 200
+        assert post(s.base_url, key="another-key").status == 200
+
+
+def test_the_limiter_shape_is_validated() -> None:
+    with pytest.raises(ValueError, match="limiter must be one of window, bucket"):
+        FakeGeminiConfig(limiter="leaky")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="bucket_s"):
+        FakeGeminiConfig(bucket_s=0)
+    assert FakeGeminiConfig(limiter="bucket").limiter is ProviderLimiter.BUCKET  # type: ignore[arg-type]
 
 
 def test_spend_simulates_another_client() -> None:

@@ -10,11 +10,12 @@ import re
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from cli_helpers import child_env, tierbatch_command
+from cli_helpers import child_env, tierbatch_command, write_config
 from test_fake_gemini import ARTICLES, KEY, Reply, generate_body
 
 from tierbatch.adapters.simulation.batch_emulator import (
@@ -542,6 +543,37 @@ def test_the_cli_serves_retired_models_and_batch_settings() -> None:
         assert request(base, "GET", f"/v1beta/models/{MODEL}").status == 200
         job = create(base).json()
         assert job["metadata"]["state"] == "BATCH_STATE_FAILED"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_the_cli_serves_token_buckets(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "limits.toml")
+    text = config.read_text(encoding="utf-8").replace("rpm = 6000", "rpm = 6", 1)
+    config.write_text(text, encoding="utf-8")  # m-pro: one request every 10 s
+    args = ["serve-fake-gemini", "--port", "0", "--config", str(config)]
+    args += ["--limiter", "bucket", "--bucket-s", "20"]  # two at once
+    proc = subprocess.Popen(
+        [*tierbatch_command(), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=child_env(None),
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "token buckets holding 20 s of each limit" in first
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
+        assert match, first
+        generate = "/v1beta/models/m-pro:generateContent"
+        replies = [request(match.group(1), "POST", generate, generate_body()) for _ in range(3)]
+        assert [r.status for r in replies] == [200, 200, 429]
+        # The next request is admitted when one has refilled: within 10 s,
+        # not a window's 60.
+        delay = replies[2].json()["error"]["details"][2]["retryDelay"]
+        assert 0 < float(delay[:-1]) <= 10.0
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -318,3 +318,110 @@ def test_bad_demand_is_refused_naming_the_field():
         TierDemand("hot", 0, (), 1)
     with pytest.raises(ValueError, match="ready_requests"):
         ModelCapacity("a", -1, 1)
+
+
+# ---- regressions ---------------------------------------------------------------
+
+
+def stepping(model: str, rpm: float, first_step_s: float) -> ModelCapacity:
+    """A rolling window that is full now and frees its places ``first_step_s``
+    from now (then a window's worth every window)."""
+    return ModelCapacity(model, 0.0, rpm / W, step_s=W, first_step_s=first_step_s)
+
+
+ISSUE_CHAINS = (("pro", "flash", "lite"), ("flash", "lite"), ("lite",))
+
+
+def issue_demands(hot: float, warm: float, cold: float) -> list[TierDemand]:
+    return [
+        TierDemand(name, rank, chain, n)
+        for rank, (name, chain, n) in enumerate(
+            zip(("hot", "warm", "cold"), ISSUE_CHAINS, (hot, warm, cold), strict=True)
+        )
+    ]
+
+
+def test_windows_stepping_a_moment_apart_do_not_cost_a_whole_window():
+    """After one burst every model's window frees about a window later, a
+    fraction of a second apart. The backlog fits the next step exactly;
+    rounding the LP's horizon up to every model's next step planned it a
+    whole window late (61.6 s), and the registry then sent hot onto flash
+    and warm onto flash-lite for nothing."""
+    models = {
+        "pro": stepping("pro", 20, 1.59),
+        "flash": stepping("flash", 60, 1.61),
+        "lite": stepping("lite", 120, 1.615),
+    }
+    plan = plan_dispatch(issue_demands(20, 60, 120), models)
+    assert plan.makespan_s == pytest.approx(1.615, abs=1e-3)
+    assert plan.requests("hot", "pro") == pytest.approx(20)
+    assert plan.requests("warm", "flash") == pytest.approx(60)
+    assert all(t.finish_s is not None and t.finish_s < 2.0 for t in plan.tiers)
+
+
+def test_windows_stepping_apart_over_several_windows():
+    models = {
+        "pro": stepping("pro", 20, 51.47),
+        "flash": stepping("flash", 60, 51.51),
+        "lite": stepping("lite", 120, 51.49),
+    }
+    plan = plan_dispatch(issue_demands(40, 120, 240), models)
+    assert plan.makespan_s == pytest.approx(111.51, abs=1e-3)
+    # One request more than the two steps hold: the next window it is.
+    later = plan_dispatch(issue_demands(40, 120, 241), models)
+    assert later.makespan_s == pytest.approx(171.49, abs=1e-3)
+
+
+def test_a_replan_keeps_the_earlier_promise_instead_of_spending_the_tolerance_again():
+    """Each plan lets the whole backlog finish up to 1% later so that hot
+    finishes earlier (on flash, which warm needs). Replanned every few
+    seconds, each fresh plan spent that 1% again and the makespan slipped
+    by far more; ``finish_by_s`` (the last plan's promise) caps it."""
+    paced = {
+        "pro": ModelCapacity("pro", 3, 20 / W),
+        "flash": ModelCapacity("flash", 10, 60 / W),
+        "lite": ModelCapacity("lite", 20, 120 / W),
+    }
+    demands = issue_demands(80, 240, 480)
+    free = plan_dispatch(demands, paced)
+    assert free.makespan_s is not None
+    slack_finish = max(t.finish_s or 0.0 for t in free.tiers)
+    assert slack_finish > free.makespan_s + 0.5  # the tolerance is spent on hot
+    kept = plan_dispatch(demands, paced, finish_by_s=free.makespan_s)
+    assert max(t.finish_s or 0.0 for t in kept.tiers) <= free.makespan_s + 1e-3
+    # An earlier promise that can no longer be kept is no constraint.
+    late = plan_dispatch(demands, paced, finish_by_s=1.0)
+    assert late.makespan_s == pytest.approx(free.makespan_s)
+
+
+def test_a_paced_fallback_share_accrues_over_the_span_across_replans():
+    """On a paced model, hot's share of flash (planned for its whole span)
+    was taken at once, and every replan handed it out again: replanned
+    every second, hot could take its share every second."""
+    paced = {
+        "pro": ModelCapacity("pro", 0, 20 / W),
+        "flash": ModelCapacity("flash", 0, 60 / W),
+    }
+    demands = [
+        TierDemand("hot", 0, ("pro", "flash"), 60),
+        TierDemand("warm", 1, ("flash",), 150),
+    ]
+    plan = plan_dispatch(demands, paced)
+    share = plan.requests("hot", "flash")
+    hot = plan.tier("hot")
+    assert hot is not None and hot.finish_s is not None
+    assert share >= 2
+    allowances = Allowances(plan, made_at=0.0, paced=("pro", "flash"))
+    taken = 0
+    for second in range(round(hot.finish_s)):
+        now = float(second)
+        if second:  # a replan every second, from the same plan
+            carry = allowances.carry_over(now)
+            allowances = Allowances(plan, made_at=now, paced=("pro", "flash"), carry=carry)
+        while allowances.may_use("hot", "flash", now) and taken < 10 * share:
+            allowances.record("hot", "flash", now)
+            taken += 1
+        # Never ahead of the share accrued so far (one request of carry).
+        assert taken <= share * (second + 1) / hot.finish_s + 1 + 1e-6
+    assert taken >= share - 2
+    assert allowances.may_use("hot", "pro", 0.0)  # its own primary: never held back

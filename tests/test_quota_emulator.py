@@ -18,7 +18,7 @@ from tierbatch.adapters.simulation.quota_emulator import (
     REQUESTS_PER_MINUTE_ID,
     QuotaEmulator,
 )
-from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.config import ModelSpec, ProviderLimiter
 from tierbatch.policies.outcomes import RateLimitScope
 
 PACIFIC = ZoneInfo("America/Los_Angeles")
@@ -28,6 +28,17 @@ T0 = datetime(2026, 6, 10, 12, 0, tzinfo=PACIFIC).timestamp()
 
 def emulator(rpm: int = 0, tpm: int = 0, rpd: int = 0, window_s: float = 60.0) -> QuotaEmulator:
     return QuotaEmulator({MODEL: ModelSpec(MODEL, rpm=rpm, tpm=tpm, rpd=rpd)}, window_s)
+
+
+def bucket(
+    rpm: int = 0, tpm: int = 0, rpd: int = 0, window_s: float = 60.0, bucket_s: float = 10.0
+) -> QuotaEmulator:
+    return QuotaEmulator(
+        {MODEL: ModelSpec(MODEL, rpm=rpm, tpm=tpm, rpd=rpd)},
+        window_s,
+        limiter=ProviderLimiter.BUCKET,
+        bucket_s=bucket_s,
+    )
 
 
 def test_rolling_window_admits_exactly_when_the_oldest_request_leaves() -> None:
@@ -192,6 +203,182 @@ def test_invalid_arguments() -> None:
         QuotaEmulator({}, window_s=0)
     with pytest.raises(ValueError, match=">= 0"):
         emulator().spend("k", MODEL, -1, 0, T0)
+    with pytest.raises(ValueError, match="limiter must be one of window, bucket"):
+        QuotaEmulator({}, limiter="leaky")
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="bucket_s"):
+            QuotaEmulator({}, bucket_s=bad)
+
+
+# ---- the token-bucket shape ------------------------------------------------------
+
+
+def test_bucket_admits_its_size_at_once_then_the_refill_rate() -> None:
+    q = bucket(rpm=60, bucket_s=10.0)  # one a second, ten at once
+    assert q.limiter is ProviderLimiter.BUCKET
+    assert q.bucket_size(60) == pytest.approx(10.0)
+    for _ in range(10):
+        assert q.check("k", MODEL, 1, T0) is None
+    refused = q.check("k", MODEL, 1, T0)
+    assert refused is not None
+    assert refused.scope is RateLimitScope.REQUESTS_PER_MINUTE
+    assert refused.quota_id == REQUESTS_PER_MINUTE_ID
+    assert refused.quota_metric == REQUESTS_METRIC
+    assert refused.quota_value == 60
+    # The next request is admitted when one request's worth has refilled:
+    # a second, not a window.
+    assert refused.retry_delay_s == pytest.approx(1.0)
+    assert q.check("k", MODEL, 1, T0 + 0.5) is not None
+    assert q.check("k", MODEL, 1, T0 + 1.0) is None
+    assert q.check("k", MODEL, 1, T0 + 1.0) is not None
+
+
+def test_bucket_sustains_the_limits_rate_and_no_more() -> None:
+    q = bucket(rpm=120, bucket_s=5.0)  # two a second, ten at once
+    admitted = 0
+    for i in range(60 * 20):  # a minute, tried 20 times a second
+        if q.check("k", MODEL, 1, T0 + i * 0.05) is None:
+            admitted += 1
+    # A window's quota plus the bucket it started full with, never a
+    # rolling window's worth at any instant.
+    assert admitted == pytest.approx(120 + 10, abs=1)
+
+
+def test_bucket_refills_to_its_size_only() -> None:
+    q = bucket(rpm=60, bucket_s=10.0)
+    assert q.check("k", MODEL, 1, T0) is None
+    # An hour idle refills ten requests' worth, not an hour's.
+    later = T0 + 3600
+    for _ in range(10):
+        assert q.check("k", MODEL, 1, later) is None
+    assert q.check("k", MODEL, 1, later) is not None
+
+
+def test_bucket_retrying_after_the_exact_delay_is_admitted() -> None:
+    q = bucket(rpm=7, tpm=900, window_s=1.7, bucket_s=0.3)
+    now = T0 + 0.123456789
+    for _ in range(50):
+        violation = q.check("k", MODEL, 97, now)
+        if violation is None:
+            continue
+        assert violation.retry_delay_s > 0
+        now += violation.retry_delay_s
+        assert q.check("k", MODEL, 97, now) is None
+
+
+def test_bucket_input_tokens() -> None:
+    q = bucket(tpm=600, bucket_s=10.0)  # 10 tokens a second, 100 at once
+    assert q.check("k", MODEL, 70, T0) is None
+    violation = q.check("k", MODEL, 50, T0)
+    assert violation is not None
+    assert violation.scope is RateLimitScope.TOKENS_PER_MINUTE
+    assert violation.quota_id == INPUT_TOKENS_PER_MINUTE_ID
+    assert violation.quota_metric == INPUT_TOKENS_METRIC
+    assert violation.quota_value == 600
+    assert violation.retry_delay_s == pytest.approx(2.0)  # 30 left, 50 wanted, 10/s
+    assert q.check("k", MODEL, 30, T0) is None  # a smaller one still fits
+
+
+def test_bucket_smaller_than_a_request_admits_it_when_full() -> None:
+    q = bucket(tpm=600, bucket_s=10.0)  # 100 tokens at once
+    assert q.check("k", MODEL, 300, T0) is None  # full: admitted, 200 in debt
+    violation = q.check("k", MODEL, 300, T0 + 1)
+    assert violation is not None
+    assert violation.retry_delay_s == pytest.approx(29.0)  # from -190 back to 100
+    assert q.check("k", MODEL, 300, T0 + 30) is None
+    never = q.check("k", MODEL, 601, T0 + 3600)  # more than tpm: never
+    assert never is not None
+    assert never.retry_delay_s == pytest.approx(60.0)
+
+
+def test_bucket_keeps_the_day_quota_and_reports_it_first() -> None:
+    q = bucket(rpm=60, rpd=2)
+    assert q.check("k", MODEL, 1, T0) is None
+    assert q.check("k", MODEL, 1, T0) is None
+    violation = q.check("k", MODEL, 1, T0 + 3600)
+    assert violation is not None
+    assert violation.scope is RateLimitScope.REQUESTS_PER_DAY
+    assert q.usage("k", MODEL, T0 + 3600) == (0, 0, 2)  # the window has passed, not the day
+
+
+def test_bucket_rejected_requests_are_not_counted_and_quota_is_per_key() -> None:
+    q = bucket(rpm=6, bucket_s=10.0)  # one at once, one every 10 s
+    assert q.check("k", MODEL, 1, T0) is None
+    for dt in (1.0, 2.0, 9.0):
+        violation = q.check("k", MODEL, 1, T0 + dt)
+        assert violation is not None
+        assert violation.retry_delay_s == pytest.approx(10.0 - dt)
+    assert q.check("k", MODEL, 1, T0 + 10.0) is None
+    assert q.check("other", MODEL, 1, T0) is None
+
+
+def test_bucket_spend_drains_it_for_every_client_of_the_key() -> None:
+    q = bucket(rpm=60, bucket_s=10.0)
+    q.spend("k", MODEL, requests=15, tokens=0, now=T0)  # five in debt
+    violation = q.check("k", MODEL, 1, T0)
+    assert violation is not None
+    assert violation.retry_delay_s == pytest.approx(6.0)
+    assert q.check("other-key", MODEL, 1, T0) is None
+
+
+def test_bucket_with_unlimited_and_unknown_models() -> None:
+    q = bucket()
+    for i in range(1000):
+        assert q.check("k", MODEL, 10_000, T0 + i * 0.001) is None
+        assert q.check("k", "not-configured", 10_000, T0) is None
+
+
+def _reference_bucket(
+    admitted: list[Event], now: float, tokens: int, rpm: int, tpm: int, window: float, size: float
+) -> RateLimitScope | None:
+    """A bucket recomputed from scratch: replay every admission since the
+    start, refilling between them."""
+
+    def level(limit: int, costs: list[tuple[float, int]]) -> float:
+        full = max(1.0, limit * size / window)
+        value, at = full, T0
+        for t, cost in costs:
+            value = min(full, value + (t - at) * limit / window) - cost
+            at = t
+        return min(full, value + (now + 1e-6 - at) * limit / window)
+
+    if rpm and level(rpm, [(t, 1) for t, _ in admitted]) < 1.0:
+        return RateLimitScope.REQUESTS_PER_MINUTE
+    if tpm:
+        if tokens > tpm:
+            return RateLimitScope.TOKENS_PER_MINUTE
+        needed = min(float(tokens), max(1.0, tpm * size / window))
+        if level(tpm, admitted) < needed:
+            return RateLimitScope.TOKENS_PER_MINUTE
+    return None
+
+
+@given(
+    rpm=st.integers(0, 30),
+    tpm=st.integers(0, 600),
+    steps=st.lists(
+        st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.integers(0, 120)),
+        max_size=60,
+    ),
+)
+def test_bucket_matches_a_brute_force_replay(
+    rpm: int, tpm: int, steps: list[tuple[float, int]]
+) -> None:
+    window, size = 5.0, 1.0
+    q = bucket(rpm=rpm, tpm=tpm, window_s=window, bucket_s=size)
+    admitted: list[Event] = []
+    now = T0
+    for dt, tokens in steps:
+        now += dt
+        expected = _reference_bucket(admitted, now, tokens, rpm, tpm, window, size)
+        violation = q.check("k", MODEL, tokens, now)
+        assert (violation.scope if violation else None) == expected
+        if violation is None:
+            admitted.append((now, tokens))
+        elif violation.retry_delay_s > 1e-3 and not (tpm and tokens > tpm):
+            # Exact: just before the delay the same reason still holds.
+            earlier = now + violation.retry_delay_s - 1e-3
+            assert _reference_bucket(admitted, earlier, tokens, rpm, tpm, window, size) is not None
 
 
 # A brute-force reference: every admitted request remembered, windows recounted.

@@ -24,7 +24,7 @@ from tierbatch.adapters.simulation.simulated import (
     SimulatedProvider,
 )
 from tierbatch.policies.articles import Article
-from tierbatch.policies.config import ModelSpec
+from tierbatch.policies.config import ModelSpec, ProviderLimiter
 from tierbatch.policies.outcomes import (
     BadRequest,
     ModelNotFound,
@@ -158,6 +158,25 @@ def test_the_window_rolls_on_the_scaled_clock() -> None:
 
     again = asyncio.run(retry_after_delay())
     assert isinstance(again.outcome, Succeeded)
+
+
+def test_token_bucket_refuses_a_burst_beyond_its_size_with_a_short_delay() -> None:
+    # 60 a minute, the bucket holds 5 s of it: five at once, then one a second.
+    p = provider(
+        rpm=60,
+        limiter=ProviderLimiter.BUCKET,
+        bucket_s=5.0,
+        latency_s=0.001,
+        latency_per_article_s=0.0,
+        speed=1.0,
+    )
+    answers = run(p, *[request() for _ in range(6)])
+    assert [type(a.outcome) for a in answers] == [Succeeded] * 5 + [RateLimited]
+    limited = answers[-1].outcome
+    assert isinstance(limited, RateLimited)
+    assert limited.scope is RateLimitScope.REQUESTS_PER_MINUTE
+    assert limited.retry_delay_s is not None and 0 < limited.retry_delay_s <= 1.0
+    assert p.quota.limiter is ProviderLimiter.BUCKET and p.quota.bucket_s == 5.0
 
 
 def test_tokens_per_minute_count_the_real_prompt() -> None:

@@ -53,6 +53,7 @@ from tierbatch.actors.runtime import Runtime
 from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import read_articles
+from tierbatch.adapters.storage.open_store import read_backlog
 from tierbatch.adapters.storage.queue_sql import MIGRATIONS, SCHEMA_VERSION
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.store import (
@@ -981,3 +982,24 @@ def test_queue_state_machine(backend: Backend) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# -- the backlog, for tierbatch plan ---------------------------------------------
+
+
+def test_read_backlog_gives_the_queued_and_leased_articles(store: Store, backend: Backend) -> None:
+    store.enqueue([article(i, cluster_id=f"c{i % 2}") for i in range(1, 6)])
+    store.lease(2, 60)  # 1 and 2: leased, still to be done
+    store.write_results([done("1")])  # 1 is done: no longer backlog
+    backend.insert_payloads([("bad", b"not json", "text")])
+    articles, unusable = read_backlog(backend.db)
+    assert sorted(a.id for a in articles) == ["2", "3", "4", "5"]
+    assert {a.id: a.cluster_id for a in articles}["4"] == "c0"
+    assert unusable == 1
+    # Read-only: nothing changed.
+    assert store.counts() == {"queued": 4, "leased": 1, "done": 1, "failed": 0}
+
+
+def test_read_backlog_of_a_missing_database_names_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="no such database"):
+        read_backlog(tmp_path / "missing.sqlite")

@@ -5,6 +5,7 @@
     tierbatch daemon --db ingest.sqlite                  # long-running
     tierbatch enqueue ARTICLES.jsonl --db ingest.sqlite
     tierbatch status --db ingest.sqlite [--json]
+    tierbatch plan ARTICLES.jsonl | --db ingest.sqlite | --sample [--json]
     tierbatch config check tierbatch.toml
     tierbatch models [--config tierbatch.toml]            # does the provider have them?
     tierbatch serve-fake-gemini --port 8765
@@ -29,17 +30,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import replace
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import IO, TextIO
 
 import structlog
 
-from tierbatch.actors.clock import SystemClock
+from tierbatch.actors.clock import Clock, SystemClock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.app.as_of import AsOfError, describe, newest_published, parse_as_of
 from tierbatch.adapters.app.budget_view import budget_line
@@ -69,23 +68,40 @@ from tierbatch.adapters.app.model_check import (
     render_report,
     report_json,
 )
+from tierbatch.adapters.app.plan_report import (
+    PlanReport,
+    plan_for,
+    plan_lines,
+    render_plan,
+)
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
 from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
 from tierbatch.adapters.app.quota_link import QuotaUnavailable
+from tierbatch.adapters.app.sample import load_demo_config, sample_articles
 from tierbatch.adapters.app.status_report import (
     StatusError,
     batch_line,
     read_status,
     render_status,
 )
-from tierbatch.adapters.app.summary import build_summary, provider_line, render_summary
+from tierbatch.adapters.app.summary import (
+    BoundReport,
+    build_summary,
+    provider_line,
+    render_summary,
+)
 from tierbatch.adapters.app.tier_split import empty_tier_warnings, split_lines
 from tierbatch.adapters.gemini.api_key import MissingApiKey
 from tierbatch.adapters.gemini.origin import InvalidBaseUrl
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
-from tierbatch.adapters.storage.jsonl_input import Rejected, read_articles
-from tierbatch.adapters.storage.open_store import is_postgres_url, open_store
+from tierbatch.adapters.storage.jsonl_input import read_articles
+from tierbatch.adapters.storage.open_store import (
+    display_name,
+    is_postgres_url,
+    open_store,
+    read_backlog,
+)
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.adapters.storage.store import StorageError, Store, default_owner
 from tierbatch.adapters.storage.tiers_file import tiers_path_beside
@@ -141,7 +157,6 @@ exit codes:
 
 DB_ENV = "TIERBATCH_DB"
 QUOTA_ADDRESS_ENV = "TIERBATCH_QUOTA_ADDRESS"
-SAMPLE_NAME = "sample_articles.jsonl"
 _SAMPLE_LABEL = "the shipped sample (replayed: publication times shifted to end now)"
 _log = structlog.get_logger("tierbatch.cli")
 
@@ -154,9 +169,17 @@ class UsageError(Exception):
 
 
 def main(
-    argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    clock: Clock | None = None,
 ) -> int:
-    """Run the ``tierbatch`` command line; returns the exit code."""
+    """Run the ``tierbatch`` command line; returns the exit code.
+
+    ``clock``: what ``run`` and ``daemon`` run on (default the system
+    clock); in-process callers such as tests pass a ``ScaledClock`` to
+    rehearse quota minutes in seconds."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
@@ -164,6 +187,7 @@ def main(
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    args.clock = clock
     saved = saved_configuration()
     try:
         command: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.command
@@ -205,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = run.add_mutually_exclusive_group(required=True)
     source.add_argument("articles", nargs="?", metavar="ARTICLES.jsonl", help="input file")
-    source.add_argument("--sample", action="store_true", help="use the shipped sample articles")
+    source.add_argument(
+        "--sample",
+        action="store_true",
+        help="use the shipped sample articles (without --config: under the demo's tight "
+        "quotas, adapters/data/demo.toml)",
+    )
     _add_db(run)
     _add_processing(run)
     run.add_argument(
@@ -255,6 +284,44 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     status.set_defaults(command=_cmd_status)
 
+    plan = commands.add_parser(
+        "plan",
+        help="what the quotas allow for a backlog: the tier split, the plan per tier and "
+        "model, when each tier is done, which limit binds",
+        description="Size a backlog before running it: score the articles as the composer "
+        "would, split them into tiers and requests, and plan them on the quotas -- fresh, "
+        "or the quota snapshot's (today's usage and learnt limits) when there is one. "
+        "Prints the plan (requests per tier and model, per quota window), when each tier "
+        "is done, which limits bind, and the bound: when the last request can go.",
+    )
+    plan_source = plan.add_mutually_exclusive_group()
+    plan_source.add_argument(
+        "articles", nargs="?", metavar="ARTICLES.jsonl", help="input file ('-': stdin)"
+    )
+    plan_source.add_argument(
+        "--sample", action="store_true", help="the shipped sample (replayed, as run --sample)"
+    )
+    plan_source.add_argument(
+        "--db",
+        metavar="DB",
+        help="what a queue database still holds, queued and leased (default: $TIERBATCH_DB)",
+    )
+    plan.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config (default: built-in; with --sample: the demo's)",
+    )
+    plan.add_argument(
+        "--snapshot",
+        metavar="PATH",
+        help="quota snapshot to plan from (default with --db: DB.quota.msgpack)",
+    )
+    plan.add_argument(
+        "--fresh", action="store_true", help="plan on fresh quotas, ignoring any snapshot"
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    plan.set_defaults(command=_cmd_plan)
+
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(title="config commands", required=True, metavar="CMD")
     check = config_commands.add_parser(
@@ -294,6 +361,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="tierbatch config whose model limits to enforce"
     )
     fake.add_argument("--window-s", type=float, default=60.0, help="rate-limit window (default 60)")
+    fake.add_argument(
+        "--limiter",
+        choices=("window", "bucket"),
+        default="window",
+        help="how the per-minute limits are enforced: a rolling window of --window-s "
+        "(default), or a token bucket refilled at the limit's rate",
+    )
+    fake.add_argument(
+        "--bucket-s",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="with --limiter bucket: the bucket holds S seconds' worth of the limit (default 10)",
+    )
     fake.add_argument("--latency-s", type=float, default=0.0, help="answer latency in seconds")
     fake.add_argument(
         "--server-error-rate", type=float, default=0.0, help="share of requests answered 5xx"
@@ -476,7 +557,7 @@ def _cmd_daemon(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bool) -> int:
-    config = load_config(args.config)
+    config = _load_config(args)
     json_logs = args.log_json if one_shot else not args.log_console
     configure_logging(
         json_lines=json_logs,
@@ -490,7 +571,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             "--as-of newest: a daemon has no input to take the newest article from; "
             "give an instant such as 2026-11-24T12:00:00Z"
         )
-    clock = SystemClock()
+    clock: Clock = args.clock or SystemClock()
     raw_provider, description = make_provider(config, clock)
     synthetic = _is_simulated(raw_provider)
     provider = _with_call_stats(raw_provider, args.stats_interval)
@@ -524,11 +605,17 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
                 _close_provider(provider)
                 return _stopped_by_check(decision, store.pending(), args.db, err)
             unavailable = dict(decision.unavailable)
+        snapshot_path = Path(args.snapshot) if args.snapshot else default_snapshot_path(args.db)
+        start_plan = (
+            _plan_at_start(config, args.db, snapshot_path, unavailable, clock, out)
+            if one_shot
+            else None
+        )
         daemon = Daemon(
             config,
             store,
             provider=provider,
-            snapshot=SnapshotFile(args.snapshot or default_snapshot_path(args.db)),
+            snapshot=SnapshotFile(snapshot_path),
             options=options,
             provider_description=description,
             clock=clock,
@@ -542,8 +629,10 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             on_tier_split=lambda split: _print_tier_split(split, out, err),
             tiers_file=tiers_path_beside(args.snapshot or default_snapshot_path(args.db)),
         )
+        began = clock.now()
         with signals_stop(daemon):
             report = daemon.run()
+        ran_s = clock.now() - began
         if report.quota_state.problem:
             moved = report.quota_state.moved_to
             print(
@@ -555,7 +644,11 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
         left = store.pending()
         if one_shot:
             assert ingest is not None
-            _print_summary(config, report, ingest, left, description, synthetic, out)
+            bound = None
+            if start_plan is not None and start_plan.bound_s is not None and not left:
+                best = start_plan.best or start_plan.sizing
+                bound = BoundReport(start_plan.bound_s, ran_s, best.bottleneck())
+            _print_summary(config, report, ingest, left, description, synthetic, out, bound)
         return _exit_code(report, ingest, left, store.path, one_shot, err)
 
 
@@ -671,21 +764,8 @@ def _print_tier_split(split: TierSplit, out: TextIO, err: TextIO) -> None:
 
 def _ingest_sample(store: Store, now: datetime) -> tuple[IngestReport, _Seed]:
     """Enqueue the shipped sample as a replay: its publication times are
-    shifted so the newest article is from ``now``. Hotness decays with age,
-    so the sample's fixed dates would otherwise make every story cold and
-    the demo would show one tier only."""
-    sample = resources.files("tierbatch.adapters") / "data" / SAMPLE_NAME
-    with sample.open("rb") as stream:
-        items = list(read_articles(stream))
-    articles = [item for item in items if isinstance(item, Article)]
-    rejects = [item for item in items if isinstance(item, Rejected)]
-    dates = [a.published_at for a in articles if a.published_at is not None]
-    if dates:
-        shift = now - max(dates)
-        articles = [
-            replace(a, published_at=a.published_at + shift) if a.published_at else a
-            for a in articles
-        ]
+    shifted so the newest article is from ``now`` (see ``sample``)."""
+    articles, rejects = sample_articles(now)
     report = store.enqueue(articles)
     rejected = store.add_rejects("sample", rejects)
     return IngestReport(report.inserted, report.duplicates, rejected), lambda: articles
@@ -709,6 +789,53 @@ def _ingest_line(report: IngestReport, name: str) -> str:
     if report.rejected:
         line += f", {report.rejected} line(s) rejected (see the rejects table)"
     return line
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    """``--config``, else the demo's for ``--sample``, else the built-in one."""
+    if args.config is None and getattr(args, "sample", False):
+        return load_demo_config()
+    return load_config(args.config)
+
+
+RUN_PLAN_LIMIT = 50_000
+"""``run`` plans its backlog at start (and ends its summary with the bound)
+when the database holds at most this many articles to do: beyond that,
+reading and scoring them all would hold up the start (``tierbatch plan``
+sizes any backlog)."""
+
+
+def _plan_at_start(
+    config: Config,
+    db: str,
+    snapshot: Path,
+    unavailable: Mapping[str, str],
+    clock: Clock,
+    out: TextIO,
+) -> PlanReport | None:
+    """The plan for the whole queue with the quotas the run starts with,
+    printed in short; None when the queue is too large to plan at start or
+    cannot be read (the run goes on without a bound)."""
+    try:
+        articles, unusable = read_backlog(db)
+    except StorageError as exc:
+        _log.warning("the backlog could not be read for the plan at start", error=str(exc))
+        return None
+    if not articles or len(articles) > RUN_PLAN_LIMIT:
+        return None
+    report = plan_for(
+        config,
+        articles,
+        snapshot,
+        clock.wall(),
+        source="the queue",
+        unusable=unusable,
+        unavailable=unavailable,
+    )
+    for line in plan_lines(report):
+        print(line, file=out)
+    out.flush()
+    return report
 
 
 def _progress(
@@ -738,6 +865,7 @@ def _print_summary(
     description: str,
     synthetic: bool,
     out: TextIO,
+    bound: BoundReport | None = None,
 ) -> None:
     notes = []
     if report.reason is StopReason.FAILED:
@@ -762,6 +890,7 @@ def _print_summary(
         rejected=ingest.rejected,
         left_queued=left,
         notes=notes,
+        bound=bound,
     )
     render_summary(summary, out)
     line = batch_line(report.batch) if report.batch is not None else None
@@ -889,6 +1018,60 @@ def _cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    config = _load_config(args)
+    configure_logging(json_lines=False, level="warning")
+    now = time.time()
+    snapshot = Path(args.snapshot) if args.snapshot else None
+    if args.sample:
+        articles, rejects = sample_articles(datetime.fromtimestamp(now, UTC))
+        source, unusable = _SAMPLE_LABEL, len(rejects)
+    elif args.articles:
+        articles, unusable = _read_plan_input(args.articles)
+        source = args.articles
+    else:
+        db = args.db or os.environ.get(DB_ENV)
+        if not db:
+            raise UsageError(f"plan: give ARTICLES.jsonl, --sample or --db (or set ${DB_ENV})")
+        try:
+            articles, unusable = read_backlog(db)
+        except StorageError as exc:
+            raise UsageError(str(exc)) from None
+        source = f"the database {display_name(db)} (queued and leased)"
+        snapshot = snapshot or default_snapshot_path(db)
+    report = plan_for(
+        config,
+        articles,
+        None if args.fresh else snapshot,
+        now,
+        source=source,
+        unusable=unusable,
+    )
+    if args.json:
+        json.dump(report.to_json(), out, indent=2, sort_keys=True)
+        out.write("\n")
+    else:
+        render_plan(report, out)
+    return EXIT_OK
+
+
+def _read_plan_input(path: str) -> tuple[list[Article], int]:
+    """The valid articles of a JSONL file (or stdin), and how many lines were not."""
+    if path != "-" and not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    articles: list[Article] = []
+    rejected = 0
+    try:
+        for item in read_articles(sys.stdin.buffer if path == "-" else path):
+            if isinstance(item, Article):
+                articles.append(item)
+            else:
+                rejected += 1
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return articles, rejected
+
+
 def _cmd_config_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         config = load_config(args.file)
@@ -940,6 +1123,7 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
         BatchSettings,
         FakeGeminiConfig,
         FaultRates,
+        ProviderLimiter,
     )
 
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -953,6 +1137,8 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
         fake_config = FakeGeminiConfig(
             models=models,
             window_s=args.window_s,
+            limiter=ProviderLimiter(args.limiter),
+            bucket_s=args.bucket_s,
             latency_s=args.latency_s,
             faults=FaultRates(server_error=args.server_error_rate),
             valid_keys=frozenset(args.valid_key) if args.valid_key else None,
@@ -974,9 +1160,15 @@ def _cmd_serve_fake_gemini(args: argparse.Namespace, out: TextIO, err: TextIO) -
         raise UsageError(str(exc)) from None
     stop = threading.Event()
 
+    shape = (
+        f"token buckets holding {fake_config.bucket_s:g} s of each limit"
+        if fake_config.limiter is ProviderLimiter.BUCKET
+        else f"a rolling {fake_config.window_s:g} s window"
+    )
+
     def on_ready(base_url: str) -> None:
         print(
-            f"fake Gemini listening on {base_url}\n"
+            f"fake Gemini listening on {base_url} (per-minute limits: {shape})\n"
             f'point tierbatch at it: [provider] kind = "genai", base_url = "{base_url}" '
             "and any GEMINI_API_KEY; Ctrl-C stops it",
             file=out,

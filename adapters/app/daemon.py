@@ -870,6 +870,7 @@ class Daemon:
                 db_counts=db_counts,
                 models=self.config.models,
                 draining=draining,
+                plan=runtime.plan(),
                 wall_now=now + wall_offset(self._clock),
             )
         )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
+from tierbatch.policies.estimator import LimiterShape
 from tierbatch.policies.outcomes import CallOutcome, RateLimited
 from tierbatch.policies.quota import Grant
 from tierbatch.policies.results import Done, TerminalResult
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 LOOPBACK = "127.0.0.1"
 REQUEST_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+LIMITER_SHAPES = tuple(shape.value for shape in LimiterShape)
 ARTICLE_LATENCY_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 
@@ -136,6 +138,43 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.configured_rpm = Gauge(
+            "tierbatch_configured_rpm",
+            "The configured requests-per-window limit, by model (0: none)",
+            ["model"],
+            registry=r,
+        )
+        self.learnt_rpm = Gauge(
+            "tierbatch_learnt_rpm",
+            "The requests-per-window limit learnt from the provider's answers, by model "
+            "(the configured one until a 429 below it)",
+            ["model"],
+            registry=r,
+        )
+        self.configured_tpm = Gauge(
+            "tierbatch_configured_tpm",
+            "The configured input-tokens-per-window limit, by model (0: none)",
+            ["model"],
+            registry=r,
+        )
+        self.learnt_tpm = Gauge(
+            "tierbatch_learnt_tpm",
+            "The input-tokens-per-window limit learnt from the provider's answers, by model",
+            ["model"],
+            registry=r,
+        )
+        self.learnt_burst = Gauge(
+            "tierbatch_learnt_burst",
+            "Requests the pacing may send at once, learnt from the provider, by model",
+            ["model"],
+            registry=r,
+        )
+        self.limiter_shape = Gauge(
+            "tierbatch_limiter_shape",
+            "1 for the shape the model's limiter showed (window, bucket, unknown), else 0",
+            ["model", "shape"],
+            registry=r,
+        )
         self.entities = Counter(
             "tierbatch_entities",
             "Entities of done articles by the grounding check's outcome (grounded, "
@@ -226,6 +265,15 @@ class Metrics:
             until = stats.cooldowns.get(status.model, 0.0)
             self.cooling.labels(status.model).set(1 if until > now else 0)
             self.cooldown_remaining.labels(status.model).set(max(0.0, until - now))
+            self.configured_rpm.labels(status.model).set(status.configured_rpm)
+            self.learnt_rpm.labels(status.model).set(status.learnt_rpm)
+            self.configured_tpm.labels(status.model).set(status.configured_tpm)
+            self.learnt_tpm.labels(status.model).set(status.learnt_tpm)
+            self.learnt_burst.labels(status.model).set(status.burst)
+            for shape in LIMITER_SHAPES:
+                self.limiter_shape.labels(status.model, shape).set(
+                    1 if status.limiter == shape else 0
+                )
         budget = stats.budget
         if budget is not None:
             self.budget_usd.set(budget.usd_per_day)

@@ -1,11 +1,14 @@
 """Progress reporting while a run or the daemon works.
 
 At a terminal a person wants to watch: ``LiveProgress`` redraws a small rich
-display per tier (queued, done, failed, throughput) and per model (requests
-in the rate window against the per-minute limit, today's requests against
-the daily one, cooldowns). Anywhere else -- CI, tests, a daemon under
-systemd -- a redrawn display would be noise in a log file, so
-``LogProgress`` writes one structured log line every ``interval_s`` instead.
+display per tier (queued, done, failed, throughput), per model (requests
+in the rate window against the per-minute limit -- "configured 240, learnt
+120" once the provider showed it admits less --, the burst it may send at
+once and the limiter's shape, today's requests against the daily one,
+cooldowns) and the dispatch plan in force (requests per tier and model).
+Anywhere else -- CI, tests, a daemon under systemd -- a redrawn display
+would be noise in a log file, so ``LogProgress`` writes one structured log
+line every ``interval_s`` instead.
 
 The daemon loop calls ``update`` as often as it likes; each reporter decides
 itself whether it is time to draw, so the loop needs no timers of its own.
@@ -27,10 +30,12 @@ from rich.table import Table
 from rich.text import Text
 
 from tierbatch.adapters.app.budget_view import budget_line
+from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.policies.config import ModelSpec
 
 if TYPE_CHECKING:
     from tierbatch.actors.runtime import RuntimeStats
+    from tierbatch.policies.planner import Plan
 
 _log = structlog.get_logger("tierbatch.progress")
 
@@ -51,6 +56,7 @@ class ProgressView:
     db_counts: Mapping[str, int] | None
     models: Mapping[str, ModelSpec]
     draining: bool = False
+    plan: Plan | None = None
     # Wall-clock time at ``now`` (for the daily budget's reset); None: unknown.
     wall_now: float | None = None
 
@@ -131,6 +137,7 @@ class LogProgress:
             in_extractors=stats.in_extractors,
             in_flight_requests=stats.in_flight_requests,
             requests_today={m.model: m.requests_today for m in stats.models},
+            limits={m.model: LearntLimits.of(m).to_json() for m in stats.models},
             cooling_down=sorted(stats.cooldowns),
             db=dict(view.db_counts) if view.db_counts is not None else None,
             draining=view.draining,
@@ -216,11 +223,17 @@ def render_view(view: ProgressView, title: str = "", db: Mapping[str, int] | Non
             str(stats.failed_by_tier.get(tier, 0)),
         )
     models = Table(box=box.SIMPLE_HEAD, show_edge=False)
-    for name in ("model", "in flight", "window req / rpm", "today / rpd", "cooldown"):
+    columns = ("model", "in flight", "window req / rpm", "burst", "today / rpd", "cooldown")
+    for name in columns:
         models.add_column(name, justify="left" if name == "model" else "right")
     for status in stats.models:
         spec = view.models.get(status.model)
-        rpm = f"{spec.rpm}" if spec and spec.rpm else "∞"
+        learnt = LearntLimits.of(status)
+        rpm = (
+            learnt.rpm_text
+            if status.configured_rpm
+            else (f"{spec.rpm}" if spec and spec.rpm else "∞")
+        )
         rpd = f"{spec.rpd}" if spec and spec.rpd else "∞"
         until = stats.cooldowns.get(status.model)
         cooling = f"{until - view.now:.0f} s" if until and until > view.now else "-"
@@ -228,11 +241,32 @@ def render_view(view: ProgressView, title: str = "", db: Mapping[str, int] | Non
             status.model,
             str(status.in_flight),
             f"{status.requests_in_window} / {rpm}",
+            learnt.burst_text,
             f"{status.requests_today} / {rpd}",
             cooling,
         )
-    if stats.budget is None:
-        return Group(head, tiers, models)
-    wall = view.wall_now if view.wall_now is not None else time.time()
-    style = "yellow" if stats.budget.stopped_tiers else ""
-    return Group(head, Text(budget_line(stats.budget, wall), style=style), tiers, models)
+    parts: list[Text | Table] = [head, tiers, models]
+    if stats.budget is not None:
+        wall = view.wall_now if view.wall_now is not None else time.time()
+        style = "yellow" if stats.budget.stopped_tiers else ""
+        parts.insert(1, Text(budget_line(stats.budget, wall), style=style))
+    if view.plan is not None:
+        parts.append(plan_text(view.plan))
+    return Group(*parts)
+
+
+def plan_text(plan: Plan) -> Text:
+    """The dispatch plan in force, one line per tier: its requests per model
+    and when it should be done ("hot: pro 12, flash 3; done in 40 s")."""
+    text = Text("plan", style="bold")
+    if plan.makespan_s is not None:
+        text.append(f" (backlog done in {plan.makespan_s:.0f} s)")
+    else:
+        text.append(" (arrivals outrun the quota: the lowest tiers queue)")
+    for tier in plan.tiers:
+        if tier.demand <= 0:
+            continue
+        shares = ", ".join(f"{model} {n:.0f}" for model, n in tier.requests.items() if n >= 0.5)
+        done = "-" if tier.finish_s is None else f"{tier.finish_s:.0f} s"
+        text.append(f"\n  {tier.tier}: {shares or 'nothing yet'}; done in {done}")
+    return text

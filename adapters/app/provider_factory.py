@@ -18,7 +18,7 @@ from typing import Any
 from tierbatch.actors.clock import Clock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.gemini.api_key import find_api_key
-from tierbatch.policies.config import Config, ProviderKind
+from tierbatch.policies.config import Config, ProviderKind, ProviderLimiter
 
 
 def calls_in_flight_limit(config: Config) -> int:
@@ -91,11 +91,38 @@ def make_batch_backend(config: Config, provider: object) -> Any | None:
 def _simulated(config: Config, clock: Clock, description: str) -> tuple[Provider, str]:
     from tierbatch.adapters.simulation.simulated import SimulatedProvider
 
+    simulation = config.simulation
     provider = SimulatedProvider(
-        config.models,
+        simulation.enforced(config.models),
         clock,
         window_s=config.quota.window_s,
         timezone=config.quota.timezone,
+        limiter=simulation.limiter,
+        bucket_s=simulation.bucket_s,
         task=config.task,
     )
-    return provider, description
+    return provider, description + _simulated_shape(config)
+
+
+def _simulated_shape(config: Config) -> str:
+    """What the simulated provider enforces, when it is not simply the
+    configured limits in a rolling window."""
+    simulation = config.simulation
+    parts = []
+    if simulation.limiter is ProviderLimiter.BUCKET:
+        parts.append(f"token buckets of {simulation.bucket_s:g} s")
+    enforced = simulation.enforced(config.models)
+    for name, spec in enforced.items():
+        configured = config.models[name]
+        if (spec.rpm, spec.tpm, spec.rpd) != (configured.rpm, configured.tpm, configured.rpd):
+            changed = [
+                f"{what} {true}"
+                for what, true, claimed in (
+                    ("rpm", spec.rpm, configured.rpm),
+                    ("tpm", spec.tpm, configured.tpm),
+                    ("rpd", spec.rpd, configured.rpd),
+                )
+                if true != claimed
+            ]
+            parts.append(f"{name} {', '.join(changed)}")
+    return f" (enforcing {'; '.join(parts)})" if parts else ""

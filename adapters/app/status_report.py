@@ -11,7 +11,9 @@ them), a PostgreSQL database in one read-only snapshot -- and never takes a
 write lock, creates tables or moves a corrupt snapshot aside: it only
 looks. The quota state is read from the snapshot file the daemon saves and
 interpreted with the quota policy itself, so "used today" means exactly what
-the daemon will count (a snapshot from yesterday shows 0 today).
+the daemon will count (a snapshot from yesterday shows 0 today), and the
+limits, burst and limiter shape shown are those the daemon learnt of the
+provider and will start from ("configured 240, learnt 120").
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rich.table import Table
 
 from tierbatch.actors.runtime import make_budget
 from tierbatch.adapters.app.budget_view import budget_line
+from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.quota_lease import DaemonInfo, QuotaOwner
 from tierbatch.adapters.storage.snapshot_file import CorruptSnapshot, decode
@@ -61,6 +64,26 @@ class ModelQuota:
     cooldown_reason: str | None
     exhausted_s: float
     unavailable: str | None
+    # What the daemon learnt of the provider (``learnt_limits``): the
+    # effective limits, the burst it may send at once, the limiter's shape.
+    configured_rpm: int = 0
+    learnt_rpm: int = 0
+    configured_tpm: int = 0
+    learnt_tpm: int = 0
+    burst: float = 0.0
+    limiter: str = "unknown"
+
+    @property
+    def learnt(self) -> LearntLimits:
+        return LearntLimits(
+            self.model,
+            self.configured_rpm,
+            self.learnt_rpm,
+            self.configured_tpm,
+            self.learnt_tpm,
+            self.burst,
+            self.limiter,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +324,12 @@ def _read_quota(
                 cooldown_reason=s.cooldown_reason,
                 exhausted_s=max(0.0, (s.exhausted_until or now) - now),
                 unavailable=s.unavailable,
+                configured_rpm=s.configured_rpm,
+                learnt_rpm=s.learnt_rpm,
+                configured_tpm=s.configured_tpm,
+                learnt_tpm=s.learnt_tpm,
+                burst=s.burst,
+                limiter=s.limiter,
             )
         )
     return tuple(quota), None
@@ -361,13 +390,17 @@ def render_status(status: Status, file: TextIO) -> None:
             f"quota snapshot {status.snapshot} (saved {status.snapshot_age_s:.0f} s ago):"
         )
         table = Table(box=box.SIMPLE_HEAD)
-        for name in ("model", "today / rpd", "window / rpm", "cooldown", "state"):
+        columns = ("model", "today / rpd", "window / rpm", "tpm", "burst", "cooldown", "state")
+        for name in columns:
             table.add_column(name, justify="left" if name in ("model", "state") else "right")
         for q in status.quota:
+            learnt = q.learnt
             table.add_row(
                 q.model,
                 f"{q.requests_today} / {q.rpd or '∞'}",
-                f"{q.requests_in_window} / {q.rpm or '∞'}",
+                f"{q.requests_in_window} / {learnt.rpm_text}",
+                learnt.tpm_text,
+                learnt.burst_text,
                 f"{q.cooldown_s:.0f} s" if q.cooldown_s else "-",
                 _state(q),
             )

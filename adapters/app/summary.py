@@ -14,7 +14,9 @@ Two sources, because neither alone tells the whole story:
 
 ``render_summary`` lays them out as two tables (per tier, per model) with the
 provider named above them, so synthetic results are never mistaken for
-Gemini's.
+Gemini's, then says what was learnt of the provider (limits below the
+configured ones, the burst, the limiter's shape) and, when the caller
+measured it, how close to the quotas' bound the run came (``BoundReport``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import TextIO
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.policies.config import Config, UnknownModelError
 from tierbatch.policies.costs import usage_cost
 from tierbatch.policies.outcomes import Usage
@@ -114,7 +118,8 @@ class ResultTally:
 
 @dataclass(frozen=True, slots=True)
 class ModelUsage:
-    """What one model's requests did during the run (counter differences)."""
+    """What one model's requests did during the run (counter differences),
+    and what was learnt of the provider by its end (``learnt``)."""
 
     model: str
     requests: int
@@ -122,6 +127,7 @@ class ModelUsage:
     cooldown_s: float
     input_tokens: int
     output_tokens: int
+    learnt: LearntLimits | None = None
     thinking_tokens: int = 0
     cached_tokens: int = 0
 
@@ -143,6 +149,7 @@ def usage_between(
             cooldown_s=max(0.0, delta(s, "cooldown_s")),
             input_tokens=int(delta(s, "input_tokens")),
             output_tokens=int(delta(s, "output_tokens")),
+            learnt=LearntLimits.of(s),
             thinking_tokens=int(delta(s, "thinking_tokens")),
             cached_tokens=int(delta(s, "cached_tokens")),
         )
@@ -173,6 +180,25 @@ class ModelRow:
     output_tokens: int
     cost_usd: float
     per_s: float
+    learnt: LearntLimits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoundReport:
+    """How close to what the quotas allow a run came. ``bound_s``: the
+    dispatch planner's makespan for the run's backlog with the quotas at its
+    start -- when its last request could go at the earliest; ``elapsed_s``:
+    how long the run took, on the same clock."""
+
+    bound_s: float
+    elapsed_s: float
+    bottlenecks: tuple[str, ...] = ()
+
+    @property
+    def ratio(self) -> float:
+        if self.elapsed_s <= 0:
+            return 1.0
+        return self.bound_s / self.elapsed_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +221,7 @@ class RunSummary:
     rejected: int = 0
     left_queued: int = 0
     notes: tuple[str, ...] = field(default=())
+    bound: BoundReport | None = None
     grounding: tuple[GroundingRow, ...] = ()
 
     @property
@@ -219,6 +246,7 @@ def build_summary(
     rejected: int = 0,
     left_queued: int = 0,
     notes: Sequence[str] = (),
+    bound: BoundReport | None = None,
 ) -> RunSummary:
     elapsed = max(elapsed_s, 1e-9)
     tier_order = [t.name for t in config.tiers]
@@ -269,6 +297,7 @@ def build_summary(
                 output_tokens=u.output_tokens,
                 cost_usd=cost,
                 per_s=articles_by_model.get(u.model, 0) / elapsed,
+                learnt=u.learnt,
             )
         )
     return RunSummary(
@@ -285,6 +314,7 @@ def build_summary(
         rejected=rejected,
         left_queued=left_queued,
         notes=tuple(notes),
+        bound=bound,
         grounding=tally.grounding,
     )
 
@@ -306,7 +336,7 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         soft_wrap=False,
     )
     console.print()
-    console.print(provider_line(summary.provider, summary.synthetic))
+    console.print(escape(provider_line(summary.provider, summary.synthetic)), soft_wrap=True)
     total = summary.done + summary.failed
     rate = total / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
     console.print(
@@ -318,6 +348,9 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         console.print(_tier_table(summary.tiers))
     if summary.models:
         console.print(_model_table(summary.models))
+        learnt = [m.learnt.sentence() for m in summary.models if m.learnt is not None]
+        if learnt:
+            console.print(escape("learnt from the provider: " + "; ".join(learnt)), soft_wrap=True)
     if summary.grounding:
         console.print(_grounding_table(summary.grounding))
     if summary.failed_by_reason:
@@ -341,6 +374,18 @@ def render_summary(summary: RunSummary, file: TextIO, *, width: int | None = Non
         )
     for note in summary.notes:
         console.print(note)
+    if summary.bound is not None:
+        console.print(escape(bound_line(summary.bound)), soft_wrap=True)
+
+
+def bound_line(bound: BoundReport) -> str:
+    """The summary's last word: how close to the quotas' bound the run came."""
+    why = f" ({'; '.join(bound.bottlenecks)})" if bound.bottlenecks else ""
+    return (
+        f"bound: with the quotas at the start, this backlog's last request could go "
+        f"after {bound.bound_s:.1f} s at the earliest{why}; the run took "
+        f"{bound.elapsed_s:.1f} s: {bound.ratio:.0%} of the bound"
+    )
 
 
 def _tier_table(rows: Sequence[TierRow]) -> Table:
@@ -367,6 +412,8 @@ def _model_table(rows: Sequence[ModelRow]) -> Table:
     for name in ("done", "reqs", "429s", "cool\ndown s", "tokens\nin/out", "cost $"):
         table.add_column(name, justify="right")
     table.add_column("done/s", justify="right")
+    table.add_column("rpm", justify="right")
+    table.add_column("burst", justify="right")
     for r in rows:
         table.add_row(
             r.model,
@@ -377,8 +424,19 @@ def _model_table(rows: Sequence[ModelRow]) -> Table:
             f"{_count(r.input_tokens)}/{_count(r.output_tokens)}",
             f"{r.cost_usd:.4f}",
             f"{r.per_s:.1f}",
+            _learnt_rpm(r.learnt),
+            "-" if r.learnt is None else r.learnt.burst_text,
         )
     return table
+
+
+def _learnt_rpm(learnt: LearntLimits | None) -> str:
+    """``60`` while the configured limit stands, ``120→60`` once lowered."""
+    if learnt is None or not learnt.configured_rpm:
+        return "-"
+    if learnt.learnt_rpm != learnt.configured_rpm:
+        return f"{learnt.configured_rpm}→{learnt.learnt_rpm}"
+    return str(learnt.configured_rpm)
 
 
 def _grounding_table(rows: Sequence[GroundingRow]) -> Table:

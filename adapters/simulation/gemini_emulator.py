@@ -52,6 +52,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -99,8 +100,8 @@ from tierbatch.adapters.simulation.http_transport import (
     HttpResponse,
 )
 from tierbatch.adapters.simulation.model_catalog import BadPageToken, ModelCatalog
-from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
-from tierbatch.policies.config import ModelSpec
+from tierbatch.adapters.simulation.quota_emulator import DEFAULT_BUCKET_S, QuotaEmulator
+from tierbatch.policies.config import ModelSpec, ProviderLimiter
 from tierbatch.policies.task import TaskConfig
 
 __all__ = [
@@ -111,6 +112,7 @@ __all__ = [
     "FakeGeminiConfig",
     "FaultRates",
     "GeminiEmulator",
+    "ProviderLimiter",
     "RetryDelayFormat",
     "ServedRequest",
     "ServerFault",
@@ -212,11 +214,13 @@ class FakeGeminiConfig:
     name that is not retired. ``without_batch``: models whose
     ``supportedGenerationMethods`` lack ``batchGenerateContent`` (and that
     refuse batch jobs). ``batch``: batch jobs' turnaround and faults
-    (``batch_emulator``). ``quality``: how well the model keeps a request's
-    articles apart (``AnswerQuality``: the rates of cross-article and
-    invented entities), one for every model or a mapping model -> quality
-    (models not in it never err); drawn from their own seeded stream, so
-    they never change the faults drawn.
+    (``batch_emulator``). ``limiter``: how the per-minute limits are
+    enforced, a rolling window of ``window_s`` or a token bucket holding
+    ``bucket_s`` seconds' worth (``quota_emulator``). ``quality``: how
+    well the model keeps a request's articles apart (``AnswerQuality``: the
+    rates of cross-article and invented entities), one for every model or a
+    mapping model -> quality (models not in it never err); drawn from their
+    own seeded stream, so they never change the faults drawn.
     """
 
     models: Mapping[str, ModelSpec] = field(default_factory=dict, hash=False)
@@ -235,6 +239,8 @@ class FakeGeminiConfig:
     catalog: AbstractSet[str] | None = field(default=None, hash=False)
     without_batch: AbstractSet[str] = field(default=frozenset(), hash=False)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    limiter: ProviderLimiter = ProviderLimiter.WINDOW
+    bucket_s: float = DEFAULT_BUCKET_S
     quality: AnswerQuality | Mapping[str, AnswerQuality] = field(
         default_factory=AnswerQuality, hash=False
     )
@@ -248,6 +254,13 @@ class FakeGeminiConfig:
     def __post_init__(self) -> None:
         if self.window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {self.window_s}")
+        if not (self.bucket_s > 0 and math.isfinite(self.bucket_s)):
+            raise ValueError(f"bucket_s must be a number of seconds > 0, got {self.bucket_s}")
+        try:
+            object.__setattr__(self, "limiter", ProviderLimiter(self.limiter))
+        except ValueError:
+            choices = ", ".join(m.value for m in ProviderLimiter)
+            raise ValueError(f"limiter must be one of {choices}, got {self.limiter!r}") from None
         if self.hang_s < 0:
             raise ValueError(f"hang_s must be >= 0, got {self.hang_s}")
         for model, (start, end) in self.outages.items():
@@ -413,7 +426,12 @@ class GeminiEmulator:
         # the wall clock once, so a step of this machine's clock moves nothing.
         self._wall_offset = wall_offset(clock)
         self.quota = QuotaEmulator(
-            config.models, config.window_s, config.timezone, free_tier=config.free_tier
+            config.models,
+            config.window_s,
+            config.timezone,
+            free_tier=config.free_tier,
+            limiter=config.limiter,
+            bucket_s=config.bucket_s,
         )
         self._rng = random.Random(config.seed)
         # The answers' quality draws have a stream of their own.

@@ -48,8 +48,8 @@ from tierbatch.adapters.simulation.fake_entities import (
     for_task,
 )
 from tierbatch.adapters.simulation.faults import check_rates, draw_fault
-from tierbatch.adapters.simulation.quota_emulator import QuotaEmulator
-from tierbatch.policies.config import ModelSpec
+from tierbatch.adapters.simulation.quota_emulator import DEFAULT_BUCKET_S, QuotaEmulator
+from tierbatch.policies.config import ModelSpec, ProviderLimiter
 from tierbatch.policies.outcomes import (
     BadRequest,
     CallOutcome,
@@ -180,6 +180,9 @@ class SimulatedProvider:
 
     ``latency_s``: median clock seconds per call (per model, or one for all),
     plus ``latency_per_article_s`` for each article of the pack.
+    ``models`` are the limits it enforces, per minute as a rolling window of
+    ``window_s`` or as token buckets holding ``bucket_s`` seconds' worth
+    (``limiter``; see ``quota_emulator``).
     ``quality``: how well the model keeps a pack's articles apart (one for
     every model, or per model; see ``AnswerQuality``): its cross-article and
     invented entities are drawn from their own seeded stream, so they never
@@ -201,6 +204,8 @@ class SimulatedProvider:
         faults: SimulatedFaults = SimulatedFaults(),
         retired: Collection[str] = (),
         key: str = "simulated",
+        limiter: ProviderLimiter | str = ProviderLimiter.WINDOW,
+        bucket_s: float = DEFAULT_BUCKET_S,
         quality: AnswerQuality | Mapping[str, AnswerQuality] = PERFECT,
         task: TaskConfig | None = None,
     ) -> None:
@@ -215,7 +220,7 @@ class SimulatedProvider:
         self._quality = quality
         self._retired = frozenset(retired)
         self._key = key
-        self.quota = QuotaEmulator(models, window_s, timezone)
+        self.quota = QuotaEmulator(models, window_s, timezone, limiter=limiter, bucket_s=bucket_s)
         self._calls: list[SimulatedCall] = []
         self._next_index = 0
         self._in_flight = 0

@@ -14,6 +14,7 @@ import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from tierbatch.adapters.storage.store import QueueReport, StorageError, Store
+from tierbatch.policies.articles import Article
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -94,3 +95,18 @@ def read_report(db: str | os.PathLike[str], now: float) -> QueueReport:
     from tierbatch.adapters.storage.sqlite_store import read_sqlite_report
 
     return read_sqlite_report(text, now)
+
+
+def read_backlog(db: str | os.PathLike[str]) -> tuple[list[Article], int]:
+    """The articles still to be worked on in ``db`` (queued or leased), read
+    only, and how many of its rows are not usable articles (those fail when
+    leased). Raises ``StorageError`` naming the database and the problem."""
+    text = os.fspath(db)
+    if is_postgres_url(text):
+        _require_psycopg()
+        from tierbatch.adapters.storage import postgres_store
+
+        return postgres_store.read_postgres_backlog(text)
+    from tierbatch.adapters.storage.sqlite_store import read_sqlite_backlog
+
+    return read_sqlite_backlog(text)

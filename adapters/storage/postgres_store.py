@@ -89,7 +89,13 @@ from tierbatch.adapters.storage.postgres_schema import (
     SERVER_TIME,
     TABLE_EXISTS,
 )
-from tierbatch.adapters.storage.queue_rows import Candidate, Holder, epoch_of, usable_id
+from tierbatch.adapters.storage.queue_rows import (
+    Candidate,
+    Holder,
+    backlog_articles,
+    epoch_of,
+    usable_id,
+)
 from tierbatch.adapters.storage.queue_sql import (
     SCHEMA_VERSION,
     SCHEMA_VERSION_SQL,
@@ -102,6 +108,7 @@ from tierbatch.adapters.storage.queue_sql import (
 from tierbatch.adapters.storage.quota_lease import read_sharing
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.store import QueueReport, StorageError
+from tierbatch.policies.articles import Article
 from tierbatch.policies.results import TerminalResult
 
 log = structlog.get_logger(__name__)
@@ -296,6 +303,30 @@ def read_postgres_report(url: str, now: float | None) -> QueueReport:
             report = read_queue_report(query, float(now), _RESULT_COUNTS, _GROUNDING_COUNTS)
             owner, daemons, state = read_sharing(query, float(now), has_table)
             return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
+    except psycopg.Error as exc:
+        raise StorageError(f"{name}: not a readable tierbatch database: {_message(exc)}") from exc
+    finally:
+        conn.close()
+
+
+def read_postgres_backlog(url: str) -> tuple[list[Article], int]:
+    """The queued and leased articles (for ``tierbatch plan``), in one
+    read-only snapshot, and how many rows are not usable articles."""
+    name = display_name(url)
+    try:
+        conn = psycopg.connect(url, connect_timeout=10, application_name="tierbatch plan")
+    except psycopg.Error as exc:
+        raise StorageError(f"{name}: cannot open: {_message(exc)}") from exc
+    try:
+        conn.read_only = True
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with conn.transaction():
+            return backlog_articles(
+                conn.execute(
+                    "SELECT id, payload FROM articles"
+                    " WHERE state IN ('queued', 'leased') ORDER BY seq"
+                ).fetchall()
+            )
     except psycopg.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {_message(exc)}") from exc
     finally:

@@ -180,3 +180,20 @@ def epoch_of(raw: str | bytes | None) -> float | None:
         return stamp.timestamp()
     except (ValueError, OverflowError):
         return None
+
+
+def backlog_articles(rows: Iterable[Sequence[object]]) -> tuple[list[Article], int]:
+    """The articles of (id, payload) rows still to be worked on, and how many
+    rows are not usable articles (they fail when leased; a plan skips them)."""
+    articles: list[Article] = []
+    unusable = 0
+    for raw_id, payload in rows:
+        article_id = usable_id(raw_id if isinstance(raw_id, str | bytes) else None)
+        article = None
+        if article_id is not None and isinstance(payload, str | bytes | None):
+            article, _ = article_of(article_id, payload)
+        if article is None:
+            unusable += 1
+        else:
+            articles.append(article)
+    return articles, unusable

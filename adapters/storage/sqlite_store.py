@@ -132,7 +132,13 @@ from typing import Any, TypeVar
 
 import structlog
 
-from tierbatch.adapters.storage.queue_rows import Candidate, Holder, epoch_of, usable_id
+from tierbatch.adapters.storage.queue_rows import (
+    Candidate,
+    Holder,
+    backlog_articles,
+    epoch_of,
+    usable_id,
+)
 from tierbatch.adapters.storage.queue_sql import read_queue_report
 from tierbatch.adapters.storage.quota_lease import read_sharing
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
@@ -147,6 +153,7 @@ from tierbatch.adapters.storage.store import (
     default_owner,
     refused_counts,
 )
+from tierbatch.policies.articles import Article
 
 log = structlog.get_logger(__name__)
 
@@ -318,6 +325,39 @@ def read_sqlite_report(path: str | os.PathLike[str], now: float) -> QueueReport:
     """What ``tierbatch status`` shows, through a read-only connection
     (``mode=ro``): in WAL mode it never blocks the daemon writing next to
     it, and it never creates tables or takes a write lock."""
+
+    def read(conn: sqlite3.Connection) -> QueueReport:
+        def query(sql: str, params: Sequence[Any]) -> list[Any]:
+            return conn.execute(sql, params).fetchall()
+
+        def has_table(name: str) -> bool:
+            return bool(
+                query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+            )
+
+        conn.execute("BEGIN")  # one snapshot for every read
+        report = read_queue_report(query, now)
+        owner, daemons, state = read_sharing(query, now, has_table)
+        return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
+
+    return _read_only(path, read)
+
+
+def read_sqlite_backlog(path: str | os.PathLike[str]) -> tuple[list[Article], int]:
+    """The queued and leased articles (for ``tierbatch plan``), read-only as
+    ``read_sqlite_report``, and how many rows are not usable articles."""
+    return _read_only(
+        path,
+        lambda conn: backlog_articles(
+            conn.execute(
+                "SELECT CAST(id AS BLOB), CAST(payload AS BLOB) FROM articles"
+                " WHERE state IN ('queued', 'leased') ORDER BY rowid"
+            )
+        ),
+    )
+
+
+def _read_only(path: str | os.PathLike[str], read: Callable[[sqlite3.Connection], T]) -> T:
     name = os.fspath(path)
     if not Path(name).is_file():
         raise StorageError(f"{name}: no such database")
@@ -325,18 +365,8 @@ def read_sqlite_report(path: str | os.PathLike[str], now: float) -> QueueReport:
         conn = sqlite3.connect(f"{Path(name).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
         raise StorageError(f"{name}: cannot open: {exc}") from exc
-
-    def query(sql: str, params: Sequence[Any]) -> list[Any]:
-        return conn.execute(sql, params).fetchall()
-
-    def has_table(name: str) -> bool:
-        return bool(query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
-
     try:
-        conn.execute("BEGIN")  # one snapshot for every read
-        report = read_queue_report(query, now)
-        owner, daemons, state = read_sharing(query, now, has_table)
-        return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
+        return read(conn)
     except sqlite3.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {exc}") from exc
     finally:

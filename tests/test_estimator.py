@@ -1,0 +1,147 @@
+"""The estimator of what the provider admits (``policies.estimator``): how
+it reads 429s from a token bucket. Pure: every time is a parameter."""
+
+from __future__ import annotations
+
+import pytest
+
+from tierbatch.policies.estimator import EstimatorConfig, LimiterShape, LimitEstimate
+
+RATE_S = 2.0  # 120 a minute
+SHORT = 0.3  # a 429 whose next token is near: a bucket's
+
+
+def estimate(rpm: int = 120) -> LimitEstimate:
+    return LimitEstimate(rpm, 0, EstimatorConfig(window_s=60.0))
+
+
+def burst(est: LimitEstimate, n: int, at: float = 0.0) -> list[float]:
+    """``n`` requests as fast as the pacing lets them go from ``at``."""
+    sent = []
+    for i in range(n):
+        now = max(at + i * 1e-3, est.ready_at(at + i * 1e-3))
+        est.on_grant(now)
+        sent.append(now)
+    return sent
+
+
+def refuse(
+    est: LimitEstimate, now: float, sent_at: float, *, in_burst: bool, accepted: int
+) -> bool:
+    return est.on_rate_limited(
+        now,
+        tokens_scope=False,
+        retry_delay_s=SHORT,
+        accepted_in_window=accepted,
+        tokens_in_window=0,
+        in_burst=in_burst,
+        observed_s=now,
+        sent_at=sent_at,
+    )
+
+
+def test_every_short_429_of_one_burst_shrinks_the_burst_to_what_the_bucket_took():
+    """The first burst (a quarter of a window: 30) meets a bucket holding 20:
+    10 requests are refused, all with short delays. Only the first refusal
+    cut the burst, sized by what was sent (30 -> 26), so the learnt burst
+    stayed well above the bucket and every later burst met 429s again."""
+    est = estimate()
+    assert est.burst == 30
+    sent = burst(est, 30)
+    for i, at in enumerate(sent[20:]):
+        keep = refuse(est, 0.1 + i * 1e-3, at, in_burst=True, accepted=20)
+        assert keep is False  # a bucket never counted it: the place goes back
+    assert est.shape is LimiterShape.BUCKET
+    assert 10 <= est.burst <= 20
+    assert est.rpm == 120  # the rate was never in question
+
+
+def test_a_lone_short_429_at_the_pacing_edge_does_not_cut_the_learnt_rpm():
+    """Paced at the limit's rate, a request a moment ahead of the bucket's
+    refill is refused with a delay of a fraction of a second. That is the
+    pacing's phase, not the rate: it cut the learnt rpm from 120 to 94
+    (what a minute with a slow start had accepted), and lite ran a fifth
+    slower for minutes."""
+    est = estimate()
+    sent = burst(est, 30)
+    refuse(est, 0.1, sent[-1], in_burst=True, accepted=20)
+    now = 60.4
+    est.on_grant(now)
+    assert refuse(est, now + 0.05, now, in_burst=False, accepted=105) is False
+    assert est.rpm == 120
+    # The pacing waits as the provider said before the next request goes.
+    assert est.ready_at(now + 0.05) >= now + 0.05 + SHORT - 1e-9
+
+
+def test_short_429s_at_the_pacing_edge_twice_in_a_window_do_lower_the_rpm():
+    """A bucket that refills slower than configured refuses paced requests
+    again and again: the second such refusal within a window is rate
+    evidence."""
+    est = estimate()
+    sent = burst(est, 30)
+    refuse(est, 0.1, sent[-1], in_burst=True, accepted=20)
+    est.on_grant(30.0)
+    refuse(est, 30.05, 30.0, in_burst=False, accepted=50)
+    assert est.rpm == 120
+    est.on_grant(40.0)
+    refuse(est, 40.05, 40.0, in_burst=False, accepted=60)
+    assert est.rpm < 120
+    assert est.rpm == pytest.approx(60 * 60 / 40.05 * 0.9, abs=1.5)
+
+
+def test_a_token_bucket_refusing_a_burst_of_packed_requests_shrinks_the_burst_not_the_tpm():
+    """Packed requests meet the tokens-per-minute bucket first: the first
+    burst's short token 429s halved the learnt tpm (and every later one
+    halved it again, the floor aside), so the packed bench workload ran at
+    40% of the rolling window's throughput against a bucket."""
+    est = LimitEstimate(120, 600_000, EstimatorConfig(window_s=60.0))
+    sent = burst(est, 30)
+    for i, at in enumerate(sent[20:]):
+        keep = est.on_rate_limited(
+            0.1 + i * 1e-3,
+            tokens_scope=True,
+            retry_delay_s=SHORT,
+            accepted_in_window=20,
+            tokens_in_window=20 * 5_000,
+            in_burst=True,
+            observed_s=0.1,
+            sent_at=at,
+        )
+        assert keep is False
+    assert est.tpm == 600_000
+    assert est.shape is LimiterShape.BUCKET
+    assert est.burst <= 20
+
+
+def test_a_long_tokens_429_still_lowers_the_tpm():
+    est = LimitEstimate(120, 600_000, EstimatorConfig(window_s=60.0))
+    est.on_grant(0.0)
+    keep = est.on_rate_limited(
+        30.0,
+        tokens_scope=True,
+        retry_delay_s=30.0,
+        accepted_in_window=40,
+        tokens_in_window=200_000,
+        in_burst=False,
+        observed_s=30.0,
+        sent_at=0.0,
+    )
+    assert keep is True
+    assert est.tpm == 300_000  # to what it took, never below half in one cut
+
+
+def test_packed_requests_are_paced_on_their_input_tokens_too():
+    """Only requests were paced: packed requests, large in tokens, went in
+    bursts the tokens-per-minute bucket refused (the bench's packed bucket
+    workload: 429s after the first two windows at 3%)."""
+    est = LimitEstimate(120, 60_000, EstimatorConfig(window_s=60.0))
+    assert est.token_burst == pytest.approx(15_000)  # a quarter window, like the burst
+    for _ in range(3):
+        assert est.ready_at(0.0, 5_000) == 0.0
+        est.on_grant(0.0, tokens=5_000)
+    # Requests are not the limit (27 more may go); tokens are: 1,000 a second.
+    assert est.ready_at(0.0) == 0.0
+    assert est.ready_at(0.0, 5_000) == pytest.approx(5.0)
+    assert est.ready_at(2.0, 1_000) == pytest.approx(2.0)
+    # A request larger than the token burst goes once the level is full.
+    assert est.ready_at(0.0, 50_000) == pytest.approx(15.0)
