@@ -49,6 +49,7 @@ from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
     BacklogElsewhere,
     BeginShutdown,
+    Classify,
     GetBudgetState,
     GetComposerStats,
     GetPlan,
@@ -459,6 +460,21 @@ class Runtime:
                     raise ShuttingDown("the runtime began shutting down while submit was waiting")
                 raise RuntimeNotRunning("the runtime stopped while submit was waiting")
         return SubmitReceipt(accepted, tuple(duplicates))
+
+    def tiers_of(
+        self, articles: Iterable[Article], *, clusters_observed: bool = False
+    ) -> tuple[str, ...]:
+        """The tier name each article would be queued in, without queueing
+        it (a daemon sends a batch tier's articles to the Batch API this
+        way). Unless ``clusters_observed``, the articles count towards their
+        clusters' hotness, as ``submit`` counts them: submit them afterwards
+        with ``clusters_observed=True``."""
+        composer = self._running_composer()
+        self._raise_if_fatal()
+        names: tuple[str, ...] = self._ask(
+            composer, "composer", Classify(tuple(articles), observe=not clusters_observed)
+        )
+        return names
 
     def observe_clusters(self, observations: Iterable[tuple[str, float]]) -> None:
         """Count ``(cluster_id, published_at epoch seconds)`` pairs towards

@@ -117,6 +117,19 @@ model sets no ``price_cached_per_m``: Gemini 2.5 models bill implicitly
 cached tokens at a tenth of the input price (check your model's price page)."""
 
 
+class TierMode(StrEnum):
+    """How a tier's articles reach the model (see ``policies.batch_routing``).
+
+    ``interactive``: one call per pack, now; ``batch``: Gemini's Batch API
+    (half price, up to a day); ``auto``: interactive while the dispatch
+    plan finishes the tier's backlog within its ``max_latency_s``, the Batch
+    API for what it cannot."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+    AUTO = "auto"
+
+
 @dataclass(frozen=True, slots=True)
 class TierSpec:
     """A tier: articles with priority >= ``min_priority`` (and below the tier
@@ -142,6 +155,39 @@ class TierSpec:
     fallback_patience_s: float = 0.0
     adaptive_pack: bool = False
     share: float | None = None
+    mode: TierMode = TierMode.INTERACTIVE
+    max_latency_s: float | None = None
+
+
+class BatchFailure(StrEnum):
+    """Where the articles of a batch job that failed, expired or was
+    cancelled go: back to the queue (``queue``: leased again, and routed
+    again), or straight to interactive calls (``interactive``)."""
+
+    QUEUE = "queue"
+    INTERACTIVE = "interactive"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """The Batch API's side of the runtime (``[batch]``).
+
+    ``poll_interval_s``: how often a job in flight is polled;
+    ``collect_s``: how long articles routed to batch may wait for more to
+    fill a job (a job goes out at once when it is full);
+    ``max_requests_per_job``: requests (packs) per job; ``discount``: the
+    share of the interactive price a batch token costs (Gemini: 0.5);
+    ``on_job_failure``: see ``BatchFailure``; ``give_up_s``: a job not over
+    this long after its creation is cancelled and its articles go back
+    (Gemini expires jobs after 48 h). Cached and thinking tokens are
+    priced as the model says (``ModelSpec.price_cached_per_m``, ...)."""
+
+    poll_interval_s: float = 30.0
+    collect_s: float = 60.0
+    max_requests_per_job: int = 1000
+    discount: float = 0.5
+    on_job_failure: BatchFailure = BatchFailure.QUEUE
+    give_up_s: float = 49 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +402,12 @@ class Config:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+
+    @property
+    def uses_batch(self) -> bool:
+        """Whether any tier may send work to the Batch API."""
+        return any(t.mode is not TierMode.INTERACTIVE for t in self.tiers)
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know
@@ -415,6 +467,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     runtime = _parse_runtime(root.table("runtime"))
     simulation = _parse_simulation(root.table("simulation"), models)
     grounding = _parse_grounding(root.table("grounding"))
+    batch = _parse_batch(root.table("batch"))
     budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
     task = parse_task(root.table("task"))
     root.refuse("api_key", _API_KEY_REFUSAL)
@@ -436,6 +489,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         runtime=runtime,
         simulation=simulation,
         grounding=grounding,
+        batch=batch,
         budget=budget,
         task=task,
     )
@@ -537,8 +591,17 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
             ),
             adaptive_pack=r.boolean("adaptive_pack", _NO_TIER.adaptive_pack),
             share=share,
+            mode=TierMode(r.choice("mode", _NO_TIER.mode.value, _MODES)),
+            max_latency_s=_optional_positive(r, "max_latency_s"),
         )
         r.finish()
+        if tier.mode is TierMode.AUTO and tier.max_latency_s is None:
+            problems.add(
+                f"{key}.max_latency_s",
+                "missing: mode = 'auto' sends the tier's backlog to the Batch API when the "
+                "interactive quota cannot finish it within max_latency_s seconds; set it "
+                "(e.g. max_latency_s = 3600)",
+            )
         if name and name in names:
             problems.add(f"{key}.name", f"duplicate tier name {name!r} (tiers[{names[name]}])")
         elif name:
@@ -565,6 +628,16 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
     if with_shares:
         _check_share_sum(tiers, problems)
     return tiers
+
+
+_MODES: Final = tuple(m.value for m in TierMode)
+
+
+def _optional_positive(r: TableReader, name: str) -> float | None:
+    """A number > 0, or None when the key is absent."""
+    if not r.has(name):
+        return None
+    return r.number(name, REQUIRED, POSITIVE)
 
 
 def _tier_rank(
@@ -908,6 +981,24 @@ def _parse_grounding(r: TableReader) -> GroundingConfig:
     return grounding
 
 
+def _parse_batch(r: TableReader) -> BatchConfig:
+    d = BatchConfig()
+    batch = BatchConfig(
+        poll_interval_s=r.number("poll_interval_s", d.poll_interval_s, POSITIVE),
+        collect_s=r.number("collect_s", d.collect_s, NON_NEGATIVE),
+        max_requests_per_job=r.integer(
+            "max_requests_per_job", d.max_requests_per_job, AT_LEAST_ONE
+        ),
+        discount=r.number("discount", d.discount, Range(above=0, max=1)),
+        on_job_failure=BatchFailure(
+            r.choice("on_job_failure", d.on_job_failure.value, tuple(f.value for f in BatchFailure))
+        ),
+        give_up_s=r.number("give_up_s", d.give_up_s, POSITIVE),
+    )
+    r.finish()
+    return batch
+
+
 def config_to_mapping(config: Config) -> dict[str, Any]:
     """The resolved settings as plain TOML-shaped data (``None`` entries are
     left out, as TOML has no null); ``parse_config`` reads it back to an
@@ -923,7 +1014,7 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             name: {k: v for k, v in _flat(spec).items() if k != "name"}
             for name, spec in config.models.items()
         },
-        "tiers": [_tier_mapping(tier) for tier in config.tiers],
+        "tiers": [{**_tier_mapping(tier), "mode": tier.mode.value} for tier in config.tiers],
         "composer": {
             "mix": dict(config.composer.mix),
             "max_queued": config.composer.max_queued,
@@ -941,6 +1032,7 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             "models": {name: _flat(limits) for name, limits in config.simulation.models.items()},
         },
         "grounding": _flat(config.grounding),
+        "batch": {**_flat(config.batch), "on_job_failure": config.batch.on_job_failure.value},
         "budget": {
             "usd_per_day": config.budget.usd_per_day,
             "on_exhausted": config.budget.on_exhausted.value,

@@ -75,10 +75,15 @@ from tierbatch.adapters.app.plan_report import (
     render_plan,
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
-from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
 from tierbatch.adapters.app.quota_link import QuotaUnavailable
 from tierbatch.adapters.app.sample import load_demo_config, sample_articles
-from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
+from tierbatch.adapters.app.status_report import (
+    StatusError,
+    batch_line,
+    read_status,
+    render_status,
+)
 from tierbatch.adapters.app.summary import (
     BoundReport,
     build_summary,
@@ -631,6 +636,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
             ray_registry=_ray_registry(args, config, clock, snapshot_path),
+            batch_backend=make_batch_backend(config, raw_provider),
             allow_mixed_versions=args.allow_mixed_versions,
             as_of=as_of,
             tier_seed=seed,
@@ -926,6 +932,9 @@ def _print_summary(
         bound=bound,
     )
     render_summary(summary, out)
+    line = batch_line(report.batch) if report.batch is not None else None
+    if line:
+        print(f"{line} (the estimated cost above counts interactive requests only)", file=out)
     out.flush()
 
 
