@@ -15,7 +15,7 @@ from here, and the adaptive tiers' pack sizes go out with every batch.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +27,7 @@ from tierbatch.actors.messages import (
     Backlog,
     BacklogElsewhere,
     BeginShutdown,
+    Classify,
     ExtractorDied,
     Finished,
     GetComposerStats,
@@ -113,6 +114,8 @@ class BatchComposer(pykka.ThreadingActor):
         self._quality = PackQuality(config.tiers, config.grounding)
         self._pack_sizes = tuple(self._quality.sizes.items())
         self._capacity = config.composer.max_queued
+        # Priority and tier of articles ``Classify`` tiered, until submitted.
+        self._classified: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._idle: deque[RequestWork] = deque()
         self._dead: set[int] = set()  # extractors that died (ids are never reused)
         self._drain_waiters: list[pykka.ThreadingFuture[bool]] = []
@@ -135,6 +138,8 @@ class BatchComposer(pykka.ThreadingActor):
                 self._on_pack_checked(tier, model, pack_size, counts)
             case Submit(articles, observe):
                 return self._on_submit(articles, observe)
+            case Classify(articles, observe):
+                return self._classify(articles, observe)
             case BacklogElsewhere(articles, arrivals_per_s):
                 self._meter.elsewhere(articles, arrivals_per_s)
                 self._report_backlog(self._clock.now())
@@ -224,11 +229,16 @@ class BatchComposer(pykka.ThreadingActor):
             seen_at = article_time(article, wall)
             if observe and article.cluster_id is not None:
                 self._clusters.observe(article.cluster_id, min(seen_at, wall))
-            priority = assigner.seeded_priority(article.id)
-            seeded = priority is not None
-            if priority is None:
-                priority = self._score(article, wall)
-            tier = assigner.assign(article.id, priority, seeded=seeded)
+            classified = self._classified.pop(article.id, None)
+            if classified is not None:  # tiered by ``Classify``, and counted then
+                priority, tier = classified
+            else:
+                seeded_priority = assigner.seeded_priority(article.id)
+                seeded = seeded_priority is not None
+                priority = (
+                    self._score(article, wall) if seeded_priority is None else seeded_priority
+                )
+                tier = assigner.assign(article.id, priority, seeded=seeded)
             item = ledger.admit(article, priority, now, tier)
             chars = len(article.text) + len(article.title)
             self._meter.submitted(
@@ -251,6 +261,31 @@ class BatchComposer(pykka.ThreadingActor):
             self._report_backlog(now)
         self._dispatch()
         return SubmitReceipt(accepted, tuple(duplicates))
+
+    def _classify(self, articles: tuple[Article, ...], observe: bool) -> tuple[str, ...]:
+        """The tier each article is queued in, decided now as ``Submit``
+        decides it (the share window counts it now); a later ``Submit`` of
+        the same article takes that tier and priority instead of counting
+        it a second time."""
+        wall = self._priority_now()
+        assigner = self._assigner
+        names: list[str] = []
+        for article in articles:
+            if observe and article.cluster_id is not None:
+                self._clusters.observe(article.cluster_id, min(article_time(article, wall), wall))
+            known = self._classified.pop(article.id, None)
+            if known is None:
+                priority = assigner.seeded_priority(article.id)
+                seeded = priority is not None
+                if priority is None:
+                    priority = self._score(article, wall)
+                known = (priority, assigner.assign(article.id, priority, seeded=seeded))
+            self._classified[article.id] = known
+            while len(self._classified) > self._capacity:
+                # those routed elsewhere are never submitted: forget the oldest
+                self._classified.popitem(last=False)
+            names.append(self._tier_names[known[1]])
+        return tuple(names)
 
     def _priority_now(self) -> float:
         return self._clock.wall() if self._as_of is None else self._as_of

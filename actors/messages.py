@@ -154,6 +154,17 @@ class Submit:
 
 
 @dataclass(frozen=True, slots=True)
+class Classify:
+    """The tier name of each article, as ``Submit`` would tier it, without
+    queueing it (a daemon routes a batch tier's articles elsewhere this
+    way); ``observe``: count them towards their clusters' hotness, as
+    ``Submit`` does."""
+
+    articles: tuple[Article, ...]
+    observe: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class SeedTiers:
     """Count the priorities of articles that will arrive later towards the
     tier shares, before any of them is submitted (a one-shot run seeds its

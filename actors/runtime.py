@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ from tierbatch.actors.extractor import Extractor, ExtractorDeps
 from tierbatch.actors.messages import (
     BacklogElsewhere,
     BeginShutdown,
+    Classify,
     GetBudgetState,
     GetComposerStats,
     GetPlan,
@@ -82,6 +83,7 @@ from tierbatch.policies.errors import (
 )
 from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
+from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.tally import TallySnapshot
 from tierbatch.policies.tier_assignment import TierSplit
 from tierbatch.policies.tiers import TierLadder
@@ -440,6 +442,21 @@ class Runtime:
                 raise RuntimeNotRunningError("the runtime stopped while submit was waiting")
         return SubmitReceipt(accepted, tuple(duplicates))
 
+    def tiers_of(
+        self, articles: Iterable[Article], *, clusters_observed: bool = False
+    ) -> tuple[str, ...]:
+        """The tier name each article would be queued in, without queueing
+        it (a daemon sends a batch tier's articles to the Batch API this
+        way). Unless ``clusters_observed``, the articles count towards their
+        clusters' hotness, as ``submit`` counts them: submit them afterwards
+        with ``clusters_observed=True``."""
+        composer = self._running_composer()
+        self._raise_if_fatal()
+        names: tuple[str, ...] = self._ask(
+            composer, "composer", Classify(tuple(articles), observe=not clusters_observed)
+        )
+        return names
+
     def observe_clusters(self, observations: Iterable[tuple[str, float]]) -> None:
         """Count ``(cluster_id, published_at epoch seconds)`` pairs towards
         cluster hotness without queueing anything. A daemon with a large
@@ -561,6 +578,12 @@ class Runtime:
         actor: it answers from any thread, before ``start``, after a failure
         and after ``stop``."""
         return self._counted.counts()
+
+    def count_settled(self, results: Sequence[TerminalResult]) -> None:
+        """Count terminal results settled outside the runtime -- a batch
+        job's, written by the daemon's batch dispatcher -- in the same one
+        count ``result_counts`` and ``stats`` read (thread-safe)."""
+        self._counted.count(results)
 
     def quota_snapshot(self) -> dict[str, Any]:
         """The registry's state as plain data (msgpack-ready). After the

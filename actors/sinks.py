@@ -32,6 +32,12 @@ class CountingSink:
             self._tally.record(results)
         self.inner.write(results)
 
+    def count(self, results: Sequence[TerminalResult]) -> None:
+        """Count results settled elsewhere (and written by whoever settled
+        them), without handing them to ``inner``."""
+        with self._lock:
+            self._tally.record(results)
+
     def flush(self) -> None:
         self.inner.flush()
 

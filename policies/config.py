@@ -65,6 +65,19 @@ model sets no ``price_cached_per_m``: Gemini 2.5 models bill implicitly
 cached tokens at a tenth of the input price (check your model's price page)."""
 
 
+class TierMode(StrEnum):
+    """How a tier's articles reach the model (see ``policies.batch_routing``).
+
+    ``interactive``: one call per pack, now; ``batch``: Gemini's Batch API
+    (half price, up to a day); ``auto``: interactive while the dispatch
+    plan finishes the tier's backlog within its ``max_latency_s``, the Batch
+    API for what it cannot."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+    AUTO = "auto"
+
+
 @dataclass(frozen=True, slots=True)
 class TierSpec:
     """A tier: articles with priority >= ``min_priority`` (and below the tier
@@ -90,6 +103,39 @@ class TierSpec:
     fallback_patience_s: float = 0.0
     adaptive_pack: bool = False
     share: float | None = None
+    mode: TierMode = TierMode.INTERACTIVE
+    max_latency_s: float | None = None
+
+
+class BatchFailure(StrEnum):
+    """Where the articles of a batch job that failed, expired or was
+    cancelled go: back to the queue (``queue``: leased again, and routed
+    again), or straight to interactive calls (``interactive``)."""
+
+    QUEUE = "queue"
+    INTERACTIVE = "interactive"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """The Batch API's side of the runtime (``[batch]``).
+
+    ``poll_interval_s``: how often a job in flight is polled;
+    ``collect_s``: how long articles routed to batch may wait for more to
+    fill a job (a job goes out at once when it is full);
+    ``max_requests_per_job``: requests (packs) per job; ``discount``: the
+    share of the interactive price a batch token costs (Gemini: 0.5);
+    ``on_job_failure``: see ``BatchFailure``; ``give_up_s``: a job not over
+    this long after its creation is cancelled and its articles go back
+    (Gemini expires jobs after 48 h). Cached and thinking tokens are
+    priced as the model says (``ModelSpec.price_cached_per_m``, ...)."""
+
+    poll_interval_s: float = 30.0
+    collect_s: float = 60.0
+    max_requests_per_job: int = 1000
+    discount: float = 0.5
+    on_job_failure: BatchFailure = BatchFailure.QUEUE
+    give_up_s: float = 49 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +350,12 @@ class Config:
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+
+    @property
+    def uses_batch(self) -> bool:
+        """Whether any tier may send work to the Batch API."""
+        return any(t.mode is not TierMode.INTERACTIVE for t in self.tiers)
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know
@@ -346,7 +398,7 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             name: {k: v for k, v in _flat(spec).items() if k != "name"}
             for name, spec in config.models.items()
         },
-        "tiers": [_tier_mapping(tier) for tier in config.tiers],
+        "tiers": [{**_tier_mapping(tier), "mode": tier.mode.value} for tier in config.tiers],
         "composer": {
             "mix": dict(config.composer.mix),
             "max_queued": config.composer.max_queued,
@@ -364,6 +416,7 @@ def config_to_mapping(config: Config) -> dict[str, Any]:
             "models": {name: _flat(limits) for name, limits in config.simulation.models.items()},
         },
         "grounding": _flat(config.grounding),
+        "batch": {**_flat(config.batch), "on_job_failure": config.batch.on_job_failure.value},
         "budget": {
             "usd_per_day": config.budget.usd_per_day,
             "on_exhausted": config.budget.on_exhausted.value,

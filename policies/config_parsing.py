@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from tierbatch.policies.articles import normalise_domain
 from tierbatch.policies.budget_config import parse_budget
 from tierbatch.policies.config import (
+    BatchConfig,
+    BatchFailure,
     ComposerConfig,
     Config,
     GroundingConfig,
@@ -27,6 +29,7 @@ from tierbatch.policies.config import (
     RuntimeConfig,
     SimulatedLimits,
     SimulationConfig,
+    TierMode,
     TierSpec,
     ladder_order,
 )
@@ -83,6 +86,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
     runtime = _parse_runtime(root.table("runtime"))
     simulation = _parse_simulation(root.table("simulation"), models)
     grounding = _parse_grounding(root.table("grounding"))
+    batch = _parse_batch(root.table("batch"))
     budget = parse_budget(root.table("budget"), [t.name for _, t in tiers if t.name])
     task = parse_task(root.table("task"))
     root.refuse("api_key", _API_KEY_REFUSAL)
@@ -104,6 +108,7 @@ def parse_config(data: Mapping[str, Any]) -> Config:
         runtime=runtime,
         simulation=simulation,
         grounding=grounding,
+        batch=batch,
         budget=budget,
         task=task,
     )
@@ -196,8 +201,17 @@ def _parse_tiers(root: TableReader) -> list[tuple[int, TierSpec]]:
             ),
             adaptive_pack=r.boolean("adaptive_pack", _NO_TIER.adaptive_pack),
             share=share,
+            mode=TierMode(r.choice("mode", _NO_TIER.mode.value, _MODES)),
+            max_latency_s=_optional_positive(r, "max_latency_s"),
         )
         r.finish()
+        if tier.mode is TierMode.AUTO and tier.max_latency_s is None:
+            problems.add(
+                f"{key}.max_latency_s",
+                "missing: mode = 'auto' sends the tier's backlog to the Batch API when the "
+                "interactive quota cannot finish it within max_latency_s seconds; set it "
+                "(e.g. max_latency_s = 3600)",
+            )
         if name and name in names:
             problems.add(f"{key}.name", f"duplicate tier name {name!r} (tiers[{names[name]}])")
         elif name:
@@ -538,6 +552,34 @@ def _optional_limit(r: TableReader, name: str) -> int | None:
     if r.raw(name) is REQUIRED:
         return None
     return r.integer(name, 0, NON_NEGATIVE)
+
+
+_MODES: Final = tuple(m.value for m in TierMode)
+
+
+def _optional_positive(r: TableReader, name: str) -> float | None:
+    """A number > 0, or None when the key is absent."""
+    if not r.has(name):
+        return None
+    return r.number(name, REQUIRED, POSITIVE)
+
+
+def _parse_batch(r: TableReader) -> BatchConfig:
+    d = BatchConfig()
+    batch = BatchConfig(
+        poll_interval_s=r.number("poll_interval_s", d.poll_interval_s, POSITIVE),
+        collect_s=r.number("collect_s", d.collect_s, NON_NEGATIVE),
+        max_requests_per_job=r.integer(
+            "max_requests_per_job", d.max_requests_per_job, AT_LEAST_ONE
+        ),
+        discount=r.number("discount", d.discount, Range(above=0, max=1)),
+        on_job_failure=BatchFailure(
+            r.choice("on_job_failure", d.on_job_failure.value, tuple(f.value for f in BatchFailure))
+        ),
+        give_up_s=r.number("give_up_s", d.give_up_s, POSITIVE),
+    )
+    r.finish()
+    return batch
 
 
 _ACTIONS: Final = tuple(a.value for a in GroundingAction)

@@ -47,6 +47,9 @@ def write_config(
     window_s: float = 2.0,
     hot_per_request: int = 2,
     poison_after: int = 3,
+    pro_rpm: int = 6000,
+    lite_rpm: int = 6000,
+    margin_s: float = 0.0,
 ) -> Path:
     """Two models, two tiers; every sample article is 'hot' (goodness 0.5
     reaches min_priority 0.5), served by m-pro then m-lite. With
@@ -61,14 +64,14 @@ def write_config(
         f"""global_fallback = "m-lite"
 
 [models."m-pro"]
-rpm = 6000
+rpm = {pro_rpm}
 tpm = 100_000_000
 rpd = {pro_rpd}
 price_in_per_m = 1.0
 price_out_per_m = 2.0
 
 [models."m-lite"]
-rpm = 6000
+rpm = {lite_rpm}
 tpm = 100_000_000
 rpd = 0
 price_in_per_m = 0.1
@@ -96,7 +99,7 @@ goodness_weight = 1.0
 
 [quota]
 window_s = {window_s}
-margin_s = 0.0
+margin_s = {margin_s}
 
 [retry]
 request_timeout_s = 10.0

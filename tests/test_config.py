@@ -24,6 +24,8 @@ from tierbatch.adapters.storage.config_file import (
 )
 from tierbatch.policies.budget_config import BudgetConfig
 from tierbatch.policies.config import (
+    BatchConfig,
+    BatchFailure,
     ComposerConfig,
     Config,
     GroundingConfig,
@@ -35,6 +37,7 @@ from tierbatch.policies.config import (
     RetryConfig,
     RuntimeConfig,
     SimulationConfig,
+    TierMode,
     TierSpec,
     UnknownModelError,
     config_to_mapping,
@@ -140,6 +143,7 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
         ("composer", ComposerConfig),
         ("simulation", SimulationConfig),
         ("grounding", GroundingConfig),
+        ("batch", BatchConfig),
         ("budget", BudgetConfig),
     ]:
         assert set(data[section]) == field_names(cls), section
@@ -156,6 +160,7 @@ def test_the_user_example_lists_every_key_with_its_default() -> None:
     assert set().union(*data["tiers"]) | {"share"} == field_names(TierSpec)
 
     assert dataclasses.replace(config.priority, domains={}) == PriorityConfig()
+    assert config.batch == BatchConfig()
     assert (
         config.quota,
         config.retry,
@@ -833,3 +838,54 @@ toml_values = st.recursive(
 @given(st.dictionaries(keys, toml_values, max_size=5))
 def test_dump_toml_writes_what_tomllib_reads_back(data: Mapping) -> None:
     assert tomllib.loads(dump_toml(data)) == data
+
+
+# ---- batch modes -------------------------------------------------------------
+
+
+def test_tier_modes_default_to_interactive_and_parse() -> None:
+    data = copy.deepcopy(dict(base()))
+    data["tiers"][2].update(mode="auto", max_latency_s=3600)
+    data["tiers"][1].update(mode="batch")
+    data["batch"] = {"poll_interval_s": 5, "on_job_failure": "interactive", "discount": 0.5}
+    config = parse_config(data)
+    modes = {t.name: (t.mode, t.max_latency_s) for t in config.tiers}
+    assert modes == {
+        "hot": (TierMode.INTERACTIVE, None),
+        "warm": (TierMode.BATCH, None),
+        "cold": (TierMode.AUTO, 3600.0),
+    }
+    assert config.uses_batch
+    assert config.batch.poll_interval_s == 5.0
+    assert config.batch.on_job_failure is BatchFailure.INTERACTIVE
+    assert not parse_config(base()).uses_batch
+    assert parse_config(tomllib.loads(render_config(config))) == config
+
+
+def test_bad_tier_mode_names_the_field() -> None:
+    data = copy.deepcopy(dict(base()))
+    data["tiers"][2]["mode"] = "later"
+    error = error_of(data)
+    assert error.key == "tiers[2].mode"
+    assert "interactive" in error.problem and "batch" in error.problem
+
+
+def test_auto_without_max_latency_is_refused() -> None:
+    data = copy.deepcopy(dict(base()))
+    data["tiers"][2]["mode"] = "auto"
+    error = error_of(data)
+    assert error.key == "tiers[2].max_latency_s"
+    assert "auto" in error.problem
+
+
+def test_bad_max_latency_and_batch_keys_name_the_field() -> None:
+    data = copy.deepcopy(dict(base()))
+    data["tiers"][0]["max_latency_s"] = 0
+    data["batch"] = {"discount": 1.5, "on_job_failure": "drop", "poll_interval_s": -1}
+    keys = {key for key, _ in error_of(data).problems}
+    assert keys == {
+        "tiers[0].max_latency_s",
+        "batch.discount",
+        "batch.on_job_failure",
+        "batch.poll_interval_s",
+    }

@@ -2,8 +2,8 @@
 
 Imports point inward only (adapters -> actors -> policies) and policies/
 stays pure. Inside adapters/, the outside-facing rooms (gemini, storage,
-simulation) never reach into the application (app), and no production code
-imports a test helper.
+simulation, ray) never reach into the application (app), only the ray room
+imports Ray, and no production code imports a test helper.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def test_policies_import_only_pure_stdlib_and_policies():
         ("adapters/gemini", "tierbatch.adapters.simulation"),
         ("adapters/storage", "tierbatch.adapters.gemini"),
         ("adapters/storage", "tierbatch.adapters.simulation"),
+        ("adapters/ray", "tierbatch.adapters.app"),
     ],
 )
 def test_inner_rooms_do_not_import_outer_ones(folder, forbidden):
@@ -92,3 +93,13 @@ def test_no_module_imports_the_public_facades(folder):
     facades = {"tierbatch.policies", "tierbatch.actors", "tierbatch.adapters"}
     for name, modules in imported_modules(folder).items():
         assert not modules & facades, (name, modules & facades)
+
+
+def test_only_the_ray_room_imports_ray():
+    """Ray is an extra: everything but ``adapters/ray`` (and the bench that
+    measures it) must import and run without it."""
+    for folder in ("policies", "actors", "adapters"):
+        for name, modules in imported_modules(folder).items():
+            if name.startswith("adapters/ray/"):
+                continue
+            assert not any(m == "ray" or m.startswith("ray.") for m in modules), name

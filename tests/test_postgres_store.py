@@ -27,6 +27,7 @@ from tierbatch.adapters.storage.open_store import (
     is_postgres_url,
     open_store,
 )
+from tierbatch.adapters.storage.queue_sql import SCHEMA_VERSION
 from tierbatch.adapters.storage.store import IncompatibleSchemaError
 from tierbatch.policies.errors import StorageError
 
@@ -120,7 +121,7 @@ def test_the_schema_is_created_once_even_by_stores_starting_together(postgres_ur
         }
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     assert {"articles", "results", "rejects", "meta"} <= tables
-    assert version == [("3",)]
+    assert version == [(str(SCHEMA_VERSION),)]
 
 
 def test_an_incompatible_schema_version_is_refused(postgres_url: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from store_backends import FakeClock, article, done, failed
 
+from tierbatch.adapters.storage.queue_sql import SCHEMA_VERSION
 from tierbatch.adapters.storage.results_sink import ResultsNotWrittenError, ResultsSink
 from tierbatch.adapters.storage.sqlite_store import (
     _LEASE_COLUMNS,
@@ -54,7 +55,9 @@ def raw(db: Path) -> sqlite3.Connection:
 def test_the_database_is_in_wal_mode_with_a_schema_version(store: SqliteStore, db: Path) -> None:
     conn = raw(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"articles", "results", "rejects", "meta"} <= tables
     assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

@@ -474,6 +474,7 @@ def test_a_database_of_schema_version_1_is_migrated_in_place(
     with backend.open("owner-b", clock) as again:  # type: ignore[attr-defined]
         assert [r.article_id for r in again.results()] == ["old", "new"]
     assert backend.query(version) == [(str(SCHEMA_VERSION),)]
+    assert backend.query("SELECT COUNT(*) FROM batch_jobs") == [(0,)]  # version 4's table
     status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now)
     assert status.grounding == (GroundingCount("high", "gemini-a", 4, 1, 1, 2, 1),)
 
@@ -497,7 +498,9 @@ def test_a_database_of_schema_version_2_gains_task_versions_in_place(
         assert store.write_results([new]) == 1
         assert list(store.results(["new"])) == [new]
         assert store.task_versions() == {"": 1, "entities-v1-abc": 1}
-    assert backend.query("SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    assert backend.query("SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
 
 
 def test_results_pages_through_many_rows_and_filters_by_id(store: Store) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
 import structlog
 
@@ -88,10 +88,15 @@ from tierbatch.adapters.app.plan_report import (
     render_plan,
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
-from tierbatch.adapters.app.provider_factory import make_provider
+from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
 from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.app.sample import load_demo_config, sample_articles
-from tierbatch.adapters.app.status_report import StatusError, read_status, render_status
+from tierbatch.adapters.app.status_report import (
+    StatusError,
+    batch_line,
+    read_status,
+    render_status,
+)
 from tierbatch.adapters.app.summary import (
     BoundReport,
     build_summary,
@@ -99,6 +104,7 @@ from tierbatch.adapters.app.summary import (
     render_summary,
 )
 from tierbatch.adapters.app.tier_split import empty_tier_warnings, split_lines
+from tierbatch.adapters.gemini.api_key import find_api_key
 from tierbatch.adapters.storage.config_file import load_config, render_config
 from tierbatch.adapters.storage.ingest import IngestReport, ingest_jsonl
 from tierbatch.adapters.storage.jsonl_input import read_articles
@@ -243,6 +249,8 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
+            ray_registry=_ray_registry(args, config, clock, snapshot_path),
+            batch_backend=make_batch_backend(config, raw_provider),
             allow_mixed_versions=args.allow_mixed_versions,
             as_of=as_of,
             tier_seed=seed,
@@ -270,6 +278,31 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
                 bound = BoundReport(start_plan.bound_s, ran_s, best.bottleneck())
             _print_summary(config, report, ingest, left, description, synthetic, out, bound)
         return _exit_code(report, ingest, left, store.path, one_shot, err)
+
+
+def _ray_registry(
+    args: argparse.Namespace, config: Config, clock: Clock, snapshot: Path
+) -> Callable[[], Any] | None:
+    """With ``--ray``: join the cluster now (a bad address is a usage
+    error before anything starts) and return what connects the runtime to
+    the project's shared registry actor."""
+    address = getattr(args, "ray", None)
+    if address is None:
+        return None
+    from tierbatch.adapters.ray.cluster import (
+        RayUnavailableError,
+        connect,
+        project_name,
+        registry_for,
+    )
+
+    try:
+        connect(address)
+    except RayUnavailableError as exc:
+        raise UsageError(str(exc)) from None
+    project = args.ray_project or project_name(find_api_key(config.provider.api_key_env))
+    path = str(snapshot.resolve())
+    return lambda: registry_for(project, config, clock, snapshot_path=path)
 
 
 def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> DaemonOptions:
@@ -513,6 +546,9 @@ def _print_summary(
         bound=bound,
     )
     render_summary(summary, out)
+    line = batch_line(report.batch) if report.batch is not None else None
+    if line:
+        print(f"{line} (the estimated cost above counts interactive requests only)", file=out)
     out.flush()
 
 

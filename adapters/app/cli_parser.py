@@ -87,6 +87,19 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
     _add_db(daemon)
     _add_processing(daemon, json_default=True)
     daemon.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="share one quota with every daemon of a Ray cluster: 'auto' (the cluster "
+        "this node joined with 'ray start') or the head's HOST:PORT. Needs "
+        "pip install 'tierbatch[ray]'",
+    )
+    daemon.add_argument(
+        "--ray-project",
+        metavar="NAME",
+        help="the shared registry's name: one per Gemini project (default: "
+        "$TIERBATCH_RAY_PROJECT, else a fingerprint of the API key)",
+    )
+    daemon.add_argument(
         "--as-of",
         metavar="INSTANT",
         help="compute hotness against this ISO 8601 instant instead of the wall clock "

@@ -68,6 +68,7 @@ from tierbatch.actors.observer import RegistryObserver
 from tierbatch.actors.ports import Provider
 from tierbatch.actors.registry_handle import RegistryHandle
 from tierbatch.actors.runtime import Runtime, RuntimeStats
+from tierbatch.adapters.app.batch_dispatcher import BatchBackend, BatchDispatcher
 from tierbatch.adapters.app.leases import LeaseKeeper
 from tierbatch.adapters.app.metrics import Metrics, MetricsObserver, TimedProvider
 from tierbatch.adapters.app.progress import NoProgress, ProgressReporter, ProgressView, RateMeter
@@ -83,13 +84,16 @@ from tierbatch.adapters.app.quota_link import (
 )
 from tierbatch.adapters.app.quota_server import parse_address
 from tierbatch.adapters.app.summary import ModelUsage, usage_between
+from tierbatch.adapters.storage.batch_store import BatchJobStore, BatchReport
 from tierbatch.adapters.storage.results_sink import ResultsSink
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
+from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.store import Store
 from tierbatch.adapters.storage.tiers_file import write_tiers
 from tierbatch.policies.articles import Article
+from tierbatch.policies.batch_routing import Route, routes
 from tierbatch.policies.budget import BudgetState
-from tierbatch.policies.config import Config
+from tierbatch.policies.config import Config, TierMode
 from tierbatch.policies.errors import (
     FatalProviderError,
     QueueFullError,
@@ -196,6 +200,8 @@ class DaemonReport:
     # What stopped the run, as the error the command line maps to its exit
     # code: the database failing first, else the runtime's fatal error.
     failure: TierbatchError | None = None
+    # The Batch API's jobs in the database at the end (None: no tier uses it).
+    batch: BatchReport | None = None
     # The daily budget at the end of the run (None without a [budget]).
     budget: BudgetState | None = None
 
@@ -278,13 +284,19 @@ class Daemon:
         metrics: Metrics | None = None,
         progress: ProgressReporter | None = None,
         unavailable_models: Mapping[str, str] | None = None,
+        batch_backend: BatchBackend | None = None,
         allow_mixed_versions: bool = False,
         as_of: float | None = None,
         tier_seed: Callable[[], Iterable[Article]] | None = None,
         on_tier_split: Callable[[TierSplit], None] | None = None,
         tiers_file: Path | None = None,
+        ray_registry: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
+        self._batch_backend = batch_backend
+        self._batch: BatchDispatcher | None = None
+        self._batch_jobs: BatchJobStore | None = None
+        self._auto = any(t.mode is TierMode.AUTO for t in config.tiers)
         self._allow_mixed_versions = allow_mixed_versions
         self._as_of = as_of
         self._tier_seed = tier_seed
@@ -292,6 +304,9 @@ class Daemon:
         self._tiers_file = tiers_file
         self._saved_thresholds: tuple[float, ...] | None = None
         self.store = store
+        # The quota through a registry actor on Ray (``--ray``) instead of
+        # the database-elected owner: it owns the quota state and its saving.
+        self._ray_registry = ray_registry
         self._unavailable_models = dict(unavailable_models or {})
         self.options = options or DaemonOptions()
         self._provider = provider
@@ -313,7 +328,7 @@ class Daemon:
         self._next_report = 0.0
         self._results_sink: ResultsSink | None = None
         self._released_at_signal = 0
-        self._link: QuotaLink | None = None
+        self._link: Any = None
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -362,6 +377,7 @@ class Daemon:
             results_sink.close()
             link.close()
             raise
+        self._start_batch(runtime)
         reason = StopReason.IMMEDIATE
         baseline: tuple[ModelStatus, ...] = ()
         final: RuntimeStats | None = None
@@ -441,6 +457,7 @@ class Daemon:
             quota_state=quota,
             storage_error=storage_error,
             failure=StorageError(storage_error) if storage_error is not None else fatal,
+            batch=self._batch_report(),
             budget=final.budget if final is not None else None,
         )
         _log.info(
@@ -451,8 +468,12 @@ class Daemon:
         )
         return report
 
-    def _quota_link(self) -> tuple[RegistryHandle, QuotaLink]:
-        """This daemon's way to the shared quota: joined, or owned."""
+    def _quota_link(self) -> tuple[Any, Any]:
+        """This daemon's way to the shared quota: joined, or owned (or, with
+        ``--ray``, the project's registry actor)."""
+        if self._ray_registry is not None:
+            ray_handle = self._ray_registry()
+            return ray_handle, _RayLink(ray_handle)
         opts, quota = self.options, self.config.quota
         window_s = quota.window_s + quota.margin_s
         host, port = parse_address(opts.quota_address)
@@ -519,6 +540,7 @@ class Daemon:
             now = time.monotonic()
             if leases.keep():
                 runtime.recheck_quota()  # a new quota day (and budget) may have begun
+            self._take_back_from_batch(runtime)
             stats = runtime.stats(quota=False)
             idle_db = now < db_idle_until
             if stats.queued <= low_water and not idle_db:
@@ -541,6 +563,9 @@ class Daemon:
             if now >= next_db_count:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
+                if db_counts is not None and self._batch is not None and self._auto:
+                    # the auto tiers' deadline is judged on the whole backlog
+                    runtime.backlog_elsewhere(db_counts.get("queued", 0))
                 self._save_thresholds(runtime)
             reported = self._report(runtime, started, db_counts)
             if opts.exit_when_done and reported is not None and budget_holds_all(reported):
@@ -626,10 +651,20 @@ class Daemon:
             self._submit_part(runtime, leased, clusters_observed=False)
 
     def _submit_part(
-        self, runtime: Runtime, leased: list[Article], *, clusters_observed: bool
+        self,
+        runtime: Runtime,
+        leased: list[Article],
+        *,
+        clusters_observed: bool,
+        route: bool = True,
     ) -> None:
         if not leased:
             return
+        if route and self._batch is not None:
+            leased = self._route(runtime, leased, clusters_observed)
+            clusters_observed = True
+            if not leased:
+                return
         try:
             receipt = runtime.submit(leased, block=False, clusters_observed=clusters_observed)
         except QueueFullError as full:
@@ -646,6 +681,87 @@ class Daemon:
                 first=receipt.duplicates[0],
             )
 
+    # ---- the Batch API -------------------------------------------------------------
+
+    def _start_batch(self, runtime: Runtime) -> None:
+        """The batch dispatcher, when a tier uses the Batch API and there is
+        one to use (google-genai's); else those tiers run interactively."""
+        if not self.config.uses_batch:
+            return
+        tiers = [t.name for t in self.config.tiers if t.mode is not TierMode.INTERACTIVE]
+        if self._batch_backend is None or not isinstance(self.store, SqlQueueStore):
+            _log.warning(
+                "tiers use the Batch API but the provider has none (google-genai only); "
+                "they run interactively",
+                tiers=tiers,
+            )
+            return
+        self._batch_jobs = BatchJobStore(self.store, give_up_s=self.config.batch.give_up_s)
+        self._batch = BatchDispatcher(
+            self.config,
+            self._batch_jobs,
+            self._batch_backend,
+            lease_s=self.options.lease_s,
+            wake=self._wake,
+            on_results=self._batch_results,
+        )
+        self._batch.start()
+        if self._auto:
+            # Plan the whole backlog before the first lease, so the auto
+            # tiers' first articles are routed by a plan, not by its absence
+            # (``stats`` is a round trip through the composer, which has
+            # passed the backlog on to the registry by then).
+            with contextlib.suppress(StorageError):
+                runtime.backlog_elsewhere(self.store.counts().get("queued", 0))
+                runtime.stats()
+        _log.info(
+            "batch dispatcher started",
+            tiers=tiers,
+            poll_interval_s=self.config.batch.poll_interval_s,
+        )
+
+    def _batch_results(self, results: Sequence[TerminalResult]) -> None:
+        """A settled job's results, counted in the runtime's one count (the
+        dispatcher's thread; the count is thread-safe)."""
+        runtime = self._runtime
+        if runtime is not None:
+            runtime.count_settled(results)
+        if self._metrics is not None:
+            self._metrics.observe_latency(results)
+
+    def _route(self, runtime: Runtime, leased: list[Article], observed: bool) -> list[Article]:
+        """Send the leased articles of tiers that go to batch now to the
+        dispatcher; returns the others (their clusters are counted)."""
+        assert self._batch is not None
+        tiers = runtime.tiers_of(leased, clusters_observed=observed)
+        way = routes(self.config.tiers, runtime.plan() if self._auto else None)
+        to_batch = [
+            (tier, a) for tier, a in zip(tiers, leased, strict=True) if way[tier] is Route.BATCH
+        ]
+        if not to_batch:
+            return leased
+        self._batch.add(to_batch)
+        _log.debug("articles routed to the Batch API", count=len(to_batch))
+        batched = {a.id for _, a in to_batch}
+        return [a for a in leased if a.id not in batched]
+
+    def _take_back_from_batch(self, runtime: Runtime) -> None:
+        """Articles of batch jobs that failed, to call interactively."""
+        if self._batch is None:
+            return
+        back = self._batch.take_interactive()
+        if back:
+            self._submit_part(runtime, back, clusters_observed=False, route=False)
+
+    def _batch_report(self) -> BatchReport | None:
+        if self._batch_jobs is None:
+            return None
+        try:
+            return self._batch_jobs.report()
+        except StorageError as exc:
+            _log.warning("batch jobs not read", error=str(exc))
+            return None
+
     def _drain(self, runtime: Runtime, started: float, leases: LeaseKeeper) -> StopReason:
         """Stop at once, except for the calls in flight: no new call starts
         (so no quota is spent after the signal), the leases of everything
@@ -654,6 +770,10 @@ class Daemon:
         released at the end)."""
         opts = self.options
         returned = runtime.begin_shutdown()
+        if self._batch is not None:
+            # no job is submitted after the signal either; jobs in flight
+            # are resumed by the next daemon
+            _guarded("batch dispatcher stop", self._batch.stop)
         released = self._storage(self.store.release, [a.id for a in returned]) or 0
         self._released_at_signal = released
         _log.info(
@@ -699,6 +819,8 @@ class Daemon:
         problems: list[str] = []
         released = 0
         try:
+            if self._batch is not None:
+                _guarded("batch dispatcher stop", self._batch.stop)
             unfinished = _guarded("runtime stop", lambda: runtime.stop(drain=False)) or []
             _guarded("leave the shared quota", link.close)
             if unfinished:
@@ -792,10 +914,32 @@ class Daemon:
         return value
 
 
-def _own_usage(usage: Sequence[ModelUsage], handle: RegistryHandle) -> tuple[ModelUsage, ...]:
+class _RayLink:
+    """What the loop asks of its quota link, for a registry actor on Ray:
+    nothing to elect, the actor saves its own state; ``close`` leaves it."""
+
+    role = "ray"
+    epoch = 0
+    address = "ray"
+    backlog = 0
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.quota_load = QuotaStateLoad(None)
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._handle.stop()
+
+
+def _own_usage(usage: Sequence[ModelUsage], handle: Any) -> tuple[ModelUsage, ...]:
     """The run's usage per model with this daemon's own requests, 429s and
     tokens (the shared registry counts every daemon's); cooldown time is
-    the quota's."""
+    the quota's. A handle that cannot tell (Ray) leaves the project's."""
+    if not hasattr(handle, "counters"):
+        return tuple(usage)
     own = handle.counters()
     return tuple(
         replace(

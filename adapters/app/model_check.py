@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import structlog
 
 from tierbatch.actors.ports import ModelCatalog, ModelInfo, ModelLookupError, describe_outcome
-from tierbatch.policies.config import Config
+from tierbatch.policies.config import Config, TierMode
 from tierbatch.policies.errors import FatalProviderError, ProviderError
 from tierbatch.policies.model_check import ModelCoverage, assess_coverage
 from tierbatch.policies.outcomes import AuthFailed, CallOutcome, ServerError
@@ -182,6 +182,8 @@ def decide_start(report: ModelReport, config: Config, err: TextIO) -> StartDecis
         print(f"warning: {line}", file=err)
     for line in limit_warnings(report.lookups, config):
         print(f"warning: {line}", file=err)
+    for line in batch_warnings(report.lookups, config):
+        print(f"warning: {line}", file=err)
     err.flush()
     return StartDecision(StartVerdict.GO, report.unavailable())
 
@@ -228,6 +230,23 @@ def limit_warnings(lookups: Iterable[ModelLookup], config: Config) -> list[str]:
                 f'models."{lookup.model}".max_input_tokens = {spec.max_input_tokens} is above '
                 f"the provider's input token limit of {info.input_token_limit}"
             )
+    return lines
+
+
+def batch_warnings(lookups: Iterable[ModelLookup], config: Config) -> list[str]:
+    """Tiers on the Batch API (``mode`` batch or auto) whose model the
+    provider says does not batch: their jobs would be refused."""
+    infos = {lookup.model: lookup.info for lookup in lookups}
+    lines = []
+    for tier in config.tiers:
+        info = infos.get(tier.model)
+        if tier.mode is TierMode.INTERACTIVE or info is None or info.supports_batch:
+            continue
+        lines.append(
+            f"tier {tier.name} (mode = {tier.mode.value!r}) runs on {tier.model}, which the "
+            "provider says does not support the Batch API (batchGenerateContent): its jobs "
+            "will be refused and its articles called interactively"
+        )
     return lines
 
 

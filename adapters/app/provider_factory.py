@@ -13,6 +13,8 @@ so no call queues in front of the network.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tierbatch.actors.clock import Clock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.gemini.api_key import find_api_key
@@ -65,6 +67,25 @@ def make_provider(
         )
         return legacy_provider, legacy_provider.description
     return _simulated(config, clock, "simulated (provider.kind = simulated)")
+
+
+def make_batch_backend(config: Config, provider: object) -> Any | None:
+    """The Batch API client for a config whose tiers use it, when the
+    provider is google-genai's (the Batch API is only there); else None."""
+    if not config.uses_batch:
+        return None
+    from tierbatch.adapters.gemini.genai_provider import GenaiProvider
+
+    if not isinstance(provider, GenaiProvider):
+        return None
+    from tierbatch.adapters.gemini.batch_client import GeminiBatchClient
+
+    return GeminiBatchClient(
+        config.provider,
+        api_key=find_api_key(config.provider.api_key_env, None),
+        timeout_s=config.retry.request_timeout_s,
+        task=config.task,
+    )
 
 
 def _simulated(config: Config, clock: Clock, description: str) -> tuple[Provider, str]:

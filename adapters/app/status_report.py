@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +36,7 @@ from tierbatch.adapters.storage.open_store import display_name, read_report
 from tierbatch.adapters.storage.quota_lease import DaemonInfo, QuotaOwner
 from tierbatch.adapters.storage.snapshot_file import decode
 from tierbatch.adapters.storage.store import (
+    BatchReport,
     GroundingCount,
     QueueReport,
     ResultCount,
@@ -150,6 +151,8 @@ class Status:
     quota: tuple[ModelQuota, ...]
     # The grounding check's outcomes per tier, model and pack size.
     grounding: tuple[GroundingCount, ...] = ()
+    # The Batch API's jobs: in flight, over, and the money they saved.
+    batch: BatchReport = field(default_factory=BatchReport)
     # The daily budget as the snapshot has it (None: no [budget] configured).
     budget: BudgetState | None = None
     now: float = 0.0
@@ -195,6 +198,7 @@ def read_status(
         snapshot_problem=problem,
         quota=quota,
         grounding=report.grounding,
+        batch=report.batch,
         budget=budget,
         now=now,
         tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
@@ -369,6 +373,9 @@ def render_status(status: Status, file: TextIO) -> None:
         console.print(table)
     if status.grounding:
         console.print(grounding_table(status.grounding))
+    line = batch_line(status.batch)
+    if line:
+        console.print(line)
     if status.budget is not None:
         console.print(budget_line(status.budget, status.now))
     if status.tier_rules is not None:
@@ -397,6 +404,17 @@ def render_status(status: Status, file: TextIO) -> None:
                 _state(q),
             )
         console.print(table)
+
+
+def batch_line(batch: BatchReport) -> str | None:
+    """The Batch API's jobs in one line (None when there were none)."""
+    if not (batch.in_flight or batch.settled or batch.returned):
+        return None
+    return (
+        f"batch jobs: {batch.in_flight} in flight ({batch.articles_in_flight} articles), "
+        f"{batch.settled} settled, {batch.returned} returned; cost ${batch.cost_usd:.4f}, "
+        f"saved ${batch.saved_usd:.4f} against interactive prices"
+    )
 
 
 def _render_daemons(status: Status, console: Console) -> None:

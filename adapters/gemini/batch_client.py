@@ -61,6 +61,7 @@ from tierbatch.adapters.gemini.http_client import new_async_client
 from tierbatch.adapters.gemini.origin import base_origin
 from tierbatch.adapters.gemini.prompt import build_user_text, task_prompt
 from tierbatch.policies.articles import Article
+from tierbatch.policies.batch_costs import TokenCounts
 from tierbatch.policies.config import ProviderConfig
 from tierbatch.policies.errors import ProviderError
 from tierbatch.policies.outcomes import (
@@ -240,7 +241,11 @@ class GeminiBatchClient:
         return _state(batch)
 
     async def results(
-        self, job: str, expected: Mapping[str, Sequence[str]] | None = None
+        self,
+        job: str,
+        expected: Mapping[str, Sequence[str]] | None = None,
+        *,
+        tokens_out: dict[str, TokenCounts] | None = None,
     ) -> dict[str, PackAnswer]:
         """One ``PackAnswer`` per key of a job that SUCCEEDED. ``expected``
         maps each key to its article ids (default: what this client
@@ -261,7 +266,37 @@ class GeminiBatchClient:
                 entries = _file_entries(data, job)
             else:
                 entries = []
-        return self._answers(job, entries, wanted)
+        return self._answers(job, entries, wanted, tokens_out)
+
+    async def results_with_tokens(
+        self, job: str, expected: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, tuple[PackAnswer, TokenCounts]]:
+        """``results`` with each request's whole ``usage_metadata`` (prompt,
+        output, thinking and cached tokens), for the batch price."""
+        tokens: dict[str, TokenCounts] = {}
+        answers = await self.results(job, expected, tokens_out=tokens)
+        return {key: (answer, tokens.get(key, TokenCounts())) for key, answer in answers.items()}
+
+    async def find(self, display_name: str) -> str | None:
+        """The name of this key's job with ``display_name`` (the newest when
+        there are several), None when there is none: how a job whose
+        creation was never recorded is found again."""
+        found: list[tuple[str, str]] = []
+        async with self._sdk() as sdk:
+            pager = await self._call(
+                "list the batch jobs",
+                sdk.aio.batches.list(config=types.ListBatchJobsConfig(page_size=100)),
+            )
+            try:
+                async for batch in pager:
+                    if batch.display_name == display_name and batch.name:
+                        found.append((str(batch.create_time or ""), str(batch.name)))
+            except Exception as exc:
+                outcome = outcome_for_exception(
+                    exc, self._key, self.base_url, self._config, timeout_s=self._timeout_s
+                )
+                raise BatchError("could not list the batch jobs", outcome) from None
+        return max(found)[1] if found else None
 
     async def cancel(self, job: str) -> None:
         """Ask the API to stop the job; a job already over is left as it is."""
@@ -372,6 +407,7 @@ class GeminiBatchClient:
         job: str,
         entries: Sequence[tuple[str | None, types.GenerateContentResponse | CallOutcome]],
         wanted: Mapping[str, tuple[str, ...]],
+        tokens_out: dict[str, TokenCounts] | None = None,
     ) -> dict[str, PackAnswer]:
         log = _log.bind(job=job)
         answers: dict[str, PackAnswer] = {}
@@ -382,6 +418,8 @@ class GeminiBatchClient:
                 continue
             if isinstance(entry, types.GenerateContentResponse):
                 answers[key] = read_response(entry, wanted[key], 0, self.prompt.task).pack_answer
+                if tokens_out is not None:
+                    tokens_out[key] = token_counts(entry.usage_metadata)
             else:
                 answers[key] = PackAnswer(entry)
         absent = [key for key in wanted if key not in answers]
@@ -395,6 +433,18 @@ class GeminiBatchClient:
             stray=stray,
         )
         return answers
+
+
+def token_counts(metadata: types.GenerateContentResponseUsageMetadata | None) -> TokenCounts:
+    """Prompt, output, thinking and cached tokens of an answer's ``usage_metadata``."""
+    if metadata is None:
+        return TokenCounts()
+    return TokenCounts(
+        prompt=metadata.prompt_token_count or 0,
+        output=metadata.candidates_token_count or 0,
+        thoughts=metadata.thoughts_token_count or 0,
+        cached=metadata.cached_content_token_count or 0,
+    )
 
 
 def _check_items(items: Sequence[BatchItem]) -> None:

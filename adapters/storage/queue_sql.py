@@ -21,16 +21,18 @@ from tierbatch.adapters.storage.result_json import (
     result_to_json,
 )
 from tierbatch.adapters.storage.store import (
+    BatchReport,
     GroundingCount,
     IncompatibleSchemaError,
     QueueReport,
     ResultCount,
     refused_counts,
 )
+from tierbatch.policies.batch_jobs import JobPhase
 from tierbatch.policies.errors import StorageError
 from tierbatch.policies.results import TerminalResult
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATES = ("queued", "leased", "done", "failed")
 
 # What brings a database of an older version to the next one, in place
@@ -39,12 +41,34 @@ STATES = ("queued", "leased", "done", "failed")
 # pack size and the per-article counts (NULL in rows written before).
 # Version 3 stores the extraction task's version with each result
 # (``policies.task``; NULL in rows written before).
+# Version 4 adds the Batch API's jobs (``batch_jobs``, see ``batch_store``).
+BATCH_JOBS_TABLE = """CREATE TABLE IF NOT EXISTS batch_jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        phase TEXT NOT NULL
+            CHECK (phase IN ('submitting', 'submitted', 'settled', 'returned')),
+        tier TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests TEXT NOT NULL,
+        articles INTEGER NOT NULL,
+        api_state TEXT,
+        poller TEXT,
+        poll_expires DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION,
+        cost_usd DOUBLE PRECISION,
+        interactive_cost_usd DOUBLE PRECISION,
+        detail TEXT
+    )"""
+BATCH_JOBS_INDEX = "CREATE INDEX IF NOT EXISTS batch_jobs_phase ON batch_jobs (phase)"
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: tuple(
         f"ALTER TABLE results ADD COLUMN {column} INTEGER"
         for column in ("pack_size", "grounded", "cross_article", "ungrounded")
     ),
     2: ("ALTER TABLE results ADD COLUMN task_version TEXT",),
+    3: (BATCH_JOBS_TABLE, BATCH_JOBS_INDEX),
 }
 
 
@@ -107,6 +131,8 @@ def schema(
         raw_prefix TEXT,
         at {real} NOT NULL
     )""",
+        BATCH_JOBS_TABLE,
+        BATCH_JOBS_INDEX,
     ]
 
 
@@ -188,6 +214,31 @@ TASK_VERSIONS_SQL = (
     "GROUP BY task_version ORDER BY task_version"
 )
 REJECTS_SQL = "SELECT source, line_no, reason, raw_prefix, at FROM rejects"
+
+
+REPORT_SQL = (
+    "SELECT phase, COUNT(*), COALESCE(SUM(articles), 0), COALESCE(SUM(cost_usd), 0.0),"
+    " COALESCE(SUM(interactive_cost_usd), 0.0) FROM batch_jobs GROUP BY phase"
+)
+
+
+def read_batch_report(query: Callable[[str, Sequence[Any]], list[Any]]) -> BatchReport:
+    """The jobs' report through ``query(sql, params)`` (a read)."""
+    counts: dict[str, tuple[int, int, float, float]] = {}
+    for phase, jobs, articles, cost, interactive in query(REPORT_SQL, ()):
+        counts[str(phase)] = (int(jobs), int(articles), float(cost), float(interactive))
+    none = (0, 0, 0.0, 0.0)
+    flight = [counts.get(p.value, none) for p in JobPhase if p.in_flight]
+    settled = counts.get(JobPhase.SETTLED.value, none)
+    returned = counts.get(JobPhase.RETURNED.value, none)
+    return BatchReport(
+        in_flight=sum(f[0] for f in flight),
+        articles_in_flight=sum(f[1] for f in flight),
+        settled=settled[0],
+        returned=returned[0],
+        cost_usd=settled[2],
+        interactive_cost_usd=settled[3],
+    )
 
 
 def result_counts_sql(collate: str = "") -> str:
@@ -308,7 +359,11 @@ def read_queue_report(
             GroundingCount(tier, model, int(size), int(n), int(g), int(c), int(u))
             for tier, model, size, n, g, c, u in query(grounding_sql, ())
         )
+    batch = BatchReport()
+    if version and version[0][0] not in ("1", "2", "3"):
+        batch = read_batch_report(query)
     return QueueReport(
+        batch=batch,
         states=states,
         expired_leases=int(expired),
         results=results,

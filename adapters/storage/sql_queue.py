@@ -372,12 +372,21 @@ class SqlQueueStore(QuotaLeaseStore, ABC):
         now = self._clock()
         return self._transact(lambda conn: self._write_results(conn, results, now))
 
-    def _write_results(self, conn: Any, results: Sequence[TerminalResult], now: float) -> int:
+    def _write_results(
+        self,
+        conn: Any,
+        results: Sequence[TerminalResult],
+        now: float,
+        owner: str | None = None,
+    ) -> int:
+        """``owner``: whose leases the results settle (default this store's;
+        a batch job's articles are leased to the job)."""
+        owner = self.owner if owner is None else owner
         ids = sorted(set(r.article_id for r in results))
         holders: dict[str, Holder] = {}
         for batch in batched(ids, ID_CHUNK):
             holders.update(self._holders(conn, batch))
-        accepted, stale = split_by_holder(results, holders, self.owner)
+        accepted, stale = split_by_holder(results, holders, owner)
         new = 0
         if accepted:
             new = self._execute_many(
@@ -392,7 +401,7 @@ class SqlQueueStore(QuotaLeaseStore, ABC):
             _log.warning(
                 "stale lease results dropped",
                 path=self.path,
-                owner=self.owner,
+                owner=owner,
                 count=len(stale),
                 ids=[r.article_id for r in stale[:5]],
                 held_by=[holders[r.article_id][1] for r in stale[:5]],

@@ -51,12 +51,14 @@ Schema (version 2)::
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         -- schema_version; stale_results and duplicate_results: how many
         -- results were refused (see "Results" below), over the database's life
+    CREATE TABLE batch_jobs (...);  -- the Batch API's jobs (schema 4), see batch_store
 
 A database of schema version 1 or 2 is migrated in place when a store opens
 it (``ALTER TABLE results ADD COLUMN`` for the four grounding columns, then
 ``task_version``, in the schema transaction); its existing results keep NULL
 there. ``tierbatch
 status`` reads a version-1 database as it is, without the grounding table.
+Version 3 is brought to 4 by creating ``batch_jobs``.
 
 Inserting from another process needs only the id and the payload (the JSONL
 input format, see ``tierbatch.adapters.storage.jsonl_input``)::

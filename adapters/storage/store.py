@@ -37,7 +37,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tierbatch.adapters.storage.jsonl_input import Rejected
@@ -107,6 +107,23 @@ class StoredReject:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What ``status`` shows of the jobs: in flight (jobs, articles), and
+    over (settled, returned), with the money the settled ones saved."""
+
+    in_flight: int = 0
+    articles_in_flight: int = 0
+    settled: int = 0
+    returned: int = 0
+    cost_usd: float = 0.0
+    interactive_cost_usd: float = 0.0
+
+    @property
+    def saved_usd(self) -> float:
+        return self.interactive_cost_usd - self.cost_usd
+
+
+@dataclass(frozen=True, slots=True)
 class QueueReport:
     """What ``tierbatch status`` reads from a database, in one look."""
 
@@ -118,6 +135,8 @@ class QueueReport:
     refused: dict[str, int]
     # The grounding outcomes per tier, model and pack size (schema >= 2).
     grounding: tuple[GroundingCount, ...] = ()
+    # The Batch API's jobs (schema >= 3).
+    batch: BatchReport = field(default_factory=BatchReport)
     # The shared quota: its owner, every daemon's row, the owner's last snapshot.
     quota_owner: QuotaOwner | None = None
     daemons: tuple[DaemonInfo, ...] = ()

@@ -1,0 +1,285 @@
+"""A daemon's handle on the shared registry actor, shaped like the pykka
+``ActorRef`` the extractors, supervisor, composer and runtime already use
+(``tell``, ``ask``, ``is_alive``, ``stop``), so the local runtime runs
+unchanged against a registry on another machine.
+
+What it adds on the way, and nothing else:
+
+* holder ids made unique across daemons (every daemon numbers its
+  extractors from 1);
+* steady times turned into wall times and back (see ``registry_actor``);
+* a reply: an ``Acquire``'s answer is the return value of one actor call,
+  handed to the ``reply`` callable when it arrives;
+* ``StopGranting`` is this daemon's, not everyone's: it answers this
+  daemon's waiting requests "stopped" and withdraws them from the shared
+  registry, which goes on granting to the other daemons;
+* a heartbeat, so the registry drops the waits and grants of a daemon that
+  was killed; ``stop`` leaves the registry at once.
+
+The interface is deliberately the small one a local registry has, so a
+registry reached another way (a TCP handle, say) can share it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import secrets
+import threading
+from typing import Any
+
+import pykka
+import structlog
+
+from tierbatch.actors.clock import Clock, wall_offset
+from tierbatch.actors.messages import (
+    Acquire,
+    AcquireFailed,
+    Backlog,
+    GetBudgetState,
+    GetPlan,
+    GetQuotaSnapshot,
+    GetQuotaStatus,
+    Granted,
+    ReleaseHolder,
+    Report,
+    Sent,
+    StopGranting,
+    Wake,
+    Withdraw,
+)
+from tierbatch.adapters.ray.registry_actor import shift_status
+from tierbatch.policies.outcomes import Cancelled
+
+_log = structlog.get_logger(__name__)
+
+_HOLDER_BITS = 20  # a daemon's own holder ids stay below 2**20
+LEAVE_TIMEOUT_S = 5.0
+
+
+def no_reply(_answer: Any) -> None:
+    """The ``reply`` an ``Acquire`` carries over the wire (the real one stays
+    here): a module-level function, so the message pickles."""
+
+
+class RemoteRegistryRef:
+    def __init__(self, actor: Any, clock: Clock, *, heartbeat_s: float = 2.0) -> None:
+        if clock.to_real(1.0) != 1.0:
+            raise ValueError("a registry on Ray needs a real-time clock (SystemClock)")
+        self._actor = actor
+        self._clock = clock
+        self.client = f"{secrets.token_hex(6)}"
+        self._base = secrets.randbits(40) << _HOLDER_BITS
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[int, int], Acquire] = {}  # local (holder, request id) -> ask
+        self._stopped_granting = False
+        self._alive = True
+        self._stopping = threading.Event()
+        self._outbox: list[Any] = []
+        self._send_lock = threading.Lock()  # one flush at a time, in order
+        self._flush_due = threading.Event()
+        import ray
+
+        self._ray = ray
+        self.restored_from: str = ray.get(actor.heartbeat.remote(self.client))
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(heartbeat_s,), name="tierbatch-ray-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+        threading.Thread(target=self._flusher, name="tierbatch-ray-flusher", daemon=True).start()
+
+    # ---- the ActorRef interface ------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        return self._alive
+
+    def tell(self, message: Any) -> None:
+        if not self._alive:
+            raise pykka.ActorDeadError("the registry handle is stopped or lost its actor")
+        match message:
+            case Acquire():
+                self._acquire(message)
+            case Withdraw(request_id, holder):
+                with self._lock:
+                    self._waiting.pop((holder, request_id), None)
+                self._send(Withdraw(request_id, self._holder(holder)))
+            case ReleaseHolder(holder):
+                with self._lock:
+                    for key in [k for k in self._waiting if k[0] == holder]:
+                        del self._waiting[key]
+                self._send(ReleaseHolder(self._holder(holder)))
+            case Sent(grant_id, at):
+                self._send(Sent(grant_id, at + wall_offset(self._clock)))
+            case Report() | Backlog() | Wake():
+                self._send(message)
+            case StopGranting():
+                self._stop_granting()
+            case _:
+                raise TypeError(f"RemoteRegistryRef: unexpected message {message!r}")
+
+    def ask(self, message: Any, block: bool = True, timeout: float | None = None) -> Any:
+        future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        match message:
+            case StopGranting():
+                self.tell(message)
+                future.set(None)
+            case GetQuotaStatus() | GetQuotaSnapshot() | GetPlan() | GetBudgetState():
+                if not self._alive:
+                    raise pykka.ActorDeadError("the registry handle is stopped")
+                with self._send_lock:  # after what this client told before it
+                    self._flush_locked()
+                    pending = self._actor.ask.remote(message).future()
+                pending.add_done_callback(lambda done: self._answer_question(message, done, future))
+            case _:
+                raise TypeError(f"RemoteRegistryRef: unexpected question {message!r}")
+        return future.get(timeout=timeout) if block else future
+
+    def stop(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Leave the shared registry (it drops this daemon's waits and
+        abandons its grants still out) -- the actor itself lives on."""
+        future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
+        if self._alive:
+            self._flush()
+            self._alive = False
+            self._stopping.set()
+            self._flush_due.set()
+            try:
+                self._ray.get(self._actor.leave.remote(self.client), timeout=LEAVE_TIMEOUT_S)
+            except Exception as exc:  # the registry drops us after its client timeout anyway
+                _log.warning("could not leave the registry", error=str(exc))
+            self._answer_waiting("the registry handle stopped")
+        future.set(True)
+        return future.get(timeout=timeout) if block else future
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _holder(self, holder: int) -> int:
+        return self._base + holder
+
+    def _send(self, message: Any) -> None:
+        """Queue a one-way message; the flusher sends what queued up in one
+        call, so a request's ``Sent`` and ``Report`` cost no call of their
+        own under load. The client's order is kept (an ``Acquire`` flushes
+        what is queued before it goes)."""
+        with self._lock:
+            self._outbox.append(message)
+        self._flush_due.set()
+
+    def _flush(self) -> None:
+        with self._send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        """Send what queued up (the caller holds ``_send_lock``)."""
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+        if batch:
+            ref = self._actor.tell_many.remote(self.client, batch)
+            ref.future().add_done_callback(self._check_sent)
+
+    def _flusher(self) -> None:
+        while True:
+            self._flush_due.wait()
+            self._flush_due.clear()
+            self._flush()
+            if self._stopping.is_set():
+                return
+
+    def _check_sent(self, done: concurrent.futures.Future[Any]) -> None:
+        exc = done.exception()
+        if exc is not None:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        if self._alive and not self._stopping.is_set():
+            _log.error("the registry actor cannot be reached", error=repr(exc))
+            self._alive = False
+            self._answer_waiting("the registry actor cannot be reached")
+
+    def _acquire(self, msg: Acquire) -> None:
+        key = (msg.holder, msg.request_id)
+        with self._lock:
+            if self._stopped_granting:
+                stopped = True
+            else:
+                stopped = False
+                self._waiting[key] = msg
+        if stopped:
+            msg.reply(AcquireFailed(msg.request_id, "stopped", "the runtime is shutting down"))
+            return
+        offset = wall_offset(self._clock)
+        wire = dataclasses.replace(
+            msg,
+            holder=self._holder(msg.holder),
+            reply=no_reply,
+            enqueued_at=msg.enqueued_at + offset,
+            deadline=None if msg.deadline is None else msg.deadline + offset,
+        )
+        with self._send_lock:  # after what this client told before it
+            self._flush_locked()
+            pending = self._actor.acquire.remote(self.client, wire).future()
+        pending.add_done_callback(lambda done: self._answered(msg, done))
+
+    def _answered(self, msg: Acquire, done: concurrent.futures.Future[Any]) -> None:
+        """On a Ray thread: hand the answer over, unless this request was
+        withdrawn or answered here already (a grant is then given back)."""
+        exc = done.exception()
+        answer = None if exc is not None else done.result()
+        with self._lock:
+            mine = self._waiting.pop((msg.holder, msg.request_id), None) is msg
+        if exc is not None:
+            self._lost(exc)
+            if mine:
+                msg.reply(AcquireFailed(msg.request_id, "stopped", "the registry is unreachable"))
+            return
+        if isinstance(answer, Granted):
+            grant = answer.grant
+            if not mine:
+                self._send(Report(grant.grant_id, Cancelled()))
+                return
+            local = grant.granted_at - wall_offset(self._clock)
+            answer = Granted(answer.request_id, dataclasses.replace(grant, granted_at=local))
+        if mine and answer is not None:
+            msg.reply(answer)
+
+    def _answer_question(
+        self, message: Any, done: concurrent.futures.Future[Any], future: pykka.ThreadingFuture[Any]
+    ) -> None:
+        exc = done.exception()
+        if exc is not None:
+            future.set_exception((type(exc), exc, exc.__traceback__))
+            return
+        answer = done.result()
+        if isinstance(message, GetQuotaStatus):
+            answer = shift_status(answer, -wall_offset(self._clock))
+        future.set(answer)
+
+    def _stop_granting(self) -> None:
+        """This daemon stops: its waiting requests end "stopped" here and
+        are withdrawn there; the shared registry goes on for the others."""
+        with self._lock:
+            self._stopped_granting = True
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        for msg in waiting:
+            with contextlib.suppress(Exception):
+                self._send(Withdraw(msg.request_id, self._holder(msg.holder)))
+            msg.reply(AcquireFailed(msg.request_id, "stopped", "the runtime is shutting down"))
+
+    def _answer_waiting(self, detail: str) -> None:
+        with self._lock:
+            waiting = list(self._waiting.values())
+            self._waiting.clear()
+        for msg in waiting:
+            msg.reply(AcquireFailed(msg.request_id, "stopped", detail))
+
+    def _beat(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            try:
+                self._ray.get(self._actor.heartbeat.remote(self.client), timeout=30)
+            except Exception as exc:
+                _log.warning("registry heartbeat failed", error=repr(exc))
+
+
+__all__ = ["RemoteRegistryRef", "no_reply"]
