@@ -10,6 +10,9 @@ single place where an article becomes terminal), and answers the drain and
 space waiters. It also keeps the pack quality (``policies.pack_quality``):
 every answered request's grounding outcomes come here, warnings are logged
 from here, and the adaptive tiers' pack sizes go out with every batch.
+
+Longer than the house's ~450 lines on purpose: one actor class; its
+decisions are the ledger's and the tier assigner's, in policies.
 """
 
 from __future__ import annotations

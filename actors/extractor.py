@@ -9,6 +9,11 @@ lives in its own thread. The decisions are pure policies it only carries
 out: how to pack and merge (``policies.packing``), what an outcome means
 for each article (``policies.settlement``), when the retry budget ends one
 (``policies.attempts``), and what each is charged (``policies.costs``).
+
+Longer than the house's ~450 lines on purpose: one actor's handlers; what a
+pack does is decided in policies (packing, attempts, settlement), and what
+is left is one actor's state transitions, kept together so they read in one
+place.
 """
 
 from __future__ import annotations

@@ -23,6 +23,10 @@ of finished calls serve waiters too.
 Time: every decision reads the clock's steady ``now`` and its wall offset at
 that moment, which the policy uses only for the Pacific day; snapshots are
 taken in wall-clock time.
+
+Longer than the house's ~450 lines on purpose: one actor class; its
+decisions are the quota policy's, the planner's and the waiting list's, in
+policies.
 """
 
 from __future__ import annotations

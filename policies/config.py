@@ -4,6 +4,9 @@
 a TOML file (or built in code) into a ``Config`` and raises ``ConfigError``
 naming the offending key and the problem. Reading files is an adapter's job
 (``tierbatch.adapters.storage.config_file``).
+
+Longer than the house's ~450 lines on purpose: every config type in one
+place, so the schema reads top to bottom next to examples/tierbatch.toml.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ requests of the tiers due by ``d`` fit in the capacity by ``d``. Every step is
 one small LP (``policies.lp``), so a replan costs a few milliseconds; the
 registry replans when the backlog, a limit or a cooldown changes, not per
 request.
+
+Longer than the house's ~450 lines on purpose: one algorithm: the plan's
+model, its linear program, the stream mode and the allowances share private
+helpers.
 """
 
 from __future__ import annotations

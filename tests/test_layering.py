@@ -103,3 +103,22 @@ def test_only_the_ray_room_imports_ray():
             if name.startswith("adapters/ray/"):
                 continue
             assert not any(m == "ray" or m.startswith("ray.") for m in modules), name
+
+
+MAX_MODULE_LINES = 450
+LONG_MODULE_REASON = "Longer than the house's ~450 lines on purpose:"
+
+
+@pytest.mark.parametrize("folder", ["policies", "actors", "adapters"])
+def test_a_long_module_says_at_its_top_why_it_is_long(folder):
+    """A newcomer reads small modules with one job; a module that grows past
+    ~450 lines must say why in its docstring, or be split."""
+    unexplained = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") <= MAX_MODULE_LINES:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        if LONG_MODULE_REASON not in " ".join(docstring.split()):
+            unexplained.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert not unexplained, unexplained

@@ -18,6 +18,10 @@ store (``sqlite_store``, or ``postgres_store`` for a ``postgresql://`` URL)
 and the runtime. It is also the only place that configures
 logging. ``main`` returns the exit code instead of exiting, so it can be
 called in-process (tests) as well as by the console script.
+
+Longer than the house's ~450 lines on purpose: one handler per command; the
+parser (cli_parser) and the exit codes (exit_codes) are modules of their
+own.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ back into the results table, and it is built to be killed:
 
 The loop wakes when results arrive (to top up the runtime's queue) and at
 least every ``poll_interval_s`` (to see rows other processes inserted).
+
+Longer than the house's ~450 lines on purpose: the loop and its shutdown
+sequence, every step of which runs even when an earlier one failed; one
+class, so the order of the steps is visible.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ database elects it (``adapters.storage.quota_lease``):
 
 Every daemon heartbeats its ``daemons`` row (role, backlog, grants, grant
 rate), which ``tierbatch status`` shows.
+
+Longer than the house's ~450 lines on purpose: the election, the owner's and
+the follower's roles share one lease loop and its take-over.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ interpreted with the quota policy itself, so "used today" means exactly what
 the daemon will count (a snapshot from yesterday shows 0 today), and the
 limits, burst and limiter shape shown are those the daemon learnt of the
 provider and will start from ("configured 240, learnt 120").
+
+Longer than the house's ~450 lines on purpose: the read, the text and the
+JSON of one report side by side, so a field added to one is added to all.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ with the outcome it means (``AuthFailed`` for a refused key, ...);
 ``BatchJobNotFoundError`` for a job the API does not know (deleted, or
 another key's); ``BatchNotSucceededError`` when results are asked of a job that
 did not succeed.
+
+Longer than the house's ~450 lines on purpose: the Batch API's inline and
+file sources, polling and results behind one small typed interface.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ file), as Gemini answers for another project's resources. The upload URL's
 Batch jobs spend no interactive quota (Gemini counts them separately).
 
 Everything here runs on the server's loop thread: no locks.
+
+Longer than the house's ~450 lines on purpose: batch jobs and the part of
+the Files API they need, in Gemini's REST shapes.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Every entity found this way is in its article's text. ``AnswerQuality`` and
 ``degrade`` make a model that loses track of a pack: at configurable rates
 an entity is swapped for one of another article of the request, or for a
 name that is in no article -- what the grounding check must catch.
+
+Longer than the house's ~450 lines on purpose: word lists (titles,
+organisation, event and product words, stop words) are most of it.
 """
 
 from __future__ import annotations

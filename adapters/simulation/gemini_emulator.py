@@ -45,6 +45,10 @@ The server runs its own asyncio loop in a background thread; all its state
 (quota, random draws, the log) lives in that thread, so it needs no locks.
 The HTTP plumbing is in ``http_transport``, Gemini's error bodies in
 ``error_bodies``.
+
+Longer than the house's ~450 lines on purpose: one decision per route of the
+emulated API (generate, models, batches, files), in the order Gemini checks
+them.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ it records or is given (``outages``, ``SimulatedCall``) is on that timeline.
 Reproducibility: each call draws its latency and faults from a
 ``random.Random`` seeded by (seed, call index), so a run that makes its calls
 in the same order sees the same faults, whatever the timing.
+
+Longer than the house's ~450 lines on purpose: one provider with its quota,
+faults, latency and answers; the quota emulator and the entity fakes are
+modules of their own.
 """
 
 from __future__ import annotations
