@@ -285,51 +285,52 @@ class PostgresStore(SqlQueueStore):
 def read_postgres_report(url: str, now: float | None) -> QueueReport:
     """What ``tierbatch status`` shows, in one read-only snapshot (never
     creating tables). ``now`` None: expired leases by the server's clock."""
-    name = display_name(url)
-    try:
-        conn = psycopg.connect(url, connect_timeout=10, application_name="tierbatch status")
-    except psycopg.Error as exc:
-        raise StorageError(f"{name}: cannot open: {_message(exc)}") from exc
-    try:
-        conn.read_only = True
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with conn.transaction():
-            if now is None:
-                ((now,),) = conn.execute(SERVER_TIME).fetchall()
 
-            def query(sql: str, params: Sequence[Any]) -> list[Any]:
-                return conn.execute(to_format_params(sql), params).fetchall()
+    def read(conn: psycopg.Connection[Any]) -> QueueReport:
+        at = now
+        if at is None:
+            ((at,),) = conn.execute(SERVER_TIME).fetchall()
 
-            def has_table(name: str) -> bool:
-                return bool(query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
+        def query(sql: str, params: Sequence[Any]) -> list[Any]:
+            return conn.execute(to_format_params(sql), params).fetchall()
 
-            report = read_queue_report(query, float(now), _RESULT_COUNTS, _GROUNDING_COUNTS)
-            owner, daemons, state = read_sharing(query, float(now), has_table)
-            return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
-    except psycopg.Error as exc:
-        raise StorageError(f"{name}: not a readable tierbatch database: {_message(exc)}") from exc
-    finally:
-        conn.close()
+        def has_table(name: str) -> bool:
+            return bool(query("SELECT to_regclass(?) IS NOT NULL", (name,))[0][0])
+
+        report = read_queue_report(query, float(at), _RESULT_COUNTS, _GROUNDING_COUNTS)
+        owner, daemons, state = read_sharing(query, float(at), has_table)
+        return replace(report, quota_owner=owner, daemons=daemons, quota_state=state)
+
+    return _read_only(url, "tierbatch status", read)
 
 
 def read_postgres_backlog(url: str) -> tuple[list[Article], int]:
     """The queued and leased articles (for ``tierbatch plan``), in one
     read-only snapshot, and how many rows are not usable articles."""
+    return _read_only(
+        url,
+        "tierbatch plan",
+        lambda conn: backlog_articles(
+            conn.execute(
+                "SELECT id, payload FROM articles WHERE state IN ('queued', 'leased') ORDER BY seq"
+            ).fetchall()
+        ),
+    )
+
+
+def _read_only(url: str, application: str, read: Callable[[psycopg.Connection[Any]], T]) -> T:
+    """``read`` inside one read-only, repeatable-read transaction of a
+    connection of its own, closed afterwards; errors as ``StorageError``."""
     name = display_name(url)
     try:
-        conn = psycopg.connect(url, connect_timeout=10, application_name="tierbatch plan")
+        conn = psycopg.connect(url, connect_timeout=10, application_name=application)
     except psycopg.Error as exc:
         raise StorageError(f"{name}: cannot open: {_message(exc)}") from exc
     try:
         conn.read_only = True
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
-            return backlog_articles(
-                conn.execute(
-                    "SELECT id, payload FROM articles"
-                    " WHERE state IN ('queued', 'leased') ORDER BY seq"
-                ).fetchall()
-            )
+            return read(conn)
     except psycopg.Error as exc:
         raise StorageError(f"{name}: not a readable tierbatch database: {_message(exc)}") from exc
     finally:
