@@ -73,6 +73,78 @@ def test_status_deadlines_move_between_clocks_and_none_stays_none() -> None:
     assert (moved.cooldown_until, moved.exhausted_until) == (110.0, None)
 
 
+def acquire_message(request_id: int, chain: tuple[str, ...], reply: Any = None) -> Acquire:
+    return Acquire(
+        request_id=request_id,
+        holder=1,
+        chain=chain,
+        est_tokens=100,
+        tier_rank=0,
+        enqueued_at=SystemClock().now(),
+        reply=reply or (lambda _answer: None),
+        tier="hot",
+    )
+
+
+def test_a_429_reported_before_an_acquire_cools_the_model_even_when_ray_starts_the_acquire_first(
+    tmp_path: Path,
+) -> None:
+    """Ray starts an async actor's calls in any order, even one client's: the
+    Acquire a daemon sent after reporting a 429 must not be granted the model
+    that 429 cooled. The actor class runs here on a plain event loop, with
+    the calls started in the wrong order on purpose."""
+    import asyncio
+
+    from tierbatch.adapters.ray.registry_actor import RegistryActor
+
+    config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
+    actor = RegistryActor("order", config, use_kv=False)
+
+    async def scenario() -> tuple[Any, bool, int]:
+        await actor.join("c")
+        first = await actor.acquire("c", 0, acquire_message(1, ("m-pro",)))
+        assert isinstance(first, Granted)
+        cooled = RateLimited(RateLimitScope.REQUESTS_PER_MINUTE, 300.0)
+        # Call 2 (an Acquire) starts before call 1 (the Report of the 429).
+        later = asyncio.create_task(actor.acquire("c", 2, acquire_message(2, ("m-pro",))))
+        await asyncio.sleep(0)  # one loop turn: the Acquire is started, and waits its turn
+        await actor.tell_many("c", 1, [Report(first.grant.grant_id, cooled)])
+        statuses = await actor.ask(GetQuotaStatus(), "c", 3)
+        waiting = (await actor.info())["waiting"]
+        done = later.done()
+        later.cancel()
+        pro = next(s for s in statuses if s.model == "m-pro")
+        return pro, done, waiting
+
+    try:
+        pro, done, waiting = asyncio.run(scenario())
+    finally:
+        actor._registry.stop()
+    assert pro.cooldown_until is not None
+    assert pro.in_flight == 0 and not done and waiting == 1  # it waits for the cooldown
+
+
+def test_a_call_that_never_comes_holds_the_next_ones_only_for_the_gap_timeout() -> None:
+    import asyncio
+
+    from tierbatch.adapters.ray.in_order import ClientOrder
+
+    async def scenario() -> list[int]:
+        order = ClientOrder("c", 0, gap_timeout_s=0.05)
+        ran: list[int] = []
+
+        async def call(seq: int) -> None:
+            await order.turn(seq)
+            ran.append(seq)
+            order.done(seq)
+
+        await asyncio.gather(call(2), call(1))  # call 0 is lost
+        await call(0)  # ... or late: it goes at once
+        return ran
+
+    assert asyncio.run(scenario()) == [1, 2, 0]
+
+
 def test_the_registry_is_named_per_project_never_by_the_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -59,6 +59,7 @@ from tierbatch.actors.messages import (
 )
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.runtime import make_budget, tier_shapes
+from tierbatch.adapters.ray.in_order import ClientOrder
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.config import Config
@@ -181,6 +182,7 @@ class RegistryActor:
         self._holders: dict[str, set[int]] = {}
         self._seen: dict[str, float] = {}
         self._backlogs: dict[str, tuple[TierBacklog, ...]] = {}
+        self._order: dict[str, ClientOrder] = {}
         self.restored_from = "fresh"
         policy, state = self._restore()
         ladder = TierLadder(config.tiers, config.global_fallback)
@@ -281,8 +283,19 @@ class RegistryActor:
     # ---- the registry's messages -------------------------------------------------------
 
     async def _ask(self, message: Any) -> Any:
-        future = self._registry.ask(message, block=False)
+        return await self._answer_of(self._registry.ask(message, block=False))
+
+    @staticmethod
+    async def _answer_of(future: Any) -> Any:
         return await asyncio.to_thread(future.get)
+
+    def _order_of(self, client: str, seq: int) -> ClientOrder:
+        """The client's call order; a client this actor never saw join (it
+        was restarted since) starts its order at the first call that comes."""
+        order = self._order.get(client)
+        if order is None:
+            order = self._order[client] = ClientOrder(client, seq)
+        return order
 
     def _steady(self, wall: float | None) -> float | None:
         return None if wall is None else wall - wall_offset(self._clock)
@@ -291,10 +304,30 @@ class RegistryActor:
         self._ensure_running()
         self._seen[client] = time.monotonic()
 
-    async def acquire(self, client: str, msg: Acquire) -> Granted | AcquireFailed | None:
+    async def acquire(self, client: str, seq: int, msg: Acquire) -> Granted | AcquireFailed | None:
         """One request for quota; returns when it is answered (None: it was
         withdrawn or its holder released first). Times in ``msg`` are wall
-        times; so is the answer's ``granted_at``."""
+        times; so is the answer's ``granted_at``. It reaches the registry
+        after every call the client made before it (``seq``)."""
+        order = self._order_of(client, seq)
+        await order.turn(seq)
+        try:
+            future = self._register(client, msg)
+        finally:
+            order.done(seq)
+        key = (msg.holder, msg.request_id)
+        try:
+            answer: Granted | AcquireFailed | None = await future
+        finally:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+        if isinstance(answer, Granted):
+            grant = answer.grant
+            wall = grant.granted_at + wall_offset(self._clock)
+            answer = Granted(answer.request_id, dataclasses.replace(grant, granted_at=wall))
+        return answer
+
+    def _register(self, client: str, msg: Acquire) -> asyncio.Future[Any]:
         self._touch(client)
         self._holders.setdefault(client, set()).add(msg.holder)
         loop = asyncio.get_running_loop()
@@ -313,18 +346,9 @@ class RegistryActor:
                 deadline=self._steady(msg.deadline),
             )
         )
-        try:
-            answer: Granted | AcquireFailed | None = await future
-        finally:
-            if self._pending.get(key) is future:
-                del self._pending[key]
-        if isinstance(answer, Granted):
-            grant = answer.grant
-            wall = grant.granted_at + wall_offset(self._clock)
-            answer = Granted(answer.request_id, dataclasses.replace(grant, granted_at=wall))
-        return answer
+        return future
 
-    async def tell(self, client: str, message: Any) -> None:
+    async def _tell(self, client: str, message: Any) -> None:
         """Every other message a client sends, in the client's order."""
         self._touch(client)
         match message:
@@ -345,10 +369,16 @@ class RegistryActor:
             case _:
                 raise TypeError(f"RegistryActor: unexpected message {message!r}")
 
-    async def tell_many(self, client: str, messages: Sequence[Any]) -> None:
-        """Several one-way messages in one call, in order."""
-        for message in messages:
-            await self.tell(client, message)
+    async def tell_many(self, client: str, seq: int, messages: Sequence[Any]) -> None:
+        """Several one-way messages in one call, in order, after every call
+        the client made before (``seq``)."""
+        order = self._order_of(client, seq)
+        await order.turn(seq)
+        try:
+            for message in messages:
+                await self._tell(client, message)
+        finally:
+            order.done(seq)
 
     def _drop_holder(self, holder: int) -> None:
         self._drop_pending(lambda key: key[0] == holder)
@@ -360,28 +390,47 @@ class RegistryActor:
         for key in [key for key in self._pending if match(key)]:
             _settle(self._pending.pop(key), None)
 
-    async def ask(self, message: Any) -> Any:
+    async def ask(self, message: Any, client: str | None = None, seq: int | None = None) -> Any:
         """A question: quota status (deadlines as wall times), the snapshot,
-        the plan, or the daily budget (its times are wall times already)."""
+        the plan, or the daily budget (its times are wall times already).
+        A client's question (``client``, ``seq``) is answered after what
+        it told before."""
         self._ensure_running()
-        match message:
-            case GetQuotaStatus():
-                statuses = await self._ask(message)
-                return shift_status(statuses, wall_offset(self._clock))
-            case GetQuotaSnapshot() | GetPlan() | GetBudgetState():
-                return await self._ask(message)
-        raise TypeError(f"RegistryActor: unexpected question {message!r}")
+        if not isinstance(message, GetQuotaStatus | GetQuotaSnapshot | GetPlan | GetBudgetState):
+            raise TypeError(f"RegistryActor: unexpected question {message!r}")
+        if client is None or seq is None:
+            pending = self._registry.ask(message, block=False)
+        else:
+            order = self._order_of(client, seq)
+            await order.turn(seq)
+            try:
+                pending = self._registry.ask(message, block=False)
+            finally:
+                order.done(seq)
+        answer = await self._answer_of(pending)
+        if isinstance(message, GetQuotaStatus):
+            return shift_status(answer, wall_offset(self._clock))
+        return answer
 
     # ---- clients -----------------------------------------------------------------------
+
+    async def join(self, client: str) -> str:
+        """A new client, before its first call: its calls are numbered from 0."""
+        self._order.setdefault(client, ClientOrder(client, 0))
+        return await self.heartbeat(client)
 
     async def heartbeat(self, client: str) -> str:
         self._touch(client)
         return self.restored_from
 
-    async def leave(self, client: str) -> None:
+    async def leave(self, client: str, seq: int | None = None) -> None:
         """A client is gone (stopped, or silent too long): drop its waits,
-        abandon its grants, forget its backlog."""
+        abandon its grants, forget its backlog. A client leaving (``seq``)
+        leaves after its last calls."""
+        if seq is not None:
+            await self._order_of(client, seq).turn(seq)
         self._seen.pop(client, None)
+        self._order.pop(client, None)
         for holder in sorted(self._holders.pop(client, set())):
             await self._ask(ReleaseHolder(holder))
             self._drop_holder(holder)

@@ -5,6 +5,8 @@ unchanged against a registry on another machine.
 
 What it adds on the way, and nothing else:
 
+* every call numbered, so the actor runs this daemon's calls in the order
+  it made them (Ray keeps no order for an async actor; see ``in_order``);
 * holder ids made unique across daemons (every daemon numbers its
   extractors from 1);
 * steady times turned into wall times and back (see ``registry_actor``);
@@ -79,10 +81,11 @@ class RemoteRegistryRef:
         self._outbox: list[Any] = []
         self._send_lock = threading.Lock()  # one flush at a time, in order
         self._flush_due = threading.Event()
+        self._seq = 0  # the number of this client's next call (taken under _send_lock)
         import ray
 
         self._ray = ray
-        self.restored_from: str = ray.get(actor.heartbeat.remote(self.client))
+        self.restored_from: str = ray.get(actor.join.remote(self.client))
         self._heartbeat = threading.Thread(
             target=self._beat, args=(heartbeat_s,), name="tierbatch-ray-heartbeat", daemon=True
         )
@@ -129,7 +132,8 @@ class RemoteRegistryRef:
                     raise pykka.ActorDeadError("the registry handle is stopped")
                 with self._send_lock:  # after what this client told before it
                     self._flush_locked()
-                    pending = self._actor.ask.remote(message).future()
+                    pending = self._actor.ask.remote(message, self.client, self._next_seq())
+                    pending = pending.future()
                 pending.add_done_callback(lambda done: self._answer_question(message, done, future))
             case _:
                 raise TypeError(f"RemoteRegistryRef: unexpected question {message!r}")
@@ -140,12 +144,14 @@ class RemoteRegistryRef:
         abandons its grants still out) -- the actor itself lives on."""
         future: pykka.ThreadingFuture[Any] = pykka.ThreadingFuture()
         if self._alive:
-            self._flush()
+            with self._send_lock:
+                self._flush_locked()
+                leaving = self._actor.leave.remote(self.client, self._next_seq())
             self._alive = False
             self._stopping.set()
             self._flush_due.set()
             try:
-                self._ray.get(self._actor.leave.remote(self.client), timeout=LEAVE_TIMEOUT_S)
+                self._ray.get(leaving, timeout=LEAVE_TIMEOUT_S)
             except Exception as exc:  # the registry drops us after its client timeout anyway
                 _log.warning("could not leave the registry", error=str(exc))
             self._answer_waiting("the registry handle stopped")
@@ -160,8 +166,8 @@ class RemoteRegistryRef:
     def _send(self, message: Any) -> None:
         """Queue a one-way message; the flusher sends what queued up in one
         call, so a request's ``Sent`` and ``Report`` cost no call of their
-        own under load. The client's order is kept (an ``Acquire`` flushes
-        what is queued before it goes)."""
+        own under load. The client's order is kept: an ``Acquire`` flushes
+        what is queued before it goes, and every call carries its number."""
         with self._lock:
             self._outbox.append(message)
         self._flush_due.set()
@@ -170,12 +176,20 @@ class RemoteRegistryRef:
         with self._send_lock:
             self._flush_locked()
 
+    def _next_seq(self) -> int:
+        """The number of the call about to go (the caller holds
+        ``_send_lock``): the actor runs this client's calls in this order,
+        which Ray does not keep for an async actor."""
+        seq = self._seq
+        self._seq += 1
+        return seq
+
     def _flush_locked(self) -> None:
         """Send what queued up (the caller holds ``_send_lock``)."""
         with self._lock:
             batch, self._outbox = self._outbox, []
         if batch:
-            ref = self._actor.tell_many.remote(self.client, batch)
+            ref = self._actor.tell_many.remote(self.client, self._next_seq(), batch)
             ref.future().add_done_callback(self._check_sent)
 
     def _flusher(self) -> None:
@@ -218,7 +232,7 @@ class RemoteRegistryRef:
         )
         with self._send_lock:  # after what this client told before it
             self._flush_locked()
-            pending = self._actor.acquire.remote(self.client, wire).future()
+            pending = self._actor.acquire.remote(self.client, self._next_seq(), wire).future()
         pending.add_done_callback(lambda done: self._answered(msg, done))
 
     def _answered(self, msg: Acquire, done: concurrent.futures.Future[Any]) -> None:
