@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from tierbatch.adapters.ray.cluster import kill_registry, registry_for
-    from tierbatch.adapters.ray.registry_actor import NAMESPACE
+    from tierbatch.adapters.ray.wire import NAMESPACE
 
     config = _config()
     clock = SystemClock()

@@ -64,6 +64,42 @@ def test_a_live_lease_is_never_taken_and_an_expired_one_is_once(backend: Backend
         b.close()
 
 
+def test_a_dead_owners_live_lease_is_taken_over_once_and_only_in_its_epoch(
+    backend: Backend,
+) -> None:
+    clock = FakeClock()
+    dead, b, c = (backend.open(name, clock) for name in ("dead", "b", "c"))
+    try:
+        first = dead.claim_quota("dead:1", LEASE_S)
+        taken = b.take_over_quota(first, "b:1", LEASE_S)
+        assert (taken.owner, taken.address, taken.epoch, taken.live) == ("b", "b:1", 2, True)
+        # A second daemon that read the same dead owner loses: the row moved on.
+        assert c.take_over_quota(first, "c:1", LEASE_S).owner == "b"
+        assert not dead.renew_quota(1, LEASE_S)
+        assert b.renew_quota(2, LEASE_S)
+    finally:
+        for store in (dead, b, c):
+            store.close()
+
+
+def test_only_a_process_of_this_host_whose_pid_is_free_is_known_gone() -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from tierbatch.adapters.storage.store import owner_process_gone
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # reaped: its pid is free (until the system reuses it)
+    host = socket.gethostname()
+    assert owner_process_gone(f"{host}:{child.pid}:abc")
+    assert not owner_process_gone(f"{host}:{os.getpid()}:abc")  # this process
+    assert not owner_process_gone(f"{host}:{os.getppid()}:abc")  # alive
+    assert not owner_process_gone(f"another-host-{host}:{child.pid}:abc")
+    assert not owner_process_gone("not-an-owner-id")
+
+
 def test_concurrent_claims_of_an_expired_lease_elect_exactly_one(backend: Backend) -> None:
     clock = FakeClock()
     stores = [backend.open(f"d{i}", clock) for i in range(6)]

@@ -40,7 +40,7 @@ from tierbatch.actors.messages import (
     Sent,
     StopGranting,
 )
-from tierbatch.adapters.ray.registry_actor import merged_backlog, shift_status
+from tierbatch.adapters.ray.wire import merged_backlog, shift_status
 from tierbatch.adapters.simulation.fake_gemini import FakeGeminiServer
 from tierbatch.adapters.simulation.gemini_emulator import FakeGeminiConfig
 from tierbatch.adapters.storage.config_file import load_config
@@ -207,7 +207,8 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
     import ray
 
     from tierbatch.adapters.ray.cluster import kill_registry, registry_for
-    from tierbatch.adapters.ray.registry_actor import _kv_get, kv_key
+    from tierbatch.adapters.ray.registry_actor import _kv_get
+    from tierbatch.adapters.ray.wire import kv_key
 
     config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
     clock = SystemClock()
@@ -430,7 +431,7 @@ def test_a_silent_daemon_loses_its_waits_and_grants(ray_driver: RayHead, tmp_pat
 
 
 def test_a_config_unlike_the_registrys_is_told_apart(tmp_path: Path) -> None:
-    from tierbatch.adapters.ray.registry_actor import config_fingerprint
+    from tierbatch.adapters.ray.wire import config_fingerprint
 
     one = load_config(write_config(tmp_path / "a.toml", pro_rpm=10))
     same = load_config(write_config(tmp_path / "b.toml", pro_rpm=10))

@@ -282,7 +282,15 @@ def test_three_daemons_share_one_quota(queue: Queue, tmp_path: Path) -> None:
     assert sum(shares.values()) == pytest.approx(1.0)
 
 
-def test_sigkill_of_a_follower_gives_its_share_back(queue: Queue, tmp_path: Path) -> None:
+@pytest.fixture
+def sqlite_queue(tmp_path: Path) -> Queue:
+    return Queue(str(tmp_path / "queue.sqlite"))
+
+
+def test_sigkill_of_a_follower_gives_its_share_back(sqlite_queue: Queue, tmp_path: Path) -> None:
+    """On SQLite only: nothing in a follower's death depends on the store (a
+    PostgreSQL daemon's kill is ``test_postgres_daemon``'s, the owner's here)."""
+    queue = sqlite_queue
     n = 6 * R  # six windows: two before the kill, four after
     with fake_gemini() as server:
         config = shared_config(tmp_path / "c.toml", server.base_url)

@@ -71,7 +71,7 @@ from tierbatch.adapters.storage.snapshot_file import (
     decode,
     encode,
 )
-from tierbatch.adapters.storage.store import Store
+from tierbatch.adapters.storage.store import Store, owner_process_gone
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import RuntimeStateError, SnapshotError, StorageError
 from tierbatch.policies.outcomes import CallOutcome, RateLimited
@@ -350,6 +350,14 @@ class QuotaLink:
         owner = self._store.quota_owner()
         if owner is None or not owner.live:
             owner = self._store.claim_quota(self.address, self.options.lease_s)
+        elif owner.owner != self._store.owner and owner_process_gone(owner.owner):
+            _log.warning(
+                "the quota's owner died on this host; taking the quota over without "
+                "waiting for its lease",
+                dead_owner=owner.owner,
+                epoch=owner.epoch,
+            )
+            owner = self._store.take_over_quota(owner, self.address, self.options.lease_s)
         if owner.owner == self._store.owner:
             self._become_owner(owner.epoch)
             return True

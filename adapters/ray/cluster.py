@@ -17,13 +17,9 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock
-from tierbatch.adapters.ray.registry_actor import (
-    NAMESPACE,
-    RegistryActor,
-    actor_name,
-    config_fingerprint,
-)
+from tierbatch.adapters.ray.registry_actor import RegistryActor
 from tierbatch.adapters.ray.remote_registry import RemoteRegistryRef
+from tierbatch.adapters.ray.wire import NAMESPACE, actor_name, config_fingerprint
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import TierbatchError
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -60,65 +59,26 @@ from tierbatch.actors.messages import (
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.runtime import make_budget, tier_shapes
 from tierbatch.adapters.ray.in_order import ClientOrder
+from tierbatch.adapters.ray.wire import (
+    NAMESPACE,
+    config_fingerprint,
+    kv_key,
+    merged_backlog,
+    shift_status,
+)
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import SnapshotError
 from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant, ModelStatus, QuotaPolicy
+from tierbatch.policies.quota import Grant, QuotaPolicy
 from tierbatch.policies.tiers import TierLadder
 
 _log = structlog.get_logger(__name__)
 
-NAMESPACE = "tierbatch"
 # After a restart, new grant ids start this far past the snapshot's, so a
 # report of a grant made after the last save cannot settle a new grant.
 GRANT_ID_GAP = 1_000_000_000
-# ModelStatus fields that are steady-clock times.
-_STATUS_TIMES = ("cooldown_until", "exhausted_until")
-
-
-def config_fingerprint(config: Config) -> str:
-    """What the registry's decisions depend on -- models, quota settings,
-    tiers -- in a few hex digits, so a daemon can tell that its config is
-    not the one the shared registry was created with."""
-    relevant = (sorted(config.models.items()), config.quota, config.tiers, config.global_fallback)
-    return hashlib.sha256(repr(relevant).encode()).hexdigest()[:12]
-
-
-def actor_name(project: str) -> str:
-    return f"tierbatch-registry-{project}"
-
-
-def kv_key(project: str) -> bytes:
-    return f"tierbatch/quota/{project}".encode()
-
-
-def shift_status(statuses: Sequence[ModelStatus], delta: float) -> tuple[ModelStatus, ...]:
-    """``statuses`` with their deadlines moved by ``delta`` seconds (steady
-    to wall: + the wall offset; wall to steady: - it)."""
-    shifted = []
-    for status in statuses:
-        changes = {
-            name: getattr(status, name) + delta
-            for name in _STATUS_TIMES
-            if getattr(status, name) is not None
-        }
-        shifted.append(dataclasses.replace(status, **changes) if changes else status)
-    return tuple(shifted)
-
-
-def merged_backlog(by_client: Mapping[str, tuple[TierBacklog, ...]]) -> Backlog:
-    """One backlog from every client's. Daemons on one queue each count the
-    whole store's backlog, so a sum would count it once per daemon: per tier
-    the largest report stands for all of them."""
-    tiers: dict[str, TierBacklog] = {}
-    for backlog in by_client.values():
-        for tier in backlog:
-            known = tiers.get(tier.tier)
-            if known is None or tier.articles > known.articles:
-                tiers[tier.tier] = tier
-    return Backlog(tuple(tiers.values()))
 
 
 class _Dirty:
@@ -477,4 +437,4 @@ def _kv_put(key: bytes, value: bytes) -> None:
     internal_kv._internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
 
 
-__all__ = ["NAMESPACE", "RegistryActor", "actor_name", "merged_backlog", "shift_status"]
+__all__ = ["RegistryActor"]

@@ -51,7 +51,7 @@ from tierbatch.actors.messages import (
     Wake,
     Withdraw,
 )
-from tierbatch.adapters.ray.registry_actor import shift_status
+from tierbatch.adapters.ray.wire import shift_status
 from tierbatch.policies.outcomes import Cancelled
 
 _log = structlog.get_logger(__name__)

@@ -34,6 +34,10 @@ processes and machines:
 * **Claim** (``claim_quota``): take the row only when its lease has expired
   (or there is none); the epoch goes up by one. Two daemons claiming at once
   cannot both win: the conditional update serialises on the row.
+* **Take over** (``take_over_quota``): the owner's process is known to be
+  gone (it ran on this host and its pid is free): take the row at once,
+  only while it still names that owner in that epoch -- a daemon restarted
+  after a crash does not wait out its predecessor's lease.
 * **Renew** (``renew_quota``) and **release** (``release_quota``, on a
   graceful stop: the lease expires at once) only by the owner of that epoch.
 * **Save** (``save_quota_state``): the snapshot row is written only by the
@@ -161,6 +165,9 @@ CLAIM = """INSERT INTO quota_owner (id, owner, address, lease_expires, epoch, up
         lease_expires = excluded.lease_expires, epoch = quota_owner.epoch + 1,
         updated_at = excluded.updated_at
     WHERE quota_owner.lease_expires < excluded.updated_at"""
+TAKE_OVER = """UPDATE quota_owner SET owner = ?, address = ?, lease_expires = ?, epoch = epoch + 1,
+        updated_at = ?
+    WHERE id = 1 AND owner = ? AND epoch = ?"""
 RENEW_QUOTA = """UPDATE quota_owner SET lease_expires = ?, updated_at = ?
     WHERE id = 1 AND owner = ? AND epoch = ?"""
 OWNER_SQL = f"SELECT {_OWNER_COLUMNS} FROM quota_owner WHERE id = 1"
@@ -215,6 +222,22 @@ class QuotaLeaseStore:
             return owner
 
         return self._transact(claim)
+
+    def take_over_quota(self, dead: QuotaOwner, address: str, lease_s: float) -> QuotaOwner:
+        """Become the owner in place of ``dead``, whose process is known to be
+        gone, without waiting for its lease: only while the row still names
+        it in the same epoch (so of two daemons taking over, one wins).
+        Returns the owner row as it stands afterwards."""
+
+        def take(conn: Any) -> QuotaOwner:
+            now = self._clock()
+            params = (self.owner, address, now + lease_s, now, dead.owner, dead.epoch)
+            self._execute(conn, TAKE_OVER, params)
+            owner = _owner_row(self._execute(conn, OWNER_SQL).fetchone(), now)
+            assert owner is not None
+            return owner
+
+        return self._transact(take)
 
     def renew_quota(self, epoch: int, lease_s: float) -> bool:
         """Push this owner's lease of ``epoch`` to now + ``lease_s``; False when

@@ -148,6 +148,27 @@ def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def owner_process_gone(owner: str) -> bool:
+    """Whether the process a lease owner id names is known to be gone: it
+    ran on this host and no process has its pid now. Anything else -- another
+    host, a pid in use (perhaps reused), an id of another shape -- is not
+    known, and its lease must run out instead."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, as another user's
+        return False
+    return False
+
+
 class Store(Protocol):
     """A queue database: articles, results, rejects and counters.
 
@@ -207,6 +228,8 @@ class Store(Protocol):
     # The shared quota (``quota_lease``).
 
     def claim_quota(self, address: str, lease_s: float) -> QuotaOwner: ...
+
+    def take_over_quota(self, dead: QuotaOwner, address: str, lease_s: float) -> QuotaOwner: ...
 
     def renew_quota(self, epoch: int, lease_s: float) -> bool: ...
 
