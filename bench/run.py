@@ -3,6 +3,8 @@
     python -m bench.run --quick     # a smoke run, under a minute
     python -m bench.run --medium    # every workload, 3 s windows (~12 min)
     python -m bench.run --full      # every workload, 12 windows of 6 s, scale to 1M (~30 min)
+    python -m bench.run --real --systems tierbatch-packed,litellm-router
+                                    # steady at the real 60 s window (~11 min per system)
 
 Each run is a process of its own (``bench.run_one``) with a server process of
 its own, so CPU time and peak memory are the system's alone. Results go to
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
     mode.add_argument("--quick", action="store_const", const="quick", dest="mode")
     mode.add_argument("--medium", action="store_const", const="medium", dest="mode")
     mode.add_argument("--full", action="store_const", const="full", dest="mode")
+    mode.add_argument("--real", action="store_const", const="real", dest="mode")
     mode.add_argument("--mode", dest="mode", help=argparse.SUPPRESS)
     parser.add_argument("--systems", help=f"comma-separated subset of {','.join(SYSTEMS)}")
     parser.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")

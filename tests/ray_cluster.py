@@ -37,17 +37,28 @@ def _ray_command() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are
+    chosen (one at a time, the system may hand the same port out twice, and
+    Ray refuses two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 class RayHead:
     def __init__(self) -> None:
         # Short: Ray's unix socket paths must fit in 107 bytes.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="tbray-", dir="/tmp"))
-        self.port = free_port()
+        self._ports = free_ports(8)
+        self.port = self._ports[0]
         self.address = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[str] | None = None
         self._output: list[str] = []
@@ -55,16 +66,17 @@ class RayHead:
     def start(self) -> RayHead:
         command = _ray_command()
         assert command is not None
-        ports = {
-            "--port": self.port,
-            "--ray-client-server-port": free_port(),
-            "--node-manager-port": free_port(),
-            "--object-manager-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(),
-            "--dashboard-agent-listen-port": free_port(),
-            "--metrics-export-port": free_port(),
-            "--runtime-env-agent-port": free_port(),
-        }
+        flags = (
+            "--port",
+            "--ray-client-server-port",
+            "--node-manager-port",
+            "--object-manager-port",
+            "--dashboard-agent-grpc-port",
+            "--dashboard-agent-listen-port",
+            "--metrics-export-port",
+            "--runtime-env-agent-port",
+        )
+        ports = dict(zip(flags, self._ports, strict=True))
         argv = [
             command,
             "start",
