@@ -18,6 +18,7 @@ decisions are the ledger's and the tier assigner's, in policies.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,7 @@ from tierbatch.policies.backlog import BacklogMeter
 from tierbatch.policies.composition import Composer
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import ShuttingDownError
+from tierbatch.policies.feeding import TierFeed, TierFeedShape
 from tierbatch.policies.grounding import GroundingCounts
 from tierbatch.policies.ledger import Ledger
 from tierbatch.policies.pack_quality import PackQuality
@@ -112,6 +114,8 @@ class BatchComposer(pykka.ThreadingActor):
             Composer(ladder, config.composer.mix, config.composer.aging_s),
             config.retry.poison_after,
         )
+        self._feed = TierFeed(feed_shapes(config, ladder), config.quota.window_s)
+        self._room = config.runtime.extractors * config.runtime.max_packs_in_flight
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
         self._assigner = TierAssigner(ladder, config.composer.share_window)
         self._quality = PackQuality(config.tiers, config.grounding)
@@ -316,9 +320,14 @@ class BatchComposer(pykka.ThreadingActor):
         if self._paused is not None:
             return
         now = self._clock.now()
+        held = (
+            self._feed.held(self._ledger.held_by_tier, self._room, now)
+            if self._idle
+            else frozenset()
+        )
         while self._idle and self._ledger.has_work():
             request = self._idle.popleft()
-            batch = self._ledger.take(request.extractor, now)
+            batch = self._ledger.take(request.extractor, now, held)
             if batch is None:
                 self._idle.appendleft(request)
                 break
@@ -350,6 +359,10 @@ class BatchComposer(pykka.ThreadingActor):
                 "late or duplicate result ignored", article=article_id, extractor=extractor
             )
         self._terminal(finish.accepted)
+        if finish.served:
+            self._feed.finished(finish.served, self._clock.now())
+            if self._idle:  # a held tier may be fed again
+                self._dispatch()
 
     def _terminal(self, results: tuple[TerminalResult, ...]) -> None:
         """Results the ledger has recorded: to the sink."""
@@ -469,3 +482,15 @@ class BatchComposer(pykka.ThreadingActor):
             paused=self._paused,
             pack_sizes=dict(self._pack_sizes),
         )
+
+
+def feed_shapes(config: Config, ladder: TierLadder) -> tuple[TierFeedShape, ...]:
+    """Each tier's feed (``policies.feeding``): what its primary model admits
+    per window by the config, in articles (unlimited: never held)."""
+    shapes = []
+    for tier in ladder.tiers:
+        spec = config.models.get(tier.model)
+        rpm = spec.rpm if spec is not None else 0
+        per_window = float(rpm * tier.max_articles_per_request) if rpm else math.inf
+        shapes.append(TierFeedShape(per_window, tier.max_articles_per_request))
+    return tuple(shapes)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -320,9 +320,13 @@ class Composer:
             tq.credit = min(tq.credit, 0)
         return sorted((entry.item for entry in entries), key=lambda item: item.seq)
 
-    def next_batch(self, now: float, size: int | None = None) -> Batch | None:
+    def next_batch(
+        self, now: float, size: int | None = None, held: Collection[int] = ()
+    ) -> Batch | None:
         """Compose the next batch of up to ``size`` articles (default: the sum
-        of the mix weights); None when nothing is waiting."""
+        of the mix weights); None when nothing is waiting. The ``held``
+        tiers (indices) get nothing: they count as empty, their slots go to
+        the others (see ``policies.feeding``)."""
         if size is None:
             size = self._total_weight
         if size < 1:
@@ -330,7 +334,9 @@ class Composer:
         if not self._live:
             return None
         self._age(now)
-        slots = self._allot(size)
+        slots = self._allot(size, held)
+        if not any(slots):
+            return None
         items: list[Queued] = []
         for tq, count in zip(self._tiers, slots, strict=True):
             for _ in range(count):
@@ -356,12 +362,13 @@ class Composer:
                 entry.state = _State.AGED
                 target.add(entry, next(self._uids), track_arrival=False)
 
-    def _allot(self, size: int) -> list[int]:
+    def _allot(self, size: int, held: Collection[int] = ()) -> list[int]:
         """Slots per tier for a batch of ``size``: entitled slots by credit,
-        then leftovers highest tier first."""
+        then leftovers highest tier first; a held tier counts as empty."""
         tiers = self._tiers
-        for tq, weight in zip(tiers, self._weights, strict=True):
-            if tq:
+        waiting = [0 if k in held else len(tq) for k, tq in enumerate(tiers)]
+        for tq, weight, count in zip(tiers, self._weights, waiting, strict=True):
+            if count:
                 tq.credit += size * weight
             else:
                 tq.credit = min(tq.credit, 0)
@@ -371,17 +378,17 @@ class Composer:
             best = -1
             best_credit = 0
             for k, tq in enumerate(tiers):
-                if tq.credit > best_credit and len(tq) > slots[k]:
+                if tq.credit > best_credit and waiting[k] > slots[k]:
                     best, best_credit = k, tq.credit
             if best < 0:
                 break
             slots[best] += 1
             tiers[best].credit -= self._total_weight
             remaining -= 1
-        for k, tq in enumerate(tiers):
+        for k in range(len(tiers)):
             if not remaining:
                 break
-            extra = min(remaining, len(tq) - slots[k])
+            extra = min(remaining, waiting[k] - slots[k])
             slots[k] += extra
             remaining -= extra
         return slots

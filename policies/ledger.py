@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from tierbatch.policies.articles import Article
@@ -46,6 +46,7 @@ class Finish:
 
     accepted: tuple[TerminalResult, ...]
     refused: tuple[str, ...]  # late or duplicate: not held by that extractor
+    served: tuple[int, ...] = ()  # the served tier of each accepted result
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class Ledger:
         self._suspects: deque[Queued] = deque()
         self._probe_ids = itertools.count(-1, -1)  # probe batches: negative ids
         self._held: dict[str, tuple[int, Queued]] = {}
+        self._held_by_tier = [0] * len(self._tier_names)  # by served tier
         self._by_extractor: dict[int, set[str]] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self._crashes: Counter[str] = Counter()
@@ -101,6 +103,11 @@ class Ledger:
     @property
     def held(self) -> int:
         return len(self._held)
+
+    @property
+    def held_by_tier(self) -> tuple[int, ...]:
+        """Articles extractors hold, per served tier index."""
+        return tuple(self._held_by_tier)
 
     @property
     def outstanding(self) -> int:
@@ -143,18 +150,20 @@ class Ledger:
         self.tallies.submitted += 1
         return item
 
-    def take(self, extractor: int, now: float) -> Batch | None:
+    def take(self, extractor: int, now: float, held: Collection[int] = ()) -> Batch | None:
         """The next batch for ``extractor``, now held by it: a suspect alone
-        if there is one, else a tier-mixed batch; None when nothing waits."""
+        if there is one, else a tier-mixed batch without the ``held`` tiers;
+        None when nothing waits (or only held tiers' articles)."""
         if self._suspects:
             batch: Batch | None = Batch(next(self._probe_ids), (self._suspects.popleft(),))
         else:
-            batch = self._queues.next_batch(now)
+            batch = self._queues.next_batch(now, held=held)
         if batch is None:
             return None
         ids = self._by_extractor.setdefault(extractor, set())
         for item in batch.items:
             self._held[item.article.id] = (extractor, item)
+            self._held_by_tier[item.tier] += 1
             ids.add(item.article.id)
         return batch
 
@@ -162,15 +171,16 @@ class Ledger:
         """Record the results of articles ``extractor`` holds; refuse the others."""
         accepted: list[TerminalResult] = []
         refused: list[str] = []
+        served: list[int] = []
         for result in results:
             held = self._held.get(result.article_id)
             if held is None or held[0] != extractor:
                 refused.append(result.article_id)
                 continue
-            self._release(result.article_id, extractor)
+            served.append(self._release(result.article_id, extractor).tier)
             self._settle(result)
             accepted.append(result)
-        return Finish(tuple(accepted), tuple(refused))
+        return Finish(tuple(accepted), tuple(refused), tuple(served))
 
     def give_back(self, extractor: int, ids: Iterable[str]) -> int:
         """Take back articles ``extractor`` holds and will not process: to
@@ -198,6 +208,7 @@ class Ledger:
         bystanders: list[Queued] = []
         for article_id in ids:
             _, item = self._held.pop(article_id)
+            self._held_by_tier[item.tier] -= 1
             if article_id not in blamed:
                 bystanders.append(item)
                 continue
@@ -246,6 +257,7 @@ class Ledger:
         articles = self.take_returned()
         articles.extend(item.article for _, item in self._held.values())
         self._held.clear()
+        self._held_by_tier = [0] * len(self._held_by_tier)
         self._by_extractor.clear()
         self._live.clear()
         return articles
@@ -254,6 +266,7 @@ class Ledger:
 
     def _release(self, article_id: str, extractor: int) -> Queued:
         _, item = self._held.pop(article_id)
+        self._held_by_tier[item.tier] -= 1
         owned = self._by_extractor.get(extractor)
         if owned is not None:
             owned.discard(article_id)

@@ -19,6 +19,7 @@ from tierbatch.adapters.gemini.genai_provider import GenaiProvider
 from tierbatch.adapters.gemini.legacy_provider import LegacyProvider
 from tierbatch.adapters.gemini.origin import InvalidBaseUrlError
 from tierbatch.adapters.simulation.simulated import SimulatedProvider
+from tierbatch.policies.articles import Article
 from tierbatch.policies.config import (
     ComposerConfig,
     Config,
@@ -66,6 +67,42 @@ def test_one_client_per_event_loop() -> None:
         asyncio.run(provider.aclose())
     assert isinstance(first.outcome, Succeeded)
     assert isinstance(second.outcome, Succeeded)
+
+
+def test_connections_are_split_over_small_pools_and_a_quiet_provider_keeps_one() -> None:
+    """An HTTP pool scans every idle connection per request and per response
+    (a third of a call's CPU with one pool of hundreds): calls spread over
+    pools of at most ``POOL_SHARD_CONNECTIONS``, opened only as calls pile up."""
+    from tierbatch.adapters.gemini.genai_provider import POOL_SHARD_CONNECTIONS
+
+    at_once = 2 * POOL_SHARD_CONNECTIONS + 3
+    with fake_server(latency_s=0.3) as server:
+        provider = GenaiProvider(
+            ProviderConfig(base_url=server.base_url), api_key=KEY, max_connections=at_once
+        )
+
+        async def go() -> tuple[list[Any], list[int], list[int]]:
+            try:
+                for _ in range(3):  # one at a time: one pool does
+                    await provider.extract(request(timeout_s=10.0))
+                quiet = [len(shards) for shards in provider._clients.values()]
+                articles = [
+                    Article(id=f"s{i}", title="Merkel in Paris", text="Angela Merkel met Macron.")
+                    for i in range(at_once)
+                ]
+                calls = [provider.extract(request((a,), timeout_s=10.0)) for a in articles]
+                answers = list(await asyncio.gather(*calls))
+                (shards,) = provider._clients.values()
+                return answers, quiet, [e.calls for e in shards]
+            finally:
+                await provider.aclose()
+
+        answers, quiet, left = asyncio.run(go())
+    assert all(isinstance(a.outcome, Succeeded) for a in answers)
+    assert quiet == [1]
+    assert len(left) == 3 and left == [0, 0, 0]  # every call counted back
+    sent = {e.article_ids[0] for e in server.log if e.article_ids}
+    assert len(sent - {"a1"}) == at_once
 
 
 def test_the_request_config_is_built_once_per_model(monkeypatch: pytest.MonkeyPatch) -> None:

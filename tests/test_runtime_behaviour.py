@@ -395,3 +395,32 @@ def test_patient_hot_packs_wait_for_their_primary_without_blocking_others(thread
     others = [g.granted_at for g, rank in observer.grants if rank > 0]
     assert max(others) < pro_grants[1]  # nobody else was held up by the wait
     assert_exactly_once(sink.results, articles)
+
+
+def test_a_tier_waiting_for_its_saturated_model_does_not_take_the_room_other_tiers_need(
+    threads_before,
+):
+    """Hot waits for pro (two requests a window, unbounded patience); warm
+    and cold have quota to spare. The mix kept feeding hot packs, which
+    waited, until they filled every extractor's room: warm and cold then
+    went at pro's pace, a window per two hot articles. Held at its mark,
+    hot keeps a few packs out and the others are served at once."""
+    base = small_config(
+        pro=(2, 10**7, 0), per_request=(1, 1, 1), extractors=1, max_packs=8, aging_s=10**9
+    )
+    hot, warm, cold = base.tiers
+    config = replace(base, tiers=(replace(hot, fallback_patience_s=10**9), warm, cold))
+    articles = make_articles(120)
+    sink = CollectingSink()
+    observer = RecordingObserver()
+    clock = ScaledClock(400)  # a 60 s window in 0.15 s
+    with Runtime(config, ScriptedProvider(), sink, clock=clock, observer=observer) as rt:
+        rt.submit(articles)
+        assert rt.drain(timeout=120)
+    assert_exactly_once(sink.results, articles)
+    pro_grants = sorted(g.granted_at for g, _ in observer.grants if g.model == PRO)
+    others = sorted(g.granted_at for g, rank in observer.grants if rank > 0)
+    hot_articles = sum(r.tier == "hot" for r in sink.results)
+    assert len(pro_grants) == hot_articles > 4  # hot waited for pro, every one
+    # Warm and cold were all served within pro's first two windows.
+    assert others[-1] < pro_grants[4], (len(others), others[-1] - pro_grants[0])

@@ -25,6 +25,15 @@ What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
 * ``output_tokens`` includes thinking tokens, which are billed as output;
   without ``usageMetadata`` the input tokens are the request's estimate.
 
+A loop's connections are split over several SDK clients of at most
+``POOL_SHARD_CONNECTIONS`` each, and a call goes to the one with the fewest
+calls out. The HTTP pool re-examines every idle connection of its pool
+(a ``poll`` and a ``getpeername`` each) whenever a request arrives or a
+response closes, so one pool of hundreds costs hundreds of system calls per
+request: a third of the CPU of a call measured against the local server.
+Shards keep that scan short; the next shard opens only when the others are
+full, so a quiet daemon keeps one.
+
 Nothing escapes ``extract`` except cancellation; unexpected exceptions become
 ``ServerError(None)`` with a redacted message.
 
@@ -80,6 +89,8 @@ from tierbatch.policies.task import TaskConfig
 DEFAULT_GEMINI_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_MAX_CONNECTIONS = 256
 """Without a figure from the provider factory: the default config's calls in flight."""
+POOL_SHARD_CONNECTIONS = 8
+"""The most connections one SDK client's pool holds (see the module's docstring)."""
 
 _log = structlog.get_logger(__name__)
 
@@ -106,8 +117,12 @@ def gemini_base_url(config: ProviderConfig) -> str:
 
 @dataclass(slots=True)
 class _LoopClient:
+    """One SDK client over its own pool; ``calls``: its calls out now
+    (changed on its loop's thread only)."""
+
     sdk: genai.Client
     http: Any
+    calls: int = 0
 
 
 class GenaiProvider:
@@ -137,9 +152,10 @@ class GenaiProvider:
         self._default_timeout_s = default_timeout_s
         self.max_connections = max_connections
         self.prompt = task_prompt(task)
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_LoopClient]] = (
             weakref.WeakKeyDictionary()
         )
+        self._max_shards = math.ceil(max_connections / POOL_SHARD_CONNECTIONS)
         self._lock = threading.Lock()
         # One request config per model and timeout, built at its first call
         # (the SDK reads it and changes nothing in it).
@@ -160,15 +176,19 @@ class GenaiProvider:
         )
         started = time.monotonic()
         timing = CallTiming(request.timeout_s)
+        shard: _LoopClient | None = None
         try:
-            client = self._client_for_running_loop()
+            shard = self._client_for_running_loop()
+            shard.calls += 1
             with timing_of_this_call(timing):
                 async with timing.deadline():
-                    response = await client.aio.models.generate_content(
+                    response = await shard.sdk.aio.models.generate_content(
                         model=request.model,
                         contents=build_user_text(request.articles),
                         config=self._generation_config(request.model, request.timeout_s),
                     )
+            shard.calls -= 1
+            shard = None
             elapsed = time.monotonic() - started
             return _answer(response, request, ids, log, elapsed, self.prompt.task)
         except Exception as exc:
@@ -176,6 +196,9 @@ class GenaiProvider:
             outcome = self._outcome_for_exception(exc, timing)
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
+        finally:
+            if shard is not None:  # the call failed or was cancelled
+                shard.calls -= 1
 
     async def describe_model(self, name: str, *, timeout_s: float = 10.0) -> ModelInfo | None:
         """``models.get`` (the ``ModelCatalog`` port): None for a 404. It
@@ -206,22 +229,31 @@ class GenaiProvider:
             entries = list(self._clients.items())
             self._clients.clear()
         current = asyncio.get_running_loop()
-        for loop, entry in entries:
-            if loop is current:
-                await _close(entry)
-            elif loop.is_running():
-                asyncio.run_coroutine_threadsafe(_close(entry), loop)
+        for loop, shards in entries:
+            for entry in shards:
+                if loop is current:
+                    await _close(entry)
+                elif loop.is_running():
+                    asyncio.run_coroutine_threadsafe(_close(entry), loop)
 
-    def _client_for_running_loop(self) -> genai.Client:
+    def _client_for_running_loop(self) -> _LoopClient:
+        """The running loop's least busy client; a new one when every one
+        is full and the connection budget allows."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._closed:
                 raise RuntimeError("provider is closed")
-            entry = self._clients.get(loop)
-            if entry is None:
-                entry = self._new_client()
-                self._clients[loop] = entry
-            return entry.sdk
+            shards = self._clients.get(loop)
+            if shards is None:
+                shards = self._clients[loop] = []
+            best = min(shards, key=_busy, default=None)
+            if best is None or (
+                best.calls >= POOL_SHARD_CONNECTIONS and len(shards) < self._max_shards
+            ):
+                size = min(POOL_SHARD_CONNECTIONS, self.max_connections)
+                best = self._new_client(max_connections=size)
+                shards.append(best)
+            return best
 
     def _new_client(
         self, *, max_connections: int | None = None, timeout_s: float | None = None
@@ -319,6 +351,10 @@ def _location(exc: genai_errors.APIError) -> str | None:
     except Exception:  # an unexpected response type: say nothing about where
         return None
     return location if isinstance(location, str) else None
+
+
+def _busy(entry: _LoopClient) -> int:
+    return entry.calls
 
 
 async def _close(entry: _LoopClient) -> None:
