@@ -156,6 +156,7 @@ class GenaiProvider:
             weakref.WeakKeyDictionary()
         )
         self._max_shards = math.ceil(max_connections / POOL_SHARD_CONNECTIONS)
+        self._ssl_context: Any = None  # built once, shared by the shards
         self._lock = threading.Lock()
         # One request config per model and timeout, built at its first call
         # (the SDK reads it and changes nothing in it).
@@ -258,7 +259,11 @@ class GenaiProvider:
     def _new_client(
         self, *, max_connections: int | None = None, timeout_s: float | None = None
     ) -> _LoopClient:
-        http = new_async_client(_HTTPX, self._origin, max_connections or self.max_connections)
+        if self._ssl_context is None and self._origin.scheme == "https":
+            self._ssl_context = _HTTPX.create_ssl_context()
+        http = new_async_client(
+            _HTTPX, self._origin, max_connections or self.max_connections, self._ssl_context
+        )
         sdk = new_sdk_client(self._config, self._key, http, timeout_s or self._default_timeout_s)
         return _LoopClient(sdk, http)
 
