@@ -534,7 +534,7 @@ def _print_summary(
     elif report.reason is StopReason.BUDGET:
         notes.append("stopped: the daily budget is spent; the rest stay queued until midnight")
     if report.budget is not None:
-        notes.append(budget_line(report.budget, time.time()))
+        notes.append(budget_line(report.budget, time.time(), batch_api=report.batch_api))
     summary = build_summary(
         config,
         provider=description,
