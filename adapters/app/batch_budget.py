@@ -21,7 +21,6 @@ import structlog
 
 from tierbatch.policies.articles import Article
 from tierbatch.policies.batch_jobs import JobRequest
-from tierbatch.policies.errors import TierbatchError
 from tierbatch.policies.packing import article_tokens, request_overhead
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -85,8 +84,11 @@ class JobBudget:
         ]
         try:
             approved = await asyncio.to_thread(budget.commit_batch, job_id, tier, model, tokens)
-        except TierbatchError as exc:
-            _log.warning("the daily budget could not be asked; the job waits", error=str(exc))
+        except Exception as exc:  # any failure to ask: nothing is committed, the job waits
+            _log.warning(
+                "the daily budget could not be asked; the job waits",
+                error=f"{type(exc).__name__}: {exc}",
+            )
             approved = 0
         approved = max(0, min(approved, len(requests)))
         if approved == len(requests):
@@ -114,7 +116,9 @@ class JobBudget:
             return
         try:
             self._budget.settle_batch(job_id, tier, usd, submitted_at)
-        except TierbatchError as exc:
+        except Exception as exc:  # best effort: the job is over whatever the budget heard
             _log.warning(
-                "the daily budget was not told of a batch job", job_id=job_id, error=str(exc)
+                "the daily budget was not told of a batch job",
+                job_id=job_id,
+                error=f"{type(exc).__name__}: {exc}",
             )
