@@ -5,7 +5,9 @@ job tells the budget its real cost, a returned one 0 -- once each."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,8 +16,11 @@ from cli_helpers import wait_until
 from test_batch_dispatch import TURNAROUND_S, Setup, config, creates, serve
 from test_fake_gemini_batch import ManualClock
 
+from tierbatch.adapters.app.batch_budget import JobBudget
 from tierbatch.adapters.app.batch_dispatcher import BatchDispatcher
 from tierbatch.adapters.simulation.batch_emulator import BatchFaultRates
+from tierbatch.policies.articles import Article
+from tierbatch.policies.batch_jobs import JobRequest
 from tierbatch.policies.errors import RuntimeNotRunningError
 
 
@@ -92,13 +97,21 @@ def test_a_tier_the_budget_holds_keeps_its_articles_and_says_so(
 ) -> None:
     server = serve(clock)
     budget = ScriptedBudget([0] * 1000)
-    setup = with_budget(Setup(tmp_path, server, config(), 3), budget, poll_interval_s=0.05)
+    setup = with_budget(Setup(tmp_path, server, config(), 3), budget, poll_interval_s=0.2)
     setup.start()
     try:
-        wait_until(lambda: len(budget.commits) >= 2, 20, "the budget asked twice")
-        stats = setup.dispatcher.stats()
-        assert stats.held == (("cold", 3),) and stats.held_waiting == 3
-        assert setup.dispatcher.busy and not setup.dispatcher.busy_unheld
+        dispatcher = setup.dispatcher
+
+        def held_again() -> bool:
+            # asked twice, and back in line after the second refusal
+            return (
+                len(budget.commits) >= 2
+                and dispatcher.stats().held == (("cold", 3),)
+                and not dispatcher.busy_unheld
+            )
+
+        wait_until(held_again, 20, "the budget asked twice and the tier held")
+        assert dispatcher.stats().held_waiting == 3 and dispatcher.busy
         assert creates(server) == 0 and setup.jobs.jobs() == []
         assert setup.store.counts()["leased"] == 3  # still the daemon's: its stop releases them
     finally:
@@ -127,3 +140,23 @@ def test_a_budget_that_cannot_be_asked_holds_the_job_and_a_returned_job_costs_no
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+def test_a_held_tier_is_asked_again_on_request_and_its_refusal_is_told_apart() -> None:
+    """What ``run`` waits for before it ends on a budget that holds the
+    batch work: a refusal *after* it asked again (money may have been freed
+    by what settled last)."""
+    budget = ScriptedBudget([0, 0, 1])
+    jobs = JobBudget(budget, retry_s=3600.0)
+    article = {"a": Article(id="a", text="some text")}
+    requests = [JobRequest("r0", ("a",))]
+    assert asyncio.run(jobs.commit("j1", "cold", "m", requests, article)) == 0
+    assert jobs.held() == {"cold"}
+    assert jobs.waits("cold", time.monotonic())  # not before retry_s
+    asked = jobs.retry_held()
+    assert not jobs.waits("cold", time.monotonic())  # at once, now
+    assert not jobs.refused_since(asked)  # the refusal before does not count
+    assert asyncio.run(jobs.commit("j2", "cold", "m", requests, article)) == 0
+    assert jobs.refused_since(asked)
+    assert asyncio.run(jobs.commit("j3", "cold", "m", requests, article)) == 1
+    assert jobs.held() == frozenset()

@@ -6,6 +6,13 @@ settles it -- 0 when its articles went back.
 The decisions are the budget's (``policies.budget.DailyBudget``, in the
 registry, reached through ``Runtime.commit_batch`` and ``settle_batch``);
 this only asks, off the dispatcher's event loop, and remembers the holds.
+
+Whether the budget still holds a tier after money was freed (a job or a
+call settled below its estimate) is only known by asking again:
+``retry_held`` has every held tier asked at the dispatcher's next turn and
+returns a number that ``refused_since`` later tells was answered "no" --
+what ``tierbatch run`` waits for before it ends on a budget that holds the
+rest.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ class JobBudget:
         self._estimator = TokenEstimator()
         self._lock = threading.Lock()
         self._held: dict[str, float] = {}  # tier -> monotonic time to ask again
+        self._asked = 0  # retries requested (``retry_held``)
+        self._refused = 0  # the latest such request a refusal answered
 
     def held(self) -> frozenset[str]:
         """The tiers the budget holds now."""
@@ -63,6 +72,19 @@ class JobBudget:
         (monotonic)."""
         with self._lock:
             return now < self._held.get(tier, -math.inf)
+
+    def retry_held(self) -> int:
+        """Ask again for every held tier at the next turn; the number that
+        ``refused_since`` takes."""
+        with self._lock:
+            self._asked += 1
+            self._held = dict.fromkeys(self._held, -math.inf)
+            return self._asked
+
+    def refused_since(self, asked: int) -> bool:
+        """Whether an ask made after ``retry_held`` returned ``asked`` was refused."""
+        with self._lock:
+            return self._refused >= asked
 
     async def commit(
         self,
@@ -77,6 +99,8 @@ class JobBudget:
         budget = self._budget
         if budget is None:
             return len(requests)
+        with self._lock:
+            asked = self._asked
         overhead = request_overhead(self._estimator)
         tokens = [
             overhead + sum(article_tokens(self._estimator, articles[i]) for i in r.article_ids)
@@ -101,6 +125,7 @@ class JobBudget:
         with self._lock:
             first = tier not in self._held
             self._held[tier] = time.monotonic() + self._retry_s
+            self._refused = max(self._refused, asked)
         if first:
             _log.info(
                 "batch job waits for the daily budget",

@@ -205,6 +205,14 @@ class BatchDispatcher:
         with self._lock:
             return bool(self._submitting) or any(self._waiting.values())
 
+    def retry_held(self) -> int:
+        """Ask the daily budget again for the held tiers at the next turn
+        (``JobBudget.retry_held``)."""
+        return self._job_budget.retry_held()
+
+    def refused_since(self, asked: int) -> bool:
+        return self._job_budget.refused_since(asked)
+
     @property
     def busy_unheld(self) -> bool:
         """Whether a job is being submitted or articles wait here that the

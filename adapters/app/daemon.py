@@ -339,6 +339,9 @@ class Daemon:
         self._released_at_signal = 0
         self._link: Any = None
         self._batch_seen: BatchReport | None = None  # the jobs as last read, for the display
+        # The budget's re-ask (``BatchDispatcher.retry_held``) a run waits for
+        # before it stops on a budget that holds its batch work.
+        self._retry_asked: int | None = None
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -798,13 +801,23 @@ class Daemon:
             return budget_holds_all(stats)
         held = batch.stats()
         if batch.busy_unheld:
-            return False
+            return False  # a job goes out (perhaps one the re-ask below let through)
         if not held.held_waiting:
+            self._retry_asked = None
             return budget_holds_all(stats)
-        if not budget_holds_all(stats, allow_idle=True):
+        report = None
+        if budget_holds_all(stats, allow_idle=True):
+            report = self._batch_report()
+        if report is None or report.in_flight:
+            self._retry_asked = None
             return False
-        report = self._batch_report()
-        return report is not None and report.in_flight == 0
+        # Nothing is in flight any more, but what settled last may have
+        # freed money since the budget held these: ask it once more, and
+        # stop only once it said no after everything settled.
+        if self._retry_asked is None:
+            self._retry_asked = batch.retry_held()
+            return False
+        return batch.refused_since(self._retry_asked)
 
     def _batch_report(self) -> BatchReport | None:
         if self._batch_jobs is None:
