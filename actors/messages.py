@@ -141,6 +141,32 @@ class GetPlan:
     """The dispatch plan in force (None before the first one)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CommitBatch:
+    """A batch job is about to be created: commit its estimated cost to the
+    daily budget before it is. Answered with how many of its requests (the
+    first ones) the day can pay for -- every one without a budget; 0: none,
+    the job waits. ``request_tokens`` are each request's estimated input
+    tokens; ``discount`` the Batch API's share of the interactive price."""
+
+    job_id: str
+    tier: str
+    model: str
+    request_tokens: tuple[int, ...]
+    discount: float
+
+
+@dataclass(frozen=True, slots=True)
+class SettleBatch:
+    """A batch job is over: it cost ``usd`` (0: its articles went back).
+    ``submitted_at`` (wall clock) dates a job the budget never committed."""
+
+    job_id: str
+    tier: str
+    usd: float
+    submitted_at: float
+
+
 # ---- BatchComposer -------------------------------------------------------------
 
 

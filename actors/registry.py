@@ -44,6 +44,7 @@ from tierbatch.actors.messages import (
     AcquireFailed,
     AdoptGrants,
     Backlog,
+    CommitBatch,
     GetBudgetState,
     GetPlan,
     GetQuotaSnapshot,
@@ -52,6 +53,7 @@ from tierbatch.actors.messages import (
     ReleaseHolder,
     Report,
     Sent,
+    SettleBatch,
     StopGranting,
     Wake,
     Withdraw,
@@ -109,6 +111,7 @@ class ModelRegistry(pykka.ThreadingActor):
         super().__init__()
         self._budget = budget
         self._budget_stopped: tuple[str, ...] = ()  # tiers the budget stopped, as last logged
+        self._budget_moved: tuple[str, ...] = ()  # tiers moved to the Batch API, as last logged
         self._threads = threads
         self._policy = policy
         self._clock = clock
@@ -227,6 +230,10 @@ class ModelRegistry(pykka.ThreadingActor):
                 return snapshot
             case GetBudgetState():
                 return self._budget_state()
+            case CommitBatch():
+                return self._commit_batch(message)
+            case SettleBatch():
+                self._settle_batch(message)
             case GetPlan():
                 return None if self._allowances is None else self._allowances.plan
             case _:
@@ -364,15 +371,48 @@ class ModelRegistry(pykka.ThreadingActor):
         now, offset = self._read_clock()
         return self._budget.state(now + offset, self._waiting.waiting_by_tier())
 
+    def _commit_batch(self, ask: CommitBatch) -> int:
+        if self._budget is None:
+            return len(ask.request_tokens)
+        now, offset = self._read_clock()
+        approved = self._budget.commit_batch(
+            ask.job_id,
+            ask.tier,
+            ask.model,
+            ask.request_tokens,
+            ask.discount,
+            now + offset,
+            self._waiting.waiting_by_tier(),
+        )
+        self._observe_budget(now)
+        return approved
+
+    def _settle_batch(self, done: SettleBatch) -> None:
+        if self._budget is None:
+            return
+        now, offset = self._read_clock()
+        self._budget.settle_batch(done.job_id, done.tier, done.usd, done.submitted_at, now + offset)
+        self._serve(now)  # a job cheaper than its estimate may free a tier
+
     def _observe_budget(self, now: float) -> None:
-        """Log (and tell the observer) when the budget stops or frees a tier."""
+        """Log (and tell the observer) when the budget stops or frees a tier,
+        or moves one to the Batch API."""
         assert self._budget is not None
         wall = now + self._offset
         waiting = self._waiting.waiting_by_tier()
         budget = self._budget
         stopped = tuple(t for t in budget.tiers if not budget.may_spend(t, wall, waiting))
-        if stopped == self._budget_stopped:
+        moved = budget.moved(wall, waiting)
+        if stopped == self._budget_stopped and moved == self._budget_moved:
             return
+        for tier in moved:
+            if tier not in self._budget_moved:
+                _log.info(
+                    "daily budget: tier moves to the Batch API until midnight",
+                    tier=tier,
+                    reason="its budget left does not pay for its backlog at interactive prices",
+                )
+        self._budget_moved = moved
         before = set(self._budget_stopped)
         self._budget_stopped = stopped
         state = budget.state(wall, waiting)

@@ -49,6 +49,7 @@ from tierbatch.actors.messages import (
     AcquireFailed,
     AdoptGrants,
     Backlog,
+    CommitBatch,
     Granted,
     ReleaseHolder,
     Report,
@@ -221,6 +222,16 @@ class RegistryHandle:
         if isinstance(message, StopGranting):
             self._stop_granting()
             future.set(None)
+        elif isinstance(message, CommitBatch):
+            # Never an answer seen before: without an owner to commit it
+            # there, nothing of the job is committed (it waits and asks again).
+            with self._lock:
+                target = self._target
+            if target is None:
+                future.set(0)
+            else:
+                inner = target.ask(message, block=False)
+                future.set_get_hook(functools.partial(_committed, inner))
         else:
             kind = type(message)
             with self._lock:
@@ -362,3 +373,13 @@ class RegistryHandle:
         recent, horizon = self._recent, now - self._keep_s
         while recent and recent[0][0] < horizon:
             recent.popleft()
+
+
+def _committed(inner: Any, timeout: float | None) -> int:
+    """The owner's answer to a ``CommitBatch``; 0 when the link to it was
+    lost first (whatever the owner committed then is its own to settle)."""
+    try:
+        approved: int = inner.get(timeout=timeout)
+    except LinkLostError:
+        return 0
+    return approved

@@ -45,6 +45,7 @@ from tierbatch.actors.messages import (
     BacklogElsewhere,
     BeginShutdown,
     Classify,
+    CommitBatch,
     GetBudgetState,
     GetComposerStats,
     GetPlan,
@@ -57,6 +58,7 @@ from tierbatch.actors.messages import (
     Quiesce,
     ReleaseHolder,
     SeedTiers,
+    SettleBatch,
     StopGranting,
     Submit,
     TakeReturned,
@@ -75,7 +77,7 @@ from tierbatch.actors.supervisor import ExtractorCrashed, StopPool, StopRestarti
 from tierbatch.actors.threads import ThreadLedger
 from tierbatch.policies.articles import Article
 from tierbatch.policies.budget import BudgetSnapshotError, BudgetState, DailyBudget
-from tierbatch.policies.config import Config
+from tierbatch.policies.config import Config, TierMode
 from tierbatch.policies.errors import (
     ActorDiedError,
     FatalProviderError,
@@ -575,6 +577,51 @@ class Runtime:
             budget=budget,
         )
 
+    def budget(self) -> BudgetState | None:
+        """The daily budget as of now (None without a ``[budget]``): one ask
+        of the registry."""
+        if not self.config.budget.enabled:
+            return None
+        registry = self._registry
+        if registry is None:
+            raise RuntimeNotRunningError("the runtime is not running")
+        self._running_composer()
+        budget: BudgetState | None = self._ask(registry, "registry", GetBudgetState())
+        return budget
+
+    def commit_batch(
+        self, job_id: str, tier: str, model: str, request_tokens: Sequence[int]
+    ) -> int:
+        """A batch job is about to be created (an embedder's own, or the
+        daemon's batch dispatcher's): commit its estimate, at the
+        ``[batch] discount``, to the daily budget first. Returns how many of
+        its requests (the first ones) the day can pay for: all of them
+        without a budget, 0 when none fits (do not create it; try again
+        later). Settle every committed job with ``settle_batch``."""
+        tokens = tuple(int(t) for t in request_tokens)
+        if not self.config.budget.enabled:
+            return len(tokens)
+        registry = self._registry
+        if registry is None:
+            raise RuntimeNotRunningError("the runtime is not running")
+        message = CommitBatch(job_id, tier, model, tokens, self.config.batch.discount)
+        approved: int = self._ask(registry, "registry", message)
+        return approved
+
+    def settle_batch(self, job_id: str, tier: str, usd: float, submitted_at: float) -> None:
+        """A batch job is over: it cost ``usd`` (0 when its articles went
+        back). ``submitted_at`` (epoch seconds) dates it for a budget that
+        never committed it. Idempotent by ``job_id``."""
+        if not self.config.budget.enabled:
+            return
+        registry = self._registry
+        if registry is None:
+            raise RuntimeNotRunningError("the runtime is not running")
+        try:
+            registry.tell(SettleBatch(job_id, tier, float(usd), float(submitted_at)))
+        except pykka.ActorDeadError:
+            raise self._dead("registry") from None
+
     def result_counts(self) -> TallySnapshot:
         """The terminal results handed to the sink so far, counted once each
         (done per tier and model, failed per tier and reason). Asks no
@@ -767,6 +814,7 @@ def make_budget(config: Config, quota_state: Mapping[str, Any] | None) -> DailyB
         [(t.name, config.model(t.model)) for t in config.tiers],
         config.models,
         config.quota.timezone,
+        batch_only=[t.name for t in config.tiers if t.mode is TierMode.BATCH],
     )
     saved = None if quota_state is None else quota_state.get("budget")
     if saved is not None:

@@ -27,10 +27,13 @@ is allowed by the budget, never by a guess about the future:
 
 When a tier may not spend, its requests wait in the registry (its articles
 stay queued, nothing fails) until the spend settles lower, the reserve of a
-higher tier shrinks, or the next midnight. ``on_exhausted`` says what the
-tier does instead: ``stop`` (wait for the reset) or ``batch`` (move to the
-Batch API, for a build with batch mode; ``BudgetState.batch_tiers`` is what
-it consults -- in a build without it ``batch`` behaves as ``stop``).
+higher tier shrinks, or the next midnight. ``on_exhausted = "batch"``
+instead *moves* a tier to the Batch API until midnight once its *headroom*
+(what the day has left for it) no longer pays for its known backlog at
+interactive prices, so before the money is gone and the discount can still
+double what it buys (``BudgetState.moved_tiers``). Batch jobs spend the same
+budget, committed when they are submitted, and only whole requests that
+fit (``commit_batch``; ``policies.batch_spend``).
 
 Pure: wall-clock ``now`` is always a parameter.
 """
@@ -42,7 +45,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tierbatch.policies.batch_spend import BatchSpend, fitting
 from tierbatch.policies.budget_config import BudgetConfig, OnExhausted
+from tierbatch.policies.budget_state import BudgetState, TierBudget
 from tierbatch.policies.config import ModelSpec
 from tierbatch.policies.costs import estimate_cost, usage_cost
 from tierbatch.policies.errors import SnapshotError
@@ -62,70 +67,13 @@ __all__ = [
     "TierBudget",
 ]
 
-BUDGET_SNAPSHOT_VERSION: Final = 1
+BUDGET_SNAPSHOT_VERSION: Final = 2
+# Snapshots this build reads (1: before batch jobs were counted).
+_READABLE_VERSIONS: Final = (1, 2)
 
 # How many tokens of the configured output ratio a model's measured ratio
 # starts from, so the first few answers do not swing the estimate.
 _PRIOR_TOKENS: Final = 20_000.0
-
-
-@dataclass(frozen=True, slots=True)
-class TierBudget:
-    """One tier's day: ``spent_usd`` settled, ``committed_usd`` settled plus
-    the estimates of its calls in flight, ``cap_usd`` its own cap (None:
-    none), ``reserved_usd`` what its backlog is held back for it, and
-    whether it may start a call now."""
-
-    tier: str
-    spent_usd: float
-    committed_usd: float
-    cap_usd: float | None
-    reserved_usd: float
-    may_spend: bool
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetState:
-    """The budget as of one moment, for status, metrics and the run's end.
-
-    ``resets_at`` is the wall-clock time of the next midnight; ``tiers`` is
-    in tier order (highest first); ``batch_tiers`` are the tiers that may
-    not spend and whose ``on_exhausted`` is ``batch``."""
-
-    usd_per_day: float
-    day: int
-    spent_usd: float
-    committed_usd: float
-    resets_at: float
-    on_exhausted: OnExhausted
-    tiers: tuple[TierBudget, ...]
-    # Requests waiting in the registry, per tier (filled in by the registry).
-    waiting: tuple[tuple[str, int], ...] = ()
-
-    @property
-    def held_tiers(self) -> tuple[str, ...]:
-        """Tiers that may not spend and have requests waiting for the budget."""
-        waiting = dict(self.waiting)
-        return tuple(t for t in self.stopped_tiers if waiting.get(t, 0) > 0)
-
-    @property
-    def remaining_usd(self) -> float:
-        return max(0.0, self.usd_per_day - self.committed_usd) if self.usd_per_day else math.inf
-
-    @property
-    def stopped_tiers(self) -> tuple[str, ...]:
-        return tuple(t.tier for t in self.tiers if not t.may_spend)
-
-    @property
-    def exhausted(self) -> bool:
-        """No tier may spend any more today."""
-        return all(not t.may_spend for t in self.tiers)
-
-    @property
-    def batch_tiers(self) -> tuple[str, ...]:
-        if self.on_exhausted is not OnExhausted.BATCH:
-            return ()
-        return self.stopped_tiers
 
 
 class BudgetSnapshotError(SnapshotError):
@@ -142,7 +90,9 @@ class _Commitment:
 
 class DailyBudget:
     """The day's spend. ``tiers`` are (tier name, primary model) highest tier
-    first; ``models`` has the prices; ``timezone`` is the quota day's zone."""
+    first; ``models`` has the prices; ``timezone`` is the quota day's zone;
+    ``batch_only`` are the tiers on the Batch API whatever the budget says
+    (``mode = "batch"``): the budget never reports them moved."""
 
     def __init__(
         self,
@@ -150,8 +100,13 @@ class DailyBudget:
         tiers: Sequence[tuple[str, ModelSpec]],
         models: Mapping[str, ModelSpec],
         timezone: str,
+        *,
+        batch_only: Collection[str] = (),
     ) -> None:
         self._config = config
+        self._batch_only = frozenset(batch_only)
+        self._batch = BatchSpend()
+        self._moved: set[str] = set()  # moved to the Batch API for the rest of the day
         self._tiers = tuple(name for name, _ in tiers)
         self._primary = dict(tiers)
         self._models = dict(models)
@@ -192,13 +147,35 @@ class DailyBudget:
         total = self._config.usd_per_day
         if total <= 0:
             return True
+        return sum(committed.values()) + self._reserve_above(tier, committed, waiting) < total
+
+    def _reserve_above(
+        self, tier: str, committed: Mapping[str, float], waiting: Collection[str]
+    ) -> float:
+        """What the active tiers above ``tier`` hold back of the day."""
         reserve = 0.0
         for higher in self._tiers:
             if higher == tier:
                 break
             if higher in waiting or self._pending.get(higher, 0.0) > 0:
                 reserve += self._reserve(higher, committed)
-        return sum(committed.values()) + reserve < total
+        return reserve
+
+    def _headroom(
+        self, tier: str, committed: Mapping[str, float], waiting: Collection[str]
+    ) -> float:
+        """The dollars ``tier`` may still commit today: below the day's total
+        less the reserve above it, and below its own cap (``math.inf``: no
+        limit)."""
+        room = math.inf
+        cap = self._config.tiers.get(tier)
+        if cap is not None:
+            room = cap - committed.get(tier, 0.0)
+        total = self._config.usd_per_day
+        if total > 0:
+            above = self._reserve_above(tier, committed, waiting)
+            room = min(room, total - sum(committed.values()) - above)
+        return max(0.0, room)
 
     def _reserve(self, tier: str, committed: Mapping[str, float]) -> float:
         want = self._backlog.get(tier, 0.0)
@@ -256,9 +233,47 @@ class DailyBudget:
             estimates[tier] = articles * estimate_cost(spec, tokens, ratio)
         self._backlog = estimates
 
+    # ---- batch jobs ------------------------------------------------------------------
+
+    def commit_batch(
+        self,
+        job_id: str,
+        tier: str,
+        model: str,
+        request_tokens: Sequence[int],
+        discount: float,
+        now: float,
+        waiting: Collection[str] = (),
+    ) -> int:
+        """A job of ``request_tokens`` (each request's estimated input tokens)
+        on ``model`` is about to be created at wall-clock ``now``: commit, at
+        ``discount``, the first requests that fit in ``tier``'s headroom
+        entirely; returns how many (0: none fits -- the job waits)."""
+        known = self._batch.approved(job_id)
+        if known is not None:
+            return known  # committed already: the same answer
+        today = self._roll(now)
+        room = self._headroom(tier, self._committed_by_tier(today), waiting)
+        costs = [self.estimate(model, tokens) * discount for tokens in request_tokens]
+        approved, usd = fitting(costs, room)
+        if approved:
+            self._batch.commit(job_id, tier, today, usd, approved)
+        return approved
+
+    def settle_batch(
+        self, job_id: str, tier: str, usd: float, submitted_at: float, now: float
+    ) -> float:
+        """The job is over at wall-clock ``now`` and cost ``usd`` (0: its
+        articles went back); ``submitted_at`` (wall clock) says which day it
+        belongs to when this budget never committed it. Returns what it adds
+        to today's spend."""
+        today = self._roll(now)
+        return self._batch.settle(job_id, tier, usd, self._calendar.day(submitted_at), today)
+
     def forget_in_flight(self) -> None:
         """A new process: calls in flight when the snapshot was taken are of
-        unknown fate -- they count as spent at their estimate."""
+        unknown fate -- they count as spent at their estimate. (Batch jobs
+        in flight stay committed: their results are still to come.)"""
         for commitment in self._outstanding.values():
             if commitment.day == self._day:
                 self._spent[commitment.tier] = (
@@ -273,27 +288,48 @@ class DailyBudget:
         """Wall-clock time of the next midnight of the quota day."""
         return self._calendar.next_midnight(now)
 
+    def moved(self, now: float, waiting: Collection[str] = ()) -> tuple[str, ...]:
+        """The tiers moved to the Batch API today (``on_exhausted =
+        "batch"``), highest first; a tier whose headroom no longer pays for
+        its backlog at interactive prices is moved now, until midnight."""
+        today = self._roll(now)
+        if self._config.on_exhausted is OnExhausted.BATCH:
+            committed = self._committed_by_tier(today)
+            for tier in self._tiers:
+                if tier in self._moved or tier in self._batch_only:
+                    continue
+                if not self._may_spend(tier, committed, waiting) or self._headroom(
+                    tier, committed, waiting
+                ) < self._backlog.get(tier, 0.0):
+                    self._moved.add(tier)
+        return tuple(t for t in self._tiers if t in self._moved)
+
     def state(self, now: float, waiting: Mapping[str, int] | None = None) -> BudgetState:
         """The day as of wall-clock ``now``; ``waiting``: requests waiting
         in the registry per tier."""
         waits = {t: n for t, n in (waiting or {}).items() if n > 0}
+        moved = set(self.moved(now, waits))
         today = self._roll(now)
         committed = self._committed_by_tier(today)
+        batch_spent, batch_pending = self._batch.spent(), self._batch.pending()
         tiers = tuple(
             TierBudget(
                 tier=tier,
-                spent_usd=self._spent.get(tier, 0.0),
+                spent_usd=self._spent.get(tier, 0.0) + batch_spent.get(tier, 0.0),
                 committed_usd=committed.get(tier, 0.0),
                 cap_usd=self._config.tiers.get(tier),
                 reserved_usd=self._reserve(tier, committed),
                 may_spend=self._may_spend(tier, committed, waits),
+                batch_usd=batch_spent.get(tier, 0.0) + batch_pending.get(tier, 0.0),
+                backlog_usd=self._backlog.get(tier, 0.0),
+                moved=tier in moved,
             )
             for tier in self._tiers
         )
         return BudgetState(
             usd_per_day=self._config.usd_per_day,
             day=today,
-            spent_usd=sum(self._spent.values()),
+            spent_usd=sum(self._spent.values()) + sum(batch_spent.values()),
             committed_usd=sum(committed.values()),
             resets_at=self.next_reset(now),
             on_exhausted=self._config.on_exhausted,
@@ -304,6 +340,8 @@ class DailyBudget:
     def _roll(self, now: float) -> int:
         today = self._calendar.day(now)
         if today != self._day:
+            self._batch.roll(today)
+            self._moved.clear()
             self._spent = dict.fromkeys(self._tiers, 0.0)
             self._pending = dict.fromkeys(self._tiers, 0.0)
             for c in self._outstanding.values():
@@ -314,8 +352,9 @@ class DailyBudget:
 
     def _committed_by_tier(self, today: int) -> dict[str, float]:
         committed = dict(self._spent)
-        for tier, usd in self._pending.items():
-            committed[tier] = committed.get(tier, 0.0) + usd
+        for part in (self._pending, self._batch.pending(), self._batch.spent()):
+            for tier, usd in part.items():
+                committed[tier] = committed.get(tier, 0.0) + usd
         return committed
 
     def _output_ratio(self, model: str) -> float:
@@ -335,7 +374,8 @@ class DailyBudget:
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data for the quota snapshot: the day and its spend per tier
-        (calls in flight included at their estimate)."""
+        (calls in flight included at their estimate), the batch jobs and the
+        tiers moved to the Batch API."""
         return {
             "version": BUDGET_SNAPSHOT_VERSION,
             "day": self._day,
@@ -343,12 +383,14 @@ class DailyBudget:
             "in_flight": [
                 [gid, c.tier, c.model, c.day, c.usd] for gid, c in sorted(self._outstanding.items())
             ],
+            "batch": self._batch.snapshot(),
+            "moved": sorted(self._moved),
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
         """Loads a ``snapshot``; raises ``BudgetSnapshotError`` when it is not one."""
         try:
-            if not isinstance(data, Mapping) or data.get("version") != BUDGET_SNAPSHOT_VERSION:
+            if not isinstance(data, Mapping) or data.get("version") not in _READABLE_VERSIONS:
                 raise BudgetSnapshotError(
                     f"unsupported budget snapshot version "
                     f"{data.get('version') if isinstance(data, Mapping) else data!r}"
@@ -364,6 +406,9 @@ class DailyBudget:
                 outstanding[int(gid)] = _Commitment(
                     str(tier), str(model), int(cday), _usd(usd, "in_flight")
                 )
+            batch = BatchSpend()
+            batch.restore(list(data.get("batch", [])), day)
+            moved = {str(t) for t in data.get("moved", [])}
         except BudgetSnapshotError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
@@ -372,6 +417,8 @@ class DailyBudget:
         self._spent = dict.fromkeys(self._tiers, 0.0)
         for tier, usd in loaded.items():
             self._spent[tier] = usd
+        self._batch = batch
+        self._moved = moved
         self._outstanding = outstanding
         self._pending = dict.fromkeys(self._tiers, 0.0)
         for c in outstanding.values():

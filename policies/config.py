@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Final
 
-from tierbatch.policies.budget_config import BudgetConfig
+from tierbatch.policies.budget_config import BudgetConfig, OnExhausted
 from tierbatch.policies.errors import (
     ConfigError,  # noqa: F401 (its old home)
     UnknownModelError,
@@ -357,8 +357,14 @@ class Config:
 
     @property
     def uses_batch(self) -> bool:
-        """Whether any tier may send work to the Batch API."""
-        return any(t.mode is not TierMode.INTERACTIVE for t in self.tiers)
+        """Whether any tier may send work to the Batch API: by its mode, or
+        moved there by the daily budget (``on_exhausted = "batch"``)."""
+        return self.batch_by_budget or any(t.mode is not TierMode.INTERACTIVE for t in self.tiers)
+
+    @property
+    def batch_by_budget(self) -> bool:
+        """Whether the daily budget may move tiers to the Batch API."""
+        return self.budget.enabled and self.budget.on_exhausted is OnExhausted.BATCH
 
     def model(self, name: str) -> ModelSpec:
         """The quota and price of ``name``; a model the config does not know

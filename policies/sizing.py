@@ -32,6 +32,7 @@ from tierbatch.policies.planner import (
     plan_dispatch,
 )
 from tierbatch.policies.priority import ClusterTracker, article_time, score
+from tierbatch.policies.tier_assignment import TierAssigner, TierSplit
 from tierbatch.policies.tiers import TierLadder
 from tierbatch.policies.tokens import TokenEstimator
 
@@ -41,6 +42,7 @@ __all__ = [
     "TierSizing",
     "size_backlog",
     "tier_loads",
+    "tier_split_of",
     "windows_spanned",
 ]
 
@@ -60,6 +62,17 @@ def tier_loads(articles: Iterable[Article], config: Config, wall: float) -> tupl
     """Every tier of ``config`` (highest first) with the articles of
     ``articles`` that fall in it at wall-clock time ``wall`` (epoch
     seconds); see the module docstring."""
+    return tier_split_of(articles, config, wall)[0]
+
+
+def tier_split_of(
+    articles: Iterable[Article], config: Config, wall: float
+) -> tuple[tuple[TierLoad, ...], TierSplit]:
+    """``tier_loads``, and the split as ``run`` prints it at its start. The
+    tiers are the composer's own: every priority of the input is counted
+    towards the tier shares first (``TierAssigner.seed``, as a one-shot run
+    seeds its whole input), then each article takes its tier -- so a ladder
+    of shares splits by rank, as the run will."""
     items = list(articles)
     cfg = config.priority
     clusters = ClusterTracker(cfg.velocity_window_s)
@@ -67,21 +80,30 @@ def tier_loads(articles: Iterable[Article], config: Config, wall: float) -> tupl
         if article.cluster_id is not None:
             clusters.observe(article.cluster_id, min(article_time(article, wall), wall))
     ladder = TierLadder(config.tiers, config.global_fallback)
+    assigner = TierAssigner(ladder, config.composer.share_window)
+    priorities = []
+    for article in items:
+        stats = None if article.cluster_id is None else clusters.stats(article.cluster_id, wall)
+        priority = score(article, stats, wall, cfg)
+        priorities.append(priority)
+        assigner.seed(article.id, priority)
+    split = assigner.split()
     tokens = TokenEstimator()
     overhead = tokens.estimate(0, 0)
     counts = [0] * len(ladder)
     token_sums = [0.0] * len(ladder)
-    for article in items:
-        stats = None if article.cluster_id is None else clusters.stats(article.cluster_id, wall)
-        rank = ladder.index_for(score(article, stats, wall, cfg))
+    for article, priority in zip(items, priorities, strict=True):
+        seeded = assigner.seeded_priority(article.id) is not None
+        rank = assigner.assign(article.id, priority, seeded=seeded)
         counts[rank] += 1
         token_sums[rank] += tokens.estimate(len(article.text) + len(article.title), 1) - overhead
-    return tuple(
+    loads = tuple(
         TierLoad(
             spec.name, rank, counts[rank], token_sums[rank] / counts[rank] if counts[rank] else 0.0
         )
         for rank, spec in enumerate(ladder.tiers)
     )
+    return loads, split
 
 
 def windows_spanned(finish_s: float, window_s: float) -> int:

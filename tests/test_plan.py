@@ -195,7 +195,11 @@ def test_plan_of_a_file_prints_split_plan_bound_and_bottleneck(tmp_path: Path) -
     assert code == EXIT_OK, out
     assert f"backlog: 110 article(s) from {articles}" in out
     assert "capacity: fresh quotas" in out
-    assert "tiers: hot 60 (30 request(s) of up to 2), cold 50 (10 request(s) of up to 5)" in out
+    assert "tiers: 110 article(s) of the backlog, by min_priority" in out  # as run prints it
+    assert "  hot        60 article(s)   54.5%  (min_priority >= 0.5)" in out
+    assert "  cold       50 article(s)   45.5%  (the rest)" in out
+    assert "requests: hot 30 of up to 2 article(s), cold 10 of up to 5 article(s)" in out
+    assert "route:" not in out  # no tier may use the Batch API
     assert "warning: 1 input line(s) or row(s) are not usable articles (skipped)" in out
     assert "bound: the last request can go after 1 min at the earliest" in out
     assert "with these quotas this backlog takes 1 min;" in out

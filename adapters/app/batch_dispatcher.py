@@ -26,8 +26,21 @@ loop of its own, so a slow upload or poll never holds up the daemon's loop:
   daemon's interactive calls (``batch.on_job_failure``), which the daemon
   takes with ``take_interactive``.
 
+With a daily budget (``budget``), a job's estimate is committed to it
+before the job's row is written (``Runtime.commit_batch``): only the
+requests the day can pay for in full go out, the others wait in line for
+the budget (the tier is *held*, asked again every ``batch.poll_interval_s``,
+and at the latest at the quota day's midnight). A job's real cost settles
+it when its results are written, 0 when its articles go back -- by
+whichever daemon settles or returns the job.
+
 Errors of the API or the database are logged and retried on the next
 turn; nothing here can stop the daemon.
+
+Longer than the house's ~450 lines on purpose: one thread carrying a job
+through its whole life (commit, submit, poll, settle or return), whose
+decisions are ``policies.batch_jobs``' and the budget's; split, the steps
+of one job would be read in several places.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from typing import Protocol
 import structlog
 
 from tierbatch.actors.ports import PackAnswer
+from tierbatch.adapters.app.batch_budget import BatchBudget, JobBudget
 from tierbatch.adapters.gemini.batch_client import (
     BatchError,
     BatchItem,
@@ -69,7 +83,7 @@ from tierbatch.policies.outcomes import AuthFailed, BadRequest, ModelNotFound
 from tierbatch.policies.results import TerminalResult
 from tierbatch.policies.task import task_version
 
-__all__ = ["BatchBackend", "BatchDispatcher", "DispatcherStats"]
+__all__ = ["BatchBackend", "BatchBudget", "BatchDispatcher", "DispatcherStats"]
 
 _log = structlog.get_logger(__name__)
 
@@ -94,12 +108,19 @@ class BatchBackend(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DispatcherStats:
-    """Articles waiting to be sent, and what this dispatcher did."""
+    """Articles waiting to be sent, and what this dispatcher did; ``held``:
+    the tiers whose next job the daily budget cannot pay for now, with the
+    articles waiting in each."""
 
     waiting: int
     submitted_jobs: int
     settled_jobs: int
     returned_jobs: int
+    held: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def held_waiting(self) -> int:
+        return sum(n for _, n in self.held)
 
 
 def _new_job_id() -> str:
@@ -124,8 +145,10 @@ class BatchDispatcher:
         new_job_id: Callable[[], str] = _new_job_id,
         wake: threading.Event | None = None,
         on_results: Callable[[Sequence[TerminalResult]], None] | None = None,
+        budget: BatchBudget | None = None,
     ) -> None:
         self._config = config
+        self._job_budget = JobBudget(budget, config.batch.poll_interval_s)
         self._jobs = jobs
         self._backend = backend
         self._lease_s = lease_s
@@ -169,13 +192,36 @@ class BatchDispatcher:
     def stats(self) -> DispatcherStats:
         with self._lock:
             waiting = sum(len(q) for q in self._waiting.values())
-            return DispatcherStats(waiting, self._submitted, self._settled, self._returned)
+            held = tuple(
+                (t, len(self._waiting[t]))
+                for t in sorted(self._job_budget.held())
+                if self._waiting.get(t)
+            )
+            return DispatcherStats(waiting, self._submitted, self._settled, self._returned, held)
 
     @property
     def busy(self) -> bool:
         """Whether articles wait here or a job is being submitted."""
         with self._lock:
             return bool(self._submitting) or any(self._waiting.values())
+
+    def retry_held(self) -> int:
+        """Ask the daily budget again for the held tiers at the next turn
+        (``JobBudget.retry_held``)."""
+        return self._job_budget.retry_held()
+
+    def refused_since(self, asked: int) -> bool:
+        return self._job_budget.refused_since(asked)
+
+    @property
+    def busy_unheld(self) -> bool:
+        """Whether a job is being submitted or articles wait here that the
+        budget does not hold (they go out soon)."""
+        with self._lock:
+            if self._submitting:
+                return True
+            held = self._job_budget.held()
+            return any(q for t, q in self._waiting.items() if t not in held)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tierbatch-batch", daemon=True)
@@ -227,6 +273,8 @@ class BatchDispatcher:
                 tier = self._tiers.get(name)
                 if tier is None or not queue:
                     continue
+                if self._job_budget.waits(name, now) and not self._poll_now.is_set():
+                    continue  # the budget holds it: ask again later
                 full = self._full_job(tier)
                 if job_is_due(len(queue), queue[0][0], now, full, self._config.batch.collect_s):
                     taken = [queue.popleft()[1] for _ in range(min(full, len(queue)))]
@@ -258,12 +306,18 @@ class BatchDispatcher:
         with self._lock:
             self._submitting.add(job_id)
         try:
+            requests = await self._committed(job_id, tier, model, requests, by_id)
+            if not requests:
+                return
+            articles = [by_id[i] for r in requests for i in r.article_ids]
             try:
                 kept = self._jobs.begin(job_id, tier.name, model, requests, self._lease_s)
             except StorageError:
                 self._put_back(tier.name, articles)  # still the daemon's leases: try again
+                self._settle_budget(job_id, tier.name, 0.0, self._jobs_now())
                 raise
             if not kept:
+                self._settle_budget(job_id, tier.name, 0.0, self._jobs_now())
                 return
             items = [BatchItem(r.key, tuple(by_id[i] for i in r.article_ids)) for r in kept]
             log = _log.bind(job_id=job_id, tier=tier.name, model=model)
@@ -276,12 +330,39 @@ class BatchDispatcher:
                 name, sure = (None, True) if refused else await self._find(job_id)
                 if name is None:
                     if sure:
-                        self._give_back(job_id, None, f"not created: {exc}", interactive=True)
+                        self._give_back(
+                            job_id,
+                            None,
+                            f"not created: {exc}",
+                            tier=tier.name,
+                            submitted_at=self._jobs_now(),
+                            interactive=True,
+                        )
                     return  # the lookup failed too: the next poll looks it up again
             self._record_name(job_id, name, kept)
         finally:
             with self._lock:
                 self._submitting.discard(job_id)
+
+    async def _committed(
+        self,
+        job_id: str,
+        tier: TierSpec,
+        model: str,
+        requests: list[JobRequest],
+        by_id: Mapping[str, Article],
+    ) -> list[JobRequest]:
+        """The requests the daily budget commits (all of them without one);
+        the articles of the others go back first in line (the tier is held)."""
+        approved = await self._job_budget.commit(job_id, tier.name, model, requests, by_id)
+        if approved < len(requests):
+            self._put_back(
+                tier.name, [by_id[i] for r in requests[approved:] for i in r.article_ids]
+            )
+        return requests[:approved]
+
+    def _settle_budget(self, job_id: str, tier: str, usd: float, submitted_at: float) -> None:
+        self._job_budget.settle(job_id, tier, usd, submitted_at)
 
     async def _find(self, job_id: str) -> tuple[str | None, bool]:
         """The job's name by display name (None: not there), and whether
@@ -342,13 +423,13 @@ class BatchDispatcher:
                 self._record_name(record.job_id, name, record.requests)
             elif sure:
                 log.info("batch job was never created; its articles go back")
-                self._give_back(record.job_id, None, "never created")
+                self._give_back_record(record, None, "never created")
             return
         try:
             state = await self._backend.poll(record.name)
         except BatchJobNotFoundError:
             log.warning("batch job gone at the API; its articles go back")
-            self._give_back(record.job_id, None, "the API does not know the job")
+            self._give_back_record(record, None, "the API does not know the job")
             return
         if state.value != record.api_state:
             self._jobs.observed(record.job_id, state.value)
@@ -359,13 +440,13 @@ class BatchDispatcher:
         if step is Step.SETTLE:
             await self._settle(record)
         elif step is Step.RETURN:
-            self._give_back(record.job_id, state.value, f"job {state.value}")
+            self._give_back_record(record, state.value, f"job {state.value}")
         elif step is Step.GIVE_UP:
             try:
                 await self._backend.cancel(record.name)
             except BatchError as exc:
                 log.warning("batch job not cancelled", error=str(exc))
-            self._give_back(record.job_id, "cancelled", "not over within batch.give_up_s")
+            self._give_back_record(record, "cancelled", "not over within batch.give_up_s")
 
     def _jobs_now(self) -> float:
         return self._jobs.now()
@@ -396,13 +477,16 @@ class BatchDispatcher:
             task_version=self._task_version,
         )
         detail = f"{len(settlement.results)} results, {settlement.failed_requests} failed requests"
-        new = self._jobs.settle(
+        settled = self._jobs.settle_row(
             record.job_id,
             settlement.results,
             cost_usd=settlement.cost_usd,
             interactive_cost_usd=settlement.interactive_cost_usd,
             detail=detail,
         )
+        if settled is not None:
+            self._settle_budget(record.job_id, record.tier, settlement.cost_usd, record.created_at)
+        new = settled or 0
         self._settled += 1
         if new and self._on_results is not None:
             self._on_results(settlement.results)
@@ -419,17 +503,31 @@ class BatchDispatcher:
         if self._wake_daemon is not None:
             self._wake_daemon.set()
 
+    def _give_back_record(self, record: JobRecord, api_state: str | None, detail: str) -> None:
+        self._give_back(
+            record.job_id, api_state, detail, tier=record.tier, submitted_at=record.created_at
+        )
+
     def _give_back(
-        self, job_id: str, api_state: str | None, detail: str, *, interactive: bool | None = None
+        self,
+        job_id: str,
+        api_state: str | None,
+        detail: str,
+        *,
+        tier: str,
+        submitted_at: float,
+        interactive: bool | None = None,
     ) -> None:
         if interactive is None:
             interactive = self._config.batch.on_job_failure is BatchFailure.INTERACTIVE
-        articles = self._jobs.give_back(
+        returned, articles = self._jobs.return_job(
             job_id,
             api_state=api_state,
             detail=detail,
             to_owner_for_s=self._lease_s if interactive else None,
         )
+        if returned:
+            self._settle_budget(job_id, tier, 0.0, submitted_at)  # nothing was billed
         self._returned += 1
         _log.info(
             "batch job returned",

@@ -117,9 +117,10 @@ from tierbatch.adapters.storage.open_store import (
     is_postgres_url,
     open_store,
     read_backlog,
+    read_report,
 )
 from tierbatch.adapters.storage.snapshot_file import SnapshotFile
-from tierbatch.adapters.storage.store import Store, default_owner
+from tierbatch.adapters.storage.store import BatchReport, Store, default_owner
 from tierbatch.adapters.storage.tiers_file import tiers_path_beside
 from tierbatch.policies.articles import Article
 from tierbatch.policies.config import Config
@@ -534,7 +535,7 @@ def _print_summary(
     elif report.reason is StopReason.BUDGET:
         notes.append("stopped: the daily budget is spent; the rest stay queued until midnight")
     if report.budget is not None:
-        notes.append(budget_line(report.budget, time.time()))
+        notes.append(budget_line(report.budget, time.time(), batch_api=report.batch_api))
     summary = build_summary(
         config,
         provider=description,
@@ -676,6 +677,7 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     configure_logging(json_lines=False, level="warning")
     now = time.time()
     snapshot = Path(args.snapshot) if args.snapshot else None
+    batch: BatchReport | None = None
     if args.sample:
         articles, rejects = sample_articles(datetime.fromtimestamp(now, UTC))
         source, unusable = _SAMPLE_LABEL, len(rejects)
@@ -688,6 +690,7 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise UsageError(f"plan: give ARTICLES.jsonl, --sample or --db (or set ${DB_ENV})")
         try:
             articles, unusable = read_backlog(db)
+            batch = read_report(db, now).batch
         except StorageError as exc:
             raise UsageError(str(exc)) from None
         source = f"the database {display_name(db)} (queued and leased)"
@@ -699,6 +702,7 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         now,
         source=source,
         unusable=unusable,
+        batch=batch,
     )
     if args.json:
         json.dump(report.to_json(), out, indent=2, sort_keys=True)

@@ -208,6 +208,8 @@ class DaemonReport:
     batch: BatchReport | None = None
     # The daily budget at the end of the run (None without a [budget]).
     budget: BudgetState | None = None
+    # Whether the run had the Batch API to move tiers to (the budget line's words).
+    batch_api: bool = False
 
 
 class _CooldownsOnly:
@@ -301,6 +303,9 @@ class Daemon:
         self._batch: BatchDispatcher | None = None
         self._batch_jobs: BatchJobStore | None = None
         self._auto = any(t.mode is TierMode.AUTO for t in config.tiers)
+        # The routing reads the plan (auto tiers) or the budget (moved tiers):
+        # both want the whole backlog, the store's rows included.
+        self._routes_by_backlog = self._auto or config.batch_by_budget
         self._allow_mixed_versions = allow_mixed_versions
         self._as_of = as_of
         self._tier_seed = tier_seed
@@ -333,6 +338,10 @@ class Daemon:
         self._results_sink: ResultsSink | None = None
         self._released_at_signal = 0
         self._link: Any = None
+        self._batch_seen: BatchReport | None = None  # the jobs as last read, for the display
+        # The budget's re-ask (``BatchDispatcher.retry_held``) a run waits for
+        # before it stops on a budget that holds its batch work.
+        self._retry_asked: int | None = None
 
     # ---- control (thread- and signal-safe) ---------------------------------
 
@@ -463,6 +472,7 @@ class Daemon:
             failure=StorageError(storage_error) if storage_error is not None else fatal,
             batch=self._batch_report(),
             budget=final.budget if final is not None else None,
+            batch_api=self._batch is not None,
         )
         _log.info(
             "daemon stopped",
@@ -547,8 +557,11 @@ class Daemon:
             self._take_back_from_batch(runtime)
             stats = runtime.stats(quota=False)
             idle_db = now < db_idle_until
-            if stats.queued <= low_water and not idle_db:
-                want = target - stats.queued
+            # Articles the budget holds from a batch job count as queued, so
+            # a held tier fills the queue no more than an interactive one.
+            queued = stats.queued + self._batch_held_waiting()
+            if queued <= low_water and not idle_db:
+                want = target - queued
                 leased = (
                     self._storage(
                         self.store.lease,
@@ -567,15 +580,16 @@ class Daemon:
             if now >= next_db_count:
                 db_counts = self._storage(self.store.counts)
                 next_db_count = now + opts.db_count_interval_s
-                if db_counts is not None and self._batch is not None and self._auto:
-                    # the auto tiers' deadline is judged on the whole backlog
+                if db_counts is not None and self._batch is not None and self._routes_by_backlog:
+                    # the auto tiers' deadline and the budget are judged on the whole backlog
                     runtime.backlog_elsewhere(db_counts.get("queued", 0))
                 self._save_thresholds(runtime)
             reported = self._report(runtime, started, db_counts)
-            if opts.exit_when_done and reported is not None and budget_holds_all(reported):
+            if opts.exit_when_done and reported is not None and self._budget_holds_all(reported):
                 _log.info(
                     "the daily budget holds all the work left; stopping",
                     stopped=list(reported.budget.stopped_tiers) if reported.budget else [],
+                    batch_held=dict(self._batch.stats().held) if self._batch else {},
                 )
                 return StopReason.BUDGET
             if (
@@ -690,27 +704,42 @@ class Daemon:
     def _start_batch(self, runtime: Runtime) -> None:
         """The batch dispatcher, when a tier uses the Batch API and there is
         one to use (google-genai's); else those tiers run interactively."""
-        if not self.config.uses_batch:
+        config = self.config
+        if not config.uses_batch:
             return
-        tiers = [t.name for t in self.config.tiers if t.mode is not TierMode.INTERACTIVE]
+        tiers = [t.name for t in config.tiers if t.mode is not TierMode.INTERACTIVE]
         if self._batch_backend is None or not isinstance(self.store, SqlQueueStore):
-            _log.warning(
-                "tiers use the Batch API but the provider has none (google-genai only); "
-                "they run interactively",
-                tiers=tiers,
-            )
+            if tiers:
+                _log.warning(
+                    "tiers use the Batch API but the provider has none (google-genai only); "
+                    "they run interactively",
+                    tiers=tiers,
+                )
+            if config.batch_by_budget:
+                _log.warning(
+                    'budget.on_exhausted = "batch" but the provider has no Batch API '
+                    "(google-genai only): tiers the budget stops wait for midnight"
+                )
             return
-        self._batch_jobs = BatchJobStore(self.store, give_up_s=self.config.batch.give_up_s)
+        budget = runtime if config.budget.enabled else None
+        if budget is not None and self._ray_registry is not None:
+            _log.warning(
+                "with --ray, batch jobs are not counted in the daily budget "
+                "(the Ray registry does not take them yet); only interactive calls are"
+            )
+            budget = None
+        self._batch_jobs = BatchJobStore(self.store, give_up_s=config.batch.give_up_s)
         self._batch = BatchDispatcher(
-            self.config,
+            config,
             self._batch_jobs,
             self._batch_backend,
             lease_s=self.options.lease_s,
             wake=self._wake,
             on_results=self._batch_results,
+            budget=budget,
         )
         self._batch.start()
-        if self._auto:
+        if self._routes_by_backlog:
             # Plan the whole backlog before the first lease, so the auto
             # tiers' first articles are routed by a plan, not by its absence
             # (``stats`` is a round trip through the composer, which has
@@ -721,7 +750,8 @@ class Daemon:
         _log.info(
             "batch dispatcher started",
             tiers=tiers,
-            poll_interval_s=self.config.batch.poll_interval_s,
+            budget_moves_tiers=config.batch_by_budget,
+            poll_interval_s=config.batch.poll_interval_s,
         )
 
     def _batch_results(self, results: Sequence[TerminalResult]) -> None:
@@ -738,7 +768,8 @@ class Daemon:
         dispatcher; returns the others (their clusters are counted)."""
         assert self._batch is not None
         tiers = runtime.tiers_of(leased, clusters_observed=observed)
-        way = routes(self.config.tiers, runtime.plan() if self._auto else None)
+        budget = runtime.budget() if self.config.batch_by_budget else None
+        way = routes(self.config.tiers, runtime.plan() if self._auto else None, budget)
         to_batch = [
             (tier, a) for tier, a in zip(tiers, leased, strict=True) if way[tier] is Route.BATCH
         ]
@@ -756,6 +787,37 @@ class Daemon:
         back = self._batch.take_interactive()
         if back:
             self._submit_part(runtime, back, clusters_observed=False, route=False)
+
+    def _batch_held_waiting(self) -> int:
+        """Articles waiting in the dispatcher for the daily budget."""
+        return 0 if self._batch is None else self._batch.stats().held_waiting
+
+    def _budget_holds_all(self, stats: RuntimeStats) -> bool:
+        """``budget_holds_all``, with the batch dispatcher's work: articles it
+        holds for the budget are held work; any other (a job going out, or
+        in flight at the API, whose settle may free money) is not."""
+        batch = self._batch
+        if batch is None:
+            return budget_holds_all(stats)
+        held = batch.stats()
+        if batch.busy_unheld:
+            return False  # a job goes out (perhaps one the re-ask below let through)
+        if not held.held_waiting:
+            self._retry_asked = None
+            return budget_holds_all(stats)
+        report = None
+        if budget_holds_all(stats, allow_idle=True):
+            report = self._batch_report()
+        if report is None or report.in_flight:
+            self._retry_asked = None
+            return False
+        # Nothing is in flight any more, but what settled last may have
+        # freed money since the budget held these: ask it once more, and
+        # stop only once it said no after everything settled.
+        if self._retry_asked is None:
+            self._retry_asked = batch.retry_held()
+            return False
+        return batch.refused_since(self._retry_asked)
 
     def _batch_report(self) -> BatchReport | None:
         if self._batch_jobs is None:
@@ -880,8 +942,22 @@ class Daemon:
         now = self._clock.now()
         if self._link is not None:  # for this daemon's heartbeat
             self._link.backlog = stats.queued + stats.in_extractors
+        batch = self._batch
+        held: dict[str, int] | None = None
+        if batch is not None:
+            if db_counts is not None:
+                self._batch_seen = self._batch_report() or self._batch_seen
+            held = dict.fromkeys((t.name for t in self.config.tiers), 0)
+            held.update(batch.stats().held)
         if self._metrics is not None:
-            self._metrics.update(stats, now, db_counts, wall_offset=wall_offset(self._clock))
+            self._metrics.update(
+                stats,
+                now,
+                db_counts,
+                wall_offset=wall_offset(self._clock),
+                batch=self._batch_seen if db_counts is not None else None,
+                batch_held=held,
+            )
         self._progress.update(
             ProgressView(
                 elapsed_s=elapsed,
@@ -894,6 +970,9 @@ class Daemon:
                 draining=draining,
                 plan=runtime.plan(),
                 wall_now=now + wall_offset(self._clock),
+                batch=self._batch_seen,
+                batch_api=batch is not None,
+                batch_held=tuple((t, n) for t, n in (held or {}).items() if n),
             )
         )
         return stats
@@ -969,17 +1048,21 @@ def check_task_versions(store: Store, config: Config, *, allow: bool = False) ->
     )
 
 
-def budget_holds_all(stats: RuntimeStats) -> bool:
+def budget_holds_all(stats: RuntimeStats, *, allow_idle: bool = False) -> bool:
     """Whether the daily budget holds every piece of work the runtime has:
     nothing in flight (no settlement can free money), and every tier with
-    articles queued or requests waiting may not spend."""
+    articles queued or requests waiting may not spend. ``allow_idle``: a
+    runtime with no work at all counts as held too (the work is elsewhere:
+    a batch job the budget holds)."""
     budget = stats.budget
-    if budget is None or stats.in_flight_requests or not budget.stopped_tiers:
+    if budget is None or stats.in_flight_requests:
         return False
     waiting = {tier for tier, n in budget.waiting if n}
     queued = {tier for tier, n in stats.queued_by_tier.items() if n}
     work = waiting | queued
-    return bool(work) and work <= set(budget.stopped_tiers)
+    if not work:
+        return allow_idle and not stats.in_extractors
+    return work <= set(budget.stopped_tiers)
 
 
 def _guarded(what: str, step: Any) -> Any:

@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tierbatch.actors.ports import ExtractionRequest, PackAnswer, Provider
+from tierbatch.adapters.storage.store import BatchReport
 from tierbatch.policies.estimator import LimiterShape
 from tierbatch.policies.outcomes import CallOutcome, RateLimited
 from tierbatch.policies.quota import Grant
@@ -199,6 +200,35 @@ class Metrics:
             ["tier"],
             registry=r,
         )
+        self.budget_batch = Gauge(
+            "tierbatch_budget_batch_usd",
+            "USD of today's batch jobs (settled, and in flight at their estimate), by tier",
+            ["tier"],
+            registry=r,
+        )
+        self.budget_moved = Gauge(
+            "tierbatch_budget_moved_to_batch",
+            "1 while the daily budget sends the tier's new work to the Batch API "
+            '(budget.on_exhausted = "batch"; until midnight)',
+            ["tier"],
+            registry=r,
+        )
+        self.batch_jobs = Gauge(
+            "tierbatch_batch_jobs_in_flight",
+            "Batch jobs in flight at the Batch API (every daemon's of the database)",
+            registry=r,
+        )
+        self.batch_articles = Gauge(
+            "tierbatch_batch_articles_in_flight",
+            "Articles of the batch jobs in flight",
+            registry=r,
+        )
+        self.batch_held = Gauge(
+            "tierbatch_batch_articles_held",
+            "Articles waiting for a batch job that the daily budget cannot pay for now, by tier",
+            ["tier"],
+            registry=r,
+        )
         self.budget_reset = Gauge(
             "tierbatch_budget_reset_seconds",
             "Seconds until the daily budget resets (the quota day's midnight)",
@@ -231,10 +261,14 @@ class Metrics:
         db_counts: Mapping[str, int] | None = None,
         *,
         wall_offset: float = 0.0,
+        batch: BatchReport | None = None,
+        batch_held: Mapping[str, int] | None = None,
     ) -> None:
         """Refresh the gauges from a ``Runtime.stats()`` taken at steady
         ``now``; ``wall_offset`` turns it into wall time (the budget's reset
-        is a wall-clock time)."""
+        is a wall-clock time). ``batch``: the database's batch jobs (None:
+        not read this time); ``batch_held``: articles the budget holds from a
+        batch job, by tier."""
         for tier, depth in stats.queued_by_tier.items():
             self.queue_depth.labels(tier).set(depth)
         self.in_extractors.set(stats.in_extractors)
@@ -262,10 +296,18 @@ class Metrics:
                 self.budget_spent.labels(row.tier).set(row.spent_usd)
                 self.budget_committed.labels(row.tier).set(row.committed_usd)
                 self.budget_stopped.labels(row.tier).set(0 if row.may_spend else 1)
+                self.budget_batch.labels(row.tier).set(row.batch_usd)
+                self.budget_moved.labels(row.tier).set(1 if row.moved else 0)
             self.budget_reset.set(max(0.0, budget.resets_at - (now + wall_offset)))
         if db_counts is not None:
             for state, count in db_counts.items():
                 self.db_articles.labels(state).set(count)
+        if batch is not None:
+            self.batch_jobs.set(batch.in_flight)
+            self.batch_articles.set(batch.articles_in_flight)
+        if batch_held is not None:
+            for tier, count in batch_held.items():
+                self.batch_held.labels(tier).set(count)
 
     def serve(self, port: int) -> MetricsServer:
         """Serve ``/metrics`` on 127.0.0.1:``port`` (0: any free port)."""

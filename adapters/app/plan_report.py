@@ -12,7 +12,7 @@ min; gemini-2.5-pro requests are the bottleneck for hot".
 Capacity is a fresh quota state, or the one restored from the quota
 snapshot file when there is one (today's usage, cooldowns and the limits
 learnt from the provider included). The same sizing gives ``run`` its
-bound (``plan_backlog``).
+bound (``plan_backlog``); the Batch API's routes are ``plan_routes``'.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,13 +29,28 @@ from rich.console import Console
 from rich.table import Table
 
 from tierbatch.actors.runtime import tier_shapes
+from tierbatch.adapters.app.budget_view import budget_line
+from tierbatch.adapters.app.plan_routes import (
+    budget_for,
+    format_duration,
+    jobs_lines,
+    plan_routes,
+    route_lines,
+    routes_json,
+    saved_state,
+)
+from tierbatch.adapters.app.tier_split import split_lines
 from tierbatch.adapters.storage.snapshot_file import decode
+from tierbatch.adapters.storage.store import BatchReport
 from tierbatch.policies.articles import Article
+from tierbatch.policies.batch_routing import Routing
+from tierbatch.policies.budget import BudgetState
 from tierbatch.policies.config import Config, LimiterMode
 from tierbatch.policies.errors import SnapshotError
 from tierbatch.policies.planner import Binding, ModelCapacity
 from tierbatch.policies.quota import QuotaPolicy
-from tierbatch.policies.sizing import Sizing, size_backlog, tier_loads
+from tierbatch.policies.sizing import Sizing, size_backlog, tier_split_of
+from tierbatch.policies.tier_assignment import TierSplit
 from tierbatch.policies.tiers import TierLadder
 
 __all__ = [
@@ -129,6 +144,18 @@ class PlanReport:
     unusable: int = 0
     # The same backlog on whole windows at once: the most the quotas allow.
     best: Sizing | None = None
+    # How the backlog splits into the tiers, as ``run`` prints it.
+    split: TierSplit | None = None
+    # Which way each tier goes (only for a config that may use the Batch API).
+    routes: tuple[Routing, ...] = ()
+    # The daily budget as a run would start with it (None: no [budget]).
+    budget: BudgetState | None = None
+    # The database's batch jobs (``--db``; None: not a database, or none read).
+    batch: BatchReport | None = None
+    # The [batch] discount, for the budget's words on a moved tier.
+    discount: float = 0.5
+    # Wall-clock time the plan was made at (the budget's reset is counted from it).
+    wall: float = 0.0
 
     @property
     def bound_s(self) -> float | None:
@@ -200,6 +227,10 @@ class PlanReport:
             "headline": self.headline(),
             "warnings": list(self.warnings),
             "empty_tiers": list(sizing.empty_tiers),
+            "split": None if self.split is None else asdict(self.split),
+            "routes": routes_json(self.routes, self.budget, self.discount),
+            "budget": None if self.budget is None else asdict(self.budget),
+            "batch_jobs": None if self.batch is None else asdict(self.batch),
             "tiers": [
                 {
                     "tier": t.load.tier,
@@ -248,20 +279,28 @@ def plan_backlog(
     wall: float | None = None,
     unusable: int = 0,
     best_capacity: Mapping[str, ModelCapacity] | None = None,
+    quota_state: Mapping[str, Any] | None = None,
+    batch: BatchReport | None = None,
 ) -> PlanReport:
     """Size ``articles`` for ``config`` on ``capacity`` at wall-clock time
     ``wall`` (default: now; priorities decay with the articles' age), and on
-    ``best_capacity`` (whole windows at once) for the bound."""
+    ``best_capacity`` (whole windows at once) for the bound. ``quota_state``
+    (the snapshot's) holds the day's budget spend; ``batch`` a database's
+    batch jobs."""
     wall = time.time() if wall is None else wall
     ladder = TierLadder(config.tiers, config.global_fallback)
     shapes = tier_shapes(config, ladder)
-    loads = tier_loads(articles, config, wall)
+    loads, split = tier_split_of(articles, config, wall)
     window = config.quota.window_s
     sizing = size_backlog(loads, shapes, capacity, window_s=window)
     best = (
         None
         if best_capacity is None
         else size_backlog(loads, shapes, best_capacity, window_s=window)
+    )
+    budget = budget_for(config, quota_state, loads, wall)
+    routes = (
+        plan_routes(config, loads, shapes, capacity, budget, window) if config.uses_batch else ()
     )
     return PlanReport(
         source=source,
@@ -272,6 +311,12 @@ def plan_backlog(
         chains={s.tier: s.chain for s in shapes},
         unusable=unusable,
         best=best,
+        split=split,
+        routes=routes,
+        budget=budget,
+        batch=batch,
+        discount=config.batch.discount,
+        wall=wall,
     )
 
 
@@ -284,10 +329,12 @@ def plan_for(
     source: str,
     unusable: int = 0,
     unavailable: Mapping[str, str] | None = None,
+    batch: BatchReport | None = None,
 ) -> PlanReport:
     """The plan for ``articles`` with the quotas a run would start with at
     wall-clock ``wall`` (``snapshot`` restored when usable, else fresh),
-    and its bound (the same quotas, whole windows at once)."""
+    and its bound (the same quotas, whole windows at once); ``batch``: a
+    database's batch jobs."""
     _, capacity, capacity_source = quota_capacity(config, snapshot, wall, unavailable=unavailable)
     _, best, _ = quota_capacity(config, snapshot, wall, unavailable=unavailable, whole_windows=True)
     return plan_backlog(
@@ -299,6 +346,8 @@ def plan_for(
         wall=wall,
         unusable=unusable,
         best_capacity=best,
+        quota_state=saved_state(snapshot) if capacity_source.snapshot is not None else None,
+        batch=batch,
     )
 
 
@@ -314,13 +363,22 @@ def render_plan(report: PlanReport, file: TextIO) -> None:
     sizing = report.sizing
     window = sizing.window_s
     console.print(f"backlog: {sizing.articles} article(s) from {report.source}")
+    for text in jobs_lines(report.batch):
+        console.print(text, soft_wrap=True)
     console.print(f"capacity: {report.capacity_source.describe()}", soft_wrap=True)
-    split = ", ".join(
-        f"{t.load.tier} {t.load.articles} ({t.demand.requests:.0f} request(s) of up to "
-        f"{report.per_request.get(t.load.tier, 1)})"
+    if report.split is not None:
+        for text in split_lines(report.split, of="the backlog"):
+            console.print(text, soft_wrap=True)
+    requests = ", ".join(
+        f"{t.load.tier} {t.demand.requests:.0f} of up to "
+        f"{report.per_request.get(t.load.tier, 1)} article(s)"
         for t in sizing.tiers
     )
-    console.print(f"tiers: {split}", soft_wrap=True)
+    console.print(f"requests: {requests}", soft_wrap=True)
+    if report.budget is not None:
+        console.print(budget_line(report.budget, report.wall), soft_wrap=True)
+    for text in route_lines(report.routes, report.budget, report.discount):
+        console.print(text, soft_wrap=True)
     for warning in report.warnings:
         console.print(f"warning: {warning}", soft_wrap=True)
     bound = report.bound_s
@@ -380,23 +438,6 @@ def plan_lines(report: PlanReport) -> list[str]:
         lines.append(f"plan: warning: {warning}")
     lines.append(f"plan: {report.headline()}")
     return lines
-
-
-def format_duration(seconds: float) -> str:
-    """``42 s``, ``3 min 20 s``, ``3 h 40 min``, ``2 d 5 h``."""
-    if not math.isfinite(seconds):
-        return "never"
-    s = max(0.0, seconds)
-    if s < 60:
-        return f"{s:.0f} s" if s >= 10 or s == int(s) else f"{s:.1f} s"
-    minutes, sec = divmod(round(s), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
-    hours, minutes = divmod(round(s / 60), 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(round(s / 3600), 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def _binding(binding: Binding) -> str:

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.learnt_limits import LearntLimits
+from tierbatch.adapters.storage.store import BatchReport
 from tierbatch.policies.config import ModelSpec
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ class ProgressView:
     plan: Plan | None = None
     # Wall-clock time at ``now`` (for the daily budget's reset); None: unknown.
     wall_now: float | None = None
+    # The database's batch jobs as last read (None: no Batch API, or not read yet).
+    batch: BatchReport | None = None
+    # Whether this process has the Batch API (the budget line's words).
+    batch_api: bool = False
+    # Articles waiting for a batch job the daily budget cannot pay for now, by tier.
+    batch_held: tuple[tuple[str, int], ...] = ()
 
 
 class ProgressReporter(Protocol):
@@ -142,6 +149,7 @@ class LogProgress:
             db=dict(view.db_counts) if view.db_counts is not None else None,
             draining=view.draining,
             **_budget_fields(view),
+            **_batch_fields(view),
         )
 
 
@@ -153,7 +161,36 @@ def _budget_fields(view: ProgressView) -> dict[str, object]:
         "budget_spent_usd": round(budget.spent_usd, 6),
         "budget_usd_per_day": budget.usd_per_day,
         "budget_stopped": list(budget.stopped_tiers),
+        "budget_batch_usd": round(budget.batch_usd, 6),
+        "budget_moved_to_batch": list(budget.moved_tiers) if view.batch_api else [],
     }
+
+
+def _batch_fields(view: ProgressView) -> dict[str, object]:
+    if view.batch is None and not view.batch_held:
+        return {}
+    out: dict[str, object] = {"batch_held": dict(view.batch_held)}
+    if view.batch is not None:
+        out["batch_jobs_in_flight"] = view.batch.in_flight
+        out["batch_articles_in_flight"] = view.batch.articles_in_flight
+    return out
+
+
+def batch_text(view: ProgressView) -> str | None:
+    """The batch jobs in flight, and what waits for the budget, in one line."""
+    batch = view.batch
+    if batch is None and not view.batch_held:
+        return None
+    parts = []
+    if batch is not None:
+        parts.append(
+            f"batch jobs: {batch.in_flight} in flight ({batch.articles_in_flight} articles), "
+            f"{batch.settled} settled, {batch.returned} returned"
+        )
+    if view.batch_held:
+        held = ", ".join(f"{tier} {n}" for tier, n in view.batch_held)
+        parts.append(f"waiting for the daily budget: {held} article(s)")
+    return "; ".join(parts)
 
 
 class LiveProgress:
@@ -248,8 +285,12 @@ def render_view(view: ProgressView, title: str = "", db: Mapping[str, int] | Non
     parts: list[Text | Table] = [head, tiers, models]
     if stats.budget is not None:
         wall = view.wall_now if view.wall_now is not None else time.time()
-        style = "yellow" if stats.budget.stopped_tiers else ""
-        parts.insert(1, Text(budget_line(stats.budget, wall), style=style))
+        style = "yellow" if stats.budget.stopped_tiers or stats.budget.moved_tiers else ""
+        line = budget_line(stats.budget, wall, batch_api=view.batch_api)
+        parts.insert(1, Text(line, style=style))
+    batch_line = batch_text(view)
+    if batch_line is not None:
+        parts.insert(2 if stats.budget is not None else 1, Text(batch_line))
     if view.plan is not None:
         parts.append(plan_text(view.plan))
     return Group(*parts)

@@ -37,6 +37,7 @@ from tierbatch.actors.messages import (
     AcquireFailed,
     AdoptGrants,
     Backlog,
+    CommitBatch,
     Granted,
     ReleaseHolder,
     Withdraw,
@@ -359,7 +360,7 @@ class _Connection:
                 registry.tell(AdoptGrants(self._holder(holder), grants))
             case Backlog(tiers):
                 self._server.merge_backlog(self.connection_id, tiers)
-            case type():
+            case type() | CommitBatch():
                 self._answer(registry, frame["id"], message)
             case _:
                 registry.tell(message)  # Report, Sent: grant ids are the registry's own
@@ -368,10 +369,12 @@ class _Connection:
         """The registry's answer to this follower's Acquire (registry thread)."""
         self.send(encode_reply(holder, answer, wall_offset(self._server._clock)))
 
-    def _answer(self, registry: pykka.ActorRef[Any], ask_id: Any, what: type) -> None:
+    def _answer(self, registry: pykka.ActorRef[Any], ask_id: Any, asked: Any) -> None:
+        """``asked``: a question's type (one without fields) or the question."""
+        question = asked() if isinstance(asked, type) else asked
         try:
-            value = registry.ask(what(), block=True, timeout=_ASK_TIMEOUT_S)
-            frame = encode_answer(ask_id, what, value, wall_offset(self._server._clock))
+            value = registry.ask(question, block=True, timeout=_ASK_TIMEOUT_S)
+            frame = encode_answer(ask_id, type(question), value, wall_offset(self._server._clock))
         except pykka.ActorDeadError:
             raise
         except Exception as exc:  # the follower gets the error, the connection lives

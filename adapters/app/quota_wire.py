@@ -40,6 +40,7 @@ from tierbatch.actors.messages import (
     AcquireFailed,
     AdoptGrants,
     Backlog,
+    CommitBatch,
     GetBudgetState,
     GetPlan,
     GetQuotaSnapshot,
@@ -48,6 +49,7 @@ from tierbatch.actors.messages import (
     ReleaseHolder,
     Report,
     Sent,
+    SettleBatch,
     Wake,
     Withdraw,
 )
@@ -83,7 +85,8 @@ __all__ = [
     "write_frame",
 ]
 
-PROTOCOL_VERSION = 1
+# 2: batch jobs commit to and settle in the owner's daily budget.
+PROTOCOL_VERSION = 2
 MAX_FRAME = 64 * 1024 * 1024  # a quota snapshot of a large window fits many times
 _LENGTH = struct.Struct(">I")
 
@@ -92,6 +95,7 @@ ASKS: dict[str, type] = {
     "snapshot": GetQuotaSnapshot,
     "plan": GetPlan,
     "budget": GetBudgetState,
+    "commit_batch": CommitBatch,
 }
 ASK_NAMES = {kind: name for name, kind in ASKS.items()}
 
@@ -177,6 +181,14 @@ def encode_to_owner(message: Any, offset: float) -> dict[str, Any]:
             return {"k": "release", "holder": holder}
         case Wake():  # the sender's clock stepped: the owner reads its own
             return {"k": "wake"}
+        case SettleBatch(job_id, tier, usd, submitted_at):  # wall-clock time already
+            return {
+                "k": "settle_batch",
+                "job": job_id,
+                "tier": tier,
+                "usd": usd,
+                "submitted_at": submitted_at,
+            }
         case Backlog(tiers):
             return {
                 "k": "backlog",
@@ -207,13 +219,21 @@ def encode_ask(ask_id: int, message: Any) -> dict[str, Any]:
     name = ASK_NAMES.get(type(message))
     if name is None:
         raise TypeError(f"not a question for the quota's owner: {message!r}")
-    return {"k": "ask", "id": ask_id, "what": name}
+    frame: dict[str, Any] = {"k": "ask", "id": ask_id, "what": name}
+    if isinstance(message, CommitBatch):
+        frame["job"] = message.job_id
+        frame["tier"] = message.tier
+        frame["model"] = message.model
+        frame["tokens"] = list(message.request_tokens)
+        frame["discount"] = message.discount
+    return frame
 
 
 def decode_from_follower(frame: Mapping[str, Any], offset: float) -> Any:
     """The registry message of a follower's frame (``Acquire`` with a reply
     that does nothing: the owner attaches its own), or the ask's message
-    type for an ``ask``; ``offset`` is the owner's wall offset now. Raises
+    type for an ``ask`` (the message itself for one with fields:
+    ``CommitBatch``); ``offset`` is the owner's wall offset now. Raises
     ``FrameError`` naming what is wrong."""
     try:
         return _decode_from_follower(frame, offset)
@@ -248,6 +268,8 @@ def _decode_from_follower(f: Mapping[str, Any], offset: float) -> Any:
         return ReleaseHolder(_int(f["holder"]))
     if kind == "wake":
         return Wake(-1)
+    if kind == "settle_batch":
+        return SettleBatch(str(f["job"]), str(f["tier"]), _num(f["usd"]), _num(f["submitted_at"]))
     if kind == "backlog":
         return Backlog(
             tuple(
@@ -274,6 +296,14 @@ def _decode_from_follower(f: Mapping[str, Any], offset: float) -> Any:
         what = ASKS.get(f["what"])
         if what is None:
             raise FrameError(f"unknown question {f['what']!r}")
+        if what is CommitBatch:
+            return CommitBatch(
+                str(f["job"]),
+                str(f["tier"]),
+                str(f["model"]),
+                tuple(_int(t) for t in f["tokens"]),
+                _num(f["discount"]),
+            )
         return what
     raise FrameError(f"unknown message kind {kind!r}")
 
@@ -341,6 +371,8 @@ def decode_answer(what: type, value: Any, offset: float) -> Any:
             return None if value is None else _decode_plan(value)
         if what is GetBudgetState:
             return None if value is None else _decode_budget(value)
+        if what is CommitBatch:
+            return _int(value)
         return value
     except (KeyError, TypeError, ValueError) as exc:
         raise FrameError(f"bad answer: {exc!r}") from None
@@ -492,7 +524,17 @@ def _encode_budget(b: BudgetState) -> list[Any]:
         b.resets_at,
         str(b.on_exhausted),
         [
-            [t.tier, t.spent_usd, t.committed_usd, t.cap_usd, t.reserved_usd, t.may_spend]
+            [
+                t.tier,
+                t.spent_usd,
+                t.committed_usd,
+                t.cap_usd,
+                t.reserved_usd,
+                t.may_spend,
+                t.batch_usd,
+                t.backlog_usd,
+                t.moved,
+            ]
             for t in b.tiers
         ],
         [[tier, n] for tier, n in b.waiting],
@@ -510,9 +552,17 @@ def _decode_budget(b: Any) -> BudgetState:
         OnExhausted(on_exhausted),
         tuple(
             TierBudget(
-                str(tier), _num(s), _num(c), None if cap is None else _num(cap), _num(r), bool(m)
+                str(tier),
+                _num(s),
+                _num(c),
+                None if cap is None else _num(cap),
+                _num(r),
+                bool(m),
+                _num(batch),
+                _num(backlog),
+                bool(moved),
             )
-            for tier, s, c, cap, r, m in tiers
+            for tier, s, c, cap, r, m, batch, backlog, moved in tiers
         ),
         tuple((str(tier), _int(n)) for tier, n in waiting),
     )

@@ -8,14 +8,15 @@ from __future__ import annotations
 from tierbatch.policies.tier_assignment import TierCount, TierSplit
 
 
-def split_lines(split: TierSplit) -> list[str]:
-    """``tiers: ...`` then one indented line per tier, highest first."""
+def split_lines(split: TierSplit, *, of: str = "the input") -> list[str]:
+    """``tiers: ...`` then one indented line per tier, highest first;
+    ``of`` names what was split (``run``: the input; ``plan``: the backlog)."""
     how = (
         f"by share over {split.window} recent priorities"
         if split.uses_shares
         else "by min_priority"
     )
-    lines = [f"tiers: {split.total} article(s) of the input, {how}"]
+    lines = [f"tiers: {split.total} article(s) of {of}, {how}"]
     width = max((len(t.tier) for t in split.tiers), default=0)
     last = len(split.tiers) - 1
     for i, t in enumerate(split.tiers):

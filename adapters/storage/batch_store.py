@@ -258,8 +258,29 @@ class BatchJobStore:
         """Write the job's results and mark it settled, in one transaction:
         exactly once (a job already over, or polled by another daemon, is
         left alone: 0). Returns how many results were new."""
+        new = self.settle_row(
+            job_id,
+            results,
+            cost_usd=cost_usd,
+            interactive_cost_usd=interactive_cost_usd,
+            detail=detail,
+        )
+        return new or 0
 
-        def work(conn: Any) -> int:
+    def settle_row(
+        self,
+        job_id: str,
+        results: Sequence[TerminalResult],
+        *,
+        cost_usd: float,
+        interactive_cost_usd: float,
+        detail: str,
+    ) -> int | None:
+        """``settle``, telling a job this call settled (how many results were
+        new) from one it left alone (None): the daily budget counts the
+        job's cost once, from whoever settled it."""
+
+        def work(conn: Any) -> int | None:
             now = self.now()
             cursor = self._run(
                 conn,
@@ -269,14 +290,14 @@ class BatchJobStore:
                 (cost_usd, interactive_cost_usd, now, now, detail, job_id, self.owner),
             )
             if not cursor.rowcount:
-                return 0
+                return None
             owner = job_owner(job_id)
             new = self._store._write_results(conn, results, now, owner=owner)
             # An article the results did not settle goes back to the queue.
             self._run(conn, RELEASE_SET + "lease_owner = ? AND state = 'leased'", (now, owner))
             return new
 
-        new: int = self._tx(work)
+        new: int | None = self._tx(work)
         return new
 
     def give_back(
@@ -289,8 +310,17 @@ class BatchJobStore:
         seconds, for interactive calls -- then they are returned (nothing
         for the queue). A job already over, or another daemon's, is left
         alone."""
+        return self.return_job(
+            job_id, api_state=api_state, detail=detail, to_owner_for_s=to_owner_for_s
+        )[1]
 
-        def work(conn: Any) -> list[Article]:
+    def return_job(
+        self, job_id: str, *, api_state: str | None, detail: str, to_owner_for_s: float | None
+    ) -> tuple[bool, list[Article]]:
+        """``give_back``, also saying whether this call returned the job
+        (False: it was over already, or another daemon's)."""
+
+        def work(conn: Any) -> tuple[bool, list[Article]]:
             now = self.now()
             cursor = self._run(
                 conn,
@@ -300,14 +330,14 @@ class BatchJobStore:
                 (api_state, now, now, detail, job_id, self.owner),
             )
             if not cursor.rowcount:
-                return []
+                return False, []
             owner = job_owner(job_id)
             if to_owner_for_s is None:
                 # Unlike a daemon's release, the lease stays counted: an
                 # article whose jobs keep failing ends ``poison`` after
                 # ``retry.poison_after`` leases instead of going round for ever.
                 self._run(conn, _REQUEUE_COUNTED, (now, owner))
-                return []
+                return True, []
             rows = self._run(
                 conn,
                 "SELECT id, payload FROM articles WHERE lease_owner = ? AND state = 'leased'",
@@ -324,10 +354,10 @@ class BatchJobStore:
                 article, _ = article_of(str(article_id), payload)
                 if article is not None:
                     articles.append(article)
-            return articles
+            return True, articles
 
-        articles: list[Article] = self._tx(work)
-        return articles
+        returned: tuple[bool, list[Article]] = self._tx(work)
+        return returned
 
     def report(self) -> BatchReport:
         return read_batch_report(self._store._read)

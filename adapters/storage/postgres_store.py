@@ -97,6 +97,7 @@ from tierbatch.adapters.storage.queue_rows import (
     usable_id,
 )
 from tierbatch.adapters.storage.queue_sql import (
+    BACKLOG_WHERE,
     SCHEMA_VERSION,
     SCHEMA_VERSION_SQL,
     grounding_counts_sql,
@@ -305,14 +306,15 @@ def read_postgres_report(url: str, now: float | None) -> QueueReport:
 
 
 def read_postgres_backlog(url: str) -> tuple[list[Article], int]:
-    """The queued and leased articles (for ``tierbatch plan``), in one
-    read-only snapshot, and how many rows are not usable articles."""
+    """The queued and leased articles, but those batch jobs hold (for
+    ``tierbatch plan``), in one read-only snapshot, and how many rows are
+    not usable articles."""
     return _read_only(
         url,
         "tierbatch plan",
         lambda conn: backlog_articles(
             conn.execute(
-                "SELECT id, payload FROM articles WHERE state IN ('queued', 'leased') ORDER BY seq"
+                f"SELECT id, payload FROM articles WHERE {BACKLOG_WHERE} ORDER BY seq"
             ).fetchall()
         ),
     )

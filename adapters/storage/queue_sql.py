@@ -222,6 +222,14 @@ REPORT_SQL = (
 )
 
 
+# The rows ``tierbatch plan`` sizes: queued and leased, but not those a batch
+# job holds (leased to ``batch:<job id>``: the Batch API has them).
+BACKLOG_WHERE = (
+    "state IN ('queued', 'leased')"
+    " AND (lease_owner IS NULL OR substr(lease_owner, 1, 6) <> 'batch:')"
+)
+
+
 def read_batch_report(query: Callable[[str, Sequence[Any]], list[Any]]) -> BatchReport:
     """The jobs' report through ``query(sql, params)`` (a read)."""
     counts: dict[str, tuple[int, int, float, float]] = {}

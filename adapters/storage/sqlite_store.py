@@ -139,7 +139,7 @@ from tierbatch.adapters.storage.queue_rows import (
     epoch_of,
     usable_id,
 )
-from tierbatch.adapters.storage.queue_sql import read_queue_report
+from tierbatch.adapters.storage.queue_sql import BACKLOG_WHERE, read_queue_report
 from tierbatch.adapters.storage.quota_lease import read_sharing
 from tierbatch.adapters.storage.sql_queue import SqlQueueStore
 from tierbatch.adapters.storage.sqlite_schema import SCHEMA
@@ -344,14 +344,15 @@ def read_sqlite_report(path: str | os.PathLike[str], now: float) -> QueueReport:
 
 
 def read_sqlite_backlog(path: str | os.PathLike[str]) -> tuple[list[Article], int]:
-    """The queued and leased articles (for ``tierbatch plan``), read-only as
-    ``read_sqlite_report``, and how many rows are not usable articles."""
+    """The queued and leased articles, but those batch jobs hold (for
+    ``tierbatch plan``), read-only as ``read_sqlite_report``, and how many
+    rows are not usable articles."""
     return _read_only(
         path,
         lambda conn: backlog_articles(
             conn.execute(
                 "SELECT CAST(id AS BLOB), CAST(payload AS BLOB) FROM articles"
-                " WHERE state IN ('queued', 'leased') ORDER BY rowid"
+                f" WHERE {BACKLOG_WHERE} ORDER BY rowid"
             )
         ),
     )
