@@ -116,6 +116,7 @@ class BatchComposer(pykka.ThreadingActor):
         )
         self._feed = TierFeed(feed_shapes(config, ladder), config.quota.window_s)
         self._room = config.runtime.extractors * config.runtime.max_packs_in_flight
+        self._ladder_spec = {t.name: t.max_articles_per_request for t in ladder.tiers}
         self._clusters = ClusterTracker(config.priority.velocity_window_s)
         self._assigner = TierAssigner(ladder, config.composer.share_window)
         self._quality = PackQuality(config.tiers, config.grounding)
@@ -321,7 +322,12 @@ class BatchComposer(pykka.ThreadingActor):
             return
         now = self._clock.now()
         held = (
-            self._feed.held(self._ledger.held_by_tier, self._room, now)
+            self._feed.held(
+                self._ledger.held_by_tier,
+                self._room,
+                now,
+                [self._per_article_tokens(name) for name in self._tier_names],
+            )
             if self._idle
             else frozenset()
         )
@@ -335,6 +341,15 @@ class BatchComposer(pykka.ThreadingActor):
         if self._space_waiters and self._has_space():
             self._resolve(self._space_waiters, True)
         self._report_backlog(now)
+
+    def _per_article_tokens(self, tier: str) -> float:
+        """A tier's mean input tokens per article in a full request, the
+        prompt's share included."""
+        per_request = self._ladder_spec[tier]
+        article = self._meter.tokens_per_article(tier)
+        if article <= 0:
+            return 0.0
+        return article + self._tokens.estimate(0, 0) / per_request
 
     def _report_backlog(self, now: float) -> None:
         if self._backlog_to is None:
@@ -491,6 +506,8 @@ def feed_shapes(config: Config, ladder: TierLadder) -> tuple[TierFeedShape, ...]
     for tier in ladder.tiers:
         spec = config.models.get(tier.model)
         rpm = spec.rpm if spec is not None else 0
+        tpm = spec.tpm if spec is not None else 0
         per_window = float(rpm * tier.max_articles_per_request) if rpm else math.inf
-        shapes.append(TierFeedShape(per_window, tier.max_articles_per_request))
+        tokens = float(tpm) if tpm else math.inf
+        shapes.append(TierFeedShape(per_window, tier.max_articles_per_request, tokens))
     return tuple(shapes)

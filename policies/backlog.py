@@ -59,6 +59,10 @@ class BacklogMeter:
         self._tokens[tier] += (tokens - self._tokens[tier]) * weight
         self._submitted[tier] = n + 1
 
+    def tokens_per_article(self, tier: str) -> float:
+        """The mean estimated input tokens of ``tier``'s articles (0: none yet)."""
+        return self._tokens.get(tier, 0.0)
+
     def elsewhere(self, articles: int, arrivals_per_s: float = 0.0) -> None:
         """Articles waiting outside the composer (in the store), and how fast
         they arrive there; their tiers are unknown."""

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["CONTENDED", "FEED_AHEAD", "TierFeed", "TierFeedShape"]
+__all__ = ["CONTENDED", "FEED_AHEAD", "TierFeed", "TierFeedShape", "room_for_a_window"]
 
 FEED_AHEAD: Final = 1.25
 CONTENDED: Final = 0.5
@@ -45,11 +45,14 @@ CONTENDED: Final = 0.5
 @dataclass(frozen=True, slots=True)
 class TierFeedShape:
     """``per_window``: articles the tier's primary model admits per window by
-    the config (``math.inf``: no limit, never held); ``per_request``: its
-    articles per request (the lead is at least two requests' worth)."""
+    its request limit (``math.inf``: no limit); ``tokens_per_window``: input
+    tokens it admits per window (``math.inf``: no limit); with neither the
+    tier is never held. ``per_request``: its articles per request (the lead
+    is at least two requests' worth)."""
 
     per_window: float
     per_request: int
+    tokens_per_window: float = math.inf
 
 
 class TierFeed:
@@ -78,16 +81,28 @@ class TierFeed:
             self._done[tier].append((now, count))
             self._done_in_window[tier] += count
 
-    def mark(self, tier: int, now: float) -> float:
-        """The held articles at which ``tier`` is held."""
+    def mark(self, tier: int, now: float, tokens_per_article: float = 0.0) -> float:
+        """The held articles at which ``tier`` is held; ``tokens_per_article``:
+        the tier's mean input tokens per article, prompt included (0:
+        unknown), for a primary its tokens limit binds first."""
         self._forget(tier, now)
         shape = self._shapes[tier]
-        if math.isinf(shape.per_window):
+        by_tokens = (
+            shape.tokens_per_window / tokens_per_article if tokens_per_article > 0 else math.inf
+        )
+        admitted = min(shape.per_window, by_tokens)
+        if math.isinf(admitted):
             return math.inf
-        served = max(shape.per_window, float(self._done_in_window[tier]))
+        served = max(admitted, float(self._done_in_window[tier]))
         return max(self._ahead * served, 2.0 * shape.per_request)
 
-    def held(self, out: Sequence[int], room: int, now: float) -> frozenset[int]:
+    def held(
+        self,
+        out: Sequence[int],
+        room: int,
+        now: float,
+        tokens_per_article: Sequence[float] = (),
+    ) -> frozenset[int]:
         """The tiers whose articles held out (``out``, per tier) reach their
         mark, while the packs they make take at least ``CONTENDED`` of the
         extractors' ``room`` (in packs)."""
@@ -97,8 +112,11 @@ class TierFeed:
         )
         if packs < CONTENDED * room:
             return frozenset()
+        tokens = list(tokens_per_article) + [0.0] * (len(out) - len(tokens_per_article))
         return frozenset(
-            tier for tier, count in enumerate(out) if count and count >= self.mark(tier, now)
+            tier
+            for tier, count in enumerate(out)
+            if count and count >= self.mark(tier, now, tokens[tier])
         )
 
     def _forget(self, tier: int, now: float) -> None:
@@ -106,3 +124,13 @@ class TierFeed:
         cutoff = now - self._window_s
         while done and done[0][0] <= cutoff:
             self._done_in_window[tier] -= done.popleft()[1]
+
+
+def room_for_a_window(rpm_by_model: Mapping[str, int]) -> int:
+    """The packs the extractors must have room for to keep every model busy
+    when a window opens: a rolling window admits its whole window's requests
+    at once, so each model needs that many packs ready (0 when a model has
+    no request limit: nothing to size by)."""
+    if any(rpm <= 0 for rpm in rpm_by_model.values()):
+        return 0
+    return sum(rpm_by_model.values())
