@@ -25,6 +25,10 @@ dispatch plan) on a thread of its own process, and only translates:
   grant never settles a new one.
 
 Only this package imports ``ray``; the rest of tierbatch runs without it.
+
+Longer than the house's ~450 lines on purpose: the one shell around the
+registry, its four translations (replies, clocks, clients, state) side by
+side, so every message is translated the same way in both directions.
 """
 
 from __future__ import annotations
