@@ -161,7 +161,10 @@ class LocalPostgres:
 
 
 class LocalRayHead:
-    def __init__(self) -> None:
+    """``extra_env``: set for the head and so for every actor it starts
+    (e.g. the API key caller actors read on their node)."""
+
+    def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         # Short: Ray's unix socket paths must fit in 107 bytes.
         self._folder = Path(tempfile.mkdtemp(prefix="tbbray-", dir="/tmp"))
         self.port = free_port()
@@ -169,6 +172,7 @@ class LocalRayHead:
         self._proc: subprocess.Popen[str] | None = None
         # A loopback-only throwaway: no token (Ray would write one to ~/.ray).
         self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env.update(extra_env or {})
 
     def start(self) -> LocalRayHead:
         ray = Path(sys.executable).with_name("ray")

@@ -25,7 +25,9 @@ database) and ``ray:N`` (N daemons with ``--ray`` on a PostgreSQL
 database: the quota in the registry actor). PostgreSQL is a throwaway
 server started here (Debian's binaries, ``initdb`` in a temporary folder,
 a free port on 127.0.0.1), Ray a throwaway head (``ray start --head``);
-both are stopped by their process group at the end.
+both are stopped by their process group at the end. ``ray-calls:N`` (not
+among the defaults) is ``ray:N`` with each daemon's model calls on a
+caller actor of its own (``--ray-extractors 1``).
 
     .venv/bin/python -m bench.shared            # every setup: about 4 minutes on 2 cores
     .venv/bin/python -m bench.shared --setups sqlite:1 sqlite:3 --articles 400
@@ -67,6 +69,12 @@ from tierbatch.policies.config import ModelSpec
 _KEY = "bench-key-0123456789"
 _MODEL = "m-lite"
 DEFAULT_SETUPS = ("sqlite:1", "sqlite:3", "postgresql:1", "postgresql:3", "ray:3")
+_LABELS = {
+    "sqlite": "SQLite",
+    "postgresql": "PostgreSQL",
+    "ray": "PostgreSQL + Ray",
+    "ray-calls": "PostgreSQL + Ray, calls on actors",
+}
 # The targets of issue 12 for three daemons on one quota.
 MAX_REFUSED_SHARE = 0.005
 MIN_OF_BOUND = 0.95
@@ -74,7 +82,8 @@ MIN_OF_BOUND = 0.95
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """``kind``: ``sqlite``, ``postgresql`` or ``ray`` (PostgreSQL and Ray)."""
+    """``kind``: ``sqlite``, ``postgresql``, ``ray`` (PostgreSQL and Ray) or
+    ``ray-calls`` (the same, each daemon's calls on a caller actor on Ray)."""
 
     kind: str
     daemons: int
@@ -82,9 +91,9 @@ class Setup:
     @classmethod
     def parse(cls, text: str) -> Setup:
         kind, sep, count = text.partition(":")
-        if kind not in ("sqlite", "postgresql", "ray") or not sep or not count.isdigit():
+        if kind not in _LABELS or not sep or not count.isdigit():
             raise argparse.ArgumentTypeError(
-                f"--setups {text!r}: expected sqlite:N, postgresql:N or ray:N"
+                f"--setups {text!r}: expected sqlite:N, postgresql:N, ray:N or ray-calls:N"
             )
         if int(count) < 1:
             raise argparse.ArgumentTypeError(f"--setups {text!r}: N must be at least 1")
@@ -92,9 +101,11 @@ class Setup:
 
     @property
     def label(self) -> str:
-        return {"sqlite": "SQLite", "postgresql": "PostgreSQL", "ray": "PostgreSQL + Ray"}[
-            self.kind
-        ]
+        return _LABELS[self.kind]
+
+    @property
+    def on_ray(self) -> bool:
+        return self.kind.startswith("ray")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +143,8 @@ class Services:
 
     def ray_head(self) -> LocalRayHead:
         if self.ray is None:
-            self.ray = LocalRayHead().start()
+            # The key caller actors read on their node (a bench key, no secret).
+            self.ray = LocalRayHead({"GEMINI_API_KEY": _KEY}).start()
             os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
             from tierbatch.adapters.ray.cluster import connect
 
@@ -220,10 +232,12 @@ def _daemons(
     env["GEMINI_API_KEY"] = _KEY
     extra: list[str] = []
     project = f"bench-{uuid.uuid4().hex[:8]}"
-    if setup.kind == "ray":
+    if setup.on_ray:
         head = services.ray_head()
         env.update(head.env)
         extra = ["--ray", head.address, "--ray-project", project]
+        if setup.kind == "ray-calls":
+            extra += ["--ray-extractors", "1"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(setup.daemons):
@@ -247,7 +261,7 @@ def _daemons(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-        if setup.kind == "ray":
+        if setup.on_ray:
             from tierbatch.adapters.ray.cluster import kill_registry
 
             with contextlib.suppress(Exception):
