@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from tierbatch.actors.clock import SystemClock
@@ -34,7 +35,7 @@ from tierbatch.policies.quota import QuotaPolicy
 MODEL = "m-bench"
 
 
-def _config() -> Config:
+def bench_config() -> Config:
     from dataclasses import replace
 
     from tierbatch.adapters.storage.config_file import load_config
@@ -97,7 +98,21 @@ def _concurrent(run: Callable[[int], None], n: int, concurrency: int) -> float:
     return (time.perf_counter() - started) * 1e6 / n
 
 
-def measure(name: str, ref: Any, n: int, concurrency: int) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class GrantCost:
+    """Microseconds per request: ``what`` is the acquire round trip alone or
+    the whole cycle; median and p95 sequentially, wall time per request with
+    ``concurrency`` requests outstanding."""
+
+    what: str
+    median_us: float
+    p95_us: float
+    concurrent_us: float
+
+
+def grant_costs(ref: Any, n: int, concurrency: int) -> list[GrantCost]:
+    """The two cycles timed against ``ref`` (a local registry or a handle on
+    a remote one), ``n`` requests each."""
     clock = SystemClock()
     base = [0]
 
@@ -107,7 +122,7 @@ def measure(name: str, ref: Any, n: int, concurrency: int) -> list[str]:
 
         return run
 
-    rows = []
+    costs = []
     for full, label in ((False, "acquire -> granted"), (True, "acquire + sent + report")):
         _sequential(runner(full), min(50, n))  # warm up
         base[0] += 1_000_000
@@ -116,10 +131,21 @@ def measure(name: str, ref: Any, n: int, concurrency: int) -> list[str]:
         per = _concurrent(runner(full), n, concurrency)
         base[0] += 1_000_000
         p95 = statistics.quantiles(times, n=20)[-1]
-        rows.append(
-            f"| {name} | {label} | {statistics.median(times):.0f} | {p95:.0f} | {per:.0f} |"
-        )
-    return rows
+        costs.append(GrantCost(label, statistics.median(times), p95, per))
+    return costs
+
+
+def local_registry(config: Config | None = None) -> Any:
+    """The in-process pykka registry on the bench's model (stop it after)."""
+    config = config or bench_config()
+    return ModelRegistry.start(QuotaPolicy(config.models, config.quota), SystemClock())
+
+
+def measure(name: str, ref: Any, n: int, concurrency: int) -> list[str]:
+    return [
+        f"| {name} | {c.what} | {c.median_us:.0f} | {c.p95_us:.0f} | {c.concurrent_us:.0f} |"
+        for c in grant_costs(ref, n, concurrency)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     from tierbatch.adapters.ray.cluster import kill_registry, registry_for
     from tierbatch.adapters.ray.wire import NAMESPACE
 
-    config = _config()
+    config = bench_config()
     clock = SystemClock()
     rows = []
-    local = ModelRegistry.start(QuotaPolicy(config.models, config.quota), clock)
+    local = local_registry(config)
     try:
         rows += measure("local pykka", local, args.requests, args.concurrency)
     finally:

@@ -112,9 +112,11 @@ def test_the_runtime_says_when_its_room_cannot_hold_a_windows_requests() -> None
 
     short = small_config(pro=(100, 10**7, 0), flash=(100, 10**7, 0), lite=(100, 10**7, 0))
     short = replace(short, runtime=replace(short.runtime, extractors=2, max_packs_in_flight=8))
-    with structlog.testing.capture_logs() as logs:
-        with Runtime(short, ScriptedProvider(), CollectingSink()):
-            pass
+    with (
+        structlog.testing.capture_logs() as logs,
+        Runtime(short, ScriptedProvider(), CollectingSink()),
+    ):
+        pass
     (warning,) = [e for e in logs if e["event"].startswith("the extractors have room")]
     assert (warning["room"], warning["window_requests"]) == (16, 300)
     assert warning["hint"] == "[runtime] max_packs_in_flight = 150 (or more)"

@@ -17,7 +17,13 @@ from store_backends import Backend, FakeClock, PostgresBackend, SqliteBackend
 
 from tierbatch.adapters.app.status_report import read_status, render_status
 from tierbatch.adapters.storage.open_store import read_report
-from tierbatch.adapters.storage.quota_lease import ROLE_FOLLOWER, ROLE_OWNER, DaemonInfo
+from tierbatch.adapters.storage.quota_lease import (
+    ROLE_FOLLOWER,
+    ROLE_OWNER,
+    ROLE_RAY,
+    DaemonInfo,
+    RayRegistryAddress,
+)
 
 LEASE_S = 10.0
 
@@ -218,3 +224,73 @@ def test_status_text_and_json_show_the_owner_and_each_daemons_share(
     assert "h:11" in text and "owner (127.0.0.1:1111)" in text and "75%" in text
     assert "h:22" in text and "follower" in text and "25%" in text
     assert "h:33" not in text
+
+
+def test_ray_daemons_show_the_registry_that_serves_them_and_not_a_stale_owner(
+    backend: Backend, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    where = str(RayRegistryAddress("10.0.0.1:6379", "tierbatch", "tierbatch-registry-news"))
+    a, b, c = (backend.open(name, clock) for name in "abc")
+    try:
+        a.claim_quota("127.0.0.1:1111", LEASE_S)  # an earlier run without --ray ...
+        clock.now += 2 * LEASE_S  # ... long over: its lease expired
+        b.heartbeat(DaemonInfo("b", "h", 22, ROLE_RAY, where, clock.now, grants=30), LEASE_S)
+        c.heartbeat(DaemonInfo("c", "h", 33, ROLE_RAY, where, clock.now, grants=10), LEASE_S)
+    finally:
+        for s in (a, b, c):
+            s.close()
+    status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now + 1)
+    as_json = status.to_json()
+    assert as_json["quota_sources"] == 1
+    (registry,) = as_json["ray_registries"]
+    assert registry == {
+        "address": "ray://10.0.0.1:6379/tierbatch/tierbatch-registry-news",
+        "cluster": "10.0.0.1:6379",
+        "namespace": "tierbatch",
+        "actor": "tierbatch-registry-news",
+        "daemons": 2,
+    }
+    assert {d["pid"]: d["share"] for d in as_json["daemons"]} == {
+        22: pytest.approx(0.75),
+        33: pytest.approx(0.25),
+    }
+    out = io.StringIO()
+    render_status(status, out)
+    text = out.getvalue()
+    assert (
+        "shared quota: on Ray, registry actor tierbatch-registry-news (namespace tierbatch) "
+        "of the cluster at 10.0.0.1:6379, serving 2 daemon(s)"
+    ) in text
+    assert "owned by" not in text and "do not share" not in text
+    assert text.count("ray (tierbatch-registry-news)") == 2
+
+
+def test_status_warns_when_live_daemons_take_their_quota_from_several_registries(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Daemons started with different --ray projects, or some without --ray,
+    on one queue each spend a quota of their own: status says so."""
+    clock = FakeClock()
+    news = str(RayRegistryAddress("10.0.0.1:6379", "tierbatch", "tierbatch-registry-news"))
+    other = str(RayRegistryAddress("10.0.0.1:6379", "tierbatch", "tierbatch-registry-other"))
+    a, b, c = (backend.open(name, clock) for name in "abc")
+    try:
+        a.claim_quota("127.0.0.1:1111", LEASE_S)
+        a.heartbeat(DaemonInfo("a", "h", 11, ROLE_OWNER, "127.0.0.1:1111", clock.now), LEASE_S)
+        b.heartbeat(DaemonInfo("b", "h", 22, ROLE_RAY, news, clock.now), LEASE_S)
+        c.heartbeat(DaemonInfo("c", "h", 33, ROLE_RAY, other, clock.now), LEASE_S)
+    finally:
+        for s in (a, b, c):
+            s.close()
+    status = read_status(backend.db, tmp_path / "none.msgpack", small_config(), now=clock.now + 1)
+    assert status.quota_sources == 3
+    assert [r.actor for r in status.ray_registries] == [
+        "tierbatch-registry-news",
+        "tierbatch-registry-other",
+    ]
+    out = io.StringIO()
+    render_status(status, out)
+    text = out.getvalue()
+    assert "shared quota: owned by a at 127.0.0.1:1111" in text
+    assert "take their quota from 3 registries, so they do not share one quota" in text

@@ -492,3 +492,106 @@ def test_a_withdrawn_request_ends_its_call_without_an_answer(
     assert answers == []
     handle.stop()
     kill_registry(project)
+
+
+# ---- tierbatch status in Ray mode ---------------------------------------------------------
+
+
+def test_status_lists_ray_daemons_their_shares_and_their_registry(
+    ray_driver: RayHead, tmp_path: Path
+) -> None:
+    """With ``--ray`` the quota lives in the registry actor, not in an elected
+    owner: ``tierbatch status`` still shows every live daemon of the queue,
+    its share of the grants and the registry actor that serves it, and
+    forgets a daemon that stopped."""
+    import json as json_module
+    import threading
+
+    from tierbatch.adapters.app.cli import main
+    from tierbatch.adapters.app.daemon import Daemon, DaemonOptions
+    from tierbatch.adapters.ray.cluster import kill_registry, registry_for
+    from tierbatch.adapters.simulation.simulated import SimulatedProvider
+    from tierbatch.adapters.storage.snapshot_file import SnapshotFile
+
+    config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
+    db = tmp_path / "q.sqlite"
+    project = f"status-{uuid.uuid4().hex[:8]}"
+    clock = SystemClock()
+
+    def status() -> dict[str, Any]:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["status", "--db", str(db), "--json"], stdout=out, stderr=err) == 0, err
+        answer: dict[str, Any] = json_module.loads(out.getvalue())
+        return answer
+
+    def text_status() -> str:
+        out, err = io.StringIO(), io.StringIO()
+        assert main(["status", "--db", str(db)], stdout=out, stderr=err) == 0, err
+        return out.getvalue()
+
+    daemons: list[Daemon] = []
+    threads: list[threading.Thread] = []
+    for i in range(2):
+        store = SqliteStore(db, owner=f"daemon-{i}")
+        daemons.append(
+            Daemon(
+                config,
+                store,
+                provider=SimulatedProvider(config.models, clock, seed=i, latency_s=0.01),
+                snapshot=SnapshotFile(tmp_path / f"{i}.msgpack"),
+                options=DaemonOptions(poll_interval_s=0.05, quota_lease_s=1.5),
+                clock=clock,
+                ray_registry=lambda: registry_for(project, config, clock),
+            )
+        )
+        threads.append(threading.Thread(target=daemons[-1].run, daemon=True))
+    registry = registry_for(project, config, clock)  # to read the registry's own count
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(status()["daemons"]) == 2, 60, "both daemons in status")
+        with SqliteStore(db, owner="producer") as producer:
+            ingest_jsonl(
+                producer, io.BytesIO("\n".join(sample_lines(60)).encode()), source_name="test"
+            )
+        wait_until(lambda: states(db).get("done", 0) == 60, 60, "every article done")
+        granted = sum(s.requests_today for s in registry.ask(GetQuotaStatus(), timeout=30))
+        assert granted > 0
+        # The rows catch up within a beat (lease / 3): every grant of the
+        # registry is some daemon's.
+        wait_until(
+            lambda: sum(d["grants"] for d in status()["daemons"]) == granted,
+            30,
+            "the daemons' grants in status",
+        )
+        seen = status()
+        # The cluster as Ray names its head (the node's address, which may
+        # not be the loopback address the head was started on).
+        (registry_row,) = seen["ray_registries"]
+        cluster = registry_row["cluster"]
+        assert cluster.endswith(f":{ray_driver.port}")
+        where = f"ray://{cluster}/tierbatch/tierbatch-registry-{project}"
+        assert [d["role"] for d in seen["daemons"]] == ["ray", "ray"]
+        assert {d["address"] for d in seen["daemons"]} == {where}
+        assert abs(sum(d["share"] for d in seen["daemons"]) - 1.0) < 1e-9
+        assert registry_row == {
+            "address": where,
+            "cluster": cluster,
+            "namespace": "tierbatch",
+            "actor": f"tierbatch-registry-{project}",
+            "daemons": 2,
+        }
+        assert seen["quota_sources"] == 1 and seen["quota_owner"] is None
+        text = text_status()
+        assert f"registry actor tierbatch-registry-{project}" in text
+        assert "do not share one quota" not in text
+        assert text.count(f"ray (tierbatch-registry-{project})") == 2
+    finally:
+        for daemon in daemons:
+            daemon.request_stop(immediate=True)
+        for thread in threads:
+            thread.join(30)
+        registry.stop()
+        kill_registry(project)
+    assert not any(thread.is_alive() for thread in threads)
+    assert status()["daemons"] == []  # a daemon that stopped is forgotten

@@ -92,7 +92,12 @@ from tierbatch.adapters.app.plan_report import (
     render_plan,
 )
 from tierbatch.adapters.app.progress import LiveProgress, LogProgress, NoProgress, ProgressReporter
-from tierbatch.adapters.app.provider_factory import make_batch_backend, make_provider
+from tierbatch.adapters.app.provider_factory import (
+    make_batch_backend,
+    make_provider,
+    provider_on_this_node,
+    resolved_kind,
+)
 from tierbatch.adapters.app.quota_file import default_snapshot_path
 from tierbatch.adapters.app.sample import load_demo_config, sample_articles
 from tierbatch.adapters.app.status_report import (
@@ -238,6 +243,12 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
                 return _stopped(decision.stop, store.pending(), args.db, err)
             unavailable = dict(decision.unavailable)
         snapshot_path = Path(args.snapshot) if args.snapshot else default_snapshot_path(args.db)
+        ray_registry = _ray_registry(args, config, clock, snapshot_path)
+        callers = _ray_callers(args, config, raw_provider, out)
+        if callers is not None:
+            # The calls run on the caller actors; the local provider only checked the models.
+            stack.callback(_close_provider, raw_provider)
+            provider = _with_call_stats(callers, args.stats_interval)
         start_plan = (
             _plan_at_start(config, args.db, snapshot_path, unavailable, clock, out)
             if one_shot
@@ -254,7 +265,7 @@ def _process(args: argparse.Namespace, out: TextIO, err: TextIO, *, one_shot: bo
             metrics=metrics,
             progress=_progress(args, json_logs, err, description),
             unavailable_models=unavailable,
-            ray_registry=_ray_registry(args, config, clock, snapshot_path),
+            ray_registry=ray_registry,
             batch_backend=make_batch_backend(config, raw_provider),
             allow_mixed_versions=args.allow_mixed_versions,
             as_of=as_of,
@@ -308,6 +319,36 @@ def _ray_registry(
     project = args.ray_project or project_name(find_api_key(config.provider.api_key_env))
     path = str(snapshot.resolve())
     return lambda: registry_for(project, config, clock, snapshot_path=path)
+
+
+def _ray_callers(
+    args: argparse.Namespace, config: Config, provider: Provider, out: TextIO
+) -> Provider | None:
+    """With ``--ray-extractors N``: the provider whose calls run on N caller
+    actors on the cluster ``--ray`` joined (each builds the same kind of
+    provider on its node); None without it."""
+    count = getattr(args, "ray_extractors", 0)
+    if not count:
+        return None
+    if count < 0:
+        raise UsageError(f"--ray-extractors {count}: expected 0 (none) or more actors")
+    if getattr(args, "ray", None) is None:
+        raise UsageError("--ray-extractors needs --ray: the caller actors run on a Ray cluster")
+    from functools import partial
+
+    from tierbatch.adapters.ray.remote_calls import start_callers
+
+    try:
+        callers = start_callers(
+            count, partial(provider_on_this_node, resolved_kind(config, provider))
+        )
+    except Exception as exc:  # Ray wraps the actor's error (a missing key, ...)
+        cause = getattr(exc, "cause", None) or exc
+        raise UsageError(
+            f"--ray-extractors {count}: the caller actors did not start: {cause}"
+        ) from None
+    print(f"calls: {callers.description}", file=out, flush=True)
+    return callers
 
 
 def _daemon_options(args: argparse.Namespace, *, exit_when_done: bool) -> DaemonOptions:

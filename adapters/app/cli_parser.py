@@ -100,6 +100,15 @@ def build_parser(commands: Commands) -> argparse.ArgumentParser:
         "$TIERBATCH_RAY_PROJECT, else a fingerprint of the API key)",
     )
     daemon.add_argument(
+        "--ray-extractors",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --ray: make the model calls on N caller actors spread over the "
+        "cluster's nodes, each with a provider client of its own (the API key "
+        "from each node's environment); 0 (default): in this process",
+    )
+    daemon.add_argument(
         "--as-of",
         metavar="INSTANT",
         help="compute hotness against this ISO 8601 instant instead of the wall clock "

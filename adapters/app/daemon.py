@@ -87,6 +87,7 @@ from tierbatch.adapters.app.quota_link import (
     load_quota_state,  # noqa: F401 (re-exported)
 )
 from tierbatch.adapters.app.quota_server import parse_address
+from tierbatch.adapters.app.ray_link import RayLink
 from tierbatch.adapters.app.summary import ModelUsage, usage_between
 from tierbatch.adapters.storage.batch_store import BatchJobStore, BatchReport
 from tierbatch.adapters.storage.results_sink import ResultsSink
@@ -151,7 +152,8 @@ class DaemonOptions:
     leased so far (0 turns it off; it bounds memory and start-up time).
     ``quota_address``: where this daemon serves grants to the others when it
     owns the shared quota (``HOST`` or ``HOST:PORT``; port 0: any free
-    one); ``quota_lease_s``: how long a dead owner can strand the quota.
+    one); ``quota_lease_s``: how long a dead owner can strand the quota
+    (and how long a killed daemon's row still shows in ``tierbatch status``).
     """
 
     lease_s: float = 60.0
@@ -487,7 +489,9 @@ class Daemon:
         ``--ray``, the project's registry actor)."""
         if self._ray_registry is not None:
             ray_handle = self._ray_registry()
-            return ray_handle, _RayLink(ray_handle)
+            ray_link = RayLink(ray_handle, self.store, self.options.quota_lease_s)
+            ray_link.start()
+            return ray_handle, ray_link
         opts, quota = self.options, self.config.quota
         window_s = quota.window_s + quota.margin_s
         host, port = parse_address(opts.quota_address)
@@ -995,26 +999,6 @@ class Daemon:
             return None
         self._storage_failures = 0
         return value
-
-
-class _RayLink:
-    """What the loop asks of its quota link, for a registry actor on Ray:
-    nothing to elect, the actor saves its own state; ``close`` leaves it."""
-
-    role = "ray"
-    epoch = 0
-    address = "ray"
-    backlog = 0
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-        self.quota_load = QuotaStateLoad(None)
-
-    def start(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._handle.stop()
 
 
 def _own_usage(usage: Sequence[ModelUsage], handle: Any) -> tuple[ModelUsage, ...]:

@@ -13,9 +13,10 @@ so no call queues in front of the network.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from tierbatch.actors.clock import Clock
+from tierbatch.actors.clock import Clock, SystemClock
 from tierbatch.actors.ports import Provider
 from tierbatch.adapters.gemini.api_key import find_api_key
 from tierbatch.policies.config import Config, ProviderKind, ProviderLimiter
@@ -67,6 +68,26 @@ def make_provider(
         )
         return legacy_provider, legacy_provider.description
     return _simulated(config, clock, "simulated (provider.kind = simulated)")
+
+
+def provider_on_this_node(config: Config) -> tuple[Provider, str]:
+    """The provider a caller actor on Ray builds on its own node (``daemon
+    --ray-extractors``), with the API key from that node's environment.
+    ``config`` names a resolved kind (``resolved_kind``): ``auto`` there
+    would quietly simulate on a node without the key."""
+    return make_provider(config, SystemClock())
+
+
+def resolved_kind(config: Config, provider: Provider) -> Config:
+    """``config`` with ``provider.kind`` set to the kind ``provider`` is."""
+    from tierbatch.adapters.simulation.simulated import SimulatedProvider
+
+    kind = ProviderKind.GENAI
+    if isinstance(provider, SimulatedProvider):
+        kind = ProviderKind.SIMULATED
+    elif type(provider).__name__ == "LegacyProvider":
+        kind = ProviderKind.LEGACY
+    return replace(config, provider=replace(config.provider, kind=kind))
 
 
 def make_batch_backend(config: Config, provider: object) -> Any | None:

@@ -46,7 +46,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,12 @@ from tierbatch.actors.observer import FanOutObserver, RegistryObserver
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.registry_handle import RegistryHandle
 from tierbatch.actors.runtime import make_budget, tier_shapes
+from tierbatch.adapters.app.daemon_beat import DaemonBeat
 from tierbatch.adapters.app.quota_client import QuotaClient
 from tierbatch.adapters.app.quota_file import QuotaStateLoad, load_quota_state
 from tierbatch.adapters.app.quota_server import QuotaServer
 from tierbatch.adapters.app.quota_wire import FrameError
-from tierbatch.adapters.storage.quota_lease import ROLE_FOLLOWER, ROLE_OWNER, DaemonInfo
+from tierbatch.adapters.storage.quota_lease import ROLE_FOLLOWER, ROLE_OWNER
 from tierbatch.adapters.storage.snapshot_file import (
     DebouncedSaver,
     SnapshotFile,
@@ -237,8 +238,7 @@ class QuotaLink:
         self._next_renew = 0.0
         self._wall_steps = WallStepWatch(clock)
         self._silent: tuple[str, int] | None = None  # an owner that did not answer
-        self._info = DaemonInfo.of_this_process(store.owner, ROLE_FOLLOWER, time.time())
-        self._beat = (time.monotonic(), 0)
+        self._beat = DaemonBeat(store, ROLE_FOLLOWER, self.options.lease_s)
         self.backlog = 0  # articles this daemon holds, for its heartbeat
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -290,7 +290,7 @@ class QuotaLink:
         for old in self._old_clients:
             old.close()
         self._server.close()
-        _guarded("forget this daemon", self._store.forget_daemon)
+        _guarded("forget this daemon", self._beat.forget)
 
     @property
     def role(self) -> str | None:
@@ -512,22 +512,14 @@ class QuotaLink:
             _log.warning("daemon heartbeat failed; retrying", error=str(exc))
 
     def _heartbeat(self) -> None:
-        granted = self._handle.granted
-        now = time.monotonic()
-        then, before = self._beat
-        rate = (granted - before) / (now - then) if now > then else 0.0
-        self._beat = (now, granted)
         role = self.role
-        info = replace(
-            self._info,
+        self._beat.beat(
             role=role or ROLE_FOLLOWER,
             address=self.address if role == ROLE_OWNER else None,
             backlog=self.backlog,
             waiting=self._handle.waiting,
-            grants=granted,
-            grant_rate=rate,
+            granted=self._handle.granted,
         )
-        self._store.heartbeat(info, self.options.lease_s)
 
 
 def _guarded(what: str, step: Any) -> Any:

@@ -3,7 +3,12 @@
 With several daemons on the database it also shows every live daemon (its
 role in the shared quota, its backlog and its share of the grants) and
 reads the quota state the owner saved in the database when that is newer
-than the snapshot file.
+than the snapshot file. Daemons started with ``--ray`` take their quota
+from a registry actor on Ray instead of an elected owner; they heartbeat
+the same table, so they are shown the same way, with the registry actor
+that serves them -- and a queue whose live daemons take their quota from
+more than one registry (two Ray projects, or Ray and an elected owner) is
+called out: they do not share one quota.
 
 It reads the database read-only -- an SQLite file with a ``mode=ro``
 connection (in WAL mode readers never block the daemon writing next to
@@ -36,7 +41,12 @@ from tierbatch.actors.runtime import make_budget
 from tierbatch.adapters.app.budget_view import budget_line
 from tierbatch.adapters.app.learnt_limits import LearntLimits
 from tierbatch.adapters.storage.open_store import display_name, read_report
-from tierbatch.adapters.storage.quota_lease import DaemonInfo, QuotaOwner
+from tierbatch.adapters.storage.quota_lease import (
+    ROLE_RAY,
+    DaemonInfo,
+    QuotaOwner,
+    RayRegistryAddress,
+)
 from tierbatch.adapters.storage.snapshot_file import decode
 from tierbatch.adapters.storage.store import (
     BatchReport,
@@ -128,6 +138,17 @@ class DaemonView:
 
 
 @dataclass(frozen=True, slots=True)
+class RayRegistryView:
+    """A registry actor on Ray that serves live daemons of this queue."""
+
+    address: str  # ray://CLUSTER/NAMESPACE/ACTOR, as the daemons recorded it
+    cluster: str
+    namespace: str
+    actor: str
+    daemons: int
+
+
+@dataclass(frozen=True, slots=True)
 class QuotaOwnerView:
     owner: str
     address: str
@@ -164,9 +185,23 @@ class Status:
     # The shared quota: its owner (None: never shared) and the live daemons.
     quota_owner: QuotaOwnerView | None = None
     daemons: tuple[DaemonView, ...] = ()
+    # The registry actors on Ray that serve live daemons (``daemon --ray``).
+    ray_registries: tuple[RayRegistryView, ...] = ()
+
+    @property
+    def quota_sources(self) -> int:
+        """How many registries the live daemons take their quota from (a
+        live elected owner is one): more than one, and they do not share."""
+        owner = self.quota_owner
+        elected = any(d.role != ROLE_RAY for d in self.daemons) or (
+            owner is not None and owner.live
+        )
+        return len(self.ray_registries) + (1 if elected else 0)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["quota_sources"] = self.quota_sources
+        return data
 
 
 def read_status(
@@ -187,6 +222,7 @@ def read_status(
     if data is not None:
         quota, problem = _read_quota(data, config, now)
     budget = _read_budget(data, config, now)
+    daemons = _daemon_views(report.daemons, now)
     return Status(
         db=display_name(db_path),
         states=report.states,
@@ -206,7 +242,8 @@ def read_status(
         now=now,
         tier_rules=read_tier_rules(Path(tiers_path), config, now) if tiers_path else None,
         quota_owner=_owner_view(report.quota_owner),
-        daemons=_daemon_views(report.daemons, now),
+        daemons=daemons,
+        ray_registries=_ray_registries(daemons),
     )
 
 
@@ -298,6 +335,25 @@ def _daemon_views(rows: tuple[DaemonInfo, ...], now: float) -> tuple[DaemonView,
         )
         for d in live
     )
+
+
+def _ray_registries(daemons: tuple[DaemonView, ...]) -> tuple[RayRegistryView, ...]:
+    """The registry actors the live ``--ray`` daemons named, in order of
+    their first daemon."""
+    counts: dict[str, int] = {}
+    for d in daemons:
+        if d.role == ROLE_RAY and d.address:
+            counts[d.address] = counts.get(d.address, 0) + 1
+    views = []
+    for address, count in counts.items():
+        parsed = RayRegistryAddress.parse(address)
+        if parsed is None:
+            views.append(RayRegistryView(address, "?", "?", address, count))
+        else:
+            views.append(
+                RayRegistryView(address, parsed.cluster, parsed.namespace, parsed.actor, count)
+            )
+    return tuple(views)
 
 
 def _read_quota(
@@ -424,11 +480,23 @@ def _render_daemons(status: Status, console: Console) -> None:
     owner = status.quota_owner
     if owner is None and not status.daemons:
         return
-    if owner is not None:
+    if owner is not None and (owner.live or not status.ray_registries):
         lease = f"lease {owner.lease_s_left:.0f} s left" if owner.live else "lease expired"
         console.print(
             f"shared quota: owned by {owner.owner} at {owner.address} "
             f"(epoch {owner.epoch}, {lease})"
+        )
+    for registry in status.ray_registries:
+        console.print(
+            f"shared quota: on Ray, registry actor {registry.actor} "
+            f"(namespace {registry.namespace}) of the cluster at {registry.cluster}, "
+            f"serving {registry.daemons} daemon(s)"
+        )
+    if status.quota_sources > 1:
+        console.print(
+            f"warning: the live daemons take their quota from {status.quota_sources} "
+            "registries, so they do not share one quota (start them all with the same "
+            "--ray and --ray-project, or all without --ray)"
         )
     if not status.daemons:
         console.print("daemons: none live")
@@ -448,7 +516,7 @@ def _render_daemons(status: Status, console: Console) -> None:
     for d in status.daemons:
         table.add_row(
             f"{d.host}:{d.pid}",
-            d.role + (f" ({d.address})" if d.address else ""),
+            d.role + (f" ({_where(d)})" if d.address else ""),
             f"{d.heartbeat_s_ago:.0f} s ago",
             str(d.backlog),
             str(d.waiting),
@@ -457,6 +525,14 @@ def _render_daemons(status: Status, console: Console) -> None:
             f"{100 * d.share:.0f}%",
         )
     console.print(table)
+
+
+def _where(d: DaemonView) -> str:
+    """An owner's HOST:PORT; a Ray daemon's registry actor by name."""
+    if d.role == ROLE_RAY and d.address:
+        parsed = RayRegistryAddress.parse(d.address)
+        return parsed.actor if parsed is not None else d.address
+    return d.address or ""
 
 
 def render_tier_rules(rules: TierRules, console: Console) -> None:
@@ -524,6 +600,7 @@ __all__ = [
     "DaemonView",
     "ModelQuota",
     "QuotaOwnerView",
+    "RayRegistryView",
     "Status",
     "StatusError",
     "TierRule",

@@ -8,6 +8,14 @@
   100 connections (20 kept alive); the runtime may have more calls out, and
   the rest would queue for a connection. The provider factory passes the
   runtime's limit; idle connections are kept up to the same number.
+* **Idle connections outlive a rate window** (``KEEPALIVE_S``). Under a
+  per-minute limit the calls come in bursts a window apart, idle in
+  between; httpx closes a connection idle for 5 s, so every window's burst
+  opened all its connections again, and the first call of the burst left
+  only once the whole burst had been prepared (each task awaiting its
+  connect let the next one's preparation run first) -- late by the burst's
+  CPU time, which the next window then inherits. Kept for two minutes, the
+  next burst reuses them and its first call leaves at once.
 * **When the call has a connection, and when its request is written.**
   httpcore's ``trace`` request extension reports each step on the call's
   own task: ``connection.connect_tcp.started`` (a new connection, so the
@@ -36,6 +44,10 @@ _CONNECTED = (
     ".send_request_headers.started",
 )
 _WRITTEN = (".send_request_body.complete", ".send_request_body.failed")
+
+# Longer than Gemini's 60 s rate window (with room), so a burst's connections
+# are still pooled when the next window opens.
+KEEPALIVE_S = 120.0
 
 _timing: ContextVar[CallTiming | None] = ContextVar("tierbatch_gemini_call_timing", default=None)
 
@@ -74,7 +86,9 @@ def new_async_client(
         verify=True if ssl_context is None else ssl_context,
         follow_redirects=False,
         limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_S,
         ),
         event_hooks={"request": [prepare]},
     )

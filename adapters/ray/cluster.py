@@ -20,6 +20,7 @@ from tierbatch.actors.clock import Clock
 from tierbatch.adapters.ray.registry_actor import RegistryActor
 from tierbatch.adapters.ray.remote_registry import RemoteRegistryRef
 from tierbatch.adapters.ray.wire import NAMESPACE, actor_name, config_fingerprint
+from tierbatch.adapters.storage.quota_lease import RayRegistryAddress
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import TierbatchError
 
@@ -119,7 +120,8 @@ def registry_for(
         snapshot_path,
         client_timeout_s=client_timeout_s,
     )
-    handle = RemoteRegistryRef(actor, clock, heartbeat_s=heartbeat_s)
+    where = RayRegistryAddress(_cluster_address(ray), NAMESPACE, actor_name(project))
+    handle = RemoteRegistryRef(actor, clock, heartbeat_s=heartbeat_s, where=str(where))
     theirs = ray.get(actor.info.remote())["config"]
     if theirs != config_fingerprint(config):
         _log.warning(
@@ -136,6 +138,14 @@ def registry_for(
         client=handle.client,
     )
     return handle
+
+
+def _cluster_address(ray: Any) -> str:
+    """The cluster this process joined, as HOST:PORT of its head (its GCS)."""
+    try:
+        return str(ray.get_runtime_context().gcs_address)
+    except AttributeError:  # a Ray without it
+        return "unknown"
 
 
 def kill_registry(project: str, *, no_restart: bool = True) -> bool:

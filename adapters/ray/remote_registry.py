@@ -16,7 +16,10 @@ What it adds on the way, and nothing else:
   daemon's waiting requests "stopped" and withdraws them from the shared
   registry, which goes on granting to the other daemons;
 * a heartbeat, so the registry drops the waits and grants of a daemon that
-  was killed; ``stop`` leaves the registry at once.
+  was killed; ``stop`` leaves the registry at once;
+* the counts a daemon's row in the queue's ``daemons`` table shows
+  (``granted``, ``waiting``) and which registry serves it (``where``),
+  as the database-shared quota's ``RegistryHandle`` has them.
 
 The interface is deliberately the small one a local registry has, so a
 registry reached another way (a TCP handle, say) can share it.
@@ -66,11 +69,15 @@ def no_reply(_answer: Any) -> None:
 
 
 class RemoteRegistryRef:
-    def __init__(self, actor: Any, clock: Clock, *, heartbeat_s: float = 2.0) -> None:
+    def __init__(
+        self, actor: Any, clock: Clock, *, heartbeat_s: float = 2.0, where: str = "ray"
+    ) -> None:
         if clock.to_real(1.0) != 1.0:
             raise ValueError("a registry on Ray needs a real-time clock (SystemClock)")
         self._actor = actor
         self._clock = clock
+        self.where = where  # the registry: ray://CLUSTER/NAMESPACE/ACTOR
+        self._granted = 0
         self.client = f"{secrets.token_hex(6)}"
         self._base = secrets.randbits(40) << _HOLDER_BITS
         self._lock = threading.Lock()
@@ -158,6 +165,18 @@ class RemoteRegistryRef:
         future.set(True)
         return future.get(timeout=timeout) if block else future
 
+    @property
+    def granted(self) -> int:
+        """Grants this daemon received (and kept) since it joined."""
+        with self._lock:
+            return self._granted
+
+    @property
+    def waiting(self) -> int:
+        """This daemon's requests waiting for quota now."""
+        with self._lock:
+            return len(self._waiting)
+
     # ---- internals -------------------------------------------------------------------
 
     def _holder(self, holder: int) -> int:
@@ -242,6 +261,8 @@ class RemoteRegistryRef:
         answer = None if exc is not None else done.result()
         with self._lock:
             mine = self._waiting.pop((msg.holder, msg.request_id), None) is msg
+            if mine and isinstance(answer, Granted):
+                self._granted += 1
         if exc is not None:
             self._lost(exc)
             if mine:

@@ -20,13 +20,21 @@ keeps what a successor needs::
         state BLOB NOT NULL);           -- a snapshot file's bytes (header + msgpack)
     CREATE TABLE daemons (             -- one row per daemon, for tierbatch status
         owner TEXT PRIMARY KEY, host TEXT, pid INTEGER,
-        role TEXT,                      -- 'owner' | 'follower'
-        address TEXT, started_at REAL, heartbeat_at REAL,
+        role TEXT,                      -- 'owner' | 'follower' | 'ray'
+        address TEXT,                   -- an owner's HOST:PORT; a 'ray' daemon's registry
+        started_at REAL, heartbeat_at REAL,
         expires_at REAL,                -- live until then (heartbeat + lease)
         backlog INTEGER, waiting INTEGER,   -- articles it holds; its requests waiting for quota
         grants BIGINT, grant_rate REAL);    -- grants it received; per second lately
 
 (``REAL`` is ``DOUBLE PRECISION`` and ``BLOB`` ``BYTEA`` in PostgreSQL.)
+
+A daemon started with ``--ray`` takes its quota from a registry actor on
+Ray, not from an elected owner: it heartbeats its row all the same, with
+role ``'ray'`` and the registry that serves it as its address,
+``ray://CLUSTER/NAMESPACE/ACTOR`` (``RayRegistryAddress``), so
+``tierbatch status`` shows every daemon of the queue and where its quota
+comes from, whichever way they share it.
 
 The rules, each one statement or one transaction, so they hold across
 processes and machines:
@@ -56,9 +64,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "ROLE_FOLLOWER",
+    "ROLE_OWNER",
+    "ROLE_RAY",
     "DaemonInfo",
     "QuotaLeaseStore",
     "QuotaOwner",
+    "RayRegistryAddress",
     "SavedQuota",
     "quota_schema",
     "read_sharing",
@@ -66,6 +78,8 @@ __all__ = [
 
 ROLE_OWNER = "owner"
 ROLE_FOLLOWER = "follower"
+ROLE_RAY = "ray"  # the quota comes from a registry actor on Ray (``daemon --ray``)
+_RAY_SCHEME = "ray://"
 # Rows of daemons that stopped heartbeating this long ago are deleted.
 _FORGET_AFTER_S = 3600.0
 
@@ -128,6 +142,29 @@ class SavedQuota:
     epoch: int
     saved_at: float
     state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RayRegistryAddress:
+    """Which registry actor serves a ``'ray'`` daemon: the Ray cluster
+    (its GCS address, HOST:PORT), the actor's namespace and name."""
+
+    cluster: str
+    namespace: str
+    actor: str
+
+    def __str__(self) -> str:
+        return f"{_RAY_SCHEME}{self.cluster}/{self.namespace}/{self.actor}"
+
+    @classmethod
+    def parse(cls, text: str) -> RayRegistryAddress | None:
+        """The address in a ``'ray'`` row; None for anything else."""
+        if not text.startswith(_RAY_SCHEME):
+            return None
+        parts = text.removeprefix(_RAY_SCHEME).split("/")
+        if len(parts) != 3 or not all(parts[1:]):
+            return None
+        return cls(*parts)
 
 
 @dataclass(frozen=True, slots=True)
