@@ -46,9 +46,20 @@ _START_TIMEOUT_S = 90.0
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports, every socket bound until all are chosen
+    (one at a time the system may hand a port out twice; Ray then refuses
+    two components on one port)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def postgres_bindir() -> Path | None:
@@ -167,7 +178,8 @@ class LocalRayHead:
     def __init__(self, extra_env: dict[str, str] | None = None) -> None:
         # Short: Ray's unix socket paths must fit in 107 bytes.
         self._folder = Path(tempfile.mkdtemp(prefix="tbbray-", dir="/tmp"))
-        self.port = free_port()
+        self._ports = free_ports(8)
+        self.port = self._ports[0]
         self.address = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[str] | None = None
         # A loopback-only throwaway: no token (Ray would write one to ~/.ray).
@@ -183,7 +195,7 @@ class LocalRayHead:
         argv += ["--include-dashboard=false", "--disable-usage-stats"]
         argv += ["--node-ip-address", "127.0.0.1", "--temp-dir", str(self._folder)]
         argv += ["--port", str(self.port)]
-        for flag in (
+        flags = (
             "--ray-client-server-port",
             "--node-manager-port",
             "--object-manager-port",
@@ -191,8 +203,9 @@ class LocalRayHead:
             "--dashboard-agent-listen-port",
             "--metrics-export-port",
             "--runtime-env-agent-port",
-        ):
-            argv += [flag, str(free_port())]
+        )
+        for flag, port in zip(flags, self._ports[1:], strict=True):
+            argv += [flag, str(port)]
         self._proc = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
