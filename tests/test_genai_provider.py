@@ -105,6 +105,33 @@ def test_connections_are_split_over_small_pools_and_a_quiet_provider_keeps_one()
     assert len(sent - {"a1"}) == at_once
 
 
+def test_pool_shards_share_one_ssl_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building an SSL context costs ~25 ms of CPU, and the SDK built three
+    per client (one client per pool shard): a provider now builds one."""
+    import ssl
+
+    from tierbatch.adapters.gemini import genai_provider
+
+    built: list[object] = []
+    original = ssl.SSLContext.__new__
+
+    def counting(cls: type, *args: Any, **kwargs: Any) -> Any:
+        built.append(cls)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "__new__", counting)
+    provider = GenaiProvider(ProviderConfig(base_url="http://127.0.0.1:9"), api_key=KEY)
+
+    async def go() -> int:
+        shards = [provider._new_client(max_connections=8) for _ in range(4)]
+        for shard in shards:
+            await genai_provider._close(shard)
+        return len(shards)
+
+    assert asyncio.run(go()) == 4
+    assert len(built) == 1
+
+
 def test_the_request_config_is_built_once_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every call of a model gets the same ``GenerateContentConfig`` (it used
     to be built anew for every call): a spy on the SDK sees one per model."""
