@@ -86,7 +86,6 @@ from tierbatch.policies.errors import (
     RuntimeNotRunningError,
     ShuttingDownError,
 )
-from tierbatch.policies.feeding import room_for_a_window
 from tierbatch.policies.planner import Plan, TierShape
 from tierbatch.policies.quota import ModelStatus, QuotaPolicy
 from tierbatch.policies.results import TerminalResult
@@ -269,7 +268,6 @@ class Runtime:
             tiers=[t.name for t in config.tiers],
             models=sorted(config.models),
         )
-        _warn_if_room_is_short(config, ladder)
         return self
 
     def _start_registry(self) -> pykka.ActorRef[Any]:
@@ -907,20 +905,3 @@ class _Teardown:
 
 
 __all__ = ["Runtime", "RuntimeStats", "SubmitReceipt"]
-
-
-def _warn_if_room_is_short(config: Config, ladder: TierLadder) -> None:
-    """Say so when the extractors cannot hold a window's requests: the
-    models the tiers use could not all be kept busy when a window opens."""
-    used = {model for index in range(len(ladder)) for model in ladder.chain(index)}
-    needed = room_for_a_window({m: config.models[m].rpm for m in used if m in config.models})
-    room = config.runtime.extractors * config.runtime.max_packs_in_flight
-    if needed > room:
-        per_extractor = -(-needed // config.runtime.extractors)
-        _log.warning(
-            "the extractors have room for fewer packs than the models admit in a window: "
-            "they cannot all be kept busy when a window opens",
-            room=room,
-            window_requests=needed,
-            hint=f"[runtime] max_packs_in_flight = {per_extractor} (or more)",
-        )

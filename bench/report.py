@@ -598,7 +598,8 @@ def markdown(data: dict[str, Any], plot_files: dict[str, list[str]], plot_prefix
     lines = [
         f"# tierbatch bench ({settings.mode} mode)",
         "",
-        "Rerun: `python -m bench.run --full`, then `python -m bench.report --publish`.",
+        f"Rerun: `python -m bench.run --{settings.mode}`, then "
+        "`python -m bench.report RUN_DIR --publish`.",
         "",
         "## Machine",
         "",

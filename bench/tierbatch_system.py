@@ -69,12 +69,7 @@ def bench_config(settings: BenchSettings, base_url: str, *, packed: bool) -> Con
         ),
         retry=RetryConfig(request_timeout_s=settings.real(60.0)),
         provider=ProviderConfig(kind=ProviderKind.GENAI, base_url=base_url),
-        # Room for a window's requests of every model, and a quarter more
-        # (the runtime warns when it has less: see README, "Sizing").
-        runtime=RuntimeConfig(
-            extractors=4,
-            max_packs_in_flight=max(64, math.ceil(1.25 * sum(m.rpm for m in settings.models) / 4)),
-        ),
+        runtime=RuntimeConfig(extractors=4, max_packs_in_flight=64),
     )
 
 

@@ -231,6 +231,15 @@ class LimitEstimate:
                 self.burst = max(1.0, min(self.burst, math.floor(absorbed * margin)))
                 self._sync(now, retry_delay_s, tokens=tokens_scope)
             return not short
+        if tokens_scope and short and not self.paced:
+            # Whole windows at once, refused with the tokens about to free:
+            # the server's window and ours disagree at its edge by a few ms
+            # (packed requests carry many tokens, so a window's requests all
+            # expire nearly together). Not a lower limit: cutting the tpm to
+            # what our window holds just after its edge (little) took the
+            # next three windows to a seventh of the quota. Wait as it says.
+            self._sync(now, retry_delay_s, tokens=True)
+            return True
         self._last_cut = now
         self._cut_burst = 0.0
         if tokens_scope and not (short and self.paced):

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["CONTENDED", "FEED_AHEAD", "TierFeed", "TierFeedShape", "room_for_a_window"]
+__all__ = ["CONTENDED", "FEED_AHEAD", "TierFeed", "TierFeedShape"]
 
 FEED_AHEAD: Final = 1.25
 CONTENDED: Final = 0.5
@@ -124,13 +124,3 @@ class TierFeed:
         cutoff = now - self._window_s
         while done and done[0][0] <= cutoff:
             self._done_in_window[tier] -= done.popleft()[1]
-
-
-def room_for_a_window(rpm_by_model: Mapping[str, int]) -> int:
-    """The packs the extractors must have room for to keep every model busy
-    when a window opens: a rolling window admits its whole window's requests
-    at once, so each model needs that many packs ready (0 when a model has
-    no request limit: nothing to size by)."""
-    if any(rpm <= 0 for rpm in rpm_by_model.values()):
-        return 0
-    return sum(rpm_by_model.values())

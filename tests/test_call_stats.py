@@ -175,9 +175,6 @@ NOT_PER_CALL = {
     "model cooling down",
     "learnt limit",
     "provider calls",
-    # Once at start: this config's room is smaller than its models' window.
-    "the extractors have room for fewer packs than the models admit in a window: "
-    "they cannot all be kept busy when a window opens",
 }
 
 

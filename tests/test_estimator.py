@@ -145,3 +145,25 @@ def test_packed_requests_are_paced_on_their_input_tokens_too():
     assert est.ready_at(2.0, 1_000) == pytest.approx(2.0)
     # A request larger than the token burst goes once the level is full.
     assert est.ready_at(0.0, 50_000) == pytest.approx(15.0)
+
+
+def test_a_short_tokens_429_at_a_rolling_windows_edge_does_not_cut_the_tpm():
+    """Packed requests against a rolling window, whole windows at once: at a
+    window's edge the server refused a burst with its tokens about to free
+    (retryDelay ~70 ms), when our window had just let the last one's go.
+    The tpm was cut to what our window then held (a sliver), and the next
+    three windows ran at a seventh of the quota (bench, real 60 s window)."""
+    est = LimitEstimate(600, 1_500_000, EstimatorConfig(window_s=60.0, pacing=False))
+    assert not est.paced
+    keep = est.on_rate_limited(
+        120.0,
+        tokens_scope=True,
+        retry_delay_s=0.07,
+        accepted_in_window=5,
+        tokens_in_window=20_000,
+        in_burst=True,
+        observed_s=120.0,
+        sent_at=120.0,
+    )
+    assert keep is True  # it waits as the server says, its place kept
+    assert est.tpm == 1_500_000

@@ -92,31 +92,3 @@ def test_a_primary_whose_tokens_limit_binds_first_sets_the_mark_by_tokens() -> N
     feed = TierFeed(shapes, window_s=60.0)
     assert feed.mark(0, 0.0) == FEED_AHEAD * 1800  # tokens unknown yet
     assert feed.mark(0, 0.0, tokens_per_article=400.0) == FEED_AHEAD * 1500
-
-
-def test_room_for_a_window_is_every_models_window_of_requests() -> None:
-    from tierbatch.policies.feeding import room_for_a_window
-
-    assert room_for_a_window({"pro": 120, "flash": 300, "lite": 600}) == 1020
-    assert room_for_a_window({"pro": 120, "unlimited": 0}) == 0
-
-
-def test_the_runtime_says_when_its_room_cannot_hold_a_windows_requests() -> None:
-    from dataclasses import replace
-
-    import structlog
-    from runtime_helpers import ScriptedProvider, small_config
-
-    from tierbatch.actors.runtime import Runtime
-    from tierbatch.actors.sinks import CollectingSink
-
-    short = small_config(pro=(100, 10**7, 0), flash=(100, 10**7, 0), lite=(100, 10**7, 0))
-    short = replace(short, runtime=replace(short.runtime, extractors=2, max_packs_in_flight=8))
-    with (
-        structlog.testing.capture_logs() as logs,
-        Runtime(short, ScriptedProvider(), CollectingSink()),
-    ):
-        pass
-    (warning,) = [e for e in logs if e["event"].startswith("the extractors have room")]
-    assert (warning["room"], warning["window_requests"]) == (16, 300)
-    assert warning["hint"] == "[runtime] max_packs_in_flight = 150 (or more)"
