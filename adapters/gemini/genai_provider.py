@@ -6,8 +6,7 @@ only when ``HttpRetryOptions`` are given (without them its tenacity policy is
 (sleep 1-10 s, then resend on an aiohttp connection error) only exists on
 its aiohttp path; we hand the SDK our own httpx2 client, which keeps it off
 that path even where aiohttp is installed. Pooled connections belong to the
-event loop that opened them, so there is one SDK client per running loop
-(normally exactly one: the runtime's event-loop thread).
+event loop that opened them, so each running loop has SDK clients of its own.
 
 What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
 
@@ -25,14 +24,11 @@ What ``extract`` decides, beyond the status mapping of ``adapters.errors``:
 * ``output_tokens`` includes thinking tokens, which are billed as output;
   without ``usageMetadata`` the input tokens are the request's estimate.
 
-A loop's connections are split over several SDK clients of at most
-``POOL_SHARD_CONNECTIONS`` each, and a call goes to the one with the fewest
-calls out. The HTTP pool re-examines every idle connection of its pool
-(a ``poll`` and a ``getpeername`` each) whenever a request arrives or a
-response closes, so one pool of hundreds costs hundreds of system calls per
-request: a third of the CPU of a call measured against the local server.
-Shards keep that scan short; the next shard opens only when the others are
-full, so a quiet daemon keeps one.
+A loop's connections are split over SDK clients of at most
+``POOL_SHARD_CONNECTIONS`` each (a call goes to the least busy; the next
+opens only when the others are full): an HTTP pool re-examines every idle
+connection (two system calls each) on every request and response, which
+with one pool of hundreds was a third of a call's CPU.
 
 Nothing escapes ``extract`` except cancellation; unexpected exceptions become
 ``ServerError(None)`` with a redacted message.
@@ -54,6 +50,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -247,7 +244,7 @@ class GenaiProvider:
             shards = self._clients.get(loop)
             if shards is None:
                 shards = self._clients[loop] = []
-            best = min(shards, key=_busy, default=None)
+            best = min(shards, key=attrgetter("calls"), default=None)
             if best is None or (
                 best.calls >= POOL_SHARD_CONNECTIONS and len(shards) < self._max_shards
             ):
@@ -336,22 +333,17 @@ def new_sdk_client(
     ``ssl_context`` the SDK builds none of its own (it builds three, ~13 ms
     of CPU each: for its unused sync client, for its websockets, and a
     default) -- a provider opens a client per pool shard."""
-    if ssl_context is None:
-        options = types.HttpOptions(
-            base_url=config.base_url,
-            api_version=config.api_version,
-            timeout=_millis(timeout_s),
-            httpx_async_client=http,
-        )
-    else:
-        options = types.HttpOptions(
-            base_url=config.base_url,
-            api_version=config.api_version,
-            timeout=_millis(timeout_s),
-            httpx_async_client=http,
-            httpx_client=_HTTPX.Client(verify=ssl_context, follow_redirects=False),
-            async_client_args={"ssl": ssl_context},
-        )
+    shared: dict[str, Any] = {}
+    if ssl_context is not None:
+        client = _HTTPX.Client(verify=ssl_context, follow_redirects=False)
+        shared = {"httpx_client": client, "async_client_args": {"ssl": ssl_context}}
+    options = types.HttpOptions(
+        base_url=config.base_url,
+        api_version=config.api_version,
+        timeout=_millis(timeout_s),
+        httpx_async_client=http,
+        **shared,
+    )
     return genai.Client(vertexai=False, api_key=key, http_options=options)
 
 
@@ -374,10 +366,6 @@ def _location(exc: genai_errors.APIError) -> str | None:
     except Exception:  # an unexpected response type: say nothing about where
         return None
     return location if isinstance(location, str) else None
-
-
-def _busy(entry: _LoopClient) -> int:
-    return entry.calls
 
 
 async def _close(entry: _LoopClient) -> None:
