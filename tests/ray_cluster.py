@@ -10,13 +10,14 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from bench.services import free_ports
 
 START_TIMEOUT_S = 90.0
 
@@ -34,23 +35,6 @@ def _ray_command() -> str | None:
     if script.exists():
         return str(script)
     return shutil.which("ray")
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: every socket stays bound until all are
-    chosen (one at a time, the system may hand the same port out twice, and
-    Ray refuses two components on one port)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            ports.append(int(sock.getsockname()[1]))
-        return ports
 
 
 class RayHead:

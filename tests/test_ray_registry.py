@@ -441,8 +441,7 @@ def test_a_config_unlike_the_registrys_is_told_apart(tmp_path: Path) -> None:
 
 def test_daemon_with_a_ray_address_nobody_listens_on_is_a_usage_error(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    from ray_cluster import free_port
-
+    from bench.services import free_port
     from tierbatch.adapters.app.cli import main
 
     address = f"127.0.0.1:{free_port()}"

@@ -174,19 +174,19 @@ class GenaiProvider:
         )
         started = time.monotonic()
         timing = CallTiming(request.timeout_s)
-        shard: _LoopClient | None = None
         try:
             shard = self._client_for_running_loop()
             shard.calls += 1
-            with timing_of_this_call(timing):
-                async with timing.deadline():
-                    response = await shard.sdk.aio.models.generate_content(
-                        model=request.model,
-                        contents=build_user_text(request.articles),
-                        config=self._generation_config(request.model, request.timeout_s),
-                    )
-            shard.calls -= 1
-            shard = None
+            try:
+                with timing_of_this_call(timing):
+                    async with timing.deadline():
+                        response = await shard.sdk.aio.models.generate_content(
+                            model=request.model,
+                            contents=build_user_text(request.articles),
+                            config=self._generation_config(request.model, request.timeout_s),
+                        )
+            finally:
+                shard.calls -= 1
             elapsed = time.monotonic() - started
             return _answer(response, request, ids, log, elapsed, self.prompt.task)
         except Exception as exc:
@@ -194,9 +194,6 @@ class GenaiProvider:
             outcome = self._outcome_for_exception(exc, timing)
             log_failure(log, outcome, exc, elapsed)
             return PackAnswer(outcome)
-        finally:
-            if shard is not None:  # the call failed or was cancelled
-                shard.calls -= 1
 
     async def describe_model(self, name: str, *, timeout_s: float = 10.0) -> ModelInfo | None:
         """``models.get`` (the ``ModelCatalog`` port): None for a 404. It
