@@ -8,11 +8,14 @@ assumes the wrong shape pays for it: a whole window's burst against a bucket
 gets most of it refused. ``LimitEstimate`` keeps, per model:
 
 * ``rpm``/``tpm``: the effective per-window limits, at most the configured
-  ones. A 429 that says "per minute" while our own count is below the limit
-  lowers the limit to what the provider accepted, less a margin
-  (multiplicative decrease); every clean window, where we used the limit
-  without a 429, raises it by a step towards the configured ceiling
-  (additive increase).
+  ones. A 429 that says "per minute" while the provider accepted less than
+  the limit lowers the limit to what it accepted, less a margin
+  (multiplicative decrease; at the configured limit only when it accepted
+  less by more than the margin: our token counts are estimates, and our
+  window and the provider's are a trip apart); every clean window, where
+  we used the limit without a 429, raises it by a step towards the
+  configured ceiling (additive increase; a share of the learnt limit, so a
+  small one gains a request only every few windows).
 * ``burst``: how many requests may go at once, on top of the steady rate
   ``rpm / window``. It starts modest and doubles while bursts are accepted
   (each success of a request sent at the burst's edge adds one, as TCP's
@@ -27,6 +30,28 @@ token is near" (a bucket, or our burst hit a window edge); a longer one is
 request holds a window place only on window evidence: a bucket never
 counted it.
 
+A short 429 while our own window is nearly full of the limit it names
+(``EDGE_FULL``), that limit still the configured one and the provider not
+known to be a bucket, is no evidence of a lower limit or a smaller burst:
+we were sending at the limit and the provider counted a little differently
+-- our oldest requests reached it late (behind a busy client), or carried
+more tokens than estimated, so it freed their places after we did. Cutting
+on it took a tenth off the next windows each time and read a rolling window
+as a bucket. Such an edge 429 makes the model wait as the provider says; a
+requests one also widens ``edge_guard_s``, so our window entries expire that
+much later from then on (capped at ``EDGE_GUARD_CAP`` of a window, decaying
+while windows stay clean). Edge 429s in ``EDGE_DOUBT_WINDOWS`` windows in a
+row mean the limit may really be lower; until a clean window they are read
+as any short 429.
+
+Under a bucket, paced at its rate, a request that reached the provider a
+little sooner after the last than we sent it is refused with its token due
+within a sliver of a refill interval (``JITTER``): never evidence of a
+lower rate, it lengthens the pacing's intervals by that much
+(``pace_guard_s``, decaying like the edge guard). Below a configured limit
+the estimate is probing back up, and any refusal near the top is the probe
+finding the ceiling.
+
 Pure: every method takes ``now``; the quota policy owns one per model.
 """
 
@@ -40,6 +65,19 @@ from typing import Any, Final
 __all__ = ["EstimatorConfig", "LimitEstimate", "LimiterShape"]
 
 _SNAPSHOT_KEYS: Final = ("rpm", "tpm", "burst", "shape", "clean_windows")
+
+# A short 429 while our window holds this share of the limit it names is
+# the window's edge, not another client's spending.
+EDGE_FULL: Final = 0.8
+# The edge guard's cap, as a share of the window (a longer delay is not a
+# lag), and its decay per clean window.
+EDGE_GUARD_CAP: Final = 0.05
+EDGE_GUARD_DECAY: Final = 0.95
+# A short 429 whose next token was due within this share of a refill
+# interval is the trip's jitter, never evidence of a lower rate.
+JITTER: Final = 0.1
+# Windows in a row with edge 429s before they stop being read as edges.
+EDGE_DOUBT_WINDOWS: Final = 3
 
 
 class LimiterShape(StrEnum):
@@ -57,7 +95,9 @@ class EstimatorConfig:
     limit is set; ``increase``: the additive step per clean window, as a
     share of the learnt limit; ``initial_burst``: the first burst, as a
     share of a window's requests; ``short_delay_s``: a 429 delay below this
-    is burst evidence (default: a tenth of the window)."""
+    is burst evidence (default: a tenth of the window, and never less than
+    two of the limit's refill intervals, ``2 * window / rpm``: a bucket of a
+    small limit gives its next token seconds apart)."""
 
     window_s: float = 60.0
     pacing: bool = True
@@ -89,6 +129,7 @@ class LimitEstimate:
             self.burst = max(1.0, float(math.ceil(rpm * config.initial_burst)))
         self.shape = LimiterShape.UNKNOWN if config.pacing else LimiterShape.WINDOW
         self.clean_windows = 0
+        self._rpm_credit = 0.0  # additive increase, in fractions of a request
         # Slow start: the burst doubles until the first 429 or a whole window.
         self.probing = config.pacing and rpm > 0 and self.burst < rpm
         self._level = self.burst
@@ -107,12 +148,32 @@ class LimitEstimate:
         self._cut_refused = 0
         # The last short refusal of a paced request (at the pacing's edge).
         self._edge_refused_at = -math.inf
+        # How much later than the provider's our window entries expire,
+        # and how much longer than the limit's our pacing intervals are.
+        self.edge_guard_s = 0.0
+        self.pace_guard_s = 0.0
+        self._guard_before = 0.0
+        self._guard_raised_at = -math.inf
+        self._window_edged = False
+        self._edged_windows = 0
+        self._edges_doubted = False
 
     # ---- the pacing bucket -------------------------------------------------------
 
     @property
     def rate_per_s(self) -> float:
-        return math.inf if self.rpm == 0 else self.rpm / self.config.window_s
+        """The pacing's rate: the limit's, each interval lengthened by the
+        learnt ``pace_guard_s``."""
+        if self.rpm == 0:
+            return math.inf
+        return 1.0 / (self.config.window_s / self.rpm + self.pace_guard_s)
+
+    @property
+    def short_delay(self) -> float:
+        """A 429 delay below this is "the next token is near"; see
+        ``EstimatorConfig``."""
+        floor = 2 * self.config.window_s / self.rpm if self.rpm else 0.0
+        return max(self.config.short_delay, floor)
 
     @property
     def paced(self) -> bool:
@@ -204,9 +265,12 @@ class LimitEstimate:
         in_burst: bool,
         observed_s: float | None = None,
         sent_at: float | None = None,
+        window_share: float = 0.0,
     ) -> bool:
         """A per-minute 429. ``accepted_in_window``/``tokens_in_window``: what
-        the provider accepted from us over the last window; ``observed_s``:
+        the provider accepted from us over the last window; ``window_share``:
+        how full our own window is of the limit the 429 names (requests or
+        tokens, counting what is in flight); ``observed_s``:
         how long we have been sending to it (less than a window just after
         start: a rate, not a window's count, is then what was accepted);
         ``in_burst``: the request went within a burst (the pacing was not
@@ -219,9 +283,20 @@ class LimitEstimate:
         self._tick(now)
         self._window_refused = True
         self.clean_windows = 0
+        self._rpm_credit = 0.0
         if not self.config.learn:
             return True
-        short = retry_delay_s is not None and 0 < retry_delay_s < self.config.short_delay
+        short = retry_delay_s is not None and 0 < retry_delay_s < self.short_delay
+        if (
+            short
+            and window_share >= EDGE_FULL
+            and not self._edges_doubted
+            and self.shape is not LimiterShape.BUCKET
+            and self._at_ceiling(tokens=tokens_scope)
+        ):
+            assert retry_delay_s is not None
+            self._at_window_edge(now, retry_delay_s, sent_at, tokens_scope)
+            return False
         margin = 1 - self.config.margin
         if sent_at is not None and sent_at < self._last_cut:
             if short and self._cut_burst > 0:
@@ -232,18 +307,17 @@ class LimitEstimate:
                 self._sync(now, retry_delay_s, tokens=tokens_scope)
             return not short
         if tokens_scope and short and not self.paced:
-            # Whole windows at once, refused with the tokens about to free:
-            # the server's window and ours disagree at its edge by a few ms
-            # (packed requests carry many tokens, so a window's requests all
-            # expire nearly together). Not a lower limit: cutting the tpm to
-            # what our window holds just after its edge (little) took the
-            # next three windows to a seventh of the quota. Wait as it says.
+            # Whole windows at once, refused with the tokens about to free
+            # (our window not full: its estimates were low). Not a lower
+            # limit: cutting the tpm to what our window holds just after its
+            # edge (little) took the next three windows to a seventh of the
+            # quota. Wait as it says.
             self._sync(now, retry_delay_s, tokens=True)
             return True
         self._last_cut = now
         self._cut_burst = 0.0
         if tokens_scope and not (short and self.paced):
-            if self.configured_tpm and tokens_in_window < self.tpm:
+            if self.configured_tpm and tokens_in_window < self.tpm * self._confirmed(tokens=True):
                 self.tpm = _cut(self.tpm, tokens_in_window * margin)
             return True
         # From here on a short tokens-per-minute 429 reads like a requests
@@ -264,13 +338,22 @@ class LimitEstimate:
             # Refused at the pacing's edge with the next token near: our
             # pacing ran a little ahead of the provider's bucket (its phase,
             # not its rate). Wait as it says; only a second such refusal
-            # within a window is evidence of a lower rate.
+            # within a window is evidence of a lower rate, and never one
+            # whose token was due within a sliver of a refill interval
+            # (jitter: this request reached it sooner after the last than
+            # we sent it; a bucket holding one request refuses on it).
             self.probing = False
+            assert retry_delay_s is not None
+            jitter = self._jittered(retry_delay_s)
             self._sync(now, retry_delay_s, tokens=tokens_scope)
-            if now - self._edge_refused_at >= self.config.window_s:
-                self._edge_refused_at = now
+            if jitter:
                 return False
+            # (Below the configured limit we are probing back up: a refusal
+            # there is the probe finding the ceiling.)
+            lone = now - self._edge_refused_at >= self.config.window_s
             self._edge_refused_at = now
+            if lone and self._at_ceiling(tokens=tokens_scope):
+                return False
         # Our steady rate, or the window as a whole, is more than it admits.
         self.probing = False
         if tokens_scope:
@@ -278,7 +361,7 @@ class LimitEstimate:
             window = self.config.window_s
             span = window if observed_s is None else min(window, observed_s)
             took = tokens_in_window * window / max(span, self.config.short_delay)
-            if self.configured_tpm and took < self.tpm:
+            if self.configured_tpm and took < self.tpm * self._confirmed(tokens=True):
                 self.tpm = _cut(self.tpm, took * margin)
             return False
         accepted = float(accepted_in_window)
@@ -289,7 +372,7 @@ class LimitEstimate:
             accepted = accepted * window / max(span, self.config.short_delay)
         elif self.shape is LimiterShape.UNKNOWN:
             self.shape = LimiterShape.WINDOW
-        if self.configured_rpm and accepted < self.rpm:
+        if self.configured_rpm and accepted < self.rpm * self._confirmed(tokens=False):
             self.rpm = _cut(self.rpm, accepted * margin)
             self.burst = min(self.burst, float(self.rpm))
         return not short
@@ -297,13 +380,68 @@ class LimitEstimate:
     def _sync(self, now: float, retry_delay_s: float | None, *, tokens: bool = False) -> None:
         """Align the pacing with the provider's: it admits the next request
         after ``retry_delay_s``, so the level reaches one request then (for
-        a tokens refusal: the tokens' level starts again from empty)."""
+        a tokens refusal: the tokens' level starts again from empty). The
+        refused request's own place in the level comes back first: the
+        provider never counted it, and keeping it cost a whole refill
+        interval per refusal."""
         delay = 0.0 if retry_delay_s is None else retry_delay_s
-        self._level = min(self.level(now), 1.0 - delay * self.rate_per_s)
+        self._level = min(self.level(now) + 1.0, 1.0 - delay * self.rate_per_s)
         self._level_at = now
         if tokens and not math.isinf(self.token_burst):
             self._tlevel = min(self.token_level(now), 0.0)
             self._tlevel_at = now
+
+    def _at_window_edge(
+        self, now: float, delay: float, sent_at: float | None, tokens: bool
+    ) -> None:
+        """Refused at a rolling window's edge: wait as the provider says,
+        and expire our entries later by what it said; one edge's refusals,
+        all sent with the old guard, raise it once."""
+        self.probing = False
+        self._window_edged = True
+        cap = EDGE_GUARD_CAP * self.config.window_s
+        if tokens or delay > cap:
+            # Not a lag for certain: our token counts are estimates until
+            # the answers come (the provider's window held more than we
+            # thought), and a long delay is the next place, not a lag.
+            pass
+        elif sent_at is not None and sent_at < self._guard_raised_at:
+            self.edge_guard_s = min(cap, max(self.edge_guard_s, self._guard_before + delay))
+        else:
+            self._guard_before = self.edge_guard_s
+            self.edge_guard_s = min(cap, self.edge_guard_s + delay)
+            self._guard_raised_at = now
+        self._sync(now, delay, tokens=tokens)
+
+    def _at_ceiling(self, *, tokens: bool) -> bool:
+        """Whether the limit a 429 names is still the configured one. Below
+        it we are probing back up (additive increase), and a refusal near
+        the top is the probe finding the ceiling: evidence, not an edge."""
+        if tokens:
+            return self.tpm == self.configured_tpm
+        return self.rpm == self.configured_rpm
+
+    def _confirmed(self, *, tokens: bool) -> float:
+        """The share of the limit the provider must have accepted for a 429
+        not to lower it: at the configured ceiling, within the margin (our
+        counts of tokens are estimates, the provider's window and ours are
+        a trip apart); while probing back up, all of it."""
+        return 1 - self.config.margin if self._at_ceiling(tokens=tokens) else 1.0
+
+    def _jittered(self, delay: float) -> bool:
+        """Whether a short 429 is the trip's jitter: its token was due within
+        a sliver of a refill interval. Paced at the rate exactly, a bucket
+        with no spare token refuses every request that reached it sooner
+        after the last than we sent it, so under a bucket the pacing's
+        intervals lengthen by the delay (up to that sliver)."""
+        if not self.rpm:
+            return False
+        sliver = JITTER * self.config.window_s / self.rpm
+        if delay >= sliver:
+            return False
+        if self.shape is LimiterShape.BUCKET:
+            self.pace_guard_s = min(sliver, self.pace_guard_s + delay)
+        return True
 
     def _absorbed(self, now: float) -> float:
         """How much of a burst the provider took at once: the burst less the
@@ -320,22 +458,45 @@ class LimitEstimate:
         while now - self._window_started >= self.config.window_s:
             if self._window_limited and not self._window_refused:
                 self._raise()
+            self._doubt_edges()
             self._window_started += self.config.window_s
             self._window_limited = False
             self._window_refused = False
+            self._window_edged = False
         self._window_limited = self._window_limited or limited
+
+    def _doubt_edges(self) -> None:
+        """At a window's end: a clean one lets the edge guard decay and
+        trusts edge 429s again; edge 429s window after window stop being
+        read as edges (the limit may really be lower)."""
+        if not self._window_refused:
+            self.edge_guard_s *= EDGE_GUARD_DECAY
+            self.pace_guard_s *= EDGE_GUARD_DECAY
+            self._edges_doubted = False
+        if not self._window_edged:
+            self._edged_windows = 0
+            return
+        self._edged_windows += 1
+        if self._edged_windows >= EDGE_DOUBT_WINDOWS:
+            self._edges_doubted = True
+            self._edged_windows = 0
 
     def _raise(self) -> None:
         self.clean_windows += 1
         if not self.config.learn:
             return
         # Steps grow with the learnt limit (not the configured ceiling, which
-        # may be far above the truth), so probing back up stays gentle.
-        step_r = max(1, math.ceil(self.rpm * self.config.increase))
+        # may be far above the truth), so probing back up stays gentle; a
+        # small limit gains a whole request only every few windows (one a
+        # window took pro from 3 to 4 a window, a third above the truth).
         if self.configured_rpm and self.rpm < self.configured_rpm:
-            self.rpm = min(self.configured_rpm, self.rpm + step_r)
-        step_t = max(1, math.ceil(self.tpm * self.config.increase))
+            self._rpm_credit += self.rpm * self.config.increase
+            if self._rpm_credit >= 1:
+                step = math.floor(self._rpm_credit)
+                self._rpm_credit -= step
+                self.rpm = min(self.configured_rpm, self.rpm + step)
         if self.configured_tpm and self.tpm < self.configured_tpm:
+            step_t = max(1, math.ceil(self.tpm * self.config.increase))
             self.tpm = min(self.configured_tpm, self.tpm + step_t)
         if self.paced and self.burst < self.rpm and self.clean_windows % 4 == 0:
             self.burst = min(float(self.rpm), self.burst + 1)
@@ -349,6 +510,8 @@ class LimitEstimate:
             "burst": self.burst,
             "shape": self.shape.value,
             "clean_windows": self.clean_windows,
+            "edge_guard_s": self.edge_guard_s,
+            "pace_guard_s": self.pace_guard_s,
         }
 
     def restore(self, data: dict[str, Any]) -> None:
@@ -368,6 +531,10 @@ class LimitEstimate:
             self.burst = max(1.0, min(float(data["burst"]), float(self.rpm)))
         self.shape = LimiterShape(str(data["shape"]))
         self.clean_windows = int(data["clean_windows"])
+        # (absent from snapshots of older versions)
+        self.edge_guard_s = min(_guard(data, "edge_guard_s"), EDGE_GUARD_CAP * self.config.window_s)
+        interval = self.config.window_s / self.rpm if self.rpm else 0.0
+        self.pace_guard_s = min(_guard(data, "pace_guard_s"), JITTER * interval)
         self.probing = (
             self.rpm > 0 and self.burst < self.rpm and self.shape is not (LimiterShape.BUCKET)
         )
@@ -375,6 +542,13 @@ class LimitEstimate:
         self._level_at = -math.inf
         self._tlevel = math.inf
         self._tlevel_at = -math.inf
+
+
+def _guard(data: dict[str, Any], key: str) -> float:
+    value = float(data.get(key, 0.0))
+    if not 0.0 <= value < math.inf:
+        raise ValueError(f"{key} must be >= 0, got {value!r}")
+    return value
 
 
 def _cut(limit: int, accepted: float) -> int:

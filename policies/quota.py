@@ -537,13 +537,15 @@ class QuotaPolicy:
             return True
         if state.window.is_held(entry.handle):
             # Its place now counts from when it left (never earlier).
-            entry.expires_at = at + self._window_s
+            entry.expires_at = at + self._window_s + state.estimate.edge_guard_s
             state.window.place(entry.handle, entry.expires_at)
             return True
         state.window.remove(entry.handle)
         state.entries.pop(entry.handle, None)
         entry.granted_at = at
-        entry.handle = state.window.add(at + self._window_s, entry.tokens)
+        entry.handle = state.window.add(
+            at + self._window_s + state.estimate.edge_guard_s, entry.tokens
+        )
         entry.expires_at = state.window.expiry(entry.handle)
         state.entries[entry.handle] = entry
         return True
@@ -782,7 +784,8 @@ class QuotaPolicy:
             state.requests_today = 0
         if state.first_use is None:
             state.first_use = now
-        entry = WindowEntry(grant_id, now, now + self._window_s, est_tokens, state.day)
+        expires_at = now + self._window_s + state.estimate.edge_guard_s
+        entry = WindowEntry(grant_id, now, expires_at, est_tokens, state.day)
         # Counted from the grant until it is sent (``sent`` moves it then).
         entry.handle = state.window.hold(est_tokens, entry.expires_at)
         state.entries[entry.handle] = entry
@@ -817,15 +820,22 @@ class QuotaPolicy:
                 state.exhausted_until = until
             return
         accepted = state.accepted
-        keep_place = state.estimate.on_rate_limited(
+        estimate = state.estimate
+        tokens_scope = outcome.scope is RateLimitScope.TOKENS_PER_MINUTE
+        if tokens_scope:
+            share = state.window.tokens / estimate.tpm if estimate.tpm else 0.0
+        else:
+            share = state.window.requests / estimate.rpm if estimate.rpm else 0.0
+        keep_place = estimate.on_rate_limited(
             now,
-            tokens_scope=outcome.scope is RateLimitScope.TOKENS_PER_MINUTE,
+            tokens_scope=tokens_scope,
             retry_delay_s=delay,
             accepted_in_window=len(accepted),
             tokens_in_window=sum(tokens for _, tokens in accepted),
             in_burst=not held.at_edge,
             observed_s=now - state.first_use if state.first_use is not None else None,
             sent_at=entry.granted_at,
+            window_share=share,
         )
         # A refused request keeps its place in our window on window evidence:
         # another client may be spending the quota, and freeing the place

@@ -10,8 +10,18 @@ the ``usageMetadata`` that real answers report::
 
 ``ratio`` starts at 1 and follows ``actual / raw`` as an exponentially
 weighted average, clamped to ``[min_ratio, max_ratio]`` so that one odd answer
-cannot make the estimates absurd. Rounding up keeps the estimate on the safe
-side of the tokens-per-minute quota.
+cannot make the estimates absurd.
+
+An estimate is reserved against the tokens-per-minute quota before the call,
+so it should err on the safe side: a mean estimate is low for half the
+requests, and a window filled to its limit with them is refused at its edge
+(a short 429) once in a few windows. ``spread`` follows the mean relative
+error of the calibrated estimates the same way, and the estimate adds it::
+
+    estimate = ceil(raw * ratio * (1 + spread))
+
+so most requests carry no more than they reserved; the reservation is
+trued up to the answer's count when it comes (``policies.quota``).
 """
 
 from __future__ import annotations
@@ -20,6 +30,9 @@ import math
 from collections.abc import Sequence
 
 _DUST = 1e-9
+# An odd answer (a cached prompt, a truncated one) must not make every
+# estimate absurd: the spread counts errors up to this share.
+_MAX_SPREAD = 0.25
 
 
 class TokenEstimator:
@@ -50,11 +63,18 @@ class TokenEstimator:
         self._min_ratio = min_ratio
         self._max_ratio = max_ratio
         self._ratio = 1.0
+        self._spread = 0.0
 
     @property
     def ratio(self) -> float:
         """The learnt correction: observed tokens per raw estimated token."""
         return self._ratio
+
+    @property
+    def spread(self) -> float:
+        """The learnt mean relative error of ``raw * ratio`` (the share an
+        estimate adds to be on the safe side)."""
+        return self._spread
 
     def raw(self, texts: Sequence[str] | int, n_articles: int | None = None) -> float:
         """The uncalibrated estimate; see ``estimate`` for the arguments."""
@@ -78,7 +98,7 @@ class TokenEstimator:
         then defaults to 1).
         """
         # Round up, but do not let floating-point dust (1200.0000000000002) add a token.
-        return math.ceil(self.raw(texts, n_articles) * self._ratio - _DUST)
+        return math.ceil(self.raw(texts, n_articles) * self._ratio * (1 + self._spread) - _DUST)
 
     def calibrate(self, estimated: int, actual: int) -> None:
         """Learn from a call: ``estimated`` is what ``estimate`` returned for it,
@@ -87,7 +107,11 @@ class TokenEstimator:
             raise ValueError(f"estimated tokens must be positive, got {estimated}")
         if actual < 0:
             raise ValueError(f"actual tokens must be >= 0, got {actual}")
-        # estimated ~ raw * ratio, so the ratio that would have been exact is:
-        target = self._ratio * actual / estimated
+        # estimated ~ raw * ratio * (1 + spread), so the mean estimate was
+        # ``mean`` and the ratio that would have been exact is:
+        mean = estimated / (1 + self._spread)
+        target = self._ratio * actual / mean
         blended = (1 - self._smoothing) * self._ratio + self._smoothing * target
         self._ratio = min(self._max_ratio, max(self._min_ratio, blended))
+        error = min(_MAX_SPREAD, abs(actual / mean - 1))
+        self._spread = (1 - self._smoothing) * self._spread + self._smoothing * error

@@ -167,3 +167,91 @@ def test_a_short_tokens_429_at_a_rolling_windows_edge_does_not_cut_the_tpm():
     )
     assert keep is True  # it waits as the server says, its place kept
     assert est.tpm == 1_500_000
+
+
+def test_a_small_limits_bucket_refusing_with_its_next_token_a_refill_away_does_not_cut_the_rpm():
+    """pro at 6 requests a window against a bucket holding one: its next
+    token is half a second away, longer than a tenth of the 3 s window, so
+    the 429 read as "the window is full" and the rpm was cut to what had
+    been accepted (pro ran at 1-2 requests a window instead of 6)."""
+    window = 3.0
+    est = LimitEstimate(6, 0, EstimatorConfig(window_s=window))
+    assert est.short_delay == pytest.approx(2 * window / 6)
+    sent = burst(est, 2)
+    est.on_success(0.4, at_edge=False)
+    keep = est.on_rate_limited(
+        0.05,
+        tokens_scope=False,
+        retry_delay_s=0.49,  # one refill interval (0.5 s) less the trip
+        accepted_in_window=1,
+        tokens_in_window=0,
+        in_burst=True,
+        observed_s=0.05,
+        sent_at=sent[1],
+    )
+    assert keep is False
+    assert est.shape is LimiterShape.BUCKET
+    assert est.rpm == 6
+    # Paced at the rate, the next refusal a refill away is its phase.
+    est.on_grant(3.0)
+    est.on_rate_limited(
+        3.05,
+        tokens_scope=False,
+        retry_delay_s=0.49,
+        accepted_in_window=5,
+        tokens_in_window=0,
+        in_burst=False,
+        observed_s=3.05,
+        sent_at=3.0,
+    )
+    assert est.rpm == 6
+
+
+def test_jitter_refusals_of_a_one_request_bucket_neither_cut_the_rpm_nor_cost_a_refill():
+    """pro paced at its rate against a bucket holding one request: a request
+    that reached the provider a few ms sooner after the last than it was
+    sent is refused with a retryDelay of a few ms. Twice in a window halved
+    the rpm (pro then ran at 3 of 6 a window), and each refusal kept the
+    refused request's place in the pacing, so the retry waited a whole
+    refill interval (0.5 s) instead of the few ms the provider said."""
+    window = 3.0
+    est = LimitEstimate(6, 0, EstimatorConfig(window_s=window))
+    est.shape = LimiterShape.BUCKET
+    est.burst = 1.0
+    est.probing = False
+    t = 10.0
+    for _ in range(2):  # two refusals within one window
+        t = est.ready_at(t)
+        est.on_grant(t)
+        est.on_rate_limited(
+            t + 0.01,
+            tokens_scope=False,
+            retry_delay_s=0.007,
+            accepted_in_window=5,
+            tokens_in_window=0,
+            in_burst=False,
+            observed_s=t,
+            sent_at=t,
+        )
+        assert est.ready_at(t + 0.01) == pytest.approx(t + 0.017)
+        t += 0.6
+    assert est.rpm == 6
+    # The pacing's intervals lengthened by the jitter seen, a sliver at most.
+    assert est.pace_guard_s == pytest.approx(0.014)
+    assert est.rate_per_s == pytest.approx(1 / (0.5 + 0.014))
+    restored = LimitEstimate(6, 0, EstimatorConfig(window_s=window))
+    restored.restore(est.snapshot())
+    assert restored.pace_guard_s == pytest.approx(0.014)
+    for _ in range(10):
+        est.on_rate_limited(
+            t,
+            tokens_scope=False,
+            retry_delay_s=0.04,
+            accepted_in_window=5,
+            tokens_in_window=0,
+            in_burst=False,
+            observed_s=t,
+            sent_at=t,
+        )
+        t += 3.1
+    assert est.pace_guard_s == pytest.approx(0.1 * window / 6)
