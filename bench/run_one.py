@@ -12,6 +12,7 @@ deadline; stop the server; compute the metrics; write them to OUT.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -126,7 +127,7 @@ def run_one(
 
 
 def main() -> None:
-    quiet_logs()
+    quiet_logs(int(os.environ.get("BENCH_LOG_LEVEL", "30")))
     spec = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
     settings = BenchSettings.from_dict(spec["settings"])

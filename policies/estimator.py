@@ -58,6 +58,7 @@ Pure: every method takes ``now``; the quota policy owns one per model.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -130,6 +131,8 @@ class LimitEstimate:
         self.shape = LimiterShape.UNKNOWN if config.pacing else LimiterShape.WINDOW
         self.clean_windows = 0
         self._rpm_credit = 0.0  # additive increase, in fractions of a request
+        # 429s over the last window: (when, the refused request's tokens).
+        self._refusals: deque[tuple[float, int]] = deque()
         # Slow start: the burst doubles until the first 429 or a whole window.
         self.probing = config.pacing and rpm > 0 and self.burst < rpm
         self._level = self.burst
@@ -240,19 +243,32 @@ class LimitEstimate:
 
     # ---- evidence ------------------------------------------------------------------
 
-    def on_success(self, now: float, at_edge: bool) -> None:
-        """A request was accepted; during slow start each acceptance grows
-        the burst by one, so it doubles per round trip (``at_edge`` is kept
-        for the evidence a later 429 gives)."""
+    def on_success(self, now: float, at_edge: bool, *, tokens: int = 0) -> None:
+        """A request (of ``tokens`` input tokens) was accepted. During slow
+        start each acceptance grows the burst by one and the pacing's level
+        by two -- its own place and one more, in requests and in tokens --
+        so the burst doubles per round trip (a level grown by one only let
+        one request follow each answer, and a window's first requests went
+        spread over most of the window: against a rolling window, the last
+        window of a drain ended that much later). ``at_edge`` is kept for
+        the evidence a later 429 gives."""
         self._tick(now)
-        if self.probing and self.rpm > 0:
-            self.burst = min(float(self.rpm), self.burst + 1)
-            self._level = min(self.burst, self.level(now) + 1)
-            self._level_at = now
-            if self.burst >= self.rpm:
-                self.probing = False
-                if self.shape is LimiterShape.UNKNOWN:
-                    self.shape = LimiterShape.WINDOW
+        if not (self.probing and self.rpm > 0):
+            return
+        self.burst = min(float(self.rpm), self.burst + 1)
+        self._level = min(self.burst, self.level(now) + 2)
+        self._level_at = now
+        cap = self.token_burst
+        if tokens > 0 and not math.isinf(cap):
+            self._tlevel = min(cap, self.token_level(now) + 2 * tokens)
+            self._tlevel_at = now
+        if self.burst >= self.rpm:
+            # A whole window may go at once: the pacing holds nothing back.
+            self.probing = False
+            if self.shape is LimiterShape.UNKNOWN:
+                self.shape = LimiterShape.WINDOW
+            self._level = self.burst
+            self._tlevel = self.token_burst
 
     def on_rate_limited(
         self,
@@ -266,6 +282,7 @@ class LimitEstimate:
         observed_s: float | None = None,
         sent_at: float | None = None,
         window_share: float = 0.0,
+        tokens: int = 0,
     ) -> bool:
         """A per-minute 429. ``accepted_in_window``/``tokens_in_window``: what
         the provider accepted from us over the last window; ``window_share``:
@@ -276,7 +293,8 @@ class LimitEstimate:
         ``in_burst``: the request went within a burst (the pacing was not
         the limit); ``sent_at``: when it went -- a refusal of a request sent
         before the last cut says nothing new (it saw the old limits), so
-        one burst of 429s cuts once, not once per 429.
+        one burst of 429s cuts once, not once per 429; ``tokens``: the
+        refused request's input tokens.
 
         Returns whether the refused request should keep its window place:
         only on window evidence (a bucket never counted it)."""
@@ -286,6 +304,7 @@ class LimitEstimate:
         self._rpm_credit = 0.0
         if not self.config.learn:
             return True
+        self._refusals.append((now, max(0, tokens)))
         short = retry_delay_s is not None and 0 < retry_delay_s < self.short_delay
         if (
             short
@@ -314,12 +333,14 @@ class LimitEstimate:
             # quota. Wait as it says.
             self._sync(now, retry_delay_s, tokens=True)
             return True
-        self._last_cut = now
-        self._cut_burst = 0.0
         if tokens_scope and not (short and self.paced):
-            if self.configured_tpm and tokens_in_window < self.tpm * self._confirmed(tokens=True):
+            if self._lowered(now, tokens_in_window, tokens=True, window_share=window_share):
+                self._last_cut, self._cut_burst = now, 0.0
                 self.tpm = _cut(self.tpm, tokens_in_window * margin)
             return True
+        last_cut = self._last_cut
+        self._last_cut = now
+        self._cut_burst = 0.0
         # From here on a short tokens-per-minute 429 reads like a requests
         # one: a token bucket refusing a burst (of large packed requests)
         # shrinks the burst, a lone refusal at the pacing's edge is its
@@ -361,8 +382,10 @@ class LimitEstimate:
             window = self.config.window_s
             span = window if observed_s is None else min(window, observed_s)
             took = tokens_in_window * window / max(span, self.config.short_delay)
-            if self.configured_tpm and took < self.tpm * self._confirmed(tokens=True):
+            if self._lowered(now, took, tokens=True, window_share=window_share):
                 self.tpm = _cut(self.tpm, took * margin)
+            else:
+                self._last_cut = last_cut
             return False
         accepted = float(accepted_in_window)
         if short:
@@ -372,9 +395,11 @@ class LimitEstimate:
             accepted = accepted * window / max(span, self.config.short_delay)
         elif self.shape is LimiterShape.UNKNOWN:
             self.shape = LimiterShape.WINDOW
-        if self.configured_rpm and accepted < self.rpm * self._confirmed(tokens=False):
+        if self._lowered(now, accepted, tokens=False, window_share=window_share):
             self.rpm = _cut(self.rpm, accepted * margin)
             self.burst = min(self.burst, float(self.rpm))
+        else:
+            self._last_cut = last_cut
         return not short
 
     def _sync(self, now: float, retry_delay_s: float | None, *, tokens: bool = False) -> None:
@@ -420,6 +445,30 @@ class LimitEstimate:
         if tokens:
             return self.tpm == self.configured_tpm
         return self.rpm == self.configured_rpm
+
+    def _lowered(self, now: float, seen: float, *, tokens: bool, window_share: float) -> bool:
+        """Whether a 429 says the limit is lower than the learnt one, the
+        provider having accepted ``seen`` of it over the last window.
+
+        What it accepted is known only as answers come, so at a window's
+        edge -- our window full, the requests of its new burst in flight
+        -- it reads low. There, with the limit still the configured one, a
+        429 lowers it only once the window's refusals exceed the margin of
+        the limit (a burst over-claiming it is refused by half; an estimate
+        a little low, by a request)."""
+        limit = self.tpm if tokens else self.rpm
+        if not (self.configured_tpm if tokens else self.configured_rpm):
+            return False
+        if seen >= limit * self._confirmed(tokens=tokens):
+            return False
+        if window_share >= EDGE_FULL and self._at_ceiling(tokens=tokens):
+            horizon = now - self.config.window_s
+            while self._refusals and self._refusals[0][0] <= horizon:
+                self._refusals.popleft()
+            refused = sum(t for _, t in self._refusals) if tokens else float(len(self._refusals))
+            if refused <= self.config.margin * limit:
+                return False
+        return True
 
     def _confirmed(self, *, tokens: bool) -> float:
         """The share of the limit the provider must have accepted for a 429

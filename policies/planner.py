@@ -136,7 +136,24 @@ class ModelCapacity:
         if math.isinf(rate):
             return ready
         early = self.step_s - self.first_step if self.step_s > 0 else 0.0
-        return max(0.0, ready + rate * early - rate * self.delay_s)
+        return max(0.0, ready + rate * early - rate * self._shift)
+
+    @property
+    def first_corner(self) -> float:
+        """When the first step of a window's capacity comes, from now."""
+        return self.first_step + self._shift
+
+    @property
+    def _shift(self) -> float:
+        """How much later than without the cooldown capacity comes. A window
+        frees on its own schedule, cooled down or not: only the steps before
+        the cooldown's end move to it (shifting every step by the whole
+        cooldown took a window from a model 429'd near its window's edge,
+        and the plan moved a tier's last requests onto the model a lower
+        tier needed). A bucket refills from the cooldown's end."""
+        if self.step_s > 0:
+            return max(0.0, self.delay_s - self.first_step)
+        return self.delay_s
 
     def requests_by(self, horizon_s: float) -> float:
         """Requests admitted within ``horizon_s`` from now (the step shape for a window)."""
@@ -150,7 +167,7 @@ class ModelCapacity:
             return cap
         if horizon_s < self.delay_s:
             return 0.0
-        elapsed = horizon_s - self.delay_s
+        elapsed = horizon_s - self._shift
         if self.step_s > 0:
             first = self.first_step
             steps = (
@@ -166,7 +183,7 @@ class ModelCapacity:
         arrived: a step's corner for a window, ``horizon`` itself otherwise."""
         if self.step_s <= 0 or horizon <= 1e-6:
             return max(0.0, horizon)
-        first = self.first_step + self.delay_s
+        first = self.first_corner
         if horizon <= first + 1e-4 * self.step_s:
             return first
         return first + math.ceil((horizon - first) / self.step_s - 1e-4) * self.step_s
@@ -175,7 +192,7 @@ class ModelCapacity:
         """The last step corner at or before ``horizon`` (itself when continuous)."""
         if self.step_s <= 0:
             return horizon
-        first = self.first_step + self.delay_s
+        first = self.first_corner
         if horizon < first:
             return horizon
         return first + math.floor((horizon - first) / self.step_s + 1e-9) * self.step_s
@@ -450,7 +467,7 @@ class _Problem:
             return upper
         corners = {horizon, upper}
         for cap in stepped:
-            first = cap.first_step + cap.delay_s
+            first = cap.first_corner
             k = max(0, math.floor((horizon - first) / cap.step_s))
             while (at := first + k * cap.step_s) < upper - 1e-9:
                 if at > horizon:

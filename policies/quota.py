@@ -481,7 +481,7 @@ class QuotaPolicy:
                     state.window.retoken(entry.handle, used)
                 entry.tokens = used
                 state.accepted.append((entry.granted_at, used))
-                state.estimate.on_success(now, held.at_edge)
+                state.estimate.on_success(now, held.at_edge, tokens=used)
                 state.consecutive_429s = 0
                 state.consecutive_errors = 0
                 _bump(counters, "succeeded")
@@ -836,6 +836,7 @@ class QuotaPolicy:
             observed_s=now - state.first_use if state.first_use is not None else None,
             sent_at=entry.granted_at,
             window_share=share,
+            tokens=entry.tokens,
         )
         # A refused request keeps its place in our window on window evidence:
         # another client may be spending the quota, and freeing the place

@@ -425,3 +425,26 @@ def test_a_paced_fallback_share_accrues_over_the_span_across_replans():
         assert taken <= share * (second + 1) / hot.finish_s + 1 + 1e-6
     assert taken >= share - 2
     assert allowances.may_use("hot", "pro", 0.0)  # its own primary: never held back
+
+
+def test_a_cooldown_ending_before_a_windows_next_step_takes_none_of_its_steps() -> None:
+    """A model 429'd near its window's edge cools down until about when its
+    oldest place frees. Every step was shifted by the whole cooldown, so a
+    cooldown of most of a window cost a window of capacity by the end of a
+    drain, and the plan moved a tier's last requests to the model a lower
+    tier needed (bench steady: warm's last 23 requests onto flash-lite)."""
+    window = 3.0
+    cap = ModelCapacity("flash", 0, 15 / window, step_s=window, first_step_s=2.9, delay_s=2.8)
+    # Steps at 2.9, 5.9 and 8.9 s, cooldown or not.
+    assert cap.requests_by(2.85) == 0
+    assert cap.requests_by(2.95) == 15
+    assert cap.requests_by(9.0) == 45
+    assert cap.round_up(6.0) == pytest.approx(8.9)
+    # A cooldown past the oldest place's freeing moves the steps after it.
+    late = ModelCapacity("flash", 0, 15 / window, step_s=window, first_step_s=0.5, delay_s=1.0)
+    assert late.requests_by(0.9) == 0
+    assert late.requests_by(1.0) == 15
+    assert late.requests_by(4.0) == 30
+    # A bucket refills from the cooldown's end.
+    bucket = ModelCapacity("lite", 0, 1.0, delay_s=2.0)
+    assert bucket.requests_by(5.0) == pytest.approx(3.0)
