@@ -255,3 +255,52 @@ def test_jitter_refusals_of_a_one_request_bucket_neither_cut_the_rpm_nor_cost_a_
         )
         t += 3.1
     assert est.pace_guard_s == pytest.approx(0.1 * window / 6)
+
+
+def test_slow_start_doubles_the_burst_per_round_trip_in_requests_and_tokens():
+    """Each answer let only one more request go (the level grew by one per
+    success, the tokens' not at all), so a window's first requests went
+    spread over most of the window and, against a rolling window, the last
+    window of a drain ended that much later."""
+    est = LimitEstimate(120, 600_000, EstimatorConfig(window_s=60.0))
+    assert est.burst == 30
+    for _ in range(30):
+        assert est.ready_at(0.0, 5_000) == 0.0
+        est.on_grant(0.0, tokens=5_000)
+    for _ in range(30):
+        est.on_success(1.0, at_edge=False, tokens=5_000)
+    assert est.burst == 60
+    # Sixty more may go at once: the burst doubled in one round trip.
+    for _ in range(60):
+        assert est.ready_at(1.0, 5_000) == 1.0
+        est.on_grant(1.0, tokens=5_000)
+    for _ in range(60):
+        est.on_success(2.0, at_edge=False, tokens=5_000)
+    # A whole window is allowed: the pacing holds nothing back any more.
+    assert est.burst == 120 and not est.probing
+    assert est.shape is LimiterShape.WINDOW
+    assert est.level(2.0) == 120
+    assert est.ready_at(2.0, 5_000) == 2.0
+
+
+def test_a_burst_over_the_real_limit_at_the_edge_of_a_full_window_still_lowers_it():
+    """Our window full of the configured limit, a refusal or two is an edge;
+    a burst the provider refuses by half (the limit over-claimed) is not:
+    once the window's refusals exceed the margin of the limit it is cut."""
+    est = LimitEstimate(30, 0, EstimatorConfig(window_s=60.0, pacing=False))
+    cuts = []
+    for i in range(8):
+        est.on_rate_limited(
+            1.0 + i * 0.01,
+            tokens_scope=False,
+            retry_delay_s=50.0,
+            accepted_in_window=10,
+            tokens_in_window=0,
+            in_burst=True,
+            observed_s=60.0,
+            sent_at=0.5,
+            window_share=1.0,
+        )
+        cuts.append(est.rpm)
+    assert cuts[:3] == [30, 30, 30]  # three refusals: within the margin (3 of 30)
+    assert cuts[3] == 15 and cuts[-1] == 15  # the fourth cuts, once
