@@ -69,8 +69,21 @@ def bench_config(settings: BenchSettings, base_url: str, *, packed: bool) -> Con
         ),
         retry=RetryConfig(request_timeout_s=settings.real(60.0)),
         provider=ProviderConfig(kind=ProviderKind.GENAI, base_url=base_url),
-        runtime=RuntimeConfig(extractors=4, max_packs_in_flight=64),
+        runtime=RuntimeConfig(extractors=EXTRACTORS, max_packs_in_flight=packs_in_flight(settings)),
     )
+
+
+EXTRACTORS = 4
+
+
+def packs_in_flight(settings: BenchSettings) -> int:
+    """Per extractor: room for a window's requests of every model at once
+    (and a quarter more), 64 at least. A rolling window admits a whole
+    window's requests at its start; with less room the rest wait for
+    answers, and at Gemini's own quotas (a thousand requests a window) the
+    room, not the quota, set the pace."""
+    window = sum(m.rpm for m in settings.models)
+    return max(64, math.ceil(1.25 * window / EXTRACTORS))
 
 
 class _NoProvider:

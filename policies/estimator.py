@@ -172,6 +172,15 @@ class LimitEstimate:
         return 1.0 / (self.config.window_s / self.rpm + self.pace_guard_s)
 
     @property
+    def gating(self) -> bool:
+        """Whether the pacing holds requests back now: not against a known
+        rolling window, whose own count is the limit (paced at the tokens'
+        rate there, the window's freed places went out a trickle at a time:
+        at Gemini's own 60 s window and a thousand requests a window, under
+        70% of the bound against 92% with pacing off)."""
+        return self.paced and self.shape is not LimiterShape.WINDOW
+
+    @property
     def short_delay(self) -> float:
         """A 429 delay below this is "the next token is near"; see
         ``EstimatorConfig``."""
@@ -185,7 +194,7 @@ class LimitEstimate:
 
     def level(self, now: float) -> float:
         """Requests that may go at once now."""
-        if not self.paced:
+        if not self.gating:
             return math.inf
         if self._level_at == -math.inf:
             return self._level
@@ -197,7 +206,7 @@ class LimitEstimate:
         """Input tokens that may go at once: the same share of a window's
         tokens as the burst is of its requests (a bucket holds so many
         seconds' worth of each limit)."""
-        if not self.paced or not self.tpm:
+        if not self.gating or not self.tpm:
             return math.inf
         return self.tpm * min(1.0, self.burst / self.rpm)
 
