@@ -53,6 +53,11 @@ the estimate is probing back up, and any refusal near the top is the probe
 finding the ceiling.
 
 Pure: every method takes ``now``; the quota policy owns one per model.
+
+Longer than the house's ~450 lines on purpose: one reading of one model's
+429s -- the limits, the burst, the guards and the evidence that moves each
+share the same state and are decided together per 429, so splitting them
+would scatter one decision over several modules.
 """
 
 from __future__ import annotations

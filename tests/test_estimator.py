@@ -304,3 +304,19 @@ def test_a_burst_over_the_real_limit_at_the_edge_of_a_full_window_still_lowers_i
         cuts.append(est.rpm)
     assert cuts[:3] == [30, 30, 30]  # three refusals: within the margin (3 of 30)
     assert cuts[3] == 15 and cuts[-1] == 15  # the fourth cuts, once
+
+
+def test_a_known_rolling_window_is_not_paced_on_its_tokens():
+    """Against a rolling window (slow start done without a 429), the
+    tokens' pacing level still refilled at the tpm's rate only: after a
+    window's burst, the places the window freed went out a trickle at a
+    time (bench at Gemini's 60 s window: every model at a quarter of its
+    quota from the third window on, a thousand packs waiting)."""
+    est = LimitEstimate(600, 1_500_000, EstimatorConfig(window_s=60.0))
+    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 600.0, False
+    for _ in range(375):  # a window's tokens at once
+        est.on_grant(0.0, tokens=4_000)
+    assert not est.gating
+    assert est.ready_at(0.1, 4_000) == 0.1  # the window decides, not the pacing
+    est.shape = LimiterShape.BUCKET
+    assert est.gating
