@@ -242,7 +242,7 @@ class LimitEstimate:
         (the pacing was the limit), which is what slow start grows on.
         ``near_limit``: the window is nearly full, so this window counts as
         one that used the limit (a clean one raises the learnt limits)."""
-        if not self.paced:
+        if not self.gating:
             self._tick(now, limited=near_limit)
             return False
         if tokens > 0 and not math.isinf(self.token_burst):
@@ -277,12 +277,11 @@ class LimitEstimate:
             self._tlevel = min(cap, self.token_level(now) + 2 * tokens)
             self._tlevel_at = now
         if self.burst >= self.rpm:
-            # A whole window may go at once: the pacing holds nothing back.
+            # A whole window may go at once: a rolling window, which the
+            # pacing holds nothing back from (``gating``).
             self.probing = False
             if self.shape is LimiterShape.UNKNOWN:
                 self.shape = LimiterShape.WINDOW
-            self._level = self.burst
-            self._tlevel = self.token_burst
 
     def on_rate_limited(
         self,
@@ -318,7 +317,11 @@ class LimitEstimate:
         self._rpm_credit = 0.0
         if not self.config.learn:
             return True
+        # The last window's refusals (pruned here, so a long run keeps no more).
         self._refusals.append((now, max(0, tokens)))
+        horizon = now - self.config.window_s
+        while self._refusals[0][0] <= horizon:  # (the one just added stays)
+            self._refusals.popleft()
         short = retry_delay_s is not None and 0 < retry_delay_s < self.short_delay
         if (
             short
@@ -348,7 +351,7 @@ class LimitEstimate:
             self._sync(now, retry_delay_s, tokens=True)
             return True
         if tokens_scope and not (short and self.paced):
-            if self._lowered(now, tokens_in_window, tokens=True, window_share=window_share):
+            if self._lowered(tokens_in_window, tokens=True, window_share=window_share):
                 self._last_cut, self._cut_burst = now, 0.0
                 self.tpm = _cut(self.tpm, tokens_in_window * margin)
             return True
@@ -396,7 +399,7 @@ class LimitEstimate:
             window = self.config.window_s
             span = window if observed_s is None else min(window, observed_s)
             took = tokens_in_window * window / max(span, self.config.short_delay)
-            if self._lowered(now, took, tokens=True, window_share=window_share):
+            if self._lowered(took, tokens=True, window_share=window_share):
                 self.tpm = _cut(self.tpm, took * margin)
             else:
                 self._last_cut = last_cut
@@ -409,7 +412,7 @@ class LimitEstimate:
             accepted = accepted * window / max(span, self.config.short_delay)
         elif self.shape is LimiterShape.UNKNOWN:
             self.shape = LimiterShape.WINDOW
-        if self._lowered(now, accepted, tokens=False, window_share=window_share):
+        if self._lowered(accepted, tokens=False, window_share=window_share):
             self.rpm = _cut(self.rpm, accepted * margin)
             self.burst = min(self.burst, float(self.rpm))
         else:
@@ -439,17 +442,17 @@ class LimitEstimate:
         self.probing = False
         self._window_edged = True
         cap = EDGE_GUARD_CAP * self.config.window_s
-        if tokens or delay > cap:
-            # Not a lag for certain: our token counts are estimates until
-            # the answers come (the provider's window held more than we
-            # thought), and a long delay is the next place, not a lag.
-            pass
-        elif sent_at is not None and sent_at < self._guard_raised_at:
-            self.edge_guard_s = min(cap, max(self.edge_guard_s, self._guard_before + delay))
-        else:
-            self._guard_before = self.edge_guard_s
-            self.edge_guard_s = min(cap, self.edge_guard_s + delay)
-            self._guard_raised_at = now
+        # Only a requests 429 with a short delay is a lag for certain: our
+        # token counts are estimates until the answers come (the provider's
+        # window held more than we thought), and a long delay is the next
+        # place, not a lag.
+        if not tokens and delay <= cap:
+            if sent_at is not None and sent_at < self._guard_raised_at:
+                self.edge_guard_s = min(cap, max(self.edge_guard_s, self._guard_before + delay))
+            else:
+                self._guard_before = self.edge_guard_s
+                self.edge_guard_s = min(cap, self.edge_guard_s + delay)
+                self._guard_raised_at = now
         self._sync(now, delay, tokens=tokens)
 
     def _at_ceiling(self, *, tokens: bool) -> bool:
@@ -460,7 +463,7 @@ class LimitEstimate:
             return self.tpm == self.configured_tpm
         return self.rpm == self.configured_rpm
 
-    def _lowered(self, now: float, seen: float, *, tokens: bool, window_share: float) -> bool:
+    def _lowered(self, seen: float, *, tokens: bool, window_share: float) -> bool:
         """Whether a 429 says the limit is lower than the learnt one, the
         provider having accepted ``seen`` of it over the last window.
 
@@ -476,9 +479,6 @@ class LimitEstimate:
         if seen >= limit * self._confirmed(tokens=tokens):
             return False
         if window_share >= EDGE_FULL and self._at_ceiling(tokens=tokens):
-            horizon = now - self.config.window_s
-            while self._refusals and self._refusals[0][0] <= horizon:
-                self._refusals.popleft()
             refused = sum(t for _, t in self._refusals) if tokens else float(len(self._refusals))
             if refused <= self.config.margin * limit:
                 return False

@@ -320,3 +320,21 @@ def test_a_known_rolling_window_is_not_paced_on_its_tokens():
     assert est.ready_at(0.1, 4_000) == 0.1  # the window decides, not the pacing
     est.shape = LimiterShape.BUCKET
     assert est.gating
+
+
+def test_a_long_run_of_429s_keeps_only_the_last_windows_refusals():
+    """The refusals were pruned only when a full window's 429 was weighed,
+    so a daemon refused on any other path kept every 429 it ever had."""
+    est = LimitEstimate(120, 0, EstimatorConfig(window_s=60.0))
+    for i in range(1_000):
+        est.on_rate_limited(
+            i * 6.0,
+            tokens_scope=False,
+            retry_delay_s=30.0,
+            accepted_in_window=10,
+            tokens_in_window=0,
+            in_burst=False,
+            observed_s=i * 6.0,
+            sent_at=i * 6.0,
+        )
+    assert len(est._refusals) <= 10
