@@ -207,7 +207,7 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
     import ray
 
     from tierbatch.adapters.ray.cluster import kill_registry, registry_for
-    from tierbatch.adapters.ray.registry_actor import _kv_get
+    from tierbatch.adapters.ray.saved_state import kv_get as _kv_get
     from tierbatch.adapters.ray.wire import kv_key
 
     config = load_config(write_config(tmp_path / "c.toml", window_s=60.0))
@@ -278,6 +278,77 @@ def test_registry_actor_restarted_restores_usage_and_cooldowns(
     answer = acquire(handle, 7, ("m-pro", "m-lite"))
     assert isinstance(answer, Granted) and answer.grant.model == "m-lite"
     assert answer.grant.grant_id > 1_000_000_000
+    handle.stop()
+    kill_registry(project)
+
+
+def test_a_restarted_registry_actor_counts_the_grants_it_made_after_its_last_save(
+    ray_driver: RayHead, tmp_path: Path
+) -> None:
+    """kill -9 of the actor's process with a full window granted since its
+    last save: the restarted actor learns the grants back from the daemon
+    before it grants again (before: it restored an empty window and granted
+    a second one at once -- a burst of 429s at the provider)."""
+    import os
+
+    import ray
+
+    from tierbatch.adapters.ray.cluster import kill_registry, registry_for
+    from tierbatch.adapters.ray.saved_state import kv_get as _kv_get
+    from tierbatch.adapters.ray.wire import kv_key
+
+    path = write_config(tmp_path / "c.toml", window_s=60.0, lite_rpm=10)
+    path.write_text(path.read_text().replace("[quota]\n", '[quota]\nlimiter = "window"\n'))
+    config = load_config(path)
+    clock = SystemClock()
+    project = f"hand-over-{uuid.uuid4().hex[:8]}"
+    # One save at the start, then none for the rest of the test.
+    handle = registry_for(project, config, clock, snapshot_interval_s=3600.0, heartbeat_s=0.2)
+    wait_until(lambda: bool(_kv_get(kv_key(project))), 30, "the first save")
+    grants = []
+    for request_id in range(1, 11):
+        answer = acquire(handle, request_id, ("m-lite",))
+        assert isinstance(answer, Granted), answer
+        handle.tell(Sent(answer.grant.grant_id, clock.now()))
+        grants.append(answer.grant)
+    for grant in grants[:4]:
+        handle.tell(Report(grant.grant_id, Succeeded(Usage(100, 10))))
+    wait_until(lambda: status_of(handle, "m-lite").in_flight == 6, 30, "four reports")
+    pid = int(ray.get(actor_of(project).info.remote(), timeout=30)["pid"])
+    os.kill(pid, signal.SIGKILL)  # Ray restarts it from the start's save
+
+    wait_until(
+        lambda: ray.get(actor_of(project).info.remote(), timeout=30)["pid"] != pid,
+        60,
+        "the restarted actor",
+    )
+    wait_until(
+        lambda: status_of(handle, "m-lite").requests_in_window == 10, 30, "the grants handed over"
+    )
+    after = status_of(handle, "m-lite")
+    assert (after.in_flight, after.requests_today) == (6, 10)
+    # The window is full: a request waits (here until its deadline), nothing is granted over it.
+    waited: Future[Any] = Future()
+    handle.tell(
+        Acquire(
+            request_id=11,
+            holder=1,
+            chain=("m-lite",),
+            est_tokens=100,
+            tier_rank=0,
+            enqueued_at=clock.now(),
+            reply=waited.set_result,
+            deadline=clock.now() + 1.0,
+            tier="hot",
+        )
+    )
+    expired = waited.result(timeout=30)
+    assert isinstance(expired, AcquireFailed) and expired.reason == "expired", expired
+    # The grants in flight are the restarted actor's to settle now.
+    for grant in grants[4:]:
+        handle.tell(Report(grant.grant_id, Succeeded(Usage(100, 10))))
+    wait_until(lambda: status_of(handle, "m-lite").in_flight == 0, 30, "the last reports")
+    assert status_of(handle, "m-lite").requests_in_window == 10
     handle.stop()
     kill_registry(project)
 

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from tierbatch.actors.clock import Clock
-from tierbatch.adapters.ray.registry_actor import RegistryActor
+from tierbatch.adapters.ray.registry_actor import SNAPSHOT_INTERVAL_S, RegistryActor
 from tierbatch.adapters.ray.remote_registry import RemoteRegistryRef
 from tierbatch.adapters.ray.wire import NAMESPACE, actor_name, config_fingerprint
 from tierbatch.adapters.storage.quota_lease import RayRegistryAddress
@@ -97,10 +97,12 @@ def registry_for(
     snapshot_path: str | None = None,
     client_timeout_s: float = 15.0,
     heartbeat_s: float = 2.0,
+    snapshot_interval_s: float = SNAPSHOT_INTERVAL_S,
 ) -> RemoteRegistryRef:
     """A handle on the project's registry actor, created if it does not
     exist yet (detached: it outlives this daemon; restarted by Ray, with its
-    state, after its process or node died). ``config`` and ``snapshot_path``
+    state, after its process or node died). ``config``, ``snapshot_path``
+    and ``snapshot_interval_s`` (how often, at most, it saves its state)
     count only for the daemon that creates it."""
     ray = _ray()
     remote = ray.remote(
@@ -119,9 +121,15 @@ def registry_for(
         config,
         snapshot_path,
         client_timeout_s=client_timeout_s,
+        snapshot_interval_s=snapshot_interval_s,
     )
     where = RayRegistryAddress(_cluster_address(ray), NAMESPACE, actor_name(project))
-    handle = RemoteRegistryRef(actor, clock, heartbeat_s=heartbeat_s, where=str(where))
+    # A finished grant matters to a restarted actor for a window (and its
+    # margin) after it, and as long again as the actor's last save may lag.
+    keep_s = config.quota.window_s + config.quota.margin_s + 2 * snapshot_interval_s
+    handle = RemoteRegistryRef(
+        actor, clock, heartbeat_s=heartbeat_s, where=str(where), keep_s=keep_s
+    )
     theirs = ray.get(actor.info.remote())["config"]
     if theirs != config_fingerprint(config):
         _log.warning(

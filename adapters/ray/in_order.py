@@ -9,9 +9,11 @@ the 429 just cooled. So every call a client makes carries a sequence number,
 and the actor runs a call's registry-facing part only when the client's
 previous calls have run theirs.
 
-A gap that never fills (a call lost with a registry restart) must not stall
-the client for good: after ``gap_timeout_s`` the lowest waiting call goes
-ahead and the gap is skipped, with a warning.
+A restarted actor learns where a client's order resumes from the client's
+hand-over (``skip_to``): the calls Ray retries then carry old numbers, and
+those its predecessor ran never come again. A gap that never fills
+otherwise must not stall the client for good: after ``gap_timeout_s`` the
+lowest waiting call goes ahead and the gap is skipped, with a warning.
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ class ClientOrder:
                 got=lowest,
             )
             self._next = lowest
+            self._wake()
+
+    def skip_to(self, seq: int) -> None:
+        """Every call before ``seq`` is old (made before a restart of the
+        actor: retried, or run by its predecessor): such calls go at once,
+        and the client's order resumes at ``seq``."""
+        if seq > self._next:
+            self._next = seq
             self._wake()
 
     def done(self, seq: int) -> None:

@@ -16,13 +16,16 @@ dispatch plan) on a thread of its own process, and only translates:
   holder ids of its own; it heartbeats, and one that goes silent for
   ``client_timeout_s`` (killed, its node lost) has its waits dropped and its
   grants abandoned, as a crashed extractor's are locally.
-* **State.** The quota state is saved (debounced) to the cluster's key-value
-  store (the GCS, which outlives any worker node) and, when the creator gave
-  a path, to a snapshot file on the actor's node. A restarted actor (Ray
-  restarts it, on any node, after its process or node died) restores from
-  there: the day's usage and cooldowns survive, in-flight grants are
-  forgotten as spent, and grant ids jump ahead so a late report of an old
-  grant never settles a new one.
+* **State.** The quota state is saved (debounced) to the cluster's
+  key-value store (the GCS, which outlives any worker node) and, when the
+  creator gave a path, to a snapshot file on the actor's node
+  (``saved_state``). A restarted actor (Ray restarts it, on any node,
+  after its process or node died) restores from there: the day's usage
+  and cooldowns survive, grant ids jump ahead so a late report of an old
+  grant never settles a new one, and what it granted after its last save
+  comes back from the daemons (``hand_over``): until the daemons it knew
+  have handed over their grants, it holds every call back. Grants in
+  flight that no daemon claims stay spent.
 
 Only this package imports ``ray``; the rest of tierbatch runs without it.
 """
@@ -30,20 +33,20 @@ Only this package imports ``ray``; the rest of tierbatch runs without it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
+import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import msgpack
 import structlog
 
 from tierbatch.actors.clock import SystemClock, wall_offset
 from tierbatch.actors.messages import (
     Acquire,
     AcquireFailed,
+    AdoptGrants,
     Backlog,
     GetBudgetState,
     GetPlan,
@@ -58,11 +61,11 @@ from tierbatch.actors.messages import (
 )
 from tierbatch.actors.registry import ModelRegistry
 from tierbatch.actors.runtime import make_budget, tier_shapes
+from tierbatch.adapters.ray import saved_state
+from tierbatch.adapters.ray.hand_over import HandOver, HandOverGate, Incarnation
 from tierbatch.adapters.ray.in_order import ClientOrder
 from tierbatch.adapters.ray.wire import (
-    NAMESPACE,
     config_fingerprint,
-    kv_key,
     merged_backlog,
     shift_status,
 )
@@ -70,45 +73,13 @@ from tierbatch.adapters.storage.snapshot_file import SnapshotFile
 from tierbatch.policies.backlog import TierBacklog
 from tierbatch.policies.config import Config
 from tierbatch.policies.errors import SnapshotError
-from tierbatch.policies.outcomes import CallOutcome
-from tierbatch.policies.quota import Grant, QuotaPolicy
+from tierbatch.policies.quota import QuotaPolicy
 from tierbatch.policies.tiers import TierLadder
 
 _log = structlog.get_logger(__name__)
 
-# After a restart, new grant ids start this far past the snapshot's, so a
-# report of a grant made after the last save cannot settle a new grant.
-GRANT_ID_GAP = 1_000_000_000
-
-
-class _Dirty:
-    """A registry observer that only notes that the state changed (on the
-    registry's thread; the actor's loop waits on ``flag``)."""
-
-    def __init__(self) -> None:
-        self.flag: asyncio.Event | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.early = True  # a change before the loop was known: save once it is
-
-    def _set(self) -> None:
-        loop, flag = self.loop, self.flag
-        if loop is None or flag is None:
-            self.early = True
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed: nothing to save any more
-            loop.call_soon_threadsafe(flag.set)
-
-    def on_grant(self, grant: Grant, tier_rank: int) -> None:
-        self._set()
-
-    def on_sent(self, grant_id: int, model: str, at: float) -> None:
-        pass
-
-    def on_outcome(self, model: str, outcome: CallOutcome, at: float) -> None:
-        self._set()
-
-    def on_cooldown(self, model: str, start: float, until: float, reason: str) -> None:
-        self._set()
+# How often, at most, the actor saves its state while it changes.
+SNAPSHOT_INTERVAL_S = 2.0
 
 
 def _settle(future: asyncio.Future[Any], answer: Any) -> None:
@@ -127,7 +98,7 @@ class RegistryActor:
         config: Config,
         snapshot_path: str | None = None,
         *,
-        snapshot_interval_s: float = 2.0,
+        snapshot_interval_s: float = SNAPSHOT_INTERVAL_S,
         client_timeout_s: float = 15.0,
         use_kv: bool = True,
     ) -> None:
@@ -143,10 +114,20 @@ class RegistryActor:
         self._seen: dict[str, float] = {}
         self._backlogs: dict[str, tuple[TierBacklog, ...]] = {}
         self._order: dict[str, ClientOrder] = {}
-        self.restored_from = "fresh"
-        policy, state = self._restore()
+        restored = saved_state.restore(
+            project, config, self._file, use_kv=use_kv, wall_offset=wall_offset(self._clock)
+        )
+        if restored is None:
+            policy, state, saved_at = QuotaPolicy(config.models, config.quota), None, None
+            self.restored_from = "fresh"
+            self._gate: HandOverGate | None = None
+        else:
+            policy, state, saved_at = restored.policy, restored.state, restored.saved_at
+            self.restored_from = restored.source
+            self._gate = HandOverGate(restored.clients)
+        self.incarnation = Incarnation(secrets.token_hex(8), self.restored_from, saved_at)
         ladder = TierLadder(config.tiers, config.global_fallback)
-        self._dirty = _Dirty()
+        self._dirty = saved_state.Dirty()
         self._tasks: list[asyncio.Task[None]] = []
         self._registry = ModelRegistry.start(
             policy,
@@ -172,46 +153,16 @@ class RegistryActor:
 
     # ---- state -------------------------------------------------------------------
 
-    def _restore(self) -> tuple[QuotaPolicy, Mapping[str, Any] | None]:
-        """The quota policy from the first usable saved state (and that
-        state, for the daily budget), else a fresh one."""
-        cfg = self._config
-        for source, state in self._saved_states():
-            try:
-                data = dict(state)
-                data["next_grant_id"] = int(data.get("next_grant_id", 1)) + GRANT_ID_GAP
-                policy = QuotaPolicy.restore(
-                    cfg.models, cfg.quota, data, wall_offset=wall_offset(self._clock)
-                )
-            except (SnapshotError, TypeError, ValueError) as exc:
-                _log.warning("quota state unusable; ignored", source=source, error=str(exc))
-                continue
-            policy.forget_in_flight()
-            policy.clear_unavailable()
-            self.restored_from = source
-            return policy, state
-        return QuotaPolicy(cfg.models, cfg.quota), None
-
-    def _saved_states(self) -> list[tuple[str, Mapping[str, Any]]]:
-        found: list[tuple[str, Mapping[str, Any]]] = []
-        if self._use_kv:
-            with contextlib.suppress(Exception):
-                raw = _kv_get(kv_key(self._project))
-                if raw:
-                    found.append(("cluster", msgpack.unpackb(raw, raw=False)))
-        if self._file is not None:
-            state = self._file.load()
-            if state is not None:
-                found.append(("file", state))
-        return found
-
     async def _save(self) -> None:
-        state = await self._ask(GetQuotaSnapshot())
-        if self._use_kv:
-            try:
-                _kv_put(kv_key(self._project), msgpack.packb(state, use_bin_type=True))
-            except Exception as exc:
-                _log.error("could not save the quota state to the cluster", error=str(exc))
+        saved_at = time.time()  # before the snapshot: a report sent after may be missing
+        snapshot = await self._ask(GetQuotaSnapshot())
+        state = saved_state.save(
+            self._project,
+            snapshot,
+            saved_at=saved_at,
+            clients=list(self._seen),
+            use_kv=self._use_kv,
+        )
         if self._file is not None:
             try:
                 await asyncio.to_thread(self._file.save, state)
@@ -269,6 +220,7 @@ class RegistryActor:
         withdrawn or its holder released first). Times in ``msg`` are wall
         times; so is the answer's ``granted_at``. It reaches the registry
         after every call the client made before it (``seq``)."""
+        await self._handed_over()
         order = self._order_of(client, seq)
         await order.turn(seq)
         try:
@@ -329,9 +281,11 @@ class RegistryActor:
             case _:
                 raise TypeError(f"RegistryActor: unexpected message {message!r}")
 
-    async def tell_many(self, client: str, seq: int, messages: Sequence[Any]) -> None:
+    async def tell_many(self, client: str, seq: int, messages: Sequence[Any]) -> Incarnation:
         """Several one-way messages in one call, in order, after every call
-        the client made before (``seq``)."""
+        the client made before (``seq``). Returns this incarnation, so a
+        client learns of a restart at its next message."""
+        await self._handed_over()
         order = self._order_of(client, seq)
         await order.turn(seq)
         try:
@@ -339,6 +293,55 @@ class RegistryActor:
                 await self._tell(client, message)
         finally:
             order.done(seq)
+        return self.incarnation
+
+    async def _handed_over(self) -> None:
+        """After a restart: wait for the daemons' hand-over (see
+        ``hand_over``), before a call takes its turn in its client's order
+        (which the hand-over says where to resume)."""
+        gate = self._gate
+        if gate is not None:
+            self._ensure_running()
+            await gate.passed()
+            self._gate = None
+
+    async def hand_over(self, client: str, ledger: HandOver) -> bool:
+        """A client's grants and recent reports, for a restarted actor: its
+        grants in flight keep their ids and window places and their reports
+        are accounted here; those finished since the restored state was
+        saved count, and their reports are accounted again; older ones keep
+        their window places. Runs ahead of the client's other calls (they
+        wait at the gate). False: it was meant for another incarnation."""
+        if ledger.token != self.incarnation.token:
+            return False
+        self._touch(client)
+        self._order_of(client, ledger.next_seq).skip_to(ledger.next_seq)
+        offset = wall_offset(self._clock)
+        holders = self._holders.setdefault(client, set())
+        adopted = 0
+        for holder, grants in ledger.grants:
+            holders.add(holder)
+            steady = tuple(
+                dataclasses.replace(
+                    g,
+                    granted_at=g.granted_at - offset,
+                    sent_at=None if g.sent_at is None else g.sent_at - offset,
+                )
+                for g in grants
+            )
+            adopted += len(steady)
+            self._registry.tell(AdoptGrants(holder, steady))
+        for report in ledger.reports:
+            self._registry.tell(report)
+        _log.info(
+            "a client handed its grants over",
+            client=client,
+            grants=adopted,
+            reports=len(ledger.reports),
+        )
+        if self._gate is not None:
+            self._gate.arrived(client)
+        return True
 
     def _drop_holder(self, holder: int) -> None:
         self._drop_pending(lambda key: key[0] == holder)
@@ -361,6 +364,7 @@ class RegistryActor:
         if client is None or seq is None:
             pending = self._registry.ask(message, block=False)
         else:
+            await self._handed_over()
             order = self._order_of(client, seq)
             await order.turn(seq)
             try:
@@ -374,14 +378,16 @@ class RegistryActor:
 
     # ---- clients -----------------------------------------------------------------------
 
-    async def join(self, client: str) -> str:
+    async def join(self, client: str) -> Incarnation:
         """A new client, before its first call: its calls are numbered from 0."""
         self._order.setdefault(client, ClientOrder(client, 0))
+        if self._gate is not None:
+            self._gate.arrived(client)  # it holds nothing of a predecessor's
         return await self.heartbeat(client)
 
-    async def heartbeat(self, client: str) -> str:
+    async def heartbeat(self, client: str) -> Incarnation:
         self._touch(client)
-        return self.restored_from
+        return self.incarnation
 
     async def leave(self, client: str, seq: int | None = None) -> None:
         """A client is gone (stopped, or silent too long): drop its waits,
@@ -413,6 +419,7 @@ class RegistryActor:
             "restored_from": self.restored_from,
             "clients": sorted(self._seen),
             "waiting": len(self._pending),
+            "pid": os.getpid(),  # the process that hosts it (the bench kills it)
         }
 
 
@@ -422,19 +429,6 @@ def _registry_died(actor: str, error: BaseException) -> None:
     answers nothing."""
     _log.error("the registry died; restarting the actor", error=repr(error))
     os._exit(70)
-
-
-def _kv_get(key: bytes) -> bytes | None:
-    from ray.experimental import internal_kv
-
-    value: bytes | None = internal_kv._internal_kv_get(key, namespace=NAMESPACE)
-    return value
-
-
-def _kv_put(key: bytes, value: bytes) -> None:
-    from ray.experimental import internal_kv
-
-    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
 
 
 __all__ = ["RegistryActor"]

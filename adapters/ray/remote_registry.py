@@ -17,6 +17,10 @@ What it adds on the way, and nothing else:
   registry, which goes on granting to the other daemons;
 * a heartbeat, so the registry drops the waits and grants of a daemon that
   was killed; ``stop`` leaves the registry at once;
+* a ledger of its grants (``hand_over``): when an answer names a new
+  incarnation of the actor (Ray restarted it from its last saved state),
+  the daemon hands over what it holds and reported since, so the restarted
+  registry counts the window the provider counts;
 * the counts a daemon's row in the queue's ``daemons`` table shows
   (``granted``, ``waiting``) and which registry serves it (``where``),
   as the database-shared quota's ``RegistryHandle`` has them.
@@ -54,8 +58,10 @@ from tierbatch.actors.messages import (
     Wake,
     Withdraw,
 )
+from tierbatch.adapters.ray.hand_over import GrantLedger, Incarnation
 from tierbatch.adapters.ray.wire import shift_status
 from tierbatch.policies.outcomes import Cancelled
+from tierbatch.policies.quota import OutstandingGrant
 
 _log = structlog.get_logger(__name__)
 
@@ -70,8 +76,16 @@ def no_reply(_answer: Any) -> None:
 
 class RemoteRegistryRef:
     def __init__(
-        self, actor: Any, clock: Clock, *, heartbeat_s: float = 2.0, where: str = "ray"
+        self,
+        actor: Any,
+        clock: Clock,
+        *,
+        heartbeat_s: float = 2.0,
+        where: str = "ray",
+        keep_s: float = 70.0,
     ) -> None:
+        """``keep_s``: how long a finished grant stays in the ledger (the
+        quota's window with its margin, and the actor's save interval)."""
         if clock.to_real(1.0) != 1.0:
             raise ValueError("a registry on Ray needs a real-time clock (SystemClock)")
         self._actor = actor
@@ -89,10 +103,12 @@ class RemoteRegistryRef:
         self._send_lock = threading.Lock()  # one flush at a time, in order
         self._flush_due = threading.Event()
         self._seq = 0  # the number of this client's next call (taken under _send_lock)
+        self._ledger = GrantLedger(keep_s)  # under _lock
         import ray
 
         self._ray = ray
-        self.restored_from: str = ray.get(actor.join.remote(self.client))
+        self._incarnation: Incarnation = ray.get(actor.join.remote(self.client))
+        self.restored_from = self._incarnation.restored_from
         self._heartbeat = threading.Thread(
             target=self._beat, args=(heartbeat_s,), name="tierbatch-ray-heartbeat", daemon=True
         )
@@ -118,10 +134,18 @@ class RemoteRegistryRef:
                 with self._lock:
                     for key in [k for k in self._waiting if k[0] == holder]:
                         del self._waiting[key]
+                    self._ledger.released(self._holder(holder), self._clock.wall())
                 self._send(ReleaseHolder(self._holder(holder)))
             case Sent(grant_id, at):
-                self._send(Sent(grant_id, at + wall_offset(self._clock)))
-            case Report() | Backlog() | Wake():
+                wall = at + wall_offset(self._clock)
+                with self._lock:
+                    self._ledger.sent(grant_id, wall)
+                self._send(Sent(grant_id, wall))
+            case Report():
+                with self._lock:
+                    self._ledger.reported(message, self._clock.wall())
+                self._send(message)
+            case Backlog() | Wake():
                 self._send(message)
             case StopGranting():
                 self._stop_granting()
@@ -223,6 +247,36 @@ class RemoteRegistryRef:
         exc = done.exception()
         if exc is not None:
             self._lost(exc)
+        else:
+            self._seen_incarnation(done.result())
+
+    def _seen_incarnation(self, incarnation: Any) -> None:
+        """An answer named the actor's incarnation: a new one (Ray restarted
+        the actor) gets this daemon's ledger, once."""
+        if not isinstance(incarnation, Incarnation):
+            return
+        with self._lock:
+            if incarnation.token == self._incarnation.token:
+                return
+            self._incarnation = incarnation
+            # (Read without _send_lock, which this callback may run under:
+            # a call numbered this one concurrently is simply a new one.)
+            ledger = self._ledger.hand_over(incarnation, self._clock.wall(), self._seq)
+        _log.warning(
+            "the registry actor restarted; handing over this daemon's grants",
+            restored_from=incarnation.restored_from,
+            in_flight=sum(len(g) for _, g in ledger.grants),
+            reports=len(ledger.reports),
+        )
+        # Not in the client's order: the actor holds this client's other calls until it has it.
+        self._actor.hand_over.remote(self.client, ledger).future().add_done_callback(
+            self._check_handed_over
+        )
+
+    def _check_handed_over(self, done: concurrent.futures.Future[Any]) -> None:
+        exc = done.exception()
+        if exc is not None:
+            _log.error("could not hand the grants over to the registry", error=repr(exc))
 
     def _lost(self, exc: BaseException) -> None:
         if self._alive and not self._stopping.is_set():
@@ -263,6 +317,13 @@ class RemoteRegistryRef:
             mine = self._waiting.pop((msg.holder, msg.request_id), None) is msg
             if mine and isinstance(answer, Granted):
                 self._granted += 1
+                grant = answer.grant
+                self._ledger.granted(
+                    self._holder(msg.holder),
+                    OutstandingGrant(
+                        grant.grant_id, grant.model, grant.est_tokens, grant.granted_at
+                    ),
+                )
         if exc is not None:
             self._lost(exc)
             if mine:
@@ -312,9 +373,11 @@ class RemoteRegistryRef:
     def _beat(self, interval_s: float) -> None:
         while not self._stopping.wait(interval_s):
             try:
-                self._ray.get(self._actor.heartbeat.remote(self.client), timeout=30)
+                incarnation = self._ray.get(self._actor.heartbeat.remote(self.client), timeout=30)
             except Exception as exc:
                 _log.warning("registry heartbeat failed", error=repr(exc))
+            else:
+                self._seen_incarnation(incarnation)
 
 
 __all__ = ["RemoteRegistryRef", "no_reply"]

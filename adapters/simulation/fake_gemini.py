@@ -74,6 +74,10 @@ class FakeGeminiServer:
         """Every request so far, in decision order (a copy)."""
         return list(self._emulator.log)
 
+    def now(self) -> float:
+        """The server's time, the clock its log's ``at`` is on."""
+        return self._emulator.now()
+
     def log_summary(self) -> dict[str, Any]:
         return summarize(self.log)
 
