@@ -124,9 +124,10 @@ class GrantLedger:
         for held in self._out.values():
             by_holder.setdefault(held.holder, []).append(held.grant)
         for finished, _, held in self._recent:
-            again = held.report is not None and (since is None or finished >= since)
-            if again and held.report is not None:
-                reports.append(held.report)
+            report = held.report
+            again = report is not None and (since is None or finished >= since)
+            if again and report is not None:  # (for mypy: again implies a report)
+                reports.append(report)
             grant = dataclasses.replace(held.grant, in_flight=again)
             by_holder.setdefault(held.holder, []).append(grant)
         grants = tuple((holder, tuple(g)) for holder, g in by_holder.items())
@@ -178,7 +179,3 @@ class HandOverGate:
             self._open.set()
             if self._timer is not None:
                 self._timer.cancel()
-
-    @property
-    def awaited(self) -> frozenset[str]:
-        return frozenset(self._awaited)
