@@ -170,7 +170,9 @@ class DaemonProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            # a hang shows every thread's stack: ``wait`` aborts a child
+            # that outlives its timeout, and faulthandler prints them
+            env={**env, "PYTHONFAULTHANDLER": "1"},
         )
         self.events: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -213,7 +215,15 @@ class DaemonProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = 60.0) -> int:
-        code = self.proc.wait(timeout=timeout)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler dumps the threads
+            self.proc.wait(timeout=10.0)
+            self._reader.join(timeout=10.0)
+            raise AssertionError(
+                f"still running after {timeout} s; its threads and log:\n{self.stderr()}"
+            ) from None
         self._reader.join(timeout=10.0)
         return code
 

@@ -30,7 +30,7 @@ import math
 import signal
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -230,13 +230,23 @@ def generate(log: Sequence[ServedRequest]) -> list[ServedRequest]:
     return [e for e in log if e.method == "generateContent"]
 
 
-def assert_each_article_once(queue: Queue, log: Sequence[ServedRequest], n: int) -> None:
+def assert_each_article_once(
+    queue: Queue, log: Sequence[ServedRequest], n: int, killed_held: Set[str] = frozenset()
+) -> None:
+    """One result per article, and one answered call per article -- except
+    for ``killed_held``, what a daemon killed with -9 held: a call it had in
+    flight, or whose answer it had not written yet, is made again by the
+    daemon that takes the article over (calls are at least once, results
+    exactly once)."""
     assert queue.states() == {"done": n}
     ids = queue.result_ids()
     assert len(ids) == len(set(ids)) == n
     assert set(ids) == set(sample_ids(n))
     answered = Counter(called_ids(log, status=200))
-    assert set(answered) == set(sample_ids(n)) and max(answered.values()) == 1
+    assert set(answered) == set(sample_ids(n))
+    twice = {article for article, times in answered.items() if times > 1}
+    assert twice <= killed_held, f"answered twice, not held by a killed daemon: {twice}"
+    assert max(answered.values()) <= 2
 
 
 def test_three_daemons_share_one_quota(queue: Queue, tmp_path: Path) -> None:
@@ -330,7 +340,7 @@ def test_sigkill_of_a_follower_gives_its_share_back(sqlite_queue: Queue, tmp_pat
     assert len(refused) <= 0.005 * len(log)
     assert in_window >= 0.95 * R
     assert not resent, "an article finished before the kill was sent again"
-    assert_each_article_once(queue, log, n)
+    assert_each_article_once(queue, log, n, killed_held=held)
 
 
 def test_sigkill_of_the_owner_and_a_follower_takes_over_the_quota(
@@ -352,8 +362,11 @@ def test_sigkill_of_the_owner_and_a_follower_takes_over_the_quota(
                 "two windows done (m-pro's day spent), and leases held by the owner",
             )
             owner.proc.send_signal(signal.SIGKILL)
+            killed_at = time.time()
             owner.wait(10)
             calls_at_kill = len(server.log)
+            held = queue.leased_by(pid)
+            done_at_kill = set(queue.result_ids())
             taken_over = None
             deadline = time.monotonic() + 30
             while taken_over is None and time.monotonic() < deadline:
@@ -392,4 +405,6 @@ def test_sigkill_of_the_owner_and_a_follower_takes_over_the_quota(
     assert not [e for e in after if e.model == "m-pro"], "m-pro used after its day was spent"
     assert len(refused_after) <= 0.005 * len(log)
     assert len(refused) <= 0.005 * len(log)
-    assert_each_article_once(queue, log, n)
+    resent = [e for e in log if e.at >= killed_at and set(e.article_ids) & done_at_kill]
+    assert not resent, "an article finished before the kill was sent again"
+    assert_each_article_once(queue, log, n, killed_held=held)
