@@ -63,6 +63,7 @@ from tierbatch.policies.packing import (
     fallback_cutoff,
     merge_waiting,
     request_overhead,
+    request_raw,
 )
 from tierbatch.policies.quota import Grant
 from tierbatch.policies.results import TerminalResult
@@ -386,7 +387,7 @@ class Extractor(pykka.ThreadingActor):
             getattr(log, action.note.level)(action.note.event, **action.note.fields)
         match action:
             case Answered(usage):
-                self._estimator.calibrate(pack.sent_tokens, usage.input_tokens)
+                self._estimator.learn(request_raw(self._estimator, pack), usage.input_tokens)
                 self._on_answer(pack, done, usage)
             case Retry():
                 plan = plan_retry(pack.members, action, self._budget)

@@ -200,6 +200,16 @@ class TierbatchSystem:
                 "failed_by_reason": dict(stats.failed_by_reason),
                 "calls": [list(c) for c in self._provider.calls],
                 "grounding": self._sink.grounding_rows() if self._sink else [],
+                # what the registry ended with: the learnt limits and bursts
+                "models": {
+                    m.model: {
+                        "learnt_rpm": m.learnt_rpm,
+                        "learnt_tpm": m.learnt_tpm,
+                        "burst": m.burst,
+                        "limiter": m.limiter,
+                    }
+                    for m in stats.models
+                },
             },
             cpu_by_thread={
                 name: cpu - cpu_before.get(name, 0.0) for name, cpu in cpu_after.items()

@@ -318,9 +318,8 @@ class LimitEstimate:
         if not self.config.learn:
             return True
         # The last window's refusals (pruned here, so a long run keeps no more).
-        self._refusals.append((now, max(0, tokens)))
         horizon = now - self.config.window_s
-        while self._refusals[0][0] <= horizon:  # (the one just added stays)
+        while self._refusals and self._refusals[0][0] <= horizon:
             self._refusals.popleft()
         short = retry_delay_s is not None and 0 < retry_delay_s < self.short_delay
         if (
@@ -330,9 +329,15 @@ class LimitEstimate:
             and self.shape is not LimiterShape.BUCKET
             and self._at_ceiling(tokens=tokens_scope)
         ):
+            # An edge is not counted among the refusals that, past the
+            # margin, say a full window's limit is lower: a window's edge
+            # 429s (a tenth of a window's tokens, when its estimates ran a
+            # tenth low) and one later refusal cut flash-lite's tpm to 62%
+            # for the rest of a drain, alone on a rolling window.
             assert retry_delay_s is not None
             self._at_window_edge(now, retry_delay_s, sent_at, tokens_scope)
             return False
+        self._refusals.append((now, max(0, tokens)))
         margin = 1 - self.config.margin
         if sent_at is not None and sent_at < self._last_cut:
             if short and self._cut_burst > 0:

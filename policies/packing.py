@@ -92,6 +92,13 @@ def article_tokens(estimator: TokenEstimator, article: Article) -> int:
     return max(1, estimator.estimate(chars, 1) - request_overhead(estimator))
 
 
+def request_raw(estimator: TokenEstimator, pack: Pack) -> float:
+    """The uncalibrated estimate of ``pack``'s request, what the estimator
+    learns the answer's count against (see ``policies.tokens``)."""
+    chars = sum(len(m.item.article.text) + len(m.item.article.title) for m in pack.members)
+    return estimator.raw(chars, len(pack.members))
+
+
 def request_tokens(members: Sequence[Weighed], overhead: int) -> int:
     """The estimated input tokens of one request carrying ``members``."""
     return overhead + sum(m.est_tokens for m in members)

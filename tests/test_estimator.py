@@ -338,3 +338,41 @@ def test_a_long_run_of_429s_keeps_only_the_last_windows_refusals():
             sent_at=i * 6.0,
         )
     assert len(est._refusals) <= 10
+
+
+def test_edge_429s_and_one_later_refusal_of_a_full_window_do_not_cut_its_tpm():
+    """Alone on a rolling window (bench, steady, 3 s windows): flash-lite's
+    packed requests, estimated a tenth low, met three short tokens 429s at a
+    window's edge with our window full (read as edges), then one with a
+    delay just past the short one. The edges had counted among the window's
+    refusals, whose tokens then passed the margin of the limit, and the tpm
+    was cut from 75,000 to 46,017 for the rest of the drain (70% of the
+    bound)."""
+    window = 3.0
+    est = LimitEstimate(30, 75_000, EstimatorConfig(window_s=window))
+    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 30.0, False
+
+    def tokens_429(now: float, delay: float, tokens: int) -> None:
+        est.on_rate_limited(
+            now,
+            tokens_scope=True,
+            retry_delay_s=delay,
+            accepted_in_window=15,
+            tokens_in_window=51_130,
+            in_burst=True,
+            observed_s=16.0,
+            sent_at=now - 0.1,
+            window_share=0.99,
+            tokens=tokens,
+        )
+
+    tokens_429(14.0, 0.139, 1_683)
+    tokens_429(16.2, 0.139, 3_163)
+    tokens_429(16.3, 0.139, 3_016)
+    assert est.tpm == 75_000 and est.edge_guard_s == 0.0  # edges: tokens guard nothing
+    tokens_429(16.5, 0.343, 3_415)  # past the short delay (0.3 s): not an edge
+    assert est.tpm == 75_000
+    # Refusals past the margin (7,500 tokens) that are not edges still cut it.
+    tokens_429(16.6, 0.5, 3_500)
+    tokens_429(16.7, 0.5, 3_500)
+    assert est.tpm < 75_000
