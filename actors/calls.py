@@ -86,7 +86,7 @@ async def invoke(
     request: ExtractionRequest,
     pacer: LaunchPacer,
     clock: Clock,
-    sent: Callable[[int, float], None],
+    sent: Callable[[int, float, int], None],
     dispatch_stopped: threading.Event,
     launch: Launch,
 ) -> PackAnswer:
@@ -121,7 +121,7 @@ async def invoke(
     def on_sent() -> None:
         # Any thread: the provider may send from a worker thread.
         if told.acquire(blocking=False):
-            sent(request.grant_id, clock.now())
+            sent(request.grant_id, clock.now(), request.est_input_tokens)
         with contextlib.suppress(RuntimeError):  # the loop closed: nothing to restart
             loop.call_soon_threadsafe(restart)
 
@@ -146,5 +146,6 @@ async def invoke(
     except Exception as exc:
         answer = PackAnswer(ServerError(None, f"provider raised {describe(exc)}"))
     if not isinstance(answer.outcome, Cancelled) and told.acquire(blocking=False):
-        sent(request.grant_id, started)  # the provider marked nothing: it left at the start
+        # the provider marked nothing: it left at the start
+        sent(request.grant_id, started, request.est_input_tokens)
     return answer

@@ -59,8 +59,10 @@ from tierbatch.policies.packing import (
     Pack,
     PackLimits,
     article_tokens,
+    capped,
     chunk,
     fallback_cutoff,
+    merge_room,
     merge_waiting,
     request_overhead,
     request_raw,
@@ -268,9 +270,9 @@ class Extractor(pykka.ThreadingActor):
     ) -> _Pack:
         return _Pack(next(self._pack_ids), tier, list(members), batch, excluded)
 
-    def _sent(self, grant_id: int, at: float) -> None:
+    def _sent(self, grant_id: int, at: float, tokens: int) -> None:
         """Called on the event-loop thread; a tell is thread-safe."""
-        self._to_registry(Sent(grant_id, at))
+        self._to_registry(Sent(grant_id, at, tokens))
 
     def _acquire(self, pack: _Pack) -> None:
         if self._winding_down or self._halted or self._deps.dispatch_stopped.is_set():
@@ -282,15 +284,21 @@ class Extractor(pykka.ThreadingActor):
         if not chain:
             self._finish_failed(pack.members, pack.tier)
             return
-        self._packs[pack.pack_id] = pack
+        overhead = request_overhead(self._estimator)
         pack.acquired_tokens = pack.est_tokens
+        own = pack.acquired_tokens + overhead
+        # (never so much that a model of its chain could not take it at all)
+        tpms = [t for t in (self._cfg.models[m].tpm for m in chain) if t > 0]
+        room = capped(self._limits(pack.tier), min(tpms)) if tpms else self._limits(pack.tier)
+        pack.extra_tokens = merge_room(pack, own, room)
+        self._packs[pack.pack_id] = pack
         pack.asked_at = self._clock.now()
         self._to_registry(
             Acquire(
                 request_id=pack.pack_id,
                 holder=self.extractor_id,
                 chain=chain,
-                est_tokens=pack.acquired_tokens + request_overhead(self._estimator),
+                est_tokens=own + pack.extra_tokens,
                 tier_rank=pack.tier,
                 enqueued_at=pack.enqueued_at,
                 reply=self._tell,
@@ -315,11 +323,12 @@ class Extractor(pykka.ThreadingActor):
         # as small batches); the emptied ones' requests are withdrawn.
         patience = self._ladder.tiers[pack.tier].fallback_patience_s
         cutoff = fallback_cutoff(self._chain(pack), grant.model, patience, self._clock.now())
-        estimate = pack.request_estimate(grant.est_tokens)
-        limits = self._limits(pack.tier)
-        pack.sent_tokens, emptied = merge_waiting(
-            pack, estimate, self._packs, limits, asked_by=cutoff
-        )
+        # The grant reserved the pack's own estimate (as it asked: members it
+        # gave to a sibling since left room) and room for siblings to merge;
+        # the merged request never carries more than that.
+        own = pack.request_estimate(grant.est_tokens) - pack.extra_tokens
+        limits = capped(self._limits(pack.tier), grant.est_tokens)
+        pack.sent_tokens, emptied = merge_waiting(pack, own, self._packs, limits, asked_by=cutoff)
         for donor in emptied:
             del self._packs[donor]
             self._to_registry(Withdraw(donor, self.extractor_id))

@@ -85,10 +85,13 @@ class Report:
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """The request of a grant actually left at ``at`` (steady clock time)."""
+    """The request of a grant actually left at ``at`` (steady clock time),
+    carrying ``tokens`` estimated input tokens (0: what was granted) -- more
+    than granted when waiting packs were merged into it at the grant."""
 
     grant_id: int
     at: float
+    tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

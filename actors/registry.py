@@ -200,10 +200,13 @@ class ModelRegistry(pykka.ThreadingActor):
                 self._on_acquire(message)
             case Report(grant_id, outcome):
                 self._on_report(grant_id, outcome)
-            case Sent(grant_id, at):
+            case Sent(grant_id, at, tokens):
                 held = self._grants.get(grant_id)
-                if held is not None and self._policy.sent(grant_id, at):
+                before = self._policy.reserved(grant_id) if tokens else None
+                if held is not None and self._policy.sent(grant_id, at, tokens=tokens):
                     self._observer.on_sent(grant_id, held[1], at)
+                    if before is not None and tokens < before:
+                        self._serve(self._read_clock()[0])  # what it did not carry is free
             case Wake():
                 self._serve(self._read_clock()[0])
             case Withdraw(request_id, holder):

@@ -84,6 +84,12 @@ EDGE_GUARD_DECAY: Final = 0.95
 JITTER: Final = 0.1
 # Windows in a row with edge 429s before they stop being read as edges.
 EDGE_DOUBT_WINDOWS: Final = 3
+# Refusals of a full window (at the configured limit) that are never
+# evidence of a lower one, whatever they carried: packed requests of a
+# twelfth of the tpm each, two refused at a window's start passed the
+# margin and halved flash's tpm for good, alone on a rolling window. A limit
+# over-claimed twice over is refused by half a window.
+FULL_STRAGGLERS: Final = 2
 
 
 class LimiterShape(StrEnum):
@@ -483,9 +489,15 @@ class LimitEstimate:
             return False
         if seen >= limit * self._confirmed(tokens=tokens):
             return False
+        if window_share > 1.0:
+            # Our own window holds more than the limit (requests that grew
+            # after their grant: waiting packs merged into them): the 429 is
+            # that excess, no evidence of a lower limit. Read as one, it
+            # halved flash-lite's tpm under trickling arrivals (bench, daemon).
+            return False
         if window_share >= EDGE_FULL and self._at_ceiling(tokens=tokens):
             refused = sum(t for _, t in self._refusals) if tokens else float(len(self._refusals))
-            if refused <= self.config.margin * limit:
+            if refused <= self.config.margin * limit or len(self._refusals) <= FULL_STRAGGLERS:
                 return False
         return True
 

@@ -25,7 +25,7 @@ what these functions decide.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
 from tierbatch.policies.articles import Article
@@ -143,6 +143,10 @@ class Pack:
     grant: Grant | None = None
     acquired_tokens: int = 0
     asked_at: float = 0.0  # steady time quota was asked for
+    # Asked for beyond its own members: room for the waiting siblings that
+    # may merge into it at the grant (``merge_room``), which the merge never
+    # exceeds, so a request never carries more than its grant reserved.
+    extra_tokens: int = 0
 
     @property
     def est_tokens(self) -> int:
@@ -237,6 +241,31 @@ def plan_merge(
         if taken:
             moves.append(Move(donor.pack_id, tuple(taken), len(taken) == len(donor.members)))
     return moves
+
+
+def merge_room(target: Pack, tokens: int, limits: PackLimits) -> int:
+    """What ``target`` (estimated at ``tokens`` request tokens) asks for on
+    top of its own when it asks for quota: room to be filled to its cap at
+    the grant by siblings that wait then -- as many more articles, each
+    twice its heaviest, within ``limits``. The merge at the grant never
+    exceeds it (``capped``), so no request carries more than its grant
+    reserved, and the registry frees what the request did not carry when
+    it is sent. Room for only the siblings waiting when it asked left the
+    oldest pack -- granted first, asked when it was alone -- without room
+    (trickling arrivals: a third of the requests' places empty)."""
+    members = target.members
+    missing = pack_cap(members, limits) - len(members)
+    if missing <= 0 or not members:
+        return 0
+    # Room for articles as heavy as its heaviest, so a sibling's skipped
+    # for its size only rarely (what is not carried is freed at the send).
+    heaviest = max(m.est_tokens for m in members)
+    return max(0, min(missing * heaviest * 2, limits.max_tokens - tokens))
+
+
+def capped(limits: PackLimits, max_tokens: int) -> PackLimits:
+    """``limits`` with at most ``max_tokens`` per request (a grant's reservation)."""
+    return replace(limits, max_tokens=max(1, min(limits.max_tokens, max_tokens)))
 
 
 def fallback_cutoff(

@@ -376,3 +376,49 @@ def test_edge_429s_and_one_later_refusal_of_a_full_window_do_not_cut_its_tpm():
     tokens_429(16.6, 0.5, 3_500)
     tokens_429(16.7, 0.5, 3_500)
     assert est.tpm < 75_000
+
+
+def test_two_packed_requests_refused_at_a_full_windows_start_do_not_halve_its_tpm():
+    """Alone on a rolling window (bench, steady): flash's packed requests
+    each carry a twelfth of its 30,000 tpm; two refused with a full
+    window's delay (2.2 s of 3 s) right after its burst passed the margin
+    (3,000 tokens), and the tpm was halved for the rest of the drain."""
+    est = LimitEstimate(15, 30_000, EstimatorConfig(window_s=3.0))
+    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 15.0, False
+    for i, at in enumerate((13.4, 13.45)):
+        est.on_rate_limited(
+            at,
+            tokens_scope=True,
+            retry_delay_s=2.2,
+            accepted_in_window=7,
+            tokens_in_window=12_308,
+            in_burst=True,
+            observed_s=at,
+            sent_at=at - 0.05,
+            window_share=0.95,
+            tokens=2_500,
+        )
+        assert est.tpm == 30_000, f"cut at refusal {i + 1}"
+
+
+def test_a_429_while_our_own_window_holds_more_than_the_limit_does_not_lower_it():
+    """Trickling arrivals: waiting packs merged into granted ones at the
+    grant, so the requests sent carried one and a half times the tpm by
+    our own count; the provider's 429s for that excess lowered the learnt
+    tpm to half (bench, daemon workload)."""
+    est = LimitEstimate(30, 75_000, EstimatorConfig(window_s=3.0))
+    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 30.0, False
+    for i in range(6):
+        est.on_rate_limited(
+            7.8 + i * 0.02,
+            tokens_scope=True,
+            retry_delay_s=1.78,
+            accepted_in_window=10,
+            tokens_in_window=37_694,
+            in_burst=True,
+            observed_s=7.8,
+            sent_at=7.0,
+            window_share=1.5,
+            tokens=3_800,
+        )
+    assert est.tpm == 75_000

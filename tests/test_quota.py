@@ -861,6 +861,29 @@ def test_sent_moves_the_window_entry_to_the_send_time() -> None:
     assert isinstance(p.acquire(["m"], 100, T0 + 2.0 + W), Grant)
 
 
+def test_a_request_sent_with_merged_packs_counts_what_it_carries() -> None:
+    """Waiting packs merged into a granted one at the grant (trickling
+    arrivals) made its request carry more than the grant reserved; the
+    window counted only the reservation until the answer, the next grants
+    went over the provider's tokens limit, and its 429s read as a lower
+    limit (bench, daemon workload: flash's learnt tpm a quarter of the real)."""
+    p = policy(spec("m", rpm=10, tpm=1000))
+    g = grant(p, ["m"], 200, T0)
+    assert p.sent(g.grant_id, T0 + 0.1, tokens=900)
+    assert status(p, "m", T0 + 0.2).tokens_in_window == 900
+    assert p.reserved(g.grant_id) == 900
+    assert p.acquire(["m"], 200, T0 + 0.2) == Wait(T0 + 0.1 + W)
+    # Room reserved for a merge that did not happen is free at the send.
+    g2 = grant(p, ["m"], 100, T0 + 0.3)
+    assert p.sent(g2.grant_id, T0 + 0.3, tokens=10)
+    assert status(p, "m", T0 + 0.4).tokens_in_window == 910
+    assert p.sent(g2.grant_id, T0 + 0.3)  # no tokens: what it holds stays
+    assert status(p, "m", T0 + 0.4).tokens_in_window == 910
+    p.report(g.grant_id, Succeeded(Usage(880, 1)), T0 + 1)
+    assert status(p, "m", T0 + 1).tokens_in_window == 890
+    assert p.reserved(g.grant_id) is None
+
+
 def test_sent_never_moves_an_entry_earlier_and_ignores_unknown_grants() -> None:
     p = policy(spec("m", rpm=1))
     g = grant(p, ["m"], 10, T0)

@@ -86,10 +86,12 @@ def test_trickling_arrivals_fill_requests_to_the_tier_maximum(threads_before):
         assert request.est_input_tokens <= budget
         # A merged request carries its own estimate, not the grant's for the
         # pack before the merge (the scripted usage equals the estimate, so
-        # the estimator stays uncalibrated and the sum is exact).
-        assert request.est_input_tokens == request_overhead(estimator) + sum(
+        # the estimator stays calibrated within its rounding, a token or so
+        # a request; an article is hundreds).
+        own = request_overhead(estimator) + sum(
             article_tokens(estimator, a) for a in request.articles
         )
+        assert request.est_input_tokens == pytest.approx(own, rel=0.01)
         per_request.setdefault(tier, []).append(len(request.articles))
         fill.append(len(request.articles) / per_tier[tier])
     mean_fill = sum(fill) / len(fill)

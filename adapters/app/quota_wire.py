@@ -173,8 +173,8 @@ def encode_to_owner(message: Any, offset: float) -> dict[str, Any]:
             }
         case Report(grant_id, outcome):
             return {"k": "report", "grant_id": grant_id, "outcome": encode_outcome(outcome)}
-        case Sent(grant_id, at):
-            return {"k": "sent", "grant_id": grant_id, "at": wall(at, offset)}
+        case Sent(grant_id, at, tokens):
+            return {"k": "sent", "grant_id": grant_id, "at": wall(at, offset), "tokens": tokens}
         case Withdraw(request_id, holder):
             return {"k": "withdraw", "request_id": request_id, "holder": holder}
         case ReleaseHolder(holder):
@@ -261,7 +261,8 @@ def _decode_from_follower(f: Mapping[str, Any], offset: float) -> Any:
     if kind == "report":
         return Report(_int(f["grant_id"]), decode_outcome(f["outcome"]))
     if kind == "sent":
-        return Sent(_int(f["grant_id"]), _num(steady(f["at"], offset)))
+        # (a peer of an earlier version sends no tokens: what was granted)
+        return Sent(_int(f["grant_id"]), _num(steady(f["at"], offset)), _int(f.get("tokens", 0)))
     if kind == "withdraw":
         return Withdraw(_int(f["request_id"]), _int(f["holder"]))
     if kind == "release":

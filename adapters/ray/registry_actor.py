@@ -266,8 +266,8 @@ class RegistryActor:
         match message:
             case Report() | Wake():  # a Wake: serve now (a daemon saw the wall clock step)
                 self._registry.tell(message)
-            case Sent(grant_id, at):
-                self._registry.tell(Sent(grant_id, at - wall_offset(self._clock)))
+            case Sent(grant_id, at, tokens):
+                self._registry.tell(Sent(grant_id, at - wall_offset(self._clock), tokens))
             case Withdraw(request_id, holder):
                 await self._ask(message)
                 self._drop_pending(lambda key: key == (holder, request_id))

@@ -136,11 +136,11 @@ class RemoteRegistryRef:
                         del self._waiting[key]
                     self._ledger.released(self._holder(holder), self._clock.wall())
                 self._send(ReleaseHolder(self._holder(holder)))
-            case Sent(grant_id, at):
+            case Sent(grant_id, at, tokens):
                 wall = at + wall_offset(self._clock)
                 with self._lock:
                     self._ledger.sent(grant_id, wall)
-                self._send(Sent(grant_id, wall))
+                self._send(Sent(grant_id, wall, tokens))
             case Report():
                 with self._lock:
                     self._ledger.reported(message, self._clock.wall())
