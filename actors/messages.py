@@ -86,8 +86,9 @@ class Report:
 @dataclass(frozen=True, slots=True)
 class Sent:
     """The request of a grant actually left at ``at`` (steady clock time),
-    carrying ``tokens`` estimated input tokens (0: what was granted) -- more
-    than granted when waiting packs were merged into it at the grant."""
+    carrying ``tokens`` estimated input tokens (0: what was granted) -- less
+    than granted when the room it reserved for merging waiting packs was
+    not all used, which is then free at once."""
 
     grant_id: int
     at: float

@@ -348,22 +348,11 @@ def test_edge_429s_and_one_later_refusal_of_a_full_window_do_not_cut_its_tpm():
     refusals, whose tokens then passed the margin of the limit, and the tpm
     was cut from 75,000 to 46,017 for the rest of the drain (70% of the
     bound)."""
-    window = 3.0
-    est = LimitEstimate(30, 75_000, EstimatorConfig(window_s=window))
-    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 30.0, False
+    est = rolling_window(30, 75_000)
 
     def tokens_429(now: float, delay: float, tokens: int) -> None:
-        est.on_rate_limited(
-            now,
-            tokens_scope=True,
-            retry_delay_s=delay,
-            accepted_in_window=15,
-            tokens_in_window=51_130,
-            in_burst=True,
-            observed_s=16.0,
-            sent_at=now - 0.1,
-            window_share=0.99,
-            tokens=tokens,
+        tokens_refused(
+            est, now, delay, tokens, accepted=(15, 51_130), share=0.99, sent_at=now - 0.1
         )
 
     tokens_429(14.0, 0.139, 1_683)
@@ -383,21 +372,9 @@ def test_two_packed_requests_refused_at_a_full_windows_start_do_not_halve_its_tp
     each carry a twelfth of its 30,000 tpm; two refused with a full
     window's delay (2.2 s of 3 s) right after its burst passed the margin
     (3,000 tokens), and the tpm was halved for the rest of the drain."""
-    est = LimitEstimate(15, 30_000, EstimatorConfig(window_s=3.0))
-    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 15.0, False
+    est = rolling_window(15, 30_000)
     for i, at in enumerate((13.4, 13.45)):
-        est.on_rate_limited(
-            at,
-            tokens_scope=True,
-            retry_delay_s=2.2,
-            accepted_in_window=7,
-            tokens_in_window=12_308,
-            in_burst=True,
-            observed_s=at,
-            sent_at=at - 0.05,
-            window_share=0.95,
-            tokens=2_500,
-        )
+        tokens_refused(est, at, 2.2, 2_500, accepted=(7, 12_308), share=0.95, sent_at=at - 0.05)
         assert est.tpm == 30_000, f"cut at refusal {i + 1}"
 
 
@@ -406,19 +383,43 @@ def test_a_429_while_our_own_window_holds_more_than_the_limit_does_not_lower_it(
     grant, so the requests sent carried one and a half times the tpm by
     our own count; the provider's 429s for that excess lowered the learnt
     tpm to half (bench, daemon workload)."""
-    est = LimitEstimate(30, 75_000, EstimatorConfig(window_s=3.0))
-    est.shape, est.burst, est.probing = LimiterShape.WINDOW, 30.0, False
+    est = rolling_window(30, 75_000)
     for i in range(6):
-        est.on_rate_limited(
-            7.8 + i * 0.02,
-            tokens_scope=True,
-            retry_delay_s=1.78,
-            accepted_in_window=10,
-            tokens_in_window=37_694,
-            in_burst=True,
-            observed_s=7.8,
-            sent_at=7.0,
-            window_share=1.5,
-            tokens=3_800,
+        tokens_refused(
+            est, 7.8 + i * 0.02, 1.78, 3_800, accepted=(10, 37_694), share=1.5, sent_at=7.0
         )
     assert est.tpm == 75_000
+
+
+def rolling_window(rpm: int, tpm: int) -> LimitEstimate:
+    """A model at 3 s windows whose slow start showed a rolling window."""
+    est = LimitEstimate(rpm, tpm, EstimatorConfig(window_s=3.0))
+    est.shape, est.burst, est.probing = LimiterShape.WINDOW, float(rpm), False
+    return est
+
+
+def tokens_refused(
+    est: LimitEstimate,
+    now: float,
+    delay: float,
+    tokens: int,
+    *,
+    accepted: tuple[int, int],
+    share: float,
+    sent_at: float,
+) -> None:
+    """A tokens-per-minute 429 of a request of ``tokens`` sent in a burst;
+    ``accepted``: the requests and tokens the provider accepted over the
+    last window; ``share``: how full our own window is."""
+    est.on_rate_limited(
+        now,
+        tokens_scope=True,
+        retry_delay_s=delay,
+        accepted_in_window=accepted[0],
+        tokens_in_window=accepted[1],
+        in_burst=True,
+        observed_s=now,
+        sent_at=sent_at,
+        window_share=share,
+        tokens=tokens,
+    )
